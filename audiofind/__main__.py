@@ -1,0 +1,3 @@
+from audiofind.cli import main
+
+main()

@@ -1,0 +1,13 @@
+"""The audiofind command line: parse, call the library, print."""
+
+from audiofind.cli.common import app
+
+# Each module registers its commands on `app` when imported.
+from audiofind.cli import embed as _embed  # noqa: F401,E402
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,32 @@
+"""Where audiofind keeps its data: one place decides, one variable redirects it all."""
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP = "audiofind"
+
+
+def home() -> Path | None:
+    """The AUDIOFIND_HOME override, if set (tests and portable installs use it)."""
+    value = os.environ.get("AUDIOFIND_HOME")
+    return Path(value).expanduser() if value else None
+
+
+def weights_dir() -> Path:
+    """Folder holding downloaded, imported and fine-tuned checkpoints."""
+    root = home()
+    return root / "weights" if root else Path(platformdirs.user_cache_dir(APP)) / "weights"
+
+
+def data_dir() -> Path:
+    """Folder holding the default index and caches that are worth keeping."""
+    root = home()
+    return root if root else Path(platformdirs.user_data_dir(APP))
+
+
+def default_db() -> Path:
+    """The index used when neither --db nor AUDIOFIND_DB is given."""
+    value = os.environ.get("AUDIOFIND_DB")
+    return Path(value).expanduser() if value else data_dir() / "index.db"

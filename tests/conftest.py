@@ -1,0 +1,30 @@
+"""Shared test set-up: every test gets its own AUDIOFIND_HOME and no network beyond 127.0.0.1."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def audiofind_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path_factory.mktemp("audiofind_home")
+    monkeypatch.setenv("AUDIOFIND_HOME", str(home))
+    monkeypatch.delenv("AUDIOFIND_DB", raising=False)
+    monkeypatch.delenv("AUDIOFIND_WEIGHTS", raising=False)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address):  # type: ignore[no-untyped-def]
+        host = address[0] if isinstance(address, tuple) else address
+        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1", "localhost"):
+            raise RuntimeError(f"tests may not use the network (tried {address!r})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
