@@ -1,0 +1,1 @@
+"""`audiofind embed`: print embeddings of audio files and captions."""

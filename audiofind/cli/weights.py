@@ -1,0 +1,1 @@
+"""`audiofind weights`: list, download, import and remove checkpoints."""
