@@ -1,0 +1,126 @@
+"""CLIP's byte-level BPE tokenizer: captions and queries to (B, 77) token ids for the text tower."""
+
+import functools
+import gzip
+import html
+import importlib.resources
+
+import ftfy
+import regex
+import torch
+
+SOT: int = 49406  # <|startoftext|>
+EOT: int = 49407  # <|endoftext|>; the text tower pools at its position (the largest id in a row)
+CONTEXT_LENGTH = 77
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+N_MERGES = 49152 - 256 - 2  # 48894: CLIP uses only this many of the file's merges, the rest are ignored
+
+_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+# Order matters: specials and contractions before letter runs; digits one at a time.
+_PATTERN = regex.compile(
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+    regex.IGNORECASE,
+)
+_WHITESPACE = regex.compile(r"\s+")
+
+
+@functools.lru_cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte encoder: every byte to a printable character, so BPE never sees spaces or control bytes."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    remapped = [b for b in range(256) if b not in printable]
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(len(remapped))]
+    return dict(zip(printable + remapped, chars))
+
+
+def clean(text: str) -> str:
+    """Normalise a caption the way CLIP does: fix mojibake, unescape HTML twice, collapse whitespace, lower-case."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return _WHITESPACE.sub(" ", text).strip().lower()
+
+
+class Tokenizer:
+    """CLIP's SimpleTokenizer; build it once through get_tokenizer(), it caches BPE results per word."""
+
+    def __init__(self, merges: list[tuple[str, str]]) -> None:
+        self.byte_encoder = bytes_to_unicode()
+        self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
+        vocab = list(self.byte_encoder.values())
+        vocab += [c + "</w>" for c in vocab]
+        vocab += ["".join(pair) for pair in merges]
+        vocab += list(_SPECIALS)
+        self.encoder = {token: i for i, token in enumerate(vocab)}
+        self.decoder = {i: token for token, i in self.encoder.items()}
+        self.bpe_ranks = {pair: rank for rank, pair in enumerate(merges)}
+        # Specials bypass BPE; seeding the cache is how CLIP keeps them whole.
+        self._cache: dict[str, tuple[str, ...]] = {s: (s,) for s in _SPECIALS}
+
+    def bpe(self, word: str) -> tuple[str, ...]:
+        """Split one byte-encoded pre-token into vocabulary symbols, the last one ending in </w>."""
+        if word in self._cache:
+            return self._cache[word]
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(symbols) > 1:
+            pairs = set(zip(symbols, symbols[1:]))
+            best = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, N_MERGES))
+            if best not in self.bpe_ranks:
+                break
+            first, second = best
+            merged: list[str] = []
+            i = 0
+            while i < len(symbols):
+                if i < len(symbols) - 1 and symbols[i] == first and symbols[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            symbols = merged
+        result = tuple(symbols)
+        self._cache[word] = result
+        return result
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids of a caption after cleaning, without SOT/EOT and without truncation."""
+        ids: list[int] = []
+        for piece in _PATTERN.findall(clean(text)):
+            word = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+            ids.extend(self.encoder[symbol] for symbol in self.bpe(word))
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text back from ids, for debugging (as CLIP's decode): word ends become spaces, specials appear as text."""
+        text = "".join(self.decoder[int(i)] for i in ids)
+        # "</w>" and the specials are made of printable bytes, so they survive the byte decoding as text.
+        return bytearray(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace").replace("</w>", " ")
+
+
+def load_merges() -> list[tuple[str, str]]:
+    """The first N_MERGES merge rules of the packaged vocabulary file (line 0 is a header)."""
+    resource = importlib.resources.files("audiofind") / "assets" / VOCAB_FILE
+    lines = gzip.decompress(resource.read_bytes()).decode("utf-8").split("\n")
+    return [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]  # type: ignore[misc]
+
+
+@functools.lru_cache
+def get_tokenizer() -> Tokenizer:
+    """The tokenizer built from the packaged vocabulary, loaded once per process."""
+    return Tokenizer(load_merges())
+
+
+def tokenize(texts: str | list[str], context_length: int = CONTEXT_LENGTH) -> torch.Tensor:
+    """Captions to a (B, context_length) int64 tensor: SOT, ids, EOT, zero padding; long ones truncated."""
+    if isinstance(texts, str):
+        texts = [texts]  # one caption, never its characters
+    if context_length < 2:
+        raise ValueError(f"context_length must leave room for SOT and EOT, got {context_length}.")
+    tokenizer = get_tokenizer()
+    result = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for row, text in enumerate(texts):
+        ids = [SOT, *tokenizer.encode(text), EOT]
+        if len(ids) > context_length:
+            # Newer CLIP's truncate=True: keep the start, end with EOT so pooling still finds it.
+            ids = ids[:context_length]
+            ids[-1] = EOT
+        result[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return result
