@@ -120,7 +120,7 @@ def probe(path: Path) -> AudioInfo:
                 raise DecodeError(path, f"corrupt data: {e.strerror or e}") from e
             duration = float(ticks * stream.time_base) if stream.time_base else 0.0
         ctx = stream.codec_context
-        return AudioInfo(duration=duration, sample_rate=ctx.sample_rate, channels=ctx.channels, codec=ctx.codec.canonical_name)
+        return AudioInfo(duration, ctx.sample_rate, ctx.channels, codec=ctx.codec.canonical_name)
 
 
 def _to_mono(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:

@@ -42,7 +42,8 @@ _PREFERRED_FMTS = ("s16", "s16p", "fltp", "flt", "s32", "s32p")
 ENCODABLE_EXTS: tuple[str, ...] = tuple(
     ext for ext, (fmt, codec) in _FORMATS.items() if fmt in av.formats_available and codec in av.codecs_available
 )
-LOSSLESS_EXTS = tuple(e for e in ENCODABLE_EXTS if e in {"wav", "flac", "aiff", "aif", "caf", "w64", "wv", "mka", "au", "tta"})
+_LOSSLESS = {"wav", "flac", "aiff", "aif", "caf", "w64", "wv", "mka", "au", "tta"}
+LOSSLESS_EXTS = tuple(e for e in ENCODABLE_EXTS if e in _LOSSLESS)  # s16 in, the same s16 out
 
 
 def _n(seconds: float, sr: int) -> int:
@@ -63,7 +64,9 @@ def square(freq: float, seconds: float, sr: int = SAMPLE_RATE, channels: int = 1
     return np.repeat(x[None, :], channels, axis=0).astype(np.float32)
 
 
-def chirp(f0: float, f1: float, seconds: float, sr: int = SAMPLE_RATE, channels: int = 1, amp: float = 0.5) -> np.ndarray:
+def chirp(
+    f0: float, f1: float, seconds: float, sr: int = SAMPLE_RATE, channels: int = 1, amp: float = 0.5
+) -> np.ndarray:
     """A linear sweep from f0 to f1 Hz: (channels, N) float32."""
     t = np.arange(_n(seconds, sr)) / sr
     phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
