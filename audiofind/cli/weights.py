@@ -1,1 +1,77 @@
 """`audiofind weights`: list, download, import and remove checkpoints."""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from audiofind.cli.common import JsonOpt, app, byte_progress, console, sub_app
+
+if TYPE_CHECKING:  # importing weights at run time would pull in torch before --help
+    from audiofind.weights import ModelInfo
+
+weights_app = sub_app("List, download, import and remove model checkpoints.")
+app.add_typer(weights_app, name="weights")
+
+_STATUS = {"imported": "imported", "finetuned": "fine-tuned"}
+
+
+def _status(info: "ModelInfo") -> str:
+    if info.source == "registered":
+        return "downloaded" if info.path else "not downloaded"
+    return _STATUS[info.source]
+
+
+def _size(size: int | None) -> str:
+    return f"{size / 1e6:,.0f} MB" if size else ""
+
+
+@weights_app.command("list")
+def list_(json_out: JsonOpt = False) -> None:
+    """Show registered and local models and whether each is on disk."""
+    from audiofind.weights import available_models
+
+    models = available_models()
+    if json_out:
+        rows = [asdict(m) | {"path": str(m.path) if m.path else None, "status": _status(m)} for m in models]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "status", "size", "description")
+    for m in models:
+        table.add_row(m.name, _status(m), _size(m.size), m.description)
+    console.print(table)
+
+
+@weights_app.command()
+def download(name: Annotated[str, typer.Argument(help="A registered model name (see: audiofind weights list).")]) -> None:
+    """Download a registered model, check its sha256 and convert it to safetensors."""
+    from audiofind.weights import download as fetch
+
+    with byte_progress(f"Downloading {name}") as progress:
+        path = fetch(name, progress=progress)
+    console.print(str(path), soft_wrap=True, highlight=False)
+
+
+@weights_app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="A .pt or .safetensors checkpoint.")],
+    name: Annotated[str | None, typer.Option("--name", help="Name to register it under (default: the file name).")] = None,
+) -> None:
+    """Convert a checkpoint you already have into a local model."""
+    from audiofind.weights import import_checkpoint
+
+    with byte_progress(f"Hashing {path.name}") as progress:
+        out = import_checkpoint(path, name=name, progress=progress)
+    console.print(str(out), soft_wrap=True, highlight=False)
+
+
+@weights_app.command()
+def remove(name: Annotated[str, typer.Argument(help="A downloaded, imported or fine-tuned model.")]) -> None:
+    """Delete a local model and any partial download of it."""
+    from audiofind.weights import remove as delete
+
+    delete(name)
+    console.print(f"Removed {name}.", highlight=False)
