@@ -5,6 +5,7 @@ from audiofind.cli.common import app
 # Each module registers its commands on `app` when imported.
 from audiofind.cli import bench as _bench  # noqa: F401,E402
 from audiofind.cli import embed as _embed  # noqa: F401,E402
+from audiofind.cli import finetune as _finetune  # noqa: F401,E402
 from audiofind.cli import weights as _weights  # noqa: F401,E402
 
 __all__ = ["app", "main"]

@@ -1,0 +1,1 @@
+"""`audiofind finetune`: fine-tune both towers on captioned audio."""
