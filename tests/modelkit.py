@@ -31,3 +31,11 @@ def synthetic_state_dict(cfg: AudioCLIPConfig = TINY) -> dict[str, torch.Tensor]
 def synthetic_model(cfg: AudioCLIPConfig = TINY, towers: tuple[str, ...] = ("audio", "text")) -> torch.nn.Module:
     """A model in eval mode loaded with recipe weights."""
     return from_state_dict(synthetic_state_dict(cfg), cfg, towers)
+
+
+def register_tiny(name: str = "tiny") -> str:
+    """Save TINY recipe weights as a registered model in the current AUDIOFIND_HOME; returns its name."""
+    from audiofind import weights
+
+    weights.save_model(synthetic_state_dict(TINY), name, TINY.to_dict(), {"note": "synthetic test weights"})
+    return name

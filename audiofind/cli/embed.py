@@ -1,1 +1,55 @@
 """`audiofind embed`: print embeddings of audio files and captions."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, app, console
+from audiofind.errors import DecodeError, UsageError
+
+
+@app.command()
+def embed(
+    audio: Annotated[list[Path] | None, typer.Argument(help="Audio files to embed.", show_default=False)] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="A caption to embed (repeatable).")] = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the embedding of each AUDIO file and each --text caption (unnormalised, as the reference returns them)."""
+    from audiofind import decode
+    from audiofind.encoder import load_encoder
+
+    audio, text = audio or [], text or []
+    if not audio and not text:
+        raise UsageError("Nothing to embed: give audio files and/or --text captions.")
+    clips, names, failed = [], [], 0
+    for path in audio:
+        try:
+            clips.append(decode.load_audio(path))
+            names.append(str(path))
+        except DecodeError as e:
+            typer.echo(f"error: {e}", err=True)
+            failed += 1
+    towers = (["audio"] if clips else []) + (["text"] if text else [])
+    rows: list[tuple[str, str, list[float]]] = []
+    if towers:
+        enc = load_encoder(weights, device, towers)
+        if clips:
+            rows += [(n, "audio", e.tolist()) for n, e in zip(names, enc.embed_audio(clips))]
+        if text:
+            rows += [(t, "text", e.tolist()) for t, e in zip(text, enc.embed_text(text))]
+    if json_out:
+        for name, kind, vector in rows:
+            typer.echo(json.dumps({"input": name, "kind": kind, "embedding": vector}))
+    elif rows:
+        table = Table("input", "kind", "dim", "norm", "first values")
+        for name, kind, vector in rows:
+            norm = sum(v * v for v in vector) ** 0.5
+            table.add_row(name, kind, str(len(vector)), f"{norm:.4f}", " ".join(f"{v:+.4f}" for v in vector[:4]) + " …")
+        console.print(table)
+    if failed:
+        raise typer.Exit(1)  # each failure already had its own line
