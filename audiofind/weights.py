@@ -29,15 +29,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from audiofind import paths
-from audiofind.errors import (
-    ChecksumError,
-    DownloadError,
-    UnknownModelError,
-    UnsafeCheckpoint,
-    UsageError,
-    WeightsError,
-    WeightsNotFound,
-)
+from audiofind.errors import (ChecksumError, DownloadError, UnknownModelError, UnsafeCheckpoint, UsageError,
+                              WeightsError, WeightsNotFound)
 
 log = logging.getLogger(__name__)
 
@@ -123,24 +116,27 @@ def default_model() -> str:
 # ---------------------------------------------------------------- keys and towers
 
 
+def _tower(key: str) -> str | None:
+    for prefix, tower in (("audio.", "audio"), ("visual.", "visual"), ("logit_scale", "scale")):
+        if key.startswith(prefix):
+            return tower
+    return "text" if key.startswith(_TEXT_PREFIXES) else None
+
+
 def tower_of(key: str) -> str:
     """Which AudioCLIP tower a state-dict key belongs to: audio, text, visual or scale."""
-    if key.startswith("audio."):
-        return "audio"
-    if key.startswith("visual."):
-        return "visual"
-    if key.startswith("logit_scale"):
-        return "scale"
-    if key.startswith(_TEXT_PREFIXES):
-        return "text"
-    raise WeightsError(f"The key {key!r} belongs to no AudioCLIP tower.")
+    if (tower := _tower(key)) is None:
+        raise WeightsError(f"The key {key!r} belongs to no AudioCLIP tower.")
+    return tower
 
 
-def _used(key: str, shape: Iterable[int]) -> bool:
+def _used(key: str, shape: Iterable[int], origin: object) -> bool:
     """Whether audiofind needs this tensor: audio and text towers plus the audio-text logit scale."""
+    if (tower := _tower(key)) is None:
+        raise WeightsError(f"{origin} holds {key!r}, which belongs to no AudioCLIP tower; it is not an AudioCLIP checkpoint.")
     if key == "logit_scale_at":
         return True
-    if tower_of(key) not in ("audio", "text") or key.endswith(".num_batches_tracked"):
+    if tower not in ("audio", "text") or key.endswith(".num_batches_tracked"):
         return False
     # The reference keeps an empty bias in its filter bank; nothing reads it.
     return not (key == "audio.fbsp.bias" and 0 in tuple(shape))
@@ -155,7 +151,7 @@ def _select(state_dict: dict, origin: object) -> dict[str, torch.Tensor]:
             raise WeightsError(f"{origin} is not an AudioCLIP state dict: entry {key!r} is not a named tensor.")
         for prefix in _WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
-        if not _used(key, tensor.shape):
+        if not _used(key, tensor.shape, origin):
             continue
         tensor = tensor.detach().contiguous()
         ptr = tensor.untyped_storage().data_ptr()
@@ -164,7 +160,7 @@ def _select(state_dict: dict, origin: object) -> dict[str, torch.Tensor]:
             tensor = tensor.clone()
         seen.add(tensor.untyped_storage().data_ptr())
         out[key] = tensor
-    if not any(tower_of(k) == "audio" for k in out) and not any(tower_of(k) == "text" for k in out):
+    if not any(_tower(k) in ("audio", "text") for k in out):
         raise WeightsError(f"{origin} holds neither an audio nor a text tower, so it is not an AudioCLIP checkpoint.")
     return out
 
@@ -172,15 +168,19 @@ def _select(state_dict: dict, origin: object) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- hashing
 
 
-def _sha256_file(path: Path, progress: Progress | None = None) -> str:
-    total, done, h = path.stat().st_size, 0, hashlib.sha256()
+def _hash_into(h: "hashlib._Hash", path: Path, progress: Progress | None = None) -> "hashlib._Hash":
+    total, done = path.stat().st_size, 0
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
             done += len(chunk)
             if progress:
                 progress(done, total)
-    return h.hexdigest()
+    return h
+
+
+def _sha256_file(path: Path, progress: Progress | None = None) -> str:
+    return _hash_into(hashlib.sha256(), path, progress).hexdigest()
 
 
 def _file_sha256(path: Path, progress: Progress | None = None) -> str:
@@ -257,8 +257,7 @@ def _load_pt(path: Path) -> dict:
     except pickle.UnpicklingError as e:
         if detail := _unsafe_detail(path, str(e)):
             raise UnsafeCheckpoint(
-                f"{path} asks to import {detail} while loading, which a plain checkpoint never does; "
-                "nothing was run and the file was not loaded."
+                f"{path} tries to import {detail} while loading, so it could run code; it was refused and nothing was run."
             ) from None
         raise WeightsError(f"{path} is not a torch checkpoint.") from None
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError, TypeError, struct.error, zipfile.BadZipFile) as e:
@@ -337,11 +336,7 @@ def _fetch(name: str, url: str, part: Path, size: int | None, progress: Progress
     if size is not None and done > size:
         part.unlink()
         done = 0
-    h = hashlib.sha256()
-    if done:
-        with open(part, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
+    h = _hash_into(hashlib.sha256(), part) if done else hashlib.sha256()
     if size is not None and done == size:
         return h.hexdigest()
     if done and progress:
@@ -374,9 +369,8 @@ def _fetch(name: str, url: str, part: Path, size: int | None, progress: Progress
         raise DownloadError(f"Could not download '{name}' from {url}: HTTP {e.code} {e.reason}.") from e
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", None) or e
-        raise DownloadError(
-            f"Could not download '{name}' from {url} ({reason}); run the same command again to resume."
-        ) from e
+        hint = "; run the same command again to resume" if part.exists() and part.stat().st_size else ""
+        raise DownloadError(f"Could not download '{name}' from {url} ({reason}){hint}.") from e
     # http.client returns a short body without complaint when the connection drops.
     expected = total or size
     if expected is not None and done < expected:
@@ -552,10 +546,12 @@ def read_state_dict(resolved: Resolved, towers: Iterable[str] = ("audio", "text"
         raise ValueError(f"unknown towers {sorted(unknown)}; use {TOWERS}")
     try:
         with safe_open(resolved.path, framework="pt", device="cpu") as f:
+            # _used also rejects keys of no tower, so a foreign file fails here, naming the key.
             return {
                 key: f.get_tensor(key)
                 for key in f.keys()
-                if tower_of(key) in wanted and (tower_of(key) == "visual" or _used(key, f.get_slice(key).get_shape()))
+                if (_tower(key) == "visual" or _used(key, f.get_slice(key).get_shape(), resolved.path))
+                and _tower(key) in wanted
             }
     except (SafetensorError, OSError) as e:
         raise WeightsError(f"{resolved.path} is not a readable safetensors file: {e}.") from e
