@@ -27,14 +27,30 @@ TEXT_BUCKET = 8
 
 @dataclass
 class Encoder:
-    """A loaded model ready to embed; `audio` and/or `text` is None when that tower was not loaded."""
+    """A model ready to embed. Towers not given are loaded by `loader` on first use, so knowing the model's
+    identity (name, sha256, dim) costs nothing: an unchanged library re-indexes without loading it."""
 
     name: str
     sha256: str
     config: AudioCLIPConfig
     device: torch.device
-    audio: AudioEncoder | None
-    text: TextEncoder | None
+    _audio: AudioEncoder | None = None
+    _text: TextEncoder | None = None
+    loader: Callable[[str], nn.Module] | None = None
+
+    @property
+    def audio(self) -> AudioEncoder | None:
+        """The audio tower, loaded on first use."""
+        if self._audio is None and self.loader is not None:
+            self._audio = self.loader("audio")  # type: ignore[assignment]
+        return self._audio
+
+    @property
+    def text(self) -> TextEncoder | None:
+        """The text tower, loaded on first use."""
+        if self._text is None and self.loader is not None:
+            self._text = self.loader("text")  # type: ignore[assignment]
+        return self._text
 
     @property
     def dim(self) -> int:
@@ -100,18 +116,23 @@ def _fixed_batches(lengths: list[int], size: int) -> list[tuple[list[int], int]]
     return [(idx[s : s + size], n) for n, idx in by_length.items() for s in range(0, len(idx), size)]
 
 
-def load_encoder(weights_name: str | None = None, device: str = "auto", towers: Iterable[str] = ("audio", "text")) -> Encoder:
-    """Resolve weights by name or path, load only the requested towers, and move them to the device."""
-    towers = set(towers)
+def load_encoder(weights_name: str | None = None, device: str = "auto", towers: Iterable[str] = ("audio", "text"), lazy: bool = False) -> Encoder:
+    """Resolve weights by name or path and load the requested towers on the device (on first use if lazy)."""
     dev = resolve_device(device)
     resolved = weights.resolve(weights_name)
     cfg = AudioCLIPConfig.from_dict(resolved.config) if resolved.config else AudioCLIPConfig()
-    wanted = towers | ({"scale"} if {"audio", "text"} <= towers else set())
-    state = weights.read_state_dict(resolved, wanted)
-    model = from_state_dict(state, cfg, towers, source=f"Model '{resolved.name}'")
-    model = model.to(dev)
-    log.info("loaded %s (%s) on %s", resolved.name, ",".join(sorted(towers)), dev)
-    return from_model(model, cfg, dev, resolved.name, resolved.sha256)
+
+    def load(tower: str) -> nn.Module:
+        state = weights.read_state_dict(resolved, [tower])
+        model = from_state_dict(state, cfg, [tower], source=f"Model '{resolved.name}'").to(dev)
+        log.info("loaded the %s tower of %s on %s", tower, resolved.name, dev)
+        return model
+
+    enc = Encoder(resolved.name, resolved.sha256, cfg, dev, loader=load)
+    if not lazy:
+        for tower in towers:
+            getattr(enc, tower)
+    return enc
 
 
 def from_model(model: nn.Module, cfg: AudioCLIPConfig, device: torch.device, name: str, sha256: str) -> Encoder:
@@ -119,4 +140,4 @@ def from_model(model: nn.Module, cfg: AudioCLIPConfig, device: torch.device, nam
     model.eval()
     audio = model.audio if isinstance(model, AudioCLIP) else model if isinstance(model, AudioEncoder) else None
     text = model if isinstance(model, TextEncoder) else None
-    return Encoder(name=name, sha256=sha256, config=cfg, device=device, audio=audio, text=text)
+    return Encoder(name=name, sha256=sha256, config=cfg, device=device, _audio=audio, _text=text)
