@@ -6,6 +6,9 @@ from audiofind.cli.common import app
 from audiofind.cli import bench as _bench  # noqa: F401,E402
 from audiofind.cli import embed as _embed  # noqa: F401,E402
 from audiofind.cli import finetune as _finetune  # noqa: F401,E402
+from audiofind.cli import index as _index  # noqa: F401,E402
+from audiofind.cli import search as _search  # noqa: F401,E402
+from audiofind.cli import speed as _speed  # noqa: F401,E402
 from audiofind.cli import weights as _weights  # noqa: F401,E402
 
 __all__ = ["app", "main"]

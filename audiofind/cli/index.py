@@ -1,0 +1,88 @@
+"""`audiofind index` and `audiofind status`: build the index and show what it holds."""
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console
+
+ExtOpt = Annotated[
+    list[str] | None,
+    typer.Option("--ext", help="Only these extensions (repeatable, e.g. --ext wav --ext flac); default: every common audio format."),
+]
+
+
+@app.command("index")
+def index_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Folders to index.", show_default=False)],
+    db: DbOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Drop every vector and embed everything again (e.g. with another model).")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again files that failed before, even if unchanged.")] = False,
+    ext: ExtOpt = None,
+) -> None:
+    """Add the audio files under PATHS to the index; re-running only touches what changed."""
+    from audiofind.encoder import load_encoder
+    from audiofind.indexer import AUDIO_EXTS, Event, prepare, sync
+    from audiofind.search import open_index
+
+    exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS
+    encoder = load_encoder(weights, device, towers=["audio"], lazy=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with open_index(db, create=True) as index, index.writer_lock():
+        prepare(index, encoder, rebuild=rebuild)
+        with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+            task = bar.add_task("indexing", total=None, audio="")
+            started = datetime.now()
+
+            def on_event(e: Event) -> None:
+                if e.event == "failed":
+                    err_console.print(f"[yellow]failed[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False)
+
+            def progress(done: float, total: float) -> None:
+                rate = done / max((datetime.now() - started).total_seconds(), 1e-6)
+                bar.update(task, completed=done, total=total, audio=f"{done / 3600:.2f}/{total / 3600:.2f} h audio, {rate:.1f}x real time")
+
+            report = sync(index, encoder, paths, exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress)
+    if json_out:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    console.print(
+        f"{report.embedded} embedded, {report.reused} copies, {report.skipped} unchanged, {report.moved} moved, "
+        f"{report.removed} removed, {report.failed} failed; {report.audio_seconds / 3600:.2f} h of audio in "
+        f"{report.seconds:.1f} s on {report.device} ({report.model})",
+        highlight=False,
+    )
+
+
+@app.command()
+def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Show the index: where it is, which model built it, its folders, counts and failed files."""
+    from audiofind.search import open_index
+
+    with open_index(db) as index:
+        stats = index.stats()
+    data = stats.as_dict()
+    if json_out:
+        typer.echo(json.dumps(data))
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("path", "size_bytes", "model", "sha256", "roots", "files", "failed", "segments", "audio_hours", "last_update"):
+        value = data.get(key)
+        if isinstance(value, list):
+            value = "\n".join(map(str, value)) or "-"
+        table.add_row(f"[bold]{key}[/]", escape(str(value)))
+    console.print(table)
+    if data.get("failures"):
+        failed = Table("failed file", "reason", title="Failed files")
+        for item in data["failures"]:
+            failed.add_row(escape(item["path"]), escape(item["reason"] or ""))
+        console.print(failed)

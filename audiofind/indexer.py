@@ -1,0 +1,311 @@
+"""Bringing an index in step with folders: walk, skip what is unchanged, detect moves, embed the rest.
+
+`index` and `watch` both call `sync`; nothing else writes files into the index.
+"""
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from audiofind import decode
+from audiofind.encoder import Encoder
+from audiofind.errors import DecodeError, UsageError
+from audiofind.store import AudioRow, FileRow, Index, ModelBinding
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTS = frozenset(
+    "wav wave flac mp3 ogg oga opus m4a mp4 aac aif aiff aifc caf w64 wv mka webm wma".split()
+)
+HASH_CHUNK = 1 << 20
+QUEUE_WINDOWS = 16  # decoded windows waiting for the model: bounds memory whatever the file length
+
+
+@dataclass
+class Report:
+    """What one sync did; the JSON summary of `index` is this plus timing."""
+
+    embedded: int = 0
+    skipped: int = 0
+    moved: int = 0
+    removed: int = 0
+    failed: int = 0
+    reused: int = 0  # new paths whose content was already indexed (copies): no embedding needed
+    segments: int = 0
+    audio_seconds: float = 0.0
+    seconds: float = 0.0
+    device: str = ""
+    model: str = ""
+
+    def as_dict(self) -> dict:
+        """Plain dict for JSON output."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change made to the index, reported as it happens (index prints failures, watch prints all)."""
+
+    event: str  # embedded | moved | removed | failed | reused
+    path: str
+    source: str | None = None  # the old path of a move
+    reason: str | None = None
+    segments: int = 0
+    duration: float = 0.0
+
+
+@dataclass
+class _Work:
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+    hash: str = ""
+    tags: dict = field(default_factory=dict)
+
+
+def binding(encoder: Encoder, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS) -> ModelBinding:
+    """The identity an index records for the vectors this encoder makes."""
+    return ModelBinding(name=encoder.name, sha256=encoder.sha256, dim=encoder.dim, window=window, hop=hop)
+
+
+def prepare(index: Index, encoder: Encoder, rebuild: bool = False) -> None:
+    """Bind an empty index to the encoder's model (emptying it first with rebuild); refuse another model."""
+    if rebuild:
+        index.reset()
+    if index.model() is None:
+        index.bind_model(binding(encoder))
+    else:
+        index.check_model(binding(encoder))
+
+
+def walk(roots: Iterable[Path], exts: frozenset[str] = AUDIO_EXTS) -> Iterator[tuple[Path, Path, os.stat_result]]:
+    """(root, file, stat) for every audio file under the roots: symlinks followed without loops, hidden names skipped."""
+    seen_dirs: set[tuple[int, int]] = set()
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            try:
+                st = os.stat(dirpath)
+            except OSError:
+                dirnames[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in seen_dirs:  # a symlink loop or a folder reached twice
+                dirnames[:] = []
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith(".") or name.rsplit(".", 1)[-1].lower() not in exts or "." not in name:
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    fst = os.stat(path)
+                except OSError:
+                    continue  # a dangling symlink or a file deleted while walking
+                yield root, path, fst
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of the file's bytes: the key that lets copies share vectors and moves skip embedding."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_tags(path: Path) -> dict[str, str]:
+    """Text tags (title, artist, genre, ...) through mutagen; a file it cannot read simply has none."""
+    import mutagen
+
+    try:
+        f = mutagen.File(path, easy=True)
+    except (mutagen.MutagenError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        log.debug("no tags for %s: %s", path, e)
+        return {}
+    if f is None or not f.tags:
+        return {}
+    tags = {}
+    for key, value in f.tags.items():
+        values = value if isinstance(value, list) else [value]
+        text = "; ".join(str(v) for v in values if isinstance(v, str | int | float))
+        if text:
+            tags[str(key).lower()] = text
+    return tags
+
+
+def sync(
+    index: Index,
+    encoder: Encoder,
+    roots: Iterable[Path],
+    *,
+    exts: frozenset[str] = AUDIO_EXTS,
+    retry_failed: bool = False,
+    only: Iterable[Path] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    progress: Callable[[float, float], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Report:
+    """Make the index hold exactly the audio files under `roots` (or, with `only`, just those paths)."""
+    started = time.monotonic()
+    roots = [Path(os.path.abspath(r)) for r in roots]
+    for root in roots:
+        if not root.is_dir():
+            raise UsageError(f"{root} is not a folder.")
+    index.check_model(binding(encoder))
+    report = Report(device=str(encoder.device), model=encoder.name)
+    emit = on_event or (lambda e: None)
+
+    # 1. What is on disk now, and what the index knows under the same roots.
+    wanted = _selector(only)
+    on_disk: dict[str, _Work] = {}
+    for root, path, st in walk(roots, exts):
+        key = str(path)
+        if wanted(key):
+            on_disk[key] = _Work(key, str(root), st.st_size, st.st_mtime_ns)
+    known = {row.path: row for row in index.files_under(roots) if wanted(row.path)}
+
+    todo: list[_Work] = []
+    for key, work in on_disk.items():
+        row = known.get(key)
+        unchanged = row is not None and row.size == work.size and row.mtime_ns == work.mtime_ns
+        if unchanged and (row.status == "ok" or not retry_failed):
+            report.skipped += 1
+        else:
+            todo.append(work)
+    vanished = {p: r for p, r in known.items() if p not in on_disk}
+
+    # 2. Hash what is new or changed: a hash seen under a vanished path is a move, one already indexed a copy.
+    by_hash: dict[str, list[str]] = {}
+    for path, row in vanished.items():
+        if row.hash:
+            by_hash.setdefault(row.hash, []).append(path)
+    to_embed: list[_Work] = []
+    for work in todo:
+        if stop is not None and stop.is_set():
+            break
+        try:
+            work.hash = file_hash(Path(work.path))
+        except OSError as e:
+            _fail(index, work, f"cannot read: {e.strerror or e}", report, emit)
+            continue
+        sources = by_hash.get(work.hash)
+        if sources and work.path not in known:
+            source = sources.pop(0)
+            index.move_file(source, work.path, work.root, work.size, work.mtime_ns)
+            vanished.pop(source, None)
+            report.moved += 1
+            emit(Event("moved", work.path, source=source))
+        elif index.has_audio(work.hash):
+            index.add_file(FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, read_tags(Path(work.path))))
+            report.reused += 1
+            emit(Event("reused", work.path))
+        else:
+            to_embed.append(work)
+
+    # 3. Embed, with decoding on its own thread so the model never waits for the disk.
+    total = sum(_duration_guess(Path(w.path)) for w in to_embed)
+    window_s, hop_s = index.model().window, index.model().hop
+    bounds: list[tuple[float, float]] = []
+    vectors: list[np.ndarray] = []
+    for kind, work, payload in _decode_ahead(to_embed, window_s, hop_s, stop):
+        if kind == "start":
+            bounds, vectors = [], []
+        elif kind == "window":
+            new = payload.end - max(payload.start, bounds[-1][1] if bounds else 0.0)  # seconds not seen before
+            bounds.append((payload.start, payload.end))
+            vectors.append(encoder.embed_audio([payload.samples])[0])
+            report.audio_seconds += new
+            if progress:
+                progress(report.audio_seconds, max(total, report.audio_seconds))
+        elif kind == "error":  # possibly after some windows: all of this file is dropped
+            _fail(index, work, payload.reason, report, emit)
+        elif kind == "end":
+            duration = bounds[-1][1]
+            audio = AudioRow(work.hash, duration, payload.sample_rate, payload.channels)
+            row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, read_tags(Path(work.path)))
+            index.add_file(row, audio, bounds, np.stack(vectors))
+            report.embedded += 1
+            report.segments += len(bounds)
+            emit(Event("embedded", work.path, segments=len(bounds), duration=duration))
+
+    # 4. Whatever vanished and was not a move goes, with vectors nobody else uses.
+    if vanished and not (stop is not None and stop.is_set()):
+        report.removed += index.remove_files(sorted(vanished))
+        for path in sorted(vanished):
+            emit(Event("removed", path))
+    for root in roots:
+        index.touch_root(root)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _selector(only: Iterable[Path] | None) -> Callable[[str], bool]:
+    """A test for 'is this path one of `only`, or inside one of its folders' (everything when only is None)."""
+    if only is None:
+        return lambda path: True
+    exact = {os.path.abspath(p) for p in only}
+    prefixes = tuple(p.rstrip(os.sep) + os.sep for p in exact)
+    return lambda path: path in exact or path.startswith(prefixes)
+
+
+def _fail(index: Index, work: _Work, reason: str, report: Report, emit: Callable[[Event], None]) -> None:
+    index.record_failure(work.path, work.root, work.size, work.mtime_ns, reason)
+    report.failed += 1
+    emit(Event("failed", work.path, reason=reason))
+
+
+def _duration_guess(path: Path) -> float:
+    """Seconds of audio for the progress total, from headers only; 0 when they do not say."""
+    try:
+        return decode.probe(path).duration
+    except DecodeError:
+        return 0.0
+
+
+def _decode_ahead(works: list[_Work], window: float, hop: float, stop: threading.Event | None) -> Iterator[tuple[str, _Work, object]]:
+    """(kind, work, payload) messages: start, window (a decode.Window)..., then end (AudioInfo) or error (DecodeError).
+
+    A thread decodes ahead into a bounded queue, so memory stays bounded for a file of any length.
+    """
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_WINDOWS)
+    finished = threading.Event()
+
+    def produce() -> None:
+        try:
+            for work in works:
+                if finished.is_set() or (stop is not None and stop.is_set()):
+                    break
+                q.put(("start", work, None))
+                try:
+                    info = decode.probe(Path(work.path))
+                    for w in decode.iter_windows(Path(work.path), window, hop):
+                        if finished.is_set():
+                            return
+                        q.put(("window", work, w))
+                    q.put(("end", work, info))
+                except DecodeError as e:
+                    q.put(("error", work, e))
+        finally:
+            q.put(("done", None, None))
+
+    thread = threading.Thread(target=produce, name="audiofind-decode", daemon=True)
+    thread.start()
+    try:
+        while (msg := q.get())[0] != "done":
+            yield msg
+    finally:
+        finished.set()  # the consumer stopped early: let the producer run out
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
