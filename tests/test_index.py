@@ -1,0 +1,261 @@
+"""`audiofind index`, `search` and `status` end to end through the CLI, on generated libraries."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apsw
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import audiogen
+from audiofind.cli import app
+from audiofind.model import AudioCLIPConfig
+from audiofind.store import Index
+from modelkit import register_tiny, synthetic_state_dict
+
+runner = CliRunner()
+SR = audiogen.SAMPLE_RATE
+
+
+def run(*args: str, code: int = 0) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, f"exit {result.exit_code}: {result.output}"
+    return result.stdout
+
+
+def index_json(*args: str) -> dict:
+    return json.loads(run("index", *args, "--json").strip().splitlines()[-1])
+
+
+def put(writer, path: Path, *args, **kwargs) -> Path:  # type: ignore[no-untyped-def]
+    """Write a test file, creating its folder first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return writer(path, *args, **kwargs)
+
+
+def make_library(root: Path) -> dict[str, list[Path]]:
+    """Several formats and channel counts, nested folders, spaces and accents, broken and hidden files."""
+    good = [
+        put(audiogen.write_audio, root / "Field Recordings" / "Forêt d'été" / "birds 01.flac", audiogen.chirp(800, 4000, 2.0, channels=2)),
+        put(audiogen.write_audio, root / "drums" / "kick.wav", audiogen.sine(60, 0.4, sr=22050), sr=22050),
+        put(audiogen.write_audio, root / "synth" / "pad.mp3", audiogen.square(220, 1.5)),
+        put(audiogen.write_audio, root / "synth" / "lead.ogg", audiogen.sine(1320, 1.0, channels=2)),
+        put(audiogen.write_audio, root / "fx" / "whoosh.m4a", audiogen.noise(1.2, seed=3)),
+        put(audiogen.write_audio, root / "fx" / "surround.wav", audiogen.noise(0.8, channels=6, seed=4)),
+    ]
+    broken = [
+        put(audiogen.write_empty, root / "broken" / "empty.wav"),
+        put(audiogen.write_truncated, root / "broken" / "cut.flac", put(audiogen.write_audio, root.parent / "src.flac", audiogen.sine(500, 3.0))),
+        put(audiogen.write_not_audio, root / "broken" / "notes.wav"),
+    ]
+    put(audiogen.write_audio, root / ".hidden" / "secret.wav", audiogen.sine(100, 0.5))
+    put(audiogen.write_audio, root / "fx" / ".dotfile.wav", audiogen.sine(100, 0.5))
+    (root / "readme.txt").write_text("not audio, not picked up")
+    return {"good": good, "broken": broken}
+
+
+@pytest.fixture
+def tiny() -> str:
+    return register_tiny()
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> tuple[Path, dict[str, list[Path]]]:
+    root = tmp_path / "Sounds Library"
+    return root, make_library(root)
+
+
+def test_index_then_every_file_finds_itself(tiny: str, library: tuple[Path, dict]) -> None:
+    root, files = library
+    report = index_json(root, "-w", tiny)
+    assert (report["embedded"], report["failed"], report["skipped"]) == (len(files["good"]), len(files["broken"]), 0)
+    assert report["device"] == "cpu" and report["audio_seconds"] > 6
+    for path in files["good"]:
+        hits = json.loads(run("search", "--like", path, "--json", "-k", "3"))
+        assert hits[0]["path"] == str(path)
+        assert hits[0]["score"] > 0.99999
+        assert {"path", "score", "start", "end", "duration"} <= set(hits[0])
+    status = json.loads(run("status", "--json"))
+    assert status["files"] == len(files["good"]) + len(files["broken"]) and status["failed"] == len(files["broken"])
+    assert {f["path"] for f in status["failures"]} == {str(p) for p in files["broken"]}
+
+
+def test_reindex_embeds_nothing_and_failures_are_not_retried(tiny: str, library: tuple[Path, dict]) -> None:
+    root, files = library
+    index_json(root, "-w", tiny)
+    again = index_json(root, "-w", tiny)
+    assert (again["embedded"], again["failed"], again["moved"], again["removed"]) == (0, 0, 0, 0)
+    assert again["skipped"] == len(files["good"]) + len(files["broken"])
+    retried = index_json(root, "-w", tiny, "--retry-failed")
+    assert (retried["embedded"], retried["failed"]) == (0, len(files["broken"]))
+
+
+def test_rename_move_copy_change_delete(tiny: str, library: tuple[Path, dict]) -> None:
+    root, files = library
+    index_json(root, "-w", tiny)
+    kick = files["good"][1]
+    moved = root / "renamed folder" / "kick drum.wav"
+    moved.parent.mkdir()
+    kick.rename(moved)
+    report = index_json(root, "-w", tiny)
+    assert (report["moved"], report["embedded"], report["removed"]) == (1, 0, 0)
+    paths = run("search", "--like", moved, "--paths").splitlines()
+    assert paths[0] == str(moved) and str(kick) not in paths
+
+    copy = root / "copy of lead.ogg"
+    shutil.copy2(files["good"][3], copy)
+    report = index_json(root, "-w", tiny)
+    assert (report["reused"], report["embedded"]) == (1, 0)
+
+    pad = files["good"][2]
+    audiogen.write_audio(pad, audiogen.square(330, 1.0))  # new content, same path
+    report = index_json(root, "-w", tiny)
+    assert (report["embedded"], report["moved"]) == (1, 0)
+
+    files["good"][3].unlink()  # the copy keeps the shared vectors alive
+    shutil.rmtree(root / "fx")
+    report = index_json(root, "-w", tiny)
+    assert report["removed"] == 3
+    remaining = set(run("search", "--like", copy, "--paths", "-k", "50").splitlines())
+    assert str(copy) in remaining and not any("/fx/" in p for p in remaining)
+
+
+def test_search_filters_and_formats(tiny: str, library: tuple[Path, dict]) -> None:
+    import mutagen.flac
+
+    root, files = library
+    birds = files["good"][0]
+    tags = mutagen.flac.FLAC(birds)
+    tags["genre"] = "Ambience"
+    tags.save()
+    index_json(root, "-w", tiny)
+    everything = json.loads(run("search", "a bird sings", "--json", "-k", "50"))
+    assert len(everything) == len(files["good"])
+    scores = [h["score"] for h in everything]
+    assert scores == sorted(scores, reverse=True)
+    assert {h["path"] for h in json.loads(run("search", "x", "--json", "--ext", "wav"))} == {str(files["good"][1]), str(files["good"][5])}
+    assert {h["path"] for h in json.loads(run("search", "x", "--json", "--under", root / "synth"))} == {str(p) for p in files["good"][2:4]}
+    assert {h["path"] for h in json.loads(run("search", "x", "--json", "--tag", "genre=ambience"))} == {str(birds)}
+    long_only = json.loads(run("search", "x", "--json", "--min-duration", "1.4"))
+    assert long_only and all(h["duration"] >= 1.4 for h in long_only)
+    short_only = json.loads(run("search", "x", "--json", "--max-duration", "0.9"))
+    assert short_only and all(h["duration"] <= 0.9 for h in short_only)
+    assert run("search", "x", "--paths", "-k", "2").splitlines() == [h["path"] for h in everything[:2]]
+    table = run("search", "a bird sings", "-k", "3")
+    assert "score" in table
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["search", ""], "empty"),
+        (["search", "   "], "empty"),
+        (["search"], "QUERY"),
+        (["search", "x", "--like", "a.wav"], "not both"),
+        (["search", "x", "--tag", "novalue"], "KEY=VALUE"),
+    ],
+)
+def test_search_usage_errors(tiny: str, library: tuple[Path, dict], args: list[str], needle: str) -> None:
+    index_json(library[0], "-w", tiny)
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0 and needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_search_without_index_or_with_bad_example(tiny: str, library: tuple[Path, dict], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["search", "rain"])
+    assert result.exit_code == 1 and "audiofind index" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    index_json(library[0], "-w", tiny)
+    bad = put(audiogen.write_not_audio, tmp_path / "bad.wav")
+    result = runner.invoke(app, ["search", "--like", str(bad)])
+    assert result.exit_code == 1 and "bad.wav" in result.stderr and "Traceback" not in result.output
+    result = runner.invoke(app, ["index", str(tmp_path / "nowhere"), "-w", tiny])
+    assert result.exit_code == 2 and "not a folder" in result.stderr
+
+
+def test_another_model_is_refused_until_rebuild(tiny: str, library: tuple[Path, dict]) -> None:
+    from audiofind import weights
+    from audiofind.model import TINY
+
+    root, _ = library
+    index_json(root, "-w", tiny)
+    other = synthetic_state_dict(TINY)
+    other["audio.fc.bias"] += 1.0
+    weights.save_model(other, "tiny-other", TINY.to_dict(), {})
+    for args in (["index", root, "-w", "tiny-other"], ["search", "rain", "-w", "tiny-other"]):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 1 and "audiofind index --rebuild" in result.stderr
+    report = index_json(root, "-w", "tiny-other", "--rebuild")
+    assert report["embedded"] > 0
+    run("search", "rain", "-k", "1")  # now searches with the new model, found from the index
+
+
+def test_a_second_writer_is_refused(tiny: str, library: tuple[Path, dict], audiofind_home: Path) -> None:
+    root, _ = library
+    index_json(root, "-w", tiny)
+    with Index.open(audiofind_home / "index.db") as held, held.writer_lock():
+        result = runner.invoke(app, ["index", str(root), "-w", tiny])
+    assert result.exit_code == 1 and "already writing" in result.stderr
+
+
+def test_sigkill_loses_nothing_committed(tiny: str, tmp_path: Path, audiofind_home: Path) -> None:
+    root = tmp_path / "many"
+    for i in range(60):
+        put(audiogen.write_int16_wav, root / f"{i:02d}.wav", (audiogen.noise(12.0, seed=i) * 20000).astype(np.int16))
+    db = audiofind_home / "index.db"
+    cmd = [sys.executable, "-m", "audiofind", "index", str(root), "-w", tiny, "--json"]
+    proc = subprocess.Popen(cmd, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    committed = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+                committed = conn.execute("SELECT count(*) FROM files WHERE status = 'ok'").fetchone()[0]
+                conn.close()
+            except apsw.Error:
+                committed = 0
+        if committed >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "indexing finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Index.open(db) as index:
+        assert index.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = index.files_under([root])
+        assert 0 < len(rows) < 60
+        for row in rows:  # every committed file is complete: its segments and vectors are all there
+            bounds, vectors = index.segment_vectors(row.hash)
+            assert bounds == [(0.0, 10.0), (2.0, 12.0)] and vectors.shape == (2, 32)
+    report = index_json(root, "-w", tiny)
+    assert report["embedded"] == 60 - len(rows) and report["skipped"] == len(rows) and report["failed"] == 0
+
+
+def test_full_size_end_to_end_excerpt_finds_its_place(tmp_path: Path) -> None:
+    """The real architecture (fixture weights): files find themselves, a 10 s excerpt its place in a recording."""
+    from audiofind import weights
+
+    weights.save_model(synthetic_state_dict(AudioCLIPConfig()), "full", AudioCLIPConfig().to_dict(), {})
+    root = tmp_path / "lib"
+    sections = [audiogen.sine(300, 10.0), audiogen.noise(10.0, seed=1, amp=0.2), audiogen.chirp(500, 4000, 10.0), audiogen.square(90, 10.0, amp=0.3)]
+    recording = np.concatenate(sections, axis=1)  # 40 s
+    long = put(audiogen.write_audio, root / "walk.flac", recording)
+    short = [put(audiogen.write_audio, root / f"{n}.wav", s) for n, s in (("beep", audiogen.sine(2000, 1.0)), ("hiss", audiogen.noise(2.0, seed=9)))]
+    report = index_json(root, "-w", "full")
+    assert report["embedded"] == 3 and report["segments"] == 7 + 2  # 40 s: windows at 0, 5, ..., 30
+    for path in [long, *short]:
+        assert json.loads(run("search", "--like", path, "--json"))[0]["path"] == str(path)
+    start = 22.5
+    excerpt = put(audiogen.write_audio, tmp_path / "excerpt.flac", recording[:, int(start * SR) : int((start + 10) * SR)])
+    hit = json.loads(run("search", "--like", excerpt, "--json"))[0]
+    assert hit["path"] == str(long)
+    overlap = min(hit["end"], start + 10) - max(hit["start"], start)
+    assert overlap >= 5.0, hit  # the best segment is where the excerpt was cut from
