@@ -1,0 +1,170 @@
+"""Numbered schema migrations, applied in order and recorded in `_audiofind_migrations` (llm / sqlite-utils style).
+
+A shipped migration is never edited: a schema change is a new function appended here, plus a test. The vector
+table is not here: its width comes from the model, so `store.Index.bind_model` creates it.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import apsw
+
+from audiofind.errors import IndexBusy, SchemaMismatch
+
+log = logging.getLogger(__name__)
+
+TABLE = "_audiofind_migrations"
+
+Migration = Callable[[apsw.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Append fn to the ordered list of migrations; each name may be registered once."""
+    if any(m.__name__ == fn.__name__ for m in MIGRATIONS):
+        raise ValueError(f"Migration {fn.__name__} is registered twice.")
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@contextmanager
+def write_transaction(conn: apsw.Connection) -> Iterator[None]:
+    """One write transaction, or a savepoint inside an open one; everything in it lands together or not at all."""
+    if conn.in_transaction:
+        with conn:  # APSW turns a nested `with conn` into a savepoint
+            yield
+        return
+    try:
+        # IMMEDIATE takes the write lock up front (waiting out the busy timeout), so a read that precedes the
+        # first write can never find its snapshot stale.
+        conn.execute("BEGIN IMMEDIATE")
+    except apsw.BusyError as e:
+        raise IndexBusy(f"Another process is writing to {conn.filename}; try again when it has finished.") from e
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@migration
+def m001_meta(conn: apsw.Connection) -> None:
+    # Untyped value: holds text, numbers and the float32 centre blob alike.
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
+
+
+@migration
+def m002_audio_segments(conn: apsw.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE audio (
+            hash TEXT PRIMARY KEY,
+            duration REAL NOT NULL,
+            sample_rate INTEGER NOT NULL,
+            channels INTEGER NOT NULL
+        )"""
+    )
+    # Segment ids are the rowids of the vec0 `vectors` table; `code` holds the binary code of the centred vector
+    # once the index is large enough to have a centre (NULL before).
+    conn.execute(
+        """
+        CREATE TABLE segments (
+            id INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL REFERENCES audio(hash),
+            start REAL NOT NULL,
+            "end" REAL NOT NULL,
+            code BLOB
+        )"""
+    )
+    conn.execute("CREATE INDEX segments_hash ON segments(hash)")
+
+
+@migration
+def m003_files(conn: apsw.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL UNIQUE,
+            root TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            hash TEXT REFERENCES audio(hash),
+            status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+            error TEXT,
+            tags TEXT NOT NULL DEFAULT '{}',
+            indexed_at REAL NOT NULL,
+            CHECK ((status = 'ok') = (hash IS NOT NULL))
+        )"""
+    )
+    conn.execute("CREATE INDEX files_hash ON files(hash)")
+    conn.execute("CREATE INDEX files_root ON files(root)")
+
+
+@migration
+def m004_roots(conn: apsw.Connection) -> None:
+    conn.execute("CREATE TABLE roots (path TEXT PRIMARY KEY, last_indexed_at REAL)")
+
+
+def names() -> list[str]:
+    """Every migration this code knows, in order."""
+    return [m.__name__ for m in MIGRATIONS]
+
+
+def applied(conn: apsw.Connection) -> list[str]:
+    """Names recorded in the database, in the order they were applied (reads only)."""
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)).fetchone()
+    if not exists:
+        return []
+    return [name for (name,) in conn.execute(f"SELECT name FROM {TABLE} ORDER BY rowid")]
+
+
+def pending(conn: apsw.Connection) -> list[str]:
+    """Known migrations not applied yet; never writes."""
+    done = set(applied(conn))
+    return [name for name in names() if name not in done]
+
+
+def unknown(conn: apsw.Connection) -> list[str]:
+    """Recorded migrations this code does not know: the database was written by a newer audiofind."""
+    known = set(names())
+    return [name for name in applied(conn) if name not in known]
+
+
+def version(conn: apsw.Connection) -> int:
+    """The schema version: how many migrations have been applied."""
+    return len(applied(conn))
+
+
+def check(conn: apsw.Connection) -> None:
+    """Raise SchemaMismatch if a newer audiofind has migrated this database."""
+    newer = unknown(conn)
+    if newer:
+        raise SchemaMismatch(
+            f"The index {conn.filename} was written by a newer audiofind (unknown migrations: {', '.join(newer)}); "
+            "upgrade audiofind to use it."
+        )
+
+
+def migrate(conn: apsw.Connection) -> list[str]:
+    """Apply the pending migrations, each together with its record in one transaction; return their names."""
+    check(conn)
+    if not pending(conn):
+        return []
+    with write_transaction(conn):
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    done = []
+    for fn in MIGRATIONS:
+        with write_transaction(conn):
+            # Re-read inside the write lock: another process may have applied it since we looked.
+            if conn.execute(f"SELECT 1 FROM {TABLE} WHERE name = ?", (fn.__name__,)).fetchone():
+                continue
+            fn(conn)
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            conn.execute(f"INSERT INTO {TABLE} (name, applied_at) VALUES (?, ?)", (fn.__name__, now))
+        log.info("applied migration %s to %s", fn.__name__, conn.filename)
+        done.append(fn.__name__)
+    return done
