@@ -52,12 +52,14 @@ def write_transaction(conn: apsw.Connection) -> Iterator[None]:
 
 @migration
 def m001_meta(conn: apsw.Connection) -> None:
+    """Key-value facts about the index: the model binding and the code centre."""
     # Untyped value: holds text, numbers and the float32 centre blob alike.
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
 
 
 @migration
 def m002_audio_segments(conn: apsw.Connection) -> None:
+    """Distinct audio contents by hash, and their segments."""
     conn.execute(
         """
         CREATE TABLE audio (
@@ -84,6 +86,7 @@ def m002_audio_segments(conn: apsw.Connection) -> None:
 
 @migration
 def m003_files(conn: apsw.Connection) -> None:
+    """Files on disk, each pointing at its content or recording why it failed."""
     conn.execute(
         """
         CREATE TABLE files (
@@ -106,6 +109,7 @@ def m003_files(conn: apsw.Connection) -> None:
 
 @migration
 def m004_roots(conn: apsw.Connection) -> None:
+    """The folders the user indexed."""
     conn.execute("CREATE TABLE roots (path TEXT PRIMARY KEY, last_indexed_at REAL)")
 
 

@@ -24,7 +24,7 @@ import sqlite_vec
 
 from audiofind import migrations
 from audiofind import vectors as vec
-from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch
+from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, UsageError
 from audiofind.paths import default_db
 
 log = logging.getLogger(__name__)
@@ -634,12 +634,13 @@ def bench_search(
     progress: Callable[[int, int], None] | None = None,
 ) -> SearchBench:
     """Fill a new index at path with AudioCLIP-like synthetic vectors; measure recall@10 and warm query times."""
+    if Path(path).exists():
+        raise UsageError(f"{path} already exists; the search benchmark builds a new index and overwrites none.")
     data = vec.synthetic(segments, dim, queries, seed)
     starts = np.flatnonzero(np.diff(data.file_of, prepend=-1))  # first segment of each file
     ends = np.append(starts[1:], segments)
     t0 = time.perf_counter()
     with Index.open(path) as index:
-        index.reset()
         index.bind_model(ModelBinding("synthetic", "0" * 64, dim, 2.0, 1.0))
         for batch in range(0, len(starts), 500):
             with index.transaction():

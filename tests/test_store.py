@@ -15,7 +15,7 @@ import pytest
 
 from audiofind import migrations, store
 from audiofind import vectors as vec
-from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch
+from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, UsageError
 from audiofind.store import AudioRow, FileRow, Filters, Index, ModelBinding
 
 D = 16
@@ -305,6 +305,10 @@ def test_quantised_search_matches_exact(index: Index, tmp_path: Path, monkeypatc
 def test_quantised_recall_at_10_on_a_large_synthetic_index(tmp_path: Path) -> None:
     result = store.bench_search(tmp_path / "bench.db", segments=20_000, dim=1024, queries=40, timing=False)
     assert result.recall_at_10 >= 0.99, result
+    with Index.open(tmp_path / "bench.db") as ix:
+        assert ix.stats().segments == 20_000 and ix.stats().quantised
+    with pytest.raises(UsageError, match="already exists"):  # never overwrites an index
+        store.bench_search(tmp_path / "bench.db", segments=10, dim=8)
 
 
 # Concurrency and crash safety.
@@ -350,6 +354,17 @@ def test_readers_work_while_a_writer_writes(index: Index, tmp_path: Path) -> Non
         add(index, tmp_path / "b.wav", "h2", np.eye(D)[[1]])  # written, not committed
         assert [Path(h.path).name for h in reader.search(np.eye(D)[1], 5)] == ["a.wav"]
         assert reader.stats().files == 1
+
+
+def test_a_writer_blocked_too_long_gets_index_busy(index: Index, tmp_path: Path) -> None:
+    with Index.open(index.path) as other:
+        other.conn.setbusytimeout(50)
+        with index.transaction():  # holds the write lock, as a writer that ignored writer_lock() would
+            add(index, tmp_path / "a.wav", "h1", np.ones((1, D)))
+            with pytest.raises(IndexBusy, match="Another process is writing to"):
+                add(other, tmp_path / "b.wav", "h2", np.ones((1, D)))
+        add(other, tmp_path / "b.wav", "h2", np.ones((1, D)))
+        assert other.stats().files == 2
 
 
 CRASH_CHILD = """
