@@ -1,0 +1,87 @@
+"""`audiofind watch`: index folders, then follow their changes until Ctrl-C or SIGTERM."""
+
+import json
+import signal
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console
+
+if TYPE_CHECKING:
+    from audiofind.indexer import Event
+
+STYLES = {"embedded": "green", "reused": "green", "moved": "cyan", "removed": "magenta", "failed": "red",
+          "lost": "yellow", "found": "yellow", "rescan": "yellow"}  # fmt: skip
+
+
+def _as_json(e: "Event") -> dict:
+    """One change as the JSON object printed with --json (moves add "from")."""
+    out: dict = {"event": e.event, "path": e.path, "time": datetime.now().astimezone().isoformat(timespec="seconds")}
+    if e.source:
+        out["from"] = e.source
+    if e.reason:
+        out["reason"] = e.reason
+    if e.event == "embedded":
+        out |= {"segments": e.segments, "duration": round(e.duration, 3)}
+    return out
+
+
+def _as_text(e: "Event") -> str:
+    """One change as a timestamped rich line."""
+    what = escape(e.path)
+    if e.event == "moved":
+        what = f"{escape(e.source or '')} -> {what}"
+    elif e.event == "embedded":
+        what += f" [dim]({e.segments} segments, {e.duration:.1f} s)[/]"
+    elif e.event == "reused":
+        what += " [dim](same audio as an indexed file)[/]"
+    if e.reason:
+        what += f": {escape(e.reason)}"
+    return f"[dim]{datetime.now():%H:%M:%S}[/] [{STYLES.get(e.event, 'white')}]{e.event}[/] {what}"
+
+
+@app.command("watch")
+def watch_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Folders to index and watch.", show_default=False)],
+    db: DbOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    polling: Annotated[bool, typer.Option("--polling", help="Poll instead of OS events (network drives and other file systems without events).")] = False,
+    settle: Annotated[float, typer.Option("--settle", metavar="SECONDS", help="Index a file once its size and mtime have not changed for this long.")] = 1.0,
+) -> None:
+    """Index PATHS, then keep the index in step with every change under them until Ctrl-C."""
+    from audiofind.encoder import load_encoder
+    from audiofind.indexer import Event, prepare
+    from audiofind.search import open_index
+    from audiofind.watch import watch
+
+    def on_event(e: Event) -> None:
+        if json_out:
+            typer.echo(json.dumps(_as_json(e)))
+        else:
+            console.print(_as_text(e), highlight=False, soft_wrap=True)  # one line, however long the path
+
+    def on_ready() -> None:
+        folders = "folder" if len(paths) == 1 else "folders"
+        err_console.print(f"watching {len(paths)} {folders}; press Ctrl-C to stop", highlight=False)
+
+    stop = threading.Event()
+    encoder = load_encoder(weights, device, towers=["audio"], lazy=True)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set signal handlers
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        with open_index(db, create=True) as index, index.writer_lock():
+            prepare(index, encoder)
+            watch(index, encoder, paths, settle=settle, polling=polling, on_event=on_event, stop=stop, on_ready=on_ready)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+

@@ -1,0 +1,416 @@
+"""`audiofind watch`: real watchdog observers on tmp folders, the tiny model, short settle times."""
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import apsw
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import audiogen
+from audiofind import store
+from audiofind.cli import app
+from audiofind.encoder import Encoder, load_encoder
+from audiofind.indexer import Event, prepare, sync
+from audiofind.search import search_like
+from audiofind.store import FileRow, Index
+from audiofind.watch import watch
+from modelkit import register_tiny
+
+SETTLE = 0.2
+SLOW_SETTLE = 0.5  # for slow writes: a pause four times shorter than this is never taken for the end
+DEADLINE = 20.0  # seconds any awaited result may take before the test fails
+runner = CliRunner()
+
+
+def wait_until(check: Callable[[], object], what: str, deadline: float = DEADLINE) -> object:
+    """Poll until check() is truthy; fail naming `what` after the deadline."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def tone(path: Path, freq: float, seconds: float = 0.5) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return audiogen.write_audio(path, audiogen.sine(freq, seconds))
+
+
+def write_slowly(path: Path, data: bytes, chunks: int = 8) -> None:
+    """Write data in chunks 0.1 s apart (0.8 s in all): longer than SLOW_SETTLE, each pause well within it."""
+    with open(path, "wb") as f:
+        for i in range(chunks):
+            f.write(data[i * len(data) // chunks : (i + 1) * len(data) // chunks])
+            f.flush()
+            time.sleep(0.1)
+
+
+def files(db: Path) -> dict[str, FileRow]:
+    """What the index holds now, read through a connection of its own."""
+    with Index.open(db, create=False) as index:
+        return {row.path: row for row in index.files_under([Path("/")])}
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUDIOFIND_HOME", str(tmp_path_factory.mktemp("home")))
+        register_tiny()
+        return load_encoder("tiny", "cpu", towers=["audio"])  # loaded now: later tests have other homes
+
+
+class Watching:
+    """watch() on a thread of its own, with every event it reports; stops and re-raises its error on exit."""
+
+    def __init__(self, db: Path, encoder: Encoder, roots: list[Path], **options) -> None:
+        self.db, self.encoder, self.roots, self.options = db, encoder, roots, {"settle": SETTLE, **options}
+        self.events: list[Event] = []
+        self.stop, self.ready = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> "Watching":
+        self.index = Index.open(self.db)
+        prepare(self.index, self.encoder)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.ready.is_set() or self.error, "the first sync")
+        self.initial = len(self.events)  # what the first sync reported; the rest comes from watching
+        return self
+
+    def _run(self) -> None:
+        try:
+            watch(self.index, self.encoder, self.roots, on_event=self.events.append, stop=self.stop,
+                  on_ready=self.ready.set, **self.options)  # fmt: skip
+        except BaseException as e:  # handed to the test thread
+            self.error = e
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(DEADLINE)
+        self.index.close()
+        assert not self.thread.is_alive(), "watch did not stop"
+        if self.error:
+            raise self.error
+
+    def of(self, kind: str, path: Path | None = None) -> list[Event]:
+        return [e for e in list(self.events) if e.event == kind and (path is None or e.path == str(path))]
+
+    def wait(self, kind: str, path: Path | None = None, n: int = 1) -> list[Event]:
+        return wait_until(lambda: len(self.of(kind, path)) >= n and self.of(kind, path), f"{n} {kind} {path or ''}")
+
+
+def test_new_file_is_embedded(tmp_path: Path, encoder: Encoder) -> None:
+    root = tmp_path / "lib"
+    root.mkdir()
+    with Watching(tmp_path / "i.db", encoder, [root]) as w:
+        tone(root / "new.wav", 440)
+        w.wait("embedded", root / "new.wav")
+    assert files(tmp_path / "i.db")[str(root / "new.wav")].status == "ok"
+    assert len(w.of("embedded")) == 1
+
+
+def test_slow_write_is_indexed_once_complete(tmp_path: Path, encoder: Encoder) -> None:
+    root = tmp_path / "lib"
+    root.mkdir()
+    data = tone(tmp_path / "whole.wav", 330, seconds=1.0).read_bytes()
+    target = root / "slow.wav"
+    with Watching(tmp_path / "i.db", encoder, [root], settle=SLOW_SETTLE) as w:
+        write_slowly(target, data)
+        (event,) = w.wait("embedded", target)
+    assert event.duration == pytest.approx(1.0, abs=0.01)
+    assert files(tmp_path / "i.db")[str(target)].size == len(data)
+    assert len(w.of("embedded")) == 1 and not w.of("failed")
+
+
+def test_rename_keeps_vectors(tmp_path: Path, encoder: Encoder) -> None:
+    root = tmp_path / "lib"
+    tone(root / "old.wav", 440)
+    with Watching(tmp_path / "i.db", encoder, [root]) as w:
+        before = files(tmp_path / "i.db")[str(root / "old.wav")]
+        os.rename(root / "old.wav", root / "new.wav")
+        (moved,) = w.wait("moved", root / "new.wav")
+    assert moved.source == str(root / "old.wav")
+    held = files(tmp_path / "i.db")
+    assert list(held) == [str(root / "new.wav")] and held[str(root / "new.wav")].hash == before.hash
+    assert len(w.of("embedded")) == 1  # the first sync only
+
+
+def test_folder_rename_moves_every_file(tmp_path: Path, encoder: Encoder) -> None:
+    root = tmp_path / "lib"
+    for i in range(3):
+        tone(root / "takes" / "day1" / f"{i}.wav", 200 + 100 * i)
+    with Watching(tmp_path / "i.db", encoder, [root]) as w:
+        os.rename(root / "takes", root / "final")
+        w.wait("moved", n=3)
+    assert sorted(files(tmp_path / "i.db")) == [str(root / "final" / "day1" / f"{i}.wav") for i in range(3)]
+    assert {e.source for e in w.of("moved")} == {str(root / "takes" / "day1" / f"{i}.wav") for i in range(3)}
+    assert len(w.of("embedded")) == 3 and not w.of("removed")
+
+
+def test_moves_in_are_new_and_moves_out_are_removals(tmp_path: Path, encoder: Encoder) -> None:
+    root, outside = tmp_path / "lib", tmp_path / "elsewhere"
+    tone(root / "leaving.wav", 440)
+    tone(outside / "arriving.wav", 550)
+    with Watching(tmp_path / "i.db", encoder, [root]) as w:
+        os.rename(outside / "arriving.wav", root / "arriving.wav")
+        os.rename(root / "leaving.wav", outside / "leaving.wav")
+        w.wait("embedded", root / "arriving.wav")
+        w.wait("removed", root / "leaving.wav")
+    assert list(files(tmp_path / "i.db")) == [str(root / "arriving.wav")]
+
+
+def test_deleting_files_and_folders_removes_them(tmp_path: Path, encoder: Encoder) -> None:
+    root = tmp_path / "lib"
+    for name in ("keep.wav", "drop.wav", "dir/a.wav", "dir/deeper/b.wav"):
+        tone(root / name, 100 + len(name) * 50)
+    with Watching(tmp_path / "i.db", encoder, [root]) as w:
+        (root / "drop.wav").unlink()
+        shutil.rmtree(root / "dir")
+        w.wait("removed", n=3)
+    assert list(files(tmp_path / "i.db")) == [str(root / "keep.wav")]
+
+
+def test_burst_embeds_each_file_exactly_once(tmp_path: Path, encoder: Encoder) -> None:
+    root, source = tmp_path / "lib", tmp_path / "source"
+    made = [tone(source / f"{i:02d}.wav", 100 + 37 * i, seconds=0.2) for i in range(50)]
+    root.mkdir()
+    with Watching(tmp_path / "i.db", encoder, [root]) as w:
+        for f in made:
+            shutil.copy(f, root / f.name)
+        w.wait("embedded", n=50)
+    embedded = sorted(e.path for e in w.of("embedded"))
+    assert embedded == sorted(str(root / f.name) for f in made)  # each once, none twice
+    assert len(files(tmp_path / "i.db")) == 50
+
+
+def test_broken_file_is_recorded_and_watching_goes_on(tmp_path: Path, encoder: Encoder) -> None:
+    root = tmp_path / "lib"
+    root.mkdir()
+    with Watching(tmp_path / "i.db", encoder, [root]) as w:
+        audiogen.write_not_audio(root / "list.wav")
+        (failed,) = w.wait("failed", root / "list.wav")
+        tone(root / "fine.wav", 440)
+        w.wait("embedded", root / "fine.wav")
+    held = files(tmp_path / "i.db")
+    assert held[str(root / "list.wav")].status == "failed" and held[str(root / "list.wav")].error == failed.reason
+    assert held[str(root / "fine.wav")].status == "ok"
+
+
+def test_vanished_root_is_reported_and_the_others_still_watched(tmp_path: Path, encoder: Encoder) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    tone(a / "x.wav", 300)
+    b.mkdir()
+    with Watching(tmp_path / "i.db", encoder, [a, b]) as w:
+        shutil.rmtree(a)
+        w.wait("lost", a)
+        tone(b / "y.wav", 400)
+        w.wait("embedded", b / "y.wav")
+        tone(a / "z.wav", 500)  # the root comes back: watched and rescanned again
+        w.wait("found", a)
+        w.wait("embedded", a / "z.wav")
+        tone(a / "later.wav", 600)
+        w.wait("embedded", a / "later.wav")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify reports queue overflows; others do not")
+def test_queue_overflow_rescans_the_root(tmp_path: Path, encoder: Encoder) -> None:
+    root, outside = tmp_path / "lib", tmp_path / "elsewhere"
+    tone(root / "a.wav", 300)
+    outside.mkdir()
+    os.link(root / "a.wav", outside / "a-link.wav")  # writes through this name make no event under root
+    new_bytes = tone(tmp_path / "other.wav", 900).read_bytes()
+    with Watching(tmp_path / "i.db", encoder, [root]) as w:
+        old_hash = files(tmp_path / "i.db")[str(root / "a.wav")].hash
+        with open(outside / "a-link.wav", "r+b") as f:
+            f.truncate(0)
+            f.write(new_bytes)
+        # What watchdog logs when the kernel drops events (its only report of an overflow).
+        logging.getLogger("watchdog.observers.inotify").warning(
+            "Inotify queue overflowed; reconciling recursive watches below %r", os.fsencode(root)
+        )
+        w.wait("rescan", root)
+        w.wait("embedded", root / "a.wav", n=2)
+    assert files(tmp_path / "i.db")[str(root / "a.wav")].hash not in (None, old_hash)
+
+
+def test_busy_database_is_retried(tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 50)
+    caplog.set_level(logging.WARNING, logger="audiofind.watch")
+    root = tmp_path / "lib"
+    root.mkdir()
+    with Watching(tmp_path / "i.db", encoder, [root]) as w:
+        other = apsw.Connection(str(tmp_path / "i.db"))
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        tone(root / "new.wav", 440)
+        wait_until(lambda: any("busy" in r.getMessage() for r in caplog.records), "a busy retry")
+        other.execute("COMMIT")
+        other.close()
+        w.wait("embedded", root / "new.wav")
+    assert str(root / "new.wav") in files(tmp_path / "i.db")
+
+
+def test_polling_observer(tmp_path: Path, encoder: Encoder) -> None:
+    root = tmp_path / "lib"
+    tone(root / "a.wav", 300)
+    with Watching(tmp_path / "i.db", encoder, [root], polling=True) as w:
+        tone(root / "b.wav", 400)
+        os.rename(root / "a.wav", root / "c.wav")
+        w.wait("embedded", root / "b.wav")
+        w.wait("moved", root / "c.wav")
+    assert sorted(files(tmp_path / "i.db")) == [str(root / "b.wav"), str(root / "c.wav")]
+
+
+# The done-when check: everything a user may do while watching, then compared with a fresh index.
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> tuple[Path, Path, Watching]:
+    """A watched folder that gets new files, a slow write, renames, moves, copies, a bad file and deletions."""
+    tmp = tmp_path_factory.mktemp("scenario")
+    root, outside, db = tmp / "lib", tmp / "elsewhere", tmp / "watched.db"
+    names = ["keep.wav", "rename-me.wav", "dir/a.wav", "dir/sub/b.flac", "gone.wav", "gonedir/x.wav", "leaving.wav"]
+    for i, name in enumerate(names):
+        tone(root / name, 150 + 90 * i)
+    outside.mkdir()
+    audiogen.write_audio(outside / "arriving.wav", audiogen.noise(0.4, seed=3))
+    slow = tone(tmp / "slow-source.wav", 1234, seconds=1.0).read_bytes()
+    with Watching(db, encoder, [root], settle=SLOW_SETTLE) as w:
+        tone(root / "new.wav", 2000)
+        (root / "new").mkdir()
+        audiogen.write_audio(root / "new" / "chirp.mp3", audiogen.chirp(200, 4000, 0.6))
+        os.rename(root / "rename-me.wav", root / "renamed.wav")
+        os.rename(root / "dir", root / "folder")
+        os.rename(outside / "arriving.wav", root / "arriving.wav")
+        os.rename(root / "leaving.wav", outside / "leaving.wav")
+        (root / "gone.wav").unlink()
+        shutil.rmtree(root / "gonedir")
+        shutil.copy(root / "keep.wav", root / "keep-copy.wav")
+        audiogen.write_not_audio(root / "notes.wav")
+        write_slowly(root / "slow.wav", slow)
+        expected = sorted(str(root / n) for n in ["keep.wav", "renamed.wav", "folder/a.wav", "folder/sub/b.flac",
+                   "new.wav", "new/chirp.mp3", "arriving.wav", "keep-copy.wav", "notes.wav", "slow.wav"])  # fmt: skip
+        wait_until(lambda: sorted(files(db)) == expected and files(db)[str(root / "slow.wav")].size == len(slow),
+                   "the index to follow every change")  # fmt: skip
+    return root, db, w
+
+
+def rows(index: Index, root: Path) -> list[tuple]:
+    return [(r.path, r.hash, r.status, r.error, r.size, r.mtime_ns) for r in index.files_under([root])]
+
+
+def test_watched_index_equals_a_fresh_index(scenario: tuple, encoder: Encoder, tmp_path: Path) -> None:
+    root, db, w = scenario
+    with Index.open(tmp_path / "fresh.db") as fresh:
+        prepare(fresh, encoder)
+        sync(fresh, encoder, [root])
+    with Index.open(db, create=False) as watched, Index.open(tmp_path / "fresh.db", create=False) as fresh:
+        assert rows(watched, root) == rows(fresh, root)  # same paths, same contents, same failures
+        for path, hash, *_ in rows(watched, root):
+            if hash:
+                (ours, ours_v), (theirs, theirs_v) = watched.segment_vectors(hash), fresh.segment_vectors(hash)
+                assert ours == theirs and np.array_equal(ours_v, theirs_v), path
+        for table in ("audio", "segments", "vectors"):  # nothing stored twice, nothing left behind
+            count = f"SELECT count(*) FROM {table}"
+            assert watched.conn.execute(count).fetchone() == fresh.conn.execute(count).fetchone(), table
+    # Each change reported once; nothing that moved or was copied went through the model again.
+    changes = [("embedded", "new.wav"), ("embedded", "new/chirp.mp3"), ("embedded", "arriving.wav"),
+               ("embedded", "slow.wav"), ("reused", "keep-copy.wav"), ("failed", "notes.wav"), ("moved", "renamed.wav"),
+               ("moved", "folder/a.wav"), ("moved", "folder/sub/b.flac"), ("removed", "gone.wav"),
+               ("removed", "gonedir/x.wav"), ("removed", "leaving.wav")]  # fmt: skip
+    assert sorted((e.event, e.path) for e in w.events[w.initial :]) == sorted((k, str(root / p)) for k, p in changes)
+
+
+def test_search_reflects_every_change(scenario: tuple, encoder: Encoder) -> None:
+    root, db, _ = scenario
+    with Index.open(db, create=False) as index:
+        present = {r.path: r.hash for r in index.files_under([root]) if r.status == "ok"}
+        for path, hash in present.items():
+            hits = search_like(index, encoder, Path(path), k=100)
+            assert {h.path for h in hits} == set(present)  # moved, deleted and moved-out paths are gone
+            assert hits[0].hash == hash and hits[0].score == pytest.approx(1.0, abs=1e-4), path
+
+
+# The command line.
+
+
+def test_cli_rejects_a_missing_folder(tmp_path: Path) -> None:
+    register_tiny()
+    result = runner.invoke(app, ["watch", str(tmp_path / "nope"), "--db", str(tmp_path / "i.db"), "-w", "tiny"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nope'} is not a folder."
+    assert "Traceback" not in result.output
+
+
+def test_cli_prints_one_timestamped_line_per_change_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    register_tiny()
+    root, db = tmp_path / "lib", tmp_path / "i.db"
+    tone(root / "first.wav", 300)
+    original = signal.getsignal(signal.SIGINT)
+
+    def user() -> None:  # what a person does at another terminal, then Ctrl-C
+        wait_until(lambda: db.exists() and str(root / "first.wav") in files(db), "the first sync")
+        tone(root / "second.wav", 600)
+        wait_until(lambda: str(root / "second.wav") in files(db), "the new file")
+        if signal.getsignal(signal.SIGINT) is not original:  # only while watch's own handler is installed
+            os.kill(os.getpid(), signal.SIGINT)
+
+    helper = threading.Thread(target=user, daemon=True)
+    helper.start()
+    result = runner.invoke(app, ["watch", str(root), "--db", str(db), "-w", "tiny", "--settle", str(SETTLE)])
+    helper.join(DEADLINE)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(line[:8].count(":") == 2 for line in lines)  # HH:MM:SS first
+    assert "embedded" in lines[1] and str(root / "second.wav") in lines[1]
+    assert signal.getsignal(signal.SIGINT) is original
+
+
+def test_cli_json_lines_and_sigterm_leave_a_consistent_database(tmp_path: Path, audiofind_home: Path) -> None:
+    register_tiny()
+    root, db = tmp_path / "lib", tmp_path / "i.db"
+    root.mkdir()
+    args = [sys.executable, "-m", "audiofind", "watch", str(root), "--db", str(db), "-w", "tiny", "--json",
+            "--settle", str(SETTLE), "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "AUDIOFIND_HOME": str(audiofind_home)}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    out: queue.Queue = queue.Queue()
+    err: list[str] = []
+    threading.Thread(target=lambda: [out.put(line) for line in proc.stdout], daemon=True).start()
+    threading.Thread(target=lambda: [err.append(line) for line in proc.stderr], daemon=True).start()
+    try:
+        wait_until(lambda: any("watching" in line for line in err) or proc.poll() is not None, "watch to start")
+        tone(root / "old.wav", 440)
+        first = json.loads(out.get(timeout=DEADLINE))
+        assert first["event"] == "embedded" and first["path"] == str(root / "old.wav")
+        os.rename(root / "old.wav", root / "new.wav")
+        moved = json.loads(out.get(timeout=DEADLINE))
+        assert (moved["event"], moved["path"], moved["from"]) == ("moved", str(root / "new.wav"), str(root / "old.wav"))
+        for i in range(6):  # busy embedding when the signal comes
+            tone(root / f"burst{i}.wav", 200 + 50 * i, seconds=3.0)
+        json.loads(out.get(timeout=DEADLINE))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(DEADLINE) == 0, "".join(err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in "".join(err)
+    conn = store.connect(db, create=False)
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    incomplete = "SELECT count(*) FROM files f WHERE status = 'ok' AND NOT EXISTS (SELECT 1 FROM segments WHERE hash = f.hash)"
+    assert conn.execute(incomplete).fetchone() == (0,)  # every stored file has all it needs
+    count = "SELECT (SELECT count(*) FROM segments), (SELECT count(*) FROM vectors)"
+    (segments, vectors), = conn.execute(count).fetchall()
+    assert segments == vectors > 0
