@@ -53,6 +53,11 @@ class Encoder:
         return self._text
 
     @property
+    def audio_batch(self) -> int:
+        """How many equal-length clips one forward pass takes on this device (callers batch this many)."""
+        return 1 if self.device.type == "cpu" else GPU_AUDIO_BATCH
+
+    @property
     def dim(self) -> int:
         """Embedding size (1024 for the published models)."""
         return self.config.embed_dim

@@ -63,6 +63,16 @@ class Event:
 
 
 @dataclass
+class _Pending:
+    """A file whose windows are being embedded; committed once info is set and every vector is in."""
+
+    work: "_Work"
+    bounds: list[tuple[float, float]] = field(default_factory=list)
+    vectors: list[np.ndarray | None] = field(default_factory=list)
+    info: decode.AudioInfo | None = None
+
+
+@dataclass
 class _Work:
     path: str
     root: str
@@ -153,8 +163,12 @@ def sync(
     on_event: Callable[[Event], None] | None = None,
     progress: Callable[[float, float], None] | None = None,
     stop: threading.Event | None = None,
+    decoders: int | None = None,
 ) -> Report:
-    """Make the index hold exactly the audio files under `roots` (or, with `only`, just those paths)."""
+    """Make the index hold exactly the audio files under `roots` (or, with `only`, just those paths).
+
+    `decoders` decoding threads feed the model (default: 1 on CPU, where the model needs the cores, else 4).
+    """
     started = time.monotonic()
     roots = [Path(os.path.abspath(r)) for r in roots]
     for root in roots:
@@ -211,31 +225,56 @@ def sync(
         else:
             to_embed.append(work)
 
-    # 3. Embed, with decoding on its own thread so the model never waits for the disk.
+    # 3. Embed, with decoding on other threads so the model never waits for the disk.
     total = sum(_duration_guess(Path(w.path)) for w in to_embed)
-    window_s, hop_s = index.model().window, index.model().hop
-    bounds: list[tuple[float, float]] = []
-    vectors: list[np.ndarray] = []
-    for kind, work, payload in _decode_ahead(to_embed, window_s, hop_s, stop):
+    bound = index.model()
+    files: dict[str, _Pending] = {}  # decoded or decoding, not yet committed, in arrival order
+    batch: list[tuple[_Pending, int, np.ndarray]] = []
+
+    def flush() -> None:
+        """Embed the buffered windows, then commit every file whose windows are all embedded."""
+        if batch:
+            vectors = encoder.embed_audio([samples for _, _, samples in batch])
+            for (pending, i, _), v in zip(batch, vectors):
+                pending.vectors[i] = v
+            batch.clear()
+        for key, pending in list(files.items()):
+            if pending.info is None or any(v is None for v in pending.vectors):
+                continue
+            work, duration = pending.work, pending.bounds[-1][1]
+            audio = AudioRow(work.hash, duration, pending.info.sample_rate, pending.info.channels)
+            row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, read_tags(Path(work.path)))
+            index.add_file(row, audio, pending.bounds, np.stack(pending.vectors))
+            del files[key]
+            report.embedded += 1
+            report.segments += len(pending.bounds)
+            emit(Event("embedded", work.path, segments=len(pending.bounds), duration=duration))
+
+    if decoders is None:
+        decoders = 1 if encoder.device.type == "cpu" else 4
+    for kind, work, payload in _decode_ahead(to_embed, bound.window, bound.hop, stop, decoders):
         if kind == "start":
-            bounds, vectors = [], []
+            files[work.path] = _Pending(work)
         elif kind == "window":
-            new = payload.end - max(payload.start, bounds[-1][1] if bounds else 0.0)  # seconds not seen before
-            bounds.append((payload.start, payload.end))
-            vectors.append(encoder.embed_audio([payload.samples])[0])
-            report.audio_seconds += new
+            pending = files[work.path]
+            last_end = pending.bounds[-1][1] if pending.bounds else 0.0
+            report.audio_seconds += payload.end - max(payload.start, last_end)  # seconds not counted before
+            pending.bounds.append((payload.start, payload.end))
+            pending.vectors.append(None)
+            batch.append((pending, len(pending.vectors) - 1, payload.samples))
+            if len(batch) >= encoder.audio_batch:
+                flush()
             if progress:
                 progress(report.audio_seconds, max(total, report.audio_seconds))
-        elif kind == "error":  # possibly after some windows: all of this file is dropped
+        elif kind == "error":  # possibly after some windows: everything of this file is dropped
+            dropped = files.pop(work.path)
+            batch[:] = [b for b in batch if b[0] is not dropped]
             _fail(index, work, payload.reason, report, emit)
         elif kind == "end":
-            duration = bounds[-1][1]
-            audio = AudioRow(work.hash, duration, payload.sample_rate, payload.channels)
-            row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, read_tags(Path(work.path)))
-            index.add_file(row, audio, bounds, np.stack(vectors))
-            report.embedded += 1
-            report.segments += len(bounds)
-            emit(Event("embedded", work.path, segments=len(bounds), duration=duration))
+            files[work.path].info = payload
+            if len(batch) < encoder.audio_batch:  # a GPU batch waits for more windows; a CPU one is empty
+                flush()
+    flush()
 
     # 4. Whatever vanished and was not a move goes, with vectors nobody else uses.
     if vanished and not (stop is not None and stop.is_set()):
@@ -271,19 +310,27 @@ def _duration_guess(path: Path) -> float:
         return 0.0
 
 
-def _decode_ahead(works: list[_Work], window: float, hop: float, stop: threading.Event | None) -> Iterator[tuple[str, _Work, object]]:
+def _decode_ahead(
+    works: list[_Work], window: float, hop: float, stop: threading.Event | None, decoders: int | None = None
+) -> Iterator[tuple[str, _Work, object]]:
     """(kind, work, payload) messages: start, window (a decode.Window)..., then end (AudioInfo) or error (DecodeError).
 
-    A thread decodes ahead into a bounded queue, so memory stays bounded for a file of any length.
+    Threads decode whole files ahead into a bounded queue (messages of different files may interleave), so memory
+    stays bounded for a file of any length. PyAV releases the GIL while it decodes.
     """
     q: queue.Queue = queue.Queue(maxsize=QUEUE_WINDOWS)
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for work in works:
+        todo.put(work)
     finished = threading.Event()
 
     def produce() -> None:
         try:
-            for work in works:
-                if finished.is_set() or (stop is not None and stop.is_set()):
-                    break
+            while not finished.is_set() and not (stop is not None and stop.is_set()):
+                try:
+                    work = todo.get_nowait()
+                except queue.Empty:
+                    return
                 q.put(("start", work, None))
                 try:
                     info = decode.probe(Path(work.path))
@@ -297,14 +344,21 @@ def _decode_ahead(works: list[_Work], window: float, hop: float, stop: threading
         finally:
             q.put(("done", None, None))
 
-    thread = threading.Thread(target=produce, name="audiofind-decode", daemon=True)
-    thread.start()
+    n = max(1, min(decoders or 1, len(works)))
+    threads = [threading.Thread(target=produce, name=f"audiofind-decode-{i}", daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
     try:
-        while (msg := q.get())[0] != "done":
-            yield msg
+        running = n
+        while running:
+            msg = q.get()
+            if msg[0] == "done":
+                running -= 1
+            else:
+                yield msg
     finally:
-        finished.set()  # the consumer stopped early: let the producer run out
-        while thread.is_alive():
+        finished.set()  # the consumer stopped early: let the producers run out
+        while any(t.is_alive() for t in threads):
             try:
                 q.get(timeout=0.1)
             except queue.Empty:

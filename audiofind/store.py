@@ -143,8 +143,12 @@ class Stats:
 
 
 def norm_path(path: Path | str) -> str:
-    """The absolute, resolved form in which paths are stored."""
-    return str(Path(path).expanduser().resolve())
+    """The absolute form in which paths are stored: '..' folded, symlinks kept.
+
+    Not resolved: a file reached through a symlinked folder keeps the path the user sees under its root, so it
+    stays inside that root on the next walk.
+    """
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _casefold(value: object) -> object:
