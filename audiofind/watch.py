@@ -206,7 +206,7 @@ class _Watcher:
                 for root in named or list(self.watches):  # unnamed: all our watches share the lost queue
                     if str(root) in self.pending:  # watchdog logs twice per overflow: report it once
                         continue
-                    log.warning("events were lost under %s; rescanning it", root)
+                    log.info("events were lost under %s; rescanning it", root)
                     self.emit(Event("rescan", str(root), reason="The file-system event queue overflowed."))
                     self.pending[str(root)] = _Pending(now, _signature(str(root)))
 
@@ -233,7 +233,7 @@ class _Watcher:
             self.lost.add(root)
             for p in [p for p in self.pending if self._root_of(p) == root]:
                 self._forget(p)
-            log.warning("%s disappeared; no longer watching it", root)
+            log.info("%s disappeared; no longer watching it", root)
             self.emit(Event("lost", str(root), reason="The folder disappeared; its sounds stay in the index."))
         for root in sorted(self.lost):
             if not root.is_dir():
@@ -294,7 +294,9 @@ class _Watcher:
             report = sync(self.index, self.encoder, roots, exts=self.exts, only=only, on_event=self.emit,
                           stop=self.stop)  # fmt: skip
         except (IndexBusy, apsw.BusyError) as e:
-            log.warning("the index is busy (%s); retrying in %.2g s", e, self.backoff)
+            # A moment of contention is routine; only one that lasts deserves a warning.
+            level = logging.WARNING if self.backoff >= BUSY_RETRY[1] else logging.INFO
+            log.log(level, "the index is busy (%s); retrying in %.2g s", e, self.backoff)
             self.retry_at = time.monotonic() + self.backoff
             self.backoff = min(self.backoff * 2, BUSY_RETRY[1])
             return None

@@ -248,7 +248,7 @@ def test_queue_overflow_rescans_the_root(tmp_path: Path, encoder: Encoder) -> No
 
 def test_busy_database_is_retried(tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 50)
-    caplog.set_level(logging.WARNING, logger="audiofind.watch")
+    caplog.set_level(logging.INFO, logger="audiofind.watch")
     root = tmp_path / "lib"
     root.mkdir()
     with Watching(tmp_path / "i.db", encoder, [root]) as w:

@@ -37,7 +37,7 @@ def _as_text(e: "Event") -> str:
     if e.event == "moved":
         what = f"{escape(e.source or '')} -> {what}"
     elif e.event == "embedded":
-        what += f" [dim]({e.segments} segments, {e.duration:.1f} s)[/]"
+        what += f" [dim]({e.segments} segment{'s' if e.segments != 1 else ''}, {e.duration:.1f} s)[/]"
     elif e.event == "reused":
         what += " [dim](same audio as an indexed file)[/]"
     if e.reason:
