@@ -179,13 +179,14 @@ def sync(
     emit = on_event or (lambda e: None)
 
     # 1. What is on disk now, and what the index knows under the same roots.
-    wanted = _selector(only)
-    on_disk: dict[str, _Work] = {}
-    for root, path, st in walk(roots, exts):
-        key = str(path)
-        if wanted(key):
-            on_disk[key] = _Work(key, str(root), st.st_size, st.st_mtime_ns)
-    known = {row.path: row for row in index.files_under(roots) if wanted(row.path)}
+    if only is None:
+        entries, known_rows = walk(roots, exts), index.files_under(roots)
+    else:  # watch: look at the changed paths only, never the whole library
+        changed = [Path(os.path.abspath(p)) for p in only]
+        changed = [p for p in changed if _root_of(p, roots) is not None]
+        entries, known_rows = _walk_only(changed, roots, exts), index.files_under(changed)
+    on_disk = {str(path): _Work(str(path), str(root), st.st_size, st.st_mtime_ns) for root, path, st in entries}
+    known = {row.path: row for row in known_rows}
 
     todo: list[_Work] = []
     for key, work in on_disk.items():
@@ -253,6 +254,8 @@ def sync(
     if decoders is None:
         decoders = 1 if encoder.device.type == "cpu" else 4
     for kind, work, payload in _decode_ahead(to_embed, bound.window, bound.hop, stop, decoders):
+        if stop is not None and stop.is_set():
+            break  # files not yet committed are simply done again next time
         if kind == "start":
             files[work.path] = _Pending(work)
         elif kind == "window":
@@ -274,7 +277,8 @@ def sync(
             files[work.path].info = payload
             if len(batch) < encoder.audio_batch:  # a GPU batch waits for more windows; a CPU one is empty
                 flush()
-    flush()
+    if not (stop is not None and stop.is_set()):
+        flush()
 
     # 4. Whatever vanished and was not a move goes, with vectors nobody else uses.
     if vanished and not (stop is not None and stop.is_set()):
@@ -287,13 +291,26 @@ def sync(
     return report
 
 
-def _selector(only: Iterable[Path] | None) -> Callable[[str], bool]:
-    """A test for 'is this path one of `only`, or inside one of its folders' (everything when only is None)."""
-    if only is None:
-        return lambda path: True
-    exact = {os.path.abspath(p) for p in only}
-    prefixes = tuple(p.rstrip(os.sep) + os.sep for p in exact)
-    return lambda path: path in exact or path.startswith(prefixes)
+def _root_of(path: Path, roots: list[Path]) -> Path | None:
+    """The innermost root that holds path, or None."""
+    holders = [r for r in roots if path == r or r in path.parents]
+    return max(holders, key=lambda r: len(r.parts)) if holders else None
+
+
+def _walk_only(paths: list[Path], roots: list[Path], exts: frozenset[str]) -> Iterator[tuple[Path, Path, os.stat_result]]:
+    """walk() restricted to these files and folders, each attributed to the root that holds it."""
+    for path in paths:
+        root = _root_of(path, roots)
+        if root is None or any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        if path.is_dir():
+            for _, file, st in walk([path], exts):
+                yield root, file, st
+        elif path.suffix[1:].lower() in exts:
+            try:
+                yield root, path, os.stat(path)
+            except OSError:
+                continue  # gone again: the index forgets it below
 
 
 def _fail(index: Index, work: _Work, reason: str, report: Report, emit: Callable[[Event], None]) -> None:
