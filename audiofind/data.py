@@ -1,0 +1,323 @@
+"""Captioned audio for fine-tuning: Clotho, AudioCaps and a user's own CSV read into one shape, and the batches.
+
+Every source becomes a ClipSet: clips, each with all its captions. A bad row or a listed file that is missing is
+skipped and described in `problems`; only a source with nothing usable raises DatasetError. Each epoch pairs every
+clip with one of its captions and a random crop, both drawn from (seed, epoch, clip), so an epoch's batches depend
+on nothing else: not on workers, ranks or where a resumed run starts.
+"""
+
+import csv
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from audiofind.clotho import GT_HEADER
+from audiofind.decode import SAMPLE_RATE, load_audio, pad_or_crop
+from audiofind.errors import DatasetError, DecodeError
+from audiofind.tokenizer import get_tokenizer, tokenize
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mka", ".aiff", ".aif")
+AUDIOCAPS_HEADER = ["audiocap_id", "youtube_id", "start_time", "caption"]
+AUDIOCAPS_SPLITS = {"train": "train", "validation": "val"}
+MAX_SUBSTITUTES = 10  # an unreadable clip is replaced by the next one; this many failures in a row is an error
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClipSet:
+    """Clips with their captions, in a fixed order, and the rows or files that were skipped on the way."""
+
+    name: str
+    clips: tuple[Clip, ...]
+    problems: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def n_captions(self) -> int:
+        """How many captions the clips have in all (the validation queries)."""
+        return sum(len(c.captions) for c in self.clips)
+
+
+def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of a CSV, with our error for a file that cannot be read."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets like a byte-order mark
+            reader = csv.reader(f)
+            for row in reader:
+                if row and any(cell.strip() for cell in row):
+                    yield reader.line_num, [cell.strip() for cell in row]
+    except FileNotFoundError:
+        raise DatasetError(f"There is no file {path}.") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from e
+    except csv.Error as e:
+        raise DatasetError(f"{path} is not a readable CSV: {e}.") from e
+    except OSError as e:
+        raise DatasetError(f"Cannot read {path}: {e.strerror or e}.") from e
+
+
+def _folder(root: Path, flag: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"The {flag} folder {root} does not exist.")
+    return root
+
+
+def _finish(name: str, clips: list[Clip], problems: list[str], source: Path) -> ClipSet:
+    for p in problems[:5]:
+        log.warning("skipped: %s", p)
+    if len(problems) > 5:
+        log.warning("skipped %d more rows or files of %s", len(problems) - 5, source)
+    if not clips:
+        first = f" The first problem: {problems[0]}" if problems else ""
+        raise DatasetError(f"{source} gives no usable captioned clips.{first}")
+    log.info("%s: %d clips, %d captions, %d skipped", name, len(clips), sum(len(c.captions) for c in clips), len(problems))
+    return ClipSet(name, tuple(clips), tuple(problems))
+
+
+def read_clotho(root: Path, split: str) -> ClipSet:
+    """clotho_captions_<split>.csv and <split>/ under root; rows that do not fit or name a missing file are skipped."""
+    root = _folder(root, "--clotho")
+    csv_path, audio_dir = root / f"clotho_captions_{split}.csv", root / split
+    if not csv_path.is_file():
+        raise DatasetError(f"No {csv_path.name} in {root}; point --clotho at the folder the Clotho archives unpack into.")
+    if not audio_dir.is_dir():
+        raise DatasetError(f"No folder {audio_dir}; unpack the Clotho {split} audio beside {csv_path.name}.")
+    rows = _rows(csv_path)
+    header = next(rows, (1, []))[1]
+    if header != GT_HEADER:
+        raise DatasetError(f"{csv_path} line 1: expected the header {','.join(GT_HEADER)}, found {','.join(header)}.")
+    clips, problems = [], []
+    for line, row in rows:
+        where = f"{csv_path.name} line {line}"
+        captions = tuple(c for c in row[1:] if c)
+        if len(row) != len(GT_HEADER) or not row[0] or not captions:
+            problems.append(f"{where}: expected a file name and {len(GT_HEADER) - 1} captions, found {len(row)} fields.")
+        elif not (audio_dir / row[0]).is_file():
+            problems.append(f"{where}: {row[0]} is not in {audio_dir}.")
+        else:
+            clips.append(Clip(audio_dir / row[0], captions))
+    return _finish(f"Clotho {split}", clips, problems, csv_path)
+
+
+def _audio_files(folders: list[Path]) -> dict[str, Path]:
+    """Audio files of the folders by stem; the first folder and extension in AUDIO_EXTS order win."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTS), key=lambda p: AUDIO_EXTS.index(p.suffix.lower()))
+        for p in files:
+            found.setdefault(p.stem, p)
+    return found
+
+
+def _audiocaps_stems(audiocap_id: str, youtube_id: str, start: str) -> list[str]:
+    """The names AudioCaps clips are saved under by the usual download tools, most specific first."""
+    whole = start.split(".")[0]  # start_time is an integer in the official CSVs; AudioSet tools may write 30.0
+    return [audiocap_id, f"{youtube_id}_{start}", f"{youtube_id}_{whole}", f"Y{youtube_id}_{whole}", youtube_id, f"Y{youtube_id}"]
+
+
+def _audiocaps_csv(root: Path, split: str) -> Path | None:
+    name = AUDIOCAPS_SPLITS[split]
+    for candidate in (root / f"{name}.csv", root / "dataset" / f"{name}.csv", root / "csv_files_v1" / f"{name}.csv"):
+        if candidate.is_file():
+            return candidate
+    if split == "train":  # a single CSV beside the audio, whatever its name
+        lone = sorted(root.glob("*.csv"))
+        if len(lone) == 1:
+            return lone[0]
+    return None
+
+
+def read_audiocaps(root: Path, split: str = "train") -> ClipSet | None:
+    """AudioCaps rows (audiocap_id, youtube_id, start_time, caption) grouped into clips; None if the split has no CSV.
+
+    The audio is looked for under <split>/, audio/<split>/, audio/ and the folder itself, named <audiocap_id>,
+    <youtube_id>_<start_time>, Y<youtube_id>_<start_time>, <youtube_id> or Y<youtube_id> with any audio extension:
+    the layouts of audiocaps-download, aac-datasets and AudioSet-style downloaders.
+    """
+    root = _folder(root, "--audiocaps")
+    csv_path = _audiocaps_csv(root, split)
+    if csv_path is None:
+        if split == "train":
+            raise DatasetError(f"No train.csv (audiocap_id,youtube_id,start_time,caption) in {root}.")
+        return None
+    name = AUDIOCAPS_SPLITS[split]
+    files = _audio_files([root / name, root / "audio" / name, root / "audio", root, csv_path.parent / name, csv_path.parent])
+    rows = _rows(csv_path)
+    header = next(rows, (1, []))[1]
+    if header[:4] != AUDIOCAPS_HEADER:
+        raise DatasetError(f"{csv_path} line 1: expected the header {','.join(AUDIOCAPS_HEADER)}, found {','.join(header)}.")
+    by_clip: dict[tuple[str, str], tuple[Path, list[str]]] = {}
+    problems = []
+    for line, row in rows:
+        where = f"{csv_path.name} line {line}"
+        if len(row) < 4 or not all(row[:4]):
+            problems.append(f"{where}: expected audiocap_id, youtube_id, start_time and a caption, found {len(row)} fields.")
+            continue
+        audiocap_id, youtube_id, start, caption = row[:4]
+        key = (youtube_id, start.split(".")[0])
+        if key in by_clip:
+            by_clip[key][1].append(caption)
+            continue
+        path = next((files[s] for s in _audiocaps_stems(audiocap_id, youtube_id, start) if s in files), None)
+        if path is None:
+            problems.append(f"{where}: no audio file for {youtube_id} at {start} s (nor {audiocap_id}) under {root}.")
+        else:
+            by_clip[key] = (path, [caption])
+    # Validation rows repeat one clip five times; some tools save it under each audiocap_id, so merge by file too.
+    merged: dict[Path, list[str]] = {}
+    for path, caps in by_clip.values():
+        merged.setdefault(path, []).extend(caps)
+    clips = [Clip(path, tuple(caps)) for path, caps in merged.items()]
+    return _finish(f"AudioCaps {name}", clips, problems, csv_path)
+
+
+def read_captions(csv_path: Path) -> ClipSet:
+    """A user's pairs: rows of path,caption (an optional header), paths relative to the CSV, several rows per file."""
+    csv_path = Path(csv_path).expanduser()
+    if not csv_path.is_file():
+        raise DatasetError(f"The --captions file {csv_path} does not exist.")
+    by_file: dict[Path, list[str]] = {}
+    problems = []
+    for line, row in _rows(csv_path):
+        where = f"{csv_path.name} line {line}"
+        if line == 1 and [c.lower() for c in row] == ["path", "caption"]:
+            continue
+        if len(row) != 2 or not row[0] or not row[1]:
+            problems.append(f"{where}: expected 2 fields (path, caption), found {len(row)}.")
+            continue
+        path = (csv_path.parent / row[0]).resolve()
+        if not path.is_file():
+            problems.append(f"{where}: there is no file {path}.")
+            continue
+        by_file.setdefault(path, []).append(row[1])
+    clips = [Clip(path, tuple(caps)) for path, caps in by_file.items()]
+    return _finish(f"captions {csv_path.name}", clips, problems, csv_path)
+
+
+def load_sources(
+    clotho: Path | None, audiocaps: Path | None, captions: Path | None, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[ClipSet, ClipSet]:
+    """(train, validation): every source's training clips; validation from Clotho, else AudioCaps, else held out."""
+    if clotho is None and audiocaps is None and captions is None:
+        raise DatasetError("No training data: give --clotho DIR, --audiocaps DIR and/or --captions CSV.")
+    train: list[ClipSet] = []
+    val: ClipSet | None = None
+    if clotho is not None:
+        train.append(read_clotho(clotho, "development"))
+        val = read_clotho(clotho, "validation")
+    if audiocaps is not None:
+        train.append(read_audiocaps(audiocaps, "train"))
+        val = val or read_audiocaps(audiocaps, "validation")
+    if captions is not None:
+        train.append(read_captions(captions))
+    clips = tuple(c for s in train for c in s.clips)
+    problems = tuple(p for s in train for p in s.problems)
+    name = " + ".join(s.name for s in train)
+    if val is None:  # only user captions: hold out whole clips, never captions of a training clip
+        n_val = max(1, round(val_fraction * len(clips)))
+        if len(clips) - n_val < 2:
+            raise DatasetError(f"{len(clips)} clips are too few to hold out a validation set; add captioned clips.")
+        order = np.random.default_rng(seed).permutation(len(clips))
+        held = set(order[:n_val].tolist())
+        val = ClipSet(f"{name} (held out)", tuple(c for i, c in enumerate(clips) if i in held))
+        clips = tuple(c for i, c in enumerate(clips) if i not in held)
+    return ClipSet(name, clips, problems), val
+
+
+# ---------------------------------------------------------------- batches
+
+
+def epoch_batches(n_clips: int, epoch: int, seed: int, batch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This rank's clip indices for one epoch, in batches of batch // world; every rank gets as many batches."""
+    sampler = DistributedSampler(range(n_clips), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    per_rank = batch // world
+    return [indices[i : i + per_rank] for i in range(0, len(indices) - per_rank + 1, per_rank)]
+
+
+class PairDataset(Dataset):
+    """Item (epoch, i): clip i cropped at random with one of its captions, both drawn from (seed, epoch, i)."""
+
+    def __init__(self, clips: ClipSet, crop_seconds: float, seed: int) -> None:
+        self.clips = clips.clips
+        self.n_samples = round(crop_seconds * SAMPLE_RATE)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, str, list[str]]:
+        epoch, index = key
+        unreadable = []
+        for k in range(MAX_SUBSTITUTES):
+            i = (index + k) % len(self.clips)  # an unreadable clip is replaced by the next, the same way every time
+            clip = self.clips[i]
+            rng = np.random.default_rng([self.seed, epoch, i])
+            try:
+                audio = load_audio(clip.path)
+            except DecodeError as e:
+                unreadable.append(str(e))
+                continue
+            caption = clip.captions[int(rng.integers(len(clip.captions)))]
+            return pad_or_crop(audio, self.n_samples, rng), caption, unreadable
+        raise DatasetError(f"{MAX_SUBSTITUTES} clips in a row could not be decoded, the last one: {unreadable[-1]}")
+
+
+def collate(items: list[tuple[np.ndarray, str, list[str]]]) -> dict:
+    """Stack a batch: audio (B, 1, N) float32, tokens (B, L) cut to the longest caption, and any unreadable files."""
+    tokens = tokenize([caption for _, caption, _ in items])
+    tokens = tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]  # exact: the mask is causal
+    audio = torch.from_numpy(np.stack([x for x, _, _ in items]))[:, None, :]
+    return {"audio": audio, "tokens": tokens, "unreadable": [u for _, _, bad in items for u in bad]}
+
+
+def pair_loader(dataset: PairDataset, batches: list[list[int]], epoch: int, workers: int, pin: bool = False) -> DataLoader:
+    """Batches of (epoch, index) items decoded in `workers` processes, in the given order."""
+    get_tokenizer()  # built here once, so forked workers inherit it instead of each building it every epoch
+    # A generator of its own, so making this loader never draws from the global RNG that dropout uses.
+    return DataLoader(dataset, batch_sampler=[[(epoch, i) for i in b] for b in batches], collate_fn=collate,
+                      num_workers=workers, pin_memory=pin, generator=torch.Generator())
+
+
+class AudioFiles(Dataset):
+    """Item i: (i, the first max_seconds of clip i) or (i, the reason it cannot be decoded)."""
+
+    def __init__(self, paths: list[Path], max_seconds: float) -> None:
+        self.paths, self.max_seconds = paths, max_seconds
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | str]:
+        try:
+            return i, load_audio(self.paths[i], max_seconds=self.max_seconds)
+        except DecodeError as e:
+            return i, str(e)
+
+
+def _as_is(item: object) -> object:
+    return item
+
+
+def file_loader(paths: list[Path], max_seconds: float, workers: int) -> DataLoader:
+    """Whole clips (up to max_seconds) one at a time, decoded in worker processes."""
+    return DataLoader(AudioFiles(paths, max_seconds), batch_size=None, collate_fn=_as_is, num_workers=workers,
+                      generator=torch.Generator())

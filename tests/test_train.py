@@ -1,0 +1,373 @@
+"""Fine-tuning: data sources, the loss, the loop (learning, exact resume, averaging, torchrun) and the CLI.
+
+Every run uses the TINY config on a made-up Clotho-layout dataset of six distinguishable sounds, 1 s clips and
+0.3 s crops, so a few dozen steps take seconds on a CPU.
+"""
+
+import csv
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import audiogen
+from audiofind import data, weights
+from audiofind.cli import app
+from audiofind.errors import DatasetError, UsageError
+from audiofind.loss import contrastive_loss, fbsp_penalty, rescale_fbsp_grads
+from audiofind.model import TINY, AudioCLIPConfig
+from audiofind.model.audio import FBSP
+from audiofind.train import TrainConfig, average_state_dicts, best_epochs, finetune, lr_at
+from modelkit import synthetic_state_dict
+
+# Six sounds a tiny model can tell apart; variant k changes pitch, seed or level a little.
+SOUNDS = [
+    ("beep", lambda k: audiogen.sine(2500 + 300 * k, 1.0),
+     ["a high pitched beep", "a shrill electronic tone", "a high beep sounds", "a piercing whistle tone", "a thin high note"]),
+    ("hum", lambda k: audiogen.sine(90 + 15 * k, 1.0),
+     ["a low hum", "a deep humming drone", "low rumble of a motor", "a bass hum", "a dull low drone"]),
+    ("noise", lambda k: audiogen.noise(1.0, seed=int(10 * k)),
+     ["white noise hissing", "static hiss", "loud hiss of noise", "rushing noise like wind", "a noisy hiss"]),
+    ("sweep", lambda k: audiogen.chirp(200, 4000 + 500 * k, 1.0),
+     ["a rising sweep", "a tone sweeping upward", "pitch goes up quickly", "a rising siren", "an upward glide"]),
+    ("buzz", lambda k: audiogen.square(180 + 20 * k, 1.0),
+     ["an electric buzz", "a harsh buzzing sound", "a buzzer going off", "a raspy square wave buzz", "buzzing"]),
+    ("quiet", lambda k: audiogen.sine(1000, 1.0, amp=0.001 * (k + 1)),
+     ["near silence", "almost nothing can be heard", "a very quiet room", "silence", "faint quiet"]),
+]
+CHANCE_MAP10 = sum(1 / r for r in range(1, len(SOUNDS) + 1)) / len(SOUNDS)  # random ranking of 6 clips: 0.408
+
+
+def make_clotho(root: Path) -> Path:
+    """Clotho layout: three variants of each sound for development, one in between for validation."""
+    for split, variants in (("development", (0, 1, 2)), ("validation", (0.5,))):
+        (root / split).mkdir(parents=True)
+        with open(root / f"clotho_captions_{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file_name"] + [f"caption_{i}" for i in range(1, 6)])
+            for name, make, captions in SOUNDS:
+                for k in variants:
+                    audiogen.write_audio(root / split / f"{name}_{k:g}.wav", make(k))
+                    w.writerow([f"{name}_{k:g}.wav", *captions])
+    return root
+
+
+def register_init(name: str = "tiny-init") -> str:
+    """TINY recipe weights as a local model; the audio-text logit scale starts at 10, not 100, so a few steps show."""
+    sd = synthetic_state_dict(TINY)
+    sd["logit_scale_at"] = torch.tensor(math.log(10.0))
+    weights.save_model(sd, name, TINY.to_dict(), {"description": "TINY recipe weights for tests"})
+    return name
+
+
+def quick(tmp: Path, clotho: Path, **changes) -> TrainConfig:
+    """A seconds-long recipe: TINY crops, a high learning rate, no worker processes."""
+    base = dict(name="tuned", clotho=clotho, init="tiny-init", out=tmp / "run", epochs=2, lr=3e-3, warmup_steps=1,
+                crop_seconds=0.3, workers=0, average_top=2)
+    return TrainConfig(**(base | changes))
+
+
+@pytest.fixture(scope="module")
+def clotho_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clotho(tmp_path_factory.mktemp("clotho"))
+
+
+@pytest.fixture
+def init(audiofind_home: Path) -> str:
+    return register_init()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, clotho_dir: Path):
+    """One 8-epoch run shared by the tests that look at its outcome: (result, AUDIOFIND_HOME, metrics log)."""
+    home = tmp_path_factory.mktemp("trained_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUDIOFIND_HOME", str(home))
+        register_init()
+        cfg = quick(home, clotho_dir, epochs=8, average_top=3)
+        result = finetune(cfg)
+    records = [json.loads(line) for line in (home / "run" / "metrics.jsonl").read_text().splitlines()]
+    return result, home, records
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_training_lowers_the_loss_and_beats_chance(trained) -> None:
+    result, _, records = trained
+    steps = [r["loss"] for r in records if r["kind"] == "step"]
+    assert len(steps) == result.total_steps == 8 * 3
+    assert np.mean(steps[-6:]) < np.mean(steps[:6]) - 0.5
+    assert result.history[0]["mAP10"] < result.final["mAP10"]
+    assert result.final["mAP10"] > CHANCE_MAP10 + 0.15, result.history
+
+
+def test_final_model_is_the_average_of_the_best_epochs(trained) -> None:
+    result, home, records = trained
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    ranked = sorted(epochs, key=lambda r: (-r["mAP10"], r["epoch"]))
+    assert result.best_epochs == [r["epoch"] for r in ranked[:3]]
+    snapshots = sorted((home / "run" / "best").glob("*.safetensors"))
+    assert [p.name for p in snapshots] == [f"epoch-{e:03d}.safetensors" for e in sorted(result.best_epochs)]
+    expected = average_state_dicts([load_file(p) for p in snapshots])
+    saved = load_file(result.path)
+    assert saved.keys() <= expected.keys() and "logit_scale_at" in saved
+    for key, value in saved.items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    card = json.loads((home / "run" / "card.json").read_text())
+    assert card["validation"]["averaged_epochs"] == result.best_epochs
+    assert card["recipe"]["label_smoothing"] == 0.1 and card["base"]["name"] == "tiny-init"
+    assert records[-1]["kind"] == "final" and records[-1]["mAP10"] == result.final["mAP10"]
+
+
+def test_fine_tuned_model_is_registered_and_loads(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiofind.encoder import load_encoder
+
+    result, home, _ = trained
+    monkeypatch.setenv("AUDIOFIND_HOME", str(home))
+    info = {m.name: m for m in weights.available_models()}["tuned"]
+    assert info.source == "finetuned" and info.path == result.path
+    enc = load_encoder("tuned", "cpu")
+    assert enc.config == TINY
+    assert enc.embed_text(["a low hum"]).shape == (1, TINY.embed_dim)
+    assert weights.load_card("tuned")["validation"]["final"]["mAP10"] == result.final["mAP10"]
+
+
+def test_resume_continues_exactly(tmp_path: Path, clotho_dir: Path, init: str) -> None:
+    whole = finetune(quick(tmp_path / "a", clotho_dir, name="whole"))
+    stopped = finetune(quick(tmp_path / "b", clotho_dir, name="split", max_steps=4, workers=2))  # mid-epoch 2
+    assert not stopped.finished and stopped.step == 4 and stopped.path is None
+    ckpt = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=True)  # tensors and primitives only
+    assert ckpt["step"] == 4
+    resumed = finetune(quick(tmp_path / "b", clotho_dir, name="split", resume=True, epochs=99))  # recipe from ckpt
+    assert resumed.finished and resumed.step == whole.step == 6
+    assert resumed.history == whole.history
+    a, b = load_file(whole.path), load_file(resumed.path)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_second_run_needs_resume_and_resume_needs_a_run(tmp_path: Path, clotho_dir: Path, init: str) -> None:
+    finetune(quick(tmp_path, clotho_dir, max_steps=1))
+    with pytest.raises(UsageError, match="--resume"):
+        finetune(quick(tmp_path, clotho_dir, max_steps=1))
+    with pytest.raises(UsageError, match="Nothing to resume"):
+        finetune(quick(tmp_path, clotho_dir, out=tmp_path / "elsewhere", resume=True))
+    with pytest.raises(UsageError, match="already exists"):
+        finetune(quick(tmp_path, clotho_dir, name="tiny-init", out=tmp_path / "third"))
+
+
+@pytest.mark.slow
+def test_one_step_at_full_size(tmp_path: Path, clotho_dir: Path, audiofind_home: Path) -> None:
+    full = AudioCLIPConfig()
+    weights.save_model(synthetic_state_dict(full), "full-init", full.to_dict(), {"description": "recipe weights"})
+    before = weights.read_state_dict(weights.resolve("full-init"))
+    result = finetune(quick(tmp_path, clotho_dir, init="full-init", batch=2, crop_seconds=1.0, lr=1e-5, max_steps=1))
+    assert result.step == 1 and result.model.cfg == full
+    # logit_scale_at starts at ln 100, where the [1, 100] clamp passes no gradient (as in the reference)
+    moved = {k: not torch.equal(v, before[k]) for k, v in result.model.named_parameters()
+             if v.requires_grad and k != "logit_scale_at"}
+    assert len(moved) > 300
+    assert all(moved.values()), [k for k, m in moved.items() if not m][:5]
+
+
+def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path, clotho_dir: Path, init: str) -> None:
+    script = tmp_path / "ddp.py"
+    script.write_text(inspect.cleandoc("""
+        import os, sys
+        from pathlib import Path
+        from safetensors.torch import save_file
+        from audiofind.train import TrainConfig, finetune
+        out = Path(sys.argv[2])
+        cfg = TrainConfig(name="ddp", clotho=Path(sys.argv[1]), init="tiny-init", out=out, batch=4, lr=3e-3,
+                          warmup_steps=1, crop_seconds=0.3, workers=0, max_steps=2)
+        result = finetune(cfg)
+        assert result.step == 2
+        state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+        save_file(state, out / f"rank{os.environ['RANK']}.safetensors")
+    """))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(clotho_dir), str(tmp_path / "run")]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (load_file(tmp_path / "run" / f"rank{r}.safetensors") for r in (0, 1))
+    init_sd = synthetic_state_dict(TINY)
+    assert not torch.equal(rank0["text_projection"], init_sd["text_projection"])  # it trained
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2  # both ranks' dropout generators, for an exact resume
+
+
+# ---------------------------------------------------------------- small pure pieces
+
+
+def test_learning_rate_warms_up_linearly_then_holds() -> None:
+    cfg = TrainConfig(lr=1e-5, warmup_steps=4)
+    assert [lr_at(s, cfg) for s in range(6)] == pytest.approx([2.5e-6, 5e-6, 7.5e-6, 1e-5, 1e-5, 1e-5])
+
+
+def test_best_epochs_and_their_average() -> None:
+    history = [{"epoch": e, "mAP10": s} for e, s in enumerate([0.1, 0.5, 0.3, 0.5, 0.2, 0.4, 0.05], start=1)]
+    assert best_epochs(history, 5) == [2, 4, 6, 3, 5]  # ties to the earlier epoch
+    assert best_epochs(history[:2], 5) == [2, 1]
+    states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(7)}, {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(9)}]
+    avg = average_state_dicts(states)
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and avg["n"].item() == 7 and avg["w"].dtype == torch.float32
+
+
+def test_loss_is_symmetric_cross_entropy_with_smoothing() -> None:
+    torch.manual_seed(0)
+    a, t = torch.randn(4, 8), torch.randn(4, 8)
+    scale = torch.tensor(10.0)
+    logits = scale * torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(t, dim=-1).T
+    target = torch.arange(4)
+    ce = torch.nn.functional.cross_entropy
+    expected = ce(logits, target, label_smoothing=0.1) + ce(logits.T, target, label_smoothing=0.1)
+    torch.testing.assert_close(contrastive_loss(a, t, scale, 0.1), expected)
+    assert contrastive_loss(a, a, scale) < contrastive_loss(a, a.roll(1, 0), scale)
+
+
+def test_fbsp_regulariser_and_gradient_rescaling() -> None:
+    fbsp = FBSP(256)
+    assert fbsp_penalty(*fbsp.filters()).item() == pytest.approx(0.0, abs=1e-10)  # unit-norm filters at init
+    with torch.no_grad():
+        fbsp.fb.mul_(4.0)  # ||W_k|| = sqrt(fb) = 2
+    assert fbsp_penalty(*fbsp.filters()).item() == pytest.approx(1.0, rel=1e-5)
+    fbsp_penalty(*fbsp.filters()).backward()
+    raw = fbsp.fb.grad.clone()
+    rescale_fbsp_grads(fbsp)
+    torch.testing.assert_close(fbsp.fb.grad, raw / (raw.abs().max() + 1e-8))  # by its inf-norm, + 1e-8
+    assert fbsp.fb.grad.abs().max().item() == pytest.approx(1.0, rel=1e-3)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_epoch_batches_split_ranks_and_follow_the_seed() -> None:
+    one = data.epoch_batches(20, epoch=3, seed=1, batch=6)
+    assert one == data.epoch_batches(20, epoch=3, seed=1, batch=6) != data.epoch_batches(20, epoch=4, seed=1, batch=6)
+    assert len(one) == 3 and all(len(b) == 6 for b in one)
+    r0, r1 = (data.epoch_batches(20, 3, 1, 6, rank=r, world=2) for r in (0, 1))
+    assert len(r0) == len(r1) and all(len(b) == 3 for b in r0 + r1)
+    assert not {i for b in r0 for i in b} & {i for b in r1 for i in b}
+
+
+def test_pairs_are_drawn_from_seed_epoch_and_clip(tmp_path: Path) -> None:
+    good = audiogen.write_audio(tmp_path / "a.wav", audiogen.noise(2.0))
+    bad = audiogen.write_not_audio(tmp_path / "b.wav")
+    clips = data.ClipSet("t", (data.Clip(bad, ("x",)), data.Clip(good, ("one", "two", "three"))))
+    ds = data.PairDataset(clips, crop_seconds=0.5, seed=0)
+    x, caption, unreadable = ds[(0, 1)]
+    y, again, _ = ds[(0, 1)]
+    assert x.shape == (22050,) and np.array_equal(x, y) and caption == again
+    assert {ds[(e, 1)][1] for e in range(12)} == {"one", "two", "three"}
+    z, _, unreadable = ds[(0, 0)]  # the unreadable clip is replaced by the next one, and reported
+    assert len(unreadable) == 1 and "b.wav" in unreadable[0] and z.shape == (22050,)
+    batch = data.collate([ds[(0, 1)], ds[(1, 1)]])
+    assert batch["audio"].shape == (2, 1, 22050) and batch["tokens"].shape[0] == 2 and batch["tokens"].shape[1] < 77
+
+
+def test_user_captions_skip_bad_rows_and_hold_out_clips(tmp_path: Path) -> None:
+    for i in range(4):
+        audiogen.write_audio(tmp_path / f"s{i}.wav", audiogen.sine(300 * (i + 1), 0.2))
+    (tmp_path / "pairs.csv").write_text(
+        "path,caption\ns0.wav,a tone\ns0.wav,a beep\ns1.wav,a hum\nnothing.wav,gone\ns2.wav\ns2.wav,a whistle\n"
+        "s3.wav,\ns3.wav,a tone again\n"
+    )
+    got = data.read_captions(tmp_path / "pairs.csv")
+    assert [c.path.name for c in got.clips] == ["s0.wav", "s1.wav", "s2.wav", "s3.wav"]
+    assert got.clips[0].captions == ("a tone", "a beep") and len(got.problems) == 3
+    assert any("line 5" in p for p in got.problems)
+    train, val = data.load_sources(None, None, tmp_path / "pairs.csv", val_fraction=0.25)
+    assert len(train) == 3 and len(val) == 1 and not {c.path for c in val.clips} & {c.path for c in train.clips}
+
+
+def test_audiocaps_layouts(tmp_path: Path) -> None:
+    header = "audiocap_id,youtube_id,start_time,caption\n"
+    # audiocaps-download: <split>/<audiocap_id>.wav; the five validation rows of a clip are five files of it
+    a = tmp_path / "a"
+    (a / "train").mkdir(parents=True)
+    (a / "val").mkdir()
+    (a / "train.csv").write_text(header + "1,-abc_12,30,a dog barks\n2,zzz,0,a cat\n3,x\n")
+    (a / "val.csv").write_text(header + "".join(f"{10 + i},vvv,10,caption {i}\n" for i in range(5)))
+    audiogen.write_audio(a / "train" / "1.wav", audiogen.sine(440, 0.2))
+    for i in range(5):
+        audiogen.write_audio(a / "val" / f"{10 + i}.wav", audiogen.sine(440, 0.2))
+    train = data.read_audiocaps(a, "train")
+    assert [c.captions for c in train.clips] == [("a dog barks",)] and len(train.problems) == 2
+    val = data.read_audiocaps(a, "validation")
+    assert len(val.clips) == 1 and len(val.clips[0].captions) == 5
+    # flat, AudioSet-style names beside one CSV
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "captions.csv").write_text(header + "1,-abc_12,30,a dog barks\n2,q_q,0,rain\n")
+    audiogen.write_audio(b / "-abc_12_30.flac", audiogen.sine(440, 0.2))
+    audiogen.write_audio(b / "Yq_q.wav", audiogen.sine(440, 0.2))
+    assert [c.path.name for c in data.read_audiocaps(b, "train").clips] == ["-abc_12_30.flac", "Yq_q.wav"]
+    assert data.read_audiocaps(b, "validation") is None
+
+
+def test_missing_or_broken_sources_are_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        data.load_sources(tmp_path / "nope", None, None)
+    with pytest.raises(DatasetError, match="No training data"):
+        data.load_sources(None, None, None)
+    (tmp_path / "bad.csv").write_text("only one field\n\n")
+    with pytest.raises(DatasetError, match="no usable captioned clips"):
+        data.read_captions(tmp_path / "bad.csv")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_finetunes_and_the_model_works_with_weights(tmp_path: Path, clotho_dir: Path, init: str) -> None:
+    runner = CliRunner()
+    args = ["finetune", "--clotho", str(clotho_dir), "--init", init, "--epochs", "2", "--name", "mine", "--lr", "3e-3",
+            "--warmup-steps", "1", "--crop-seconds", "0.3", "--workers", "0", "--out", str(tmp_path / "run"), "--json"]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["finished"] and summary["step"] == 6 and len(summary["history"]) == 2
+    emb = runner.invoke(app, ["embed", "--weights", "mine", "--text", "a low hum", "--json"])
+    assert emb.exit_code == 0, emb.output
+    assert "mine" in runner.invoke(app, ["weights", "list"]).stdout
+
+
+def test_cli_reports_skipped_rows_and_refuses_bad_input(tmp_path: Path, init: str) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(app, ["finetune", "--clotho", str(tmp_path / "nowhere"), "--init", init])
+    assert missing.exit_code != 0
+    assert missing.stderr.strip().count("\n") == 0 and "does not exist" in missing.stderr
+    assert "Traceback" not in missing.output
+    nothing = runner.invoke(app, ["finetune", "--init", init])
+    assert nothing.exit_code != 0 and "No training data" in nothing.stderr
+    for i in range(6):
+        audiogen.write_audio(tmp_path / f"s{i}.wav", audiogen.sine(200 * (i + 1), 0.5))
+    rows = "".join(f"s{i}.wav,tone number {i}\n" for i in range(6)) + "s9.wav,missing\njust one field\n"
+    (tmp_path / "pairs.csv").write_text(rows)
+    args = ["finetune", "--captions", str(tmp_path / "pairs.csv"), "--init", init, "--batch", "2", "--max-steps", "1",
+            "--crop-seconds", "0.3", "--workers", "0", "--val-fraction", "0.3", "--out", str(tmp_path / "run")]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert "Skipped 2 bad rows" in done.stderr and "--resume" in done.stdout
+
+
+def test_cli_defaults_are_the_recipe() -> None:
+    import typer.main
+
+    command = typer.main.get_command(app).commands["finetune"]
+    defaults = {p.name: p.default for p in command.params}
+    for f in TrainConfig.__dataclass_fields__.values():
+        assert defaults[f.name] == f.default, f.name
