@@ -8,7 +8,8 @@ import numpy as np
 from audiofind import decode, paths
 from audiofind.encoder import Encoder, load_encoder
 from audiofind.errors import IndexNotFound, SchemaMismatch, UsageError
-from audiofind.store import Filters, Hit, Index
+from audiofind.nearest import Filters, Hit
+from audiofind.store import Index
 
 
 def open_index(db: Path | None = None, create: bool = False) -> Index:

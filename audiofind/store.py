@@ -35,9 +35,6 @@ MMAP_BYTES = 1 << 32 if sys.maxsize > 1 << 32 else 0  # address space only; page
 # 100k x 1024, where the default 1024 costs ~290 ms; brute-force KNN speed is the same.
 CHUNK_SIZE = 16
 CENTRE_AFTER = 1024  # segments stored before the centre of the binary codes is frozen
-EXACT_MAX = 2048  # up to this many segments (after filters) every one is scored exactly
-CANDIDATES = 1000  # segments re-scored exactly per query vector, at least
-CANDIDATES_PER_FILE = 50  # ...and this many per file asked for
 BINDING_KEYS = ("model_name", "model_sha256", "dim", "window", "hop")
 
 
@@ -87,34 +84,6 @@ class RootRow:
 
     path: str
     last_indexed_at: float | None
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Restrictions on which files a search may return; None means no restriction."""
-
-    under: Path | str | None = None  # a folder
-    exts: frozenset[str] | None = None  # "wav" or ".wav", any case
-    min_duration: float | None = None
-    max_duration: float | None = None
-    tags: dict[str, str] | None = None  # every KEY=VALUE must match, ignoring case
-
-    def is_empty(self) -> bool:
-        """True if nothing is filtered out."""
-        return not (self.under or self.exts or self.tags) and self.min_duration is None and self.max_duration is None
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One file found by search, with its best segment."""
-
-    path: str
-    score: float  # cosine of the best segment to the closest query vector
-    start: float
-    end: float
-    duration: float
-    tags: dict[str, str | list[str]]
-    hash: str
 
 
 @dataclass(frozen=True)
@@ -447,6 +416,12 @@ class Index:
         self.conn.execute("INSERT INTO meta (key, value) VALUES ('centre', ?)", (centre.tobytes(),))
         log.info("froze the code centre of %s over %d segments", self.path, len(ids))
 
+    def search(self, queries: np.ndarray, k: int = 20, filters: "Filters | None" = None, exact: bool | None = None) -> list["Hit"]:
+        """The k files whose best segment is closest to any of the query vectors, best first (see nearest.search)."""
+        from audiofind import nearest
+
+        return nearest.search(self, queries, k, filters, exact)
+
     def segment_vectors(self, hash: str) -> tuple[list[tuple[float, float]], np.ndarray]:
         """The segments (start, end) of one content and their unit vectors (N, D), in time order."""
         sql = 'SELECT id, start, "end" FROM segments WHERE hash = ? ORDER BY start, id'
@@ -504,208 +479,8 @@ class Index:
             quantised="centre" in self._meta(),
         )
 
-    # Search.
-
-    def search(
-        self, queries: np.ndarray, k: int = 20, filters: Filters | None = None, exact: bool | None = None
-    ) -> list[Hit]:
-        """The k files whose best segment is closest to any of the query vectors (Q, D) or (D,), best first.
-
-        exact=None scores every segment when that is cheap (small index, tight filters) and otherwise re-scores the
-        nearest binary codes; True always scores every segment; False uses the codes whenever they exist.
-        """
-        binding = self.model()
-        if binding is None or k <= 0:
-            return []
-        q = vec.normalize(queries)  # (Q, D)
-        if q.shape[1] != binding.dim:
-            raise ValueError(f"Query vectors have {q.shape[1]} dimensions; this index holds {binding.dim}.")
-        filters = None if filters is None or filters.is_empty() else filters
-        cond, params = _filter_sql(filters)
-        with self._snapshot():
-            allowed = None
-            if filters is not None:
-                sql = f"SELECT DISTINCT f.hash FROM files f JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok'{cond}"
-                allowed = [h for (h,) in self.conn.execute(sql, params)]
-            codes = self._codes()
-            if codes is None:  # a small index: no codes yet
-                return self._rank(*self._score(self._segment_ids(allowed), q), k, cond, params)
-            pos = codes.positions(allowed)
-            if exact or (exact is None and len(pos) <= EXACT_MAX):
-                return self._rank(*self._score(codes.ids[pos], q), k, cond, params)
-            want = max(CANDIDATES, CANDIDATES_PER_FILE * k)
-            while True:
-                hits = self._rank(*self._score(codes.nearest(q, pos, want), q), k, cond, params)
-                # Too few files among the candidates (long files, copies filtered out): widen, up to all of them.
-                if len(hits) >= k or want >= len(pos):
-                    return hits
-                want *= 4
-
-    @contextmanager
-    def _snapshot(self) -> Iterator[None]:
-        """One read transaction, so a search sees one consistent state while a writer commits."""
-        if self.conn.in_transaction:
-            yield
-            return
-        self.conn.execute("BEGIN")
-        try:
-            yield
-        finally:
-            self.conn.execute("COMMIT")  # read only: nothing to keep or undo
-
-    def _codes(self) -> vec.Codes | None:
-        """The binary codes of all segments, reloaded only after this or another connection has written."""
-        key = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.conn.total_changes())
-        if self._codes_cache is None or self._codes_cache[0] != key:
-            centre = self._meta().get("centre")
-            codes = None
-            if isinstance(centre, bytes):
-                rows = self.conn.execute("SELECT id, hash, code FROM segments WHERE code IS NOT NULL ORDER BY id")
-                codes = vec.Codes.from_rows(np.frombuffer(centre, np.float32), rows.fetchall())
-            self._codes_cache = (key, codes)
-        return self._codes_cache[1]
-
-    def _segment_ids(self, hashes: list[str] | None) -> list[int]:
-        if hashes is None:
-            return [i for (i,) in self.conn.execute("SELECT id FROM segments")]
-        sql = "SELECT id FROM segments WHERE hash IN (SELECT value FROM json_each(?))"
-        return [i for (i,) in self.conn.execute(sql, (json.dumps(hashes),))]
-
-    def _score(self, ids: list[int] | np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosine of each segment to its closest query vector: (found ids (M,), scores (M,))."""
-        found, scores = [], []
-        for start in range(0, len(ids), 4096):  # bounded memory on exact scans of big indexes
-            f, v = self._fetch(ids[start : start + 4096])
-            found.append(f)
-            # einsum, not `@`: waking BLAS threads for so small a product costs ~10 ms on a busy 2-core machine.
-            scores.append(np.clip(np.einsum("md,qd->mq", v, q), -1, 1).max(axis=1, initial=-1.0))  # (M, Q) -> (M,)
-        if not found:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return np.concatenate(found), np.concatenate(scores)
-
-    def _rank(self, ids: np.ndarray, scores: np.ndarray, k: int, cond: str, params: list) -> list[Hit]:
-        """Group scored segments by file: walk segments best first until k files (copies included) pass the filters."""
-        order = np.argsort(-scores, kind="stable")
-        seen: set[str] = set()
-        hits: list[Hit] = []
-        for start in range(0, len(order), 256):
-            block = order[start : start + 256]
-            rows = self.conn.execute(
-                'SELECT id, hash, start, "end" FROM segments WHERE id IN (SELECT value FROM json_each(?))',
-                (_ids_json(ids[block]),),
-            )
-            segment = {r[0]: r[1:] for r in rows}
-            best: dict[str, tuple[float, float, float]] = {}  # hash -> (score, start, end), best first
-            for i in block:
-                hash, s, e = segment.get(int(ids[i]), (None, 0.0, 0.0))
-                if hash is not None and hash not in seen:
-                    seen.add(hash)
-                    best[hash] = (float(scores[i]), s, e)
-            sql = (
-                "SELECT f.path, f.hash, f.tags, a.duration FROM files f JOIN audio a ON a.hash = f.hash "
-                f"WHERE f.status = 'ok' AND f.hash IN (SELECT value FROM json_each(?)){cond}"
-            )
-            for path, hash, tags, duration in self.conn.execute(sql, [json.dumps(list(best)), *params]):
-                score, s, e = best[hash]
-                hits.append(Hit(path, score, s, e, duration, json.loads(tags), hash))
-            # Every later segment scores no higher, so k files in hand are the k best.
-            if len(hits) >= k:
-                break
-        hits.sort(key=lambda h: (-h.score, h.path))
-        return hits[:k]
-
-
-@dataclass(frozen=True)
-class SearchBench:
-    """Quality and speed of search on a synthetic index."""
-
-    segments: int
-    dim: int
-    queries: int
-    recall_at_10: float  # of files, quantised search against exact
-    build_s: float
-    quantised_ms: float | None  # median warm query: vector search and grouping
-    exact_ms: float | None  # median query scoring every segment
-
-
-def bench_search(
-    path: Path,
-    segments: int = 100_000,
-    dim: int = 1024,
-    queries: int = 50,
-    seed: int = 0,
-    timing: bool = True,
-    progress: Callable[[int, int], None] | None = None,
-) -> SearchBench:
-    """Fill a new index at path with AudioCLIP-like synthetic vectors; measure recall@10 and warm query times."""
-    if Path(path).exists():
-        raise UsageError(f"{path} already exists; the search benchmark builds a new index and overwrites none.")
-    data = vec.synthetic(segments, dim, queries, seed)
-    starts = np.flatnonzero(np.diff(data.file_of, prepend=-1))  # first segment of each file
-    ends = np.append(starts[1:], segments)
-    t0 = time.perf_counter()
-    with Index.open(path) as index:
-        index.bind_model(ModelBinding("synthetic", "0" * 64, dim, 2.0, 1.0))
-        for batch in range(0, len(starts), 500):
-            with index.transaction():
-                for f in range(batch, min(batch + 500, len(starts))):
-                    n, h = int(ends[f] - starts[f]), f"{f:064x}"
-                    row = FileRow(f"{path}.files/{f}.wav", f"{path}.files", 0, 0, h)
-                    spans = [(float(j), j + 2.0) for j in range(n)]
-                    index.add_file(row, AudioRow(h, n + 1.0, 44100, 1), spans, data.vectors[starts[f] : ends[f]])
-            if progress:
-                progress(int(ends[min(batch + 500, len(starts)) - 1]), segments)
-        build_s = time.perf_counter() - t0
-        truth = [vec.top_files(data.vectors, data.file_of, q) for q in data.queries]
-        found = [[int(Path(h.path).stem) for h in index.search(q, 10, exact=False)] for q in data.queries]
-        quantised_ms = exact_ms = None
-        if timing:  # the recall pass above loaded the codes and warmed the page cache
-            quantised_ms = _median_ms(lambda q: index.search(q, 10), data.queries)
-            exact_ms = _median_ms(lambda q: index.search(q, 10, exact=True), data.queries[:3])
-    return SearchBench(segments, dim, queries, vec.recall(found, truth), build_s, quantised_ms, exact_ms)
-
-
-def _median_ms(fn: Callable[[np.ndarray], object], queries: np.ndarray) -> float:
-    times = []
-    for q in queries:
-        t = time.perf_counter()
-        fn(q)
-        times.append((time.perf_counter() - t) * 1000)
-    return float(np.median(times))
-
-
 def _folder_prefix(folder: str) -> str:
     return folder if folder.endswith(os.sep) else folder + os.sep
-
-
-def _filter_sql(filters: Filters | None) -> tuple[str, list]:
-    """SQL conditions on files f joined with audio a (each starting with AND), and their parameters."""
-    if filters is None:
-        return "", []
-    conds, params = [], []
-    if filters.under:
-        folder = norm_path(filters.under)
-        prefix = _folder_prefix(folder)
-        conds.append("(f.path = ? OR substr(f.path, 1, ?) = ?)")
-        params += [folder, len(prefix), prefix]
-    if filters.exts:
-        exts = sorted({"." + e.casefold().lstrip(".") for e in filters.exts})
-        conds.append("(" + " OR ".join("casefold(substr(f.path, -?)) = ?" for _ in exts) + ")")
-        params += [x for e in exts for x in (len(e), e)]
-    if filters.min_duration is not None:
-        conds.append("a.duration >= ?")
-        params.append(float(filters.min_duration))
-    if filters.max_duration is not None:
-        conds.append("a.duration <= ?")
-        params.append(float(filters.max_duration))
-    for key, value in (filters.tags or {}).items():
-        # A tag value is a string or, as mutagen often gives, a list of strings: any element may match.
-        conds.append(
-            "EXISTS (SELECT 1 FROM json_each(f.tags) t WHERE casefold(t.key) = ? AND (casefold(t.value) = ? OR "
-            "(t.type = 'array' AND EXISTS (SELECT 1 FROM json_each(t.value) e WHERE casefold(e.value) = ?))))"
-        )
-        params += [key.casefold(), str(value).casefold(), str(value).casefold()]
-    return "".join(f" AND {c}" for c in conds), params
 
 
 if sys.platform == "win32":

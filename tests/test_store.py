@@ -13,10 +13,12 @@ import apsw
 import numpy as np
 import pytest
 
-from audiofind import migrations, store
+from audiofind import migrations, nearest, store
 from audiofind import vectors as vec
 from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, UsageError
-from audiofind.store import AudioRow, FileRow, Filters, Index, ModelBinding
+from audiofind.bench import bench_search
+from audiofind.nearest import Filters
+from audiofind.store import AudioRow, FileRow, Index, ModelBinding
 
 D = 16
 BINDING = ModelBinding("tiny", "ab" * 32, D, 5.0, 2.5)
@@ -290,25 +292,25 @@ def test_quantised_search_matches_exact(index: Index, tmp_path: Path, monkeypatc
             add(index, tmp_path / f"{f}.wav", f"h{f}", data.vectors[data.file_of == f])
     assert index.stats().quantised  # over CENTRE_AFTER segments: the centre is frozen and every segment coded
     assert count(index, "segments WHERE code IS NULL") == 0
-    monkeypatch.setattr(store, "EXACT_MAX", 0)  # force the code path on this small index
+    monkeypatch.setattr(nearest, "EXACT_MAX", 0)  # force the code path on this small index
     for q in data.queries:
         exact = [h.path for h in index.search(q, 10, exact=True)]
         assert [h.path for h in index.search(q, 10)] == exact
     # With a single candidate per query the search must widen until it has k files.
-    monkeypatch.setattr(store, "CANDIDATES", 1)
-    monkeypatch.setattr(store, "CANDIDATES_PER_FILE", 0)
+    monkeypatch.setattr(nearest, "CANDIDATES", 1)
+    monkeypatch.setattr(nearest, "CANDIDATES_PER_FILE", 0)
     assert len(index.search(data.queries[0], 7, exact=False)) == 7
     hits = index.search(data.queries[0], 5, Filters(under=tmp_path, max_duration=10.0), exact=False)
     assert len(hits) == 5 and all(h.duration <= 10 for h in hits)
 
 
 def test_quantised_recall_at_10_on_a_large_synthetic_index(tmp_path: Path) -> None:
-    result = store.bench_search(tmp_path / "bench.db", segments=20_000, dim=1024, queries=40, timing=False)
+    result = bench_search(tmp_path / "bench.db", segments=20_000, dim=1024, queries=40, timing=False)
     assert result.recall_at_10 >= 0.99, result
     with Index.open(tmp_path / "bench.db") as ix:
         assert ix.stats().segments == 20_000 and ix.stats().quantised
     with pytest.raises(UsageError, match="already exists"):  # never overwrites an index
-        store.bench_search(tmp_path / "bench.db", segments=10, dim=8)
+        bench_search(tmp_path / "bench.db", segments=10, dim=8)
 
 
 # Concurrency and crash safety.

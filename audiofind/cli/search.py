@@ -36,7 +36,7 @@ def search(
 ) -> None:
     """Find the sounds that match QUERY (or --like FILE), best first."""
     from audiofind.search import encoder_for, open_index, search_like, search_text
-    from audiofind.store import Filters
+    from audiofind.nearest import Filters
 
     if (query is None) == (like is None):
         raise UsageError("Give either a QUERY or --like FILE (not both).")
