@@ -12,11 +12,11 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import apsw
 import numpy as np
@@ -24,8 +24,11 @@ import sqlite_vec
 
 from audiofind import migrations
 from audiofind import vectors as vec
-from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, UsageError
+from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch
 from audiofind.paths import default_db
+
+if TYPE_CHECKING:
+    from audiofind.nearest import Filters, Hit
 
 log = logging.getLogger(__name__)
 

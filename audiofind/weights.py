@@ -5,20 +5,11 @@ Published AudioCLIP checkpoints are pickled torch state dicts. They are unpickle
 (the audio and text towers and `logit_scale_at`), so later runs read tensors without running any pickle.
 """
 
-import hashlib
-import http.client
 import importlib.resources
 import json
 import logging
 import os
-import pickle
-import pickletools
 import re
-import struct
-import urllib.error
-import urllib.request
-import warnings
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,22 +17,17 @@ from typing import Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from audiofind import paths
-from audiofind.errors import (ChecksumError, DownloadError, UnknownModelError, UnsafeCheckpoint, UsageError,
+from audiofind import checkpoint, paths
+from audiofind.download import fetch
+from audiofind.errors import (ChecksumError, DownloadError, UnknownModelError, UsageError,
                               WeightsError, WeightsNotFound)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "audioclip-full"  # used when the manifest names no default
 TOWERS = ("audio", "text", "visual", "scale")
-FORMAT = "audiofind"  # metadata["format"] of the files we write
-CHUNK = 1 << 20
-TIMEOUT_S = 60
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # left by DDP and torch.compile when the wrapper was saved
 
 Progress = Callable[[int, int], None]
 Source = Literal["registered", "imported", "finetuned"]
@@ -116,71 +102,13 @@ def default_model() -> str:
 # ---------------------------------------------------------------- keys and towers
 
 
-def _tower(key: str) -> str | None:
-    for prefix, tower in (("audio.", "audio"), ("visual.", "visual"), ("logit_scale", "scale")):
-        if key.startswith(prefix):
-            return tower
-    return "text" if key.startswith(_TEXT_PREFIXES) else None
 
 
-def tower_of(key: str) -> str:
-    """Which AudioCLIP tower a state-dict key belongs to: audio, text, visual or scale."""
-    if (tower := _tower(key)) is None:
-        raise WeightsError(f"The key {key!r} belongs to no AudioCLIP tower.")
-    return tower
-
-
-def _used(key: str, shape: Iterable[int], origin: object) -> bool:
-    """Whether audiofind needs this tensor: audio and text towers plus the audio-text logit scale."""
-    if (tower := _tower(key)) is None:
-        raise WeightsError(f"{origin} holds {key!r}, which belongs to no AudioCLIP tower; it is not an AudioCLIP checkpoint.")
-    if key == "logit_scale_at":
-        return True
-    if tower not in ("audio", "text") or key.endswith(".num_batches_tracked"):
-        return False
-    # The reference keeps an empty bias in its filter bank; nothing reads it.
-    return not (key == "audio.fbsp.bias" and 0 in tuple(shape))
-
-
-def _select(state_dict: dict, origin: object) -> dict[str, torch.Tensor]:
-    """The tensors audiofind keeps, with wrapper prefixes removed, ready for save_file."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for key, tensor in state_dict.items():
-        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
-            raise WeightsError(f"{origin} is not an AudioCLIP state dict: entry {key!r} is not a named tensor.")
-        for prefix in _WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
-        if not _used(key, tensor.shape, origin):
-            continue
-        tensor = tensor.detach().contiguous()
-        ptr = tensor.untyped_storage().data_ptr()
-        # save_file refuses tensors that share memory; copy the rare ones that do.
-        if ptr and (ptr in seen or tensor.untyped_storage().nbytes() != tensor.nbytes):
-            tensor = tensor.clone()
-        seen.add(tensor.untyped_storage().data_ptr())
-        out[key] = tensor
-    if not any(_tower(k) in ("audio", "text") for k in out):
-        raise WeightsError(f"{origin} holds neither an audio nor a text tower, so it is not an AudioCLIP checkpoint.")
-    return out
 
 
 # ---------------------------------------------------------------- hashing
 
 
-def _hash_into(h: "hashlib._Hash", path: Path, progress: Progress | None = None) -> "hashlib._Hash":
-    total, done = path.stat().st_size, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return h
-
-
-def _sha256_file(path: Path, progress: Progress | None = None) -> str:
-    return _hash_into(hashlib.sha256(), path, progress).hexdigest()
 
 
 def _file_sha256(path: Path, progress: Progress | None = None) -> str:
@@ -195,7 +123,7 @@ def _file_sha256(path: Path, progress: Progress | None = None) -> str:
     entry = known.get(str(path))
     if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
         return entry["sha256"]
-    sha = _sha256_file(path, progress)
+    sha = checkpoint.sha256_file(path, progress)
     known[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
     try:
         book.parent.mkdir(parents=True, exist_ok=True)
@@ -207,103 +135,13 @@ def _file_sha256(path: Path, progress: Progress | None = None) -> str:
     return sha
 
 
-def _content_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes of the tensors, in name order."""
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
-        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
 
 # ---------------------------------------------------------------- reading and writing files
 
 
-def _unsafe_detail(path: Path, message: str) -> str | None:
-    """What a rejected pickle wanted to import, or None if the file is simply not a pickle."""
-    if match := re.search(r"GLOBAL ([\w.]+)", message):
-        return match.group(1)
-    # Newer pickle protocols are refused before their globals are seen: look at the opcodes ourselves.
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
-                data = z.read(name) if name else b""
-        else:
-            with open(path, "rb") as f:
-                data = f.read(CHUNK)  # the object tree of a pickle comes first; enough to see what it imports
-        strings: list[str] = []
-        for op, arg, _ in pickletools.genops(data):
-            if isinstance(arg, str):
-                strings.append(arg)
-            if op.name in ("GLOBAL", "INST"):
-                return str(arg).replace(" ", ".")
-            if op.name == "STACK_GLOBAL":
-                return ".".join(strings[-2:])
-    except (ValueError, EOFError, struct.error, zipfile.BadZipFile, OSError, UnicodeDecodeError):
-        return None
-    return None
 
 
-def _load_pt(path: Path) -> dict:
-    """Unpickle a torch checkpoint without running code, and find its state dict."""
-    try:
-        with warnings.catch_warnings():
-            # A raw pickle draws a protocol warning on its way to being refused; the error says enough.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            # mmap needs the zip format of torch >= 1.6; older files are read into memory.
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        if detail := _unsafe_detail(path, str(e)):
-            raise UnsafeCheckpoint(
-                f"{path} tries to import {detail} while loading, so it could run code; it was refused and nothing was run."
-            ) from None
-        raise WeightsError(f"{path} is not a torch checkpoint.") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, IndexError, TypeError, struct.error, zipfile.BadZipFile) as e:
-        raise WeightsError(f"{path} is not a torch checkpoint ({type(e).__name__}).") from e
-    if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        obj = obj.get("state_dict", obj.get("model"))
-    if not isinstance(obj, dict) or not obj:
-        raise WeightsError(f"{path} is not a torch checkpoint: it holds no state dict of tensors.")
-    return obj
 
-
-def _metadata(path: Path) -> dict[str, str]:
-    try:
-        with safe_open(path, framework="pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"{path} is not a readable safetensors file: {e}.") from e
-
-
-def _json_or_none(text: str | None, path: Path) -> dict | None:
-    try:
-        return json.loads(text) if text else None
-    except ValueError as e:
-        raise WeightsError(f"{path} has metadata that is not valid JSON: {e}.") from e
-
-
-def _write(tensors: dict[str, torch.Tensor], out: Path, name: str, sha256: str, source: Source,
-           config: dict | None = None, card: dict | None = None) -> Path:
-    metadata = {
-        "format": FORMAT,
-        "name": name,
-        "source": source,
-        "source_sha256": sha256,
-        "config": json.dumps(config, sort_keys=True) if config else "",
-        "card": json.dumps(card, sort_keys=True) if card else "",
-    }
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WeightsError(f"Could not write {out}: {e.strerror or e}.") from e
-    log.info("wrote %s (%d tensors)", out, len(tensors))
-    return out
 
 
 def _local(name: str) -> Path:
@@ -317,67 +155,18 @@ def _check_name(name: str) -> str:
 
 
 def _resolved(path: Path, fallback_sha: Callable[[], str]) -> Resolved:
-    meta = _metadata(path)
+    meta = checkpoint.read_metadata(path)
     return Resolved(
         name=meta.get("name") or path.stem,
         path=path,
         sha256=meta.get("source_sha256") or fallback_sha(),
-        config=_json_or_none(meta.get("config"), path),
-        card=_json_or_none(meta.get("card"), path),
+        config=checkpoint.json_or_none(meta.get("config"), path),
+        card=checkpoint.json_or_none(meta.get("card"), path),
     )
 
 
 # ---------------------------------------------------------------- downloading
 
-
-def _fetch(name: str, url: str, part: Path, size: int | None, progress: Progress | None) -> str:
-    """Stream url into part, resuming what is there; returns the sha256 of the whole file."""
-    done = part.stat().st_size if part.exists() else 0
-    if size is not None and done > size:
-        part.unlink()
-        done = 0
-    h = _hash_into(hashlib.sha256(), part) if done else hashlib.sha256()
-    if size is not None and done == size:
-        return h.hexdigest()
-    if done and progress:
-        progress(done, size or 0)
-    headers = {"User-Agent": "audiofind"} | ({"Range": f"bytes={done}-"} if done else {})
-    total = size
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S) as response, \
-                open(part, "ab") as out:
-            length = response.headers.get("Content-Length")
-            if done and response.status == 206:
-                if not (response.headers.get("Content-Range") or "").startswith(f"bytes {done}-"):
-                    part.unlink()
-                    raise DownloadError(f"The server sent the wrong part of '{name}'; run the same command again.")
-                total = done + int(length) if length else size
-                log.info("resuming %s at byte %d", name, done)
-            else:  # a fresh download, or a server that ignores Range: start over
-                out.truncate(0)
-                done, h = 0, hashlib.sha256()
-                total = int(length) if length else size
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                h.update(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total or 0)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and done:  # nothing past what we have: the partial file is the whole file
-            return h.hexdigest()
-        raise DownloadError(f"Could not download '{name}' from {url}: HTTP {e.code} {e.reason}.") from e
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        reason = getattr(e, "reason", None) or e
-        hint = "; run the same command again to resume" if part.exists() and part.stat().st_size else ""
-        raise DownloadError(f"Could not download '{name}' from {url} ({reason}){hint}.") from e
-    # http.client returns a short body without complaint when the connection drops.
-    expected = total or size
-    if expected is not None and done < expected:
-        raise DownloadError(
-            f"The connection closed after {done} of {expected} bytes of '{name}'; run the same command again to resume."
-        )
-    return h.hexdigest()
 
 
 def download(name: str, progress: Progress | None = None) -> Path:
@@ -395,10 +184,10 @@ def download(name: str, progress: Progress | None = None) -> Path:
     part = pt.with_name(pt.name + ".part")
     folder.mkdir(parents=True, exist_ok=True)
     expected = entry.get("sha256")
-    if pt.exists() and expected and _sha256_file(pt) != expected:
+    if pt.exists() and expected and checkpoint.sha256_file(pt) != expected:
         pt.unlink()  # a stale file from another release: fetch again
     if not pt.exists():
-        actual = _fetch(name, entry["url"], part, entry.get("size"), progress)
+        actual = fetch(name, entry["url"], part, entry.get("size"), progress)
         if expected and actual != expected:
             part.unlink(missing_ok=True)
             raise ChecksumError(
@@ -406,8 +195,8 @@ def download(name: str, progress: Progress | None = None) -> Path:
                 "the file was deleted, run the same command to try again."
             )
         os.replace(part, pt)
-    tensors = _select(_load_pt(pt), pt)
-    _write(tensors, out, name, expected or _sha256_file(pt), "registered")
+    tensors = checkpoint.select(checkpoint.load_pt(pt), pt)
+    checkpoint.write(tensors, out, name, expected or checkpoint.sha256_file(pt), "registered")
     del tensors
     pt.unlink()  # keep one copy on disk; the safetensors file is all later runs read
     return out
@@ -422,7 +211,7 @@ def import_checkpoint(path: Path, name: str | None = None, progress: Progress | 
     if not path.is_file():
         raise WeightsError(f"There is no checkpoint file at {path}.")
     is_st = path.suffix == ".safetensors"
-    meta = _metadata(path) if is_st else {}
+    meta = checkpoint.read_metadata(path) if is_st else {}
     sha = meta.get("source_sha256") or _file_sha256(path, progress)
     registered = _registered()
     by_sha = next((n for n, e in registered.items() if e.get("sha256") == sha), None)
@@ -435,25 +224,25 @@ def import_checkpoint(path: Path, name: str | None = None, progress: Progress | 
         )
     out = _local(name)
     if out.exists():
-        if _metadata(out).get("source_sha256") == sha:
+        if checkpoint.read_metadata(out).get("source_sha256") == sha:
             return out
         raise WeightsError(f"A model named '{name}' already exists; remove it first or import under another name.")
     if is_st:
         with safe_open(path, framework="pt") as f:
-            tensors = _select({k: f.get_tensor(k) for k in f.keys()}, path)
+            tensors = checkpoint.select({k: f.get_tensor(k) for k in f.keys()}, path)
     else:
-        tensors = _select(_load_pt(path), path)
+        tensors = checkpoint.select(checkpoint.load_pt(path), path)
     source: Source = "registered" if entry else ("finetuned" if meta.get("source") == "finetuned" else "imported")
-    card = _json_or_none(meta.get("card"), path) or ({"description": f"Imported from {path.name}."} if not entry else None)
-    return _write(tensors, out, name, sha, source, _json_or_none(meta.get("config"), path), card)
+    card = checkpoint.json_or_none(meta.get("card"), path) or ({"description": f"Imported from {path.name}."} if not entry else None)
+    return checkpoint.write(tensors, out, name, sha, source, checkpoint.json_or_none(meta.get("config"), path), card)
 
 
 def save_model(state_dict: dict[str, torch.Tensor], name: str, config: dict, card: dict) -> Path:
     """Write fine-tuned weights as a local model; its identity is the sha256 of the tensors written."""
     if _check_name(name) in _registered():
         raise UsageError(f"'{name}' is a registered model name; pick another name for a fine-tuned model.")
-    tensors = _select(state_dict, f"The state dict for '{name}'")
-    return _write(tensors, _local(name), name, _content_sha256(tensors), "finetuned", config, card)
+    tensors = checkpoint.select(state_dict, f"The state dict for '{name}'")
+    return checkpoint.write(tensors, _local(name), name, checkpoint.content_sha256(tensors), "finetuned", config, card)
 
 
 def remove(name: str) -> None:
@@ -496,8 +285,8 @@ def available_models() -> list[ModelInfo]:
         if path.stem in registered:
             continue
         try:
-            meta = _metadata(path)
-            card = _json_or_none(meta.get("card"), path) or {}
+            meta = checkpoint.read_metadata(path)
+            card = checkpoint.json_or_none(meta.get("card"), path) or {}
         except WeightsError as e:
             log.warning("skipping %s", e)
             continue
@@ -528,14 +317,14 @@ def resolve(weights: str | Path | None) -> Resolved:
     name = next((n for n, e in registered.items() if e.get("sha256") == sha), None)
     for local in _local_files():
         try:
-            if _metadata(local).get("source_sha256") == sha:
+            if checkpoint.read_metadata(local).get("source_sha256") == sha:
                 return _resolved(local, lambda: sha)
         except WeightsError as e:
             log.warning("skipping %s", e)
     # A registered checkpoint fetched by hand becomes that model; any other .pt is cached by its sha256.
     out = _local(name) if name else paths.weights_dir() / "converted" / f"{sha}.safetensors"
     if not out.exists():
-        _write(_select(_load_pt(path), path), out, name or path.stem, sha, "registered" if name else "imported")
+        checkpoint.write(checkpoint.select(checkpoint.load_pt(path), path), out, name or path.stem, sha, "registered" if name else "imported")
     return _resolved(out, lambda: sha)
 
 
@@ -546,12 +335,12 @@ def read_state_dict(resolved: Resolved, towers: Iterable[str] = ("audio", "text"
         raise ValueError(f"unknown towers {sorted(unknown)}; use {TOWERS}")
     try:
         with safe_open(resolved.path, framework="pt", device="cpu") as f:
-            # _used also rejects keys of no tower, so a foreign file fails here, naming the key.
+            # is_used also rejects keys of no tower, so a foreign file fails here, naming the key.
             return {
                 key: f.get_tensor(key)
                 for key in f.keys()
-                if (_tower(key) == "visual" or _used(key, f.get_slice(key).get_shape(), resolved.path))
-                and _tower(key) in wanted
+                if (checkpoint.tower_or_none(key) == "visual" or checkpoint.is_used(key, f.get_slice(key).get_shape(), resolved.path))
+                and checkpoint.tower_or_none(key) in wanted
             }
     except (SafetensorError, OSError) as e:
         raise WeightsError(f"{resolved.path} is not a readable safetensors file: {e}.") from e
@@ -563,4 +352,4 @@ def load_card(name_or_path: str | Path) -> dict | None:
     path = _local(spec) if _NAME.fullmatch(spec) and _local(spec).exists() else Path(spec).expanduser()
     if path.suffix != ".safetensors" or not path.is_file():
         return None
-    return _json_or_none(_metadata(path).get("card"), path)
+    return checkpoint.json_or_none(checkpoint.read_metadata(path).get("card"), path)

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from audiofind import checkpoint as ckpt
 from audiofind import paths, weights
 from audiofind.cli import app
 from audiofind.errors import (
@@ -135,9 +136,9 @@ def metadata_of(path: Path) -> dict[str, str]:
 def test_tower_of_matches_the_published_key_list():
     rows = [line.split("\t") for line in (DATA / "audioclip-keys.tsv").read_text().splitlines()[1:] if line]
     assert len(rows) == 861
-    assert all(weights.tower_of(key) == tower for key, _, _, tower, _ in rows)
+    assert all(ckpt.tower_of(key) == tower for key, _, _, tower, _ in rows)
     with pytest.raises(WeightsError, match="no AudioCLIP tower"):
-        weights.tower_of("decoder.weight")
+        ckpt.tower_of("decoder.weight")
 
 
 def test_download_converts_to_safetensors_once(server: Server, checkpoint: Path):
@@ -284,8 +285,8 @@ def test_resolve_paths(server: Server, tmp_path: Path, monkeypatch: pytest.Monke
     assert first.path == paths.weights_dir() / "converted" / f"{first.sha256}.safetensors"
 
     # The second use neither hashes nor unpickles the 537 MB again.
-    monkeypatch.setattr(weights, "_sha256_file", lambda *a: pytest.fail("hashed again"))
-    monkeypatch.setattr(weights, "_load_pt", lambda *a: pytest.fail("unpickled again"))
+    monkeypatch.setattr(ckpt, "sha256_file", lambda *a: pytest.fail("hashed again"))
+    monkeypatch.setattr(ckpt, "load_pt", lambda *a: pytest.fail("unpickled again"))
     assert weights.resolve(other) == first
 
     direct = tmp_path / "direct.safetensors"

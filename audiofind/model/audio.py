@@ -171,7 +171,6 @@ class AudioEncoder(nn.Module):
 
     def spectrogram(self, x: Tensor) -> Tensor:
         """(B, C, N) samples -> (B*C, 3, bins/3, T) decibels: the 'image' the ResNeXt sees (spec a.2-a.7)."""
-        cfg = self.cfg
         with torch.autocast(x.device.type, enabled=False):  # decibels of quiet bins need full precision
             return self._spectrogram(x.reshape(-1, x.shape[-1]).to(self.fbsp.m.dtype))
 
