@@ -1,0 +1,64 @@
+"""`bench clotho` with a real model ranks exactly as the embeddings `embed` prints."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+import audiogen
+from audiofind import weights
+from audiofind.cli import app
+from audiofind.model import AudioCLIPConfig
+from modelkit import synthetic_state_dict
+
+runner = CliRunner()
+SOUNDS = {
+    "beep.wav": (audiogen.sine, (2000, 1.0)),
+    "hum.wav": (audiogen.sine, (60, 1.5)),
+    "hiss.wav": (audiogen.noise, (1.2,)),
+    "sweep.wav": (audiogen.chirp, (200, 6000, 2.0)),
+    "buzz.wav": (audiogen.square, (110, 0.8)),
+    "click track.wav": (audiogen.square, (4, 1.0)),
+}
+WORDS = ["a high beep", "a low hum", "white noise hissing", "a rising sweep", "a harsh buzz", "steady clicks"]
+
+
+def make_clotho(root: Path) -> Path:
+    (root / "evaluation").mkdir(parents=True)
+    with open(root / "clotho_captions_evaluation.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["file_name"] + [f"caption_{i}" for i in range(1, 6)])
+        for (name, (make, args)), word in zip(SOUNDS.items(), WORDS):
+            audiogen.write_audio(root / "evaluation" / name, make(*args))
+            out.writerow([name] + [f"{word}, take {i}" for i in range(1, 6)])
+    return root
+
+
+def test_bench_clotho_ranks_like_embed(tmp_path: Path) -> None:
+    weights.save_model(synthetic_state_dict(AudioCLIPConfig()), "full", AudioCLIPConfig().to_dict(), {})
+    root = make_clotho(tmp_path / "clotho")
+    result = runner.invoke(app, ["bench", "clotho", str(root), "-w", "full", "--json", "--write-submission", str(tmp_path / "sub.csv")])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert {"R1", "R5", "R10", "mAP10"} <= set(scores) and scores["n_queries"] == 30
+
+    names = list(SOUNDS)
+    captions = [f"{w}, take {i}" for w in WORDS for i in range(1, 6)]
+    args = ["embed", *[str(root / "evaluation" / n) for n in names], "-w", "full", "--json"]
+    for c in captions:
+        args += ["--text", c]
+    rows = [json.loads(line) for line in runner.invoke(app, args).stdout.splitlines()]
+    audio = np.array([r["embedding"] for r in rows if r["kind"] == "audio"])
+    text = np.array([r["embedding"] for r in rows if r["kind"] == "text"])
+    audio /= np.linalg.norm(audio, axis=1, keepdims=True)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    expected = [[names[j] for j in np.argsort(-(t @ audio.T), kind="stable")] for t in text]
+
+    with open(tmp_path / "sub.csv", newline="") as f:
+        submission = {row["caption"]: [row[f"file_name_{i}"] for i in range(1, 7)] for row in csv.DictReader(f)}
+    assert [submission[c] for c in captions] == expected
+    # The second run reuses the cached clip embeddings and gives the same scores.
+    again = runner.invoke(app, ["bench", "clotho", str(root), "-w", "full", "--json"])
+    assert json.loads(again.stdout) == scores
