@@ -290,7 +290,11 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         model_cfg, base = AudioCLIPConfig.from_dict(ckpt["model_config"]), ckpt["base"]
         model = from_state_dict(ckpt["model"], model_cfg, source=str(ckpt_path))
     else:
+        if world > 1 and not is_main:
+            dist.barrier()  # rank 0 resolves first: a .pt init is converted once, then the others find the result
         resolved = weights.resolve(cfg.init)
+        if world > 1 and is_main:
+            dist.barrier()
         model_cfg = AudioCLIPConfig.from_dict(resolved.config) if resolved.config else AudioCLIPConfig()
         base = {"name": resolved.name, "sha256": resolved.sha256}
         model = from_state_dict(weights.read_state_dict(resolved), model_cfg, source=f"Model '{resolved.name}'")
@@ -360,6 +364,8 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             loss_sum = 0.0
             for k in range(cfg.accum):
                 batch = next(micro)
+                for reason in set(batch["unreadable"]) - unreadable:
+                    log.warning("unreadable, replaced by the next clip: %s", reason)
                 unreadable.update(batch["unreadable"])
                 if world > 1:  # sync gradients on the last micro-step only
                     step_model.require_backward_grad_sync = k == cfg.accum - 1
@@ -389,7 +395,9 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
                 epoch_loss = [0.0, 0]
                 if is_main and epoch + 1 in best_epochs(history, cfg.average_top):
                     state = {k: v.detach().cpu().contiguous() for k, v in raw_model.state_dict().items()}
-                    save_file(state, _snapshot(out, epoch + 1))
+                    tmp = _snapshot(out, epoch + 1).with_suffix(".tmp")
+                    save_file(state, tmp)
+                    os.replace(tmp, _snapshot(out, epoch + 1))
                 record({"kind": "epoch", **history[-1]})
                 last = time.perf_counter()
             if step % steps_per_epoch == 0 or step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
@@ -404,7 +412,7 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             dist.broadcast(buffer, 0)
         dist.barrier()
     result = TrainResult(cfg.name, None, out, finished, step, total_steps, history, best_epochs(history, cfg.average_top),
-                         None, train_set.problems, tuple(sorted(unreadable)), raw_model)
+                         None, train_set.problems + val_set.problems, tuple(sorted(unreadable)), raw_model)
     if not (finished and is_main):
         return result
     snapshots = [_snapshot(out, e) for e in result.best_epochs]
@@ -417,10 +425,11 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         "description": f"AudioCLIP fine-tuned on {train_set.name} from {base['name']}.",
         "base": base, "recipe": config_dict(cfg), "model_config": model_cfg.to_dict(),
         "data": {"train": train_set.name, "train_clips": len(train_set), "validation": val_set.name,
-                 "validation_clips": len(val_set), "skipped_rows": len(train_set.problems), "unreadable_files": len(unreadable)},
+                 "validation_clips": len(val_set), "skipped_rows": len(result.problems), "unreadable_files": len(unreadable)},
         "validation": {"averaged_epochs": result.best_epochs, "final": final, "history": history},
     }
-    path = weights.save_model(raw_model.state_dict(), cfg.name, model_cfg.to_dict(), card)
+    state = {k: v.detach().cpu() for k, v in raw_model.state_dict().items()}
+    path = weights.save_model(state, cfg.name, model_cfg.to_dict(), card)
     (out / "card.json").write_text(json.dumps(card, indent=2))
     record({"kind": "final", "step": step, "epochs": result.best_epochs, **final})
     return replace(result, path=path, final=final)

@@ -1,6 +1,7 @@
 """`audiofind finetune`: fine-tune both towers on captioned audio and register the result as a model."""
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,7 +63,9 @@ def finetune(
 
     options = dict(locals())
     cfg = TrainConfig(**{k: v for k, v in options.items() if k not in ("json_out", "TrainConfig", "run")})
-    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 draws and prints
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 draws, prints and logs
+    if not main:
+        logging.getLogger("audiofind").setLevel(logging.ERROR)
     with _training_progress(enabled=main and not json_out) as (progress, on_metrics):
         result = run(cfg, progress, on_metrics)
     if not main:
