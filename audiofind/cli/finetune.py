@@ -44,7 +44,7 @@ def finetune(
     average_top: Annotated[int, typer.Option(help="Average the weights of this many best epochs.")] = 5,
     val_seconds: Annotated[float, typer.Option(help="Validation embeds each clip's first seconds.")] = 30.0,
     val_fraction: Annotated[float, typer.Option(help="Clips held out for validation when only --captions is given.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed of the data order, crops, captions and dropout.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the data order, crops, captions and dropout.")] = 0,
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 or fp16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")] = "auto",
     workers: Annotated[int, typer.Option(help="Decoding processes per training process.")] = 4,
