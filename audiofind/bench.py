@@ -217,7 +217,7 @@ def training_speed(device: str = "auto", batch: int = 6, crop_seconds: float = 2
     from audiofind import train
 
     result = train.train_throughput(AudioCLIPConfig(), device, batch=batch, crop_seconds=crop_seconds, steps=steps)
-    return {"train_clips_per_s": float(result["clips_per_s"]), "train_peak_memory_bytes": float(result["peak_memory_bytes"])}
+    return {"train_clips_per_s": float(result["clips_per_s"]), "train_peak_memory_bytes": float(result["peak_memory_mb"]) * 2**20}
 
 
 @dataclass(frozen=True)
