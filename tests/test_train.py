@@ -352,6 +352,15 @@ def test_cli_finetunes_and_the_model_works_with_weights(tmp_path: Path, clotho_d
     emb = runner.invoke(app, ["embed", "--weights", "mine", "--text", "a low hum", "--json"])
     assert emb.exit_code == 0, emb.output
     assert "mine" in runner.invoke(app, ["weights", "list"]).stdout
+    # The fine-tuned model serves every command: index, search and the benchmark.
+    db = str(tmp_path / "ft.db")
+    indexed = runner.invoke(app, ["index", str(clotho_dir / "validation"), "-w", "mine", "--db", db, "--json"])
+    assert indexed.exit_code == 0, indexed.output
+    assert json.loads(indexed.stdout.splitlines()[-1])["model"] == "mine"
+    found = runner.invoke(app, ["search", "a low hum", "--db", db, "--json", "-k", "3"])
+    assert found.exit_code == 0 and len(json.loads(found.stdout)) == 3, found.output
+    bench = runner.invoke(app, ["bench", "clotho", str(clotho_dir), "--split", "validation", "-w", "mine", "--json"])
+    assert bench.exit_code == 0 and 0 <= json.loads(bench.stdout)["mAP10"] <= 1, bench.output
 
 
 def test_cli_reports_skipped_rows_and_refuses_bad_input(tmp_path: Path, init: str) -> None:
