@@ -43,13 +43,18 @@ def index_cmd(
             task = bar.add_task("indexing", total=None, audio="")
             started = datetime.now()
 
+            files_done = 0
+
             def on_event(e: Event) -> None:
+                nonlocal files_done
+                files_done += 1
                 if e.event == "failed":
                     err_console.print(f"[yellow]failed[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False)
 
             def progress(done: float, total: float) -> None:
                 rate = done / max((datetime.now() - started).total_seconds(), 1e-6)
-                bar.update(task, completed=done, total=total, audio=f"{done / 3600:.2f}/{total / 3600:.2f} h audio, {rate:.1f}x real time")
+                text = f"{files_done} files, {done / 3600:.2f}/{total / 3600:.2f} h audio, {rate:.1f}x real time"
+                bar.update(task, completed=done, total=total, audio=text)
 
             report = sync(index, encoder, paths, exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress)
     if json_out:
