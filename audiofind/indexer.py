@@ -113,7 +113,7 @@ def walk(roots: Iterable[Path], exts: frozenset[str] = AUDIO_EXTS) -> Iterator[t
             seen_dirs.add((st.st_dev, st.st_ino))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
-                if name.startswith(".") or name.rsplit(".", 1)[-1].lower() not in exts or "." not in name:
+                if name.startswith(".") or _ext(name) not in exts:
                     continue
                 path = Path(dirpath) / name
                 try:
@@ -186,7 +186,8 @@ def sync(
         changed = [p for p in changed if _root_of(p, roots) is not None]
         entries, known_rows = _walk_only(changed, roots, exts), index.files_under(changed)
     on_disk = {str(path): _Work(str(path), str(root), st.st_size, st.st_mtime_ns) for root, path, st in entries}
-    known = {row.path: row for row in known_rows}
+    # --ext narrows what this run looks at: indexed files of other types are out of scope, never "vanished".
+    known = {row.path: row for row in known_rows if _ext(row.path) in exts}
 
     todo: list[_Work] = []
     for key, work in on_disk.items():
@@ -291,6 +292,12 @@ def sync(
     return report
 
 
+def _ext(path: str) -> str:
+    """Lower-case extension without the dot ('' for none)."""
+    name = os.path.basename(path)
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
 def _root_of(path: Path, roots: list[Path]) -> Path | None:
     """The innermost root that holds path, or None."""
     holders = [r for r in roots if path == r or r in path.parents]
@@ -306,7 +313,7 @@ def _walk_only(paths: list[Path], roots: list[Path], exts: frozenset[str]) -> It
         if path.is_dir():
             for _, file, st in walk([path], exts):
                 yield root, file, st
-        elif path.suffix[1:].lower() in exts:
+        elif _ext(str(path)) in exts:
             try:
                 yield root, path, os.stat(path)
             except OSError:

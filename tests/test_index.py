@@ -259,3 +259,14 @@ def test_full_size_end_to_end_excerpt_finds_its_place(tmp_path: Path) -> None:
     assert hit["path"] == str(long)
     overlap = min(hit["end"], start + 10) - max(hit["start"], start)
     assert overlap >= 5.0, hit  # the best segment is where the excerpt was cut from
+
+
+def test_ext_narrows_a_run_and_never_removes_other_files(tiny: str, library: tuple[Path, dict]) -> None:
+    root, files = library
+    first = index_json(root, "-w", tiny)
+    narrowed = index_json(root, "-w", tiny, "--ext", "flac")
+    assert (narrowed["removed"], narrowed["embedded"]) == (0, 0)
+    typo = index_json(root, "-w", tiny, "--ext", "mp3x")
+    assert typo["removed"] == 0
+    status = json.loads(run("status", "--json"))
+    assert status["files"] == first["embedded"] + first["failed"]
