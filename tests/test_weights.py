@@ -384,7 +384,7 @@ def test_cli(server: Server, checkpoint: Path):
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["tiny"]["status"] == "not downloaded" and rows["tiny"]["path"] is None
 
-    result = runner.invoke(app, ["weights", "download", "tiny"])
+    result = runner.invoke(app, ["weights", "download"])  # no name: the manifest's default, as the README's quick start
     assert result.exit_code == 0
     assert result.stdout.strip() == str(paths.weights_dir() / "tiny.safetensors")
 

@@ -46,10 +46,14 @@ def list_(json_out: JsonOpt = False) -> None:
 
 
 @weights_app.command()
-def download(name: Annotated[str, typer.Argument(help="A registered model name (see: audiofind weights list).")]) -> None:
-    """Download a registered model, check its sha256 and convert it to safetensors."""
+def download(
+    name: Annotated[str | None, typer.Argument(help="A registered model name (default: the default model; see: audiofind weights list).", show_default=False)] = None,
+) -> None:
+    """Download a registered model (the default one without NAME), check its sha256 and convert it to safetensors."""
+    from audiofind.weights import default_model
     from audiofind.weights import download as fetch
 
+    name = name or default_model()
     with byte_progress(f"Downloading {name}") as progress:
         path = fetch(name, progress=progress)
     console.print(str(path), soft_wrap=True, highlight=False)
