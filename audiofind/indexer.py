@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from audiofind import decode
-from audiofind.encoder import Encoder
+from audiofind.encoder import Encoder, load_encoder
 from audiofind.errors import DecodeError, UsageError
 from audiofind.store import AudioRow, FileRow, Index, ModelBinding
 
@@ -85,6 +85,21 @@ class _Work:
 def binding(encoder: Encoder, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS) -> ModelBinding:
     """The identity an index records for the vectors this encoder makes."""
     return ModelBinding(name=encoder.name, sha256=encoder.sha256, dim=encoder.dim, window=window, hop=hop)
+
+
+def check_roots(roots: Iterable[Path]) -> list[Path]:
+    """The roots as absolute paths; UsageError naming the first that is not a folder."""
+    out = [Path(os.path.abspath(r)) for r in roots]
+    for root in out:
+        if not root.is_dir():
+            raise UsageError(f"{root} is not a folder.")
+    return out
+
+
+def encoder_for(index: Index, weights: str | None, device: str) -> Encoder:
+    """The audio encoder to index with: --weights if given, else the model that built the index, else the default."""
+    bound = index.model()
+    return load_encoder(weights or (bound.name if bound else None), device, towers=["audio"], lazy=True)
 
 
 def prepare(index: Index, encoder: Encoder, rebuild: bool = False) -> None:
@@ -170,10 +185,7 @@ def sync(
     `decoders` decoding threads feed the model (default: 1 on CPU, where the model needs the cores, else 4).
     """
     started = time.monotonic()
-    roots = [Path(os.path.abspath(r)) for r in roots]
-    for root in roots:
-        if not root.is_dir():
-            raise UsageError(f"{root} is not a folder.")
+    roots = check_roots(roots)
     index.check_model(binding(encoder))
     report = Report(device=str(encoder.device), model=encoder.name)
     emit = on_event or (lambda e: None)

@@ -265,6 +265,7 @@ class Index:
         db = "" if self.path == Path(norm_path(default_db())) else f" --db {shlex.quote(str(self.path))}"
         fix = f"Rebuild it with: audiofind index --rebuild{db} {roots}"
         if (current.sha256, current.dim) != (asked.sha256, asked.dim):
+            fix = f"Rebuild it with: audiofind index --rebuild -w {shlex.quote(asked.name)}{db} {roots}"
             return (
                 f"This index was built with model '{current.name}' (sha256 {current.sha256[:12]}...); "
                 f"you asked for '{asked.name}'. {fix}"

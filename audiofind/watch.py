@@ -26,7 +26,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from audiofind.encoder import Encoder
 from audiofind.errors import AudiofindError, IndexBusy, UsageError
-from audiofind.indexer import AUDIO_EXTS, Event, Report, sync
+from audiofind.indexer import AUDIO_EXTS, Event, Report, check_roots, sync
 from audiofind.store import Index
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,7 @@ def watch(
     """Sync the roots, then keep the index in step with every change under them until `stop` is set."""
     if settle < 0:
         raise UsageError(f"--settle must be zero or more seconds, got {settle:g}.")
-    roots = [Path(os.path.abspath(r)) for r in roots]
-    for root in roots:
-        if not root.is_dir():
-            raise UsageError(f"{root} is not a folder.")
+    roots = check_roots(roots)
     w = _Watcher(index, encoder, roots, settle, polling, exts, on_event or (lambda e: None), stop)
     w.run(on_ready)
 

@@ -270,3 +270,12 @@ def test_ext_narrows_a_run_and_never_removes_other_files(tiny: str, library: tup
     assert typo["removed"] == 0
     status = json.loads(run("status", "--json"))
     assert status["files"] == first["embedded"] + first["failed"]
+
+
+def test_reindex_uses_the_model_that_built_the_index(tiny: str, library: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = library
+    index_json(root, "-w", tiny)
+    again = index_json(root)  # no --weights: the index's own model, not the (absent) default one
+    assert again["model"] == tiny and again["embedded"] == 0
+    result = runner.invoke(app, ["index", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "not a folder" in result.stderr  # the path is checked before any model

@@ -30,14 +30,14 @@ def index_cmd(
     ext: ExtOpt = None,
 ) -> None:
     """Add the audio files under PATHS to the index; re-running only touches what changed."""
-    from audiofind.encoder import load_encoder
-    from audiofind.indexer import AUDIO_EXTS, Event, prepare, sync
+    from audiofind.indexer import AUDIO_EXTS, Event, check_roots, encoder_for, prepare, sync
     from audiofind.search import open_index
 
     exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS
-    encoder = load_encoder(weights, device, towers=["audio"], lazy=True)
+    check_roots(paths)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with open_index(db, create=True) as index, index.writer_lock():
+        encoder = encoder_for(index, weights, device)
         prepare(index, encoder, rebuild=rebuild)
         with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
             task = bar.add_task("indexing", total=None, audio="")

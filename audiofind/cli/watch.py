@@ -56,8 +56,7 @@ def watch_cmd(
     settle: Annotated[float, typer.Option("--settle", metavar="SECONDS", help="Index a file once its size and mtime have not changed for this long.")] = 1.0,
 ) -> None:
     """Index PATHS, then keep the index in step with every change under them until Ctrl-C."""
-    from audiofind.encoder import load_encoder
-    from audiofind.indexer import Event, prepare
+    from audiofind.indexer import Event, check_roots, encoder_for, prepare
     from audiofind.search import open_index
     from audiofind.watch import watch
 
@@ -72,13 +71,14 @@ def watch_cmd(
         err_console.print(f"watching {len(paths)} {folders}; press Ctrl-C to stop", highlight=False)
 
     stop = threading.Event()
-    encoder = load_encoder(weights, device, towers=["audio"], lazy=True)
+    check_roots(paths)
     previous = {}
     if threading.current_thread() is threading.main_thread():  # only the main thread may set signal handlers
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         with open_index(db, create=True) as index, index.writer_lock():
+            encoder = encoder_for(index, weights, device)
             prepare(index, encoder)
             watch(index, encoder, paths, settle=settle, polling=polling, on_event=on_event, stop=stop, on_ready=on_ready)
     finally:
