@@ -35,3 +35,15 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "pytest" in test_command
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci
+
+
+def test_argument_errors_are_one_line() -> None:
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    for args in (["search", "rain", "-k", "0"], ["index"], ["--nope"], ["weights", "download", "a", "b"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], (args, result.stderr)
+    assert runner.invoke(app, ["--version"]).stdout.startswith("audiofind ")

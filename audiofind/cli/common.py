@@ -1,5 +1,6 @@
 """What every command shares: the app, the consoles, the option types and the one error handler."""
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from typer.core import TyperGroup
 
 from audiofind.errors import AudiofindError
+
+try:  # Typer >= 0.20 vendors click; older ones use it directly
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -31,6 +37,24 @@ class Group(TyperGroup):
         except AudiofindError as e:
             raise fail(str(e), e.exit_code) from None
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[no-untyped-def,override]
+        """Argument errors too are one line on stderr (the framework draws multi-line boxes)."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:
+            typer.echo(e.ctx.get_help() if e.ctx else str(e))
+            code = e.exit_code
+        except ClickException as e:
+            where = f" (see: {e.ctx.command_path} --help)" if getattr(e, "ctx", None) else ""
+            typer.echo(f"error: {' '.join(e.format_message().split())}{where}", err=True)
+            code = e.exit_code
+        except typer.Abort:
+            typer.echo("error: interrupted.", err=True)
+            code = 130
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 def sub_app(help: str) -> typer.Typer:
     """A command group that shares the error handling of the main app."""
@@ -44,6 +68,21 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"audiofind {version('audiofind')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """Search your sound library by describing what you hear."""
+
 
 DbOpt = Annotated[
     Path | None,
