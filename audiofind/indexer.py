@@ -126,7 +126,8 @@ def walk(roots: Iterable[Path], exts: frozenset[str] = AUDIO_EXTS) -> Iterator[t
                 dirnames[:] = []
                 continue
             seen_dirs.add((st.st_dev, st.st_ino))
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            # Real folders before symlinked ones: a folder reachable both ways is stored under its real path.
+            dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
             for name in sorted(filenames):
                 if name.startswith(".") or _ext(name) not in exts:
                     continue

@@ -99,3 +99,13 @@ def test_empty_file_is_reported(tmp_path: Path) -> None:
     empty.touch()
     result = runner.invoke(app, ["embed", str(empty), "-w", name])
     assert result.exit_code == 1 and "empty" in result.stderr
+
+
+def test_embed_refuses_recordings_too_long_for_one_clip(tmp_path: Path) -> None:
+    import audiogen
+
+    name = register_tiny()
+    long = audiogen.write_audio(tmp_path / "long.flac", audiogen.silence(301.0))
+    result = runner.invoke(app, ["embed", str(long), "-w", name])
+    assert result.exit_code == 1 and "index long recordings" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

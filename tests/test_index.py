@@ -160,6 +160,9 @@ def test_search_filters_and_formats(tiny: str, library: tuple[Path, dict]) -> No
         (["search"], "QUERY"),
         (["search", "x", "--like", "a.wav"], "not both"),
         (["search", "x", "--tag", "novalue"], "KEY=VALUE"),
+        (["search", "x", "--under", "/no/such/folder"], "no such folder"),
+        (["search", "x", "--min-duration", "5", "--max-duration", "1"], "more than"),
+        (["search", "x", "--min-duration", "-3"], "min-duration"),
     ],
 )
 def test_search_usage_errors(tiny: str, library: tuple[Path, dict], args: list[str], needle: str) -> None:

@@ -1,5 +1,6 @@
 """What every command shares: the app, the consoles, the option types and the one error handler."""
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,8 +19,22 @@ try:  # Typer >= 0.20 vendors click; older ones use it directly
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
 
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """A console that keeps its natural width on a terminal and does not wrap at 80 columns in a pipe."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=240 if piped else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+
+def duration(seconds: float) -> str:
+    """Seconds of audio for people: '42 s', '3.5 min', '2.25 h'."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -10,6 +10,9 @@ from rich.table import Table
 from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, app, console
 from audiofind.errors import DecodeError, UsageError
 
+# A whole-clip embedding needs memory in proportion to the clip (about 1.5 GB a minute at full size).
+MAX_SECONDS = 300
+
 
 @app.command()
 def embed(
@@ -29,7 +32,10 @@ def embed(
     clips, names, failed = [], [], 0
     for path in audio:
         try:
-            clips.append(decode.load_audio(path))
+            clip = decode.load_audio(path, max_seconds=MAX_SECONDS + 1)
+            if len(clip) > MAX_SECONDS * decode.SAMPLE_RATE:
+                raise DecodeError(path, f"longer than {MAX_SECONDS // 60} min; embed takes whole clips, so index long recordings (10 s windows) instead")
+            clips.append(clip)
             names.append(str(path))
         except DecodeError as e:
             typer.echo(f"error: {e}", err=True)
@@ -44,7 +50,7 @@ def embed(
             rows += [(t, "text", e.tolist()) for t, e in zip(text, enc.embed_text(text))]
     if json_out:
         for name, kind, vector in rows:
-            typer.echo(json.dumps({"input": name, "kind": kind, "embedding": vector}))
+            typer.echo(json.dumps({"input": name, "kind": kind, "embedding": vector}, ensure_ascii=False))
     elif rows:
         table = Table("input", "kind", "dim", "norm", "first values")
         for name, kind, vector in rows:

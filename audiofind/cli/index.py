@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console
+from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, duration, err_console
 
 ExtOpt = Annotated[
     list[str] | None,
@@ -49,31 +49,41 @@ def index_cmd(
                 nonlocal files_done
                 files_done += 1
                 if e.event == "failed":
-                    err_console.print(f"[yellow]failed[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False)
+                    err_console.print(f"[yellow]failed[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False, soft_wrap=True)
 
             def progress(done: float, total: float) -> None:
                 rate = done / max((datetime.now() - started).total_seconds(), 1e-6)
-                text = f"{files_done} files, {done / 3600:.2f}/{total / 3600:.2f} h audio, {rate:.1f}x real time"
+                text = f"{files_done} files, {duration(done)} of {duration(total)} audio, {rate:.1f}x real time"
                 bar.update(task, completed=done, total=total, audio=text)
 
-            report = sync(index, encoder, paths, exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress)
+            try:
+                report = sync(index, encoder, paths, exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress)
+            except KeyboardInterrupt:
+                err_console.print(
+                    f"interrupted: the {files_done} file(s) finished in this run are kept; run the same command again "
+                    "to index the rest.", highlight=False, soft_wrap=True)
+                raise typer.Exit(130) from None
+        failed_before = index.stats().failed - report.failed
     if json_out:
-        typer.echo(json.dumps(report.as_dict()))
+        typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
         return
+    earlier = f" ({failed_before} failed earlier: see audiofind status)" if failed_before > 0 else ""
     console.print(
-        f"{report.embedded} embedded, {report.reused} copies, {report.skipped} unchanged, {report.moved} moved, "
-        f"{report.removed} removed, {report.failed} failed; {report.audio_seconds / 3600:.2f} h of audio in "
+        f"{report.embedded} embedded, {report.reused} reused, {report.skipped} skipped, {report.moved} moved, "
+        f"{report.removed} removed, {report.failed} failed{earlier}; {duration(report.audio_seconds)} of audio in "
         f"{report.seconds:.1f} s on {report.device} ({report.model})",
         highlight=False,
+        soft_wrap=True,
     )
 
 
 @app.command()
 def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """Show the index: where it is, which model built it, its folders, counts and failed files."""
-    from audiofind.search import open_index
+    from audiofind.paths import default_db
+    from audiofind.store import Index  # no torch: status stays quick
 
-    with open_index(db) as index:
+    with Index.open(db or default_db(), create=False) as index:
         s = index.stats()
     when = lambda t: datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else None  # noqa: E731
     data = {
@@ -92,7 +102,7 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         "failures": [{"path": p, "reason": r} for p, r in s.failures],
     }
     if json_out:
-        typer.echo(json.dumps(data))
+        typer.echo(json.dumps(data, ensure_ascii=False))
         return
     table = Table(show_header=False, box=None)
     for key in ("path", "size_bytes", "model", "sha256", "roots", "files", "failed", "segments", "audio_hours", "last_update"):

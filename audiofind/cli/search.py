@@ -27,8 +27,8 @@ def search(
     paths_out: Annotated[bool, typer.Option("--paths", help="One path per line, for pipes.")] = False,
     under: Annotated[Path | None, typer.Option("--under", help="Only files under this folder.")] = None,
     ext: Annotated[list[str] | None, typer.Option("--ext", help="Only these extensions (repeatable).")] = None,
-    min_duration: Annotated[float | None, typer.Option("--min-duration", help="Only files at least this long (s).")] = None,
-    max_duration: Annotated[float | None, typer.Option("--max-duration", help="Only files at most this long (s).")] = None,
+    min_duration: Annotated[float | None, typer.Option("--min-duration", min=0, help="Only files at least this long (s).")] = None,
+    max_duration: Annotated[float | None, typer.Option("--max-duration", min=0, help="Only files at most this long (s).")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only files with this tag, KEY=VALUE (repeatable).")] = None,
     db: DbOpt = None,
     weights: WeightsOpt = None,
@@ -38,8 +38,14 @@ def search(
     from audiofind.search import encoder_for, open_index, search_like, search_text
     from audiofind.nearest import Filters
 
-    if (query is None) == (like is None):
-        raise UsageError("Give either a QUERY or --like FILE (not both).")
+    if query is None and like is None:
+        raise UsageError("Give a QUERY (what it sounds like) or --like FILE.")
+    if query is not None and like is not None:
+        raise UsageError("Give either a QUERY or --like FILE, not both.")
+    if under is not None and not under.is_dir():
+        raise UsageError(f"--under {under}: no such folder.")
+    if min_duration is not None and max_duration is not None and min_duration > max_duration:
+        raise UsageError(f"--min-duration {min_duration:g} is more than --max-duration {max_duration:g}.")
     if json_out and paths_out:
         raise UsageError("Choose one of --json and --paths.")
     tags = {}
@@ -59,7 +65,7 @@ def search(
         encoder = encoder_for(index, weights, device)
         hits = search_text(index, encoder, query, k, filters) if like is None else search_like(index, encoder, like, k, filters)
     if json_out:
-        typer.echo(json.dumps([asdict(h) for h in hits]))
+        typer.echo(json.dumps([asdict(h) for h in hits], ensure_ascii=False))
     elif paths_out:
         for h in hits:
             typer.echo(h.path)

@@ -69,7 +69,9 @@ def speed(
         say("training throughput…")
         results.update(bench.training_speed(device))
     if json_out:
-        typer.echo(json.dumps({"device": str(encoder.device) if encoder else device, **results}))
+        from audiofind.device import resolve_device
+
+        typer.echo(json.dumps({"device": str(resolve_device(device)), **results}))
         return
     table = Table("measure", "this machine", "reference", "target", title="audiofind bench speed")
     for key, value in results.items():
