@@ -122,6 +122,8 @@ def _unsafe_detail(path: Path, message: str) -> str | None:
         else:
             with open(path, "rb") as f:
                 data = f.read(CHUNK)  # the object tree of a pickle comes first; enough to see what it imports
+        if not data.startswith(b"\x80"):  # torch pickles use protocol 2 or later; anything else is not one
+            return None
         strings: list[str] = []
         for op, arg, _ in pickletools.genops(data):
             if isinstance(arg, str):

@@ -11,6 +11,7 @@ from torch import nn
 
 from audiofind import decode, weights
 from audiofind.device import resolve_device
+from audiofind.errors import UnknownModelError, WeightsNotFound
 from audiofind.model import AudioCLIP, AudioCLIPConfig, AudioEncoder, TextEncoder
 from audiofind.model.load import from_state_dict
 from audiofind.tokenizer import tokenize
@@ -144,6 +145,19 @@ def load_encoder(weights_name: str | None = None, device: str = "auto", towers: 
         for tower in towers:
             getattr(enc, tower)
     return enc
+
+
+def load_for_index(index_model: str | None, weights_name: str | None, device: str, towers: Iterable[str]) -> Encoder:
+    """--weights if given, else the model that built the index, else the default; loads lazily."""
+    if weights_name or not index_model:
+        return load_encoder(weights_name, device, towers, lazy=True)
+    try:
+        return load_encoder(index_model, device, towers, lazy=True)
+    except UnknownModelError:
+        raise WeightsNotFound(
+            f"This index was built with model '{index_model}', which is not installed any more; import it again with "
+            f"'audiofind weights import PATH --name {index_model}', or rebuild the index with another model."
+        ) from None
 
 
 def from_model(model: nn.Module, cfg: AudioCLIPConfig, device: torch.device, name: str, sha256: str) -> Encoder:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from audiofind import decode
-from audiofind.encoder import Encoder, load_encoder
+from audiofind.encoder import Encoder, load_for_index
 from audiofind.errors import DecodeError, UsageError
 from audiofind.store import AudioRow, FileRow, Index, ModelBinding
 
@@ -99,7 +99,7 @@ def check_roots(roots: Iterable[Path]) -> list[Path]:
 def encoder_for(index: Index, weights: str | None, device: str) -> Encoder:
     """The audio encoder to index with: --weights if given, else the model that built the index, else the default."""
     bound = index.model()
-    return load_encoder(weights or (bound.name if bound else None), device, towers=["audio"], lazy=True)
+    return load_for_index(bound.name if bound else None, weights, device, ["audio"])
 
 
 def prepare(index: Index, encoder: Encoder, rebuild: bool = False) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from audiofind import decode, paths
-from audiofind.encoder import Encoder, load_encoder
+from audiofind.encoder import Encoder, load_for_index
 from audiofind.errors import IndexNotFound, SchemaMismatch, UsageError
 from audiofind.nearest import Filters, Hit
 from audiofind.store import Index
@@ -22,7 +22,7 @@ def encoder_for(index: Index, weights: str | None, device: str) -> Encoder:
     bound = index.model()
     if bound is None:
         raise IndexNotFound(f"The index at {index.path} is empty; add sounds with: audiofind index PATH...")
-    enc = load_encoder(weights or bound.name, device, lazy=True)
+    enc = load_for_index(bound.name, weights, device, ["audio", "text"])
     if enc.sha256 != bound.sha256 or enc.dim != bound.dim:
         raise SchemaMismatch(
             f"This index was built with model '{bound.name}' (sha256 {bound.sha256[:12]}...); you asked for "

@@ -282,3 +282,10 @@ def test_reindex_uses_the_model_that_built_the_index(tiny: str, library: tuple[P
     assert again["model"] == tiny and again["embedded"] == 0
     result = runner.invoke(app, ["index", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "not a folder" in result.stderr  # the path is checked before any model
+
+
+def test_search_explains_a_removed_model(tiny: str, library: tuple[Path, dict]) -> None:
+    index_json(library[0], "-w", tiny)
+    assert runner.invoke(app, ["weights", "remove", tiny]).exit_code == 0
+    result = runner.invoke(app, ["search", "rain"])
+    assert result.exit_code == 1 and "not installed any more" in result.stderr and f"--name {tiny}" in result.stderr

@@ -400,3 +400,11 @@ def test_cli(server: Server, checkpoint: Path):
     assert "Unknown model 'nope'" in one_line_error(runner.invoke(app, ["weights", "download", "nope"]))
     assert "nothing to remove" in one_line_error(runner.invoke(app, ["weights", "remove", "gone"]))
     assert "HTTP 404" in one_line_error(runner.invoke(app, ["weights", "download", "gone"]))
+
+
+def test_a_text_file_is_simply_not_a_checkpoint(tmp_path: Path) -> None:
+    script = tmp_path / "gen.py"
+    script.write_text("import sys, os\nsys.path.insert(0, 'x')\n")  # 'i' is also pickle's INST opcode
+    result = runner.invoke(app, ["weights", "import", str(script)])
+    assert result.exit_code == 1
+    assert "not a torch checkpoint" in result.stderr and "tries to import" not in result.stderr

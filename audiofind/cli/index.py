@@ -105,11 +105,18 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         typer.echo(json.dumps(data, ensure_ascii=False))
         return
     table = Table(show_header=False, box=None)
-    for key in ("path", "size_bytes", "model", "sha256", "roots", "files", "failed", "segments", "audio_hours", "last_update"):
-        value = data.get(key)
-        if isinstance(value, list):
-            value = "\n".join(map(str, value)) or "-"
-        table.add_row(f"[bold]{key}[/]", escape(str(value)))
+    rows = [
+        ("index", data["path"]),
+        ("size", f"{data['size_bytes'] / 2**20:.1f} MiB"),
+        ("model", f"{data['model']} (sha256 {(data['sha256'] or '')[:12]}…)" if data["model"] else "none yet"),
+        ("folders", "\n".join(data["roots"]) or "-"),
+        ("files", f"{data['files']} ({data['ok']} indexed, {data['failed']} failed)"),
+        ("segments", str(data["segments"])),
+        ("audio", duration(s.audio_seconds)),
+        ("last update", data["last_update"] or "never"),
+    ]
+    for label, value in rows:
+        table.add_row(f"[bold]{label}[/]", escape(value))
     console.print(table)
     if data.get("failures"):
         failed = Table("failed file", "reason", title="Failed files")

@@ -13,6 +13,9 @@ from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, con
 from audiofind.errors import UsageError
 
 
+HIDDEN_TAGS = {"encoder", "encoded_by"}  # what wrote the file, on nearly every file: noise in a results table
+
+
 def _time(seconds: float) -> str:
     m, s = divmod(seconds, 60)
     return f"{int(m)}:{s:04.1f}"
@@ -74,6 +77,6 @@ def search(
         for rank, h in enumerate(hits, 1):
             span = f"{_time(h.start)}–{_time(h.end)}" if h.end - h.start < h.duration - 1e-6 else ""
             link = f"[link=file://{escape(h.path)}]{escape(h.path)}[/link]"
-            tags_text = ", ".join(f"{k}={v}" for k, v in (h.tags or {}).items())
+            tags_text = ", ".join(f"{k}={v}" for k, v in (h.tags or {}).items() if k not in HIDDEN_TAGS)
             table.add_row(str(rank), f"{h.score:.3f}", link, span, _time(h.duration), escape(tags_text))
         console.print(table if hits else "No matching sounds.")
