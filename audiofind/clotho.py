@@ -11,7 +11,8 @@ import logging
 import os
 import zipfile
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,21 @@ class ClothoSplit:
         return [self.audio_dir / name for name in self.files]
 
 
+@contextmanager
+def reading_csv(path: Path, missing: str) -> Iterator[None]:
+    """Turn each way that reading a CSV can fail into one DatasetError sentence (`missing` for no file)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise DatasetError(missing) from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from e
+    except csv.Error as e:
+        raise DatasetError(f"{path} is not a readable CSV: {e}.") from e
+    except OSError as e:
+        raise DatasetError(f"Cannot read {path}: {e.strerror or e}.") from e
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise UsageError(f"Unknown Clotho split {split!r}; use {', '.join(SPLITS)}.")
@@ -66,7 +82,8 @@ def _read_ground_truth(path: Path) -> tuple[list[str], list[str], list[int]]:
     captions: list[str] = []
     caption_file: list[int] = []
     seen: dict[str, int] = {}
-    try:
+    missing = f"No {path.name} in {path.parent}; point DIR at the folder the Clotho archives unpack into."
+    with reading_csv(path, missing):
         # utf-8-sig: a CSV re-saved by a spreadsheet often starts with a byte-order mark.
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -95,16 +112,6 @@ def _read_ground_truth(path: Path) -> tuple[list[str], list[str], list[int]]:
                 caption_file.extend([len(files)] * N_CAPTIONS)
                 files.append(name)
                 captions.extend(caps)
-    except FileNotFoundError:
-        raise DatasetError(
-            f"No {path.name} in {path.parent}; point DIR at the folder the Clotho archives unpack into."
-        ) from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from e
-    except csv.Error as e:
-        raise DatasetError(f"{path} is not a readable CSV: {e}.") from e
-    except OSError as e:
-        raise DatasetError(f"Cannot read {path}: {e.strerror}.") from e
     if not files:
         raise DatasetError(f"{path} has a header but no clips.")
     return files, captions, caption_file
@@ -148,7 +155,7 @@ def read_submission(path: Path) -> list[tuple[str, list[str]]]:
     """The rows of a challenge submission CSV: (caption, [file_name_1 ... file_name_10]), in file order."""
     path = Path(path)
     rows: list[tuple[str, list[str]]] = []
-    try:
+    with reading_csv(path, f"No submission file {path}."):
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
@@ -175,14 +182,6 @@ def read_submission(path: Path) -> list[tuple[str, list[str]]]:
                 if not names or not all(names):
                     raise DatasetError(f"{where}: file names must fill file_name_1 onwards without gaps.")
                 rows.append((caption, names))
-    except FileNotFoundError:
-        raise DatasetError(f"No submission file {path}.") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from e
-    except csv.Error as e:
-        raise DatasetError(f"{path} is not a readable CSV: {e}.") from e
-    except OSError as e:
-        raise DatasetError(f"Cannot read {path}: {e.strerror}.") from e
     return rows
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from audiofind.clotho import GT_HEADER
+from audiofind.clotho import GT_HEADER, reading_csv
 from audiofind.decode import SAMPLE_RATE, load_audio, pad_or_crop
 from audiofind.errors import DatasetError, DecodeError
 from audiofind.tokenizer import get_tokenizer, tokenize
@@ -54,20 +54,12 @@ class ClipSet:
 
 def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of a CSV, with our error for a file that cannot be read."""
-    try:
+    with reading_csv(path, f"There is no file {path}."):
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets like a byte-order mark
             reader = csv.reader(f)
             for row in reader:
                 if row and any(cell.strip() for cell in row):
                     yield reader.line_num, [cell.strip() for cell in row]
-    except FileNotFoundError:
-        raise DatasetError(f"There is no file {path}.") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from e
-    except csv.Error as e:
-        raise DatasetError(f"{path} is not a readable CSV: {e}.") from e
-    except OSError as e:
-        raise DatasetError(f"Cannot read {path}: {e.strerror or e}.") from e
 
 
 def _folder(root: Path, flag: str) -> Path:
