@@ -241,18 +241,22 @@ def sync(
             to_embed.append(work)
 
     # 3. Embed, with decoding on other threads so the model never waits for the disk.
-    total = sum(_duration_guess(Path(w.path)) for w in to_embed)
     bound = index.model()
     files: dict[str, _Pending] = {}  # decoded or decoding, not yet committed, in arrival order
     batch: list[tuple[_Pending, int, np.ndarray]] = []
+    bytes_total, bytes_done = sum(w.size for w in to_embed), 0
 
-    def flush() -> None:
-        """Embed the buffered windows, then commit every file whose windows are all embedded."""
+    def embed_batch() -> None:
+        """Run the model on the buffered windows (of any files)."""
         if batch:
             vectors = encoder.embed_audio([samples for _, _, samples in batch])
             for (pending, i, _), v in zip(batch, vectors):
                 pending.vectors[i] = v
             batch.clear()
+
+    def commit_ready() -> None:
+        """Commit, one transaction each, the files whose windows are all decoded and embedded."""
+        nonlocal bytes_done
         for key, pending in list(files.items()):
             if pending.info is None or any(v is None for v in pending.vectors):
                 continue
@@ -261,6 +265,7 @@ def sync(
             row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, read_tags(Path(work.path)))
             index.add_file(row, audio, pending.bounds, np.stack(pending.vectors))
             del files[key]
+            bytes_done += work.size
             report.embedded += 1
             report.segments += len(pending.bounds)
             emit(Event("embedded", work.path, segments=len(pending.bounds), duration=duration))
@@ -279,20 +284,23 @@ def sync(
             pending.bounds.append((payload.start, payload.end))
             pending.vectors.append(None)
             batch.append((pending, len(pending.vectors) - 1, payload.samples))
-            if len(batch) >= encoder.audio_batch:
-                flush()
-            if progress:
-                progress(report.audio_seconds, max(total, report.audio_seconds))
+            if len(batch) >= encoder.audio_batch:  # one window on CPU; a full batch on a GPU, across files
+                embed_batch()
+                commit_ready()
+            if progress:  # the total is estimated from the bytes of the files done so far: no upfront probing
+                rate = report.audio_seconds / bytes_done if bytes_done else 0.0
+                progress(report.audio_seconds, max(report.audio_seconds, rate * bytes_total))
         elif kind == "error":  # possibly after some windows: everything of this file is dropped
             dropped = files.pop(work.path)
             batch[:] = [b for b in batch if b[0] is not dropped]
+            bytes_done += work.size
             _fail(index, work, payload.reason, report, emit)
         elif kind == "end":
             files[work.path].info = payload
-            if len(batch) < encoder.audio_batch:  # a GPU batch waits for more windows; a CPU one is empty
-                flush()
+            commit_ready()  # at once if its windows are embedded; else with the batch that holds them
     if not (stop is not None and stop.is_set()):
-        flush()
+        embed_batch()
+        commit_ready()
 
     # 4. Whatever vanished and was not a move goes, with vectors nobody else uses.
     if vanished and not (stop is not None and stop.is_set()):
@@ -337,14 +345,6 @@ def _fail(index: Index, work: _Work, reason: str, report: Report, emit: Callable
     index.record_failure(work.path, work.root, work.size, work.mtime_ns, reason)
     report.failed += 1
     emit(Event("failed", work.path, reason=reason))
-
-
-def _duration_guess(path: Path) -> float:
-    """Seconds of audio for the progress total, from headers only; 0 when they do not say."""
-    try:
-        return decode.probe(path).duration
-    except DecodeError:
-        return 0.0
 
 
 def _decode_ahead(

@@ -1,6 +1,6 @@
 """The indexer at library level: the batched, multi-threaded path a GPU takes must give the CPU path's index."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +16,17 @@ from modelkit import synthetic_model
 
 @dataclass
 class BatchingEncoder(Encoder):
-    """The tiny model, asking for batches of 4 windows the way a CUDA encoder does."""
+    """The tiny model, asking for batches of 4 windows the way a CUDA encoder does; records each batch's size."""
+
+    sizes: list[int] = field(default_factory=list)
 
     @property
     def audio_batch(self) -> int:
         return 4
+
+    def embed_audio(self, clips):  # type: ignore[no-untyped-def,override]
+        self.sizes.append(len(clips))
+        return super().embed_audio(clips)
 
 
 def library(root: Path) -> list[Path]:
@@ -65,6 +71,8 @@ def test_batched_parallel_decoding_gives_the_same_index(tmp_path: Path) -> None:
         events.append(sorted((e.event, e.path) for e in seen))
     assert results[0] == results[1]  # bitwise-equal vectors, same segments, same failure
     assert events[0] == events[1]
+    # 10 windows from 7 files: full batches of 4 mix windows of several files; only the last is partial.
+    assert batching.sizes[:2] == [4, 4] and sum(batching.sizes) == 10
 
 
 def test_walk_follows_symlinks_without_loops_and_skips_hidden(tmp_path: Path) -> None:
