@@ -136,7 +136,7 @@ def test_bind_check_and_refuse_another_model(index: Index, tmp_path: Path) -> No
             call(other)
         message = str(e.value)
         assert message.startswith("This index was built with model 'tiny' (sha256 abababababab...); you asked for 'finetuned'.")
-        assert f"Rebuild it with: audiofind index --rebuild --db {index.path} {tmp_path}" in message
+        assert f"Rebuild it with: audiofind index --rebuild -w finetuned --db {index.path} {tmp_path}" in message
     with pytest.raises(SchemaMismatch, match="5 s windows every 2.5 s; you asked for 10 s windows every 5 s"):
         index.check_model(ModelBinding("tiny", BINDING.sha256, D, 10.0, 5.0))
     index.check_model(ModelBinding("renamed", BINDING.sha256, D, 5.0, 2.5))  # the same weights under another name
