@@ -287,9 +287,9 @@ def sync(
             if len(batch) >= encoder.audio_batch:  # one window on CPU; a full batch on a GPU, across files
                 embed_batch()
                 commit_ready()
-            if progress:  # the total is estimated from the bytes of the files done so far: no upfront probing
+            if progress:  # the total is estimated from the bytes of the files done so far (0 = not known yet)
                 rate = report.audio_seconds / bytes_done if bytes_done else 0.0
-                progress(report.audio_seconds, max(report.audio_seconds, rate * bytes_total))
+                progress(report.audio_seconds, max(report.audio_seconds, rate * bytes_total) if bytes_done else 0.0)
         elif kind == "error":  # possibly after some windows: everything of this file is dropped
             dropped = files.pop(work.path)
             batch[:] = [b for b in batch if b[0] is not dropped]

@@ -53,8 +53,9 @@ def index_cmd(
 
             def progress(done: float, total: float) -> None:
                 rate = done / max((datetime.now() - started).total_seconds(), 1e-6)
-                text = f"{files_done} files, {duration(done)} of {duration(total)} audio, {rate:.1f}x real time"
-                bar.update(task, completed=done, total=total, audio=text)
+                of = f" of ~{duration(total)}" if total else ""
+                text = f"{files_done} files, {duration(done)}{of} audio, {rate:.1f}x real time"
+                bar.update(task, completed=done, total=total or None, audio=text)
 
             try:
                 report = sync(index, encoder, paths, exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress)
