@@ -5,16 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from audiofind import decode, paths
+from audiofind import decode
 from audiofind.encoder import Encoder, load_for_index
 from audiofind.errors import IndexNotFound, SchemaMismatch, UsageError
 from audiofind.nearest import Filters, Hit
 from audiofind.store import Index
-
-
-def open_index(db: Path | None = None, create: bool = False) -> Index:
-    """Open the index at db (default location when None); IndexNotFound if it does not exist and create is False."""
-    return Index.open(Path(db) if db else paths.default_db(), create=create)
 
 
 def encoder_for(index: Index, weights: str | None, device: str) -> Encoder:

@@ -483,6 +483,11 @@ class Index:
             quantised="centre" in self._meta(),
         )
 
+def open_index(db: Path | str | None = None, create: bool = False) -> Index:
+    """Open the index at db, or at the default location (AUDIOFIND_DB, then the user data folder) when None."""
+    return Index.open(db if db else default_db(), create=create)
+
+
 def _folder_prefix(folder: str) -> str:
     return folder if folder.endswith(os.sep) else folder + os.sep
 

@@ -31,7 +31,7 @@ def index_cmd(
 ) -> None:
     """Add the audio files under PATHS to the index; re-running only touches what changed."""
     from audiofind.indexer import AUDIO_EXTS, Event, check_roots, encoder_for, prepare, sync
-    from audiofind.search import open_index
+    from audiofind.store import open_index
 
     exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS
     check_roots(paths)
@@ -81,10 +81,9 @@ def index_cmd(
 @app.command()
 def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """Show the index: where it is, which model built it, its folders, counts and failed files."""
-    from audiofind.paths import default_db
-    from audiofind.store import Index  # no torch: status stays quick
+    from audiofind.store import open_index  # no torch: status stays quick
 
-    with Index.open(db or default_db(), create=False) as index:
+    with open_index(db) as index:
         s = index.stats()
     when = lambda t: datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else None  # noqa: E731
     data = {

@@ -38,7 +38,8 @@ def search(
     device: DeviceOpt = "auto",
 ) -> None:
     """Find the sounds that match QUERY (or --like FILE), best first."""
-    from audiofind.search import encoder_for, open_index, search_like, search_text
+    from audiofind.search import encoder_for, search_like, search_text
+    from audiofind.store import open_index
     from audiofind.nearest import Filters
 
     if query is None and like is None:

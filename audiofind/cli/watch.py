@@ -57,7 +57,7 @@ def watch_cmd(
 ) -> None:
     """Index PATHS, then keep the index in step with every change under them until Ctrl-C."""
     from audiofind.indexer import Event, check_roots, encoder_for, prepare
-    from audiofind.search import open_index
+    from audiofind.store import open_index
     from audiofind.watch import watch
 
     def on_event(e: Event) -> None:
