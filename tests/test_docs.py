@@ -47,3 +47,15 @@ def test_argument_errors_are_one_line() -> None:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], (args, result.stderr)
     assert runner.invoke(app, ["--version"]).stdout.startswith("audiofind ")
+
+
+def test_public_api_loads_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, audiofind, audiofind.cli; assert 'torch' not in sys.modules, 'import audiofind pulled in torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import audiofind
+
+    assert callable(audiofind.load_model) and callable(audiofind.open_index) and callable(audiofind.search_text)
+    assert {m.name for m in audiofind.available_models()} >= {"audioclip-full", "audioclip-partial"}
