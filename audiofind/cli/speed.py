@@ -55,7 +55,7 @@ def speed(
         results.update(bench.model_speed(weights, device, synthetic))
     encoder = None
     if parts & {"indexing", "query"}:
-        encoder = bench.synthetic_encoder(device) if synthetic else bench.load_encoder(weights, device, ["audio", "text"])
+        encoder = bench.bench_encoder(weights, device, synthetic)
     if "indexing" in parts:
         say("indexing: decode-only, model-only, end to end…")
         results.update(bench.indexing_speed(encoder))
