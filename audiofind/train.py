@@ -8,7 +8,6 @@ checkpoint (resumed exactly with --resume), the snapshots of the best epochs and
 import json
 import logging
 import os
-import re
 import resource
 import time
 from collections.abc import Callable
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT, METRICS_LOG, SNAPSHOTS = "checkpoint.pt", "metrics.jsonl", "best"
 RUNTIME_FIELDS = ("device", "dtype", "workers", "resume", "checkpoint_every", "max_steps", "out")  # free on --resume
 PATH_FIELDS = ("clotho", "audiocaps", "captions", "out")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # the model names weights.py accepts
 VAL_AUDIO_BATCH = 16
 AMP_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -217,8 +215,7 @@ def _prune_snapshots(out: Path, keep: list[int]) -> None:
 
 
 def _check_new_name(name: str) -> None:
-    if not _NAME.fullmatch(name):
-        raise UsageError(f"{name!r} is not a valid model name; use letters, digits, '.', '_' and '-'.")
+    weights.check_name(name)
     for m in weights.available_models():
         if m.name == name and (m.source == "registered" or m.path is not None):
             raise UsageError(f"A model named '{name}' already exists; pick another --name or remove it first "

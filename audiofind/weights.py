@@ -148,7 +148,8 @@ def _local(name: str) -> Path:
     return paths.weights_dir() / f"{name}.safetensors"
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
+    """The name itself if it can name a local model file; UsageError otherwise."""
     if not _NAME.fullmatch(name):
         raise UsageError(f"{name!r} is not a valid model name; use letters, digits, '.', '_' and '-'.")
     return name
@@ -171,7 +172,7 @@ def _resolved(path: Path, fallback_sha: Callable[[], str]) -> Resolved:
 
 def download(name: str, progress: Progress | None = None) -> Path:
     """Fetch a registered model (resuming a partial download), check its sha256, convert it; returns the safetensors."""
-    out = _local(_check_name(name))
+    out = _local(check_name(name))
     if out.exists():
         return out
     entry = _registered().get(name)
@@ -217,7 +218,7 @@ def import_checkpoint(path: Path, name: str | None = None, progress: Progress | 
     by_sha = next((n for n, e in registered.items() if e.get("sha256") == sha), None)
     if name is None:
         name = by_sha or re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-") or "imported"
-    entry = registered.get(_check_name(name))
+    entry = registered.get(check_name(name))
     if entry and entry.get("sha256") and entry["sha256"] != sha:
         raise ChecksumError(
             f"{path} has sha256 {sha}, but the registered model '{name}' has {entry['sha256']}; import it under another name."
@@ -239,7 +240,7 @@ def import_checkpoint(path: Path, name: str | None = None, progress: Progress | 
 
 def save_model(state_dict: dict[str, torch.Tensor], name: str, config: dict, card: dict) -> Path:
     """Write fine-tuned weights as a local model; its identity is the sha256 of the tensors written."""
-    if _check_name(name) in _registered():
+    if check_name(name) in _registered():
         raise UsageError(f"'{name}' is a registered model name; pick another name for a fine-tuned model.")
     tensors = checkpoint.select(state_dict, f"The state dict for '{name}'")
     return checkpoint.write(tensors, _local(name), name, checkpoint.content_sha256(tensors), "finetuned", config, card)
@@ -247,7 +248,7 @@ def save_model(state_dict: dict[str, torch.Tensor], name: str, config: dict, car
 
 def remove(name: str) -> None:
     """Delete a local model (and any partial download of it)."""
-    entry = _registered().get(_check_name(name))
+    entry = _registered().get(check_name(name))
     targets = [_local(name)]
     if entry and entry.get("file"):
         pt = paths.weights_dir() / Path(entry["file"]).name
