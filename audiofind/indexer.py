@@ -129,7 +129,7 @@ def walk(roots: Iterable[Path], exts: frozenset[str] = AUDIO_EXTS) -> Iterator[t
             # Real folders before symlinked ones: a folder reachable both ways is stored under its real path.
             dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
             for name in sorted(filenames):
-                if name.startswith(".") or _ext(name) not in exts:
+                if name.startswith(".") or extension(name) not in exts:
                     continue
                 path = Path(dirpath) / name
                 try:
@@ -200,7 +200,7 @@ def sync(
         entries, known_rows = _walk_only(changed, roots, exts), index.files_under(changed)
     on_disk = {str(path): _Work(str(path), str(root), st.st_size, st.st_mtime_ns) for root, path, st in entries}
     # --ext narrows what this run looks at: indexed files of other types are out of scope, never "vanished".
-    known = {row.path: row for row in known_rows if _ext(row.path) in exts}
+    known = {row.path: row for row in known_rows if extension(row.path) in exts}
 
     todo: list[_Work] = []
     for key, work in on_disk.items():
@@ -313,8 +313,8 @@ def sync(
     return report
 
 
-def _ext(path: str) -> str:
-    """Lower-case extension without the dot ('' for none)."""
+def extension(path: str) -> str:
+    """Lower-case extension without the dot ('' for none): the rule every audio-or-not test uses."""
     name = os.path.basename(path)
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
@@ -334,7 +334,7 @@ def _walk_only(paths: list[Path], roots: list[Path], exts: frozenset[str]) -> It
         if path.is_dir():
             for _, file, st in walk([path], exts):
                 yield root, file, st
-        elif _ext(str(path)) in exts:
+        elif extension(str(path)) in exts:
             try:
                 yield root, path, os.stat(path)
             except OSError:

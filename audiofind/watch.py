@@ -26,7 +26,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from audiofind.encoder import Encoder
 from audiofind.errors import AudiofindError, IndexBusy, UsageError
-from audiofind.indexer import AUDIO_EXTS, Event, Report, check_roots, sync
+from audiofind.indexer import AUDIO_EXTS, Event, Report, check_roots, extension, sync
 from audiofind.store import Index
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class _Watcher:
         rel = os.path.relpath(path, root)
         if rel != "." and any(part.startswith(".") for part in Path(rel).parts):
             return False
-        return is_dir or ("." in os.path.basename(path) and path.rsplit(".", 1)[-1].lower() in self.exts)
+        return is_dir or extension(path) in self.exts
 
     def _root_of(self, path: str) -> Path | None:
         for root in self.roots:
