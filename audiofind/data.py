@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from audiofind import formats
 from audiofind.clotho import GT_HEADER, reading_csv
 from audiofind.decode import SAMPLE_RATE, load_audio, pad_or_crop
 from audiofind.errors import DatasetError, DecodeError
@@ -23,7 +24,8 @@ from audiofind.tokenizer import get_tokenizer, tokenize
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mka", ".aiff", ".aif")
+# Where a caption names a stem that several files share, lossless formats win, then the alphabet.
+AUDIO_EXTS = tuple(f".{e}" for e in sorted(formats.AUDIO_EXTS, key=lambda e: (e not in ("wav", "flac"), e)))
 AUDIOCAPS_HEADER = ["audiocap_id", "youtube_id", "start_time", "caption"]
 AUDIOCAPS_SPLITS = {"train": "train", "validation": "val"}
 MAX_SUBSTITUTES = 10  # an unreadable clip is replaced by the next one; this many failures in a row is an error

@@ -18,13 +18,11 @@ import numpy as np
 from audiofind import decode
 from audiofind.encoder import Encoder, load_for_index
 from audiofind.errors import DecodeError, UsageError
+from audiofind.formats import AUDIO_EXTS, extension
 from audiofind.store import AudioRow, FileRow, Index, ModelBinding
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTS = frozenset(
-    "wav wave flac mp3 ogg oga opus m4a mp4 aac aif aiff aifc caf w64 wv mka webm wma".split()
-)
 HASH_CHUNK = 1 << 20
 QUEUE_WINDOWS = 16  # decoded windows waiting for the model: bounds memory whatever the file length
 
@@ -311,12 +309,6 @@ def sync(
         index.touch_root(root)
     report.seconds = time.monotonic() - started
     return report
-
-
-def extension(path: str) -> str:
-    """Lower-case extension without the dot ('' for none): the rule every audio-or-not test uses."""
-    name = os.path.basename(path)
-    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
 def _root_of(path: Path, roots: list[Path]) -> Path | None:

@@ -26,7 +26,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from audiofind.encoder import Encoder
 from audiofind.errors import AudiofindError, IndexBusy, UsageError
-from audiofind.indexer import AUDIO_EXTS, Event, Report, check_roots, extension, sync
+from audiofind.formats import AUDIO_EXTS, extension
+from audiofind.indexer import Event, Report, check_roots, sync
 from audiofind.store import Index
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ def index_cmd(
     ext: ExtOpt = None,
 ) -> None:
     """Add the audio files under PATHS to the index; re-running only touches what changed."""
-    from audiofind.indexer import AUDIO_EXTS, Event, check_roots, encoder_for, prepare, sync
+    from audiofind.formats import AUDIO_EXTS
+    from audiofind.indexer import Event, check_roots, encoder_for, prepare, sync
     from audiofind.store import open_index
 
     exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS
