@@ -8,7 +8,7 @@ import numpy as np
 from audiofind import decode
 from audiofind.encoder import Encoder, load_for_index
 from audiofind.errors import IndexNotFound, SchemaMismatch, UsageError
-from audiofind.nearest import Filters, Hit
+from audiofind.store import Filters, Hit
 from audiofind.store import Index
 
 

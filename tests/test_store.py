@@ -13,11 +13,11 @@ import apsw
 import numpy as np
 import pytest
 
-from audiofind import migrations, nearest, store
+from audiofind.store import connection as store, migrations, nearest
 from audiofind import vectors as vec
 from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, UsageError
 from audiofind.bench import bench_search
-from audiofind.nearest import Filters
+from audiofind.store import Filters
 from audiofind.store import AudioRow, FileRow, Index, ModelBinding
 
 D = 16

@@ -40,7 +40,7 @@ def search(
     """Find the sounds that match QUERY (or --like FILE), best first."""
     from audiofind.search import encoder_for, search_like, search_text
     from audiofind.store import open_index
-    from audiofind.nearest import Filters
+    from audiofind.store import Filters
 
     if query is None and like is None:
         raise UsageError("Give a QUERY (what it sounds like) or --like FILE.")

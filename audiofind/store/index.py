@@ -8,151 +8,34 @@ binary codes of centred vectors followed by exact re-scoring of the best candida
 
 import json
 import logging
-import os
 import shlex
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 import apsw
 import numpy as np
-import sqlite_vec
 
-from audiofind import migrations
 from audiofind import vectors as vec
 from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch
 from audiofind.paths import default_db
+from audiofind.store import migrations
+from audiofind.store.connection import connect, lock, unlock
+from audiofind.store.records import (
+    BINDING_KEYS, AudioRow, FileRow, ModelBinding, RootRow, Stats, folder_prefix, norm_path,
+)
 
 if TYPE_CHECKING:
-    from audiofind.nearest import Filters, Hit
+    from audiofind.store.nearest import Filters, Hit
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_MS = 5_000
-MMAP_BYTES = 1 << 32 if sys.maxsize > 1 << 32 else 0  # address space only; pages load on demand
 # vec0 reads a whole chunk to return one row: 16 vectors a chunk keeps re-scoring 1000 candidates near 15 ms at
 # 100k x 1024, where the default 1024 costs ~290 ms; brute-force KNN speed is the same.
 CHUNK_SIZE = 16
 CENTRE_AFTER = 1024  # segments stored before the centre of the binary codes is frozen
-BINDING_KEYS = ("model_name", "model_sha256", "dim", "window", "hop")
-
-
-@dataclass(frozen=True)
-class ModelBinding:
-    """Which model made the vectors and how the audio was cut into segments."""
-
-    name: str
-    sha256: str
-    dim: int
-    window: float  # seconds per segment
-    hop: float  # seconds between segment starts
-
-    def same_vectors(self, other: "ModelBinding") -> bool:
-        """True if vectors made under other can be compared with ours (the name alone may differ)."""
-        return (self.sha256, self.dim, self.window, self.hop) == (other.sha256, other.dim, other.window, other.hop)
-
-
-@dataclass(frozen=True)
-class FileRow:
-    """One file on disk as the index knows it; hash is None for a file that failed."""
-
-    path: str
-    root: str
-    size: int
-    mtime_ns: int
-    hash: str | None
-    status: str = "ok"  # 'ok' or 'failed'
-    error: str | None = None
-    tags: dict[str, str | list[str]] = field(default_factory=dict)
-    indexed_at: float | None = None  # unix seconds, set by the store
-
-
-@dataclass(frozen=True)
-class AudioRow:
-    """Facts about one distinct audio content."""
-
-    hash: str
-    duration: float  # seconds
-    sample_rate: int
-    channels: int
-
-
-@dataclass(frozen=True)
-class RootRow:
-    """A folder the user indexed."""
-
-    path: str
-    last_indexed_at: float | None
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Everything `audiofind status` shows."""
-
-    path: Path
-    size_bytes: int  # database plus its write-ahead log
-    schema_version: int
-    model: ModelBinding | None
-    roots: list[RootRow]
-    files: int
-    ok: int
-    failed: int
-    audio: int  # distinct contents
-    segments: int
-    audio_seconds: float  # summed over ok files, copies included
-    failures: list[tuple[str, str]]  # (path, reason)
-    last_update: float | None  # unix seconds
-    quantised: bool  # whether binary codes exist (large index)
-
-    @property
-    def audio_hours(self) -> float:
-        """Indexed audio in hours."""
-        return self.audio_seconds / 3600
-
-
-def norm_path(path: Path | str) -> str:
-    """The absolute form in which paths are stored: '..' folded, symlinks kept.
-
-    Not resolved: a file reached through a symlinked folder keeps the path the user sees under its root, so it
-    stays inside that root on the next walk.
-    """
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def _casefold(value: object) -> object:
-    return value.casefold() if isinstance(value, str) else value
-
-
-def _ids_json(ids: Iterable[int]) -> str:
-    return json.dumps([int(i) for i in ids])
-
-
-def connect(path: Path, create: bool = True) -> apsw.Connection:
-    """Open the SQLite file with sqlite-vec loaded, WAL journaling and a busy timeout."""
-    flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
-    conn = None
-    try:
-        conn = apsw.Connection(str(path), flags=flags)
-        conn.setbusytimeout(BUSY_TIMEOUT_MS)
-        conn.enable_load_extension(True)
-        conn.load_extension(sqlite_vec.loadable_path())
-        conn.enable_load_extension(False)
-        conn.execute("PRAGMA journal_mode=WAL").fetchall()  # the first read: fails here on a non-database
-        # WAL with NORMAL survives a killed process intact; only a power cut may lose the latest commits.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        # Memory-mapped reads halve the cost of the point lookups that re-score search candidates.
-        conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
-    except apsw.Error as e:
-        if conn is not None:
-            conn.close()
-        raise IndexNotFound(f"Cannot open {path} as an audiofind index: {e}.") from e
-    conn.create_scalar_function("casefold", _casefold, 1, deterministic=True)
-    return conn
 
 
 class Index:
@@ -202,7 +85,7 @@ class Index:
         with open(lock_path, "a+b") as f:
             f.seek(0)  # msvcrt locks bytes from the current position
             try:
-                _lock(f.fileno())
+                lock(f.fileno())
             except OSError as e:
                 raise IndexBusy(
                     f"Another audiofind process is already writing to {self.path}; "
@@ -211,7 +94,7 @@ class Index:
             try:
                 yield
             finally:
-                _unlock(f.fileno())
+                unlock(f.fileno())
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -299,7 +182,7 @@ class Index:
         where, params = [], []
         for root in roots:
             where.append("path = ? OR substr(path, 1, ?) = ?")
-            prefix = _folder_prefix(norm_path(root))
+            prefix = folder_prefix(norm_path(root))
             params += [norm_path(root), len(prefix), prefix]
         if not where:
             return []
@@ -422,7 +305,7 @@ class Index:
 
     def search(self, queries: np.ndarray, k: int = 20, filters: "Filters | None" = None, exact: bool | None = None) -> list["Hit"]:
         """The k files whose best segment is closest to any of the query vectors, best first (see nearest.search)."""
-        from audiofind import nearest
+        from audiofind.store import nearest
 
         return nearest.search(self, queries, k, filters, exact)
 
@@ -486,26 +369,3 @@ class Index:
 def open_index(db: Path | str | None = None, create: bool = False) -> Index:
     """Open the index at db, or at the default location (AUDIOFIND_DB, then the user data folder) when None."""
     return Index.open(db if db else default_db(), create=create)
-
-
-def _folder_prefix(folder: str) -> str:
-    return folder if folder.endswith(os.sep) else folder + os.sep
-
-
-if sys.platform == "win32":
-    import msvcrt
-
-    def _lock(fd: int) -> None:
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-
-    def _unlock(fd: int) -> None:
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)

@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from audiofind import vectors as vec
-from audiofind.store import Index, _folder_prefix, _ids_json, norm_path
+from typing import TYPE_CHECKING
+
+from audiofind.store.records import folder_prefix, ids_json, norm_path
+
+if TYPE_CHECKING:
+    from audiofind.store.index import Index
 
 EXACT_MAX = 2048  # up to this many segments (after filters) every one is scored exactly
 CANDIDATES = 1000  # segments re-scored exactly per query vector, at least
@@ -50,7 +55,7 @@ class Hit:
 
 
 def search(
-    index: Index, queries: np.ndarray, k: int = 20, filters: Filters | None = None, exact: bool | None = None
+    index: "Index", queries: np.ndarray, k: int = 20, filters: Filters | None = None, exact: bool | None = None
 ) -> list[Hit]:
     """The k files whose best segment is closest to any of the query vectors (Q, D) or (D,), best first.
 
@@ -85,7 +90,7 @@ def search(
             want *= 4
 
 @contextmanager
-def _snapshot(index: Index) -> Iterator[None]:
+def _snapshot(index: "Index") -> Iterator[None]:
     """One read transaction, so a search sees one consistent state while a writer commits."""
     if index.conn.in_transaction:
         yield
@@ -96,7 +101,7 @@ def _snapshot(index: Index) -> Iterator[None]:
     finally:
         index.conn.execute("COMMIT")  # read only: nothing to keep or undo
 
-def _codes(index: Index) -> vec.Codes | None:
+def _codes(index: "Index") -> vec.Codes | None:
     """The binary codes of all segments, reloaded only after this or another connection has written."""
     key = (index.conn.execute("PRAGMA data_version").fetchone()[0], index.conn.total_changes())
     if index._codes_cache is None or index._codes_cache[0] != key:
@@ -108,13 +113,13 @@ def _codes(index: Index) -> vec.Codes | None:
         index._codes_cache = (key, codes)
     return index._codes_cache[1]
 
-def _segment_ids(index: Index, hashes: list[str] | None) -> list[int]:
+def _segment_ids(index: "Index", hashes: list[str] | None) -> list[int]:
     if hashes is None:
         return [i for (i,) in index.conn.execute("SELECT id FROM segments")]
     sql = "SELECT id FROM segments WHERE hash IN (SELECT value FROM json_each(?))"
     return [i for (i,) in index.conn.execute(sql, (json.dumps(hashes),))]
 
-def _score(index: Index, ids: list[int] | np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _score(index: "Index", ids: list[int] | np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine of each segment to its closest query vector: (found ids (M,), scores (M,))."""
     found, scores = [], []
     for start in range(0, len(ids), 4096):  # bounded memory on exact scans of big indexes
@@ -126,7 +131,7 @@ def _score(index: Index, ids: list[int] | np.ndarray, q: np.ndarray) -> tuple[np
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(found), np.concatenate(scores)
 
-def _rank(index: Index, ids: np.ndarray, scores: np.ndarray, k: int, cond: str, params: list) -> list[Hit]:
+def _rank(index: "Index", ids: np.ndarray, scores: np.ndarray, k: int, cond: str, params: list) -> list[Hit]:
     """Group scored segments by file: walk segments best first until k files (copies included) pass the filters."""
     order = np.argsort(-scores, kind="stable")
     seen: set[str] = set()
@@ -135,7 +140,7 @@ def _rank(index: Index, ids: np.ndarray, scores: np.ndarray, k: int, cond: str, 
         block = order[start : start + 256]
         rows = index.conn.execute(
             'SELECT id, hash, start, "end" FROM segments WHERE id IN (SELECT value FROM json_each(?))',
-            (_ids_json(ids[block]),),
+            (ids_json(ids[block]),),
         )
         segment = {r[0]: r[1:] for r in rows}
         best: dict[str, tuple[float, float, float]] = {}  # hash -> (score, start, end), best first
@@ -165,7 +170,7 @@ def _filter_sql(filters: Filters | None) -> tuple[str, list]:
     conds, params = [], []
     if filters.under:
         folder = norm_path(filters.under)
-        prefix = _folder_prefix(folder)
+        prefix = folder_prefix(folder)
         conds.append("(f.path = ? OR substr(f.path, 1, ?) = ?)")
         params += [folder, len(prefix), prefix]
     if filters.exts:

@@ -1,0 +1,103 @@
+"""The records the index stores and returns, and the one rule for how paths are kept."""
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BINDING_KEYS = ("model_name", "model_sha256", "dim", "window", "hop")
+
+
+@dataclass(frozen=True)
+class ModelBinding:
+    """Which model made the vectors and how the audio was cut into segments."""
+
+    name: str
+    sha256: str
+    dim: int
+    window: float  # seconds per segment
+    hop: float  # seconds between segment starts
+
+    def same_vectors(self, other: "ModelBinding") -> bool:
+        """True if vectors made under other can be compared with ours (the name alone may differ)."""
+        return (self.sha256, self.dim, self.window, self.hop) == (other.sha256, other.dim, other.window, other.hop)
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One file on disk as the index knows it; hash is None for a file that failed."""
+
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+    hash: str | None
+    status: str = "ok"  # 'ok' or 'failed'
+    error: str | None = None
+    tags: dict[str, str | list[str]] = field(default_factory=dict)
+    indexed_at: float | None = None  # unix seconds, set by the store
+
+
+@dataclass(frozen=True)
+class AudioRow:
+    """Facts about one distinct audio content."""
+
+    hash: str
+    duration: float  # seconds
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class RootRow:
+    """A folder the user indexed."""
+
+    path: str
+    last_indexed_at: float | None
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Everything `audiofind status` shows."""
+
+    path: Path
+    size_bytes: int  # database plus its write-ahead log
+    schema_version: int
+    model: ModelBinding | None
+    roots: list[RootRow]
+    files: int
+    ok: int
+    failed: int
+    audio: int  # distinct contents
+    segments: int
+    audio_seconds: float  # summed over ok files, copies included
+    failures: list[tuple[str, str]]  # (path, reason)
+    last_update: float | None  # unix seconds
+    quantised: bool  # whether binary codes exist (large index)
+
+    @property
+    def audio_hours(self) -> float:
+        """Indexed audio in hours."""
+        return self.audio_seconds / 3600
+
+
+def norm_path(path: Path | str) -> str:
+    """The absolute form in which paths are stored: '..' folded, symlinks kept.
+
+    Not resolved: a file reached through a symlinked folder keeps the path the user sees under its root, so it
+    stays inside that root on the next walk.
+    """
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def casefold(value: object) -> object:
+    return value.casefold() if isinstance(value, str) else value
+
+
+def ids_json(ids: Iterable[int]) -> str:
+    return json.dumps([int(i) for i in ids])
+
+
+def folder_prefix(folder: str) -> str:
+    return folder if folder.endswith(os.sep) else folder + os.sep
