@@ -86,22 +86,7 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
 
     with open_index(db) as index:
         s = index.stats()
-    when = lambda t: datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else None  # noqa: E731
-    data = {
-        "path": str(s.path),
-        "size_bytes": s.size_bytes,
-        "schema_version": s.schema_version,
-        "model": s.model.name if s.model else None,
-        "sha256": s.model.sha256 if s.model else None,
-        "roots": [r.path for r in s.roots],
-        "files": s.files,
-        "ok": s.ok,
-        "failed": s.failed,
-        "segments": s.segments,
-        "audio_hours": round(s.audio_hours, 4),
-        "last_update": when(s.last_update),
-        "failures": [{"path": p, "reason": r} for p, r in s.failures],
-    }
+    data = s.as_dict()
     if json_out:
         typer.echo(json.dumps(data, ensure_ascii=False))
         return

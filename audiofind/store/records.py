@@ -4,6 +4,7 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 BINDING_KEYS = ("model_name", "model_sha256", "dim", "window", "hop")
@@ -80,6 +81,25 @@ class Stats:
     def audio_hours(self) -> float:
         """Indexed audio in hours."""
         return self.audio_seconds / 3600
+
+    def as_dict(self) -> dict:
+        """The object `status --json` prints (and serve's /api/status returns)."""
+        when = lambda t: datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else None  # noqa: E731
+        return {
+            "path": str(self.path),
+            "size_bytes": self.size_bytes,
+            "schema_version": self.schema_version,
+            "model": self.model.name if self.model else None,
+            "sha256": self.model.sha256 if self.model else None,
+            "roots": [r.path for r in self.roots],
+            "files": self.files,
+            "ok": self.ok,
+            "failed": self.failed,
+            "segments": self.segments,
+            "audio_hours": round(self.audio_hours, 4),
+            "last_update": when(self.last_update),
+            "failures": [{"path": p, "reason": r} for p, r in self.failures],
+        }
 
 
 def norm_path(path: Path | str) -> str:
