@@ -22,7 +22,7 @@ from audiofind.store import AudioRow, FileRow, Index, ModelBinding
 
 D = 16
 BINDING = ModelBinding("tiny", "ab" * 32, D, 5.0, 2.5)
-TABLES = {migrations.TABLE, "meta", "audio", "segments", "files", "roots"}
+TABLES = {migrations.TABLE, "meta", "audio", "segments", "files", "roots", "partial"}
 
 
 def user_tables(conn: apsw.Connection) -> set[str]:

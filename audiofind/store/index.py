@@ -6,6 +6,7 @@ scores each file by its best segment: exactly on small or tightly filtered sets,
 binary codes of centred vectors followed by exact re-scoring of the best candidates.
 """
 
+import contextlib
 import json
 import logging
 import shlex
@@ -78,23 +79,9 @@ class Index:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def writer_lock(self) -> Iterator[None]:
+    def writer_lock(self) -> "contextlib.AbstractContextManager[None]":
         """Hold the OS lock on <db>.lock for the duration; IndexBusy if another writer holds it."""
-        lock_path = Path(f"{self.path}.lock")
-        with open(lock_path, "a+b") as f:
-            f.seek(0)  # msvcrt locks bytes from the current position
-            try:
-                lock(f.fileno())
-            except OSError as e:
-                raise IndexBusy(
-                    f"Another audiofind process is already writing to {self.path}; "
-                    "wait for it to finish or use another --db."
-                ) from e
-            try:
-                yield
-            finally:
-                unlock(f.fileno())
+        return writer_lock(self.path)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -161,7 +148,7 @@ class Index:
     def reset(self) -> None:
         """Delete every file, root, segment and vector, and the model binding (for --rebuild)."""
         with self.transaction():
-            for table in ("files", "segments", "audio", "roots", "meta"):
+            for table in ("files", "partial", "segments", "audio", "roots", "meta"):
                 self.conn.execute(f"DELETE FROM {table}")
             self.conn.execute("DROP TABLE IF EXISTS vectors")
         log.info("reset %s", self.path)
@@ -190,7 +177,44 @@ class Index:
 
     def has_audio(self, hash: str) -> bool:
         """Whether vectors for this content are already stored (so a copy or a moved file needs no model run)."""
-        return self.conn.execute("SELECT 1 FROM audio WHERE hash = ?", (hash,)).fetchone() is not None
+        sql = "SELECT 1 FROM audio WHERE hash = ? AND hash NOT IN (SELECT hash FROM partial)"
+        return self.conn.execute(sql, (hash,)).fetchone() is not None
+
+    def partial_segments(self, hash: str) -> int:
+        """How many leading windows of an unfinished content are already committed (0 if none)."""
+        if not self.conn.execute("SELECT 1 FROM partial WHERE hash = ?", (hash,)).fetchone():
+            return 0
+        return self.conn.execute("SELECT count(*) FROM segments WHERE hash = ?", (hash,)).fetchone()[0]
+
+    def partial_duration(self, hash: str) -> float:
+        """Seconds covered by the committed windows of an unfinished content."""
+        row = self.conn.execute("SELECT duration FROM audio WHERE hash = ?", (hash,)).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def add_segments(
+        self, hash: str, path: str, audio: AudioRow, segments: list[tuple[float, float]], vectors: np.ndarray
+    ) -> None:
+        """Commit the next windows of a content still being embedded; hidden from search until add_file ends it."""
+        with self.transaction():
+            fresh = not self.conn.execute("SELECT 1 FROM audio WHERE hash = ?", (hash,)).fetchone()
+            if fresh:
+                self._add_audio(hash, audio, [], np.zeros((0, vectors.shape[-1]), np.float32))
+                self.conn.execute("INSERT INTO partial (hash, path) VALUES (?, ?)", (hash, norm_path(path)))
+            elif not self.conn.execute("SELECT 1 FROM partial WHERE hash = ?", (hash,)).fetchone():
+                raise ValueError(f"Content {hash} is complete already; it takes no more segments.")
+            self._add_segments(hash, segments, vectors)
+            self.conn.execute("UPDATE audio SET duration = ? WHERE hash = ?", (float(audio.duration), hash))
+
+    def drop_partials(self, keep: Iterable[str] = (), paths: Iterable[str] | None = None) -> int:
+        """Forget unfinished contents (all, or those begun for these paths) except the hashes in keep."""
+        rows = self.conn.execute("SELECT hash, path FROM partial").fetchall()
+        wanted = None if paths is None else {norm_path(p) for p in paths}
+        drop = [h for h, p in rows if h not in set(keep) and (wanted is None or p in wanted)]
+        if drop:
+            with self.transaction():
+                self.conn.execute("DELETE FROM partial WHERE hash IN (SELECT value FROM json_each(?))", (json.dumps(drop),))
+                self._collect(drop)
+        return len(drop)
 
     def add_file(
         self,
@@ -203,7 +227,14 @@ class Index:
         if row.hash is None:
             raise ValueError("add_file needs a content hash; use record_failure for files that failed.")
         with self.transaction():
-            if not self.has_audio(row.hash):
+            if self.conn.execute("SELECT 1 FROM partial WHERE hash = ?", (row.hash,)).fetchone():
+                if audio is None or segments is None or vectors is None:
+                    raise ValueError(f"Content {row.hash} is unfinished: add_file needs its last segments.")
+                self._add_segments(row.hash, segments, vectors)
+                sql = "UPDATE audio SET duration = ?, sample_rate = ?, channels = ? WHERE hash = ?"
+                self.conn.execute(sql, (float(audio.duration), int(audio.sample_rate), int(audio.channels), row.hash))
+                self.conn.execute("DELETE FROM partial WHERE hash = ?", (row.hash,))
+            elif not self.has_audio(row.hash):
                 self._add_audio(row.hash, audio, segments, vectors)
             self._upsert(norm_path(row.path), row.root, row.size, row.mtime_ns, row.hash, "ok", None, row.tags)
             self._freeze_centre()
@@ -214,13 +245,19 @@ class Index:
             raise ValueError("Bind a model (Index.bind_model) before adding vectors.")
         if audio is None or segments is None or vectors is None or audio.hash != hash:
             raise ValueError(f"New content {hash} needs its AudioRow, segments and vectors.")
-        v = vec.normalize(vectors) if len(segments) else np.zeros((0, binding.dim), np.float32)
-        if v.shape != (len(segments), binding.dim):
-            raise ValueError(f"Expected vectors of shape ({len(segments)}, {binding.dim}), got {v.shape}.")
         self.conn.execute(
             "INSERT INTO audio (hash, duration, sample_rate, channels) VALUES (?, ?, ?, ?)",
             (hash, float(audio.duration), int(audio.sample_rate), int(audio.channels)),
         )
+        self._add_segments(hash, segments, vectors)
+
+    def _add_segments(self, hash: str, segments: list[tuple[float, float]], vectors: np.ndarray) -> None:
+        binding = self.model()
+        if binding is None:
+            raise ValueError("Bind a model (Index.bind_model) before adding vectors.")
+        v = vec.normalize(vectors) if len(segments) else np.zeros((0, binding.dim), np.float32)
+        if v.shape != (len(segments), binding.dim):
+            raise ValueError(f"Expected vectors of shape ({len(segments)}, {binding.dim}), got {v.shape}.")
         centre = self._meta().get("centre")
         codes = vec.binary_codes(v, np.frombuffer(centre, np.float32)) if isinstance(centre, bytes) else None
         for i, (start, end) in enumerate(segments):
@@ -277,7 +314,8 @@ class Index:
 
     def _collect(self, hashes: Iterable[str]) -> None:
         """Drop the audio, segments and vectors of hashes that no file references any more."""
-        orphans = [h for h in hashes if not self.conn.execute("SELECT 1 FROM files WHERE hash = ?", (h,)).fetchone()]
+        referenced = "SELECT 1 FROM files WHERE hash = ?1 UNION ALL SELECT 1 FROM partial WHERE hash = ?1"
+        orphans = [h for h in hashes if not self.conn.execute(referenced, (h,)).fetchone()]
         if not orphans:
             return
         among = (json.dumps(orphans),)
@@ -339,6 +377,11 @@ class Index:
                 (norm_path(root), time.time()),
             )
 
+    def forget_root(self, root: Path | str) -> None:
+        """Stop listing root as an indexed folder (its files are removed separately)."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM roots WHERE path = ?", (norm_path(root),))
+
     def roots(self) -> list[RootRow]:
         """The indexed folders, by path."""
         return [RootRow(*r) for r in self.conn.execute("SELECT path, last_indexed_at FROM roots ORDER BY path")]
@@ -365,6 +408,43 @@ class Index:
             last_update=max(last) if last else None,
             quantised="centre" in self._meta(),
         )
+
+def peek_model(db: Path | str) -> ModelBinding | None:
+    """The model an existing index was built with, read without migrating or creating anything (None if none)."""
+    path = Path(norm_path(db))
+    if not path.is_file():
+        return None
+    conn = connect(path, create=False)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+            return None
+        m = dict(conn.execute("SELECT key, value FROM meta"))
+    finally:
+        conn.close()
+    if "model_sha256" not in m:
+        return None
+    name, sha256, dim, window, hop = (m[key] for key in BINDING_KEYS)
+    return ModelBinding(str(name), str(sha256), int(dim), float(window), float(hop))  # type: ignore[arg-type]
+
+
+@contextmanager
+def writer_lock(db: Path | str) -> Iterator[None]:
+    """Hold the OS lock on <db>.lock for the duration; IndexBusy if another writer holds it."""
+    db = Path(norm_path(db))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a+b") as f:
+        f.seek(0)  # msvcrt locks bytes from the current position
+        try:
+            lock(f.fileno())
+        except OSError as e:
+            raise IndexBusy(
+                f"Another audiofind process is already writing to {db}; wait for it to finish or use another --db."
+            ) from e
+        try:
+            yield
+        finally:
+            unlock(f.fileno())
+
 
 def open_index(db: Path | str | None = None, create: bool = False) -> Index:
     """Open the index at db, or at the default location (AUDIOFIND_DB, then the user data folder) when None."""

@@ -113,6 +113,14 @@ def m004_roots(conn: apsw.Connection) -> None:
     conn.execute("CREATE TABLE roots (path TEXT PRIMARY KEY, last_indexed_at REAL)")
 
 
+@migration
+def m005_partial(conn: apsw.Connection) -> None:
+    """Contents whose embedding is under way: their segments are committed a chunk at a time, hidden until done."""
+    # A long recording commits its windows about a minute at a time, so an interruption loses at most that much;
+    # its audio row exists (segments reference it) but no file points at it until the last window is in.
+    conn.execute("CREATE TABLE partial (hash TEXT PRIMARY KEY REFERENCES audio(hash), path TEXT NOT NULL)")
+
+
 def names() -> list[str]:
     """Every migration this code knows, in order."""
     return [m.__name__ for m in MIGRATIONS]

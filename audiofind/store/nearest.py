@@ -26,6 +26,10 @@ CANDIDATES = 1000  # segments re-scored exactly per query vector, at least
 CANDIDATES_PER_FILE = 50  # ...and this many per file asked for
 
 
+# Segments of contents still being embedded (a long recording, a chunk at a time) are not searched yet.
+_DONE = "hash NOT IN (SELECT hash FROM partial)"
+
+
 @dataclass(frozen=True)
 class Filters:
     """Restrictions on which files a search may return; None means no restriction."""
@@ -108,14 +112,15 @@ def _codes(index: "Index") -> vec.Codes | None:
         centre = index._meta().get("centre")
         codes = None
         if isinstance(centre, bytes):
-            rows = index.conn.execute("SELECT id, hash, code FROM segments WHERE code IS NOT NULL ORDER BY id")
+            sql = f"SELECT id, hash, code FROM segments WHERE code IS NOT NULL AND {_DONE} ORDER BY id"
+            rows = index.conn.execute(sql)
             codes = vec.Codes.from_rows(np.frombuffer(centre, np.float32), rows.fetchall())
         index._codes_cache = (key, codes)
     return index._codes_cache[1]
 
 def _segment_ids(index: "Index", hashes: list[str] | None) -> list[int]:
     if hashes is None:
-        return [i for (i,) in index.conn.execute("SELECT id FROM segments")]
+        return [i for (i,) in index.conn.execute(f"SELECT id FROM segments WHERE {_DONE}")]
     sql = "SELECT id FROM segments WHERE hash IN (SELECT value FROM json_each(?))"
     return [i for (i,) in index.conn.execute(sql, (json.dumps(hashes),))]
 
