@@ -127,7 +127,14 @@ def _to_mono(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
     for frame in frames:
         x = frame.to_ndarray()  # (C, n) float32 in [-1, 1], planar
         mono = x[0] if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float32)
-        yield mono * np.float32(INT16_SCALE)
+        mono = mono * np.float32(INT16_SCALE)
+        if not np.isfinite(mono).all():  # float formats can hold NaN or Inf: the model would turn them into NaN
+            raise _NonFinite
+        yield mono
+
+
+class _NonFinite(Exception):
+    """A decoded frame holds NaN or infinite samples (float WAV, AIFF-C or CAF can store them)."""
 
 
 def _decode(path: Path, max_samples: int | None = None) -> Iterator[np.ndarray]:
@@ -175,6 +182,8 @@ def _decode(path: Path, max_samples: int | None = None) -> Iterator[np.ndarray]:
             raise DecodeError(path, f"corrupt data: {e.strerror or e}") from e
         except ValueError as e:  # PyAV refuses frames it cannot describe (e.g. an unknown sample format)
             raise DecodeError(path, f"unsupported audio data: {e}") from e
+        except _NonFinite:
+            raise DecodeError(path, f"corrupt data: NaN or infinite samples near {done / SAMPLE_RATE:.1f} s") from None
 
         if max_samples is not None and done >= max_samples:
             return  # stopped early on purpose: the rest of the file was not judged
