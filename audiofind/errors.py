@@ -70,3 +70,11 @@ class IndexBusy(AudiofindError):
 
 class DatasetError(AudiofindError):
     """A dataset folder or CSV is missing pieces or has malformed rows."""
+
+
+class StorageError(AudiofindError):
+    """The index file cannot be read or written (disk full, read-only, not a database)."""
+
+
+class RebuildIncomplete(AudiofindError):
+    """A rebuilt index was not swapped in, because it would lose files the current one holds."""

@@ -1,15 +1,14 @@
-"""Bringing an index in step with folders: walk, skip what is unchanged, detect moves, embed the rest.
+"""Bringing an index in step with folders: walk, skip what is unchanged, detect moves and copies, embed the rest.
 
-`index` and `watch` both call `sync`; nothing else writes files into the index.
+`index` and `watch` both call `sync`; nothing else writes files into the index. A missing drive is never a
+deletion: a root that is missing, empty or unreadable keeps its files, and so does a root that would lose more than
+a quarter of them in one run, until `prune` says the files really are gone.
 """
 
-import hashlib
 import logging
-import os
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,31 +16,46 @@ import numpy as np
 
 from audiofind import decode
 from audiofind.encoder import Encoder, load_for_index
-from audiofind.errors import DecodeError, UsageError
+from audiofind.errors import UsageError, WeightsError
 from audiofind.formats import AUDIO_EXTS, extension
-from audiofind.store import AudioRow, FileRow, Index, ModelBinding
+from audiofind.pipeline import Embedder, Work, reason_of
+from audiofind.scan import Walk, absolute, check_roots, file_hash, readable, root_of, walk, walk_only
+from audiofind.store import FileRow, Index, ModelBinding, peek_model
+from audiofind.store.records import folder_prefix
+from audiofind.tags import read_tags
+
+__all__ = ["Event", "Report", "binding", "check_roots", "encoder_for", "file_hash", "prepare", "sync", "walk"]
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 1 << 20
-QUEUE_WINDOWS = 16  # decoded windows waiting for the model: bounds memory whatever the file length
+# One run removes at most this share of a root's indexed files (when more than PRUNE_MIN) without --prune.
+PRUNE_SHARE = 0.25
+PRUNE_MIN = 20
 
 
 @dataclass
 class Report:
-    """What one sync did; the JSON summary of `index` is this plus timing."""
+    """What one sync did; the JSON summary of `index` is this plus timing.
 
+    seen = embedded + reused + moved + skipped + failed + changing, unless the run was stopped.
+    """
+
+    seen: int = 0  # audio files found under the available roots
     embedded: int = 0
     skipped: int = 0
     moved: int = 0
     removed: int = 0
     failed: int = 0
     reused: int = 0  # new paths whose content was already indexed (copies): no embedding needed
+    changing: int = 0  # changed while being read (still being written): indexed once they settle
+    kept: int = 0  # gone from disk but kept: under an unavailable root, or too many at once (see --prune)
+    unavailable: list[str] = field(default_factory=list)  # roots missing, empty or unreadable: their files kept
     segments: int = 0
     audio_seconds: float = 0.0
     seconds: float = 0.0
     device: str = ""
     model: str = ""
+    stopped: bool = False
 
     def as_dict(self) -> dict:
         """Plain dict for JSON output."""
@@ -52,46 +66,18 @@ class Report:
 class Event:
     """One change made to the index, reported as it happens (index prints failures, watch prints all)."""
 
-    event: str  # embedded | moved | removed | failed | reused
+    event: str  # embedded | moved | removed | failed | reused | changing | unavailable | kept
     path: str
     source: str | None = None  # the old path of a move
     reason: str | None = None
     segments: int = 0
     duration: float = 0.0
-
-
-@dataclass
-class _Pending:
-    """A file whose windows are being embedded; committed once info is set and every vector is in."""
-
-    work: "_Work"
-    bounds: list[tuple[float, float]] = field(default_factory=list)
-    vectors: list[np.ndarray | None] = field(default_factory=list)
-    info: decode.AudioInfo | None = None
-
-
-@dataclass
-class _Work:
-    path: str
-    root: str
-    size: int
-    mtime_ns: int
-    hash: str = ""
-    tags: dict = field(default_factory=dict)
+    count: int = 0  # unavailable, kept: how many indexed files were kept
 
 
 def binding(encoder: Encoder, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS) -> ModelBinding:
     """The identity an index records for the vectors this encoder makes."""
     return ModelBinding(name=encoder.name, sha256=encoder.sha256, dim=encoder.dim, window=window, hop=hop)
-
-
-def check_roots(roots: Iterable[Path]) -> list[Path]:
-    """The roots as absolute paths; UsageError naming the first that is not a folder."""
-    out = [Path(os.path.abspath(r)) for r in roots]
-    for root in out:
-        if not root.is_dir():
-            raise UsageError(f"{root} is not a folder.")
-    return out
 
 
 def encoder_for(index: Index, weights: str | None, device: str) -> Encoder:
@@ -100,70 +86,26 @@ def encoder_for(index: Index, weights: str | None, device: str) -> Encoder:
     return load_for_index(bound.name if bound else None, weights, device, ["audio"])
 
 
-def prepare(index: Index, encoder: Encoder, rebuild: bool = False) -> None:
-    """Bind an empty index to the encoder's model (emptying it first with rebuild); refuse another model."""
-    if rebuild:
-        index.reset()
+def load_checked(db: Path | str, weights: str | None, device: str) -> Encoder:
+    """The audio encoder for indexing db, loaded and tried on a short clip before anything is written."""
+    bound = peek_model(db)
+    encoder = load_for_index(bound.name if bound else None, weights, device, ["audio"])
+    probe = np.random.default_rng(0).standard_normal(decode.SAMPLE_RATE // 2).astype(np.float32) * 3000
+    if not np.all(np.isfinite(encoder.embed_audio([probe]))):
+        raise WeightsError(f"Model '{encoder.name}' gives non-finite embeddings; its checkpoint is damaged.")
+    return encoder
+
+
+def prepare(index: Index, encoder: Encoder) -> None:
+    """Bind an empty index to the encoder's model; refuse another model."""
     if index.model() is None:
         index.bind_model(binding(encoder))
     else:
         index.check_model(binding(encoder))
 
 
-def walk(roots: Iterable[Path], exts: frozenset[str] = AUDIO_EXTS) -> Iterator[tuple[Path, Path, os.stat_result]]:
-    """(root, file, stat) for every audio file under the roots: symlinks followed without loops, hidden names skipped."""
-    seen_dirs: set[tuple[int, int]] = set()
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            try:
-                st = os.stat(dirpath)
-            except OSError:
-                dirnames[:] = []
-                continue
-            if (st.st_dev, st.st_ino) in seen_dirs:  # a symlink loop or a folder reached twice
-                dirnames[:] = []
-                continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-            # Real folders before symlinked ones: a folder reachable both ways is stored under its real path.
-            dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
-            for name in sorted(filenames):
-                if name.startswith(".") or extension(name) not in exts:
-                    continue
-                path = Path(dirpath) / name
-                try:
-                    fst = os.stat(path)
-                except OSError:
-                    continue  # a dangling symlink or a file deleted while walking
-                yield root, path, fst
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of the file's bytes: the key that lets copies share vectors and moves skip embedding."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_tags(path: Path) -> dict[str, str]:
-    """Text tags (title, artist, genre, ...) through mutagen; a file it cannot read simply has none."""
-    import mutagen
-
-    try:
-        f = mutagen.File(path, easy=True)
-    except (mutagen.MutagenError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
-        log.debug("no tags for %s: %s", path, e)
-        return {}
-    if f is None or not f.tags:
-        return {}
-    tags = {}
-    for key, value in f.tags.items():
-        values = value if isinstance(value, list) else [value]
-        text = "; ".join(str(v) for v in values if isinstance(v, str | int | float))
-        if text:
-            tags[str(key).lower()] = text
-    return tags
+def _under(path: str, folder: Path) -> bool:
+    return path == str(folder) or path.startswith(folder_prefix(str(folder)))
 
 
 def sync(
@@ -178,29 +120,56 @@ def sync(
     progress: Callable[[float, float], None] | None = None,
     stop: threading.Event | None = None,
     decoders: int | None = None,
+    prune: bool = False,
 ) -> Report:
     """Make the index hold exactly the audio files under `roots` (or, with `only`, just those paths).
 
-    `decoders` decoding threads feed the model (default: 1 on CPU, where the model needs the cores, else 4).
+    A root named in `only` is looked at in full, with a full walk's protections. `decoders` decoding threads feed
+    the model (default: 1 on CPU, where the model needs the cores, else 4).
     """
     started = time.monotonic()
-    roots = check_roots(roots)
-    index.check_model(binding(encoder))
+    roots = absolute(roots)
+    bound = index.model()
+    if bound is None:
+        raise ValueError("Bind a model (indexer.prepare) before syncing.")
+    index.check_model(binding(encoder, bound.window, bound.hop))  # the segmenting is the index's own
     report = Report(device=str(encoder.device), model=encoder.name)
     emit = on_event or (lambda e: None)
+    stopped = lambda: stop is not None and stop.is_set()  # noqa: E731
 
-    # 1. What is on disk now, and what the index knows under the same roots.
-    if only is None:
-        entries, known_rows = walk(roots, exts), index.files_under(roots)
-    else:  # watch: look at the changed paths only, never the whole library
-        changed = [Path(os.path.abspath(p)) for p in only]
-        changed = [p for p in changed if _root_of(p, roots) is not None]
-        entries, known_rows = _walk_only(changed, roots, exts), index.files_under(changed)
-    on_disk = {str(path): _Work(str(path), str(root), st.st_size, st.st_mtime_ns) for root, path, st in entries}
-    # --ext narrows what this run looks at: indexed files of other types are out of scope, never "vanished".
-    known = {row.path: row for row in known_rows if extension(row.path) in exts}
+    # 1. What is on disk now, and what the index knows under the same roots. Roots that are not there (or show
+    # nothing while the index holds files under them) are set aside with their files: a drive, not a deletion.
+    only_paths = None if only is None else absolute(only)
+    full = roots if only_paths is None else [r for r in roots if r in only_paths]
+    partial = [] if only_paths is None else [p for p in only_paths if p not in roots and root_of(p, roots)]
+    known_in = lambda rows: {r.path: r for r in rows if extension(r.path) in exts}  # noqa: E731  (--ext narrows)
+    known = known_in(index.files_under(full)) | known_in(index.files_under(partial))
+    seen_walk = Walk()
+    live = []
+    for root in full:
+        if root.is_dir() and readable(root):
+            live.append(root)
+        elif not any(_under(p, root) for p in known):
+            raise UsageError(f"{root} is not a folder." if not root.is_dir() else f"Cannot read the folder {root}.")
+    entries = [*walk(live, exts, seen_walk), *walk_only(partial, roots, exts, seen_walk)]
+    on_disk = {str(path): Work(str(path), str(root), st.st_size, st.st_mtime_ns) for root, path, st in entries}
+    report.seen = len(on_disk)
+    protected: list[Path] = []  # folders whose indexed files stay whatever the walk saw
+    for root in full:
+        if root in live and any(w.root == str(root) for w in on_disk.values()):
+            continue
+        n = sum(1 for p in known if _under(p, root))
+        if n and not prune:
+            why = "missing" if not root.exists() else "unreadable" if root not in live else "empty"
+            reason = f"root {root} is not available ({why}): {n:,} files kept"
+            report.unavailable.append(str(root))
+            report.kept += n
+            protected.append(root)
+            emit(Event("unavailable", str(root), reason=reason, count=n))
+    if not prune:
+        protected += [Path(d) for d in seen_walk.unreadable]
 
-    todo: list[_Work] = []
+    todo: list[Work] = []
     for key, work in on_disk.items():
         row = known.get(key)
         unchanged = row is not None and row.size == work.size and row.mtime_ns == work.mtime_ns
@@ -208,21 +177,25 @@ def sync(
             report.skipped += 1
         else:
             todo.append(work)
-    vanished = {p: r for p, r in known.items() if p not in on_disk}
+    vanished = {p: r for p, r in known.items() if p not in on_disk and not any(_under(p, d) for d in protected)}
 
-    # 2. Hash what is new or changed: a hash seen under a vanished path is a move, one already indexed a copy.
+    # 2. Hash what is new or changed: a hash seen under a vanished path is a move, one already indexed a copy,
+    # one met twice in this run is embedded once.
     by_hash: dict[str, list[str]] = {}
     for path, row in vanished.items():
         if row.hash:
             by_hash.setdefault(row.hash, []).append(path)
-    to_embed: list[_Work] = []
+    to_embed: dict[str, Work] = {}
     for work in todo:
-        if stop is not None and stop.is_set():
+        if stopped():
             break
         try:
-            work.hash = file_hash(Path(work.path))
-        except OSError as e:
-            _fail(index, work, f"cannot read: {e.strerror or e}", report, emit)
+            work.hash = file_hash(Path(work.path), stop)
+        except InterruptedError:
+            break
+        except Exception as e:  # noqa: BLE001  (an unreadable file fails alone)
+            reason = f"cannot read: {e.strerror or e}" if isinstance(e, OSError) else reason_of(e)
+            _fail(index, work, reason, report, emit)
             continue
         sources = by_hash.get(work.hash)
         if sources and work.path not in known:
@@ -231,164 +204,107 @@ def sync(
             vanished.pop(source, None)
             report.moved += 1
             emit(Event("moved", work.path, source=source))
+        elif work.hash in to_embed:
+            to_embed[work.hash].copies.append(work)
         elif index.has_audio(work.hash):
-            index.add_file(FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, read_tags(Path(work.path))))
-            report.reused += 1
-            emit(Event("reused", work.path))
+            _add_copy(index, work, report, emit)
         else:
-            to_embed.append(work)
+            to_embed[work.hash] = work
 
-    # 3. Embed, with decoding on other threads so the model never waits for the disk.
-    bound = index.model()
-    files: dict[str, _Pending] = {}  # decoded or decoding, not yet committed, in arrival order
-    batch: list[tuple[_Pending, int, np.ndarray]] = []
-    bytes_total, bytes_done = sum(w.size for w in to_embed), 0
+    # 3. Embed: short files first, so one long recording never holds up the rest of a library.
+    works = sorted(to_embed.values(), key=lambda w: (w.size, w.path))
+    if works and not stopped():
+        _embed(index, encoder, works, report, emit, progress, stop, decoders)
 
-    def embed_batch() -> None:
-        """Run the model on the buffered windows (of any files)."""
-        if batch:
-            vectors = encoder.embed_audio([samples for _, _, samples in batch])
-            for (pending, i, _), v in zip(batch, vectors):
-                pending.vectors[i] = v
-            batch.clear()
-
-    def commit_ready() -> None:
-        """Commit, one transaction each, the files whose windows are all decoded and embedded."""
-        nonlocal bytes_done
-        for key, pending in list(files.items()):
-            if pending.info is None or any(v is None for v in pending.vectors):
-                continue
-            work, duration = pending.work, pending.bounds[-1][1]
-            audio = AudioRow(work.hash, duration, pending.info.sample_rate, pending.info.channels)
-            row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, read_tags(Path(work.path)))
-            index.add_file(row, audio, pending.bounds, np.stack(pending.vectors))
-            del files[key]
-            bytes_done += work.size
-            report.embedded += 1
-            report.segments += len(pending.bounds)
-            emit(Event("embedded", work.path, segments=len(pending.bounds), duration=duration))
-
-    if decoders is None:
-        decoders = 1 if encoder.device.type == "cpu" else 4
-    for kind, work, payload in _decode_ahead(to_embed, bound.window, bound.hop, stop, decoders):
-        if stop is not None and stop.is_set():
-            break  # files not yet committed are simply done again next time
-        if kind == "start":
-            files[work.path] = _Pending(work)
-        elif kind == "window":
-            pending = files[work.path]
-            last_end = pending.bounds[-1][1] if pending.bounds else 0.0
-            report.audio_seconds += payload.end - max(payload.start, last_end)  # seconds not counted before
-            pending.bounds.append((payload.start, payload.end))
-            pending.vectors.append(None)
-            batch.append((pending, len(pending.vectors) - 1, payload.samples))
-            if len(batch) >= encoder.audio_batch:  # one window on CPU; a full batch on a GPU, across files
-                embed_batch()
-                commit_ready()
-            if progress:  # the total is estimated from the bytes of the files done so far (0 = not known yet)
-                rate = report.audio_seconds / bytes_done if bytes_done else 0.0
-                progress(report.audio_seconds, max(report.audio_seconds, rate * bytes_total) if bytes_done else 0.0)
-        elif kind == "error":  # possibly after some windows: everything of this file is dropped
-            dropped = files.pop(work.path)
-            batch[:] = [b for b in batch if b[0] is not dropped]
-            bytes_done += work.size
-            _fail(index, work, payload.reason, report, emit)
-        elif kind == "end":
-            files[work.path].info = payload
-            commit_ready()  # at once if its windows are embedded; else with the batch that holds them
-    if not (stop is not None and stop.is_set()):
-        embed_batch()
-        commit_ready()
-
-    # 4. Whatever vanished and was not a move goes, with vectors nobody else uses.
-    if vanished and not (stop is not None and stop.is_set()):
-        report.removed += index.remove_files(sorted(vanished))
-        for path in sorted(vanished):
-            emit(Event("removed", path))
-    for root in roots:
-        index.touch_root(root)
+    # 4. Whatever vanished and was not a move goes, with vectors nobody else uses; but a root that would lose
+    # more than a quarter of its files at once keeps them until --prune: a half-mounted share looks like that.
+    if stopped():
+        report.stopped = True
+    else:
+        for root in full:
+            gone = sorted(p for p in vanished if _under(p, root))
+            n = sum(1 for p in known if _under(p, root))
+            if not prune and len(gone) > PRUNE_MIN and len(gone) > PRUNE_SHARE * n:
+                for p in gone:
+                    del vanished[p]
+                report.kept += len(gone)
+                reason = (
+                    f"{len(gone):,} of the {n:,} indexed files under {root} are gone ({len(gone) / n:.0%}); kept them "
+                    f"in case the folder is only partly there: run 'audiofind index --prune {root}' to remove them"
+                )
+                emit(Event("kept", str(root), reason=reason, count=len(gone)))
+        if vanished:
+            report.removed += index.remove_files(sorted(vanished))
+            for path in sorted(vanished):
+                emit(Event("removed", path))
+        if only_paths is None:
+            index.drop_partials()  # unfinished contents of files that failed, changed or went away
+        for root in full:
+            if root in live:
+                index.touch_root(root)
+            elif prune:
+                index.forget_root(root)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _root_of(path: Path, roots: list[Path]) -> Path | None:
-    """The innermost root that holds path, or None."""
-    holders = [r for r in roots if path == r or r in path.parents]
-    return max(holders, key=lambda r: len(r.parts)) if holders else None
+def _embed(
+    index: Index,
+    encoder: Encoder,
+    works: list[Work],
+    report: Report,
+    emit: Callable[[Event], None],
+    progress: Callable[[float, float], None] | None,
+    stop: threading.Event | None,
+    decoders: int | None,
+) -> None:
+    """Run the embedder over works, turning its outcomes into report counts and events."""
+    bytes_total, bytes_done = sum(w.size for w in works), 0
+
+    def done(outcome: str, work: Work, segments: int, duration: float, reason: str | None) -> None:
+        nonlocal bytes_done
+        bytes_done += work.size
+        if outcome == "embedded":
+            report.embedded += 1
+            report.segments += segments
+            emit(Event("embedded", work.path, segments=segments, duration=duration))
+            for copy in work.copies:
+                _add_copy(index, copy, report, emit)
+        elif outcome == "changing":
+            report.changing += 1 + len(work.copies)
+            for w in (work, *work.copies):
+                emit(Event("changing", w.path, reason=reason))
+        else:
+            for w in (work, *work.copies):
+                _fail(index, w, reason or "failed", report, emit)
+
+    def seconds(audio: float) -> None:
+        report.audio_seconds = audio
+        if progress:  # the total is estimated from the bytes of the files done so far (0 = not known yet)
+            rate = audio / bytes_done if bytes_done else 0.0
+            progress(audio, max(audio, rate * bytes_total) if bytes_done else 0.0)
+
+    if decoders is None:
+        decoders = 1 if encoder.device.type == "cpu" else 4
+    embedder = Embedder(index, encoder, done, stop)
+    embedder.run(works, decoders, seconds)
+    report.audio_seconds = embedder.audio_seconds
 
 
-def _walk_only(paths: list[Path], roots: list[Path], exts: frozenset[str]) -> Iterator[tuple[Path, Path, os.stat_result]]:
-    """walk() restricted to these files and folders, each attributed to the root that holds it."""
-    for path in paths:
-        root = _root_of(path, roots)
-        if root is None or any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
-        if path.is_dir():
-            for _, file, st in walk([path], exts):
-                yield root, file, st
-        elif extension(str(path)) in exts:
-            try:
-                yield root, path, os.stat(path)
-            except OSError:
-                continue  # gone again: the index forgets it below
+def _add_copy(index: Index, work: Work, report: Report, emit: Callable[[Event], None]) -> None:
+    """A path whose content is already indexed: store the row, reusing the vectors."""
+    try:
+        tags = read_tags(Path(work.path))
+    except Exception as e:  # noqa: BLE001
+        _fail(index, work, reason_of(e), report, emit)
+        return
+    index.add_file(FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, tags))
+    report.reused += 1
+    emit(Event("reused", work.path))
 
 
-def _fail(index: Index, work: _Work, reason: str, report: Report, emit: Callable[[Event], None]) -> None:
+def _fail(index: Index, work: Work, reason: str, report: Report, emit: Callable[[Event], None]) -> None:
     index.record_failure(work.path, work.root, work.size, work.mtime_ns, reason)
     report.failed += 1
     emit(Event("failed", work.path, reason=reason))
 
-
-def _decode_ahead(
-    works: list[_Work], window: float, hop: float, stop: threading.Event | None, decoders: int | None = None
-) -> Iterator[tuple[str, _Work, object]]:
-    """(kind, work, payload) messages: start, window (a decode.Window)..., then end (AudioInfo) or error (DecodeError).
-
-    Threads decode whole files ahead into a bounded queue (messages of different files may interleave), so memory
-    stays bounded for a file of any length. PyAV releases the GIL while it decodes.
-    """
-    q: queue.Queue = queue.Queue(maxsize=QUEUE_WINDOWS)
-    todo: queue.SimpleQueue = queue.SimpleQueue()
-    for work in works:
-        todo.put(work)
-    finished = threading.Event()
-
-    def produce() -> None:
-        try:
-            while not finished.is_set() and not (stop is not None and stop.is_set()):
-                try:
-                    work = todo.get_nowait()
-                except queue.Empty:
-                    return
-                q.put(("start", work, None))
-                try:
-                    info = decode.probe(Path(work.path))
-                    for w in decode.iter_windows(Path(work.path), window, hop):
-                        if finished.is_set():
-                            return
-                        q.put(("window", work, w))
-                    q.put(("end", work, info))
-                except DecodeError as e:
-                    q.put(("error", work, e))
-        finally:
-            q.put(("done", None, None))
-
-    n = max(1, min(decoders or 1, len(works)))
-    threads = [threading.Thread(target=produce, name=f"audiofind-decode-{i}", daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    try:
-        running = n
-        while running:
-            msg = q.get()
-            if msg[0] == "done":
-                running -= 1
-            else:
-                yield msg
-    finally:
-        finished.set()  # the consumer stopped early: let the producers run out
-        while any(t.is_alive() for t in threads):
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from audiofind.errors import UsageError
 from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, duration, err_console
 
 ExtOpt = Annotated[
@@ -25,54 +26,69 @@ def index_cmd(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Drop every vector and embed everything again (e.g. with another model).")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Embed everything again into a new file (e.g. with another model), swapped in when complete.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again files that failed before, even if unchanged.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove indexed files that are gone even when a whole folder, or over a quarter of one, is.")] = False,
     ext: ExtOpt = None,
 ) -> None:
     """Add the audio files under PATHS to the index; re-running only touches what changed."""
     from audiofind.formats import AUDIO_EXTS
-    from audiofind.indexer import Event, check_roots, encoder_for, prepare, sync
-    from audiofind.store import open_index
+    from audiofind.indexer import Event, load_checked, prepare, sync
+    from audiofind.paths import default_db
+    from audiofind.rebuild import rebuild as rebuild_index
+    from audiofind.scan import absolute
+    from audiofind.store import open_index, writer_lock
 
     exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS
-    check_roots(paths)
+    db_path = db or default_db()
+    roots = absolute(paths)
+    if not Path(db_path).exists():  # nothing indexed yet: a root that is not a folder is a typo, not a drive
+        for root in roots:
+            if not root.is_dir():
+                raise UsageError(f"{root} is not a folder.")
+    encoder = load_checked(db_path, weights, device)  # before anything is written: a broken model changes nothing
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with open_index(db, create=True) as index, index.writer_lock():
-        encoder = encoder_for(index, weights, device)
-        prepare(index, encoder, rebuild=rebuild)
-        with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
-            task = bar.add_task("indexing", total=None, audio="")
-            started = datetime.now()
+    with writer_lock(db_path), Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("rebuilding" if rebuild else "indexing", total=None, audio="")
+        started = datetime.now()
+        files_done = 0
 
-            files_done = 0
+        def on_event(e: Event) -> None:
+            nonlocal files_done
+            files_done += 1
+            if e.event in ("failed", "unavailable", "kept", "changing"):
+                style = "yellow" if e.event == "failed" else "cyan"
+                err_console.print(f"[{style}]{e.event}[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False, soft_wrap=True)
 
-            def on_event(e: Event) -> None:
-                nonlocal files_done
-                files_done += 1
-                if e.event == "failed":
-                    err_console.print(f"[yellow]failed[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False, soft_wrap=True)
+        def progress(done: float, total: float) -> None:
+            rate = done / max((datetime.now() - started).total_seconds(), 1e-6)
+            of = f" of ~{duration(total)}" if total else ""
+            text = f"{files_done} files, {duration(done)}{of} audio, {rate:.1f}x real time"
+            bar.update(task, completed=done, total=total or None, audio=text)
 
-            def progress(done: float, total: float) -> None:
-                rate = done / max((datetime.now() - started).total_seconds(), 1e-6)
-                of = f" of ~{duration(total)}" if total else ""
-                text = f"{files_done} files, {duration(done)}{of} audio, {rate:.1f}x real time"
-                bar.update(task, completed=done, total=total or None, audio=text)
-
-            try:
-                report = sync(index, encoder, paths, exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress)
-            except KeyboardInterrupt:
-                err_console.print(
-                    f"interrupted: the {files_done} file(s) finished in this run are kept; run the same command again "
-                    "to index the rest.", highlight=False, soft_wrap=True)
-                raise typer.Exit(130) from None
+        options = dict(exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress, prune=prune)
+        try:
+            if rebuild:
+                report = rebuild_index(db_path, encoder, roots, **options)
+            else:
+                with open_index(db_path, create=True) as index:
+                    prepare(index, encoder)
+                    report = sync(index, encoder, roots, **options)
+        except KeyboardInterrupt:
+            kept = "the current index is unchanged and the rebuild continues" if rebuild else f"the {files_done} file(s) finished in this run are kept, and the next run continues"
+            err_console.print(
+                f"interrupted: {kept} where it stopped when you run the same command again.", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+    with open_index(db_path) as index:
         failed_before = index.stats().failed - report.failed
     if json_out:
         typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
         return
     earlier = f" ({failed_before} failed earlier: see audiofind status)" if failed_before > 0 else ""
+    kept = f", {report.kept} kept" if report.kept else ""
     console.print(
         f"{report.embedded} embedded, {report.reused} reused, {report.skipped} skipped, {report.moved} moved, "
-        f"{report.removed} removed, {report.failed} failed{earlier}; {duration(report.audio_seconds)} of audio in "
+        f"{report.removed} removed{kept}, {report.failed} failed{earlier}; {duration(report.audio_seconds)} of audio in "
         f"{report.seconds:.1f} s on {report.device} ({report.model})",
         highlight=False,
         soft_wrap=True,
