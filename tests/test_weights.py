@@ -8,6 +8,7 @@ import pickle
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -408,3 +409,64 @@ def test_a_text_file_is_simply_not_a_checkpoint(tmp_path: Path) -> None:
     result = runner.invoke(app, ["weights", "import", str(script)])
     assert result.exit_code == 1
     assert "not a torch checkpoint" in result.stderr and "tries to import" not in result.stderr
+
+
+def _tiny_safetensors(path: Path, dtype: torch.dtype, bad_key: str | None = None) -> Path:
+    """The TINY recipe weights cast to dtype, carrying the config as a fine-tuned file does; bad_key made int32."""
+    from modelkit import synthetic_state_dict
+
+    from audiofind.model import TINY
+
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in synthetic_state_dict(TINY).items() if v.numel()}
+    if bad_key:
+        sd[bad_key] = sd[bad_key].to(torch.int32)
+    save_file(sd, path, metadata={"config": json.dumps(TINY.to_dict())})
+    return path
+
+
+def _embeddings(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Unit audio and text embeddings of fixed inputs from a local model."""
+    from audiofind.encoder import load_encoder
+
+    enc = load_encoder(name, device="cpu")
+    clips = list(np.random.default_rng(0).normal(0, 4000, (3, 20000)).astype(np.float32))
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    return unit(enc.embed_audio(clips)), unit(enc.embed_text(["rain on a tin roof", "a dog barks twice"]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_checkpoints_are_widened_at_import(tmp_path: Path, dtype: torch.dtype) -> None:
+    from modelkit import register_tiny
+
+    full = _embeddings(register_tiny())
+    result = runner.invoke(app, ["weights", "import", str(_tiny_safetensors(tmp_path / "half.safetensors", dtype))])
+    assert result.exit_code == 0, result.output
+    with safe_open(paths.weights_dir() / "half.safetensors", framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+    half = _embeddings("half")
+    # Measured on unit vectors: float16 differs by 3.7e-4 (eps 9.8e-4), bfloat16 by 4.1e-3 (eps 7.8e-3).
+    for a, b in zip(half, full):
+        assert np.isfinite(a).all()
+        assert 0 < np.abs(a - b).max() < torch.finfo(dtype).eps
+
+
+def test_a_non_float_tensor_is_refused_at_import(tmp_path: Path) -> None:
+    sd = fake_state_dict()
+    sd["audio.fc.weight"] = sd["audio.fc.weight"].to(torch.int64)
+    for path in (_saved(tmp_path / "ints.pt", sd), _tiny_safetensors(tmp_path / "ints.safetensors", torch.float32, "audio.fc.weight")):
+        result = runner.invoke(app, ["weights", "import", str(path)])
+        line = one_line_error(result)
+        assert result.exit_code == 1
+        assert "'audio.fc.weight' as int" in line and "floating point" in line
+    assert not list(paths.weights_dir().glob("ints*"))
+
+
+@pytest.mark.parametrize("dtype,bad_key", [(torch.float16, None), (torch.float32, "text_projection")])
+def test_a_registered_file_of_the_wrong_dtype_is_refused_at_load(tmp_path: Path, dtype: torch.dtype, bad_key: str | None) -> None:
+    # Written straight into the weights folder, as an older audiofind or a hand copy would leave it.
+    paths.weights_dir().mkdir(parents=True)
+    _tiny_safetensors(paths.weights_dir() / "raw.safetensors", dtype, bad_key)
+    result = runner.invoke(app, ["embed", "-t", "rain", "-w", "raw"])
+    line = one_line_error(result)
+    assert result.exit_code == 1 and "wrong dtype" in line
+    assert ("text_projection int32 != float32" if bad_key else "float16 != float32") in line
