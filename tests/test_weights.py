@@ -285,14 +285,15 @@ def test_resolve_paths(server: Server, tmp_path: Path, monkeypatch: pytest.Monke
     assert first.sha256 == sha(other.read_bytes()) and first.name == "other"
     assert first.path == paths.weights_dir() / "converted" / f"{first.sha256}.safetensors"
 
-    # The second use neither hashes nor unpickles the 537 MB again.
-    monkeypatch.setattr(ckpt, "sha256_file", lambda *a: pytest.fail("hashed again"))
-    monkeypatch.setattr(ckpt, "load_pt", lambda *a: pytest.fail("unpickled again"))
-    assert weights.resolve(other) == first
+    # The second use neither hashes nor unpickles the 537 MB again. (A context, not undo(): undo would also drop
+    # the AUDIOFIND_HOME of conftest, and the hash book below would land in the user's own cache folder.)
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "sha256_file", lambda *a: pytest.fail("hashed again"))
+        m.setattr(ckpt, "load_pt", lambda *a: pytest.fail("unpickled again"))
+        assert weights.resolve(other) == first
 
     direct = tmp_path / "direct.safetensors"
     save_file({"text_projection": torch.ones(4, 3)}, direct)
-    monkeypatch.undo()
     resolved = weights.resolve(direct)
     assert resolved.path == direct and resolved.sha256 == sha(direct.read_bytes())
 
