@@ -59,8 +59,23 @@ def is_used(key: str, shape: Iterable[int], origin: object) -> bool:
     return not (key == "audio.fbsp.bias" and 0 in tuple(shape))
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype as users write it: float16, not torch.float16."""
+    return str(dtype).removeprefix("torch.")
+
+
+def as_float32(key: str, tensor: torch.Tensor, origin: object) -> torch.Tensor:
+    """A weight as the float32 the model computes in; a tensor that is not floating point is refused."""
+    if not tensor.is_floating_point():
+        raise WeightsError(
+            f"{origin} holds {key!r} as {dtype_name(tensor.dtype)}, but AudioCLIP weights are floating point; it was refused."
+        )
+    # Half precision overflows in the model (samples arrive in the int16 range), so every float is widened once here.
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
 def select(state_dict: dict, origin: object) -> dict[str, torch.Tensor]:
-    """The tensors audiofind keeps, with wrapper prefixes removed, ready for save_file."""
+    """The tensors audiofind keeps, as float32 with wrapper prefixes removed, ready for save_file."""
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for key, tensor in state_dict.items():
@@ -70,7 +85,7 @@ def select(state_dict: dict, origin: object) -> dict[str, torch.Tensor]:
             key = key.removeprefix(prefix)
         if not is_used(key, tensor.shape, origin):
             continue
-        tensor = tensor.detach().contiguous()
+        tensor = as_float32(key, tensor.detach(), origin).contiguous()
         ptr = tensor.untyped_storage().data_ptr()
         # save_file refuses tensors that share memory; copy the rare ones that do.
         if ptr and (ptr in seen or tensor.untyped_storage().nbytes() != tensor.nbytes):

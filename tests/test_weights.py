@@ -8,6 +8,7 @@ import pickle
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -284,14 +285,15 @@ def test_resolve_paths(server: Server, tmp_path: Path, monkeypatch: pytest.Monke
     assert first.sha256 == sha(other.read_bytes()) and first.name == "other"
     assert first.path == paths.weights_dir() / "converted" / f"{first.sha256}.safetensors"
 
-    # The second use neither hashes nor unpickles the 537 MB again.
-    monkeypatch.setattr(ckpt, "sha256_file", lambda *a: pytest.fail("hashed again"))
-    monkeypatch.setattr(ckpt, "load_pt", lambda *a: pytest.fail("unpickled again"))
-    assert weights.resolve(other) == first
+    # The second use neither hashes nor unpickles the 537 MB again. (A context, not undo(): undo would also drop
+    # the AUDIOFIND_HOME of conftest, and the hash book below would land in the user's own cache folder.)
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "sha256_file", lambda *a: pytest.fail("hashed again"))
+        m.setattr(ckpt, "load_pt", lambda *a: pytest.fail("unpickled again"))
+        assert weights.resolve(other) == first
 
     direct = tmp_path / "direct.safetensors"
     save_file({"text_projection": torch.ones(4, 3)}, direct)
-    monkeypatch.undo()
     resolved = weights.resolve(direct)
     assert resolved.path == direct and resolved.sha256 == sha(direct.read_bytes())
 
@@ -408,3 +410,65 @@ def test_a_text_file_is_simply_not_a_checkpoint(tmp_path: Path) -> None:
     result = runner.invoke(app, ["weights", "import", str(script)])
     assert result.exit_code == 1
     assert "not a torch checkpoint" in result.stderr and "tries to import" not in result.stderr
+
+
+def _tiny_safetensors(path: Path, dtype: torch.dtype, bad_key: str | None = None) -> Path:
+    """The TINY recipe weights cast to dtype, carrying the config as a fine-tuned file does; bad_key made int32."""
+    from modelkit import synthetic_state_dict
+
+    from audiofind.model import TINY
+
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in synthetic_state_dict(TINY).items() if v.numel()}
+    if bad_key:
+        sd[bad_key] = sd[bad_key].to(torch.int32)
+    save_file(sd, path, metadata={"config": json.dumps(TINY.to_dict())})
+    return path
+
+
+def _embeddings(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Unit audio and text embeddings of fixed inputs from a local model."""
+    from audiofind.encoder import load_encoder
+
+    enc = load_encoder(name, device="cpu")
+    clips = list(np.random.default_rng(0).normal(0, 4000, (3, 20000)).astype(np.float32))
+    audio, text = enc.embed_audio(clips), enc.embed_text(["rain on a tin roof", "a dog barks twice"])
+    return audio / np.linalg.norm(audio, axis=-1, keepdims=True), text / np.linalg.norm(text, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_checkpoints_are_widened_at_import(tmp_path: Path, dtype: torch.dtype) -> None:
+    from modelkit import register_tiny
+
+    full = _embeddings(register_tiny())
+    result = runner.invoke(app, ["weights", "import", str(_tiny_safetensors(tmp_path / "half.safetensors", dtype))])
+    assert result.exit_code == 0, result.output
+    stored = paths.weights_dir() / "half.safetensors"
+    with safe_open(stored, framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in keys_of(stored)} == {"F32"}
+    half = _embeddings("half")
+    # Measured on unit vectors: float16 differs by 3.7e-4 (eps 9.8e-4), bfloat16 by 4.1e-3 (eps 7.8e-3).
+    for a, b in zip(half, full):
+        assert np.isfinite(a).all()
+        assert 0 < np.abs(a - b).max() < torch.finfo(dtype).eps
+
+
+def test_a_non_float_tensor_is_refused_at_import(tmp_path: Path) -> None:
+    sd = fake_state_dict()
+    sd["audio.fc.weight"] = sd["audio.fc.weight"].to(torch.int64)
+    for path in (_saved(tmp_path / "ints.pt", sd), _tiny_safetensors(tmp_path / "ints.safetensors", torch.float32, "audio.fc.weight")):
+        result = runner.invoke(app, ["weights", "import", str(path)])
+        line = one_line_error(result)
+        assert result.exit_code == 1
+        assert "'audio.fc.weight' as int" in line and "floating point" in line
+    assert not list(paths.weights_dir().glob("ints*"))
+
+
+@pytest.mark.parametrize("dtype,bad_key", [(torch.float16, None), (torch.float32, "text_projection")])
+def test_a_registered_file_of_the_wrong_dtype_is_refused_at_load(tmp_path: Path, dtype: torch.dtype, bad_key: str | None) -> None:
+    # Written straight into the weights folder, as an older audiofind or a hand copy would leave it.
+    paths.weights_dir().mkdir(parents=True)
+    _tiny_safetensors(paths.weights_dir() / "raw.safetensors", dtype, bad_key)
+    result = runner.invoke(app, ["embed", "-t", "rain", "-w", "raw"])
+    line = one_line_error(result)
+    assert result.exit_code == 1 and "wrong dtype" in line
+    assert ("text_projection int32 != float32" if bad_key else "float16 != float32") in line

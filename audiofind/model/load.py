@@ -5,6 +5,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from audiofind.checkpoint import dtype_name
 from audiofind.errors import WeightsError
 from audiofind.model.audio import AudioEncoder
 from audiofind.model.audioclip import AudioCLIP, is_optional_key
@@ -51,6 +52,9 @@ def from_state_dict(
     misshaped = [f"{k} {tuple(given[k].shape)} != {tuple(own[k].shape)}" for k in own if k in given and given[k].shape != own[k].shape]
     problems = [f"missing {_summary(missing)}"] * bool(missing) + [f"unexpected {_summary(unexpected)}"] * bool(unexpected)
     problems += [f"wrong shape {_summary(misshaped, 2)}"] * bool(misshaped)
+    # assign=True would install a tensor of any dtype: a float16 one turns embeddings into NaN, an int one fails later.
+    misdtyped = [f"{k} {dtype_name(given[k].dtype)} != {dtype_name(own[k].dtype)}" for k in own if k in given and given[k].dtype != own[k].dtype]
+    problems += [f"wrong dtype {_summary(misdtyped, 2)} (audiofind weights import converts half-precision weights)"] * bool(misdtyped)
     if problems:
         raise WeightsError(f"{source} does not fit the AudioCLIP model: " + "; ".join(problems) + ".")
     model.load_state_dict({k: v for k, v in given.items() if k in own}, strict=False, assign=True)
