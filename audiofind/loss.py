@@ -28,9 +28,10 @@ class PairForward(nn.Module):
 
 def contrastive_loss(audio: Tensor, text: Tensor, scale: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """CE(L) + CE(Lᵀ) over L = scale · â·t̂ᵀ (B, B), matching pairs on the diagonal, each CE a mean over the batch."""
-    a = F.normalize(audio.float(), dim=-1)  # (B, D)
-    t = F.normalize(text.float(), dim=-1)  # (B, D)
-    logits = scale.float() * a @ t.T  # (B, B): rows are clips, columns captions
+    dtype = torch.promote_types(audio.dtype, torch.float32)  # float32 at least (autocast gives halves); float64 stays
+    a = F.normalize(audio.to(dtype), dim=-1)  # (B, D)
+    t = F.normalize(text.to(dtype), dim=-1)  # (B, D)
+    logits = scale.to(dtype) * a @ t.T  # (B, B): rows are clips, columns captions
     target = torch.arange(logits.shape[0], device=logits.device)
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing) + F.cross_entropy(
         logits.T, target, label_smoothing=label_smoothing

@@ -1,4 +1,4 @@
-"""Fine-tuning: data sources, the loss, the loop (learning, exact resume, averaging, torchrun) and the CLI.
+"""Fine-tuning: data sources, the loop (learning, exact resume, averaging, torchrun) and the CLI; the loss: test_loss.py.
 
 Every run uses the TINY config on a made-up Clotho-layout dataset of six distinguishable sounds, 1 s clips and
 0.3 s crops, so a few dozen steps take seconds on a CPU.
@@ -23,11 +23,11 @@ import audiogen
 from audiofind import data, weights
 from audiofind.cli import app
 from audiofind.errors import DatasetError, UsageError
-from audiofind.loss import contrastive_loss, fbsp_penalty, rescale_fbsp_grads
+from audiofind.loss import fbsp_penalty
 from audiofind.model import TINY, AudioCLIPConfig
-from audiofind.model.audio import FBSP
 from audiofind.train import TrainConfig, average_state_dicts, best_epochs, finetune, lr_at, train_throughput
-from modelkit import synthetic_state_dict
+from modelkit import synthetic_model, synthetic_state_dict
+from test_loss import one_thread  # noqa: F401  (autouse: one intra-op thread here too)
 
 # Six sounds a tiny model can tell apart; variant k changes pitch, seed or level a little.
 SOUNDS = [
@@ -74,15 +74,6 @@ def quick(tmp: Path, clotho: Path, **changes) -> TrainConfig:
     base = dict(name="tuned", clotho=clotho, init="tiny-init", out=tmp / "run", epochs=2, lr=3e-3, warmup_steps=1,
                 crop_seconds=0.3, workers=0, average_top=2)
     return TrainConfig(**(base | changes))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, two spinning OpenMP threads make these runs 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +167,26 @@ def test_a_second_run_needs_resume_and_resume_needs_a_run(tmp_path: Path, clotho
         finetune(quick(tmp_path, clotho_dir, name="tiny-init", out=tmp_path / "third"))
 
 
+def test_each_step_trains_on_the_smoothed_loss_plus_the_weighted_regulariser(tmp_path: Path, clotho_dir: Path,
+                                                                             init: str) -> None:
+    """The loop trains on spec (d) with the recipe's smoothing and regulariser weight, not only the loss function.
+
+    Each run logs its first step's loss on the same batch and dropout draws: it moves with label_smoothing, and by
+    exactly fbsp_weight times the init's filter-norm penalty with fbsp_weight.
+    """
+
+    def first_loss(**changes) -> float:
+        out = tmp_path / "-".join(f"{k}={v}" for k, v in changes.items())
+        finetune(quick(out, clotho_dir, max_steps=1, **changes))
+        return json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    both = first_loss(label_smoothing=0.25, fbsp_weight=3.0)
+    penalty = fbsp_penalty(*synthetic_model(TINY).audio.fbsp.filters()).item()
+    assert penalty > 0.01
+    assert both - first_loss(label_smoothing=0.25, fbsp_weight=0.0) == pytest.approx(3.0 * penalty, rel=1e-4)
+    assert abs(both - first_loss(label_smoothing=0.0, fbsp_weight=3.0)) > 0.01
+
+
 @pytest.mark.slow
 def test_one_step_at_full_size(tmp_path: Path, clotho_dir: Path, audiofind_home: Path) -> None:
     full = AudioCLIPConfig()
@@ -234,31 +245,6 @@ def test_best_epochs_and_their_average() -> None:
     states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(7)}, {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(9)}]
     avg = average_state_dicts(states)
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and avg["n"].item() == 7 and avg["w"].dtype == torch.float32
-
-
-def test_loss_is_symmetric_cross_entropy_with_smoothing() -> None:
-    torch.manual_seed(0)
-    a, t = torch.randn(4, 8), torch.randn(4, 8)
-    scale = torch.tensor(10.0)
-    logits = scale * torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(t, dim=-1).T
-    target = torch.arange(4)
-    ce = torch.nn.functional.cross_entropy
-    expected = ce(logits, target, label_smoothing=0.1) + ce(logits.T, target, label_smoothing=0.1)
-    torch.testing.assert_close(contrastive_loss(a, t, scale, 0.1), expected)
-    assert contrastive_loss(a, a, scale) < contrastive_loss(a, a.roll(1, 0), scale)
-
-
-def test_fbsp_regulariser_and_gradient_rescaling() -> None:
-    fbsp = FBSP(256)
-    assert fbsp_penalty(*fbsp.filters()).item() == pytest.approx(0.0, abs=1e-10)  # unit-norm filters at init
-    with torch.no_grad():
-        fbsp.fb.mul_(4.0)  # ||W_k|| = sqrt(fb) = 2
-    assert fbsp_penalty(*fbsp.filters()).item() == pytest.approx(1.0, rel=1e-5)
-    fbsp_penalty(*fbsp.filters()).backward()
-    raw = fbsp.fb.grad.clone()
-    rescale_fbsp_grads(fbsp)
-    torch.testing.assert_close(fbsp.fb.grad, raw / (raw.abs().max() + 1e-8))  # by its inf-norm, + 1e-8
-    assert fbsp.fb.grad.abs().max().item() == pytest.approx(1.0, rel=1e-3)
 
 
 # ---------------------------------------------------------------- data
