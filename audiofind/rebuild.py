@@ -45,6 +45,7 @@ def rebuild(db: Path | str, encoder: Encoder, roots: Iterable[Path], *, prune: b
             known = [Path(r.path) for r in old.roots()]
             counts = {str(r): len(old.files_under([r])) for r in known}
     wanted = list(dict.fromkeys([*known, *absolute(roots)]))
+    wanted = [r for r in wanted if not any(o in r.parents for o in wanted)]  # a named subfolder is in its root
     stage = staging_path(db)
     if stage.exists():
         with Index.open(stage) as new:

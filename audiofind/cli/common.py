@@ -95,8 +95,13 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", envvar="AUDIOFIND_DEBUG", help="Log what happens on stderr, with the traceback of every file that failed.")] = False,
 ) -> None:
     """Search your sound library by describing what you hear."""
+    if debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
 DbOpt = Annotated[
