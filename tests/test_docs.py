@@ -59,3 +59,16 @@ def test_public_api_loads_lazily() -> None:
 
     assert callable(audiofind.load_model) and callable(audiofind.open_index) and callable(audiofind.search_text)
     assert {m.name for m in audiofind.available_models()} >= {"audioclip-full", "audioclip-partial"}
+
+
+def test_help_shows_what_to_type_not_type_names() -> None:
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    for name, _ in _commands(typer.main.get_command(app)):
+        result = runner.invoke(app, [*name.split(), "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (name, result.output)
+        assert not re.search(r"<(bool|str|int|float|path|Path|list\[\w+\])>", result.stdout), (name, result.stdout)
+    search = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "-k      N" in search or " N " in search
+    assert [line for line in search.splitlines() if "--json" in line][0].split("--json")[1].split()[0] == "Machine-readable"

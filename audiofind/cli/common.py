@@ -54,6 +54,7 @@ class Group(TyperGroup):
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[no-untyped-def,override]
         """Argument errors too are one line on stderr (the framework draws multi-line boxes)."""
+        _plain_metavars(self)
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -69,6 +70,37 @@ class Group(TyperGroup):
             typer.echo("error: interrupted.", err=True)
             code = 130
         sys.exit(code if isinstance(code, int) else 0)
+
+
+# What to type, by value type: help shows `--limit N`, `--db PATH`, and nothing after a plain flag.
+_METAVARS = {"Path": "PATH", "int": "N", "float": "NUMBER", "str": "TEXT", "bool": ""}
+
+
+def _plain_metavars(command: object) -> None:
+    """Give every parameter a metavar that says what to type (the framework shows type names like <list[str]>)."""
+    for param in getattr(command, "params", []):
+        desc = param.type_descriptor
+        base = param.bare_type().removeprefix("list[").removesuffix("]")
+        if param.metavar is not None:
+            label = param.metavar
+        elif desc.is_choice:
+            label = "|".join(map(str, desc.choices or ()))
+        else:
+            label = _METAVARS.get(base, base.upper())
+        param.display_type_rich = lambda ctx, label=label: label or None  # what the help table shows
+        if param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = param.name.upper()  # the usage line: PATHS...
+    real = command.get_help_option  # type: ignore[attr-defined]
+
+    def help_option(ctx: object, real=real):  # type: ignore[no-untyped-def]
+        option = real(ctx)
+        if option is not None:
+            option.display_type_rich = lambda ctx: None
+        return option
+
+    command.get_help_option = help_option  # type: ignore[attr-defined]
+    for sub in getattr(command, "commands", {}).values():
+        _plain_metavars(sub)
 
 
 def sub_app(help: str) -> typer.Typer:
@@ -110,9 +142,9 @@ DbOpt = Annotated[
 ]
 WeightsOpt = Annotated[
     str | None,
-    typer.Option("--weights", "-w", envvar="AUDIOFIND_WEIGHTS", help="Model: a registered name or a checkpoint path."),
+    typer.Option("--weights", "-w", envvar="AUDIOFIND_WEIGHTS", metavar="NAME", help="Model: a registered name or a checkpoint path."),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 
