@@ -117,7 +117,7 @@ def sync(
     retry_failed: bool = False,
     only: Iterable[Path] | None = None,
     on_event: Callable[[Event], None] | None = None,
-    progress: Callable[[float, float], None] | None = None,
+    progress: Callable[[float, float], None] | None = None,  # (audio seconds embedded, share of the work done)
     stop: threading.Event | None = None,
     decoders: int | None = None,
     prune: bool = False,
@@ -259,11 +259,9 @@ def _embed(
     decoders: int | None,
 ) -> None:
     """Run the embedder over works, turning its outcomes into report counts and events."""
-    bytes_total, bytes_done = sum(w.size for w in works), 0
+    bytes_total = sum(w.size for w in works)
 
     def done(outcome: str, work: Work, segments: int, duration: float, reason: str | None) -> None:
-        nonlocal bytes_done
-        bytes_done += work.size
         if outcome == "embedded":
             report.embedded += 1
             report.segments += segments
@@ -278,11 +276,10 @@ def _embed(
             for w in (work, *work.copies):
                 _fail(index, w, reason or "failed", report, emit)
 
-    def seconds(audio: float) -> None:
+    def seconds(audio: float, bytes_done: float) -> None:
         report.audio_seconds = audio
-        if progress:  # the total is estimated from the bytes of the files done so far (0 = not known yet)
-            rate = audio / bytes_done if bytes_done else 0.0
-            progress(audio, max(audio, rate * bytes_total) if bytes_done else 0.0)
+        if progress:  # the share done is measured in bytes: known for every file before it is decoded
+            progress(audio, min(1.0, bytes_done / bytes_total) if bytes_total else 0.0)
 
     if decoders is None:
         decoders = 1 if encoder.device.type == "cpu" else 4

@@ -83,12 +83,16 @@ class Embedder:
         self.window, self.hop = bound.window, bound.hop
         self.chunk = max(1, math.ceil(CHUNK_SECONDS / self.hop))  # windows a chunk: each adds about one hop of audio
         self.audio_seconds = 0.0
+        self.bytes_done = 0  # of the files finished (committed, failed or changing)
 
     def _stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
-    def run(self, works: list[Work], decoders: int, progress: Callable[[float], None] | None = None) -> None:
-        """Decode, embed and commit every work; returns early (keeping what is committed) once stop is set."""
+    def run(self, works: list[Work], decoders: int, progress: Callable[[float, float], None] | None = None) -> None:
+        """Decode, embed and commit every work; returns early (keeping what is committed) once stop is set.
+
+        progress gets (audio seconds embedded, bytes of the files done so far, counting in-flight files pro rata).
+        """
         for kind, work, payload in decode_ahead(works, self.window, self.hop, self.stop, decoders):
             if self._stopped():
                 return  # windows not committed are simply done again next time
@@ -104,7 +108,7 @@ class Embedder:
             if kind == "window":
                 self._window(pending, payload)
                 if progress:
-                    progress(self.audio_seconds)
+                    progress(self.audio_seconds, self.bytes_done + self._in_flight())
             elif kind == "error":
                 self._fail(pending, payload)
             elif kind == "end":
@@ -113,6 +117,14 @@ class Embedder:
         if not self._stopped():
             self._embed_batch()
             self._commit_ready()
+
+    def _in_flight(self) -> float:
+        """Bytes of the files under way, in proportion to how far through them the windows are."""
+        share = 0.0
+        for p in self.files.values():
+            if p.info.duration > 0 and p.bounds:
+                share += p.work.size * min(1.0, p.bounds[-1][1] / p.info.duration)
+        return share
 
     def _window(self, pending: _Pending, w: decode.Window) -> None:
         pending.received += 1
@@ -188,10 +200,12 @@ class Embedder:
         vectors = np.stack([s[0] for s in pending.slots]) if pending.slots else np.zeros((0, self.encoder.dim), np.float32)
         row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, tags)
         self.index.add_file(row, audio, pending.bounds, vectors)
+        self.bytes_done += work.size
         self.on_done("embedded", work, pending.skip + len(pending.bounds), duration, None)
 
     def _changing(self, pending: _Pending) -> None:
         self.index.drop_partials(paths=[pending.work.path])
+        self.bytes_done += pending.work.size
         self.on_done("changing", pending.work, 0, 0.0, "changed while being read; it is indexed once it settles")
 
     def _fail(self, pending: _Pending, e: BaseException) -> None:
@@ -205,6 +219,7 @@ class Embedder:
             self._changing(pending)
             return
         self.index.drop_partials(paths=[pending.work.path])
+        self.bytes_done += pending.work.size
         self.on_done("failed", pending.work, 0, 0.0, reason_of(e))
 
 

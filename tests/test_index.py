@@ -289,3 +289,13 @@ def test_search_explains_a_removed_model(tiny: str, library: tuple[Path, dict]) 
     assert runner.invoke(app, ["weights", "remove", tiny]).exit_code == 0
     result = runner.invoke(app, ["search", "rain"])
     assert result.exit_code == 1 and "not installed any more" in result.stderr and f"--name {tiny}" in result.stderr
+
+
+def test_without_a_terminal_each_file_is_a_line_and_json_stays_last(tiny: str, library: tuple[Path, dict]) -> None:
+    root, files = library
+    result = runner.invoke(app, ["index", str(root), "-w", tiny, "--json"])
+    assert result.exit_code == 0, result.output
+    embedded = [line for line in result.stderr.splitlines() if line.startswith("embedded ")]
+    assert sorted(line.removeprefix("embedded ") for line in embedded) == sorted(map(str, files["good"]))
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["seen"] == report["embedded"] + report["failed"] == len(files["good"]) + len(files["broken"])

@@ -53,18 +53,21 @@ def index_cmd(
         started = datetime.now()
         files_done = 0
 
+        piped = not err_console.is_terminal  # a log file or a pipe: one line per file as it commits, not a bar
+
         def on_event(e: Event) -> None:
             nonlocal files_done
             files_done += 1
             if e.event in ("failed", "unavailable", "kept", "changing"):
                 style = "yellow" if e.event == "failed" else "cyan"
                 err_console.print(f"[{style}]{e.event}[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False, soft_wrap=True)
+            elif piped:
+                err_console.print(f"{e.event} {escape(e.path)}", highlight=False, soft_wrap=True)
 
-        def progress(done: float, total: float) -> None:
+        def progress(done: float, share: float) -> None:
             rate = done / max((datetime.now() - started).total_seconds(), 1e-6)
-            of = f" of ~{duration(total)}" if total else ""
-            text = f"{files_done} files, {duration(done)}{of} audio, {rate:.1f}x real time"
-            bar.update(task, completed=done, total=total or None, audio=text)
+            text = f"{files_done} files, {duration(done)} audio, {rate:.1f}x real time"
+            bar.update(task, completed=share * 100, total=100, audio=text)  # time left follows the share done
 
         options = dict(exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress, prune=prune)
         try:
