@@ -16,11 +16,15 @@ FolderId = tuple[int, int]  # (st_dev, st_ino)
 
 
 def walk_folders(
-    top: Path | str, seen: dict[FolderId, str], stopped: Callable[[], bool] = lambda: False
+    top: Path | str,
+    seen: dict[FolderId, str],
+    stopped: Callable[[], bool] = lambda: False,
+    aliases: set[str] | None = None,
 ) -> Iterator[tuple[str, os.stat_result, list[str]]]:
     """(folder, its stat, its visible file names) for each folder under top not in `seen` (identity -> path).
 
-    Stops early, between folders, once stopped() is true.
+    Paths that lead to a folder already seen (a symlink loop, a second way in) go to `aliases`. Stops early,
+    between folders, once stopped() is true.
     """
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         if stopped():
@@ -33,6 +37,8 @@ def walk_folders(
         key = (st.st_dev, st.st_ino)
         if key in seen:  # a symlink loop or a folder reached twice
             dirnames[:] = []
+            if aliases is not None:
+                aliases.add(dirpath)
             continue
         seen[key] = dirpath
         # Real folders before symlinked ones: a folder reachable both ways is stored under its real path.
@@ -55,12 +61,14 @@ class Folders:
         self.exts, self.stopped = exts, stopped
         self.dirs: dict[str, FolderId] = {}  # walked path -> identity
         self.seen: dict[FolderId, str] = {}  # identity -> walked path
+        self.aliases: set[str] = set()  # paths under the roots that lead to a folder walked by another path
         self.version = 0  # counts changes, so watch knows when to look at symlinks again
 
     def rebuild(self) -> None:
         """Walk every root again, as `index` does."""
         self.dirs.clear()
         self.seen.clear()
+        self.aliases.clear()
         for root in self.roots:
             self._walk(root)
 
@@ -77,6 +85,7 @@ class Folders:
         for p in [p for p in self.dirs if p == path or p.startswith(prefix)]:
             self.seen.pop(self.dirs.pop(p), None)
             self.version += 1
+        self.aliases -= {p for p in self.aliases if p == path or p.startswith(prefix)}
 
     def update(self, path: str) -> bool:
         """Bring one changed path in step (a folder added, removed or replaced); True when the folders changed."""
@@ -106,11 +115,16 @@ class Folders:
             return True
         return not stat.S_ISDIR(st.st_mode) and os.path.dirname(path) in self.dirs
 
+    def aliased(self, path: str) -> bool:
+        """Whether a folder holds a path that leads out of it to a folder walked by another path (a loop, say)."""
+        prefix = path.rstrip(os.sep) + os.sep
+        return any(a.startswith(prefix) for a in self.aliases)
+
     def links(self) -> dict[str, str]:
         """Each walked folder below a root that is a symlink, with the real folder it leads to."""
         return {p: os.path.realpath(p) for p in self.dirs if p not in self.roots and os.path.islink(p)}
 
     def _walk(self, top: str) -> None:
-        for dirpath, st, _ in walk_folders(top, self.seen, self.stopped):
+        for dirpath, st, _ in walk_folders(top, self.seen, self.stopped, self.aliases):
             self.dirs[dirpath] = (st.st_dev, st.st_ino)
             self.version += 1

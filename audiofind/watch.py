@@ -287,13 +287,23 @@ class _Watcher:
         if len(ready) < len(self.pending) and now - oldest < self.settle + BURST_WAIT:
             return
         live = [r for r in self.roots if r in self.watches]
-        only = sorted(p for p in ready if self._root_of(p) in live)
+        only = self._scope(p for p in ready if self._root_of(p) in live)
         roots = [r for r in live if any(self._root_of(p) == r for p in only)]
         if only and self._sync(roots, [Path(p) for p in only]) is None:
             return  # busy or a root vanished: keep them pending and try again
         for p in ready:
             self._forget(p)
         self._pend_unsettled()
+
+    def _scope(self, paths: Iterable[str]) -> list[str]:
+        """What sync is given for settled paths: each path, or its whole root for a folder holding a symlink loop.
+
+        Sync walks a folder on its own, so a link in it back up the tree (or to a folder indexed by another path)
+        would be followed and the library stored again under it; from the root, the walk is the one `index` does.
+        """
+        scope = {str(self._root_of(p)) if p in self.folders.dirs and self.folders.aliased(p) else p for p in paths}
+        whole = {Path(p) for p in scope if Path(p) in self.watches}  # roots synced in full: nothing else under them
+        return sorted(p for p in scope if Path(p) in whole or self._root_of(p) not in whole)
 
     def _forget(self, path: str) -> None:
         self.pending.pop(path, None)

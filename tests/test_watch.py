@@ -431,6 +431,16 @@ def test_folders_and_snapshots_walk_each_folder_once(tmp_path: Path) -> None:
     assert str(root / "more" / "pack") not in folders.dirs  # reached first through lib/linked
 
 
+@pytest.mark.parametrize("polling", [False, True], ids=["os-events", "polling"])
+def test_renaming_a_folder_that_holds_a_loop_moves_it_and_copies_nothing(tmp_path: Path, encoder: Encoder, polling: bool) -> None:
+    root, outside = looped_library(tmp_path)
+    with Watching(tmp_path / "i.db", encoder, [root], polling=polling) as w:
+        os.rename(root / "foley", root / "sfx")  # sfx/self -> lib: a walk of sfx alone would store lib again under it
+        w.wait("moved", root / "sfx" / "a.wav")
+    assert sorted(files(tmp_path / "i.db")) == [str(root / "linked" / "b.wav"), str(root / "sfx" / "a.wav")]
+    assert [e.event for e in w.events[w.initial :]] == ["moved"]
+
+
 def test_snapshot_changes_pair_moves(tmp_path: Path) -> None:
     root = tmp_path / "lib"
     tone(root / "d" / "a.wav", 300)
