@@ -104,7 +104,7 @@ class Folders:
         return self.dirs.get(path) != before
 
     def holds(self, path: str, was_folder: bool = False) -> bool:
-        """Whether the index can hold this changed path: a walked folder, an audio file in one, or a path now gone."""
+        """Whether the index can hold this changed path: a walked folder (or one that was), an audio file in one."""
         if path in self.dirs or was_folder:
             return True
         if extension(path) not in self.exts:

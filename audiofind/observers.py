@@ -102,6 +102,7 @@ class _OverflowListener(logging.Handler):
         named = [os.fsdecode(a) for a in args if isinstance(a, bytes | str)]
         self.q.put(("overflow", tuple(named)))
 
+
 Snapshot = dict[str, tuple[int, int, int, int, bool]]  # path -> (st_dev, st_ino, size, mtime_ns, is_folder)
 
 

@@ -79,10 +79,10 @@ def watch_cmd(
     try:
         with open_index(db, create=True) as index, index.writer_lock():
             encoder = encoder_for(index, weights, device)
-            if stop.is_set():  # Ctrl-C or SIGTERM while the model loaded
-                return
-            prepare(index, encoder)
-            watch(index, encoder, paths, settle=settle, polling=polling, on_event=on_event, stop=stop, on_ready=on_ready)
+            if not stop.is_set():  # else Ctrl-C or SIGTERM came while the model loaded
+                prepare(index, encoder)
+                watch(index, encoder, paths, settle=settle, polling=polling, on_event=on_event, stop=stop,
+                      on_ready=on_ready)  # fmt: skip
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
