@@ -9,9 +9,14 @@ embedding it again. Besides the indexer's events, `on_event` receives three of o
   the index, since an unmounted drive is not a deletion.
 - `found`: a lost root is back; it is watched again and rescanned.
 - `rescan`: the kernel's event queue overflowed, so events were lost; the root is compared with the index in full.
+
+Symlinked folders are followed as `index` walks them, each folder once (`folders.Folders` keeps that map): OS
+watches do not follow symlinks, so the real folder behind each one is watched too and its events are mapped back to
+the path the index stores. A file that sync finds changing while it reads it (`changing`) waits to settle again, and
+a failure is reported only once the failed file has stayed unchanged for `settle` seconds more: a recorder still
+writing is waited for, not reported as broken.
 """
 
-import contextlib
 import logging
 import os
 import queue
@@ -22,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from audiofind.encoder import Encoder
 from audiofind.errors import AudiofindError, IndexBusy, UsageError
-from audiofind.formats import AUDIO_EXTS, extension
+from audiofind.folders import Folders
+from audiofind.formats import AUDIO_EXTS
 from audiofind.indexer import Event, Report, check_roots, sync
+from audiofind.observers import OSObserver, Poller
 from audiofind.store import Index
 
 log = logging.getLogger(__name__)
@@ -37,9 +43,6 @@ BURST_WAIT = 10.0  # a settled path waits at most this long past settling for th
 TICK = 0.1  # seconds between looks at pending paths
 ROOT_CHECK = 1.0  # seconds between checks that every root is still there
 BUSY_RETRY = (0.25, 8.0)  # first and longest wait before retrying a sync that found the database locked
-# Watchdog reports an inotify queue overflow only through its log (then rebuilds its watches): we listen there.
-OVERFLOW_LOGGER = "watchdog.observers"
-IGNORED = {"opened", "closed_no_write"}  # our own reads of a file make these: never a change
 LIMIT_HINT = (
     "The limit on watched folders may be reached (on Linux raise fs.inotify.max_user_watches), or use --polling."
 )
@@ -51,35 +54,11 @@ class _Pending:
     sig: tuple[int, int] | None  # (size, mtime_ns), None when the path does not exist
 
 
-class _Collector(FileSystemEventHandler):
-    """Runs on watchdog's thread: turns each relevant event into a tuple of paths on the queue, nothing more."""
-
-    def __init__(self, q: queue.SimpleQueue, relevant: Callable[[str, bool], bool]) -> None:
-        self.q = q
-        self.relevant = relevant
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in IGNORED or (event.is_directory and event.event_type in ("modified", "attrib")):
-            return
-        paths = [os.fsdecode(p) for p in (event.src_path, event.dest_path) if p]
-        paths = [p for p in paths if self.relevant(p, event.is_directory)]
-        if paths:
-            self.q.put(("change", tuple(paths)))  # two paths: the ends of one move, to be synced together
-
-
-class _OverflowListener(logging.Handler):
-    """Turns watchdog's 'queue overflowed' log records into rescan requests (a path when the record names one)."""
-
-    def __init__(self, q: queue.SimpleQueue) -> None:
-        super().__init__(logging.WARNING)
-        self.q = q
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" not in str(record.msg).lower():
-            return
-        args = record.args if isinstance(record.args, tuple) else ()
-        named = [os.fsdecode(a) for a in args if isinstance(a, bytes | str)]
-        self.q.put(("overflow", tuple(named)))
+@dataclass
+class _Held:
+    event: Event  # a failure, reported once the file has stayed as it was when read
+    sig: tuple[int, int] | None
+    since: float
 
 
 def watch(
@@ -109,67 +88,60 @@ class _Watcher:
                  exts: frozenset[str], emit: Callable[[Event], None], stop: threading.Event) -> None:  # fmt: skip
         self.index, self.encoder, self.roots, self.settle = index, encoder, roots, settle
         self.exts, self.emit, self.stop = exts, emit, stop
+        self.clock: Callable[[], float] = time.monotonic  # tests drive a fake one
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.pending: dict[str, _Pending] = {}
-        self.links: dict[str, set[str]] = {}  # the other end of each pending move
-        self.watches: dict[Path, object] = {}  # live root -> its watchdog watch
+        self.moves: dict[str, set[str]] = {}  # the other end of each pending move
+        self.unsettled: set[str] = set()  # files sync found changing while it read them: pending again after it
+        self.held: dict[str, _Held] = {}  # failures waiting for their file to stay unchanged
+        self.folders = Folders(roots, exts, stopped=stop.is_set)
+        self.watches: dict[Path, object] = {}  # live root -> its watch
         self.identity: dict[Path, tuple[int, int]] = {}  # live root -> (st_dev, st_ino) when scheduled
+        self.followed: dict[str, tuple[str, object]] = {}  # symlinked folder -> (its real folder, the watch there)
         self.lost: set[Path] = set()
         self.retry_at = 0.0
         self.backoff = BUSY_RETRY[0]
-        self.handler = _Collector(self.q, self._relevant)
-        if polling:
-            from watchdog.observers.polling import PollingObserver
-
-            # The poll interval follows settle: no point looking more often than a change can settle.
-            self.observer = PollingObserver(timeout=min(max(settle, 0.2), 1.0))
-        else:
-            from watchdog.observers import Observer
-
-            try:
-                self.observer = Observer()
-            except OSError as e:  # inotify: too many instances (fs.inotify.max_user_instances)
-                raise AudiofindError(f"Cannot watch folders: {e.strerror or e}. {LIMIT_HINT}") from e
+        # The poll interval follows settle: no point looking more often than a change can settle.
+        interval = min(max(settle, 0.2), 1.0)
+        try:
+            self.observer = Poller(self.q, interval, exts, stop.is_set) if polling else OSObserver(self.q)
+        except OSError as e:  # inotify: too many instances (fs.inotify.max_user_instances)
+            raise AudiofindError(f"Cannot watch folders: {e.strerror or e}. {LIMIT_HINT}") from e
 
     def run(self, on_ready: Callable[[], None] | None) -> None:
         """Start watching before the first sync, so nothing that changes during it is missed."""
-        listener = _OverflowListener(self.q)
-        logging.getLogger(OVERFLOW_LOGGER).addHandler(listener)
         self.observer.start()
         try:
-            for root in self.roots:  # after start, so a root that cannot be watched raises here, named
-                try:
-                    self._schedule(root)
-                except OSError as e:
-                    raise AudiofindError(f"Cannot watch {root}: {e.strerror or e}. {LIMIT_HINT}") from e
+            self._start_watching()
             self._first_sync()
-            log.info("watching %s", ", ".join(map(str, self.roots)))
-            if on_ready is not None:
-                on_ready()
-            next_root_check = time.monotonic() + ROOT_CHECK
+            if not self.stop.is_set():
+                log.info("watching %s", ", ".join(map(str, self.roots)))
+                if on_ready is not None:
+                    on_ready()
+            next_root_check = self.clock() + ROOT_CHECK
             while not self.stop.is_set():
                 self._collect(TICK)
-                now = time.monotonic()
+                now = self.clock()
                 if now >= next_root_check:
                     self._check_roots()
                     next_root_check = now + ROOT_CHECK
                 self._flush_settled(now)
+            self._report_held(final=True)
         finally:
-            logging.getLogger(OVERFLOW_LOGGER).removeHandler(listener)
             self.observer.stop()
             self.observer.join()
 
-    # Events in.
+    def _start_watching(self) -> None:
+        """Watch every root (a root that cannot be watched raises here, named), then the folders symlinks lead to."""
+        for root in self.roots:
+            try:
+                self._schedule(root)
+            except OSError as e:
+                raise AudiofindError(f"Cannot watch {root}: {e.strerror or e}. {LIMIT_HINT}") from e
+        self.folders.rebuild()
+        self._follow_links()
 
-    def _relevant(self, path: str, is_dir: bool) -> bool:
-        """Audio files and folders under a root, minus hidden names (what `walk` would visit)."""
-        root = self._root_of(path)
-        if root is None:
-            return False
-        rel = os.path.relpath(path, root)
-        if rel != "." and any(part.startswith(".") for part in Path(rel).parts):
-            return False
-        return is_dir or extension(path) in self.exts
+    # Events in.
 
     def _root_of(self, path: str) -> Path | None:
         for root in self.roots:
@@ -179,7 +151,7 @@ class _Watcher:
         return None
 
     def _collect(self, timeout: float) -> None:
-        """Wait up to timeout for messages from watchdog, then take all that are queued."""
+        """Wait up to timeout for messages from the observer, then take all that are queued."""
         try:
             msgs = [self.q.get(timeout=timeout)]
         except queue.Empty:
@@ -189,30 +161,74 @@ class _Watcher:
                 msgs.append(self.q.get_nowait())
             except queue.Empty:
                 break
-        now = time.monotonic()
+        now = self.clock()
+        folders = self.folders.version
         for kind, paths in msgs:
             if kind == "change":
-                for p in paths:
-                    self.pending[p] = _Pending(now, _signature(p))
-                    if Path(p) in self.identity:  # an event on a root itself: deleted or replaced?
-                        self._check_roots()
-                if len(paths) == 2:
-                    self.links.setdefault(paths[0], set()).add(paths[1])
-                    self.links.setdefault(paths[1], set()).add(paths[0])
+                kept = [p for p in paths if self._take(p, now)]
+                if len(kept) == 2:
+                    self.moves.setdefault(kept[0], set()).add(kept[1])
+                    self.moves.setdefault(kept[1], set()).add(kept[0])
             elif kind == "overflow":
-                named = [r for r in self.watches if str(r) in paths]
-                for root in named or list(self.watches):  # unnamed: all our watches share the lost queue
-                    if str(root) in self.pending:  # watchdog logs twice per overflow: report it once
-                        continue
-                    log.info("events were lost under %s; rescanning it", root)
-                    self.emit(Event("rescan", str(root), reason="The file-system event queue overflowed."))
-                    self.pending[str(root)] = _Pending(now, _signature(str(root)))
+                self._rescan(paths, now)
+        if self.folders.version != folders:
+            self._follow_links()
 
-    # Roots coming and going.
+    def _take(self, path: str, now: float) -> bool:
+        """Make a changed path pending if the index can hold it, keeping the walked folders in step."""
+        root = self._root_of(path)
+        if root is None or root not in self.watches:
+            return False
+        rel = os.path.relpath(path, root)
+        if rel != "." and any(part.startswith(".") for part in Path(rel).parts):
+            return False  # hidden, as walk skips it
+        if Path(path) in self.identity:  # an event on a root itself: deleted or replaced?
+            self._check_roots()
+            if root not in self.watches:
+                return False
+        was_folder = path in self.folders.dirs
+        self.folders.update(path)
+        if not self.folders.holds(path, was_folder):
+            return False  # not audio, or a folder the walk reaches by another path (a symlink loop, say)
+        self.pending[path] = _Pending(now, _signature(path))
+        return True
+
+    def _rescan(self, named: tuple[str, ...], now: float) -> None:
+        """Events were lost: compare the roots named (all when none is) with the index in full."""
+        real = {os.path.realpath(r): r for r in self.watches}
+        real |= {r: self._root_of(w) for w, (r, _) in self.followed.items()}
+        roots = {real[p] for p in named if real.get(p) in self.watches}
+        for root in sorted(roots) or list(self.watches):  # unnamed: all our watches share the lost queue
+            if str(root) in self.pending:  # watchdog logs twice per overflow: report it once
+                continue
+            log.info("events were lost under %s; rescanning it", root)
+            self.emit(Event("rescan", str(root), reason="The file-system event queue overflowed."))
+            self.pending[str(root)] = _Pending(now, _signature(str(root)))
+        self.folders.rebuild()
+        self._follow_links()
+
+    # What is watched.
+
+    def _follow_links(self) -> None:
+        """Watch the real folder behind each symlinked folder the walk visits: OS watches stop at symlinks."""
+        if self.observer.follows_links:
+            return
+        want = {w: r for w, r in self.folders.links().items() if self._root_of(w) in self.watches}
+        for walked, (real, watch) in list(self.followed.items()):
+            if want.get(walked) != real:
+                self.observer.unschedule(watch)
+                del self.followed[walked]
+        for walked, real in want.items():
+            if walked in self.followed:
+                continue
+            try:
+                self.followed[walked] = (real, self.observer.schedule(walked))
+            except OSError as e:  # tried again at the next folder change
+                log.warning("cannot watch %s (the folder %s links to): %s", walked, real, e.strerror or e)
 
     def _schedule(self, root: Path) -> None:
         st = os.stat(root)
-        self.watches[root] = self.observer.schedule(self.handler, str(root), recursive=True)
+        self.watches[root] = self.observer.schedule(str(root))
         self.identity[root] = (st.st_dev, st.st_ino)
 
     def _check_roots(self) -> None:
@@ -225,10 +241,11 @@ class _Watcher:
                 same = False
             if same:
                 continue
-            with contextlib.suppress(KeyError):  # watchdog may have dropped it already
-                self.observer.unschedule(self.watches.pop(root))
+            self.observer.unschedule(self.watches.pop(root))
             del self.identity[root]
             self.lost.add(root)
+            self.folders.drop(str(root))
+            self._follow_links()
             for p in [p for p in self.pending if self._root_of(p) == root]:
                 self._forget(p)
             log.info("%s disappeared; no longer watching it", root)
@@ -242,13 +259,16 @@ class _Watcher:
                 log.debug("cannot watch %s yet: %s", root, e)
                 continue
             self.lost.discard(root)
+            self.folders.update(str(root))
+            self._follow_links()
             self.emit(Event("found", str(root)))
-            self.pending[str(root)] = _Pending(time.monotonic(), None)  # whatever happened while away
+            self.pending[str(root)] = _Pending(self.clock(), None)  # whatever happened while away
 
     # Settled paths out.
 
     def _flush_settled(self, now: float) -> None:
         """Sync the settled paths together once the whole burst has settled (or a settled path waited too long)."""
+        self._report_held()
         for p, entry in self.pending.items():
             sig = _signature(p)
             if sig != entry.sig:
@@ -258,7 +278,7 @@ class _Watcher:
         while changed:  # both ends of a move go together, or neither does
             changed = False
             for p in list(ready):
-                if any(o in self.pending and o not in ready for o in self.links.get(p, ())):
+                if any(o in self.pending and o not in ready for o in self.moves.get(p, ())):
                     ready.discard(p)
                     changed = True
         if not ready or now < self.retry_at:
@@ -267,35 +287,47 @@ class _Watcher:
         if len(ready) < len(self.pending) and now - oldest < self.settle + BURST_WAIT:
             return
         live = [r for r in self.roots if r in self.watches]
-        only = sorted(p for p in ready if self._root_of(p) in live)
+        only = self._scope(p for p in ready if self._root_of(p) in live)
         roots = [r for r in live if any(self._root_of(p) == r for p in only)]
         if only and self._sync(roots, [Path(p) for p in only]) is None:
             return  # busy or a root vanished: keep them pending and try again
         for p in ready:
             self._forget(p)
+        self._pend_unsettled()
+
+    def _scope(self, paths: Iterable[str]) -> list[str]:
+        """What sync is given for settled paths: each path, or its whole root for a folder holding a symlink loop.
+
+        Sync walks a folder on its own, so a link in it back up the tree (or to a folder indexed by another path)
+        would be followed and the library stored again under it; from the root, the walk is the one `index` does.
+        """
+        scope = {str(self._root_of(p)) if p in self.folders.dirs and self.folders.aliased(p) else p for p in paths}
+        whole = {Path(p) for p in scope if Path(p) in self.watches}  # roots synced in full: nothing else under them
+        return sorted(p for p in scope if Path(p) in whole or self._root_of(p) not in whole)
 
     def _forget(self, path: str) -> None:
         self.pending.pop(path, None)
-        for other in self.links.pop(path, set()):
-            self.links.get(other, set()).discard(path)
-            if not self.links.get(other):
-                self.links.pop(other, None)
+        for other in self.moves.pop(path, set()):
+            self.moves.get(other, set()).discard(path)
+            if not self.moves.get(other):
+                self.moves.pop(other, None)
 
     def _first_sync(self) -> None:
         """Everything under the roots, as `index` does; retried while the database is busy, until done or stopped."""
-        while self._sync([r for r in self.roots if r in self.watches], None) is None and not self.stop.is_set():
-            self.stop.wait(max(0.0, self.retry_at - time.monotonic()))
+        while not self.stop.is_set() and self._sync([r for r in self.roots if r in self.watches], None) is None:
+            self.stop.wait(max(0.0, self.retry_at - self.clock()))
+        self._pend_unsettled()
 
     def _sync(self, roots: list[Path], only: list[Path] | None) -> Report | None:
         """One sync call; None (and a later retry time) when the database was busy or a root just vanished."""
         try:
-            report = sync(self.index, self.encoder, roots, exts=self.exts, only=only, on_event=self.emit,
+            report = sync(self.index, self.encoder, roots, exts=self.exts, only=only, on_event=self._on_sync_event,
                           stop=self.stop)  # fmt: skip
         except (IndexBusy, apsw.BusyError) as e:
             # A moment of contention is routine; only one that lasts deserves a warning.
             level = logging.WARNING if self.backoff >= BUSY_RETRY[1] else logging.INFO
             log.log(level, "the index is busy (%s); retrying in %.2g s", e, self.backoff)
-            self.retry_at = time.monotonic() + self.backoff
+            self.retry_at = self.clock() + self.backoff
             self.backoff = min(self.backoff * 2, BUSY_RETRY[1])
             return None
         except UsageError:  # sync found a root that is no longer a folder
@@ -305,6 +337,39 @@ class _Watcher:
             return None
         self.backoff = BUSY_RETRY[0]
         return report
+
+    # A file still being written.
+
+    def _on_sync_event(self, e: Event) -> None:
+        """Sync's events on their way out: a file read while it changed, or one that failed, may still be written."""
+        if e.event == "changing":
+            log.debug("%s changed while being read; waiting for it to settle", e.path)
+            self.unsettled.add(e.path)
+        elif e.event == "failed":
+            self.held[e.path] = _Held(e, _signature(e.path), self.clock())
+        else:
+            self.held.pop(e.path, None)
+            self.emit(e)
+
+    def _pend_unsettled(self) -> None:
+        """Files sync found changing wait to settle again (after the sync, which forgets the paths it was given)."""
+        for p in sorted(self.unsettled):
+            self.pending[p] = _Pending(self.clock(), _signature(p))
+        self.unsettled.clear()
+
+    def _report_held(self, final: bool = False) -> None:
+        """Report the failures whose file stayed unchanged for `settle`; one that changed is tried again instead."""
+        now = self.clock()
+        for path, held in list(self.held.items()):
+            sig = _signature(path)
+            if path in self.pending or sig != held.sig:
+                log.debug("%s failed while it was still being written (%s); trying again", path, held.event.reason)
+                self.pending.setdefault(path, _Pending(now, sig))
+            elif not final and now - held.since < self.settle:
+                continue
+            else:
+                self.emit(held.event)
+            del self.held[path]
 
 
 def _signature(path: str) -> tuple[int, int] | None:

@@ -1,5 +1,6 @@
 """`audiofind watch`: real watchdog observers on tmp folders, the tiny model, short settle times."""
 
+import itertools
 import json
 import logging
 import os
@@ -19,18 +20,23 @@ import pytest
 from typer.testing import CliRunner
 
 import audiogen
-from audiofind import store
+from audiofind import watch as watch_module
 from audiofind.cli import app
 from audiofind.encoder import Encoder, load_encoder
-from audiofind.indexer import Event, prepare, sync
+from audiofind.folders import Folders
+from audiofind.formats import AUDIO_EXTS
+from audiofind.indexer import Event, Report, prepare, sync, walk
+from audiofind.observers import changes, snapshot
 from audiofind.search import search_like
-from audiofind.store import FileRow, Index
-from audiofind.watch import watch
+from audiofind.store import FileRow, Index, connection
+from audiofind.watch import BURST_WAIT, _Watcher, watch
 from modelkit import register_tiny
 
 SETTLE = 0.2
 SLOW_SETTLE = 0.5  # for slow writes: a pause four times shorter than this is never taken for the end
-DEADLINE = 20.0  # seconds any awaited result may take before the test fails
+# Seconds any awaited result may take before the test fails. Generous: the machine may be busy, and a wait ends as
+# soon as its result is there, so a long deadline costs nothing when things work.
+DEADLINE = 120.0
 runner = CliRunner()
 
 
@@ -247,7 +253,7 @@ def test_queue_overflow_rescans_the_root(tmp_path: Path, encoder: Encoder) -> No
 
 
 def test_busy_database_is_retried(tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
-    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT_MS", 50)
     caplog.set_level(logging.INFO, logger="audiofind.watch")
     root = tmp_path / "lib"
     root.mkdir()
@@ -271,6 +277,186 @@ def test_polling_observer(tmp_path: Path, encoder: Encoder) -> None:
         w.wait("embedded", root / "b.wav")
         w.wait("moved", root / "c.wav")
     assert sorted(files(tmp_path / "i.db")) == [str(root / "b.wav"), str(root / "c.wav")]
+
+
+# The decisions, driven by hand: a fake clock, changes put on the watcher's queue, a sync that records its calls.
+
+S = 1.0  # settle, in fake seconds
+
+
+class Driven:
+    """A _Watcher run step by step; `sync` only records the paths of each call and reports what `script` says."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[list[str]] = []
+        self.events: list[Event] = []
+        self.script: dict[Path, list[str]] = {}  # path -> what sync reports for it, one event per call
+        self.now = 0.0
+        monkeypatch.setattr(watch_module, "sync", self._sync)
+        self.w = _Watcher(None, None, [root], S, True, AUDIO_EXTS, self.events.append, threading.Event())  # type: ignore[arg-type]
+        self.w.clock = lambda: self.now
+        self.w._start_watching()  # the poller's first snapshot; its thread is never started
+
+    def _sync(self, index, encoder, roots, *, only, on_event, **_) -> Report:  # type: ignore[no-untyped-def]
+        self.calls.append([str(p) for p in only])
+        for p in only:
+            if self.script.get(p):
+                on_event(Event(self.script[p].pop(0), str(p), reason="truncated: decoded 0.2 s of 0.5 s"))
+        return Report()
+
+    def change(self, *paths: Path, at: float) -> None:
+        """One file-system event (two paths: a move) reaching the watcher at fake time `at`."""
+        self.now = at
+        self.w.q.put(("change", tuple(str(p) for p in paths)))
+        self.w._collect(0)
+
+    def tick(self, at: float) -> list[list[str]]:
+        """The loop's look at pending paths at fake time `at`; returns every sync call so far."""
+        self.now = at
+        self.w._flush_settled(at)
+        return self.calls
+
+
+def grow(path: Path, by: int = 4096) -> None:
+    """More bytes, with a later mtime: what a writer does between two looks."""
+    before = path.stat().st_mtime_ns
+    with open(path, "ab") as f:
+        f.write(b"\\0" * by)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+def test_a_path_settles_only_once_its_size_and_mtime_stop_changing(tmp_path: Path, monkeypatch) -> None:
+    f = tone(tmp_path / "lib" / "take.wav", 300)
+    d = Driven(tmp_path / "lib", monkeypatch)
+    d.change(f, at=0)
+    grow(f)  # written to again, and no event says so (a poll that has not come, an event still queued)
+    assert d.tick(at=S + 0.01) == []  # quiet for `settle`, but not the same file: not settled
+    assert d.tick(at=2 * S + 0.01) == []
+    assert d.tick(at=2 * S + 0.02) == [[str(f)]]  # settled a full `settle` after the change was seen
+
+
+def test_a_burst_is_synced_together_once_all_of_it_has_settled(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "lib"
+    a, b, c = (tone(root / f"{n}.wav", 300 + i * 100) for i, n in enumerate("abc"))
+    d = Driven(root, monkeypatch)
+    d.change(a, at=0)
+    d.change(b, at=0.5)
+    assert d.tick(at=S + 0.01) == []  # a has settled, b (same burst) not yet: a waits for it
+    assert d.tick(at=S + 0.51) == [[str(a), str(b)]]  # then one sync for both
+    # A settled path waits for the rest of its burst only so long: c keeps changing, a goes without it.
+    d.change(a, at=10)
+    t = 10.0
+    while t < 10 + S + BURST_WAIT:
+        d.change(c, at=t)
+        assert len(d.tick(at=t)) == 1, t
+        t += 0.5
+    assert d.tick(at=t) == [[str(a), str(b)], [str(a)]]
+
+
+def test_both_ends_of_a_move_go_to_one_sync(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "lib"
+    src = tone(root / "old.wav", 300)
+    d = Driven(root, monkeypatch)
+    dst = root / "new.wav"
+    os.rename(src, dst)
+    d.change(src, dst, at=0)
+    # The new name keeps changing (written to after the move) beyond the burst wait; the old one, long settled,
+    # must not go alone: synced without its other end, its row would be removed and the file embedded again.
+    t = 0.5
+    while t < S + BURST_WAIT + 2:
+        d.change(dst, at=t)
+        assert d.tick(at=t) == [], t
+        t += 0.5
+    assert d.tick(at=t + S) == [[str(dst), str(src)]]
+
+
+def test_a_file_changing_while_read_waits_to_settle_again(tmp_path: Path, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="audiofind.watch")
+    f = tone(tmp_path / "lib" / "rec.wav", 300)
+    d = Driven(tmp_path / "lib", monkeypatch)
+    d.script[f] = ["changing"]  # sync saw its size or mtime change while reading it: neither committed nor failed
+    d.change(f, at=0)
+    assert d.tick(at=S + 0.01) == [[str(f)]]
+    assert d.tick(at=2 * S) == [[str(f)]]  # pending again, from when sync gave it back
+    assert d.tick(at=2 * S + 0.02) == [[str(f)], [str(f)]]
+    assert d.events == []  # never reported as a failure, nor as anything else
+    assert any("changed while being read" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failure_is_reported_once_the_file_has_settled(tmp_path: Path, monkeypatch) -> None:
+    f = tone(tmp_path / "lib" / "rec.wav", 300)
+    d = Driven(tmp_path / "lib", monkeypatch)
+    d.script[f] = ["failed", "failed"]
+    d.change(f, at=0)
+    assert d.tick(at=S + 0.01) == [[str(f)]]  # read while the recorder paused: it does not decode (yet)
+    grow(f)  # the recorder goes on
+    assert d.tick(at=S + 0.02) == [[str(f)]] and d.events == []  # that failure is never reported
+    assert d.tick(at=2 * S + 0.03) == [[str(f)], [str(f)]]  # tried again once settled; fails again
+    assert d.tick(at=3 * S + 0.02) and d.events == []  # not until it has stayed as it was for `settle`
+    d.tick(at=3 * S + 0.04)
+    assert [(e.event, e.path) for e in d.events] == [("failed", str(f))]
+
+
+# Symlinked folders, walked as `index` walks them.
+
+
+def looped_library(tmp_path: Path) -> tuple[Path, Path]:
+    """lib/ with two symlink loops (foley/self -> lib, foley/up -> ..) and lib/linked -> a folder outside it."""
+    root, outside = tmp_path / "lib", tmp_path / "outside"
+    tone(root / "foley" / "a.wav", 300)
+    (root / "foley" / "self").symlink_to(root)
+    (root / "foley" / "up").symlink_to("..")
+    tone(outside / "pack" / "b.wav", 400)
+    (root / "linked").symlink_to(outside / "pack")
+    return root, outside
+
+
+def test_folders_and_snapshots_walk_each_folder_once(tmp_path: Path) -> None:
+    root, outside = looped_library(tmp_path)
+    looks = itertools.count()
+    bounded = lambda: next(looks) > 1000  # noqa: E731  (without loop detection, a walk ends here, not never)
+    folders = Folders([root], stopped=bounded)
+    folders.rebuild()
+    assert sorted(folders.dirs) == [str(root), str(root / "foley"), str(root / "linked")]
+    assert folders.links() == {str(root / "linked"): str(outside / "pack")}
+    snap = snapshot(str(root), AUDIO_EXTS, bounded)
+    files = sorted(p for p, v in snap.items() if not v[4])
+    assert files == sorted(str(f) for _, f, _ in walk([root]))
+    assert files == [str(root / "foley" / "a.wav"), str(root / "linked" / "b.wav")]
+    # What watch takes from a change: the path `index` stores, never one through a loop.
+    assert folders.holds(str(root / "linked" / "b.wav"))
+    assert not folders.holds(str(root / "foley" / "self" / "foley" / "a.wav"))
+    (root / "foley" / "again").symlink_to(root)  # a new loop: not a folder the walk visits
+    assert not folders.update(str(root / "foley" / "again")) and not folders.holds(str(root / "foley" / "again"))
+    (root / "more").symlink_to(outside)  # a new link to a folder not yet visited: it is
+    assert folders.update(str(root / "more")) and folders.links()[str(root / "more")] == str(outside)
+    assert str(root / "more" / "pack") not in folders.dirs  # reached first through lib/linked
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["os-events", "polling"])
+def test_renaming_a_folder_that_holds_a_loop_moves_it(tmp_path: Path, encoder: Encoder, polling: bool) -> None:
+    root, outside = looped_library(tmp_path)
+    with Watching(tmp_path / "i.db", encoder, [root], polling=polling) as w:
+        os.rename(root / "foley", root / "sfx")  # sfx/self -> lib: a walk of sfx alone would store lib again under it
+        w.wait("moved", root / "sfx" / "a.wav")
+    assert sorted(files(tmp_path / "i.db")) == [str(root / "linked" / "b.wav"), str(root / "sfx" / "a.wav")]
+    assert [e.event for e in w.events[w.initial :]] == ["moved"]
+
+
+def test_snapshot_changes_pair_moves(tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    tone(root / "d" / "a.wav", 300)
+    tone(root / "b.wav", 400)
+    before = snapshot(str(root), AUDIO_EXTS)
+    os.rename(root / "d", root / "e")
+    tone(root / "c.wav", 500)
+    (root / "b.wav").unlink()  # after c is written, or c may get b's inode and pass for its new name
+    assert changes(before, snapshot(str(root), AUDIO_EXTS)) == [
+        (str(root / "c.wav"),),
+        (str(root / "d"), str(root / "e")),
+        (str(root / "d" / "a.wav"), str(root / "e" / "a.wav")),
+        (str(root / "b.wav"),),
+    ]
 
 
 # The done-when check: everything a user may do while watching, then compared with a fresh index.
@@ -378,39 +564,162 @@ def test_cli_prints_one_timestamped_line_per_change_and_stops_on_ctrl_c(tmp_path
     assert signal.getsignal(signal.SIGINT) is original
 
 
-def test_cli_json_lines_and_sigterm_leave_a_consistent_database(tmp_path: Path, audiofind_home: Path) -> None:
-    register_tiny()
-    root, db = tmp_path / "lib", tmp_path / "i.db"
-    root.mkdir()
-    args = [sys.executable, "-m", "audiofind", "watch", str(root), "--db", str(db), "-w", "tiny", "--json",
-            "--settle", str(SETTLE), "--device", "cpu"]  # fmt: skip
-    env = {**os.environ, "AUDIOFIND_HOME": str(audiofind_home)}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    out: queue.Queue = queue.Queue()
-    err: list[str] = []
-    threading.Thread(target=lambda: [out.put(line) for line in proc.stdout], daemon=True).start()
-    threading.Thread(target=lambda: [err.append(line) for line in proc.stderr], daemon=True).start()
-    try:
-        wait_until(lambda: any("watching" in line for line in err) or proc.poll() is not None, "watch to start")
-        tone(root / "old.wav", 440)
-        first = json.loads(out.get(timeout=DEADLINE))
-        assert first["event"] == "embedded" and first["path"] == str(root / "old.wav")
-        os.rename(root / "old.wav", root / "new.wav")
-        moved = json.loads(out.get(timeout=DEADLINE))
-        assert (moved["event"], moved["path"], moved["from"]) == ("moved", str(root / "new.wav"), str(root / "old.wav"))
-        for i in range(6):  # busy embedding when the signal comes
-            tone(root / f"burst{i}.wav", 200 + 50 * i, seconds=3.0)
-        json.loads(out.get(timeout=DEADLINE))
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(DEADLINE) == 0, "".join(err)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert "Traceback" not in "".join(err)
-    conn = store.connect(db, create=False)
+class Child:
+    """`audiofind watch ...` in a process of its own: its JSON lines, its stderr, and its memory, sampled as it runs."""
+
+    def __init__(self, args: list[str], cwd: Path, home: Path, script: str | None = None) -> None:
+        command = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "audiofind", *args]
+        env = {**os.environ, "AUDIOFIND_HOME": str(home)}
+        pipe = subprocess.PIPE
+        self.proc = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=env, cwd=cwd)
+        self.out: queue.Queue = queue.Queue()
+        self.err: list[str] = []
+        self.rss: list[int] = []  # VmRSS samples, in bytes
+        threading.Thread(target=lambda: [self.out.put(line) for line in self.proc.stdout], daemon=True).start()
+        threading.Thread(target=lambda: [self.err.append(line) for line in self.proc.stderr], daemon=True).start()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while self.proc.poll() is None:
+            if (rss := self.memory("VmRSS")) is not None:
+                self.rss.append(rss)
+            time.sleep(0.05)
+
+    def memory(self, field: str) -> int | None:
+        """A size from /proc/PID/status (VmRSS now, VmHWM the peak), in bytes; None once the process is gone."""
+        try:
+            lines = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        except OSError:
+            return None
+        return next((int(line.split()[1]) * 1024 for line in lines if line.startswith(f"{field}:")), None)
+
+    def said(self, text: str) -> bool:
+        return any(text in line for line in self.err)
+
+    def wait_for(self, text: str, limit: int | None = None) -> None:
+        """Until stderr says text; fails at once if the process ends first or its memory passes limit bytes."""
+        too_big = lambda: limit is not None and max(self.rss, default=0) > limit  # noqa: E731
+        wait_until(lambda: self.said(text) or self.proc.poll() is not None or too_big(), f"{text!r} on stderr")
+        assert self.said(text), "".join(self.err)
+        assert not too_big(), f"{max(self.rss) / GIB:.2f} GiB resident"
+
+    def next_json(self) -> dict:
+        return json.loads(self.out.get(timeout=DEADLINE))
+
+    def terminate(self) -> float:
+        """SIGTERM: the seconds until watch said it stopped (its index closed); the process must then exit with 0.
+
+        The interpreter's teardown after that is not counted: with torch loaded it takes seconds on a busy machine.
+        """
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: self.said("stopped") or self.proc.poll() is not None, "watch to stop")
+        took = time.monotonic() - start
+        assert self.proc.wait(DEADLINE) == 0, "".join(self.err)
+        assert self.said("stopped") and "Traceback" not in "".join(self.err), "".join(self.err)
+        return took
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+GIB = 1 << 30
+STARTED_RSS = 3 * GIB // 2  # python, torch and the tiny model take under half a GiB: this leaves 1 GiB
+
+
+def assert_consistent(db: Path) -> None:
+    """The database is whole and every stored file has all its segments and vectors."""
+    conn = connection.connect(db, create=False)
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     incomplete = "SELECT count(*) FROM files f WHERE status = 'ok' AND NOT EXISTS (SELECT 1 FROM segments WHERE hash = f.hash)"
     assert conn.execute(incomplete).fetchone() == (0,)  # every stored file has all it needs
     count = "SELECT (SELECT count(*) FROM segments), (SELECT count(*) FROM vectors)"
-    (segments, vectors), = conn.execute(count).fetchall()
+    ((segments, vectors),) = conn.execute(count).fetchall()
     assert segments == vectors > 0
+    conn.close()
+
+
+def test_cli_json_lines_and_sigterm_leave_a_consistent_database(tmp_path: Path, audiofind_home: Path) -> None:
+    register_tiny()
+    root, db = tmp_path / "lib", tmp_path / "i.db"
+    root.mkdir()
+    args = ["watch", str(root), "--db", str(db), "-w", "tiny", "--json", "--settle", str(SETTLE), "--device", "cpu"]
+    with Child(args, tmp_path, audiofind_home) as child:
+        child.wait_for("watching")
+        tone(root / "old.wav", 440)
+        first = child.next_json()
+        assert first["event"] == "embedded" and first["path"] == str(root / "old.wav")
+        os.rename(root / "old.wav", root / "new.wav")
+        moved = child.next_json()
+        assert (moved["event"], moved["path"], moved["from"]) == ("moved", str(root / "new.wav"), str(root / "old.wav"))
+        for i in range(6):  # busy embedding when the signal comes
+            tone(root / f"burst{i}.wav", 200 + 50 * i, seconds=3.0)
+        child.next_json()
+        child.terminate()
+    assert_consistent(db)
+
+
+# The model made slow and steady: each call after the first takes 0.3 s and gives the first call's vector, so a
+# first sync lasts seconds, and a stop waits at most 0.3 s for the model.
+SLOW_MODEL = """
+import sys, time
+import numpy as np
+from audiofind.cli import main
+from audiofind.encoder import Encoder
+embed, first = Encoder.embed_audio, []
+def slow(self, clips):
+    first or first.append(embed(self, clips[:1])[0])
+    time.sleep(0.3)
+    return np.stack([first[0]] * len(clips))
+Encoder.embed_audio = slow
+sys.argv[0] = "audiofind"
+main()
+"""
+
+
+def test_sigterm_during_the_first_sync_stops_within_3_s(tmp_path: Path, audiofind_home: Path) -> None:
+    register_tiny()
+    root, db = tmp_path / "lib", tmp_path / "i.db"
+    for i in range(20):  # six seconds of model calls: a sync that ignored the signal would run past 3 s
+        tone(root / f"{i:02d}.wav", 200 + 50 * i, seconds=3.0)
+    args = ["watch", str(root), "--db", str(db), "-w", "tiny", "--json", "--settle", str(SETTLE), "--device", "cpu"]
+    with Child(args, tmp_path, audiofind_home, script=SLOW_MODEL) as child:
+        child.next_json()  # one file in: the first sync is under way
+        assert not child.said("watching")
+        assert child.terminate() < 3.0
+        assert not child.said("watching")
+    assert_consistent(db)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process's memory from /proc")
+@pytest.mark.parametrize("polling", [False, True], ids=["os-events", "polling"])
+def test_symlink_loops_are_walked_once_in_bounded_memory(tmp_path: Path, audiofind_home: Path, polling: bool) -> None:
+    register_tiny()
+    root, outside = looped_library(tmp_path)
+    db = tmp_path / "i.db"
+    args = ["watch", str(root), "--db", str(db), "-w", "tiny", "--json", "--settle", str(SETTLE), "--device", "cpu"]
+    with Child(args + ["--polling"] * polling, tmp_path, audiofind_home) as child:
+        # Watchdog's own polling walked the loops without end, growing by gigabytes before the first sync.
+        child.wait_for("watching", limit=STARTED_RSS)
+        model = child.memory("VmRSS")  # the model loaded, the library synced
+        print(f"resident at start: {model / GIB:.2f} GiB")
+        first = {child.next_json()["path"] for _ in range(2)}
+        assert first == {str(root / "foley" / "a.wav"), str(root / "linked" / "b.wav")}  # the first sync
+        tone(root / "new.wav", 500)
+        tone(outside / "pack" / "c.wav", 600)  # inside the symlinked folder
+        (outside / "pack" / "b.wav").unlink()
+        got = [child.next_json() for _ in range(3)]
+        assert sorted((e["event"], e["path"]) for e in got) == [
+            ("embedded", str(root / "linked" / "c.wav")), ("embedded", str(root / "new.wav")),
+            ("removed", str(root / "linked" / "b.wav")),
+        ]  # fmt: skip
+        time.sleep(3 * SETTLE)  # a few more polls, for anything reported twice or through a loop to show
+        assert child.out.empty(), child.out.get()
+        assert child.memory("VmHWM") < model + GIB and max(child.rss) < model + GIB
+        assert child.terminate() < 3.0
+    assert sorted(files(db)) == [str(root / "foley" / "a.wav"), str(root / "linked" / "c.wav"), str(root / "new.wav")]

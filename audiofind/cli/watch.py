@@ -79,9 +79,13 @@ def watch_cmd(
     try:
         with open_index(db, create=True) as index, index.writer_lock():
             encoder = encoder_for(index, weights, device)
-            prepare(index, encoder)
-            watch(index, encoder, paths, settle=settle, polling=polling, on_event=on_event, stop=stop, on_ready=on_ready)
+            if not stop.is_set():  # else Ctrl-C or SIGTERM came while the model loaded
+                prepare(index, encoder)
+                watch(index, encoder, paths, settle=settle, polling=polling, on_event=on_event, stop=stop,
+                      on_ready=on_ready)  # fmt: skip
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    # The index is closed and complete; what follows is the interpreter's own teardown (seconds, with torch loaded).
+    err_console.print("stopped", highlight=False)
 
