@@ -20,13 +20,14 @@ def walk_folders(
     seen: dict[FolderId, str],
     stopped: Callable[[], bool] = lambda: False,
     aliases: set[str] | None = None,
+    onerror: Callable[[OSError], None] | None = None,
 ) -> Iterator[tuple[str, os.stat_result, list[str]]]:
     """(folder, its stat, its visible file names) for each folder under top not in `seen` (identity -> path).
 
-    Paths that lead to a folder already seen (a symlink loop, a second way in) go to `aliases`. Stops early,
-    between folders, once stopped() is true.
+    Paths that lead to a folder already seen (a symlink loop, a second way in) go to `aliases`; folders that cannot
+    be listed go to onerror. Stops early, between folders, once stopped() is true.
     """
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=onerror):
         if stopped():
             return
         try:

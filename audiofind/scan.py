@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from audiofind.errors import UsageError
+from audiofind.folders import FolderId, walk_folders
 from audiofind.formats import AUDIO_EXTS, extension
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,11 @@ def readable(root: Path) -> bool:
 
 
 def walk(
-    roots: Iterable[Path], exts: frozenset[str] = AUDIO_EXTS, found: Walk | None = None
+    roots: Iterable[Path], exts: frozenset[str] = AUDIO_EXTS, found: Walk | None = None,
+    seen: dict[FolderId, str] | None = None,
 ) -> Iterator[tuple[Path, Path, os.stat_result]]:
-    """(root, file, stat) for every audio file under the roots: symlinks followed without loops, hidden names skipped."""
-    seen_dirs: set[tuple[int, int]] = set()
+    """(root, file, stat) for every audio file under the roots, folders walked as folders.walk_folders does."""
+    seen = {} if seen is None else seen
     found = found if found is not None else Walk()
 
     def unreadable(e: OSError) -> None:
@@ -66,21 +68,9 @@ def walk(
         found.unreadable.append(os.fsdecode(e.filename or ""))
 
     for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
-            try:
-                st = os.stat(dirpath)
-            except OSError:
-                dirnames[:] = []
-                continue
-            if (st.st_dev, st.st_ino) in seen_dirs:  # a symlink loop or a folder reached twice
-                dirnames[:] = []
-                continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-            # Real folders before symlinked ones: a folder reachable both ways is stored under its real path.
-            visible = (d for d in dirnames if not d.startswith("."))
-            dirnames[:] = sorted(visible, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
-            for name in sorted(filenames):
-                if name.startswith(".") or extension(name) not in exts:
+        for dirpath, _, names in walk_folders(root, seen, onerror=unreadable):
+            for name in names:
+                if extension(name) not in exts:
                     continue
                 path = Path(dirpath) / name
                 try:
@@ -105,13 +95,23 @@ def walk_only(
         if root is None or any(part.startswith(".") for part in path.relative_to(root).parts):
             continue
         if path.is_dir():
-            for _, file, st in walk([path], exts, found):
+            # The folders above it count as walked, so a symlink inside that leads back up is a loop, as in walk().
+            above = [root, *reversed([p for p in path.parents if root in p.parents])]
+            seen = {(st.st_dev, st.st_ino): str(p) for p in above if (st := _stat(p)) is not None}
+            for _, file, st in walk([path], exts, found, seen):
                 yield root, file, st
         elif extension(str(path)) in exts:
             try:
                 yield root, path, os.stat(path)
             except OSError:
                 continue  # gone again: the index forgets it
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def file_hash(path: Path, stop: "object | None" = None) -> str:

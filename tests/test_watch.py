@@ -723,3 +723,10 @@ def test_symlink_loops_are_walked_once_in_bounded_memory(tmp_path: Path, audiofi
         assert child.memory("VmHWM") < model + GIB and max(child.rss) < model + GIB
         assert child.terminate() < 3.0
     assert sorted(files(db)) == [str(root / "foley" / "a.wav"), str(root / "linked" / "c.wav"), str(root / "new.wav")]
+
+
+def test_json_lines_keep_non_ascii_paths_and_carry_counts() -> None:
+    from audiofind.cli.watch import _json_line
+
+    line = _json_line(Event("kept", "/sons/forêt", reason="2 of 3 are gone", count=2))
+    assert "forêt" in line and json.loads(line)["count"] == 2 and json.loads(line)["reason"] == "2 of 3 are gone"

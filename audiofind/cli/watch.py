@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from audiofind.indexer import Event
 
 STYLES = {"embedded": "green", "reused": "green", "moved": "cyan", "removed": "magenta", "failed": "red",
-          "lost": "yellow", "found": "yellow", "rescan": "yellow"}  # fmt: skip
+          "lost": "yellow", "found": "yellow", "rescan": "yellow", "unavailable": "yellow", "kept": "yellow"}  # fmt: skip
 
 
 def _as_json(e: "Event") -> dict:
@@ -28,7 +28,14 @@ def _as_json(e: "Event") -> dict:
         out["reason"] = e.reason
     if e.event == "embedded":
         out |= {"segments": e.segments, "duration": round(e.duration, 3)}
+    if e.count:
+        out["count"] = e.count  # unavailable, kept: how many indexed files were kept
     return out
+
+
+def _json_line(e: "Event") -> str:
+    """The --json line: UTF-8 as every command prints JSON, not ASCII escapes."""
+    return json.dumps(_as_json(e), ensure_ascii=False)
 
 
 def _as_text(e: "Event") -> str:
@@ -62,7 +69,7 @@ def watch_cmd(
 
     def on_event(e: Event) -> None:
         if json_out:
-            typer.echo(json.dumps(_as_json(e)))
+            typer.echo(_json_line(e))
         else:
             console.print(_as_text(e), highlight=False, soft_wrap=True)  # one line, however long the path
 
