@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from audiofind import formats
-from audiofind.clotho import GT_HEADER, reading_csv
+from audiofind.clotho import GT_HEADER, CaptionSet, reading_csv
 from audiofind.decode import SAMPLE_RATE, load_audio, pad_or_crop
 from audiofind.errors import DatasetError, DecodeError
 from audiofind.tokenizer import get_tokenizer, tokenize
@@ -203,6 +203,13 @@ def read_captions(csv_path: Path) -> ClipSet:
         by_file.setdefault(path, []).append(row[1])
     clips = [Clip(path, tuple(caps)) for path, caps in by_file.items()]
     return _finish(f"captions {csv_path.name}", clips, problems, csv_path)
+
+
+def caption_queries(clips: ClipSet) -> CaptionSet:
+    """Every caption a query whose one relevant clip is its own: what `bench captions` scores."""
+    captions = [c for clip in clips.clips for c in clip.captions]
+    owner = [i for i, clip in enumerate(clips.clips) for _ in clip.captions]
+    return CaptionSet(clips.name, [clip.path for clip in clips.clips], captions, owner)
 
 
 def load_sources(
