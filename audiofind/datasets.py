@@ -158,7 +158,6 @@ def _fetch_checked(root: Path, remote: Remote, progress: Step | None) -> bool:
         if hash_into(hashlib.md5(usedforsecurity=False), target, report).hexdigest() == remote.md5:
             return False
         log.warning("%s does not have the md5 of the manifest; downloading it again", target)
-        target.unlink()
     part = target.with_name(target.name + ".part")
     report = (lambda done, total: progress(f"Downloading {remote.file}", done, total)) if progress else None
     actual = fetch(remote.file, remote.url, part, None, report, algorithm="md5")
