@@ -7,6 +7,7 @@ spaces). Case and accents are folded, so `Café` and `CAFE` are one word. A full
 """
 
 import unicodedata
+from pathlib import Path
 
 import regex
 
@@ -43,3 +44,19 @@ def real_words(found: list[str]) -> list[str]:
 def is_thin(found: list[str]) -> bool:
     """Whether these words say too little about a sound: fewer than MIN_WORDS real words."""
     return len(real_words(found)) < MIN_WORDS
+
+
+CAPTION_TAGS = ("title", "description", "comment")  # the tags that describe a sound, not who made it or where
+
+
+def caption_words(path: str, root: str, tags: dict[str, str | list[str]]) -> list[str]:
+    """A library file's words, each once: its name, its folders below root (nearest first), then its describing tags."""
+    try:
+        parts = Path(path).relative_to(root).parts or (Path(path).name,)  # () when the root is the file itself
+    except ValueError:
+        parts = (Path(path).name,)
+    texts = [parts[-1], *reversed(parts[:-1])]
+    for key in CAPTION_TAGS:
+        value = tags.get(key)
+        texts += [value] if isinstance(value, str) else list(value or [])
+    return list(dict.fromkeys(w for text in texts for w in words(text)))
