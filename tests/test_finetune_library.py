@@ -29,7 +29,8 @@ THIN = ["Take_01.wav", "Kick808.wav", "tk3_v2_final.wav"]  # at the top: a folde
 
 
 def make_library(root: Path) -> Path:
-    """30 descriptively named files, one file whose only description is its title tag, and three thin names."""
+    """30 descriptively named files, one file whose only description is its title tag, three thin names and a
+    well-named file that is not audio (the index records it as failed)."""
     for folder, stem, make in KINDS:
         (root / folder).mkdir(parents=True, exist_ok=True)
         for k in range(5):
@@ -40,6 +41,7 @@ def make_library(root: Path) -> Path:
     tags.save()
     for thin in THIN:
         audiogen.write_audio(root / thin, audiogen.noise(0.5, seed=7))
+    audiogen.write_not_audio(root / "Weather" / "Rain_Heavy Storm.wav")
     return root
 
 
@@ -68,6 +70,7 @@ def test_library_captions_hold_out_a_seeded_tenth(indexed: tuple[Path, Path, str
     captions = {c.path.relative_to(lib).as_posix(): c.captions for c in clips.clips}
     assert captions["Electronic/Beeps/BEEPHigh_Pitched Tone_03.wav"] == ("beep high pitched tone 03 beeps electronic",)
     assert captions["Machines/0042.flac"] == ("0042 machines low motor hum",)  # the title tag makes it usable
+    assert len(captions) == 31 and "Weather/Rain_Heavy Storm.wav" not in captions  # failed files are not audio
     assert sorted(Path(p).relative_to(lib).as_posix() for p in clips.thin) == sorted(THIN)
     train, val = data.load_sources(None, None, None, library=True, db=db, seed=3)
     assert (len(train), len(val)) == (28, 3) and train.thin == clips.thin
