@@ -3,9 +3,9 @@ into one shape, and the batches.
 
 Every source becomes a ClipSet: clips, each with all its captions. A bad row or a listed file that is missing is
 skipped and described in `problems` (a library file whose name says too little, in `thin`); only a source with
-nothing usable raises DatasetError. Each epoch pairs every
-clip with one of its captions and a random crop, both drawn from (seed, epoch, clip), so an epoch's batches depend
-on nothing else: not on workers, ranks or where a resumed run starts.
+nothing usable raises DatasetError. Each epoch pairs every clip with one of its captions and a random crop, both
+drawn from (seed, epoch, clip), so an epoch's batches depend on nothing else: not on workers, ranks or where a
+resumed run starts.
 """
 
 import csv

@@ -193,7 +193,8 @@ def _unpack(archive: Path, folder: Path, progress: Step | None) -> None:
     try:
         with py7zr.SevenZipFile(archive) as z:
             total = sum(f.uncompressed for f in z.list() if not f.is_directory)
-            z.extractall(scratch, callback=_Unpacked(f"Unpacking {archive.name}", total, progress) if progress else None)
+            report = _Unpacked(f"Unpacking {archive.name}", total, progress) if progress else None
+            z.extractall(scratch, callback=report)
         folder.mkdir(exist_ok=True)
         for wav in sorted(scratch.rglob("*")):
             if wav.is_file() and wav.suffix.lower() == ".wav":

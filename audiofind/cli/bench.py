@@ -5,13 +5,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-
-from typing import TYPE_CHECKING
 
 from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console, sub_app
 
@@ -40,7 +38,9 @@ def clotho(
     directory: Annotated[
         Path, typer.Argument(metavar="DIR", help="Folder holding clotho_captions_<split>.csv and <split>/.")
     ],
-    split: Annotated[Split, typer.Option("--split", help="A Clotho v2 split, or dcase2022-eval: the challenge's evaluation set.")] = Split.evaluation,
+    split: Annotated[
+        Split, typer.Option("--split", help="A Clotho v2 split, or dcase2022-eval: the challenge's evaluation set.")
+    ] = Split.evaluation,
     submission: Annotated[
         Path | None, typer.Option("--submission", help="Score this submission CSV instead of running a model.")
     ] = None,

@@ -49,7 +49,8 @@ def clotho(
 @contextmanager
 def _steps() -> Iterator[Callable[[str, int, int], None]]:
     """A byte bar on stderr for each step the library reports: checking, downloading, unpacking each file."""
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
     with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as bar:
         tasks: dict[str, int] = {}
 

@@ -99,14 +99,15 @@ def finetune(
     console.print(f"Saved {result.name} ({result.path}), the average of epochs "
                   f"{', '.join(map(str, result.best_epochs))}. Use it with --weights {result.name}.",
                   highlight=False, soft_wrap=True)
-    console.print(f"Text-to-audio retrieval on the validation set ({(result.final or {}).get('n_queries', 0)} captions):",
-                  highlight=False)
+    queries = (result.final or {}).get("n_queries", 0)
+    console.print(f"Text-to-audio retrieval on the validation set ({queries} captions):", highlight=False)
     for label, scores in (("before", result.baseline), ("after", result.final)):
         if scores:
             console.print(f"  {label:<6} {_scores(scores)}", highlight=False)
 
 
 def _scores(m: dict) -> str:
+    """The four retrieval metrics on one line."""
     return f"R@1 {m['R1']:.4f}  R@5 {m['R5']:.4f}  R@10 {m['R10']:.4f}  mAP@10 {m['mAP10']:.4f}"
 
 
