@@ -190,7 +190,7 @@ def read_captions(csv_path: Path) -> ClipSet:
     """A user's pairs: rows of path,caption (an optional header), paths relative to the CSV, several rows per file."""
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
-        raise DatasetError(f"The --captions file {csv_path} does not exist.")
+        raise DatasetError(f"The captions file {csv_path} does not exist.")
     by_file: dict[Path, list[str]] = {}
     problems = []
     for line, row in _rows(csv_path):
