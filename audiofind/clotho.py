@@ -4,11 +4,16 @@ The protocol is DCASE 2022 Task 6b's: every caption is a query with exactly one 
 describes), all clips of the split are ranked by cosine similarity, and the metrics of `audiofind.metrics` score
 the ranks. A submission names the ten best clips per caption; it is matched to the ground truth by caption text,
 as the official script does, with repeated captions taken in file order so each still counts as its own query.
+Besides the three Clotho splits, `dcase2022-eval` is the challenge's own retrieval set (1000 clips, 500 queries),
+published without its ground truth: it is ranked and written out as a submission, and scored only where a copy
+of its captions file names each query's clip. Any clips with captions (a `CaptionSet`) go through the same code.
 """
 
 import csv
+import io
 import logging
 import os
+import re
 import zipfile
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
@@ -24,6 +29,8 @@ from audiofind.metrics import CUTOFF, BenchResult, ranks_from_scores, summarize,
 log = logging.getLogger(__name__)
 
 SPLITS = ("evaluation", "validation", "development")
+CHALLENGE = "dcase2022-eval"  # DCASE 2022 Task 6b's evaluation set, laid out as DIR/dcase2022-eval/*.wav
+CHALLENGE_QUERIES, CHALLENGE_CLIPS = "retrieval_captions.csv", "retrieval_audio_metadata.csv"
 N_CAPTIONS = 5  # per clip in every Clotho v2 split
 GT_HEADER = ["file_name"] + [f"caption_{i}" for i in range(1, N_CAPTIONS + 1)]
 SUBMISSION_HEADER = ["caption"] + [f"file_name_{i}" for i in range(1, CUTOFF + 1)]
@@ -39,12 +46,12 @@ class ClothoSplit:
     split: str
     files: list[str]  # clip file names, CSV order
     captions: list[str]  # every caption, CSV order (clip by clip)
-    caption_file: list[int]  # index into files for each caption
+    caption_file: list[int] | None  # index into files for each caption; None where no ground truth was published
 
     @property
     def csv_path(self) -> Path:
         """The captions CSV of this split."""
-        return self.root / f"clotho_captions_{self.split}.csv"
+        return self.root / captions_csv(self.split)
 
     @property
     def audio_dir(self) -> Path:
@@ -54,6 +61,30 @@ class ClothoSplit:
     def paths(self) -> list[Path]:
         """Each clip's path, in the order of `files`."""
         return [self.audio_dir / name for name in self.files]
+
+
+@dataclass(frozen=True)
+class CaptionSet:
+    """Clips anywhere on disk with caption queries, such as a user's path,caption pairs: scored like a split."""
+
+    name: str
+    clip_paths: list[Path]
+    captions: list[str]
+    caption_file: list[int]  # index into clip_paths for each caption
+
+    @property
+    def files(self) -> list[str]:
+        """How clips are named in a submission: their paths."""
+        return [str(p) for p in self.clip_paths]
+
+    def paths(self) -> list[Path]:
+        """Each clip's path."""
+        return list(self.clip_paths)
+
+
+def captions_csv(split: str) -> str:
+    """The name of a split's captions CSV, beside its folder of clips."""
+    return CHALLENGE_QUERIES if split == CHALLENGE else f"clotho_captions_{split}.csv"
 
 
 @contextmanager
@@ -72,8 +103,8 @@ def reading_csv(path: Path, missing: str) -> Iterator[None]:
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UsageError(f"Unknown Clotho split {split!r}; use {', '.join(SPLITS)}.")
+    if split not in (*SPLITS, CHALLENGE):
+        raise UsageError(f"Unknown Clotho split {split!r}; use {', '.join(SPLITS)} or {CHALLENGE}.")
 
 
 def _read_ground_truth(path: Path) -> tuple[list[str], list[str], list[int]]:
@@ -117,6 +148,52 @@ def _read_ground_truth(path: Path) -> tuple[list[str], list[str], list[int]]:
     return files, captions, caption_file
 
 
+def _column(path: Path, name: str, required: bool = True) -> list[str] | None:
+    """One column of a CSV with a header, every value non-empty; None if it is absent and not required."""
+    with reading_csv(path, f"No {path.name} in {path.parent}; get it with: audiofind data download clotho --split {CHALLENGE}"):
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")  # Clotho's metadata CSVs are Latin-1
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = [h.strip() for h in next(reader, [])]
+        if name not in header:
+            if not required:
+                return None
+            raise DatasetError(f"{path} line 1: expected a column {name!r}, found {','.join(header) or 'nothing'}.")
+        at, values = header.index(name), []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) <= at or not row[at].strip():
+                raise DatasetError(f"{path} line {reader.line_num}: the {name} is empty.")
+            values.append(row[at].strip() if name == "file_name" else row[at])
+    if not values:
+        raise DatasetError(f"{path} has a header but no rows.")
+    return values
+
+
+def _archived_name(name: str) -> str:
+    """The name a clip has in the challenge archive: a colon, which Windows forbids, became an underscore."""
+    return re.sub(r"\s*:\s*", "_", name)
+
+
+def _read_challenge(root: Path) -> tuple[list[str], list[str], list[int] | None]:
+    """Clip names from the set's metadata CSV and its queries; their clips only where a file_name column names them."""
+    files = [_archived_name(n) for n in _column(root / CHALLENGE_CLIPS, "file_name") or []]
+    queries = root / CHALLENGE_QUERIES
+    captions = _column(queries, "caption") or []
+    truth = _column(queries, "file_name", required=False)
+    if truth is None:
+        return files, captions, None
+    where = {name: i for i, name in enumerate(files)}
+    for row, name in enumerate(truth, start=2):
+        if _archived_name(name) not in where:
+            raise DatasetError(f"{queries} line {row}: clip {name!r} is not in {CHALLENGE_CLIPS}.")
+    return files, captions, [where[_archived_name(n)] for n in truth]
+
+
 def _check_audio(split: ClothoSplit) -> None:
     """Every listed clip is a file in the audio folder and every WAV file there is listed."""
     folder = split.audio_dir
@@ -143,7 +220,10 @@ def load_split(root: Path, split: str = "evaluation", need_audio: bool = True) -
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"No folder {root}.")
-    files, captions, caption_file = _read_ground_truth(root / f"clotho_captions_{split}.csv")
+    if split == CHALLENGE:
+        files, captions, caption_file = _read_challenge(root)
+    else:
+        files, captions, caption_file = _read_ground_truth(root / captions_csv(split))
     result = ClothoSplit(root=root, split=split, files=files, captions=captions, caption_file=caption_file)
     if need_audio:
         _check_audio(result)
@@ -185,7 +265,7 @@ def read_submission(path: Path) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def write_submission(path: Path, split: ClothoSplit, scores: np.ndarray) -> None:
+def write_submission(path: Path, split: ClothoSplit | CaptionSet, scores: np.ndarray) -> None:
     """Write the ten best clips per caption in the challenge's format, rows in ground-truth caption order."""
     scores = np.asarray(scores)  # (Q, A)
     if scores.shape != (len(split.captions), len(split.files)):
@@ -206,8 +286,19 @@ def write_submission(path: Path, split: ClothoSplit, scores: np.ndarray) -> None
         raise UsageError(f"Cannot write the submission {path}: {e.strerror}.") from e
 
 
+def require_truth(split: ClothoSplit | CaptionSet) -> list[int]:
+    """Each caption's relevant clip, or the DatasetError that says this split cannot be scored."""
+    if split.caption_file is None:
+        raise DatasetError(
+            f"{split.csv_path.name} names no clip for its captions (the organisers kept the ground truth), so the "
+            f"{split.split} set can be ranked but not scored; write the ranking with --write-submission FILE."
+        )
+    return split.caption_file
+
+
 def score_submission(split: ClothoSplit, submission: list[tuple[str, list[str]]]) -> BenchResult:
     """Score a submission against the split's ground truth: one query per ground-truth caption."""
+    caption_file = require_truth(split)
     queue: dict[str, deque[int]] = defaultdict(deque)  # caption text -> its queries, in ground-truth order
     for q, caption in enumerate(split.captions):
         queue[caption].append(q)
@@ -224,12 +315,12 @@ def score_submission(split: ClothoSplit, submission: list[tuple[str, list[str]]]
             if name not in known:
                 raise DatasetError(f"Submission row {row}: {name!r} is not a clip of the {split.split} split.")
         q = queue[caption].popleft()
-        relevant = split.files[split.caption_file[q]]
+        relevant = split.files[caption_file[q]]
         # Not in the list means "not in the top ten": rank CUTOFF + 1 scores zero on every metric.
         ranks[q] = names.index(relevant) + 1 if relevant in names[:CUTOFF] else CUTOFF + 1
     for q in np.flatnonzero(ranks == 0):
         caption = split.captions[q]
-        clip = split.files[split.caption_file[q]]
+        clip = split.files[caption_file[q]]
         raise DatasetError(f"The submission has no row for caption {caption!r} (clip {clip!r}).")
     return summarize(ranks)
 
@@ -295,13 +386,26 @@ def _embed_clips(
 
 
 def evaluate(
-    split: ClothoSplit,
+    split: ClothoSplit | CaptionSet,
     embed_audio: Callable[[list[Path]], np.ndarray],
     embed_text: Callable[[list[str]], np.ndarray],
     cache: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[BenchResult, np.ndarray]:
     """Embed every clip and caption, rank all clips per caption by cosine, and score; also returns the (Q, A) scores."""
+    relevant = np.asarray(require_truth(split))
+    scores = similarities(split, embed_audio, embed_text, cache, progress)
+    return summarize(ranks_from_scores(scores, relevant)), scores
+
+
+def similarities(
+    split: ClothoSplit | CaptionSet,
+    embed_audio: Callable[[list[Path]], np.ndarray],
+    embed_text: Callable[[list[str]], np.ndarray],
+    cache: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The (Q, A) cosine similarity of every caption to every clip, embedding only the clips the cache lacks."""
     total = len(split.files) + len(split.captions)
     done = 0
 
@@ -320,6 +424,4 @@ def evaluate(
     text = np.concatenate(text_parts)  # (Q, D)
     if text.shape[1] != audio.shape[1]:
         raise ValueError(f"text vectors have {text.shape[1]} dimensions and clip vectors {audio.shape[1]}")
-    scores = text @ audio.T  # (Q, A) cosine similarities
-    ranks = ranks_from_scores(scores, np.asarray(split.caption_file))
-    return summarize(ranks), scores
+    return text @ audio.T  # (Q, A)

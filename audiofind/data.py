@@ -1,9 +1,11 @@
-"""Captioned audio for fine-tuning: Clotho, AudioCaps and a user's own CSV read into one shape, and the batches.
+"""Captioned audio for fine-tuning: Clotho, AudioCaps, a user's own CSV and the indexed library's own names read
+into one shape, and the batches.
 
 Every source becomes a ClipSet: clips, each with all its captions. A bad row or a listed file that is missing is
-skipped and described in `problems`; only a source with nothing usable raises DatasetError. Each epoch pairs every
-clip with one of its captions and a random crop, both drawn from (seed, epoch, clip), so an epoch's batches depend
-on nothing else: not on workers, ranks or where a resumed run starts.
+skipped and described in `problems` (a library file whose name says too little, in `thin`); only a source with
+nothing usable raises DatasetError. Each epoch pairs every clip with one of its captions and a random crop, both
+drawn from (seed, epoch, clip), so an epoch's batches depend on nothing else: not on workers, ranks or where a
+resumed run starts.
 """
 
 import csv
@@ -16,10 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from audiofind import formats
-from audiofind.clotho import GT_HEADER, reading_csv
+from audiofind import formats, names
+from audiofind.clotho import GT_HEADER, CaptionSet, reading_csv
 from audiofind.decode import SAMPLE_RATE, load_audio, pad_or_crop
 from audiofind.errors import DatasetError, DecodeError
+from audiofind.store import open_index
 from audiofind.tokenizer import get_tokenizer, tokenize
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class ClipSet:
     name: str
     clips: tuple[Clip, ...]
     problems: tuple[str, ...] = ()
+    thin: tuple[str, ...] = ()  # library files left out because their text says too little
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -186,7 +190,7 @@ def read_captions(csv_path: Path) -> ClipSet:
     """A user's pairs: rows of path,caption (an optional header), paths relative to the CSV, several rows per file."""
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
-        raise DatasetError(f"The --captions file {csv_path} does not exist.")
+        raise DatasetError(f"The captions file {csv_path} does not exist.")
     by_file: dict[Path, list[str]] = {}
     problems = []
     for line, row in _rows(csv_path):
@@ -205,17 +209,64 @@ def read_captions(csv_path: Path) -> ClipSet:
     return _finish(f"captions {csv_path.name}", clips, problems, csv_path)
 
 
+def read_library(db: Path | None = None) -> ClipSet:
+    """The indexed files (the index at db, or the default one), each captioned with its own words (names.py)."""
+    with open_index(db) as index:
+        rows = index.files_under([r.path for r in index.roots()])
+    clips, problems, thin = [], [], []
+    for row in rows:
+        if row.status != "ok":
+            continue
+        found = names.caption_words(row.path, row.root, row.tags)
+        if names.is_thin(found):
+            thin.append(row.path)
+        elif not Path(row.path).is_file():
+            problems.append(f"{row.path} is gone since it was indexed.")
+        else:
+            clips.append(Clip(Path(row.path), (" ".join(found),)))
+    if thin:
+        log.info("left out %d files whose names and tags have fewer than %d real words", len(thin), names.MIN_WORDS)
+    if not clips and thin:
+        raise DatasetError(f"All {len(thin)} usable files of the index have names with fewer than {names.MIN_WORDS} "
+                           "real words (numbers and take markers left out), so there is nothing to learn from.")
+    result = _finish("library", clips, problems, Path(index.path))
+    return ClipSet(result.name, result.clips, result.problems, tuple(thin))
+
+
+def caption_queries(clips: ClipSet) -> CaptionSet:
+    """Every caption a query whose one relevant clip is its own: what `bench captions` scores."""
+    captions = [c for clip in clips.clips for c in clip.captions]
+    owner = [i for i, clip in enumerate(clips.clips) for _ in clip.captions]
+    return CaptionSet(clips.name, [clip.path for clip in clips.clips], captions, owner)
+
+
+def _hold_out(clips: tuple[Clip, ...], fraction: float, seed: int) -> tuple[tuple[Clip, ...], tuple[Clip, ...]]:
+    """(kept, held out): a seeded share of whole clips, so no caption of a held-out clip is ever trained on."""
+    n_val = max(1, round(fraction * len(clips)))
+    if len(clips) - n_val < 2:
+        raise DatasetError(f"{len(clips)} clips are too few to hold out a validation set; add captioned clips.")
+    held = set(np.random.default_rng(seed).permutation(len(clips))[:n_val].tolist())
+    return tuple(c for i, c in enumerate(clips) if i not in held), tuple(c for i, c in enumerate(clips) if i in held)
+
+
 def load_sources(
-    clotho: Path | None, audiocaps: Path | None, captions: Path | None, val_fraction: float = 0.1, seed: int = 0
+    clotho: Path | None, audiocaps: Path | None, captions: Path | None, val_fraction: float = 0.1, seed: int = 0,
+    library: bool = False, db: Path | None = None,
 ) -> tuple[ClipSet, ClipSet]:
-    """(train, validation): every source's training clips; validation from Clotho, else AudioCaps, else held out."""
-    if clotho is None and audiocaps is None and captions is None:
-        raise DatasetError("No training data: give --clotho DIR, --audiocaps DIR and/or --captions CSV.")
+    """(train, validation): every source's training clips; validation held out from the library, else Clotho's,
+    else AudioCaps', else held out from the user's captions."""
+    if clotho is None and audiocaps is None and captions is None and not library:
+        raise DatasetError("No training data: give --clotho DIR, --audiocaps DIR, --captions CSV and/or --library.")
     train: list[ClipSet] = []
     val: ClipSet | None = None
+    if library:  # the user's own sounds: what they want scored, before and after
+        lib = read_library(db)
+        kept, held = _hold_out(lib.clips, val_fraction, seed)
+        train.append(ClipSet(lib.name, kept, lib.problems, lib.thin))
+        val = ClipSet(f"{lib.name} (held out)", held)
     if clotho is not None:
         train.append(read_clotho(clotho, "development"))
-        val = read_clotho(clotho, "validation")
+        val = val or read_clotho(clotho, "validation")
     if audiocaps is not None:
         train.append(read_audiocaps(audiocaps, "train"))
         val = val or read_audiocaps(audiocaps, "validation")
@@ -223,16 +274,12 @@ def load_sources(
         train.append(read_captions(captions))
     clips = tuple(c for s in train for c in s.clips)
     problems = tuple(p for s in train for p in s.problems)
+    thin = tuple(t for s in train for t in s.thin)
     name = " + ".join(s.name for s in train)
-    if val is None:  # only user captions: hold out whole clips, never captions of a training clip
-        n_val = max(1, round(val_fraction * len(clips)))
-        if len(clips) - n_val < 2:
-            raise DatasetError(f"{len(clips)} clips are too few to hold out a validation set; add captioned clips.")
-        order = np.random.default_rng(seed).permutation(len(clips))
-        held = set(order[:n_val].tolist())
-        val = ClipSet(f"{name} (held out)", tuple(c for i, c in enumerate(clips) if i in held))
-        clips = tuple(c for i, c in enumerate(clips) if i not in held)
-    return ClipSet(name, clips, problems), val
+    if val is None:  # only user captions: hold out whole clips
+        clips, held = _hold_out(clips, val_fraction, seed)
+        val = ClipSet(f"{name} (held out)", held)
+    return ClipSet(name, clips, problems, thin), val
 
 
 # ---------------------------------------------------------------- batches

@@ -1,4 +1,4 @@
-"""Fetching a checkpoint over HTTP: streamed, resumable with Range requests, hashed as it arrives."""
+"""Fetching a file over HTTP: streamed, resumable with Range requests, hashed as it arrives (checkpoints, datasets)."""
 
 import hashlib
 import http.client
@@ -18,13 +18,13 @@ TIMEOUT_S = 60
 Progress = Callable[[int, int], None]
 
 
-def fetch(name: str, url: str, part: Path, size: int | None, progress: Progress | None) -> str:
-    """Stream url into part, resuming what is there; returns the sha256 of the whole file."""
+def fetch(name: str, url: str, part: Path, size: int | None, progress: Progress | None, algorithm: str = "sha256") -> str:
+    """Stream url into part, resuming what is there; returns the hex digest (sha256, md5, ...) of the whole file."""
     done = part.stat().st_size if part.exists() else 0
     if size is not None and done > size:
         part.unlink()
         done = 0
-    h = hash_into(hashlib.sha256(), part) if done else hashlib.sha256()
+    h = hash_into(hashlib.new(algorithm), part) if done else hashlib.new(algorithm)
     if size is not None and done == size:
         return h.hexdigest()
     if done and progress:
@@ -43,7 +43,7 @@ def fetch(name: str, url: str, part: Path, size: int | None, progress: Progress 
                 log.info("resuming %s at byte %d", name, done)
             else:  # a fresh download, or a server that ignores Range: start over
                 out.truncate(0)
-                done, h = 0, hashlib.sha256()
+                done, h = 0, hashlib.new(algorithm)
                 total = int(length) if length else size
             while chunk := response.read(CHUNK):
                 out.write(chunk)

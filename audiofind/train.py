@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT, METRICS_LOG, SNAPSHOTS = "checkpoint.pt", "metrics.jsonl", "best"
 RUNTIME_FIELDS = ("device", "dtype", "workers", "resume", "checkpoint_every", "max_steps", "out")  # free on --resume
-PATH_FIELDS = ("clotho", "audiocaps", "captions", "out")
+PATH_FIELDS = ("clotho", "audiocaps", "captions", "db", "out")
 VAL_AUDIO_BATCH = 16
 AMP_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,6 +49,8 @@ class TrainConfig:
     clotho: Path | None = None  # its development split trains, its validation split scores
     audiocaps: Path | None = None
     captions: Path | None = None  # a CSV of path,caption rows
+    library: bool = False  # the indexed files, captioned with their own names and tags; val_fraction of them score
+    db: Path | None = None  # the index --library reads (None: the default index)
     init: str | None = None  # starting weights, a name or a path (None: the default model)
     out: Path | None = None  # the run folder (None: <data dir>/runs/<name>)
     epochs: int = 40
@@ -63,7 +65,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0: off, as in the recipe
     average_top: int = 5  # the best epochs by validation mAP@10 are averaged into the final model
     val_seconds: float = 30.0  # validation embeds each clip's first seconds (Clotho clips are 15 to 30 s)
-    val_fraction: float = 0.1  # held out for validation when the only data is --captions
+    val_fraction: float = 0.1  # held out for validation from --library, or when the only data is --captions
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"  # auto: bfloat16 on CUDA where supported, else float16 with a GradScaler; float32 on CPU
@@ -87,6 +89,8 @@ class TrainResult:
     problems: tuple[str, ...]  # data rows and files skipped when reading the sources
     unreadable: tuple[str, ...]  # files that failed to decode during training (replaced by the next clip)
     model: AudioCLIP = field(repr=False)
+    baseline: dict | None = None  # validation metrics of the starting weights, before any step
+    thin: tuple[str, ...] = ()  # library files left out because their names and tags say too little
 
 
 def config_dict(cfg: TrainConfig) -> dict:
@@ -274,7 +278,8 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     dtype, amp = _amp(cfg.dtype, device)
 
     # ---- data: every rank reads the same lists; batches come from (seed, epoch) alone
-    train_set, val_set = data.load_sources(cfg.clotho, cfg.audiocaps, cfg.captions, cfg.val_fraction, cfg.seed)
+    train_set, val_set = data.load_sources(cfg.clotho, cfg.audiocaps, cfg.captions, cfg.val_fraction, cfg.seed,
+                                           cfg.library, cfg.db)
     dataset = data.PairDataset(train_set, cfg.crop_seconds, cfg.seed)
     steps_per_epoch = len(data.epoch_batches(len(train_set), 0, cfg.seed, cfg.batch, rank, world)) // cfg.accum
     if steps_per_epoch == 0:
@@ -308,12 +313,13 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     # ---- optimizer, and the exact state of an interrupted run
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # a no-op unless fp16
-    step, history, epoch_loss, unreadable = 0, [], [0.0, 0], set()
+    step, history, epoch_loss, unreadable, baseline = 0, [], [0.0, 0], set(), None
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
         step, history, epoch_loss, unreadable = ckpt["step"], ckpt["history"], ckpt["epoch_loss"], set(ckpt["unreadable"])
+        baseline = ckpt.get("baseline")
         if len(ckpt["rng"]) == world:
             torch.set_rng_state(ckpt["rng"][rank]["cpu"])
             if device.type == "cuda" and ckpt["rng"][rank]["cuda"] is not None:
@@ -344,8 +350,15 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "step": step, "history": history, "epoch_loss": epoch_loss, "unreadable": sorted(unreadable),
                 "rng": rng, "train_config": config_dict(cfg), "model_config": model_cfg.to_dict(), "base": base,
+                "baseline": baseline,
             })
             _prune_snapshots(out, best_epochs(history, cfg.average_top))
+
+    # ---- the starting weights scored on the validation set, so the run can say what fine-tuning changed
+    if not ckpt:
+        scores = evaluate(raw_model, val_set, device, amp, cfg.workers, cfg.val_seconds, rank, world)
+        baseline = {k: v for k, v in scores.items() if k != "unreadable"}
+        record({"kind": "baseline", "step": 0, **baseline})
 
     # ---- the loop
     last = time.perf_counter()
@@ -409,7 +422,8 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             dist.broadcast(buffer, 0)
         dist.barrier()
     result = TrainResult(cfg.name, None, out, finished, step, total_steps, history, best_epochs(history, cfg.average_top),
-                         None, train_set.problems + val_set.problems, tuple(sorted(unreadable)), raw_model)
+                         None, train_set.problems + val_set.problems, tuple(sorted(unreadable)), raw_model, baseline,
+                         train_set.thin)
     if not (finished and is_main):
         return result
     snapshots = [_snapshot(out, e) for e in result.best_epochs]
@@ -421,9 +435,10 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     card = {
         "description": f"AudioCLIP fine-tuned on {train_set.name} from {base['name']}.",
         "base": base, "recipe": config_dict(cfg), "model_config": model_cfg.to_dict(),
-        "data": {"train": train_set.name, "train_clips": len(train_set), "validation": val_set.name,
+        "data": {"train": train_set.name, "train_clips": len(train_set), "left_out_thin_names": len(train_set.thin),
+                 "validation": val_set.name,
                  "validation_clips": len(val_set), "skipped_rows": len(result.problems), "unreadable_files": len(unreadable)},
-        "validation": {"averaged_epochs": result.best_epochs, "final": final, "history": history},
+        "validation": {"averaged_epochs": result.best_epochs, "before": baseline, "final": final, "history": history},
     }
     state = {k: v.detach().cpu() for k, v in raw_model.state_dict().items()}
     path = weights.save_model(state, cfg.name, model_cfg.to_dict(), card)

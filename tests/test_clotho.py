@@ -372,3 +372,55 @@ def test_cli_model_run_writes_a_submission_and_caches(
     res = runner.invoke(app, ["bench", "clotho", str(tmp_path / "data"), "--submission", str(out), "--json"])
     scored = json.loads(res.stdout)
     assert all(scored[k] == pytest.approx(run[k]) for k in ("R1", "R5", "R10", "mAP10"))
+
+
+# -- the DCASE 2022 challenge set: queries without ground truth -----------------------------------------------
+
+
+def make_challenge(root: Path, n_clips: int = 6, truth: bool = False) -> Path:
+    """The layout `data download clotho --split dcase2022-eval` leaves: clips, their metadata CSV, the queries.
+
+    Clip 3's metadata name has a colon, which the archive stores as an underscore; clips 0-2 have two queries each.
+    """
+    make_layout(root, n_clips, split="dcase2022-eval")
+    (root / "clotho_captions_dcase2022-eval.csv").unlink()  # the challenge set has no such file
+    listed = [f"clip {i:02d}, take.wav" for i in range(n_clips)]
+    listed[3] = "clip 03, rain : far.wav"
+    os.replace(root / "dcase2022-eval" / "clip 03, take.wav", root / "dcase2022-eval" / "clip 03, rain_far.wav")
+    with (root / "retrieval_audio_metadata.csv").open("w", newline="", encoding="latin-1") as f:
+        csv.writer(f).writerows([["file_name", "keywords"], *[[n, "caf\xe9"] for n in listed]])
+    queries = [(f"clip {i} caption {k}", listed[i]) for i in range(3) for k in range(2)]
+    with (root / "retrieval_captions.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["caption", "file_name"] if truth else ["caption"],
+                                 *[[c, n] if truth else [c] for c, n in queries]])
+    return root
+
+
+def test_challenge_set_is_ranked_and_scored_only_with_ground_truth(tmp_path: Path):
+    split = clotho.load_split(make_challenge(tmp_path / "bare"), "dcase2022-eval")
+    assert split.files[3] == "clip 03, rain_far.wav" and len(split.captions) == 6 and split.caption_file is None
+    with pytest.raises(DatasetError, match="--write-submission"):
+        clotho.evaluate(split, one_hot_audio(6), staircase_text(6))
+    scores = clotho.similarities(split, one_hot_audio(6), staircase_text(6))
+    assert scores.shape == (6, 6)
+    known = clotho.load_split(make_challenge(tmp_path / "known", truth=True), "dcase2022-eval")
+    assert known.caption_file == [0, 0, 1, 1, 2, 2]
+    result, _ = clotho.evaluate(known, one_hot_audio(6), staircase_text(6))
+    assert result.metrics["R1"] == 0.5  # caption k ranks its clip k + 1: half the queries have k = 0
+
+
+def test_cli_challenge_set_writes_its_submission(tmp_path: Path, audiofind_home: Path, monkeypatch: pytest.MonkeyPatch):
+    make_challenge(tmp_path / "data")
+    fake = types.ModuleType("audiofind.encoder")
+    fake.load_encoder = lambda weights, device: FakeEncoder(6)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "audiofind.encoder", fake)
+    args = ["bench", "clotho", str(tmp_path / "data"), "--split", "dcase2022-eval"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "--write-submission" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    out = tmp_path / "run.csv"
+    res = runner.invoke(app, [*args, "--write-submission", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"split": "dcase2022-eval", "source": "fake", "n_clips": 6, "n_queries": 6}
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert [r["caption"] for r in rows] == [f"clip {i} caption {k}" for i in range(3) for k in range(2)]
+    assert rows[3]["file_name_1"] == "clip 02, take.wav" and rows[3]["file_name_2"] == "clip 01, take.wav"

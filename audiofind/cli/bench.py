@@ -1,11 +1,11 @@
-"""`audiofind bench`: the benchmark commands (clotho here; speed in cli/speed.py)."""
+"""`audiofind bench`: the retrieval benchmarks (clotho, captions here; speed in cli/speed.py)."""
 
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -13,7 +13,11 @@ from rich.table import Table
 
 from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console, sub_app
 
-bench_app = sub_app("Benchmarks: retrieval quality (clotho) and speed.")
+if TYPE_CHECKING:  # importing these at run time would pull in numpy before --help
+    from audiofind.clotho import CaptionSet, ClothoSplit
+    from audiofind.metrics import BenchResult
+
+bench_app = sub_app("Benchmarks: retrieval quality (clotho, captions) and speed.")
 app.add_typer(bench_app, name="bench")
 
 
@@ -21,6 +25,12 @@ class Split(str, Enum):
     evaluation = "evaluation"
     validation = "validation"
     development = "development"
+    dcase2022_eval = "dcase2022-eval"
+
+
+WriteOpt = Annotated[
+    Path | None, typer.Option("--write-submission", help="Also write the ten best clips per caption to this CSV.")
+]
 
 
 @bench_app.command("clotho")
@@ -28,13 +38,13 @@ def clotho(
     directory: Annotated[
         Path, typer.Argument(metavar="DIR", help="Folder holding clotho_captions_<split>.csv and <split>/.")
     ],
-    split: Annotated[Split, typer.Option("--split", help="Which Clotho v2 split to score.")] = Split.evaluation,
+    split: Annotated[
+        Split, typer.Option("--split", help="A Clotho v2 split, or dcase2022-eval: the challenge's evaluation set.")
+    ] = Split.evaluation,
     submission: Annotated[
         Path | None, typer.Option("--submission", help="Score this submission CSV instead of running a model.")
     ] = None,
-    write_submission: Annotated[
-        Path | None, typer.Option("--write-submission", help="Also write the ten best clips per caption to this CSV.")
-    ] = None,
+    write_submission: WriteOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -51,23 +61,68 @@ def clotho(
         source, label = str(submission), submission.name
     else:
         data = bench.load_split(directory, split.value)  # before the model loads: a broken dataset fails fast
-        from audiofind.encoder import load_encoder
-        from audiofind.paths import data_dir
+        if write_submission is None:
+            bench.require_truth(data)  # a set without ground truth is only worth running for its submission
+        result, label = _run_model(data, weights, device, write_submission, cache=f"clotho-{split.value}")
+        source = label
+    title = "DCASE 2022 Task 6b evaluation" if split.value == "dcase2022-eval" else f"Clotho v2 {split.value}"
+    _report(title, split.value, source, label, len(data.files), len(data.captions), result, json_out)
 
-        enc = load_encoder(weights, device)
-        cache = data_dir() / "cache" / f"clotho-{split.value}-{enc.sha256[:16]}.npz"
-        with _item_progress("Embedding") as progress:
-            result, scores = bench.evaluate(data, enc.embed_files, enc.embed_text, cache=cache, progress=progress)
-        if write_submission is not None:
-            bench.write_submission(write_submission, data, scores)
-            err_console.print(f"Wrote {write_submission}")
-        source = label = enc.name
 
+@bench_app.command("captions")
+def captions(
+    csv_file: Annotated[Path, typer.Argument(metavar="CSV", help="Rows of path,caption; paths relative to the CSV.")],
+    write_submission: WriteOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Score text-to-audio retrieval on your own path,caption pairs: each caption ranks every listed file."""
+    from audiofind import data as sources
+
+    clips = sources.read_captions(csv_file)
+    if clips.problems:
+        err_console.print(f"Skipped {len(clips.problems)} bad rows or missing files (details above).", highlight=False)
+    queries = sources.caption_queries(clips)
+    result, label = _run_model(queries, weights, device, write_submission)
+    _report(f"Your captions: {csv_file.name}", str(csv_file), label, label, len(queries.files), len(queries.captions),
+            result, json_out)
+
+
+def _run_model(data: "ClothoSplit | CaptionSet", weights: str | None, device: str, write_submission: Path | None,
+               cache: str | None = None) -> tuple["BenchResult | None", str]:
+    """Embed, rank and score (where the set has ground truth) with a model; returns the result and the model name.
+
+    With a cache name, clip vectors are kept per model in the data folder, so a second run embeds only the captions.
+    """
+    from audiofind import clotho as bench
+    from audiofind.encoder import load_encoder
+    from audiofind.paths import data_dir
+
+    enc = load_encoder(weights, device)
+    cache_file = data_dir() / "cache" / f"{cache}-{enc.sha256[:16]}.npz" if cache else None
+    with _item_progress("Embedding") as progress:
+        args = (data, enc.embed_files, enc.embed_text, cache_file, progress)
+        result, scores = bench.evaluate(*args) if data.caption_file is not None else (None, bench.similarities(*args))
+    if write_submission is not None:
+        bench.write_submission(write_submission, data, scores)
+        err_console.print(f"Wrote {write_submission}")
+    return result, enc.name
+
+
+def _report(title: str, split: str, source: str, label: str, n_clips: int, n_captions: int,
+            result: "BenchResult | None", json_out: bool) -> None:
+    """The scores as one JSON object or a table; a set without ground truth reports its size only."""
     if json_out:
-        typer.echo(json.dumps({"split": split.value, "source": source, "n_clips": len(data.files), **result.as_dict()}))
+        scores = result.as_dict() if result else {"n_queries": n_captions}
+        typer.echo(json.dumps({"split": split, "source": source, "n_clips": n_clips, **scores}))
         return
-    caption = f"{label}\n{result.n_queries} captions, {len(data.files)} clips"
-    table = Table(title=f"Clotho v2 {split.value}", caption=caption)
+    if result is None:
+        console.print(f"{title}: ranked {n_clips} clips for each of {n_captions} captions with {label}; its ground "
+                      "truth is not published, so there are no scores to show.", highlight=False, soft_wrap=True)
+        return
+    caption = f"{label}\n{result.n_queries} captions, {n_clips} clips"
+    table = Table(title=title, caption=caption)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI (jackknife)", justify="right")

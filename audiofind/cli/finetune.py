@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from audiofind.cli.common import DeviceOpt, JsonOpt, app, console, err_console
+from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, app, console, err_console
 
 # Defaults repeat TrainConfig's so that --help never imports torch; a test keeps the two equal.
 
@@ -25,6 +25,10 @@ def finetune(
                          help="AudioCaps folder: train.csv (and val.csv) beside the audio, or in train/ and val/.")] = None,
     captions: Annotated[Path | None, typer.Option(metavar="CSV", show_default=False,
                         help="Your own pairs: rows of path,caption, paths relative to the CSV.")] = None,
+    library: Annotated[bool, typer.Option("--library", help="Your indexed sounds, captioned with their own file and "
+                       "folder names and title, description and comment tags; --val-fraction of them is held out "
+                       "and scored before and after.")] = False,
+    db: DbOpt = None,
     init: Annotated[str | None, typer.Option(metavar="NAME|PATH", show_default=False,
                     help="Weights to start from (default: the default model).")] = None,
     out: Annotated[Path | None, typer.Option(metavar="DIR", show_default=False,
@@ -43,7 +47,8 @@ def finetune(
     grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0: off).")] = 0.0,
     average_top: Annotated[int, typer.Option(help="Average the weights of this many best epochs.")] = 5,
     val_seconds: Annotated[float, typer.Option(help="Validation embeds each clip's first seconds.")] = 30.0,
-    val_fraction: Annotated[float, typer.Option(help="Clips held out for validation when only --captions is given.")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(help="Clips held out for validation from --library, or when only "
+                                                     "--captions is given.")] = 0.1,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the data order, crops, captions and dropout.")] = 0,
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 or fp16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")] = "auto",
@@ -74,11 +79,15 @@ def finetune(
         "name": result.name, "path": str(result.path) if result.path else None, "out": str(result.out),
         "finished": result.finished, "step": result.step, "total_steps": result.total_steps,
         "best_epochs": result.best_epochs, "validation": result.final, "skipped_rows": len(result.problems),
-        "unreadable_files": len(result.unreadable), "history": result.history,
+        "unreadable_files": len(result.unreadable), "history": result.history, "baseline": result.baseline,
+        "thin_files": len(result.thin),
     }
     if json_out:
         typer.echo(json.dumps(summary))
         return
+    if result.thin:
+        err_console.print(f"Left out {len(result.thin)} files whose names and tags have fewer than two real words "
+                          "(numbers and take markers do not count).", highlight=False)
     if result.problems or result.unreadable:
         err_console.print(f"Skipped {len(result.problems)} bad rows or missing files and replaced "
                           f"{len(result.unreadable)} unreadable files (details in the log above).", highlight=False)
@@ -87,10 +96,19 @@ def finetune(
         console.print(f"Stopped after step {result.step} of {result.total_steps}; continue with: "
                       f"audiofind finetune {again} --resume", highlight=False)
         return
-    scores = result.final or {}
     console.print(f"Saved {result.name} ({result.path}), the average of epochs "
-                  f"{', '.join(map(str, result.best_epochs))}: validation mAP@10 {scores.get('mAP10', 0):.4f}, "
-                  f"R@1 {scores.get('R1', 0):.4f}. Use it with --weights {result.name}.", highlight=False, soft_wrap=True)
+                  f"{', '.join(map(str, result.best_epochs))}. Use it with --weights {result.name}.",
+                  highlight=False, soft_wrap=True)
+    queries = (result.final or {}).get("n_queries", 0)
+    console.print(f"Text-to-audio retrieval on the validation set ({queries} captions):", highlight=False)
+    for label, scores in (("before", result.baseline), ("after", result.final)):
+        if scores:
+            console.print(f"  {label:<6} {_scores(scores)}", highlight=False)
+
+
+def _scores(m: dict) -> str:
+    """The four retrieval metrics on one line."""
+    return f"R@1 {m['R1']:.4f}  R@5 {m['R5']:.4f}  R@10 {m['R10']:.4f}  mAP@10 {m['mAP10']:.4f}"
 
 
 @contextmanager
@@ -109,6 +127,8 @@ def _training_progress(enabled: bool) -> Iterator[tuple[Callable[[int, int], Non
         def on_metrics(entry: dict) -> None:
             if entry["kind"] == "step":
                 bar.update(task, loss=entry["loss"], lr=entry["lr"], speed=entry["clips_per_s"])
+            elif entry["kind"] == "baseline" and enabled:
+                bar.console.print(f"before fine-tuning: validation {_scores(entry)}", highlight=False)
             elif entry["kind"] == "epoch" and enabled:
                 bar.console.print(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, validation "
                                   f"mAP@10 {entry['mAP10']:.4f}, R@1 {entry['R1']:.4f}, R@10 {entry['R10']:.4f}",
