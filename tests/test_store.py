@@ -15,7 +15,7 @@ import pytest
 
 from audiofind.store import connection as store, migrations, nearest
 from audiofind import vectors as vec
-from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, UsageError
+from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, StorageError, UsageError
 from audiofind.bench import bench_search
 from audiofind.store import Filters
 from audiofind.store import AudioRow, FileRow, Index, ModelBinding
@@ -87,7 +87,7 @@ def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path, monkeypatch: 
         raise apsw.SQLError("boom")
 
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m999_broken])
-    with pytest.raises(IndexNotFound, match="boom"):
+    with pytest.raises(StorageError, match="boom"):
         Index.open(tmp_path / "index.db")
     conn = store.connect(tmp_path / "index.db")
     assert "half_done" not in user_tables(conn)
@@ -110,7 +110,7 @@ def test_missing_foreign_and_broken_databases_are_refused(tmp_path: Path) -> Non
         Index.open(tmp_path / "missing.db", create=False)
     assert not (tmp_path / "missing.db").exists()
     (tmp_path / "text.db").write_text("not a database at all " * 100)
-    with pytest.raises(IndexNotFound, match="not a database"):
+    with pytest.raises(IndexNotFound, match="not an SQLite database"):
         Index.open(tmp_path / "text.db")
     other = apsw.Connection(str(tmp_path / "other.db"))
     other.execute("CREATE TABLE photos (x)")
@@ -196,6 +196,25 @@ def test_changed_content_and_failures_drop_the_old_vectors(index: Index, tmp_pat
     with pytest.raises(ValueError, match="shape"):
         add(index, tmp_path / "b.wav", "h", np.ones((1, D + 1)))
     assert index.get_file(tmp_path / "b.wav") is None  # refused writes leave nothing
+
+
+def test_a_failed_write_is_undone_alone_and_sqlite_errors_become_storage_errors(index: Index, tmp_path: Path) -> None:
+    add(index, tmp_path / "a.wav", "h1", np.ones((1, D)))
+    add(index, tmp_path / "b.wav", "h2", np.ones((1, D)))
+    with pytest.raises(ValueError, match="not in the index"):  # fails after replacing b.wav: all of it undone
+        index.move_file(tmp_path / "ghost.wav", tmp_path / "b.wav", tmp_path, 1, 1)
+    assert not index.conn.in_transaction and index.get_file(tmp_path / "b.wav").hash == "h2"
+    with index.transaction():  # a batch: each write in it is a savepoint, undone on its own
+        add(index, tmp_path / "c.wav", "h3", np.ones((1, D)))
+        with pytest.raises(ValueError, match="not in the index"):
+            index.move_file(tmp_path / "ghost.wav", tmp_path / "a.wav", tmp_path, 1, 1)
+        add(index, tmp_path / "d.wav", "h4", np.ones((1, D)))
+    assert [Path(r.path).name for r in index.files_under([tmp_path])] == ["a.wav", "b.wav", "c.wav", "d.wav"]
+    with pytest.raises(StorageError, match=r"\(ConstraintError: CHECK constraint failed.*; everything indexed so far is kept\.$"):
+        with index.transaction():
+            index.remove_files([tmp_path / "d.wav"])
+            index.conn.execute("UPDATE files SET status = 'odd'")
+    assert not index.conn.in_transaction and index.get_file(tmp_path / "d.wav") is not None
 
 
 def test_files_under_roots(index: Index, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from audiofind import vectors as vec
 from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch
 from audiofind.paths import default_db
 from audiofind.store import migrations
-from audiofind.store.connection import connect, lock, unlock
+from audiofind.store.connection import connect, lock, storage_error, unlock
 from audiofind.store.records import (
     BINDING_KEYS, AudioRow, FileRow, ModelBinding, RootRow, Stats, folder_prefix, norm_path,
 )
@@ -53,7 +53,6 @@ class Index:
         if not path.exists():
             if not create:
                 raise IndexNotFound(f"No index at {path}; build one with: audiofind index FOLDER")
-            path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(path, create=create)
         try:
             tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -62,7 +61,7 @@ class Index:
             migrations.migrate(conn)
         except apsw.Error as e:
             conn.close()
-            raise IndexNotFound(f"Cannot prepare the index at {path}: {e}.") from e
+            raise storage_error(path, e) from e
         except BaseException:
             conn.close()
             raise
