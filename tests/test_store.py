@@ -293,6 +293,55 @@ def test_search_filters(index: Index, tmp_path: Path, monkeypatch: pytest.Monkey
     assert sorted(Path(h.path).name for h in hits) == sorted(expected)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")
+def test_under_matches_the_folder_as_given_and_as_resolved(index: Index, tmp_path: Path) -> None:
+    tmp = tmp_path.resolve()
+    (tmp / "disk" / "a" / "rain").mkdir(parents=True)
+    (tmp / "disk" / "b").mkdir()
+    (tmp / "elsewhere").mkdir()
+    (tmp / "a").symlink_to(tmp / "disk" / "a")  # root a is indexed through this link
+    (tmp / "b").symlink_to(tmp / "disk" / "b")  # root disk/b by its real path, searched through this link
+    (tmp / "disk" / "b" / "foley").symlink_to(tmp / "elsewhere")  # a linked folder inside root disk/b
+    for i, path in enumerate([tmp / "a" / "rain" / "r.wav", tmp / "disk" / "b" / "b.wav", tmp / "disk" / "b" / "foley" / "f.wav"]):
+        add(index, path, f"h{i}", np.eye(D)[[i]])
+    index.touch_root(tmp / "a")
+    index.touch_root(tmp / "disk" / "b")
+    found = lambda under: sorted(Path(h.path).name for h in index.search(np.ones(D), 10, Filters(under=under)))  # noqa: E731
+    assert found(tmp / "a") == found(tmp / "a" / "rain") == ["r.wav"]  # as given: stored as walked
+    assert found(tmp / "disk" / "a") == found(tmp / "disk" / "a" / "rain") == ["r.wav"]  # the real folder of a linked root
+    assert found(tmp / "b") == ["b.wav", "f.wav"]  # as resolved
+    assert found(tmp / "disk" / "b" / "foley") == ["f.wav"]  # as given, though it resolves outside every root
+    assert found(tmp / "disk") == ["b.wav", "f.wav", "r.wav"]  # a folder holding the real folder of a linked root
+    assert found(tmp / "disk" / "b" / "fol") == [] and found(tmp / "elsewhere" / "x") == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")
+def test_search_under_through_a_symlink_in_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    import audiogen
+    from audiofind.cli import app
+    from modelkit import register_tiny
+
+    tmp, tiny = tmp_path.resolve(), register_tiny()
+    (tmp / "disk" / "lib" / "rain").mkdir(parents=True)
+    (tmp / "elsewhere").mkdir()
+    (tmp / "lib").symlink_to(tmp / "disk" / "lib")
+    (tmp / "disk" / "lib" / "foley").symlink_to(tmp / "elsewhere")
+    audiogen.write_audio(tmp / "disk" / "lib" / "rain" / "r.wav", audiogen.noise(0.5))
+    audiogen.write_audio(tmp / "elsewhere" / "f.wav", audiogen.sine(440, 0.5))
+    db = tmp / "index.db"
+
+    def run(*args: object) -> list[str]:
+        result = CliRunner().invoke(app, [str(a) for a in (*args, "--db", db)])
+        assert result.exit_code == 0, result.output
+        return result.stdout.splitlines()
+
+    run("index", tmp / "lib", "-w", tiny)  # through the link: paths are stored as walked
+    assert run("search", "x", "--paths", "--under", tmp / "lib" / "foley", "-w", tiny) == [str(tmp / "lib" / "foley" / "f.wav")]
+    assert run("search", "x", "--paths", "--under", tmp / "disk" / "lib" / "rain", "-w", tiny) == [str(tmp / "lib" / "rain" / "r.wav")]
+
+
 def test_empty_and_unbound_indexes_return_nothing(tmp_path: Path) -> None:
     with Index.open(tmp_path / "index.db") as ix:
         assert ix.search(np.ones(D)) == []
