@@ -372,6 +372,34 @@ def test_quantised_search_matches_exact(index: Index, tmp_path: Path, monkeypatc
     assert len(hits) == 5 and all(h.duration <= 10 for h in hits)
 
 
+def test_quantised_search_rescores_only_the_hamming_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = vec.synthetic(4000, 256, queries=20, seed=2)
+    with Index.open(tmp_path / "big.db") as ix:
+        ix.bind_model(ModelBinding("tiny256", "ab" * 32, 256, 5.0, 2.5))
+        with ix.transaction():
+            for f in range(int(data.file_of[-1]) + 1):
+                add(ix, tmp_path / f"{f}.wav", f"h{f}", data.vectors[data.file_of == f])
+        assert ix.stats().quantised
+        monkeypatch.setattr(nearest, "EXACT_MAX", 100)
+        monkeypatch.setattr(nearest, "CANDIDATES", 300)
+        monkeypatch.setattr(nearest, "CANDIDATES_PER_FILE", 30)
+        scored: list[int] = []
+        score = nearest._score
+
+        def counting(index: Index, ids, q):  # type: ignore[no-untyped-def]
+            scored.append(len(ids))
+            return score(index, ids, q)
+
+        monkeypatch.setattr(nearest, "_score", counting)
+        for q in data.queries:
+            exact = [(h.path, h.score) for h in ix.search(q, 10, exact=True)]
+            assert scored == [4000]  # exact: every segment
+            scored.clear()
+            assert [(h.path, h.score) for h in ix.search(q, 10)] == exact
+            assert sum(scored) <= 300  # the nearest codes only, not all 4000 segments
+            scored.clear()
+
+
 def test_quantised_recall_at_10_on_a_large_synthetic_index(tmp_path: Path) -> None:
     result = bench_search(tmp_path / "bench.db", segments=20_000, dim=1024, queries=40, timing=False)
     assert result.recall_at_10 >= 0.99, result
