@@ -68,12 +68,12 @@ class IndexBusy(AudiofindError):
     """Another process is writing to the same index."""
 
 
+class StorageError(AudiofindError):
+    """The index file cannot be read or written as asked: disk full, read-only, damaged or unreachable."""
+
+
 class DatasetError(AudiofindError):
     """A dataset folder or CSV is missing pieces or has malformed rows."""
-
-
-class StorageError(AudiofindError):
-    """The index file cannot be read or written (disk full, read-only, not a database)."""
 
 
 class RebuildIncomplete(AudiofindError):

@@ -15,7 +15,7 @@ import pytest
 
 from audiofind.store import connection as store, migrations, nearest
 from audiofind import vectors as vec
-from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, UsageError
+from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, StorageError, UsageError
 from audiofind.bench import bench_search
 from audiofind.store import Filters
 from audiofind.store import AudioRow, FileRow, Index, ModelBinding
@@ -87,7 +87,7 @@ def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path, monkeypatch: 
         raise apsw.SQLError("boom")
 
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m999_broken])
-    with pytest.raises(IndexNotFound, match="boom"):
+    with pytest.raises(StorageError, match="boom"):
         Index.open(tmp_path / "index.db")
     conn = store.connect(tmp_path / "index.db")
     assert "half_done" not in user_tables(conn)
@@ -110,7 +110,7 @@ def test_missing_foreign_and_broken_databases_are_refused(tmp_path: Path) -> Non
         Index.open(tmp_path / "missing.db", create=False)
     assert not (tmp_path / "missing.db").exists()
     (tmp_path / "text.db").write_text("not a database at all " * 100)
-    with pytest.raises(IndexNotFound, match="not a database"):
+    with pytest.raises(IndexNotFound, match="not an SQLite database"):
         Index.open(tmp_path / "text.db")
     other = apsw.Connection(str(tmp_path / "other.db"))
     other.execute("CREATE TABLE photos (x)")
@@ -198,6 +198,25 @@ def test_changed_content_and_failures_drop_the_old_vectors(index: Index, tmp_pat
     assert index.get_file(tmp_path / "b.wav") is None  # refused writes leave nothing
 
 
+def test_a_failed_write_is_undone_alone_and_sqlite_errors_become_storage_errors(index: Index, tmp_path: Path) -> None:
+    add(index, tmp_path / "a.wav", "h1", np.ones((1, D)))
+    add(index, tmp_path / "b.wav", "h2", np.ones((1, D)))
+    with pytest.raises(ValueError, match="not in the index"):  # fails after replacing b.wav: all of it undone
+        index.move_file(tmp_path / "ghost.wav", tmp_path / "b.wav", tmp_path, 1, 1)
+    assert not index.conn.in_transaction and index.get_file(tmp_path / "b.wav").hash == "h2"
+    with index.transaction():  # a batch: each write in it is a savepoint, undone on its own
+        add(index, tmp_path / "c.wav", "h3", np.ones((1, D)))
+        with pytest.raises(ValueError, match="not in the index"):
+            index.move_file(tmp_path / "ghost.wav", tmp_path / "a.wav", tmp_path, 1, 1)
+        add(index, tmp_path / "d.wav", "h4", np.ones((1, D)))
+    assert [Path(r.path).name for r in index.files_under([tmp_path])] == ["a.wav", "b.wav", "c.wav", "d.wav"]
+    with pytest.raises(StorageError, match=r"\(ConstraintError: CHECK constraint failed.*; everything indexed so far is kept\.$"):
+        with index.transaction():
+            index.remove_files([tmp_path / "d.wav"])
+            index.conn.execute("UPDATE files SET status = 'odd'")
+    assert not index.conn.in_transaction and index.get_file(tmp_path / "d.wav") is not None
+
+
 def test_files_under_roots(index: Index, tmp_path: Path) -> None:
     for name in ("music/a.wav", "music/sub/b.wav", "musicals/c.wav", "sfx/d.wav"):
         add(index, tmp_path / name, name, np.ones((1, D)))
@@ -274,6 +293,55 @@ def test_search_filters(index: Index, tmp_path: Path, monkeypatch: pytest.Monkey
     assert sorted(Path(h.path).name for h in hits) == sorted(expected)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")
+def test_under_matches_the_folder_as_given_and_as_resolved(index: Index, tmp_path: Path) -> None:
+    tmp = tmp_path.resolve()
+    (tmp / "disk" / "a" / "rain").mkdir(parents=True)
+    (tmp / "disk" / "b").mkdir()
+    (tmp / "elsewhere").mkdir()
+    (tmp / "a").symlink_to(tmp / "disk" / "a")  # root a is indexed through this link
+    (tmp / "b").symlink_to(tmp / "disk" / "b")  # root disk/b by its real path, searched through this link
+    (tmp / "disk" / "b" / "foley").symlink_to(tmp / "elsewhere")  # a linked folder inside root disk/b
+    for i, path in enumerate([tmp / "a" / "rain" / "r.wav", tmp / "disk" / "b" / "b.wav", tmp / "disk" / "b" / "foley" / "f.wav"]):
+        add(index, path, f"h{i}", np.eye(D)[[i]])
+    index.touch_root(tmp / "a")
+    index.touch_root(tmp / "disk" / "b")
+    found = lambda under: sorted(Path(h.path).name for h in index.search(np.ones(D), 10, Filters(under=under)))  # noqa: E731
+    assert found(tmp / "a") == found(tmp / "a" / "rain") == ["r.wav"]  # as given: stored as walked
+    assert found(tmp / "disk" / "a") == found(tmp / "disk" / "a" / "rain") == ["r.wav"]  # the real folder of a linked root
+    assert found(tmp / "b") == ["b.wav", "f.wav"]  # as resolved
+    assert found(tmp / "disk" / "b" / "foley") == ["f.wav"]  # as given, though it resolves outside every root
+    assert found(tmp / "disk") == ["b.wav", "f.wav", "r.wav"]  # a folder holding the real folder of a linked root
+    assert found(tmp / "disk" / "b" / "fol") == [] and found(tmp / "elsewhere" / "x") == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")
+def test_search_under_through_a_symlink_in_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    import audiogen
+    from audiofind.cli import app
+    from modelkit import register_tiny
+
+    tmp, tiny = tmp_path.resolve(), register_tiny()
+    (tmp / "disk" / "lib" / "rain").mkdir(parents=True)
+    (tmp / "elsewhere").mkdir()
+    (tmp / "lib").symlink_to(tmp / "disk" / "lib")
+    (tmp / "disk" / "lib" / "foley").symlink_to(tmp / "elsewhere")
+    audiogen.write_audio(tmp / "disk" / "lib" / "rain" / "r.wav", audiogen.noise(0.5))
+    audiogen.write_audio(tmp / "elsewhere" / "f.wav", audiogen.sine(440, 0.5))
+    db = tmp / "index.db"
+
+    def run(*args: object) -> list[str]:
+        result = CliRunner().invoke(app, [str(a) for a in (*args, "--db", db)])
+        assert result.exit_code == 0, result.output
+        return result.stdout.splitlines()
+
+    run("index", tmp / "lib", "-w", tiny)  # through the link: paths are stored as walked
+    assert run("search", "x", "--paths", "--under", tmp / "lib" / "foley", "-w", tiny) == [str(tmp / "lib" / "foley" / "f.wav")]
+    assert run("search", "x", "--paths", "--under", tmp / "disk" / "lib" / "rain", "-w", tiny) == [str(tmp / "lib" / "rain" / "r.wav")]
+
+
 def test_empty_and_unbound_indexes_return_nothing(tmp_path: Path) -> None:
     with Index.open(tmp_path / "index.db") as ix:
         assert ix.search(np.ones(D)) == []
@@ -302,6 +370,34 @@ def test_quantised_search_matches_exact(index: Index, tmp_path: Path, monkeypatc
     assert len(index.search(data.queries[0], 7, exact=False)) == 7
     hits = index.search(data.queries[0], 5, Filters(under=tmp_path, max_duration=10.0), exact=False)
     assert len(hits) == 5 and all(h.duration <= 10 for h in hits)
+
+
+def test_quantised_search_rescores_only_the_hamming_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = vec.synthetic(4000, 256, queries=20, seed=2)
+    with Index.open(tmp_path / "big.db") as ix:
+        ix.bind_model(ModelBinding("tiny256", "ab" * 32, 256, 5.0, 2.5))
+        with ix.transaction():
+            for f in range(int(data.file_of[-1]) + 1):
+                add(ix, tmp_path / f"{f}.wav", f"h{f}", data.vectors[data.file_of == f])
+        assert ix.stats().quantised
+        monkeypatch.setattr(nearest, "EXACT_MAX", 100)
+        monkeypatch.setattr(nearest, "CANDIDATES", 300)
+        monkeypatch.setattr(nearest, "CANDIDATES_PER_FILE", 30)
+        scored: list[int] = []
+        score = nearest._score
+
+        def counting(index: Index, ids, q):  # type: ignore[no-untyped-def]
+            scored.append(len(ids))
+            return score(index, ids, q)
+
+        monkeypatch.setattr(nearest, "_score", counting)
+        for q in data.queries:
+            exact = [(h.path, h.score) for h in ix.search(q, 10, exact=True)]
+            assert scored == [4000]  # exact: every segment
+            scored.clear()
+            assert [(h.path, h.score) for h in ix.search(q, 10)] == exact
+            assert sum(scored) <= 300  # the nearest codes only, not all 4000 segments
+            scored.clear()
 
 
 def test_quantised_recall_at_10_on_a_large_synthetic_index(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def search(
             raise UsageError(f"--tag takes KEY=VALUE, got {item!r}.")
         tags[key.strip().lower()] = value.strip()
     filters = Filters(
-        under=str(under.resolve()) if under else None,
+        under=str(under) if under else None,  # the store matches it as given and as resolved
         exts=frozenset(e.lower().lstrip(".") for e in ext) if ext else None,
         min_duration=min_duration,
         max_duration=max_duration,

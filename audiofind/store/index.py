@@ -20,10 +20,10 @@ import apsw
 import numpy as np
 
 from audiofind import vectors as vec
-from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch
+from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, StorageError
 from audiofind.paths import default_db
 from audiofind.store import migrations
-from audiofind.store.connection import connect, lock, unlock
+from audiofind.store.connection import connect, lock, storage_error, unlock
 from audiofind.store.records import (
     BINDING_KEYS, AudioRow, FileRow, ModelBinding, RootRow, Stats, folder_prefix, norm_path,
 )
@@ -54,7 +54,6 @@ class Index:
         if not path.exists():
             if not create:
                 raise IndexNotFound(f"No index at {path}; build one with: audiofind index FOLDER")
-            path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(path, create=create)
         try:
             tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -63,7 +62,7 @@ class Index:
             migrations.migrate(conn)
         except apsw.Error as e:
             conn.close()
-            raise IndexNotFound(f"Cannot prepare the index at {path}: {e}.") from e
+            raise storage_error(path, e) from e
         except BaseException:
             conn.close()
             raise
@@ -431,8 +430,14 @@ def peek_model(db: Path | str) -> ModelBinding | None:
 def writer_lock(db: Path | str) -> Iterator[None]:
     """Hold the OS lock on <db>.lock for the duration; IndexBusy if another writer holds it."""
     db = Path(norm_path(db))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "a+b") as f:
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        f = open(f"{db}.lock", "a+b")  # noqa: SIM115  (closed below, after the lock is released)
+    except OSError as e:
+        raise StorageError(
+            f"Cannot open the lock file {db}.lock: {e.strerror or e}; make the folder {db.parent} writable."
+        ) from e
+    with f:
         f.seek(0)  # msvcrt locks bytes from the current position
         try:
             lock(f.fileno())

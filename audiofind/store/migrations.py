@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import apsw
 
 from audiofind.errors import IndexBusy, SchemaMismatch
+from audiofind.store.connection import storage_error
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +32,32 @@ def migration(fn: Migration) -> Migration:
 
 @contextmanager
 def write_transaction(conn: apsw.Connection) -> Iterator[None]:
-    """One write transaction, or a savepoint inside an open one; everything in it lands together or not at all."""
-    if conn.in_transaction:
-        with conn:  # APSW turns a nested `with conn` into a savepoint
-            yield
-        return
+    """One write transaction, or a savepoint inside an open one; everything in it lands together or not at all.
+
+    Every write of the store passes here, so this is where SQLite's failures (disk full, read-only, I/O) become
+    StorageError; BusyError stays itself, for callers that wait and retry.
+    """
+    nested = conn.in_transaction
     try:
         # IMMEDIATE takes the write lock up front (waiting out the busy timeout), so a read that precedes the
         # first write can never find its snapshot stale.
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("SAVEPOINT write" if nested else "BEGIN IMMEDIATE")
     except apsw.BusyError as e:
         raise IndexBusy(f"Another process is writing to {conn.filename}; try again when it has finished.") from e
+    except apsw.Error as e:
+        raise storage_error(conn.filename, e) from e
     try:
         yield
-    except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("RELEASE write" if nested else "COMMIT")
+    except BaseException as e:
+        if conn.in_transaction:  # SQLite ends the whole transaction itself after some errors (a full disk may)
+            try:
+                conn.execute("ROLLBACK TO write; RELEASE write" if nested else "ROLLBACK")
+            except apsw.Error:  # the first error is the one to report
+                log.debug("rollback failed on %s", conn.filename, exc_info=True)
+        if isinstance(e, apsw.Error) and not isinstance(e, apsw.BusyError):
+            raise storage_error(conn.filename, e) from e
         raise
-    conn.execute("COMMIT")
 
 
 @migration

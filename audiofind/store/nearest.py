@@ -6,6 +6,7 @@ segment). Small or tightly filtered sets are scored exactly; otherwise the neare
 """
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ _DONE = "hash NOT IN (SELECT hash FROM partial)"
 class Filters:
     """Restrictions on which files a search may return; None means no restriction."""
 
-    under: Path | str | None = None  # a folder
+    under: Path | str | None = None  # a folder, matched as given and as resolved
     exts: frozenset[str] | None = None  # "wav" or ".wav", any case
     min_duration: float | None = None
     max_duration: float | None = None
@@ -73,7 +74,7 @@ def search(
     if q.shape[1] != binding.dim:
         raise ValueError(f"Query vectors have {q.shape[1]} dimensions; this index holds {binding.dim}.")
     filters = None if filters is None or filters.is_empty() else filters
-    cond, params = _filter_sql(filters)
+    cond, params = _filter_sql(filters, [r.path for r in index.roots()] if filters and filters.under else [])
     with _snapshot(index):
         allowed = None
         if filters is not None:
@@ -168,16 +169,18 @@ def _rank(index: "Index", ids: np.ndarray, scores: np.ndarray, k: int, cond: str
     return hits[:k]
 
 
-def _filter_sql(filters: Filters | None) -> tuple[str, list]:
-    """SQL conditions on files f joined with audio a (each starting with AND), and their parameters."""
+def _filter_sql(filters: Filters | None, roots: list[str]) -> tuple[str, list]:
+    """SQL conditions on files f joined with audio a (each starting with AND), and their parameters.
+
+    roots: the indexed folders, to find a folder given by its real path under a root indexed through a symlink.
+    """
     if filters is None:
         return "", []
     conds, params = [], []
     if filters.under:
-        folder = norm_path(filters.under)
-        prefix = folder_prefix(folder)
-        conds.append("(f.path = ? OR substr(f.path, 1, ?) = ?)")
-        params += [folder, len(prefix), prefix]
+        folders = _under_folders(filters.under, roots)
+        conds.append("(" + " OR ".join("f.path = ? OR substr(f.path, 1, ?) = ?" for _ in folders) + ")")
+        params += [x for folder in folders for x in (folder, len(folder_prefix(folder)), folder_prefix(folder))]
     if filters.exts:
         exts = sorted({"." + e.casefold().lstrip(".") for e in filters.exts})
         conds.append("(" + " OR ".join("casefold(substr(f.path, -?)) = ?" for _ in exts) + ")")
@@ -196,3 +199,24 @@ def _filter_sql(filters: Filters | None) -> tuple[str, list]:
         )
         params += [key.casefold(), str(value).casefold(), str(value).casefold()]
     return "".join(f" AND {c}" for c in conds), params
+
+
+def _under_folders(folder: Path | str, roots: list[str]) -> list[str]:
+    """Where files under folder are stored: it as given and as resolved, and, seen from a root indexed through a
+    symlink, the same place under that root (paths are stored as walked, symlinks kept)."""
+    given = norm_path(folder)
+    real = os.path.realpath(given)
+    found = {given, real}
+    for root in roots:
+        root_real = os.path.realpath(root)
+        if root_real == root:
+            continue
+        if _within(real, root_real):
+            found.add(norm_path(os.path.join(root, os.path.relpath(real, root_real))))
+        elif _within(root_real, real):
+            found.add(root)
+    return sorted(found)
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder_prefix(folder))
