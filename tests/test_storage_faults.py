@@ -52,10 +52,12 @@ def as_user(*args: object) -> tuple[int, str, str]:
 
 
 def one_error_line(code: int, stderr: str) -> str:
-    """The single `error: ...` line of a failed command (asserting exit 1 and nothing else on stderr)."""
+    """The single `error: ...` line of a failed command: exit 1, its last line, after only per-file progress lines."""
     lines = stderr.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), (code, stderr)
-    return lines[0]
+    progress = ("embedded ", "reused ", "moved ", "removed ")  # what index prints per file without a terminal
+    assert code == 1 and lines[-1].startswith("error: "), (code, stderr)
+    assert all(line.startswith(progress) for line in lines[:-1]), stderr
+    return lines[-1]
 
 
 def snapshot(db: Path) -> dict[str, list]:

@@ -47,6 +47,8 @@ def index_cmd(
             if not root.is_dir():
                 raise UsageError(f"{root} is not a folder.")
     encoder = load_checked(db_path, weights, device)  # before anything is written: a broken model changes nothing
+    if Path(db_path).exists():
+        open_index(db_path, create=True).close()  # a read-only index is refused here, in its own words
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with writer_lock(db_path), Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task("rebuilding" if rebuild else "indexing", total=None, audio="")
