@@ -77,7 +77,8 @@ class Event:
 
 def binding(encoder: Encoder, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS) -> ModelBinding:
     """The identity an index records for the vectors this encoder makes."""
-    return ModelBinding(name=encoder.name, sha256=encoder.sha256, dim=encoder.dim, window=window, hop=hop)
+    precision = getattr(encoder, "precision", "fp32")  # how the audio tower computes: part of the vectors' identity
+    return ModelBinding(encoder.name, encoder.sha256, encoder.dim, window, hop, precision)
 
 
 def encoder_for(index: Index, weights: str | None, device: str) -> Encoder:

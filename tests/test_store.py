@@ -1,5 +1,6 @@
 """The index store: schema and migrations, model binding, files and shared content, search, locking, crash safety."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -539,3 +540,17 @@ def test_stats(index: Index, tmp_path: Path) -> None:
     assert s.path == index.path and s.size_bytes > 0
     assert s.last_update == pytest.approx(time.time(), abs=60)
     json.dumps(s.failures)  # plain values, ready for --json
+
+
+def test_an_index_records_its_precision_and_refuses_another(tmp_path: Path) -> None:
+    with Index.open(tmp_path / "p.db") as ix:
+        ix.bind_model(BINDING)
+        assert ix.model().precision == "fp32"
+        ix.add_file(FileRow("/x/a.wav", "/x", 1, 1, "h" * 64), AudioRow("h" * 64, 1.0, 44100, 1), [(0.0, 1.0)],
+                    np.ones((1, BINDING.dim), np.float32))  # fmt: skip
+        bf16 = dataclasses.replace(BINDING, precision="bf16")
+        with pytest.raises(SchemaMismatch, match="--precision bf16"):
+            ix.check_model(bf16)
+    with Index.open(tmp_path / "p.db") as ix:  # an index from before precision was recorded reads as fp32
+        ix.conn.execute("DELETE FROM meta WHERE key = 'precision'")
+        assert ix.model() == BINDING

@@ -95,11 +95,7 @@ class Index:
 
     def model(self) -> ModelBinding | None:
         """The model and segmenting this index was built with, or None before the first bind."""
-        m = self._meta()
-        if "model_sha256" not in m:
-            return None
-        name, sha256, dim, window, hop = (m[key] for key in BINDING_KEYS)
-        return ModelBinding(str(name), str(sha256), int(dim), float(window), float(hop))  # type: ignore[arg-type]
+        return ModelBinding.from_meta(self._meta())
 
     def bind_model(self, binding: ModelBinding) -> None:
         """Record the model on an empty index; SchemaMismatch if vectors of another model are already stored."""
@@ -119,8 +115,7 @@ class Index:
                 f"embedding float[{int(binding.dim)}] distance_metric=cosine, chunk_size={CHUNK_SIZE})"
             )
             self.conn.execute("DELETE FROM meta")
-            values = (binding.name, binding.sha256, int(binding.dim), float(binding.window), float(binding.hop))
-            self.conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", zip(BINDING_KEYS, values))
+            self.conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", zip(BINDING_KEYS, binding.values()))
         log.info("bound %s to model %s (%d-d)", self.path, binding.name, binding.dim)
 
     def check_model(self, binding: ModelBinding) -> None:
@@ -138,6 +133,12 @@ class Index:
             return (
                 f"This index was built with model '{current.name}' (sha256 {current.sha256[:12]}...); "
                 f"you asked for '{asked.name}'. {fix}"
+            )
+        if current.precision != asked.precision:
+            fix = f"Rebuild it with: audiofind index --rebuild --precision {asked.precision}{db} {roots}"
+            return (
+                f"This index holds {current.precision} embeddings; you asked for {asked.precision}, which rank "
+                f"differently. Use --precision {current.precision}, or {fix[0].lower()}{fix[1:]}"
             )
         return (
             f"This index was built with {current.window:g} s windows every {current.hop:g} s; "
@@ -420,10 +421,7 @@ def peek_model(db: Path | str) -> ModelBinding | None:
         m = dict(conn.execute("SELECT key, value FROM meta"))
     finally:
         conn.close()
-    if "model_sha256" not in m:
-        return None
-    name, sha256, dim, window, hop = (m[key] for key in BINDING_KEYS)
-    return ModelBinding(str(name), str(sha256), int(dim), float(window), float(hop))  # type: ignore[arg-type]
+    return ModelBinding.from_meta(m)
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-BINDING_KEYS = ("model_name", "model_sha256", "dim", "window", "hop")
+BINDING_KEYS = ("model_name", "model_sha256", "dim", "window", "hop", "precision")
 
 
 @dataclass(frozen=True)
@@ -19,10 +19,25 @@ class ModelBinding:
     dim: int
     window: float  # seconds per segment
     hop: float  # seconds between segment starts
+    precision: str = "fp32"  # fp32 | tf32 | bf16: how the audio tower computed them (indexes before this were fp32)
 
     def same_vectors(self, other: "ModelBinding") -> bool:
         """True if vectors made under other can be compared with ours (the name alone may differ)."""
-        return (self.sha256, self.dim, self.window, self.hop) == (other.sha256, other.dim, other.window, other.hop)
+        mine = (self.sha256, self.dim, self.window, self.hop, self.precision)
+        return mine == (other.sha256, other.dim, other.window, other.hop, other.precision)
+
+    def values(self) -> tuple:
+        """The meta values, in BINDING_KEYS order."""
+        return (self.name, self.sha256, int(self.dim), float(self.window), float(self.hop), self.precision)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "ModelBinding | None":
+        """The binding recorded in an index's meta table, or None before the first bind."""
+        if "model_sha256" not in meta:
+            return None
+        name, sha256, dim, window, hop = (meta[key] for key in BINDING_KEYS[:5])
+        precision = str(meta.get("precision", "fp32"))
+        return cls(str(name), str(sha256), int(dim), float(window), float(hop), precision)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
