@@ -68,7 +68,9 @@ def render(library: Library, query: QueryParams, token: str) -> str:
 
 def _status(s: dict) -> str:
     model = f"model {s['model']}" if s["model"] else "no model yet"
-    return f"{s['ok']:,} files · {s['segments']:,} segments · {s['audio_hours']:.1f} h of audio · {model} · {s['path']}"
+    hours = s["audio_hours"]
+    audio = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min" if hours >= 1 / 60 else f"{hours * 3600:.0f} s"
+    return f"{s['ok']:,} files · {s['segments']:,} segments · {audio} of audio · {model} · {s['path']}"
 
 
 def _table(results: list[Result], token: str, keep: list[tuple[str, str]]) -> str:

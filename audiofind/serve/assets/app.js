@@ -17,7 +17,7 @@
     if (current >= 0) rows[current].classList.remove("selected");
     current = i;
     rows[i].classList.add("selected");
-    rows[i].scrollIntoView({ block: "nearest" });
+    rows[i].scrollIntoView({ block: "nearest", inline: "nearest" });
   }
 
   function play(row, at) {
