@@ -219,7 +219,8 @@ def test_every_route_needs_the_token(served: Served) -> None:
 
 def test_foreign_hosts_are_refused_and_no_cors(served: Served) -> None:
     for host in ("evil.example:8765", "127.0.0.1:9999", "attacker.test", "", "127.0.0.1.evil.example:8765"):
-        assert served.client.get("/api/status", headers={"Host": host}).status_code == 403, host
+        r = served.client.get("/api/status", headers={"Host": host})
+        assert r.status_code == 403 and "own address" in r.json()["error"], host
     assert served.client.get("/api/status", headers={"Host": "localhost:8765"}).status_code == 200
     r = served.client.get("/api/status", headers={"Origin": "http://evil.example"})
     assert r.status_code == 200 and not any(h.startswith("access-control-") for h in r.headers)
@@ -238,6 +239,7 @@ def test_only_indexed_files_can_be_served(served: Served, tmp_path: Path) -> Non
         r = served.client.get(route)
         assert r.status_code == 404, route
         assert b"RIFF" not in r.content and b"Traceback" not in r.content, route
+        assert not r.request.url.path.startswith("/api/") or "error" in r.json(), route
     # an indexed file swapped for a symlink that leads out of the root is not served
     victim = served.files["tone.wav"]
     file_id = served.id("tone.wav")
@@ -283,3 +285,11 @@ def test_the_page_lists_results_with_what_the_script_needs(served: Served) -> No
     assert f"token={TOKEN}" in like.split("more like this")[0]  # links keep the token
     assert "No indexed file has id 424242." in served.client.get("/", params={"like": 424242}).text
     assert "k must be between" in served.client.get("/", params={"q": "x", "k": 0}).text
+
+
+def test_speed_measures_what_bench_speed_reports(served: Served) -> None:
+    from audiofind.serve.speed import serve_speed
+
+    result = serve_speed(served.library.encoder, segments=300, page=3, seconds=1.0)
+    assert set(result) == {"serve_search_0k_s", "serve_page_3_s", "serve_first_byte_transcoded_s", "serve_first_byte_seek_s"}
+    assert all(0 < v < 60 for v in result.values())

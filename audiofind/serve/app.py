@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -25,8 +25,10 @@ from audiofind.serve.library import Library
 ASSETS = Path(__file__).parent / "assets"
 
 
-def create_app(library: Library, token: str, host: str = "127.0.0.1", port: int = 8765) -> Starlette:
-    """The application serving library to requests for host:port that carry token."""
+def create_app(
+    library: Library, token: str, host: str = "127.0.0.1", port: int = 8765, peaks_dir: Path | None = None
+) -> Starlette:
+    """The application serving library to requests for host:port that carry token (peaks cached in peaks_dir)."""
 
     def sync(handler):  # type: ignore[no-untyped-def]
         async def endpoint(request: Request) -> Response:
@@ -72,7 +74,7 @@ def create_app(library: Library, token: str, host: str = "127.0.0.1", port: int 
         entry, checked = _servable(library, request)
         if entry is None or checked is None:
             return _error(404, "No such file in the index, or it changed or disappeared since it was indexed.")
-        values = peaks.peaks(Path(entry.path), entry.hash, entry.duration)
+        values = peaks.peaks(Path(entry.path), entry.hash, entry.duration, peaks_dir)
         return JSONResponse({"id": entry.id, "hash": entry.hash, "duration": entry.duration, "peaks": values})
 
     def status(request: Request) -> Response:
@@ -90,7 +92,17 @@ def create_app(library: Library, token: str, host: str = "127.0.0.1", port: int 
         Route("/api/status", sync(status)),
         Mount("/static", StaticFiles(directory=ASSETS)),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(Guard, token=token, host=host, port=port)])
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, token=token, host=host, port=port)],
+        exception_handlers={404: _not_found},
+    )
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith("/api/"):
+        return _error(404, "No such route or file.")
+    return PlainTextResponse("Not found.\n", 404)
 
 
 def _servable(library: Library, request: Request) -> tuple[Entry | None, os.stat_result | None]:

@@ -95,7 +95,7 @@ class Guard:
 
     def _refusal(self, scope: Scope) -> Response | None:
         if not host_allowed(Headers(scope=scope).get("host"), self.host, self.port):
-            return PlainTextResponse("This server only answers requests for its own address.\n", 403)
+            return _refuse(scope, 403, "This server only answers requests for its own address.")
         if scope["path"].startswith(PUBLIC_PREFIX):
             return None
         token = given_token(scope)

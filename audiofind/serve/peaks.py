@@ -22,25 +22,25 @@ VERSION = 1  # bump when the way peaks are computed changes: old cache files are
 
 
 def cache_dir() -> Path:
-    """Where computed peaks are kept (under the audiofind data folder, which AUDIOFIND_HOME moves)."""
+    """Where computed peaks are kept by default (under the audiofind data folder, which AUDIOFIND_HOME moves)."""
     return data_dir() / "peaks"
 
 
-def cache_file(hash: str) -> Path:
+def cache_file(hash: str, folder: Path | None = None) -> Path:
     """The cache file of one content."""
-    return cache_dir() / hash[:2] / f"{hash}.json"
+    return (folder or cache_dir()) / hash[:2] / f"{hash}.json"
 
 
-def peaks(path: Path, hash: str, duration: float) -> list[float]:
+def peaks(path: Path, hash: str, duration: float, folder: Path | None = None) -> list[float]:
     """The peak level (0..1) of each of BUCKETS equal slices of the file: from the cache, else computed and cached."""
-    cached = _read(cache_file(hash))
+    cached = _read(cache_file(hash, folder))
     if cached is not None:
         return cached
     values = [round(float(v), 4) for v in compute(path, duration)]
     try:
-        _write(cache_file(hash), {"version": VERSION, "buckets": BUCKETS, "peaks": values})
+        _write(cache_file(hash, folder), {"version": VERSION, "buckets": BUCKETS, "peaks": values})
     except OSError as e:  # a read-only data folder costs speed, not the waveform
-        log.warning("cannot cache peaks in %s: %s", cache_dir(), e)
+        log.warning("cannot cache peaks in %s: %s", folder or cache_dir(), e)
     return values
 
 
