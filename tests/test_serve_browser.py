@@ -174,12 +174,14 @@ def test_search_play_next_and_more_like_this_in_chromium(library: Library, tmp_p
             assert float(first["start"]) > 0  # the match is inside the file, so "from its start" means something
 
             # Space plays the selected (first) result from the start of its matching segment
+            page.evaluate(RECORD)
             page.keyboard.press("Space")
             _wait_playing(page, first["id"], float(first["start"]))
             # Down moves to the next result and plays it
+            page.evaluate("window.played = []")
             page.keyboard.press("ArrowDown")
             _wait_playing(page, second["id"], float(second["start"]))
-            page.wait_for_function("document.querySelector('tr.hit.selected canvas') && [...document.querySelectorAll('tr.hit canvas')].every(c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v > 0))")
+            page.wait_for_function(DRAWN)  # every row's waveform came from /api/peaks
             page.screenshot(path=str(tmp_path / "serve.png"))
             if os.environ.get("AUDIOFIND_SCREENSHOT"):  # how docs/serve.png is made
                 shutil.copy(tmp_path / "serve.png", os.environ["AUDIOFIND_SCREENSHOT"])
@@ -189,6 +191,7 @@ def test_search_play_next_and_more_like_this_in_chromium(library: Library, tmp_p
 
             # clicking a waveform plays from there: the AIFF is transcoded, and seeking still works
             aiff = next(i for i in range(rows.count()) if hit(i)["path"].endswith(".aiff"))
+            page.evaluate("window.played = []")
             rows.nth(aiff).locator("canvas").click(position={"x": 180, "y": 17})  # 3/4 of the way
             _wait_playing(page, hit(aiff)["id"], 0.74 * float(hit(aiff)["duration"]))
             page.keyboard.press("Space")
@@ -220,11 +223,24 @@ def test_search_play_next_and_more_like_this_in_chromium(library: Library, tmp_p
     assert err.rstrip().endswith("stopped.")
 
 
+# Whether every thumbnail shows waveform bars (drawn only once its peaks arrived) in the page's waveform colours.
+DRAWN = """() => [...document.querySelectorAll('tr.hit canvas')].every(c => {
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  for (let i = 0; i < d.length; i += 4) if ((d[i] === 39 && d[i + 1] === 104) || (d[i] === 155 && d[i + 1] === 181)) return true;
+  return false; })"""
+
+# Every position the player reports while playing, by file: playing "from t" means none of them is before t.
+RECORD = """() => { const p = document.getElementById('player'); window.played = [];
+  p.addEventListener('timeupdate', () => { if (!p.paused) window.played.push([p.dataset.id, p.currentTime]); }); }"""
+
+
 def _wait_playing(page, file_id: str, at_least: float) -> None:  # type: ignore[no-untyped-def]
-    """Wait until the player plays this file and has moved past at_least seconds (so it is playing from there)."""
+    """Wait until the player plays this file past at_least seconds, having played nothing of it before that."""
     page.wait_for_function(
         """([id, t]) => { const p = document.getElementById('player');
            return p.dataset.id === id && !p.paused && p.currentTime > t; }""",
         arg=[file_id, at_least],
         timeout=30_000,
     )
+    heard = page.evaluate("id => window.played.filter(([i]) => i === id).map(([, t]) => t)", file_id)
+    assert heard and min(heard) >= at_least - 0.05, (file_id, at_least, heard[:5])

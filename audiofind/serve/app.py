@@ -5,6 +5,7 @@ Routes (a public interface): GET / (the page), /api/search, /api/like, /api/audi
 """
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,7 +31,9 @@ def create_app(
 ) -> Starlette:
     """The application serving library to requests for host:port that carry token (peaks cached in peaks_dir)."""
 
-    def sync(handler):  # type: ignore[no-untyped-def]
+    def sync(handler: Callable[[Request], Response]) -> Callable[[Request], Awaitable[Response]]:
+        """An endpoint running handler in the thread pool, with library errors as JSON."""
+
         async def endpoint(request: Request) -> Response:
             try:
                 return await run_in_threadpool(handler, request)
