@@ -1,9 +1,10 @@
 """`audiofind serve` over HTTP, in-process: the JSON API against the CLI, audio with Range and transcoding, peaks,
 and the token, Host and path checks."""
 
+import html as html_lib
 import io
 import json
-import os
+import re
 import shutil
 import wave
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ def make_library(root: Path) -> dict[str, Path]:
         "sweep.aiff": audiogen.write_audio(root / "sweep.aiff", audiogen.chirp(300, 6000, 2.5, channels=2)),
         "noise.mp3": audiogen.write_audio(root / "noise.mp3", audiogen.noise(1.0, seed=2)),
         "float.wav": audiogen.write_audio(root / "float.wav", audiogen.square(110, 1.0), codec="pcm_f32le"),
+        "take.wv": audiogen.write_audio(root / "take.wv", audiogen.chirp(500, 1500, 1.2)),  # seeks land before the frame
     }
     return files
 
@@ -116,11 +118,11 @@ def test_status_is_the_status_json_object(served: Served) -> None:
 
 
 def test_each_search_sees_the_last_commit(served: Served) -> None:
-    assert len(served.client.get("/api/search", params={"q": "x", "k": 50}).json()) == 5  # the pool is warm now
+    assert len(served.client.get("/api/search", params={"q": "x", "k": 50}).json()) == 6  # the pool is warm now
     audiogen.write_audio(served.root / "new.flac", audiogen.sine(880, 1.0))
     served.reindex()  # another connection writes and commits
     paths = [h["path"] for h in served.client.get("/api/search", params={"q": "x", "k": 50}).json()]
-    assert str(served.root / "new.flac") in paths and len(paths) == 6
+    assert str(served.root / "new.flac") in paths and len(paths) == 7
 
 
 def test_range_requests_answer_206_with_the_right_bytes(served: Served) -> None:
@@ -156,7 +158,7 @@ def _wav(content: bytes) -> tuple[int, int, np.ndarray]:
         return w.getframerate(), w.getnchannels(), np.frombuffer(w.readframes(w.getnframes()), "<i2")
 
 
-@pytest.mark.parametrize("name", ["sweep.aiff", "float.wav"])
+@pytest.mark.parametrize("name", ["sweep.aiff", "float.wav", "take.wv"])
 def test_other_formats_are_transcoded_to_the_same_samples(served: Served, name: str) -> None:
     url = f"/api/audio/{served.id(name)}"
     r = served.client.get(url)
@@ -283,7 +285,8 @@ def test_the_page_lists_results_with_what_the_script_needs(served: Served) -> No
     like = served.client.get("/", params={"like": served.id("tone.wav"), "k": 10, "ext": "wav"}).text
     first = like.split('<tr class="hit"', 2)[1]
     assert f'data-id="{served.id("tone.wav")}"' in first and "Sounds like" in like
-    assert f"token={TOKEN}" in like.split("more like this")[0]  # links keep the token
+    links = re.findall(r'class="like" href="([^"]+)"', like)
+    assert links and all(f"token={TOKEN}" in html_lib.unescape(link) and "ext=wav" in link for link in links)
     assert "No indexed file has id 424242." in served.client.get("/", params={"like": 424242}).text
     assert "k must be between" in served.client.get("/", params={"q": "x", "k": 0}).text
 
