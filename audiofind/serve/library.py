@@ -1,0 +1,122 @@
+"""What a server serves: one index (a pool of read connections) and the text encoder, shared by every request.
+
+APSW connections must not be used by two threads at once, and request handlers run in a thread pool: each request
+borrows a connection of its own. Idle connections are kept, so their caches (the binary codes of a large index)
+stay warm; each search still sees the last committed state, since SQLite reloads them after another writer commits.
+"""
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from audiofind.encoder import Encoder
+from audiofind.serve import catalog
+from audiofind.serve.catalog import Entry
+from audiofind.store import Filters, Hit, Index, open_index
+
+
+@dataclass(frozen=True)
+class Result:
+    """A search hit with the id and root of its file."""
+
+    hit: Hit
+    id: int
+    root: str
+
+    def as_dict(self) -> dict:
+        """The object `search --json` prints, with "id" added."""
+        return asdict(self.hit) | {"id": self.id}
+
+
+class Library:
+    """An index and its encoder, safe to use from many threads."""
+
+    def __init__(self, db: Path, encoder: Encoder, first: Index | None = None) -> None:
+        self.db = Path(db)
+        self.encoder = encoder
+        self._idle: list[Index] = [first] if first else []
+        self._pool_lock = threading.Lock()
+        self._model_lock = threading.Lock()  # one forward pass at a time, and towers loaded once
+        self._closed = False
+
+    @classmethod
+    def open(cls, db: Path | str | None, weights: str | None = None, device: str = "auto") -> "Library":
+        """Open the index (the default one when db is None) and load its model's text tower now, once."""
+        from audiofind.search import encoder_for
+
+        index = open_index(db)
+        try:
+            encoder = encoder_for(index, weights, device)
+            encoder.text  # noqa: B018  (load it before the first request, not during it)
+        except BaseException:
+            index.close()
+            raise
+        return cls(index.path, encoder, index)
+
+    @contextmanager
+    def connection(self) -> Iterator[Index]:
+        """Borrow a connection of this thread's own for the duration."""
+        with self._pool_lock:
+            index = self._idle.pop() if self._idle else None
+        if index is None:
+            index = open_index(self.db)
+        try:
+            yield index
+        finally:
+            with self._pool_lock:
+                if self._closed:
+                    index.close()
+                else:
+                    self._idle.append(index)
+
+    def search(self, query: str, k: int, filters: Filters | None = None) -> list[Result]:
+        """Files matching a description, best first (as `search QUERY`)."""
+        from audiofind.search import search_text
+
+        with self.connection() as index, catalog.snapshot(index.conn):
+            with self._model_lock:
+                hits = search_text(index, self.encoder, query, k, filters)
+            return _results(index, hits)
+
+    def like(self, file_id: int, k: int, filters: Filters | None = None) -> list[Result] | None:
+        """Files that sound like the indexed file with this id, best first (as `search --like`); None if unknown."""
+        from audiofind.search import search_like
+
+        with self.connection() as index, catalog.snapshot(index.conn):
+            found = catalog.entry(index.conn, file_id)
+            if found is None:
+                return None
+            with self._model_lock:
+                hits = search_like(index, self.encoder, Path(found.path), k, filters)
+            return _results(index, hits)
+
+    def entry(self, file_id: int) -> Entry | None:
+        """The indexed file with this id, or None."""
+        with self.connection() as index:
+            return catalog.entry(index.conn, file_id)
+
+    def status(self) -> dict:
+        """The object `status --json` prints."""
+        with self.connection() as index:
+            return index.stats().as_dict()
+
+    def __enter__(self) -> "Library":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every idle connection; borrowed ones close when they come back."""
+        with self._pool_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for index in idle:
+            index.close()
+
+
+def _results(index: Index, hits: list[Hit]) -> list[Result]:
+    found = catalog.ids(index.conn, [h.path for h in hits])
+    return [Result(h, *found[h.path]) for h in hits if h.path in found]

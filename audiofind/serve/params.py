@@ -1,0 +1,66 @@
+"""Search parameters from a query string, checked the way `audiofind search` checks its options."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from audiofind.errors import UsageError
+from audiofind.store import Filters
+
+DEFAULT_K = 20
+MAX_K = 1000
+
+Get = Callable[[str], list[str]]  # all values of one query parameter, in order (Starlette's getlist)
+
+
+@dataclass(frozen=True)
+class Params:
+    """What a search page or API call asks for."""
+
+    q: str | None
+    like: int | None  # a file id
+    k: int
+    filters: Filters
+
+
+def parse(get: Get) -> Params:
+    """Read q, like, k and the filters (under, ext, min_duration, max_duration, tag); UsageError on bad values."""
+    last = lambda name: next((v.strip() for v in reversed(get(name)) if v.strip()), None)  # noqa: E731
+    k = _number(last("k"), "k", int) if last("k") else DEFAULT_K
+    if not 1 <= k <= MAX_K:
+        raise UsageError(f"k must be between 1 and {MAX_K}, got {k}.")
+    like = _number(last("like") or last("id"), "id", int) if (last("like") or last("id")) else None
+    under = last("under")
+    if under is not None and not Path(under).expanduser().is_dir():
+        raise UsageError(f"under={under}: no such folder.")
+    lo = _number(last("min_duration"), "min_duration", float) if last("min_duration") else None
+    hi = _number(last("max_duration"), "max_duration", float) if last("max_duration") else None
+    if (lo is not None and lo < 0) or (hi is not None and hi < 0):
+        raise UsageError("min_duration and max_duration are seconds, zero or more.")
+    if lo is not None and hi is not None and lo > hi:
+        raise UsageError(f"min_duration {lo:g} is more than max_duration {hi:g}.")
+    # ext=wav&ext=flac, or one field of a form: "wav, flac"
+    exts = {e.lower().lstrip(".") for v in get("ext") for e in v.replace(",", " ").split()}
+    tags = {}
+    for item in get("tag"):
+        if not item.strip():
+            continue  # an empty form field
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"tag takes KEY=VALUE, got {item!r}.")
+        tags[key.strip().lower()] = value.strip()
+    filters = Filters(
+        under=str(Path(under).expanduser().resolve()) if under else None,
+        exts=frozenset(exts) or None,
+        min_duration=lo,
+        max_duration=hi,
+        tags=tags or None,
+    )
+    return Params(last("q"), like, k, filters)
+
+
+def _number(text: str | None, name: str, kind: type) -> int | float:
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a {'whole ' if kind is int else ''}number, got {text!r}.") from None
