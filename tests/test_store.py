@@ -554,3 +554,13 @@ def test_an_index_records_its_precision_and_refuses_another(tmp_path: Path) -> N
     with Index.open(tmp_path / "p.db") as ix:  # an index from before precision was recorded reads as fp32
         ix.conn.execute("DELETE FROM meta WHERE key = 'precision'")
         assert ix.model() == BINDING
+
+
+def test_results_show_list_tags_joined_and_hide_writer_tags() -> None:
+    from audiofind.store.nearest import shown_tags
+
+    assert shown_tags({"artist": ["A", "B"], "encoder": "Lavf60", "genre": "rain"}) == {"artist": "A; B", "genre": "rain"}
+    f = Filters.checked(None, ["WAV, .flac"], 1.0, 2.0, ["Genre=Rain"])
+    assert f.exts == frozenset({"wav", "flac"}) and f.tags == {"genre": "Rain"}
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        Filters.checked(tags=["genre"])

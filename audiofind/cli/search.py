@@ -13,9 +13,6 @@ from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, con
 from audiofind.errors import UsageError
 
 
-HIDDEN_TAGS = {"encoder", "encoded_by"}  # what wrote the file, on nearly every file: noise in a results table
-
-
 def _time(seconds: float) -> str:
     m, s = divmod(seconds, 60)
     return f"{int(m)}:{s:04.1f}"
@@ -41,30 +38,15 @@ def search(
     from audiofind.search import encoder_for, search_like, search_text
     from audiofind.store import open_index
     from audiofind.store import Filters
+    from audiofind.store.nearest import shown_tags
 
     if query is None and like is None:
         raise UsageError("Give a QUERY (what it sounds like) or --like FILE.")
     if query is not None and like is not None:
         raise UsageError("Give either a QUERY or --like FILE, not both.")
-    if under is not None and not under.is_dir():
-        raise UsageError(f"--under {under}: no such folder.")
-    if min_duration is not None and max_duration is not None and min_duration > max_duration:
-        raise UsageError(f"--min-duration {min_duration:g} is more than --max-duration {max_duration:g}.")
     if json_out and paths_out:
         raise UsageError("Choose one of --json and --paths.")
-    tags = {}
-    for item in tag or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--tag takes KEY=VALUE, got {item!r}.")
-        tags[key.strip().lower()] = value.strip()
-    filters = Filters(
-        under=str(under) if under else None,  # the store matches it as given and as resolved
-        exts=frozenset(e.lower().lstrip(".") for e in ext) if ext else None,
-        min_duration=min_duration,
-        max_duration=max_duration,
-        tags=tags or None,
-    )
+    filters = Filters.checked(under, ext or (), min_duration, max_duration, tag or ())
     with open_index(db) as index:
         encoder = encoder_for(index, weights, device)
         hits = search_text(index, encoder, query, k, filters) if like is None else search_like(index, encoder, like, k, filters)
@@ -78,6 +60,6 @@ def search(
         for rank, h in enumerate(hits, 1):
             span = f"{_time(h.start)}–{_time(h.end)}" if h.end - h.start < h.duration - 1e-6 else ""
             link = f"[link=file://{escape(h.path)}]{escape(h.path)}[/link]"
-            tags_text = ", ".join(f"{k}={v}" for k, v in (h.tags or {}).items() if k not in HIDDEN_TAGS)
+            tags_text = ", ".join(f"{k}={v}" for k, v in shown_tags(h.tags or {}).items())
             table.add_row(str(rank), f"{h.score:.3f}", link, span, _time(h.duration), escape(tags_text))
         console.print(table if hits else "No matching sounds.")

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from starlette.datastructures import QueryParams
 
 from audiofind.errors import AudiofindError
+from audiofind.store.nearest import shown_tags
 from audiofind.serve import files, params
 from audiofind.serve.library import Library, Result
 
@@ -92,7 +93,7 @@ def _row(rank: int, r: Result, token: str, keep: list[tuple[str, str]]) -> str:
         "path": h.path, "name": Path(h.path).name, "file-url": Path(h.path).as_uri(), "mime": files.mime(h.path),
     }  # fmt: skip
     attrs = " ".join(f'data-{k}="{escape(str(v), quote=True)}"' for k, v in data.items())
-    tags = "; ".join(f"{k}={', '.join(v) if isinstance(v, list) else v}" for k, v in (h.tags or {}).items())
+    tags = ", ".join(f"{k}={v}" for k, v in shown_tags(h.tags or {}).items())  # as the terminal table shows them
     return (
         f'<tr class="hit" draggable="true" {attrs}>'
         f'<td class="rank">{rank}</td>'

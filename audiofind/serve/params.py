@@ -2,7 +2,6 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from audiofind.errors import UsageError
 from audiofind.store import Filters
@@ -30,32 +29,10 @@ def parse(get: Get) -> Params:
     if not 1 <= k <= MAX_K:
         raise UsageError(f"k must be between 1 and {MAX_K}, got {k}.")
     like = _number(last("like") or last("id"), "id", int) if (last("like") or last("id")) else None
-    under = last("under")
-    if under is not None and not Path(under).expanduser().is_dir():
-        raise UsageError(f"under={under}: no such folder.")
     lo = _number(last("min_duration"), "min_duration", float) if last("min_duration") else None
     hi = _number(last("max_duration"), "max_duration", float) if last("max_duration") else None
-    if (lo is not None and lo < 0) or (hi is not None and hi < 0):
-        raise UsageError("min_duration and max_duration are seconds, zero or more.")
-    if lo is not None and hi is not None and lo > hi:
-        raise UsageError(f"min_duration {lo:g} is more than max_duration {hi:g}.")
-    # ext=wav&ext=flac, or one field of a form: "wav, flac"
-    exts = {e.lower().lstrip(".") for v in get("ext") for e in v.replace(",", " ").split()}
-    tags = {}
-    for item in get("tag"):
-        if not item.strip():
-            continue  # an empty form field
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"tag takes KEY=VALUE, got {item!r}.")
-        tags[key.strip().lower()] = value.strip()
-    filters = Filters(
-        under=str(Path(under).expanduser().resolve()) if under else None,
-        exts=frozenset(exts) or None,
-        min_duration=lo,
-        max_duration=hi,
-        tags=tags or None,
-    )
+    tags = [t for t in get("tag") if t.strip()]  # an empty form field is no filter
+    filters = Filters.checked(last("under"), get("ext"), lo, hi, tags)
     return Params(last("q"), like, k, filters)
 
 

@@ -7,7 +7,7 @@ segment). Small or tightly filtered sets are scored exactly; otherwise the neare
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ import numpy as np
 from audiofind import vectors as vec
 from typing import TYPE_CHECKING
 
+from audiofind.errors import UsageError
 from audiofind.store.records import folder_prefix, ids_json, norm_path
 
 if TYPE_CHECKING:
@@ -44,6 +45,47 @@ class Filters:
     def is_empty(self) -> bool:
         """True if nothing is filtered out."""
         return not (self.under or self.exts or self.tags) and self.min_duration is None and self.max_duration is None
+
+    @classmethod
+    def checked(
+        cls,
+        under: Path | str | None = None,
+        exts: Iterable[str] = (),
+        min_duration: float | None = None,
+        max_duration: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> "Filters":
+        """Filters from what a person typed (search's options, serve's query), UsageError naming what is wrong."""
+        if under is not None and not Path(under).expanduser().is_dir():
+            raise UsageError(f"under {under}: no such folder.")
+        if (min_duration is not None and min_duration < 0) or (max_duration is not None and max_duration < 0):
+            raise UsageError("Durations are seconds, zero or more.")
+        if min_duration is not None and max_duration is not None and min_duration > max_duration:
+            raise UsageError(f"The minimum duration {min_duration:g} s is more than the maximum {max_duration:g} s.")
+        wanted: dict[str, str] = {}
+        for item in tags:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"A tag filter takes KEY=VALUE, got {item!r}.")
+            wanted[key.strip().lower()] = value.strip()
+        # "wav", ".WAV", or one form field "wav, flac"
+        suffixes = frozenset(e.lower().lstrip(".") for item in exts for e in item.replace(",", " ").split())
+        return cls(
+            under=str(Path(under).expanduser()) if under is not None else None,  # matched as given and as resolved
+            exts=suffixes or None,
+            min_duration=min_duration,
+            max_duration=max_duration,
+            tags=wanted or None,
+        )
+
+
+# What wrote a file, on nearly every file: noise in a list of results (the terminal table, the page).
+HIDDEN_TAGS = frozenset({"encoder", "encoded_by", "encodedby", "encoding"})
+
+
+def shown_tags(tags: dict[str, str | list[str]]) -> dict[str, str]:
+    """Tags as people read them: writer tags left out, several values joined with '; '."""
+    return {k: "; ".join(v) if isinstance(v, list) else str(v) for k, v in tags.items() if k not in HIDDEN_TAGS}
 
 
 @dataclass(frozen=True)
