@@ -144,6 +144,20 @@ def test_ctrl_c_in_finetune_prints_the_resume_command_and_exits_130(
     assert json.loads(resumed.stdout)["finished"]
 
 
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(
+        tmp_path: Path, clotho_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    register_tiny("tiny")
+
+    def interrupt(step: int, cfg: train.TrainConfig) -> float:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "lr_at", interrupt)
+    stopped = run(*quick_finetune(clotho_dir, "--out", str(tmp_path / "run")))
+    assert stopped.exit_code == 130, stopped.output
+    assert stopped.stderr.strip().splitlines()[-1] == ("Interrupted before the first checkpoint, so there is nothing "
+                                                       "to resume; run the same command to start again.")
+
+
 @pytest.mark.parametrize(("flag", "value", "precision", "matmuls"), [
     ("--precision", "tf32", "tf32", "tf32"),
     ("--precision", "fp32", "fp32", "ieee"),
