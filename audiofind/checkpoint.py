@@ -152,6 +152,35 @@ def _unsafe_detail(path: Path, message: str) -> str | None:
     return None
 
 
+def _what_it_is(path: Path) -> str:
+    """What a file that failed to load is, as the end of a sentence ("is a text file"), or "" if it cannot be told."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return ""
+    if not head:
+        return "is empty"
+    if len(head) > 8 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
+        return "is a safetensors file; import it under a name ending in .safetensors"
+    if zipfile.is_zipfile(path):
+        return "is a zip archive"
+    if b"\0" in head:
+        return ""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not merely a character cut at the 4096th byte
+            return ""
+    return "is a text file"
+
+
+def _not_a_checkpoint(path: Path) -> WeightsError:
+    what = _what_it_is(path)
+    kind = "a torch checkpoint (.pt) or a safetensors file"
+    return WeightsError(f"{path} {what}, not {kind}." if what else f"{path} is not {kind}.")
+
+
 def load_pt(path: Path) -> dict:
     """Unpickle a torch checkpoint without running code, and find its state dict."""
     try:
@@ -165,9 +194,10 @@ def load_pt(path: Path) -> dict:
             raise UnsafeCheckpoint(
                 f"{path} tries to import {detail} while loading, so it could run code; it was refused and nothing was run."
             ) from None
-        raise WeightsError(f"{path} is not a torch checkpoint.") from None
+        raise _not_a_checkpoint(path) from None
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError, TypeError, struct.error, zipfile.BadZipFile) as e:
-        raise WeightsError(f"{path} is not a torch checkpoint ({type(e).__name__}).") from e
+        log.debug("torch.load(%s) failed: %r", path, e)
+        raise _not_a_checkpoint(path) from e
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         obj = obj.get("state_dict", obj.get("model"))
     if not isinstance(obj, dict) or not obj:
@@ -181,6 +211,9 @@ def read_metadata(path: Path) -> dict[str, str]:
         with safe_open(path, framework="pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError) as e:
+        what = _what_it_is(path) if isinstance(e, SafetensorError) else ""
+        if what and not what.startswith("is a safetensors"):
+            raise WeightsError(f"{path} {what}, not a safetensors file.") from e
         raise WeightsError(f"{path} is not a readable safetensors file: {e}.") from e
 
 

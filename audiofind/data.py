@@ -103,8 +103,10 @@ def read_clotho(root: Path, split: str) -> ClipSet:
     for line, row in rows:
         where = f"{csv_path.name} line {line}"
         captions = tuple(c for c in row[1:] if c)
-        if len(row) != len(GT_HEADER) or not row[0] or not captions:
+        if len(row) != len(GT_HEADER):
             problems.append(f"{where}: expected a file name and {len(GT_HEADER) - 1} captions, found {len(row)} fields.")
+        elif not row[0] or not captions:
+            problems.append(f"{where}: the file name is empty." if not row[0] else f"{where}: {row[0]} has no caption.")
         elif not (audio_dir / row[0]).is_file():
             problems.append(f"{where}: {row[0]} is not in {audio_dir}.")
         else:
@@ -165,8 +167,12 @@ def read_audiocaps(root: Path, split: str = "train") -> ClipSet | None:
     problems = []
     for line, row in rows:
         where = f"{csv_path.name} line {line}"
-        if len(row) < 4 or not all(row[:4]):
+        if len(row) < 4:
             problems.append(f"{where}: expected audiocap_id, youtube_id, start_time and a caption, found {len(row)} fields.")
+            continue
+        if empty := [name for name, cell in zip(AUDIOCAPS_HEADER, row) if not cell]:
+            problems.append(f"{where}: the {empty[0]} field is empty." if len(empty) == 1 else
+                            f"{where}: the fields {', '.join(empty)} are empty.")
             continue
         audiocap_id, youtube_id, start, caption = row[:4]
         key = (youtube_id, start.split(".")[0])
@@ -197,8 +203,11 @@ def read_captions(csv_path: Path) -> ClipSet:
         where = f"{csv_path.name} line {line}"
         if line == 1 and [c.lower() for c in row] == ["path", "caption"]:
             continue
-        if len(row) != 2 or not row[0] or not row[1]:
+        if len(row) != 2:
             problems.append(f"{where}: expected 2 fields (path, caption), found {len(row)}.")
+            continue
+        if not all(row):
+            problems.append(f"{where}: the caption of {row[0]} is empty." if row[0] else f"{where}: the path is empty.")
             continue
         path = (csv_path.parent / row[0]).resolve()
         if not path.is_file():

@@ -26,6 +26,15 @@ def data_dir() -> Path:
     return root if root else Path(platformdirs.user_data_dir(APP))
 
 
+def run_dir(name: str) -> Path:
+    """Folder of the fine-tuning run that produces model NAME, unless `finetune --out` chose another."""
+    return data_dir() / "runs" / name
+
+
+# What a run folder holds (train.py writes them): removing a run deletes these and nothing else the user put there.
+RUN_CHECKPOINT, RUN_METRICS, RUN_SNAPSHOTS, RUN_CARD = "checkpoint.pt", "metrics.jsonl", "best", "card.json"
+
+
 def default_db() -> Path:
     """The index used when neither --db nor AUDIOFIND_DB is given."""
     value = os.environ.get("AUDIOFIND_DB")

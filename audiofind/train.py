@@ -10,8 +10,8 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -34,11 +34,14 @@ from audiofind.tokenizer import tokenize
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT, METRICS_LOG, SNAPSHOTS = "checkpoint.pt", "metrics.jsonl", "best"
-RUNTIME_FIELDS = ("device", "dtype", "workers", "resume", "checkpoint_every", "max_steps", "out")  # free on --resume
+CHECKPOINT, METRICS_LOG, SNAPSHOTS = paths.RUN_CHECKPOINT, paths.RUN_METRICS, paths.RUN_SNAPSHOTS
+RUNTIME_FIELDS = ("device", "precision", "workers", "resume", "checkpoint_every", "max_steps", "out")  # free on --resume
 PATH_FIELDS = ("clotho", "audiocaps", "captions", "db", "out")
 VAL_AUDIO_BATCH = 16
-AMP_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# fp32 and tf32 both compute in float32; tf32 lets CUDA tensor cores round matmul and convolution inputs to TF32.
+# fp16 is what auto picks on GPUs without bf16, with a GradScaler.
+PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_ALIASES = {"auto": "auto", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # the old --dtype values
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # held out for validation from --library, or when the only data is --captions
     seed: int = 0
     device: str = "auto"
-    dtype: str = "auto"  # auto: bfloat16 on CUDA where supported, else float16 with a GradScaler; float32 on CPU
+    precision: str = "auto"  # auto: bf16 on CUDA where supported, else fp16 with a GradScaler; fp32 on CPU
     workers: int = 4  # decoding processes per rank
     resume: bool = False
     checkpoint_every: int = 500  # optimizer steps; a checkpoint is also written at every epoch's end
@@ -173,15 +176,31 @@ def evaluate(model: AudioCLIP, clips: data.ClipSet, device: torch.device, amp: A
     return {**result.metrics, "n_queries": len(asked), "n_clips": len(keep), "unreadable": sorted(failed.values())}
 
 
-def _amp(name: str, device: torch.device) -> tuple[torch.dtype, AbstractContextManager]:
+def _amp(precision: str, device: torch.device) -> tuple[torch.dtype, AbstractContextManager]:
     """The autocast dtype and context: bf16 where the GPU supports it, else fp16; none on the CPU by default."""
-    if name == "auto":
-        dtype = torch.float32 if device.type != "cuda" else torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    elif name in AMP_DTYPES:
-        dtype = AMP_DTYPES[name]
-    else:
-        raise UsageError(f"Unknown --dtype {name!r}; use auto, {', '.join(AMP_DTYPES)}.")
+    if precision == "auto":
+        precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    elif precision not in PRECISIONS:
+        raise UsageError(f"Unknown --precision {precision!r}; use auto, fp32, tf32 or bf16.")
+    dtype = PRECISIONS[precision]
     return dtype, nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+@contextmanager
+def float32_matmuls(precision: str) -> Iterator[None]:
+    """For the run, float32 matmuls and convolutions in full precision (fp32) or on TF32 tensor cores (tf32)."""
+    if precision not in ("fp32", "tf32"):
+        yield
+        return
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    saved = [b.fp32_precision for b in backends]
+    for b in backends:
+        b.fp32_precision = "ieee" if precision == "fp32" else "tf32"
+    try:
+        yield
+    finally:
+        for b, value in zip(backends, saved):
+            b.fp32_precision = value
 
 
 def _forward_loss(step_model: torch.nn.Module, audio: torch.Tensor, tokens: torch.Tensor, cfg: TrainConfig,
@@ -244,7 +263,8 @@ def finetune(cfg: TrainConfig, progress: Callable[[int, int], None] | None = Non
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         main = rank == 0
-        return _finetune(cfg, rank, world, device, progress if main else None, on_metrics if main else None)
+        with float32_matmuls(cfg.precision):
+            return _finetune(cfg, rank, world, device, progress if main else None, on_metrics if main else None)
     finally:
         if distributed:
             dist.destroy_process_group()
@@ -254,7 +274,7 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
               progress: Callable[[int, int], None] | None, on_metrics: Callable[[dict], None] | None) -> TrainResult:
     is_main = rank == 0
     # ---- the run folder; on --resume the checkpoint's recipe wins and only runtime settings come from cfg
-    out = Path(cfg.out or paths.data_dir() / "runs" / cfg.name).expanduser()
+    out = Path(cfg.out or paths.run_dir(cfg.name)).expanduser()
     ckpt_path, log_path = out / CHECKPOINT, out / METRICS_LOG
     ckpt = None
     if cfg.resume:
@@ -275,7 +295,7 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         raise UsageError(f"--batch must be at least 2 and a multiple of the {world} process(es); got {cfg.batch}.")
     if min(cfg.epochs, cfg.accum, cfg.average_top) < 1 or cfg.crop_seconds <= 0:
         raise UsageError("--epochs, --accum and --average-top must be at least 1, and --crop-seconds above 0.")
-    dtype, amp = _amp(cfg.dtype, device)
+    dtype, amp = _amp(cfg.precision, device)
 
     # ---- data: every rank reads the same lists; batches come from (seed, epoch) alone
     train_set, val_set = data.load_sources(cfg.clotho, cfg.audiocaps, cfg.captions, cfg.val_fraction, cfg.seed,
@@ -442,7 +462,7 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     }
     state = {k: v.detach().cpu() for k, v in raw_model.state_dict().items()}
     path = weights.save_model(state, cfg.name, model_cfg.to_dict(), card)
-    (out / "card.json").write_text(json.dumps(card, indent=2))
+    (out / paths.RUN_CARD).write_text(json.dumps(card, indent=2))
     record({"kind": "final", "step": step, "epochs": result.best_epochs, **final})
     return replace(result, path=path, final=final)
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,20 +96,24 @@ def _registered() -> dict[str, dict]:
 
 
 def default_model() -> str:
-    """The model used when no --weights is given (the manifest's "default")."""
+    """The manifest's default model: the one `weights download` fetches without NAME."""
     return _manifest().get("default") or DEFAULT_MODEL
 
 
-# ---------------------------------------------------------------- keys and towers
+def chosen_model() -> str:
+    """The model commands use without --weights: the default if installed, else the only model installed."""
+    default, installed = default_model(), [p.stem for p in _local_files()]
+    if default in installed or not installed:
+        return default  # with nothing installed, resolve says how to get it
+    if len(installed) == 1:
+        return installed[0]
+    raise UsageError(
+        f"Several models are installed ({', '.join(installed)}) and the default '{default}' is not among them; "
+        "pick one with --weights NAME or by setting AUDIOFIND_WEIGHTS=NAME."
+    )
 
 
-
-
-
-
-# ---------------------------------------------------------------- hashing
-
-
+# ---------------------------------------------------------------- hashing and files
 
 
 def _file_sha256(path: Path, progress: Progress | None = None) -> str:
@@ -133,15 +138,6 @@ def _file_sha256(path: Path, progress: Progress | None = None) -> str:
     except OSError as e:
         log.warning("could not remember the sha256 of %s: %s", path, e)
     return sha
-
-
-
-# ---------------------------------------------------------------- reading and writing files
-
-
-
-
-
 
 
 def _local(name: str) -> Path:
@@ -169,7 +165,6 @@ def _resolved(path: Path, fallback_sha: Callable[[], str]) -> Resolved:
 # ---------------------------------------------------------------- downloading
 
 
-
 def download(name: str, progress: Progress | None = None) -> Path:
     """Fetch a registered model (resuming a partial download), check its sha256, convert it; returns the safetensors."""
     out = _local(check_name(name))
@@ -188,7 +183,10 @@ def download(name: str, progress: Progress | None = None) -> Path:
     if pt.exists() and expected and checkpoint.sha256_file(pt) != expected:
         pt.unlink()  # a stale file from another release: fetch again
     if not pt.exists():
-        actual = fetch(name, entry["url"], part, entry.get("size"), progress)
+        try:
+            actual = fetch(name, entry["url"], part, entry.get("size"), progress)
+        except DownloadError as e:
+            raise DownloadError(f"{e} If you already have {pt.name}, use it with: audiofind weights import PATH") from e
         if expected and actual != expected:
             part.unlink(missing_ok=True)
             raise ChecksumError(
@@ -246,21 +244,66 @@ def save_model(state_dict: dict[str, torch.Tensor], name: str, config: dict, car
     return checkpoint.write(tensors, _local(name), name, checkpoint.content_sha256(tensors), "finetuned", config, card)
 
 
-def remove(name: str) -> None:
-    """Delete a local model (and any partial download of it)."""
+@dataclass(frozen=True)
+class Removed:
+    """What `remove` did: the model files deleted, and the model's training run, deleted or kept."""
+
+    files: list[Path]
+    run: Path | None  # the run folder that fine-tuned this model, if there is one
+    run_bytes: int
+    run_kept: bool
+
+
+def _run_of(name: str) -> Path | None:
+    """The folder of the run that fine-tuned NAME: its card's --out, else the default run folder, if it holds a run."""
+    try:
+        card = load_card(name) or {}
+    except WeightsError:  # a damaged model file can still be removed; its run is then found by name only
+        card = {}
+    out = (card.get("recipe") or {}).get("out")
+    for folder in (Path(out).expanduser() if out else None, paths.run_dir(name)):
+        if folder and any((folder / f).is_file() for f in (paths.RUN_CHECKPOINT, paths.RUN_METRICS)):
+            return folder
+    return None
+
+
+def _run_entries(folder: Path) -> list[Path]:
+    names = (paths.RUN_CHECKPOINT, paths.RUN_CHECKPOINT + ".tmp", paths.RUN_METRICS, paths.RUN_CARD, paths.RUN_SNAPSHOTS)
+    return [folder / n for n in names if (folder / n).exists()]
+
+
+def _bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def remove(name: str, keep_runs: bool = False) -> Removed:
+    """Delete a local model, any partial download of it and, unless keep_runs, the run that fine-tuned it."""
     entry = _registered().get(check_name(name))
     targets = [_local(name)]
     if entry and entry.get("file"):
         pt = paths.weights_dir() / Path(entry["file"]).name
         targets += [pt, pt.with_name(pt.name + ".part")]
     existing = [p for p in targets if p.exists()]
-    if not existing:
+    run = _run_of(name)
+    if not existing and (run is None or keep_runs):
         if entry:
             raise WeightsNotFound(f"Model '{name}' is not downloaded, so there is nothing to remove.")
         raise UnknownModelError(f"Unknown model '{name}'; available models: {', '.join(_names()) or 'none'}.")
     for p in existing:
         p.unlink()
         log.info("removed %s", p)
+    run_bytes = sum(_bytes(p) for p in _run_entries(run)) if run else 0
+    if run and not keep_runs:
+        # Only what fine-tuning wrote: a --out folder may hold the user's own files too.
+        for p in _run_entries(run):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        if not any(run.iterdir()):
+            run.rmdir()
+        log.info("removed the run %s", run)
+    return Removed(existing, run, run_bytes, keep_runs and run is not None)
 
 
 # ---------------------------------------------------------------- listing and resolving
@@ -299,14 +342,15 @@ def available_models() -> list[ModelInfo]:
 
 def resolve(weights: str | Path | None) -> Resolved:
     """Turn a --weights value (None, a model name, or a .pt/.safetensors path) into a safetensors file to load."""
-    spec = str(weights) if weights is not None else default_model()
+    spec = str(weights) if weights else chosen_model()
     registered = _registered()
     if _NAME.fullmatch(spec):
         local = _local(spec)
         if local.exists():
             return _resolved(local, lambda: _file_sha256(local))
         if spec in registered:
-            raise WeightsNotFound(f"Model '{spec}' is not downloaded yet; run: audiofind weights download {spec}")
+            raise WeightsNotFound(f"Model '{spec}' is not downloaded yet; run: audiofind weights download {spec} "
+                                  "(or, with a checkpoint file you already have: audiofind weights import PATH)")
     path = Path(spec).expanduser()
     if not path.is_file():
         raise UnknownModelError(

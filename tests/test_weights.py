@@ -270,7 +270,8 @@ def test_available_models(server: Server):
 def test_resolve_names_and_messages(server: Server):
     with pytest.raises(WeightsNotFound) as e:
         weights.resolve(None)  # the manifest's default
-    assert str(e.value) == "Model 'tiny' is not downloaded yet; run: audiofind weights download tiny"
+    assert str(e.value) == ("Model 'tiny' is not downloaded yet; run: audiofind weights download tiny "
+                            "(or, with a checkpoint file you already have: audiofind weights import PATH)")
     with pytest.raises(UnknownModelError) as e:
         weights.resolve("nope")
     assert "'nope'" in str(e.value) and "tiny, tiny-bad, gone" in str(e.value)
@@ -391,7 +392,7 @@ def test_cli(server: Server, checkpoint: Path):
     assert result.stdout.strip() == str(paths.weights_dir() / "tiny.safetensors")
 
     result = runner.invoke(app, ["weights", "import", str(checkpoint), "--name", "mine"])
-    assert result.exit_code == 0 and result.stdout.strip().endswith("mine.safetensors")
+    assert result.exit_code == 0 and result.stdout.splitlines()[0].endswith("mine.safetensors")
     rows = {r["name"]: r for r in json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout)}
     assert rows["tiny"]["status"] == "downloaded" and rows["mine"]["status"] == "imported"
 

@@ -3,15 +3,19 @@
 import json
 import logging
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, app, console, err_console
+
+if TYPE_CHECKING:  # train imports torch; --help must not
+    from audiofind.train import TrainConfig
 
 # Defaults repeat TrainConfig's so that --help never imports torch; a test keeps the two equal.
 
@@ -29,8 +33,8 @@ def finetune(
                        "folder names and title, description and comment tags; --val-fraction of them is held out "
                        "and scored before and after.")] = False,
     db: DbOpt = None,
-    init: Annotated[str | None, typer.Option(metavar="NAME|PATH", show_default=False,
-                    help="Weights to start from (default: the default model).")] = None,
+    init: Annotated[str | None, typer.Option(metavar="NAME|PATH", show_default=False, envvar="AUDIOFIND_WEIGHTS",
+                    help="Weights to start from (default: AUDIOFIND_WEIGHTS, else the model other commands use).")] = None,
     out: Annotated[Path | None, typer.Option(metavar="DIR", show_default=False,
                    help="Run folder for checkpoints, best-epoch snapshots and the metrics log (default: runs/NAME "
                         "in the data folder).")] = None,
@@ -51,7 +55,10 @@ def finetune(
                                                      "--captions is given.")] = 0.1,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the data order, crops, captions and dropout.")] = 0,
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 or fp16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")] = "auto",
+    precision: Annotated[str, typer.Option(metavar="auto|fp32|tf32|bf16", help="Arithmetic: auto (bf16 on CUDA, fp32 on "
+                         "CPU), fp32, tf32 (float32 on TF32 tensor cores) or bf16 (mixed precision).")] = "auto",
+    dtype: Annotated[str | None, typer.Option(hidden=True, help="Old name of --precision: auto, float32, bfloat16 or "
+                                                                "float16.")] = None,
     workers: Annotated[int, typer.Option(help="Decoding processes per training process.")] = 4,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run of --name (or --out) exactly.")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every this many steps.")] = 500,
@@ -63,16 +70,26 @@ def finetune(
 
     Several GPUs: torchrun --nproc_per_node=N -m audiofind finetune ...
     """
-    from audiofind.train import TrainConfig
+    from audiofind.errors import UsageError
+    from audiofind.train import DTYPE_ALIASES, TrainConfig
     from audiofind.train import finetune as run
 
+    if dtype is not None:  # kept so that old scripts run: each old value means what it did
+        if dtype not in DTYPE_ALIASES:
+            raise UsageError(f"Unknown --dtype {dtype!r}; use --precision auto, fp32, tf32 or bf16.")
+        precision = DTYPE_ALIASES[dtype]
     options = dict(locals())
-    cfg = TrainConfig(**{k: v for k, v in options.items() if k not in ("json_out", "TrainConfig", "run")})
+    cfg = TrainConfig(**{k: options[k] for k in TrainConfig.__dataclass_fields__})
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 draws, prints and logs
     if not main:
         logging.getLogger("audiofind").setLevel(logging.ERROR)
-    with _training_progress(enabled=main and not json_out) as (progress, on_metrics):
-        result = run(cfg, progress, on_metrics)
+    try:
+        with _training_progress(enabled=main and not json_out) as (progress, on_metrics):
+            result = run(cfg, progress, on_metrics)
+    except KeyboardInterrupt:
+        if main:
+            err_console.print(_interrupted(cfg), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     if not main:
         return
     summary = {
@@ -92,9 +109,8 @@ def finetune(
         err_console.print(f"Skipped {len(result.problems)} bad rows or missing files and replaced "
                           f"{len(result.unreadable)} unreadable files (details in the log above).", highlight=False)
     if not result.finished:
-        again = f"--out {result.out}" if out else f"--name {result.name}"
         console.print(f"Stopped after step {result.step} of {result.total_steps}; continue with: "
-                      f"audiofind finetune {again} --resume", highlight=False)
+                      f"{_resume_command(cfg)}", highlight=False, soft_wrap=True)
         return
     console.print(f"Saved {result.name} ({result.path}), the average of epochs "
                   f"{', '.join(map(str, result.best_epochs))}. Use it with --weights {result.name}.",
@@ -104,6 +120,21 @@ def finetune(
     for label, scores in (("before", result.baseline), ("after", result.final)):
         if scores:
             console.print(f"  {label:<6} {_scores(scores)}", highlight=False)
+
+
+def _resume_command(cfg: "TrainConfig") -> str:
+    """The exact command that continues this run."""
+    again = f"--out {shlex.quote(str(cfg.out))}" if cfg.out else f"--name {shlex.quote(cfg.name)}"
+    return f"audiofind finetune {again} --resume"
+
+
+def _interrupted(cfg: "TrainConfig") -> str:
+    """What Ctrl-C left behind, and how to go on."""
+    from audiofind import paths
+
+    if (Path(cfg.out or paths.run_dir(cfg.name)).expanduser() / paths.RUN_CHECKPOINT).is_file():
+        return f"Interrupted; continue from the last checkpoint with: {_resume_command(cfg)}"
+    return "Interrupted before the first checkpoint, so there is nothing to resume; run the same command to start again."
 
 
 def _scores(m: dict) -> str:

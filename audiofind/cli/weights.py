@@ -65,17 +65,36 @@ def import_(
     name: Annotated[str | None, typer.Option("--name", help="Name to register it under (default: the file name).")] = None,
 ) -> None:
     """Convert a checkpoint you already have into a local model."""
-    from audiofind.weights import import_checkpoint
+    from audiofind.errors import UsageError
+    from audiofind.weights import chosen_model, import_checkpoint
 
     with byte_progress(f"Hashing {path.name}") as progress:
         out = import_checkpoint(path, name=name, progress=progress)
-    console.print(str(out), soft_wrap=True, highlight=False)
+    console.print(f"Imported '{out.stem}' as {out}", soft_wrap=True, highlight=False)
+    try:
+        default = chosen_model() == out.stem
+    except UsageError:  # several models and none chosen
+        default = False
+    if default:
+        console.print("Commands use it when no --weights is given: audiofind index FOLDER", highlight=False)
+    else:
+        console.print(f"Use it with: audiofind index FOLDER --weights {out.stem} "
+                      f"(or set AUDIOFIND_WEIGHTS={out.stem} for every command)", highlight=False, soft_wrap=True)
 
 
 @weights_app.command()
-def remove(name: Annotated[str, typer.Argument(help="A downloaded, imported or fine-tuned model.")]) -> None:
-    """Delete a local model and any partial download of it."""
+def remove(
+    name: Annotated[str, typer.Argument(help="A downloaded, imported or fine-tuned model.")],
+    keep_runs: Annotated[bool, typer.Option("--keep-runs", help="Keep the folder of the run that fine-tuned it.")] = False,
+) -> None:
+    """Delete a local model, any partial download of it, and the training run that fine-tuned it."""
     from audiofind.weights import remove as delete
 
-    delete(name)
-    console.print(f"Removed {name}.", highlight=False)
+    removed = delete(name, keep_runs=keep_runs)
+    console.print(f"Removed {name}." if removed.files else f"No model '{name}' is installed.", highlight=False)
+    if removed.run is None:
+        return
+    size = _size(removed.run_bytes) or "empty"
+    done = "Kept" if removed.run_kept else "Removed"
+    why = ", as --keep-runs asked" if removed.run_kept else ""
+    console.print(f"{done} its training run {removed.run} ({size}){why}.", highlight=False, soft_wrap=True)
