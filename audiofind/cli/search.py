@@ -1,7 +1,6 @@
 """`audiofind search`: find sounds by description or by example."""
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +19,9 @@ def _time(seconds: float) -> str:
 
 @app.command()
 def search(
-    query: Annotated[str | None, typer.Argument(help="What it sounds like, e.g. 'rain on a tin roof'.", show_default=False)] = None,
+    query: Annotated[str | None, typer.Argument(help="What it sounds like, e.g. 'rain on a tin roof'; -word leaves out files named with it, \"a phrase\" must appear in a name as written.", show_default=False)] = None,
+    mode: Annotated[str, typer.Option("--mode", help="hybrid: sound and names fused; audio: sound alone; text: names and tags alone (no model).")] = "hybrid",
+    not_: Annotated[str | None, typer.Option("--not", help="Move the sound query away from this description.", show_default=False)] = None,
     like: Annotated[Path | None, typer.Option("--like", help="Search by example: sounds like this audio file.")] = None,
     k: Annotated[int, typer.Option("-k", "--limit", min=1, help="How many files to show.")] = 20,
     json_out: JsonOpt = False,
@@ -35,7 +36,8 @@ def search(
     device: DeviceOpt = "auto",
 ) -> None:
     """Find the sounds that match QUERY (or --like FILE), best first."""
-    from audiofind.search import encoder_for, search_like, search_text
+    from audiofind import hybrid
+    from audiofind.search import encoder_for
     from audiofind.store import open_index
     from audiofind.store import Filters
     from audiofind.store.nearest import shown_tags
@@ -44,14 +46,21 @@ def search(
         raise UsageError("Give a QUERY (what it sounds like) or --like FILE.")
     if query is not None and like is not None:
         raise UsageError("Give either a QUERY or --like FILE, not both.")
+    if mode not in hybrid.MODES:
+        raise UsageError(f"--mode must be one of {', '.join(hybrid.MODES)}, got {mode!r}.")
+    if like is not None and (mode == "text" or not_ is not None):
+        raise UsageError("--like searches by sound alone; it takes neither --mode text nor --not.")
     if json_out and paths_out:
         raise UsageError("Choose one of --json and --paths.")
     filters = Filters.checked(under, ext or (), min_duration, max_duration, tag or ())
     with open_index(db) as index:
-        encoder = encoder_for(index, weights, device)
-        hits = search_text(index, encoder, query, k, filters) if like is None else search_like(index, encoder, like, k, filters)
+        if like is not None:
+            found = hybrid.like(index, encoder_for(index, weights, device), like, k, filters)
+        else:  # the model is loaded only if the mode searches by sound
+            found = hybrid.search(index, query, k, filters, mode, lambda: encoder_for(index, weights, device), not_)
+    hits = [f.hit for f in found]
     if json_out:
-        typer.echo(json.dumps([asdict(h) for h in hits], ensure_ascii=False))
+        typer.echo(json.dumps([f.as_dict() for f in found], ensure_ascii=False))
     elif paths_out:
         for h in hits:
             typer.echo(h.path)

@@ -9,6 +9,7 @@ import apsw
 import sqlite_vec
 
 from audiofind.errors import AudiofindError, IndexNotFound, StorageError
+from audiofind.store import text
 from audiofind.store.records import casefold
 
 BUSY_TIMEOUT_MS = 5_000
@@ -41,6 +42,7 @@ def connect(path: Path | str, create: bool = True) -> apsw.Connection:
         conn.close()
         raise storage_error(path, apsw.ReadOnlyError("attempt to write a readonly database"))
     conn.create_scalar_function("casefold", casefold, 1, deterministic=True)
+    text.register(conn)  # the full-text triggers on `files` call it, so every writer must have it
     return conn
 
 

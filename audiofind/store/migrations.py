@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import apsw
 
 from audiofind.errors import IndexBusy, SchemaMismatch
+from audiofind.store import text
 from audiofind.store.connection import storage_error
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,12 @@ def m005_partial(conn: apsw.Connection) -> None:
     # A long recording commits its windows about a minute at a time, so an interruption loses at most that much;
     # its audio row exists (segments reference it) but no file points at it until the last window is in.
     conn.execute("CREATE TABLE partial (hash TEXT PRIMARY KEY REFERENCES audio(hash), path TEXT NOT NULL)")
+
+
+@migration
+def m006_file_words(conn: apsw.Connection) -> None:
+    """The full-text index of names and tags, with the triggers that keep it in step, filled without re-embedding."""
+    text.create(conn)
 
 
 def names() -> list[str]:

@@ -1,0 +1,163 @@
+"""Search by names and sound: the full-text index in step with every change, the modes, the syntax, "why"."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import audiogen
+from audiofind import vectors as vec
+from audiofind.cli import app
+from audiofind.hybrid import NOT_WEIGHT
+from audiofind.search import encoder_for, search_text
+from audiofind.store import Index, open_index
+from audiofind.store import migrations
+from modelkit import register_tiny
+
+runner = CliRunner()
+
+# With synthetic weights the audio ranking is noise: only the names carry the words.
+NAMES = {
+    "Foley/Doors/Door_Creak_Slow_01.wav": 300,
+    "Foley/Doors/Old_Door_Creak_02.wav": 330,
+    "Foley/Doors/Creak_Door_Hinge.wav": 360,
+    "Foley/UCS/DOORWood_Creak Slow Old Barn_JD_01.wav": 390,
+    "Foley/Gates/Gate_Slam_Metal.wav": 420,
+    "Drums/Kick808_Punchy.wav": 60,
+    "Drums/Kick808_Long.wav": 70,
+    "Drums/Snare_Tight.wav": 200,
+    "Drums/HiHat_Closed.wav": 5000,
+    "Ambience/Rain_On_Roof.wav": 900,
+    "Ambience/Wind_Howl.wav": 150,
+    "Ambience/Creek_Water.wav": 700,
+}
+DOOR_CREAK = {n for n in NAMES if "creak" in n.lower() and "door" in n.lower()}
+KICK_808 = {n for n in NAMES if "Kick808" in n}
+
+
+def run(*args: object, code: int = 0) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, f"exit {result.exit_code}: {result.output}"
+    return result.stdout
+
+
+def found(root: Path, *args: object) -> list[dict]:
+    return json.loads(run("search", *args, "--json", "-k", 50))
+
+
+def names(root: Path, *args: object) -> list[str]:
+    return [str(Path(r["path"]).relative_to(root)) for r in found(root, *args)]
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    register_tiny()
+    root = tmp_path / "Library"
+    for name, freq in NAMES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        audiogen.write_audio(root / name, audiogen.sine(freq, 0.6))
+    run("index", root, "-w", "tiny")
+    return root
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "text"])
+def test_names_put_their_files_first(library: Path, mode: str) -> None:
+    door = names(library, "door creak", "--mode", mode)
+    assert set(door[: len(DOOR_CREAK)]) == DOOR_CREAK, door
+    kick = names(library, "kick 808", "--mode", mode)
+    assert set(kick[:2]) == KICK_808, kick
+    if mode == "hybrid":  # every file still appears, ranked by sound below the named ones
+        assert len(door) == len(NAMES)
+    else:
+        assert set(door) == DOOR_CREAK  # nothing else is named door or creak ("creek" is another stem)
+
+
+def test_audio_mode_is_exactly_the_sound_ranking(library: Path) -> None:
+    results = found(library, "door creak", "--mode", "audio")
+    with open_index(None) as index:
+        before = search_text(index, encoder_for(index, None, "cpu"), "door creak", 50)
+    assert [(r["path"], r["score"], r["start"], r["end"]) for r in results] == [(h.path, h.score, h.start, h.end) for h in before]
+    assert [r["why"]["audio_rank"] for r in results] == list(range(1, len(before) + 1))
+
+
+def test_why_tells_ranks_scores_and_terms(library: Path) -> None:
+    results = found(library, "kick 808")
+    top = results[0]
+    assert set(top["why"]) == {"audio_rank", "audio_score", "text_rank", "terms"}
+    assert top["why"]["terms"] == ["kick", "808"] and top["why"]["text_rank"] in (1, 2)
+    assert isinstance(top["why"]["audio_rank"], int) and isinstance(top["why"]["audio_score"], float)
+    unnamed = next(r for r in results if "Rain" in r["path"])
+    assert unnamed["why"]["text_rank"] is None and unnamed["why"]["terms"] == []
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "audio", "text"])
+def test_minus_word_leaves_files_out_in_every_mode(library: Path, mode: str) -> None:
+    kept = names(library, "door -creak", "--mode", mode)
+    assert not any("creak" in n.lower() for n in kept), kept
+    if mode != "text":
+        assert len(kept) == len(NAMES) - len(DOOR_CREAK)
+
+
+def test_quoted_phrase_matches_only_in_order(library: Path) -> None:
+    phrase = set(names(library, '"door creak"', "--mode", "text"))
+    assert phrase == {"Foley/Doors/Door_Creak_Slow_01.wav", "Foley/Doors/Old_Door_Creak_02.wav"}
+    assert set(names(library, '"creak door"', "--mode", "text")) == {"Foley/Doors/Creak_Door_Hinge.wav"}
+
+
+def test_not_subtracts_the_other_description(library: Path) -> None:
+    results = found(library, "door creak", "--mode", "audio", "--not", "rain")
+    with open_index(None) as index:
+        wanted, other = vec.normalize(encoder_for(index, None, "cpu").embed_text(["door creak", "rain"]))
+        hits = index.search((wanted - NOT_WEIGHT * other)[None], 50)
+    assert [(r["path"], r["score"]) for r in results] == [(h.path, h.score) for h in hits]
+
+
+def test_text_mode_needs_no_weights(library: Path) -> None:
+    run("weights", "remove", "tiny")
+    assert set(names(library, "kick 808", "--mode", "text")) == KICK_808
+    result = runner.invoke(app, ["search", "kick 808"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_bad_mode_is_a_usage_error(library: Path) -> None:
+    result = runner.invoke(app, ["search", "door", "--mode", "names"])
+    assert result.exit_code == 2 and "--mode" in result.output
+
+
+def test_names_follow_moves_copies_changes_deletions_and_rebuild(library: Path) -> None:
+    text = lambda q: set(names(library, q, "--mode", "text"))  # noqa: E731
+    shutil.move(library / "Drums", library / "Percussion")  # a folder renamed: its name is searchable, the old one not
+    shutil.copy(library / "Ambience/Wind_Howl.wav", library / "Ambience/Gust_Copy.wav")  # a copy: no new embedding
+    os.remove(library / "Ambience/Rain_On_Roof.wav")
+    audiogen.write_audio(library / "Ambience/Creek_Water.wav", audiogen.sine(710, 0.7))  # changed content, same name
+    run("index", library, "-w", "tiny")
+    assert text("percussion") == {f"Percussion/{Path(n).name}" for n in NAMES if n.startswith("Drums/")}
+    assert text("drums") == set()
+    assert text("gust") == {"Ambience/Gust_Copy.wav"} and text("wind howl") == {"Ambience/Wind_Howl.wav"}
+    assert text("rain") == set()
+    assert text("creek") == {"Ambience/Creek_Water.wav"}
+    (library / "Ambience/Gust_Copy.wav").rename(library / "Ambience/Breeze_Copy.wav")  # a moved file
+    run("index", library, "-w", "tiny")
+    assert text("gust") == set() and text("breeze") == {"Ambience/Breeze_Copy.wav"}
+    run("index", "--rebuild", library, "-w", "tiny")
+    assert text("breeze") == {"Ambience/Breeze_Copy.wav"} and text("kick 808") == {f"Percussion/{Path(n).name}" for n in KICK_808}
+    with open_index(None) as index:  # exactly one row per ok file, no leftovers
+        count = index.conn.execute("SELECT count(*) FROM file_words").fetchone()[0]
+        assert count == index.conn.execute("SELECT count(*) FROM files WHERE status = 'ok'").fetchone()[0]
+
+
+def test_an_index_of_the_previous_schema_fills_its_names_without_embedding(library: Path) -> None:
+    with open_index(None) as index:  # back to the schema before the full-text index
+        index.conn.execute("DROP TABLE file_words; DROP TRIGGER IF EXISTS file_words_insert; "
+                           "DROP TRIGGER IF EXISTS file_words_update; DROP TRIGGER IF EXISTS file_words_delete")  # fmt: skip
+        index.conn.execute(f"DELETE FROM {migrations.TABLE} WHERE name = 'm006_file_words'")
+        db, segments = index.path, index.conn.execute("SELECT count(*) FROM segments").fetchone()[0]
+    run("weights", "remove", "tiny")  # no model anywhere: nothing can be embedded
+    assert set(names(library, "door creak", "--mode", "text")) == DOOR_CREAK
+    with Index.open(db) as index:
+        assert "m006_file_words" in migrations.applied(index.conn)
+        assert index.conn.execute("SELECT count(*) FROM segments").fetchone()[0] == segments
