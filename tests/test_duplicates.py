@@ -1,0 +1,56 @@
+"""`audiofind duplicates`: exact copies by hash, near copies by whole-file vectors, wasted bytes; nothing deleted."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+import audiogen
+from audiofind.cli import app
+from modelkit import register_tiny
+
+runner = CliRunner()
+SR = audiogen.SAMPLE_RATE
+# The synthetic tiny model puts every vector in a narrow cone (different generated sounds sit 5e-4 to 4e-3 apart,
+# transcoded copies under 2e-5), so these tests pass their own threshold; the default is for the real model.
+TINY_NEAR = 1e-4
+
+
+def run(*args: object, code: int = 0) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, f"exit {result.exit_code}: {result.output}"
+    return result.stdout
+
+
+def resampled(x: np.ndarray, sr: int) -> np.ndarray:
+    t = np.linspace(0, x.shape[-1] - 1, int(x.shape[-1] * sr / SR))
+    return np.stack([np.interp(t, np.arange(x.shape[-1]), c) for c in x]).astype(np.float32)
+
+
+def test_transcoded_copies_group_and_exact_copies_waste_bytes(tmp_path: Path) -> None:
+    register_tiny()
+    root = tmp_path / "lib"
+    root.mkdir()
+    tone, sweep, hiss = audiogen.sine(440, 3.0), audiogen.chirp(300, 3000, 3.0), audiogen.noise(3.0, seed=1)
+    tones = [audiogen.write_audio(root / "tone.wav", tone), audiogen.write_audio(root / "tone.flac", tone),
+             audiogen.write_audio(root / "tone.mp3", tone),
+             audiogen.write_audio(root / "tone 48k.wav", resampled(tone, 48000), sr=48000)]  # fmt: skip
+    sweeps = [audiogen.write_audio(root / "sweep.wav", sweep), audiogen.write_audio(root / "sweep.flac", sweep)]
+    hisses = [audiogen.write_audio(root / "hiss.wav", hiss), Path(shutil.copy(root / "hiss.wav", root / "hiss copy.wav"))]
+    run("index", root, "-w", "tiny")
+    groups = json.loads(run("duplicates", "--json", "--near", TINY_NEAR))
+    by_paths = {frozenset(g["paths"]): g for g in groups}
+    assert set(by_paths) == {frozenset(map(str, tones)), frozenset(map(str, sweeps)), frozenset(map(str, hisses))}
+    exact = by_paths[frozenset(map(str, hisses))]
+    size = hisses[0].stat().st_size
+    assert exact == {"kind": "exact", "paths": sorted(map(str, hisses)), "bytes": 2 * size, "wasted": size}
+    near = by_paths[frozenset(map(str, tones))]
+    sizes = [p.stat().st_size for p in tones]
+    assert near["kind"] == "near" and near["bytes"] == sum(sizes) and near["wasted"] == sum(sizes) - max(sizes)
+    assert all(p.exists() for p in tones + sweeps + hisses)  # it never deletes
+    # Under a folder only; and with --near 0 only exact copies remain.
+    assert json.loads(run("duplicates", root / "nowhere", "--json")) == []
+    assert [g["kind"] for g in json.loads(run("duplicates", root, "--json", "--near", 0))] == ["exact"]
+    assert "hiss copy.wav" in run("duplicates", "--near", TINY_NEAR)
