@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import audiogen
 from audiofind import vectors as vec
 from audiofind.cli import app
+from audiofind.errors import UsageError
 from audiofind.hybrid import NOT_WEIGHT
 from audiofind.search import encoder_for, search_text
 from audiofind.store import Index, open_index
@@ -161,3 +162,18 @@ def test_an_index_of_the_previous_schema_fills_its_names_without_embedding(libra
     with Index.open(db) as index:
         assert "m006_file_words" in migrations.applied(index.conn)
         assert index.conn.execute("SELECT count(*) FROM segments").fetchone()[0] == segments
+
+
+def test_serve_takes_the_mode(library: Path) -> None:
+    from audiofind.serve import params
+    from audiofind.serve.library import Library
+
+    asked = {"q": ["kick 808"], "mode": ["text"]}
+    p = params.parse(lambda name: asked.get(name, []))
+    assert p.mode == "text"
+    with Library.open(None) as lib:
+        results = [r.as_dict() for r in lib.search(p.q, p.k, p.filters, p.mode)]
+    assert {str(Path(r["path"]).relative_to(library)) for r in results} == KICK_808
+    assert all(r["why"]["audio_rank"] is None and r["why"]["text_rank"] for r in results)
+    with pytest.raises(UsageError):
+        params.parse(lambda name: {"q": ["x"], "mode": ["names"]}.get(name, []))

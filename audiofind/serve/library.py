@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from audiofind.encoder import Encoder
+from audiofind.hybrid import Found, Why
 from audiofind.serve import catalog
 from audiofind.serve.catalog import Entry
 from audiofind.store import Filters, Hit, Index, open_index
@@ -19,15 +20,16 @@ from audiofind.store import Filters, Hit, Index, open_index
 
 @dataclass(frozen=True)
 class Result:
-    """A search hit with the id and root of its file."""
+    """A search hit with the id and root of its file, and why it was found."""
 
     hit: Hit
     id: int
     root: str
+    why: Why | None = None
 
     def as_dict(self) -> dict:
         """The object `search --json` prints, with "id" added."""
-        return asdict(self.hit) | {"id": self.id}
+        return asdict(self.hit) | {"why": asdict(self.why) if self.why else None, "id": self.id}
 
 
 class Library:
@@ -71,26 +73,26 @@ class Library:
                 else:
                     self._idle.append(index)
 
-    def search(self, query: str, k: int, filters: Filters | None = None) -> list[Result]:
-        """Files matching a description, best first (as `search QUERY`)."""
-        from audiofind.search import search_text
+    def search(self, query: str, k: int, filters: Filters | None = None, mode: str = "hybrid") -> list[Result]:
+        """Files matching a description, best first (as `search QUERY --mode MODE`)."""
+        from audiofind import hybrid
 
         with self.connection() as index, catalog.snapshot(index.conn):
             with self._model_lock:
-                hits = search_text(index, self.encoder, query, k, filters)
-            return _results(index, hits)
+                found = hybrid.search(index, query, k, filters, mode, self.encoder)
+            return _results(index, found)
 
     def like(self, file_id: int, k: int, filters: Filters | None = None) -> list[Result] | None:
         """Files that sound like the indexed file with this id, best first (as `search --like`); None if unknown."""
-        from audiofind.search import search_like
+        from audiofind import hybrid
 
         with self.connection() as index, catalog.snapshot(index.conn):
-            found = catalog.entry(index.conn, file_id)
-            if found is None:
+            entry = catalog.entry(index.conn, file_id)
+            if entry is None:
                 return None
             with self._model_lock:
-                hits = search_like(index, self.encoder, Path(found.path), k, filters)
-            return _results(index, hits)
+                found = hybrid.like(index, self.encoder, Path(entry.path), k, filters)
+            return _results(index, found)
 
     def entry(self, file_id: int) -> Entry | None:
         """The indexed file with this id, or None."""
@@ -117,6 +119,6 @@ class Library:
             index.close()
 
 
-def _results(index: Index, hits: list[Hit]) -> list[Result]:
-    found = catalog.ids(index.conn, [h.path for h in hits])
-    return [Result(h, *found[h.path]) for h in hits if h.path in found]
+def _results(index: Index, found: list[Found]) -> list[Result]:
+    ids = catalog.ids(index.conn, [f.hit.path for f in found])
+    return [Result(f.hit, *ids[f.hit.path], f.why) for f in found if f.hit.path in ids]

@@ -4,6 +4,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from audiofind.errors import UsageError
+from audiofind.hybrid import MODES
 from audiofind.store import Filters
 
 DEFAULT_K = 20
@@ -20,10 +21,11 @@ class Params:
     like: int | None  # a file id
     k: int
     filters: Filters
+    mode: str = "hybrid"  # as `search --mode`: hybrid, audio or text
 
 
 def parse(get: Get) -> Params:
-    """Read q, like, k and the filters (under, ext, min_duration, max_duration, tag); UsageError on bad values."""
+    """Read q, like, k, mode and the filters (under, ext, min_duration, max_duration, tag); UsageError on bad values."""
     last = lambda name: next((v.strip() for v in reversed(get(name)) if v.strip()), None)  # noqa: E731
     k = _number(last("k"), "k", int) if last("k") else DEFAULT_K
     if not 1 <= k <= MAX_K:
@@ -33,7 +35,10 @@ def parse(get: Get) -> Params:
     hi = _number(last("max_duration"), "max_duration", float) if last("max_duration") else None
     tags = [t for t in get("tag") if t.strip()]  # an empty form field is no filter
     filters = Filters.checked(last("under"), get("ext"), lo, hi, tags)
-    return Params(last("q"), like, k, filters)
+    mode = last("mode") or "hybrid"
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
+    return Params(last("q"), like, k, filters, mode)
 
 
 def _number(text: str | None, name: str, kind: type) -> int | float:
