@@ -177,3 +177,21 @@ def test_serve_takes_the_mode(library: Path) -> None:
     assert all(r["why"]["audio_rank"] is None and r["why"]["text_rank"] for r in results)
     with pytest.raises(UsageError):
         params.parse(lambda name: {"q": ["x"], "mode": ["names"]}.get(name, []))
+
+
+def test_tags_are_searchable_and_follow_their_file(tmp_path: Path) -> None:
+    from audiofind.hybrid import search
+    from audiofind.store import AudioRow, FileRow, ModelBinding
+
+    with Index.open(tmp_path / "index.db") as index:
+        index.bind_model(ModelBinding("m", "0" * 64, 4, 5.0, 2.5))
+        tags = {"title": ["Café door"], "description": ["Barn hinge, slow"], "date": ["1999"], "keywords": ["wood", "old"]}
+        row = FileRow(str(tmp_path / "a" / "take1.wav"), str(tmp_path), 10, 1, "h1", tags=tags)
+        index.add_file(row, AudioRow("h1", 1.0, 44100, 1), [(0.0, 1.0)], np.ones((1, 4), np.float32))
+        top = lambda q: [f.hit.path for f in search(index, q, mode="text")]  # noqa: E731
+        assert top("cafe") == top("barn hinges") == top("wood") == [row.path]  # folded accents, stemming, keywords
+        assert top("1999") == []  # dates say nothing about the sound
+        index.add_file(FileRow(row.path, row.root, 11, 2, "h1", tags={"title": ["Gong"]}))  # retagged
+        assert top("barn") == [] and top("gong") == [row.path]
+        index.record_failure(row.path, row.root, 12, 3, "unreadable")  # a failed file is not found by name
+        assert top("take") == []
