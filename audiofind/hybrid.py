@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 MODES = ("hybrid", "audio", "text")
 RRF_K = 60  # the constant of Cormack et al. (2009): damps the head so one ranking's first place cannot win alone
-DEPTH = 100  # files taken from each ranking before fusing (k, when more are asked)
+DEPTH = 100  # files taken from the names' ranking before fusing (k, when more are asked); from the sound's, k
 NOT_WEIGHT = 0.5  # --not: the query vector minus this times the unit vector of the other description
 
 
@@ -66,12 +66,13 @@ def search(
     if not_ is not None and not not_.strip():
         raise UsageError("--not needs a description of the sound to move away from.")
     drop = text.excluded_paths(index.conn, q)
-    depth = k if mode == "audio" else max(k, DEPTH)
+    depth = max(k, DEPTH)
     audio: list[Hit] = []
     if mode != "text":
+        # The sound side is asked for k files, as before, so hybrid costs a query no more re-scoring than audio.
         audio_text = query if not (q.phrases or q.excluded) else q.audio_text  # no syntax: exactly today's query
-        hits = _audio(index, _resolve(encoder), audio_text, not_, depth + len(drop), filters)
-        audio = [h for h in hits if h.path not in drop][:depth]
+        hits = _audio(index, _resolve(encoder), audio_text, not_, k + len(drop), filters)
+        audio = [h for h in hits if h.path not in drop][:k]
     cond, params = _filter_sql(None if filters is None or filters.is_empty() else filters,
                                [r.path for r in index.roots()] if filters and filters.under else [])  # fmt: skip
     names = [r for r in text.ranked(index.conn, q, depth + len(drop), cond, params) if r[0] not in drop][:depth]
