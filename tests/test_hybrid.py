@@ -202,3 +202,26 @@ def test_tags_are_searchable_and_follow_their_file(tmp_path: Path) -> None:
         assert top("barn") == [] and top("gong") == [row.path]
         index.record_failure(row.path, row.root, 12, 3, "unreadable")  # a failed file is not found by name
         assert top("take") == [] and in_step(index)
+
+
+def test_names_follow_watch(tmp_path: Path) -> None:
+    from audiofind.encoder import load_encoder
+    from audiofind.hybrid import search
+    from test_watch import Watching, tone
+
+    register_tiny()
+    encoder = load_encoder("tiny", "cpu", towers=["audio"])
+    root, db = tmp_path / "lib", tmp_path / "i.db"
+    tone(root / "Door_Creak.wav", 440)
+    with Watching(db, encoder, [root]) as w:
+        os.rename(root / "Door_Creak.wav", root / "Gate_Slam.wav")
+        w.wait("moved", root / "Gate_Slam.wav")
+        with Index.open(db) as index:
+            assert [Path(f.hit.path).name for f in search(index, "gate", mode="text")] == ["Gate_Slam.wav"]
+        tone(root / "Kick808.wav", 60)
+        w.wait("embedded", root / "Kick808.wav")
+        os.remove(root / "Gate_Slam.wav")
+        w.wait("removed", root / "Gate_Slam.wav")
+    with Index.open(db) as index:
+        top = lambda q: [Path(f.hit.path).name for f in search(index, q, mode="text")]  # noqa: E731
+        assert in_step(index) and top("door") == top("gate") == [] and top("kick 808") == ["Kick808.wav"]
