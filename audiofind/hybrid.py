@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from audiofind.errors import UsageError
-from audiofind.store import Filters, Hit, Index
-from audiofind.store import text
+from audiofind.store import Filters, Hit, Index, text
 from audiofind.store.nearest import _filter_sql
 
 if TYPE_CHECKING:

@@ -21,7 +21,9 @@ def duplicates(
 ) -> None:
     """List groups of copies: exact (same content) and near (same sound, other format or trim), with wasted bytes."""
     from audiofind.duplicates import find
-    from audiofind.store import open_index  # no torch: the vectors are in the index already
+    from audiofind.store import (
+        open_index,  # no torch: the vectors are in the index already
+    )
 
     with open_index(db) as index:
         groups = find(index, [p.expanduser() for p in paths or []], near)
