@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from audiofind.textnp import TextTower
     from audiofind.weights import Resolved
 
-NUMPY_DEVICES = ("auto", "cpu")  # a query runs on the CPU whatever the machine: a GPU takes longer to start than it
+NUMPY_DEVICES = ("auto", "cpu")  # "auto" too: starting CUDA takes longer than the whole query on the CPU
 
 
 class Embedder(Protocol):
