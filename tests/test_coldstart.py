@@ -98,7 +98,6 @@ def imports(*args: object) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
 
 
-@pytest.mark.xfail(strict=True, reason="needs torch deferred in weights.py and checkpoint.py, and the CLI on query_encoder")
 def test_cold_cli_search_imports_no_torch(library: list[Path]) -> None:
     loaded = imports("search", "a bird sings", "-k", "2")
     assert "numpy" in loaded and "audiofind.textnp" in loaded and "torch" not in loaded

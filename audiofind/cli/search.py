@@ -35,7 +35,7 @@ def search(
     device: DeviceOpt = "auto",
 ) -> None:
     """Find the sounds that match QUERY (or --like FILE), best first."""
-    from audiofind.search import encoder_for, search_like, search_text
+    from audiofind.search import query_encoder, search_like, search_text
     from audiofind.store import open_index
     from audiofind.store import Filters
     from audiofind.store.nearest import shown_tags
@@ -48,7 +48,7 @@ def search(
         raise UsageError("Choose one of --json and --paths.")
     filters = Filters.checked(under, ext or (), min_duration, max_duration, tag or ())
     with open_index(db) as index:
-        encoder = encoder_for(index, weights, device)
+        encoder = query_encoder(index, weights, device)
         hits = search_text(index, encoder, query, k, filters) if like is None else search_like(index, encoder, like, k, filters)
     if json_out:
         typer.echo(json.dumps([asdict(h) for h in hits], ensure_ascii=False))
