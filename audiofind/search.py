@@ -125,8 +125,10 @@ def search_text(index: Index, encoder: Embedder, query: str, k: int = 20, filter
 
 
 def search_like(index: Index, encoder: Embedder, path: Path, k: int = 20, filters: Filters | None = None) -> list[Hit]:
-    """Files that sound like FILE: each scored by its best cosine with any of FILE's segments."""
-    return index.search(example_vectors(index, encoder, path), k, filters)
+    """Files that sound like FILE: each scored by its best cosine with any of FILE's segments; FILE first of equals."""
+    hits = index.search(example_vectors(index, encoder, path), k, filters)
+    itself = os.path.abspath(path)
+    return sorted(hits, key=lambda h: (-h.score, h.path != itself))  # stable: copies keep their order after it
 
 
 def example_vectors(index: Index, encoder: Embedder, path: Path) -> np.ndarray:

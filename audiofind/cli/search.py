@@ -1,6 +1,5 @@
 """`audiofind search`: find sounds by description or by example."""
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -9,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console
+from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console
 from audiofind.errors import UsageError
 
 
@@ -51,7 +50,7 @@ def search(
         encoder = query_encoder(index, weights, device)
         hits = search_text(index, encoder, query, k, filters) if like is None else search_like(index, encoder, like, k, filters)
     if json_out:
-        typer.echo(json.dumps([asdict(h) for h in hits], ensure_ascii=False))
+        typer.echo(json_text([asdict(h) for h in hits]))
     elif paths_out:
         for h in hits:
             typer.echo(h.path)
