@@ -83,6 +83,11 @@ class QueryEncoder:
     _tower: "TextTower | None" = None
     _encoder: "Encoder | None" = None
 
+    @property
+    def dim(self) -> int:
+        """Embedding size, as the index records it."""
+        return _bound(self.index).dim
+
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """Captions -> (B, dim) float32, unnormalised."""
         if (self.device or "auto").strip().lower() not in NUMPY_DEVICES:
