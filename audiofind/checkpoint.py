@@ -13,13 +13,14 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from audiofind.errors import UnsafeCheckpoint, WeightsError
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: reading metadata (every search) needs none
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,15 @@ def is_used(key: str, shape: Iterable[int], origin: object) -> bool:
     return not (key == "audio.fbsp.bias" and 0 in tuple(shape))
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: "torch.dtype") -> str:
     """A dtype as users write it: float16, not torch.float16."""
     return str(dtype).removeprefix("torch.")
 
 
-def as_float32(key: str, tensor: torch.Tensor, origin: object) -> torch.Tensor:
+def as_float32(key: str, tensor: "torch.Tensor", origin: object) -> "torch.Tensor":
     """A weight as the float32 the model computes in; a tensor that is not floating point is refused."""
+    import torch
+
     if not tensor.is_floating_point():
         raise WeightsError(
             f"{origin} holds {key!r} as {dtype_name(tensor.dtype)}, but AudioCLIP weights are floating point; it was refused."
@@ -74,9 +77,11 @@ def as_float32(key: str, tensor: torch.Tensor, origin: object) -> torch.Tensor:
     return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
-def select(state_dict: dict, origin: object) -> dict[str, torch.Tensor]:
+def select(state_dict: dict, origin: object) -> "dict[str, torch.Tensor]":
     """The tensors audiofind keeps, as float32 with wrapper prefixes removed, ready for save_file."""
-    out: dict[str, torch.Tensor] = {}
+    import torch
+
+    out: "dict[str, torch.Tensor]" = {}
     seen: set[int] = set()
     for key, tensor in state_dict.items():
         if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
@@ -114,8 +119,10 @@ def sha256_file(path: Path, progress: Progress | None = None) -> str:
     return hash_into(hashlib.sha256(), path, progress).hexdigest()
 
 
-def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
+def content_sha256(tensors: "dict[str, torch.Tensor]") -> str:
     """sha256 over names, dtypes, shapes and bytes of the tensors, in name order."""
+    import torch
+
     h = hashlib.sha256()
     for key in sorted(tensors):
         t = tensors[key].detach().cpu().contiguous()
@@ -183,6 +190,8 @@ def _not_a_checkpoint(path: Path) -> WeightsError:
 
 def load_pt(path: Path) -> dict:
     """Unpickle a torch checkpoint without running code, and find its state dict."""
+    import torch
+
     try:
         with warnings.catch_warnings():
             # A raw pickle draws a protocol warning on its way to being refused; the error says enough.
@@ -208,7 +217,7 @@ def load_pt(path: Path) -> dict:
 def read_metadata(path: Path) -> dict[str, str]:
     """The str -> str metadata of a safetensors file."""
     try:
-        with safe_open(path, framework="pt") as f:
+        with safe_open(path, framework="numpy") as f:  # metadata only; "pt" would import torch
             return f.metadata() or {}
     except (SafetensorError, OSError) as e:
         what = _what_it_is(path) if isinstance(e, SafetensorError) else ""
@@ -225,9 +234,11 @@ def json_or_none(text: str | None, path: Path) -> dict | None:
         raise WeightsError(f"{path} has metadata that is not valid JSON: {e}.") from e
 
 
-def write(tensors: dict[str, torch.Tensor], out: Path, name: str, sha256: str, source: Source,
+def write(tensors: "dict[str, torch.Tensor]", out: Path, name: str, sha256: str, source: Source,
            config: dict | None = None, card: dict | None = None) -> Path:
     """Write tensors and our metadata to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
     metadata = {
         "format": FORMAT,
         "name": name,

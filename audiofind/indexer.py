@@ -245,6 +245,7 @@ def sync(
                 index.touch_root(root)
             elif prune:
                 index.forget_root(root)
+        index.save_codes()  # one read for the next cold search, instead of a rebuild from every row
     report.seconds = time.monotonic() - started
     return report
 

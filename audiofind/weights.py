@@ -14,15 +14,16 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from audiofind import checkpoint, paths
-from audiofind.download import fetch
 from audiofind.errors import (ChecksumError, DownloadError, UnknownModelError, UsageError,
                               WeightsError, WeightsNotFound)
+
+if TYPE_CHECKING:  # only the loaders make tensors; resolving a model (every search) needs no torch
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,8 @@ def download(name: str, progress: Progress | None = None) -> Path:
     if pt.exists() and expected and checkpoint.sha256_file(pt) != expected:
         pt.unlink()  # a stale file from another release: fetch again
     if not pt.exists():
+        from audiofind.download import fetch  # http.client, urllib, ssl: not for the commands that only resolve a model
+
         try:
             actual = fetch(name, entry["url"], part, entry.get("size"), progress)
         except DownloadError as e:
@@ -236,7 +239,7 @@ def import_checkpoint(path: Path, name: str | None = None, progress: Progress | 
     return checkpoint.write(tensors, out, name, sha, source, checkpoint.json_or_none(meta.get("config"), path), card)
 
 
-def save_model(state_dict: dict[str, torch.Tensor], name: str, config: dict, card: dict) -> Path:
+def save_model(state_dict: "dict[str, torch.Tensor]", name: str, config: dict, card: dict) -> Path:
     """Write fine-tuned weights as a local model; its identity is the sha256 of the tensors written."""
     if check_name(name) in _registered():
         raise UsageError(f"'{name}' is a registered model name; pick another name for a fine-tuned model.")
@@ -373,7 +376,7 @@ def resolve(weights: str | Path | None) -> Resolved:
     return _resolved(out, lambda: sha)
 
 
-def read_state_dict(resolved: Resolved, towers: Iterable[str] = ("audio", "text", "scale")) -> dict[str, torch.Tensor]:
+def read_state_dict(resolved: Resolved, towers: Iterable[str] = ("audio", "text", "scale")) -> "dict[str, torch.Tensor]":
     """Read only the requested towers' tensors from the safetensors file (the others are never read)."""
     wanted = set(towers)
     if unknown := wanted - set(TOWERS):

@@ -14,7 +14,7 @@ from audiofind import vectors as vec
 from audiofind.cli import app
 from audiofind.errors import UsageError
 from audiofind.hybrid import NOT_WEIGHT
-from audiofind.search import encoder_for, search_text
+from audiofind.search import query_encoder, search_text
 from audiofind.store import Index, open_index
 from audiofind.store import migrations
 from modelkit import register_tiny
@@ -80,7 +80,7 @@ def test_names_put_their_files_first(library: Path, mode: str) -> None:
 def test_audio_mode_is_exactly_the_sound_ranking(library: Path) -> None:
     results = found(library, "door creak", "--mode", "audio")
     with open_index(None) as index:
-        before = search_text(index, encoder_for(index, None, "cpu"), "door creak", 50)
+        before = search_text(index, query_encoder(index, None, "cpu"), "door creak", 50)
     assert [(r["path"], r["score"], r["start"], r["end"]) for r in results] == [(h.path, h.score, h.start, h.end) for h in before]
     assert [r["why"]["audio_rank"] for r in results] == list(range(1, len(before) + 1))
 
@@ -112,7 +112,7 @@ def test_quoted_phrase_matches_only_in_order(library: Path) -> None:
 def test_not_subtracts_the_other_description(library: Path) -> None:
     results = found(library, "door creak", "--mode", "audio", "--not", "rain")
     with open_index(None) as index:
-        wanted, other = vec.normalize(encoder_for(index, None, "cpu").embed_text(["door creak", "rain"]))
+        wanted, other = vec.normalize(query_encoder(index, None, "cpu").embed_text(["door creak", "rain"]))
         hits = index.search((wanted - NOT_WEIGHT * other)[None], 50)
     assert [(r["path"], r["score"]) for r in results] == [(h.path, h.score) for h in hits]
 
@@ -162,12 +162,12 @@ def test_an_index_of_the_previous_schema_fills_its_names_without_embedding(libra
     with open_index(None) as index:  # back to the schema before the full-text index
         index.conn.execute("DROP TABLE file_words; DROP TRIGGER IF EXISTS file_words_insert; "
                            "DROP TRIGGER IF EXISTS file_words_update; DROP TRIGGER IF EXISTS file_words_delete")  # fmt: skip
-        index.conn.execute(f"DELETE FROM {migrations.TABLE} WHERE name = 'm006_file_words'")
+        index.conn.execute(f"DELETE FROM {migrations.TABLE} WHERE name = 'm007_file_words'")
         db, segments = index.path, index.conn.execute("SELECT count(*) FROM segments").fetchone()[0]
     run("weights", "remove", "tiny")  # no model anywhere: nothing can be embedded
     assert set(names(library, "door creak", "--mode", "text")) == DOOR_CREAK
     with Index.open(db) as index:
-        assert "m006_file_words" in migrations.applied(index.conn)
+        assert "m007_file_words" in migrations.applied(index.conn)
         assert index.conn.execute("SELECT count(*) FROM segments").fetchone()[0] == segments
 
 

@@ -136,7 +136,7 @@ def test_search_filters_and_formats(tiny: str, library: tuple[Path, dict]) -> No
     tags["genre"] = "Ambience"
     tags.save()
     index_json(root, "-w", tiny)
-    everything = json.loads(run("search", "a bird sings", "--json", "-k", "50"))
+    everything = json.loads(run("search", "a bird sings", "--json", "-k", "50", "--mode", "audio"))
     assert len(everything) == len(files["good"])
     scores = [h["score"] for h in everything]
     assert scores == sorted(scores, reverse=True)
@@ -147,7 +147,7 @@ def test_search_filters_and_formats(tiny: str, library: tuple[Path, dict]) -> No
     assert long_only and all(h["duration"] >= 1.4 for h in long_only)
     short_only = json.loads(run("search", "x", "--json", "--max-duration", "0.9"))
     assert short_only and all(h["duration"] <= 0.9 for h in short_only)
-    assert run("search", "x", "--paths", "-k", "2").splitlines() == [h["path"] for h in everything[:2]]
+    assert run("search", "x", "--paths", "-k", "2", "--mode", "audio").splitlines() == [h["path"] for h in everything[:2]]
     table = run("search", "a bird sings", "-k", "3")
     assert "score" in table
 
@@ -299,3 +299,14 @@ def test_without_a_terminal_each_file_is_a_line_and_json_stays_last(tiny: str, l
     assert sorted(line.removeprefix("embedded ") for line in embedded) == sorted(map(str, files["good"]))
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["seen"] == report["embedded"] + report["failed"] == len(files["good"]) + len(files["broken"])
+
+
+def test_like_puts_the_file_itself_first_among_its_copies(tiny: str, tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    root.mkdir()
+    original = put(audiogen.write_audio, root / "zz-original.wav", audiogen.noise(1.0, seed=5))
+    for name in ("aa-copy.wav", "mm-copy.wav"):
+        shutil.copy(original, root / name)  # the same audio: every copy scores exactly the same
+    index_json(root, "-w", tiny)
+    for path in sorted(root.iterdir()):
+        assert run("search", "--like", path, "--paths", "-k", "3").splitlines()[0] == str(path)

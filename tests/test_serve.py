@@ -294,6 +294,6 @@ def test_the_page_lists_results_with_what_the_script_needs(served: Served) -> No
 def test_speed_measures_what_bench_speed_reports(served: Served) -> None:
     from audiofind.serve.speed import serve_speed
 
-    result = serve_speed(served.library.encoder, segments=300, page=3, seconds=1.0)
+    result = serve_speed(served.library.encoder.torch(), segments=300, page=3, seconds=1.0)
     assert set(result) == {"serve_search_0k_s", "serve_page_3_s", "serve_first_byte_transcoded_s", "serve_first_byte_seek_s"}
     assert all(0 < v < 60 for v in result.values())

@@ -238,7 +238,8 @@ def _wait_playing(page, file_id: str, at_least: float) -> None:  # type: ignore[
     """Wait until the player plays this file past at_least seconds, having played nothing of it before that."""
     page.wait_for_function(
         """([id, t]) => { const p = document.getElementById('player');
-           return p.dataset.id === id && !p.paused && p.currentTime > t; }""",
+           return p.dataset.id === id && !p.paused && p.currentTime > t
+                  && window.played.some(([i]) => i === id); }""",
         arg=[file_id, at_least],
         timeout=30_000,
     )

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from audiofind.store import connection as store, migrations, nearest
+from audiofind.store import index as index_module
 from audiofind import vectors as vec
 from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, StorageError, UsageError
 from audiofind.bench import bench_search
@@ -23,7 +24,8 @@ from audiofind.store import AudioRow, FileRow, Index, ModelBinding
 
 D = 16
 BINDING = ModelBinding("tiny", "ab" * 32, D, 5.0, 2.5)
-TABLES = {migrations.TABLE, "meta", "audio", "segments", "files", "roots", "partial"}
+TABLES = {migrations.TABLE, "meta", "audio", "segments", "files", "roots", "partial", "codes_cache",
+          "file_words", "file_words_config", "file_words_content", "file_words_data", "file_words_docsize", "file_words_idx"}
 
 
 def user_tables(conn: apsw.Connection) -> set[str]:
@@ -564,3 +566,26 @@ def test_results_show_list_tags_joined_and_hide_writer_tags() -> None:
     assert f.exts == frozenset({"wav", "flac"}) and f.tags == {"genre": "Rain"}
     with pytest.raises(UsageError, match="KEY=VALUE"):
         Filters.checked(tags=["genre"])
+
+
+def test_saved_codes_are_used_only_while_they_describe_the_segments(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(index_module, "CENTRE_AFTER", 8)
+    db = tmp_path / "c.db"
+    data = vec.synthetic(40, D, queries=3, seed=1)
+    with Index.open(db) as ix:
+        ix.bind_model(BINDING)
+        for f in range(int(data.file_of.max()) + 1):
+            rows = data.vectors[data.file_of == f]
+            h = f"{f:064x}"
+            ix.add_file(FileRow(f"/x/{f}.wav", "/x", 1, 1, h), AudioRow(h, 1.0, 44100, 1),
+                        [(float(i), i + 1.0) for i in range(len(rows))], rows)  # fmt: skip
+        ix.save_codes()
+        expected = ix.search(data.queries, k=5, exact=False)
+    built = []
+    real = vec.Codes.from_rows
+    monkeypatch.setattr(vec.Codes, "from_rows", classmethod(lambda cls, *a: built.append(1) or real(*a)))
+    with Index.open(db) as ix:  # a cold reader: the saved blob, no rebuild
+        assert ix.search(data.queries, k=5, exact=False) == expected and built == []
+        ix.remove_files(["/x/0.wav"])  # the segments change: the blob is stale and must not be used
+        fresh = ix.search(data.queries, k=5, exact=False)
+    assert built == [1] and all(h.path != "/x/0.wav" for h in fresh)

@@ -1,6 +1,10 @@
 """The CLIP BPE tokenizer against the reference tokens and the rules of spec section (b.1)."""
 
 import csv
+import gc
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +19,11 @@ from audiofind.tokenizer import (
     Tokenizer,
     bytes_to_unicode,
     clean,
+    fix_text,
     get_tokenizer,
     load_merges,
     tokenize,
+    tokenize_np,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -39,6 +45,26 @@ def test_matches_reference_tokens() -> None:
     assert got.dtype == torch.int64
     assert got.shape == (12, CONTEXT_LENGTH)
     assert torch.equal(got, torch.from_numpy(ref["text_tokens"]))
+    array = tokenize_np([str(t) for t in ref["caption_texts"]])
+    assert array.dtype == np.int64 and np.array_equal(array, ref["text_tokens"])
+
+
+def test_tokenizing_imports_no_torch() -> None:
+    code = "import sys; from audiofind.tokenizer import tokenize_np; t = tokenize_np('café &amp; rain'); print(t.shape, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["(1,", "77)", "False"]
+
+
+def test_ascii_skips_ftfy_only_where_ftfy_changes_nothing() -> None:
+    import ftfy
+
+    rng = random.Random(0)
+    tricky = ["rock &amp;amp;amp; roll", "a &lt;b&gt; c", "tab\there", "line\r\nbreak", "nul\x00byte", "esc\x1b[31mred",
+              "del\x7f", "form\x0cfeed", "<b>bold</b> ; # % $", "café", "cafÃ©", "“quoted”", "ﬁne", "ｗｉｄｅ"]
+    printable = [chr(c) for c in range(32, 127)] + ["\t", "\n", "\r", "\x00", "\x1b", "\x7f"]
+    randoms = ["".join(rng.choices(printable, k=rng.randint(0, 40))) for _ in range(3000)]
+    for text in tricky + randoms:
+        assert fix_text(text) == ftfy.fix_text(text), repr(text)
 
 
 def test_byte_encoder_layout() -> None:
@@ -184,6 +210,20 @@ def test_tokenizer_is_loaded_once() -> None:
     assert get_tokenizer() is get_tokenizer()
 
 
+def test_building_the_tokenizer_leaves_the_garbage_collector_as_it_was() -> None:
+    get_tokenizer.cache_clear()
+    try:
+        assert gc.isenabled()
+        get_tokenizer()
+        assert gc.isenabled()
+        gc.disable()
+        get_tokenizer.cache_clear()
+        get_tokenizer()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_all_clotho_captions() -> None:
     with open(DATA / "clotho" / "clotho_captions_evaluation.csv", newline="", encoding="utf-8") as f:
         captions = [row[f"caption_{i}"] for row in csv.DictReader(f) for i in range(1, 6)]
@@ -192,3 +232,4 @@ def test_all_clotho_captions() -> None:
     assert tokens.shape == (5225, CONTEXT_LENGTH)
     assert (tokens[:, 0] == SOT).all()
     assert ((tokens == EOT).sum(dim=1) == 1).all()
+    assert np.array_equal(tokenize_np(captions), tokens.numpy())

@@ -1,6 +1,5 @@
 """`audiofind bench`: the retrieval benchmarks (clotho, captions here; speed in cli/speed.py)."""
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -11,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console, sub_app
+from audiofind.cli.common import json_text, DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console, sub_app
 
 if TYPE_CHECKING:  # importing these at run time would pull in numpy before --help
     from audiofind.clotho import CaptionSet, ClothoSplit
@@ -115,7 +114,7 @@ def _report(title: str, split: str, source: str, label: str, n_clips: int, n_cap
     """The scores as one JSON object or a table; a set without ground truth reports its size only."""
     if json_out:
         scores = result.as_dict() if result else {"n_queries": n_captions}
-        typer.echo(json.dumps({"split": split, "source": source, "n_clips": n_clips, **scores}))
+        typer.echo(json_text({"split": split, "source": source, "n_clips": n_clips, **scores}))
         return
     if result is None:
         console.print(f"{title}: ranked {n_clips} clips for each of {n_captions} captions with {label}; its ground "

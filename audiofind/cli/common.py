@@ -37,6 +37,13 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
 
 
+def json_text(value: object) -> str:
+    """The one JSON encoding of every command's output: UTF-8 as it is (paths with accents stay readable), one line."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one error line on stderr and return the Exit to raise."""
     typer.echo(f"error: {' '.join(str(message).split())}", err=True)

@@ -1,13 +1,12 @@
 """`audiofind embed`: print embeddings of audio files and captions."""
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, app, console
+from audiofind.cli.common import json_text, DeviceOpt, JsonOpt, WeightsOpt, app, console
 from audiofind.errors import DecodeError, UsageError
 
 # A whole-clip embedding needs memory in proportion to the clip (about 1.5 GB a minute at full size).
@@ -50,7 +49,7 @@ def embed(
             rows += [(t, "text", e.tolist()) for t, e in zip(text, enc.embed_text(text))]
     if json_out:
         for name, kind, vector in rows:
-            typer.echo(json.dumps({"input": name, "kind": kind, "embedding": vector}, ensure_ascii=False))
+            typer.echo(json_text({"input": name, "kind": kind, "embedding": vector}))
     elif rows:
         table = Table("input", "kind", "dim", "norm", "first values")
         for name, kind, vector in rows:

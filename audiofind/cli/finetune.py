@@ -1,6 +1,5 @@
 """`audiofind finetune`: fine-tune both towers on captioned audio and register the result as a model."""
 
-import json
 import logging
 import os
 import shlex
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, app, console, err_console
+from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, app, console, err_console
 
 if TYPE_CHECKING:  # train imports torch; --help must not
     from audiofind.train import TrainConfig
@@ -100,7 +99,7 @@ def finetune(
         "thin_files": len(result.thin),
     }
     if json_out:
-        typer.echo(json.dumps(summary))
+        typer.echo(json_text(summary))
         return
     if result.thin:
         err_console.print(f"Left out {len(result.thin)} files whose names and tags have fewer than two real words "

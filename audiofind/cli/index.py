@@ -1,6 +1,5 @@
 """`audiofind index` and `audiofind status`: build the index and show what it holds."""
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from audiofind.errors import UsageError
-from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, duration, err_console
+from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, duration, err_console
 
 ExtOpt = Annotated[
     list[str] | None,
@@ -87,7 +86,7 @@ def index_cmd(
     with open_index(db_path) as index:
         failed_before = index.stats().failed - report.failed
     if json_out:
-        typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+        typer.echo(json_text(report.as_dict()))
         return
     earlier = f" ({failed_before} failed earlier: see audiofind status)" if failed_before > 0 else ""
     kept = f", {report.kept} kept" if report.kept else ""
@@ -109,7 +108,7 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         s = index.stats()
     data = s.as_dict()
     if json_out:
-        typer.echo(json.dumps(data, ensure_ascii=False))
+        typer.echo(json_text(data))
         return
     table = Table(show_header=False, box=None)
     rows = [

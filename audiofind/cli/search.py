@@ -1,6 +1,5 @@
 """`audiofind search`: find sounds by description or by example."""
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -8,7 +7,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console
+from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console
 from audiofind.errors import UsageError
 
 
@@ -37,7 +36,7 @@ def search(
 ) -> None:
     """Find the sounds that match QUERY (or --like FILE), best first."""
     from audiofind import hybrid
-    from audiofind.search import encoder_for
+    from audiofind.search import query_encoder
     from audiofind.store import open_index
     from audiofind.store import Filters
     from audiofind.store.nearest import shown_tags
@@ -54,13 +53,14 @@ def search(
         raise UsageError("Choose one of --json and --paths.")
     filters = Filters.checked(under, ext or (), min_duration, max_duration, tag or ())
     with open_index(db) as index:
+        encoder = query_encoder(index, weights, device)  # loads nothing until a query needs a tower
         if like is not None:
-            found = hybrid.like(index, encoder_for(index, weights, device), like, k, filters)
-        else:  # the model is loaded only if the mode searches by sound
-            found = hybrid.search(index, query, k, filters, mode, lambda: encoder_for(index, weights, device), not_)
+            found = hybrid.like(index, encoder, like, k, filters)
+        else:  # the model is used only if the mode searches by sound
+            found = hybrid.search(index, query, k, filters, mode, lambda: encoder, not_)
     hits = [f.hit for f in found]
     if json_out:
-        typer.echo(json.dumps([f.as_dict() for f in found], ensure_ascii=False))
+        typer.echo(json_text([f.as_dict() for f in found]))
     elif paths_out:
         for h in hits:
             typer.echo(h.path)

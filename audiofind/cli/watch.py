@@ -1,6 +1,5 @@
 """`audiofind watch`: index folders, then follow their changes until Ctrl-C or SIGTERM."""
 
-import json
 import signal
 import threading
 from datetime import datetime
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console
+from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console
 
 if TYPE_CHECKING:
     from audiofind.indexer import Event
@@ -35,7 +34,7 @@ def _as_json(e: "Event") -> dict:
 
 def _json_line(e: "Event") -> str:
     """The --json line: UTF-8 as every command prints JSON, not ASCII escapes."""
-    return json.dumps(_as_json(e), ensure_ascii=False)
+    return json_text(_as_json(e))
 
 
 def _as_text(e: "Event") -> str:

@@ -1,6 +1,5 @@
 """`audiofind weights`: list, download, import and remove checkpoints."""
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -8,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from audiofind.cli.common import JsonOpt, app, byte_progress, console, sub_app
+from audiofind.cli.common import json_text, JsonOpt, app, byte_progress, console, sub_app
 
 if TYPE_CHECKING:  # importing weights at run time would pull in torch before --help
     from audiofind.weights import ModelInfo
@@ -37,7 +36,7 @@ def list_(json_out: JsonOpt = False) -> None:
     models = available_models()
     if json_out:
         rows = [asdict(m) | {"path": str(m.path) if m.path else None, "status": _status(m)} for m in models]
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json_text(rows))
         return
     table = Table("name", "status", "size", "description")
     for m in models:

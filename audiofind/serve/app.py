@@ -48,7 +48,7 @@ def create_app(
         p = params.parse(request.query_params.getlist)
         if not p.q:
             raise UsageError("Give q, a description of the sound you are looking for.")
-        return JSONResponse([r.as_dict() for r in library.search(p.q, p.k, p.filters)])
+        return JSONResponse([r.as_dict() for r in library.search(p.q, p.k, p.filters, p.mode)])
 
     def like(request: Request) -> Response:
         p = params.parse(request.query_params.getlist)

@@ -10,12 +10,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from audiofind.encoder import Encoder
 from audiofind.hybrid import Found, Why
 from audiofind.serve import catalog
 from audiofind.serve.catalog import Entry
 from audiofind.store import Filters, Hit, Index, open_index
+
+if TYPE_CHECKING:
+    from audiofind.search import QueryEncoder
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Result:
 class Library:
     """An index and its encoder, safe to use from many threads."""
 
-    def __init__(self, db: Path, encoder: Encoder, first: Index | None = None) -> None:
+    def __init__(self, db: Path, encoder: "QueryEncoder", first: Index | None = None) -> None:
         self.db = Path(db)
         self.encoder = encoder
         self._idle: list[Index] = [first] if first else []
@@ -46,12 +49,13 @@ class Library:
     @classmethod
     def open(cls, db: Path | str | None, weights: str | None = None, device: str = "auto") -> "Library":
         """Open the index (the default one when db is None) and load its model's text tower now, once."""
-        from audiofind.search import encoder_for
+        from audiofind.search import query_encoder
 
         index = open_index(db)
         try:
-            encoder = encoder_for(index, weights, device)
-            encoder.text  # noqa: B018  (load it before the first request, not during it)
+            # The same query path as `search`, so the page ranks and scores exactly as the CLI does.
+            encoder = query_encoder(index, weights, device)
+            encoder.embed_text(["warm"])  # load the text tower before the first request, not during it
         except BaseException:
             index.close()
             raise

@@ -41,7 +41,7 @@ def render(library: Library, query: QueryParams, token: str) -> str:
                 results = found
                 heading = f"Sounds like <strong>{escape(Path(entry.path).name)}</strong>"
         elif p.q:
-            results = library.search(p.q, p.k, p.filters)
+            results = library.search(p.q, p.k, p.filters, p.mode)
         asked = p.like is not None or bool(p.q)
     except AudiofindError as e:
         error, asked = str(e), True

@@ -148,7 +148,7 @@ class Index:
     def reset(self) -> None:
         """Delete every file, root, segment and vector, and the model binding (for --rebuild)."""
         with self.transaction():
-            for table in ("files", "partial", "segments", "audio", "roots", "meta"):
+            for table in ("files", "partial", "segments", "audio", "roots", "meta", "codes_cache"):
                 self.conn.execute(f"DELETE FROM {table}")
             self.conn.execute("DROP TABLE IF EXISTS vectors")
         log.info("reset %s", self.path)
@@ -234,6 +234,7 @@ class Index:
                 sql = "UPDATE audio SET duration = ?, sample_rate = ?, channels = ? WHERE hash = ?"
                 self.conn.execute(sql, (float(audio.duration), int(audio.sample_rate), int(audio.channels), row.hash))
                 self.conn.execute("DELETE FROM partial WHERE hash = ?", (row.hash,))
+                self._touched()  # its segments become searchable
             elif not self.has_audio(row.hash):
                 self._add_audio(row.hash, audio, segments, vectors)
             self._upsert(norm_path(row.path), row.root, row.size, row.mtime_ns, row.hash, "ok", None, row.tags)
@@ -266,6 +267,8 @@ class Index:
             self.conn.execute(sql, (hash, float(start), float(end), code))
             sql = "INSERT INTO vectors (rowid, embedding) VALUES (?, ?)"
             self.conn.execute(sql, (self.conn.last_insert_rowid(), vec.to_blob(v[i])))
+        if len(segments):
+            self._touched()
 
     def _upsert(
         self, path: str, root: str, size: int, mtime_ns: int, hash: str | None, status: str, error: str | None,
@@ -324,7 +327,24 @@ class Index:
         self.conn.executemany("DELETE FROM vectors WHERE rowid = ?", ((i,) for i in ids))
         self.conn.execute("DELETE FROM segments WHERE hash IN (SELECT value FROM json_each(?))", among)
         self.conn.execute("DELETE FROM audio WHERE hash IN (SELECT value FROM json_each(?))", among)
+        self._touched()
         log.debug("dropped %d unreferenced contents (%d segments)", len(orphans), len(ids))
+
+    def _touched(self) -> None:
+        """Note that the searchable segments changed, so saved codes no longer describe them."""
+        sql = "INSERT INTO meta (key, value) VALUES ('segments_version', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1"
+        self.conn.execute(sql)
+
+    def save_codes(self) -> None:
+        """Store the assembled binary codes for the current segments (writers call it once a run is done)."""
+        from audiofind.store import nearest
+
+        codes = nearest._codes(self)
+        with self.transaction():
+            self.conn.execute("DELETE FROM codes_cache")
+            version = self._meta().get("segments_version")
+            if codes is not None and version is not None:
+                self.conn.execute("INSERT INTO codes_cache (version, blob) VALUES (?, ?)", (version, codes.to_bytes()))
 
     def _freeze_centre(self) -> None:
         """Once the index is big enough, fix the centre of the binary codes and code every segment."""
@@ -339,6 +359,7 @@ class Index:
         rows = ((code.tobytes(), int(i)) for code, i in zip(codes, found))
         self.conn.executemany("UPDATE segments SET code = ? WHERE id = ?", rows)
         self.conn.execute("INSERT INTO meta (key, value) VALUES ('centre', ?)", (centre.tobytes(),))
+        self._touched()
         log.info("froze the code centre of %s over %d segments", self.path, len(ids))
 
     def search(self, queries: np.ndarray, k: int = 20, filters: "Filters | None" = None, exact: bool | None = None) -> list["Hit"]:

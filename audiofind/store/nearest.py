@@ -152,12 +152,17 @@ def _codes(index: "Index") -> vec.Codes | None:
     """The binary codes of all segments, reloaded only after this or another connection has written."""
     key = (index.conn.execute("PRAGMA data_version").fetchone()[0], index.conn.total_changes())
     if index._codes_cache is None or index._codes_cache[0] != key:
-        centre = index._meta().get("centre")
+        meta = index._meta()
+        centre, version = meta.get("centre"), meta.get("segments_version")
         codes = None
         if isinstance(centre, bytes):
-            sql = f"SELECT id, hash, code FROM segments WHERE code IS NOT NULL AND {_DONE} ORDER BY id"
-            rows = index.conn.execute(sql)
-            codes = vec.Codes.from_rows(np.frombuffer(centre, np.float32), rows.fetchall())
+            saved = index.conn.execute("SELECT version, blob FROM codes_cache").fetchone()
+            if saved is not None and saved[0] == version:
+                codes = vec.Codes.from_bytes(saved[1])
+            else:
+                sql = f"SELECT id, hash, code FROM segments WHERE code IS NOT NULL AND {_DONE} ORDER BY id"
+                rows = index.conn.execute(sql)
+                codes = vec.Codes.from_rows(np.frombuffer(centre, np.float32), rows.fetchall())
         index._codes_cache = (key, codes)
     return index._codes_cache[1]
 
