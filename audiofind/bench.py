@@ -103,19 +103,20 @@ def bench_encoder(weights_name: str | None, device: str, synthetic: bool = False
 
 
 def _twins(weights_name: str | None, device: str, synthetic: bool, precision: str,
-           cfg: AudioCLIPConfig) -> tuple[Encoder, torch.nn.Module, float | None]:
-    """Our encoder and the reference's audio tower on the same weights, and our load time (real weights only)."""
+           cfg: AudioCLIPConfig) -> tuple[Encoder, torch.nn.Module, torch.nn.Module, float | None]:
+    """Our encoder, the reference's audio and text towers on the same weights, our load time (real weights only)."""
     dev = resolve_device(device)
     if synthetic:
         state = build(cfg).state_dict()
         enc, load_s = _encoder_from_state(state, cfg, dev, precision), None
-        ref_state = {k: v.clone() for k, v in state.items() if k.startswith("audio.")}  # nothing shared
+        ref_state = {k: v.clone() for k, v in state.items()}  # nothing shared with ours
     else:
         start = time.perf_counter()
         enc = load_encoder(weights_name, device, ["audio", "text"], precision=precision)
         load_s = time.perf_counter() - start
-        ref_state = weights.read_state_dict(weights.resolve(weights_name), ["audio"])
-    return enc, reference_audio(ref_state, enc.config).to(dev), load_s
+        ref_state = weights.read_state_dict(weights.resolve(weights_name), ["audio", "text"])
+    ref_text = from_state_dict(ref_state, enc.config, ["text"]).to(dev)
+    return enc, reference_audio(ref_state, enc.config).to(dev), ref_text, load_s
 
 
 def _noise(seconds: float, seed: int = 0) -> np.ndarray:
@@ -127,7 +128,7 @@ def model_speed(weights_name: str | None, device: str, synthetic: bool = False, 
                 repeat: int = 5, cfg: AudioCLIPConfig = AudioCLIPConfig()) -> list[Figure]:
     """Audio (5 s and 20 s clips) and text (1 and 64 captions) encode times beside the reference's, weights load;
     cfg sizes the synthetic model (tests pass a tiny one)."""
-    enc, ref, load_s = _twins(weights_name, device, synthetic, precision, cfg)
+    enc, ref, ref_text_tower, load_s = _twins(weights_name, device, synthetic, precision, cfg)
     dev = enc.device
     figures = []
     with torch.inference_mode():
@@ -137,7 +138,7 @@ def model_speed(weights_name: str | None, device: str, synthetic: bool = False, 
             t = side_by_side({"ours": lambda: enc.embed_audio([clip]), "ref": lambda: ref(x)}, dev, repeat)
             figures.append(Figure(f"audio_{seconds}s_s", f"encode a {seconds} s clip", t["ours"], "s", t["ref"]))
         for captions in (SAMPLE_CAPTIONS[:1], (SAMPLE_CAPTIONS * 16)[:64]):
-            ref_text = lambda c=captions: reference_encode_text(enc.text, tokenize(c).to(dev))  # noqa: E731
+            ref_text = lambda c=captions: reference_encode_text(ref_text_tower, tokenize(c).to(dev))  # noqa: E731
             t = side_by_side({"ours": lambda c=captions: enc.embed_text(c), "ref": ref_text}, dev, repeat * 2 if len(captions) == 1 else 2)
             label = "encode one caption" if len(captions) == 1 else f"encode {len(captions)} captions"
             figures.append(Figure(f"text_{len(captions)}_s", label, t["ours"], "s", t["ref"]))

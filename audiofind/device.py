@@ -1,7 +1,9 @@
 """Choosing the torch device from a --device string, the precision it computes in, and what the CPU offers."""
 
+import ctypes
 import logging
 import platform
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,3 +121,17 @@ def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]
         return name, [label for flag, label in CPU_EXTENSIONS.items() if flag in flags]
     capability = torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512, NEON, DEFAULT
     return name, [] if capability in ("DEFAULT", "") else [capability.replace("AVX512", "AVX-512")]
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks for reuse instead of unmapping them: eager PyTorch allocates every activation
+    anew, and a 20 s clip's tensors of tens of MB each came back from the kernel as ~94,000 page faults per forward
+    (~15% of it). Memory stays at the peak of the largest forward. Linux with glibc only; False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl and others: nothing to tune
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))

@@ -11,21 +11,22 @@ import torch
 from torch import nn
 
 from audiofind import decode, weights
-from audiofind.device import check_precision, precision_scope, resolve_device
+from audiofind.device import check_precision, keep_freed_memory, precision_scope, resolve_device
 from audiofind.errors import UnknownModelError, WeightsNotFound
 from audiofind.model import AudioCLIP, AudioCLIPConfig, AudioEncoder, TextEncoder
-from audiofind.model.inference import prepare_for_inference
+from audiofind.model.inference import prepare_for_inference, prepare_text_for_inference
 from audiofind.model.load import from_state_dict
 from audiofind.tokenizer import tokenize
 
 log = logging.getLogger(__name__)
 
-# Every item is computed at a shape that depends on itself alone and is never padded with other items: captions
-# at their own length, audio at its own length. Items of equal length (the 10 s windows of long recordings, clips
-# that happen to share a length) share a forward pass, at most `batch_size` of them; the kernels give each row the
-# same bits whatever the batch size (tests/test_encoder.py), so a vector never depends on what else was pending.
+# A vector never depends on what else was pending. Audio is computed at its own length, never padded: clips of
+# equal length (the 10 s windows of long recordings, clips that happen to share a length) share a forward pass, at
+# most `batch_size` of them, and every row gets the same bits whatever the batch size (tests/test_encoder.py).
+# Captions run one at a time at their own length, or with text_batch_size > 1 in padded batches of one fixed shape.
 GPU_AUDIO_BATCH = 8
 GPU_TEXT_BATCH = 64
+TEXT_BUCKET = 8
 
 
 @dataclass
@@ -33,8 +34,8 @@ class Encoder:
     """A model ready to embed. Towers not given are loaded by `loader` on first use, so knowing the model's
     identity (name, sha256, dim) costs nothing: an unchanged library re-indexes without loading it.
 
-    batch_size and text_batch_size bound how many equal-length items share a forward pass (1: one at a time);
-    precision is fp32, tf32 or bf16 (the last two on CUDA only, see device.precision_scope).
+    batch_size: clips of equal length per forward pass (1: one at a time); text_batch_size: captions per forward
+    pass, padded to that fixed size; precision: fp32, tf32 or bf16 (the last two on CUDA, device.precision_scope).
     """
 
     name: str
@@ -47,7 +48,6 @@ class Encoder:
     batch_size: int = 1
     text_batch_size: int = 1
     precision: str = "fp32"
-    forwards: int = 0  # forward passes run so far, audio and text (tests and benchmarks read it)
 
     @property
     def audio(self) -> AudioEncoder | None:
@@ -78,13 +78,18 @@ class Encoder:
         if self.text is None:
             raise RuntimeError("this encoder was loaded without its text tower")
         tokens = tokenize(list(texts), self.config.text.context_length)
-        lengths = (tokens.argmax(dim=-1) + 1).tolist()  # up to and including the end-of-text token
+        cut = (tokens.argmax(dim=-1) + 1).tolist()  # up to and including the end-of-text token
+        size = self.text_batch_size
+        if size > 1:  # lengths in steps of TEXT_BUCKET, so that captions meet in batches of one fixed shape
+            cut = [min(tokens.shape[1], -(-n // TEXT_BUCKET) * TEXT_BUCKET) for n in cut]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode(), precision_scope(self.precision, self.device):  # bf16 is for the ResNeXt only
-            for idx in exact_batches(lengths, self.text_batch_size):
-                emb = self.text.encode_text(tokens[idx, : lengths[idx[0]]].to(self.device))
-                self.forwards += 1
-                out[idx] = emb.float().cpu().numpy()
+            for idx in exact_batches(cut, size):
+                batch = tokens[idx, : cut[idx[0]]]
+                # Text is cheap, so its batches are padded to one fixed size (copies of the first caption): unlike the
+                # audio tower's, the text tower's matrix products take a caption's rows with the others'.
+                batch = torch.cat([batch, batch[:1].expand(size - len(idx), -1)])
+                out[idx] = self.text.encode_text(batch.to(self.device))[: len(idx)].float().cpu().numpy()
         return out
 
     def embed_audio(self, clips: Sequence[np.ndarray]) -> np.ndarray:
@@ -96,7 +101,6 @@ class Encoder:
             for idx in exact_batches([len(c) for c in clips], self.batch_size):
                 x = torch.from_numpy(np.stack([np.asarray(clips[i], dtype=np.float32) for i in idx]))
                 emb = self.audio(x.to(self.device)[:, None, :])
-                self.forwards += 1
                 out[idx] = emb.float().cpu().numpy()
         return out
 
@@ -133,21 +137,21 @@ def load_encoder(
     batch_size: int | None = None,
 ) -> Encoder:
     """Resolve weights by name or path and load the requested towers for inference on the device (on first use if
-    lazy): the audio tower with batch norm folded in (model/inference.py). batch_size None: the device's default."""
+    lazy), prepared by model/inference.py (batch norm folded, oneDNN on CPU). batch_size None: the device's default."""
     dev = resolve_device(device)
     check_precision(precision, dev)
     if dev.type == "cpu":
         # Near-silent input drives activations into denormal floats, which x86 CPUs handle up to 30x slower;
         # flushing them to zero changes embeddings by nothing measurable (values below 1e-38).
         torch.set_flush_denormal(True)
+        keep_freed_memory()
     resolved = weights.resolve(weights_name)
     cfg = AudioCLIPConfig.from_dict(resolved.config) if resolved.config else AudioCLIPConfig()
 
     def load(tower: str) -> nn.Module:
         state = weights.read_state_dict(resolved, [tower])
         model = from_state_dict(state, cfg, [tower], source=f"Model '{resolved.name}'").to(dev)
-        if tower == "audio":
-            model = prepare_for_inference(model)
+        model = prepare_for_inference(model) if tower == "audio" else prepare_text_for_inference(model)
         log.info("loaded the %s tower of %s on %s", tower, resolved.name, dev)
         return model
 
@@ -177,11 +181,13 @@ def load_for_index(index_model: str | None, weights_name: str | None, device: st
 def from_model(model: nn.Module, cfg: AudioCLIPConfig, device: torch.device, name: str, sha256: str, prepare: bool = False,
                **options: Any) -> Encoder:
     """Wrap an already-built module (AudioCLIP, AudioEncoder or TextEncoder) as an Encoder. It is used as it is (a
-    model in training keeps its batch norm) unless prepare=True folds the audio tower for inference, as
-    load_encoder does. options are Encoder fields (batch_size, precision)."""
+    model in training keeps its batch norm) unless prepare=True makes its towers inference-only as load_encoder
+    does. options are Encoder fields (batch_size, precision)."""
     model.eval()
     audio = model.audio if isinstance(model, AudioCLIP) else model if isinstance(model, AudioEncoder) else None
     text = model if isinstance(model, TextEncoder) else None
     if prepare and audio is not None:
         audio = prepare_for_inference(audio)
+    if prepare and text is not None:
+        text = prepare_text_for_inference(text)
     return Encoder(name=name, sha256=sha256, config=cfg, device=device, _audio=audio, _text=text, **options)

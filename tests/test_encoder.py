@@ -115,6 +115,17 @@ def test_full_size_rows_are_bitwise_the_same_in_any_batch() -> None:
             assert torch.equal(audio(x[:b]), alone[:b]), f"batch of {b}"
 
 
+def test_caption_batches_have_one_shape_and_keep_every_bit() -> None:
+    model = synthetic_model(TINY, ("text",))
+    shapes: list[tuple[int, ...]] = []
+    model.token_embedding.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+    enc = from_model(model, TINY, torch.device("cpu"), "tiny", "a" * 64, prepare=True, text_batch_size=4)
+    captions = ["rain", "a door creaks open slowly", "rain on a tin roof", "birds", "dogs bark", "x"]
+    together = enc.embed_text(captions)
+    assert shapes == [(4, 8), (4, 8)]  # all within 8 tokens: two padded batches of one shape
+    assert all(np.array_equal(together[i], enc.embed_text([c])[0]) for i, c in enumerate(captions))
+
+
 def test_precision_other_than_fp32_is_refused_off_cuda() -> None:
     name = register_tiny()
     for precision in ("tf32", "bf16"):
@@ -129,7 +140,8 @@ def test_precision_other_than_fp32_is_refused_off_cuda() -> None:
 def full_encoder(device: str, precision: str = "fp32", batch_size: int = 1) -> Encoder:
     """The fixture's full-size weights prepared for inference on device, as load_encoder prepares them."""
     model = from_state_dict(synthetic_state_dict(AudioCLIPConfig())).to(device)
-    return from_model(model, AudioCLIPConfig(), torch.device(device), "synthetic", "0" * 64, prepare=True, batch_size=batch_size, precision=precision)
+    return from_model(model, AudioCLIPConfig(), torch.device(device), "synthetic", "0" * 64, prepare=True, batch_size=batch_size,
+                      text_batch_size=64 if batch_size > 1 else 1, precision=precision)
 
 
 def generated_library(n: int = 48) -> list[np.ndarray]:
@@ -194,3 +206,5 @@ def test_cuda_batches_are_bitwise_one_by_one(precision: str) -> None:
     assert sorted(rows for rows, _ in calls) == [1, 1, 1, 3, 8]
     one = full_encoder("cuda", precision, batch_size=1)
     assert np.array_equal(together, np.stack([one.embed_audio([c])[0] for c in clips]))
+    captions = [str(c) for c in REF["caption_texts"]]
+    assert np.array_equal(batched.embed_text(captions), np.stack([batched.embed_text([c])[0] for c in captions]))

@@ -117,7 +117,8 @@ class Attention2d(nn.Module):
         self.gate = nn.Sigmoid()  # a module, so inference can fuse it into conv_point (model/inference.py)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        x = F.adaptive_max_pool2d(x, size)
+        if tuple(x.shape[-2:]) != tuple(size):  # att1's stage keeps the size: the pool would copy x unchanged
+            x = F.adaptive_max_pool2d(x, size)
         return self.gate(self.bn(self.conv_point(self.conv_depth(x))))
 
 
@@ -201,7 +202,8 @@ class AudioEncoder(nn.Module):
         x = F.max_pool2d(self.relu(self.bn1(self.conv1(image))), 3, stride=2, padding=1)
         for i in range(1, 5):
             y = getattr(self, f"layer{i}")(x)
-            x = y * getattr(self, f"att{i}")(x, y.shape[-2:])  # attention reads the stage's input
+            gate = getattr(self, f"att{i}")(x, y.shape[-2:])  # attention reads the stage's input
+            x = y * gate if y.requires_grad else y.mul_(gate)
         pooled = F.adaptive_avg_pool2d(x, 1)
         return (pooled * self._by_row(lambda item: self.att5(item, (1, 1)), x)).flatten(1)
 

@@ -1,5 +1,7 @@
-"""The audio tower made inference-only: batch norm folded into the convolutions, and on CPU each convolution fused
-with what follows it (bias, ReLU or sigmoid, the residual add) in one oneDNN call on weights reordered once.
+"""The towers made inference-only. Audio: batch norm folded into the convolutions, and on CPU each convolution fused
+with what follows it (bias, ReLU or sigmoid, the residual add) in one oneDNN call on weights reordered once. Text, on
+CPU: every linear layer on a weight laid out once for oneDNN (a caption is a few rows, so reading the weights is the
+cost, and eager PyTorch repacks them on every call).
 
 In eval mode a BatchNorm is an affine map per channel, y = (x - mean) * gamma / sqrt(var + eps) + beta, so it can be
 multiplied into the weights and bias of the convolution that feeds it. The fold is computed in float64 and cast
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from audiofind.model.audio import Attention2d, AudioEncoder, Bottleneck
+from audiofind.model.text import TextEncoder
 
 _MKLDNN = torch.ops.mkldnn
 
@@ -56,19 +59,26 @@ def fold_batch_norm(model: AudioEncoder) -> AudioEncoder:
 
 
 class FusedConv(nn.Module):
-    """A folded convolution run by oneDNN with its weight reordered once and `attr` (relu, sigmoid, none) fused."""
+    """A folded convolution run by oneDNN with `attr` (relu, sigmoid, none) fused, on a copy of its weight laid out
+    for the input size it last saw. oneDNN's best layout depends on the input's size: equal sizes in a row (the
+    10 s windows of long recordings) reuse the layout, a new size lays the weight out again, once, from the plain
+    copy (eager PyTorch does that for every weight on every call; from another layout it hits a slow generic
+    reorder, 150 ms for one 2048x1024 weight on AVX2). Layouts change speed only, never the result's bits."""
 
     def __init__(self, conv: nn.Conv2d, attr: str) -> None:
         super().__init__()
         self.args = ([*conv.padding], [*conv.stride], [*conv.dilation], conv.groups)
-        self.packed = _MKLDNN._reorder_convolution_weight(conv.weight.detach(), *self.args)  # an opaque oneDNN tensor
-        self.bias = conv.bias
-        self.attr = attr
+        self.weight, self.bias, self.attr = conv.weight, conv.bias, attr
+        self.laid_out: tuple[tuple[int, ...], Tensor] | None = None  # (input size without the batch, weight)
 
     def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
+        size = tuple(x.shape[1:])  # the layout does not depend on the batch size
+        if self.laid_out is None or self.laid_out[0] != size:
+            self.laid_out = (size, _MKLDNN._reorder_convolution_weight(self.weight.detach(), *self.args, list(x.shape)))
+        weight = self.laid_out[1]
         if add is None:
-            return _MKLDNN._convolution_pointwise(x, self.packed, self.bias, *self.args, self.attr, [], "")
-        return _MKLDNN._convolution_pointwise.binary(x, add, self.packed, self.bias, *self.args, "add", None, self.attr, [], "")
+            return _MKLDNN._convolution_pointwise(x, weight, self.bias, *self.args, self.attr, [], "")
+        return _MKLDNN._convolution_pointwise.binary(x, add, weight, self.bias, *self.args, "add", None, self.attr, [], "")
 
 
 class FusedBottleneck(nn.Module):
@@ -76,8 +86,7 @@ class FusedBottleneck(nn.Module):
 
     def __init__(self, block: Bottleneck) -> None:
         super().__init__()
-        self.conv1, self.conv2 = FusedConv(block.conv1, "relu"), FusedConv(block.conv2, "relu")
-        self.conv3 = FusedConv(block.conv3, "relu")
+        self.conv1, self.conv2, self.conv3 = (FusedConv(conv, "relu") for conv in (block.conv1, block.conv2, block.conv3))
         self.downsample = None if block.downsample is None else FusedConv(block.downsample[0], "none")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -85,9 +94,8 @@ class FusedBottleneck(nn.Module):
         return self.conv3(self.conv2(self.conv1(x)), add=shortcut)
 
 
-def can_fuse(model: AudioEncoder) -> bool:
-    """True where the fused oneDNN path applies: a float32 tower on a CPU with oneDNN."""
-    weight = model.conv1.weight
+def can_fuse(weight: Tensor) -> bool:
+    """True where the oneDNN paths apply: a float32 tower (judged by one of its weights) on a CPU with oneDNN."""
     return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
@@ -109,4 +117,30 @@ def fuse_for_cpu(model: AudioEncoder) -> AudioEncoder:
 def prepare_for_inference(model: AudioEncoder, fuse: bool = True) -> AudioEncoder:
     """Eval mode, batch norm folded, channels-last (NHWC: faster with oneDNN and cuDNN), fused where it applies."""
     model = fold_batch_norm(model.eval()).to(memory_format=torch.channels_last)
-    return fuse_for_cpu(model) if fuse and can_fuse(model) else model
+    return fuse_for_cpu(model) if fuse and can_fuse(model.conv1.weight) else model
+
+
+class PackedLinear(nn.Module):
+    """y = x W^T + b by oneDNN on W laid out once: no reorder for any number of rows, and each row's result the
+    same bits whatever the number of rows (checked in tests/test_model.py)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.packed = _MKLDNN._reorder_linear_weight(weight.detach(), None)  # opaque oneDNN tensor
+        self.bias = bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _MKLDNN._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def prepare_text_for_inference(model: TextEncoder) -> TextEncoder:
+    """Eval mode, and on CPU the transformer's linear layers packed (PackedLinear); in place, inference only."""
+    model.eval()
+    if can_fuse(model.text_projection):
+        for block in model.transformer.resblocks:
+            attn, mlp = block.attn, block.mlp
+            attn.in_proj = PackedLinear(attn.in_proj_weight, attn.in_proj_bias)
+            attn.out_proj = PackedLinear(attn.out_proj.weight, attn.out_proj.bias)
+            mlp.c_fc, mlp.c_proj = PackedLinear(mlp.c_fc.weight, mlp.c_fc.bias), PackedLinear(mlp.c_proj.weight, mlp.c_proj.bias)
+        model.packed = True
+    return model
