@@ -90,7 +90,9 @@ def peak_memory(device: torch.device) -> int:
 
 def _encoder_from_state(state: dict[str, torch.Tensor], cfg: AudioCLIPConfig, dev: torch.device, precision: str) -> Encoder:
     model = from_state_dict(state, cfg).to(dev)
-    return from_model(model, cfg, dev, "synthetic", "0" * 64, prepare=True, precision=precision, batch_size=default_batch_sizes(dev)[0])
+    audio_batch, text_batch = default_batch_sizes(dev)
+    return from_model(model, cfg, dev, "synthetic", "0" * 64, prepare=True, precision=precision, batch_size=audio_batch,
+                      text_batch_size=text_batch)
 
 
 def bench_encoder(weights_name: str | None, device: str, synthetic: bool = False, precision: str = "fp32") -> Encoder:
@@ -203,24 +205,22 @@ def library_lengths(n: int, seconds: float) -> list[float]:
     return [seconds or 0.5 + 9.0 * i / n for i in range(n)]
 
 
-def indexing_speed(encoder: Encoder, n_files: int = 6, seconds: float | list[float] = 20.0) -> dict[str, float]:
-    """Decode-only, model-only and end-to-end indexing throughput in audio seconds per wall second (the model-only
-    pass embeds every window of the library, decoded beforehand), and on CUDA the GPU memory peak."""
+def indexing_speed(encoder: Encoder, files: list[Path]) -> dict[str, float]:
+    """Decode-only, model-only and end-to-end indexing throughput of a folder of files (make_library) in audio
+    seconds per wall second (model-only embeds every window, decoded beforehand), and on CUDA the GPU memory peak."""
     from audiofind.indexer import prepare, sync
     from audiofind.store import Index
 
-    with scratch_dir() as tmp:
-        files = make_library(Path(tmp) / "library", n_files, seconds)
-        decode_rate = decode_speed(files)
-        windows = [w.samples for f in files for w in decode.iter_windows(f)]
-        audio_s = sum(decode.probe(f).duration for f in files)
-        encoder.embed_audio(windows[:1])  # warm-up
-        if encoder.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(encoder.device)
-        model_s = timed(lambda: encoder.embed_audio(windows), encoder.device, repeat=1)
-        with Index.open(Path(tmp) / "index.db") as index:
-            prepare(index, encoder)
-            report = sync(index, encoder, [Path(tmp) / "library"])
+    decode_rate = decode_speed(files)
+    windows = [w.samples for f in files for w in decode.iter_windows(f)]
+    audio_s = sum(decode.probe(f).duration for f in files)
+    encoder.embed_audio(windows[:1])  # warm-up
+    if encoder.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(encoder.device)
+    model_s = timed(lambda: encoder.embed_audio(windows), encoder.device, repeat=1)
+    with scratch_dir() as tmp, Index.open(Path(tmp) / "index.db") as index:
+        prepare(index, encoder)
+        report = sync(index, encoder, [files[0].parent])
     out = {"decode_x": decode_rate, "model_x": audio_s / model_s, "end_to_end_x": report.audio_seconds / report.seconds}
     if encoder.device.type == "cuda":
         out["gpu_peak_bytes"] = float(torch.cuda.max_memory_allocated(encoder.device))
@@ -242,29 +242,31 @@ def indexing_figures(encoder: Encoder, precisions: tuple[str, ...] = ("fp32",), 
     the end-to-end share of decode-only on CUDA (of model-only on CPU); how far bf16 and tf32 move embeddings."""
     cuda = encoder.device.type == "cuda"
     libraries = libraries or LIBRARIES["cuda" if cuda else "cpu"]
-    figures = []
-    for precision in precisions:
-        enc = replace(encoder, precision=precision)
-        for kind, (n, seconds) in libraries.items():
-            r = indexing_speed(enc, n, library_lengths(n, seconds))
-            name, key = ("long recordings" if seconds else "sample library") + (f", {precision}" if cuda else ""), f"{kind}_{precision}"
-            base = "decode" if cuda else "model"
-            figures += [
-                Figure(f"{key}_decode_x", f"decode only, {name}", r["decode_x"], "x real time"),
-                Figure(f"{key}_model_x", f"model only, {name}", r["model_x"], "x real time"),
-                Figure(f"{key}_end_to_end_x", f"end to end, {name}", r["end_to_end_x"], "x real time"),
-                Figure(f"{key}_share_of_{base}", f"end to end / {base} only, {name}", r["end_to_end_x"] / r[f"{base}_x"], "%"),
-            ]
-            if cuda:
-                figures.append(Figure(f"{key}_gpu_peak_bytes", f"GPU memory peak, {name}", r["gpu_peak_bytes"], "bytes"))
-        if cuda and precision != "fp32":
-            n, _ = libraries["samples"]
-            rng = np.random.default_rng(1)
-            rel, same = precision_drift(encoder, [library_clip(i, s, rng) for i, s in enumerate(library_lengths(n, 0.0))], precision)
-            figures += [
-                Figure(f"{precision}_drift_rel", f"{precision} vs fp32, worst embedding", rel, "rel"),
-                Figure(f"{precision}_top10_same", f"{precision} vs fp32, clips with the same top-10", same, "%"),
-            ]
+    figures: list[Figure] = []
+    with scratch_dir() as tmp:
+        made = {kind: make_library(Path(tmp) / kind, n, library_lengths(n, s)) for kind, (n, s) in libraries.items()}
+        for precision in precisions:
+            enc = replace(encoder, precision=precision)
+            for kind, (n, seconds) in libraries.items():
+                r = indexing_speed(enc, made[kind])
+                name, key = ("long recordings" if seconds else "sample library") + (f", {precision}" if cuda else ""), f"{kind}_{precision}"
+                base = "decode" if cuda else "model"
+                figures += [
+                    Figure(f"{key}_decode_x", f"decode only, {name}", r["decode_x"], "x real time"),
+                    Figure(f"{key}_model_x", f"model only, {name}", r["model_x"], "x real time"),
+                    Figure(f"{key}_end_to_end_x", f"end to end, {name}", r["end_to_end_x"], "x real time"),
+                    Figure(f"{key}_share_of_{base}", f"end to end / {base} only, {name}", r["end_to_end_x"] / r[f"{base}_x"], "%"),
+                ]
+                if cuda:
+                    figures.append(Figure(f"{key}_gpu_peak_bytes", f"GPU memory peak, {name}", r["gpu_peak_bytes"], "bytes"))
+            if cuda and precision != "fp32":
+                n, _ = libraries["samples"]
+                rng = np.random.default_rng(1)
+                rel, same = precision_drift(encoder, [library_clip(i, s, rng) for i, s in enumerate(library_lengths(n, 0.0))], precision)
+                figures += [
+                    Figure(f"{precision}_drift_rel", f"{precision} vs fp32, worst embedding", rel, "rel"),
+                    Figure(f"{precision}_top10_same", f"{precision} vs fp32, clips with the same top-10", same, "%"),
+                ]
     return figures
 
 

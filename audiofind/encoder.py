@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 # A vector never depends on what else was pending. Audio is computed at its own length, never padded: clips of
 # equal length (the 10 s windows of long recordings, clips that happen to share a length) share a forward pass, at
 # most `batch_size` of them, and every row gets the same bits whatever the batch size (tests/test_encoder.py).
-# Captions run one at a time at their own length, or with text_batch_size > 1 in padded batches of one fixed shape.
+# Captions of equal length share a forward pass too where the text tower is packed for the CPU (see embed_text).
 GPU_AUDIO_BATCH = 8
-GPU_TEXT_BATCH = 64
+TEXT_BATCH = 64
 TEXT_BUCKET = 8
 
 
@@ -80,15 +80,18 @@ class Encoder:
         tokens = tokenize(list(texts), self.config.text.context_length)
         cut = (tokens.argmax(dim=-1) + 1).tolist()  # up to and including the end-of-text token
         size = self.text_batch_size
-        if size > 1:  # lengths in steps of TEXT_BUCKET, so that captions meet in batches of one fixed shape
+        # A tower packed for the CPU gives every row the same bits in any batch, so captions of equal length share a
+        # forward pass as they are. Elsewhere a row's bits depend on the row count: lengths go in steps of
+        # TEXT_BUCKET and every batch is padded to one fixed size (copies of its first caption; text is cheap).
+        pad = size > 1 and not getattr(self.text, "packed", False)
+        if pad:
             cut = [min(tokens.shape[1], -(-n // TEXT_BUCKET) * TEXT_BUCKET) for n in cut]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode(), precision_scope(self.precision, self.device):  # bf16 is for the ResNeXt only
             for idx in exact_batches(cut, size):
                 batch = tokens[idx, : cut[idx[0]]]
-                # Text is cheap, so its batches are padded to one fixed size (copies of the first caption): unlike the
-                # audio tower's, the text tower's matrix products take a caption's rows with the others'.
-                batch = torch.cat([batch, batch[:1].expand(size - len(idx), -1)])
+                if pad:
+                    batch = torch.cat([batch, batch[:1].expand(size - len(idx), -1)])
                 out[idx] = self.text.encode_text(batch.to(self.device))[: len(idx)].float().cpu().numpy()
         return out
 
@@ -124,8 +127,12 @@ def exact_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
 
 
 def default_batch_sizes(device: torch.device) -> tuple[int, int]:
-    """(audio, text) batch sizes worth having on this device: batching pays on a GPU, not on a CPU (bench speed)."""
-    return (GPU_AUDIO_BATCH, GPU_TEXT_BATCH) if device.type == "cuda" else (1, 1)
+    """(audio, text) batch sizes worth having on this device. Audio batches pay on a GPU, not on a CPU (a 10 s
+    window already fills the cores); captions share the reading of the text weights, their cost on a CPU, where
+    the packed tower batches them unpadded (without oneDNN it would pad, so one at a time)."""
+    if device.type == "cuda":
+        return GPU_AUDIO_BATCH, TEXT_BATCH
+    return 1, TEXT_BATCH if device.type == "cpu" and torch.backends.mkldnn.is_available() else 1
 
 
 def load_encoder(

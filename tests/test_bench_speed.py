@@ -23,7 +23,8 @@ def tiny_encoder():  # type: ignore[no-untyped-def]
 
 def test_indexing_reindex_and_query_measurements() -> None:
     enc = tiny_encoder()
-    indexing = bench.indexing_speed(enc, n_files=2, seconds=12.0)
+    with bench.scratch_dir() as tmp:
+        indexing = bench.indexing_speed(enc, bench.make_library(Path(tmp) / "lib", 2, 12.0))
     assert set(indexing) == {"decode_x", "model_x", "end_to_end_x"} and all(v > 0 for v in indexing.values())
     assert bench.reindex_speed(n_files=40, dim=32) > 0  # raises unless every file was skipped unchanged
     query = bench.query_speed(enc, sizes=(300,), per_file=3)

@@ -106,24 +106,40 @@ def test_batching_wastes_nothing_and_changes_no_bit(tmp_path: Path) -> None:
 
 def test_full_size_rows_are_bitwise_the_same_in_any_batch() -> None:
     """oneDNN's convolutions give each row the same bits for 1..8 rows (checked here at full size); the matrix
-    products of the pooled features do not, so the model runs those row by row."""
+    products of the pooled features do not, so the model runs those row by row. Packed text rows keep theirs."""
     audio = prepare_for_inference(from_state_dict(synthetic_state_dict(AudioCLIPConfig()), towers=["audio"]))
     x = torch.from_numpy(np.random.default_rng(5).normal(0, 3000, (8, 1, 30000)).astype(np.float32))
     with torch.inference_mode():
         alone = torch.cat([audio(x[i : i + 1]) for i in range(8)])
         for b in (2, 5, 8):
             assert torch.equal(audio(x[:b]), alone[:b]), f"batch of {b}"
+    text = from_state_dict(synthetic_state_dict(AudioCLIPConfig()), towers=["text"])
+    enc = from_model(text, AudioCLIPConfig(), torch.device("cpu"), "synthetic", "0" * 64, prepare=True, text_batch_size=64)
+    captions = [str(c) for c in REF["caption_texts"]] * 2  # 12 captions of 7 lengths, twice
+    assert np.array_equal(enc.embed_text(captions), np.stack([enc.embed_text([c])[0] for c in captions]))
 
 
-def test_caption_batches_have_one_shape_and_keep_every_bit() -> None:
-    model = synthetic_model(TINY, ("text",))
+CAPTIONS = ["rain", "a door creaks open slowly", "rain on a tin roof", "birds", "dogs bark", "x", "a car drives past"]
+
+
+def token_shapes(model: nn.Module) -> list[tuple[int, ...]]:
+    """(captions, tokens) of every forward pass the text tower runs from now on."""
     shapes: list[tuple[int, ...]] = []
     model.token_embedding.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
-    enc = from_model(model, TINY, torch.device("cpu"), "tiny", "a" * 64, prepare=True, text_batch_size=4)
-    captions = ["rain", "a door creaks open slowly", "rain on a tin roof", "birds", "dogs bark", "x"]
-    together = enc.embed_text(captions)
-    assert shapes == [(4, 8), (4, 8)]  # all within 8 tokens: two padded batches of one shape
-    assert all(np.array_equal(together[i], enc.embed_text([c])[0]) for i, c in enumerate(captions))
+    return shapes
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed-cpu", "padded"])
+def test_captions_share_forward_passes_and_keep_every_bit(packed: bool) -> None:
+    model = synthetic_model(TINY, ("text",))
+    enc = from_model(model, TINY, torch.device("cpu"), "tiny", "a" * 64, prepare=packed, text_batch_size=4)
+    shapes = token_shapes(model)
+    together = enc.embed_text(CAPTIONS)
+    if packed:  # oneDNN's packed rows: equal lengths together as they are (3 tokens: rain, birds, x)
+        assert sorted(shapes) == [(1, 4), (1, 6), (1, 7), (1, 8), (3, 3)]
+    else:  # elsewhere: one fixed shape, padded
+        assert shapes == [(4, 8), (4, 8)]
+    assert all(np.array_equal(together[i], enc.embed_text([c])[0]) for i, c in enumerate(CAPTIONS))
 
 
 def test_precision_other_than_fp32_is_refused_off_cuda() -> None:

@@ -122,7 +122,7 @@ def prepare_for_inference(model: AudioEncoder, fuse: bool = True) -> AudioEncode
 
 class PackedLinear(nn.Module):
     """y = x W^T + b by oneDNN on W laid out once: no reorder for any number of rows, and each row's result the
-    same bits whatever the number of rows (checked in tests/test_model.py)."""
+    same bits whatever the number of rows (tests/test_encoder.py), so captions can share a forward pass."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
@@ -134,7 +134,7 @@ class PackedLinear(nn.Module):
 
 
 def prepare_text_for_inference(model: TextEncoder) -> TextEncoder:
-    """Eval mode, and on CPU the transformer's linear layers packed (PackedLinear); in place, inference only."""
+    """Eval mode, and on CPU every linear layer packed (PackedLinear), the projection too; in place, inference only."""
     model.eval()
     if can_fuse(model.text_projection):
         for block in model.transformer.resblocks:
@@ -142,5 +142,6 @@ def prepare_text_for_inference(model: TextEncoder) -> TextEncoder:
             attn.in_proj = PackedLinear(attn.in_proj_weight, attn.in_proj_bias)
             attn.out_proj = PackedLinear(attn.out_proj.weight, attn.out_proj.bias)
             mlp.c_fc, mlp.c_proj = PackedLinear(mlp.c_fc.weight, mlp.c_fc.bias), PackedLinear(mlp.c_proj.weight, mlp.c_proj.bias)
+        model.project = PackedLinear(model.text_projection.T, None)  # x @ P is a linear layer of weight P^T
         model.packed = True
     return model

@@ -85,6 +85,7 @@ class TextEncoder(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=cfg.width**-0.5)
         self.packed = False  # linear layers packed for inference (model/inference.py): inference only
+        self.project: nn.Module | None = None  # the packed text_projection, when packed
 
     def train(self, mode: bool = True) -> "TextEncoder":
         """As nn.Module.train, but a tower packed for inference has no trainable linear layers left and refuses."""
@@ -99,4 +100,5 @@ class TextEncoder(nn.Module):
         x = self.token_embedding(tokens) + self.positional_embedding[:n]
         x = self.ln_final(self.transformer(x))
         x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # end-of-text has the largest id
-        return self.text_dropout(x) @ self.text_projection
+        x = self.text_dropout(x)
+        return x @ self.text_projection if self.project is None else self.project(x)
