@@ -4,32 +4,39 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from audiofind import decode, weights
-from audiofind.device import resolve_device
+from audiofind.device import check_precision, keep_freed_memory, precision_scope, resolve_device
 from audiofind.errors import UnknownModelError, WeightsNotFound
 from audiofind.model import AudioCLIP, AudioCLIPConfig, AudioEncoder, TextEncoder
+from audiofind.model.inference import prepare_for_inference, prepare_text_for_inference
 from audiofind.model.load import from_state_dict
 from audiofind.tokenizer import tokenize
 
 log = logging.getLogger(__name__)
 
-# Every item gets a tensor shape that depends on the item alone, so its embedding is bitwise the same whatever
-# else is in the batch: on CPU one item per forward (batching gains nothing there), on CUDA fixed-size batches
-# padded with dummy items, captions cut to a multiple of TEXT_BUCKET tokens.
+# A vector never depends on what else was pending. Audio is computed at its own length, never padded: clips of
+# equal length (the 10 s windows of long recordings, clips that happen to share a length) share a forward pass, at
+# most `batch_size` of them, and every row gets the same bits whatever the batch size (tests/test_encoder.py).
+# Captions of equal length share a forward pass too where the text tower is packed for the CPU (see embed_text).
 GPU_AUDIO_BATCH = 8
-GPU_TEXT_BATCH = 64
+TEXT_BATCH = 64
 TEXT_BUCKET = 8
 
 
 @dataclass
 class Encoder:
     """A model ready to embed. Towers not given are loaded by `loader` on first use, so knowing the model's
-    identity (name, sha256, dim) costs nothing: an unchanged library re-indexes without loading it."""
+    identity (name, sha256, dim) costs nothing: an unchanged library re-indexes without loading it.
+
+    batch_size: clips of equal length per forward pass (1: one at a time); text_batch_size: captions per forward
+    pass, padded to that fixed size; precision: fp32, tf32 or bf16 (the last two on CUDA, device.precision_scope).
+    """
 
     name: str
     sha256: str
@@ -38,6 +45,9 @@ class Encoder:
     _audio: AudioEncoder | None = None
     _text: TextEncoder | None = None
     loader: Callable[[str], nn.Module] | None = None
+    batch_size: int = 1
+    text_batch_size: int = 1
+    precision: str = "fp32"
 
     @property
     def audio(self) -> AudioEncoder | None:
@@ -55,8 +65,8 @@ class Encoder:
 
     @property
     def audio_batch(self) -> int:
-        """How many equal-length clips one forward pass takes on this device (callers batch this many)."""
-        return 1 if self.device.type == "cpu" else GPU_AUDIO_BATCH
+        """How many equal-length windows one forward pass takes (callers gather this many before calling)."""
+        return self.batch_size
 
     @property
     def dim(self) -> int:
@@ -68,39 +78,33 @@ class Encoder:
         if self.text is None:
             raise RuntimeError("this encoder was loaded without its text tower")
         tokens = tokenize(list(texts), self.config.text.context_length)
-        lengths = (tokens.argmax(dim=-1) + 1).tolist()  # up to and including the end-of-text token
-        if self.device.type == "cpu":
-            groups = [([i], lengths[i]) for i in range(len(texts))]
-        else:
-            ctx = tokens.shape[1]
-            cut = [min(ctx, -(-n // TEXT_BUCKET) * TEXT_BUCKET) for n in lengths]
-            groups = _fixed_batches(cut, GPU_TEXT_BATCH)
+        cut = (tokens.argmax(dim=-1) + 1).tolist()  # up to and including the end-of-text token
+        size = self.text_batch_size
+        # A tower packed for the CPU gives every row the same bits in any batch, so captions of equal length share a
+        # forward pass as they are. Elsewhere a row's bits depend on the row count: lengths go in steps of
+        # TEXT_BUCKET and every batch is padded to one fixed size (copies of its first caption; text is cheap).
+        pad = size > 1 and not getattr(self.text, "packed", False)
+        if pad:
+            cut = [min(tokens.shape[1], -(-n // TEXT_BUCKET) * TEXT_BUCKET) for n in cut]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for idx, n in groups:
-                batch = tokens[idx, :n]
-                if self.device.type != "cpu" and len(idx) < GPU_TEXT_BATCH:
-                    batch = torch.cat([batch, batch[:1].expand(GPU_TEXT_BATCH - len(idx), -1)])
-                emb = self.text.encode_text(batch.to(self.device))
-                out[idx] = emb[: len(idx)].float().cpu().numpy()
+        with torch.inference_mode(), precision_scope(self.precision, self.device):  # bf16 is for the ResNeXt only
+            for idx in exact_batches(cut, size):
+                batch = tokens[idx, : cut[idx[0]]]
+                if pad:
+                    batch = torch.cat([batch, batch[:1].expand(size - len(idx), -1)])
+                out[idx] = self.text.encode_text(batch.to(self.device))[: len(idx)].float().cpu().numpy()
         return out
 
     def embed_audio(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Mono int16-range float32 sample arrays at 44.1 kHz -> (B, dim) float32, unnormalised."""
         if self.audio is None:
             raise RuntimeError("this encoder was loaded without its audio tower")
-        if self.device.type == "cpu":
-            groups = [([i], len(c)) for i, c in enumerate(clips)]
-        else:
-            groups = _fixed_batches([len(c) for c in clips], GPU_AUDIO_BATCH)
         out = np.zeros((len(clips), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for idx, n in groups:
+        with torch.inference_mode(), precision_scope(self.precision, self.device, autocast=True):
+            for idx in exact_batches([len(c) for c in clips], self.batch_size):
                 x = torch.from_numpy(np.stack([np.asarray(clips[i], dtype=np.float32) for i in idx]))
-                if self.device.type != "cpu" and len(idx) < GPU_AUDIO_BATCH:
-                    x = torch.cat([x, x.new_zeros(GPU_AUDIO_BATCH - len(idx), n)])
                 emb = self.audio(x.to(self.device)[:, None, :])
-                out[idx] = emb[: len(idx)].float().cpu().numpy()
+                out[idx] = emb.float().cpu().numpy()
         return out
 
     def embed_files(self, paths: Iterable[Path], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -114,45 +118,66 @@ class Encoder:
         return out
 
 
-def _fixed_batches(lengths: list[int], size: int) -> list[tuple[list[int], int]]:
-    """Group item indices by equal length into batches of at most `size` (padded to `size` by the caller)."""
+def exact_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Item indices grouped by equal length, in batches of at most `size`: ceil(n / size) per group, no padding."""
     by_length: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         by_length.setdefault(n, []).append(i)
-    return [(idx[s : s + size], n) for n, idx in by_length.items() for s in range(0, len(idx), size)]
+    return [idx[s : s + size] for idx in by_length.values() for s in range(0, len(idx), size)]
 
 
-def load_encoder(weights_name: str | None = None, device: str = "auto", towers: Iterable[str] = ("audio", "text"), lazy: bool = False) -> Encoder:
-    """Resolve weights by name or path and load the requested towers on the device (on first use if lazy)."""
+def default_batch_sizes(device: torch.device) -> tuple[int, int]:
+    """(audio, text) batch sizes worth having on this device. Audio batches pay on a GPU, not on a CPU (a 10 s
+    window already fills the cores); captions share the reading of the text weights, their cost on a CPU, where
+    the packed tower batches them unpadded (without oneDNN it would pad, so one at a time)."""
+    if device.type == "cuda":
+        return GPU_AUDIO_BATCH, TEXT_BATCH
+    return 1, TEXT_BATCH if device.type == "cpu" and torch.backends.mkldnn.is_available() else 1
+
+
+def load_encoder(
+    weights_name: str | None = None,
+    device: str = "auto",
+    towers: Iterable[str] = ("audio", "text"),
+    lazy: bool = False,
+    precision: str = "fp32",
+    batch_size: int | None = None,
+) -> Encoder:
+    """Resolve weights by name or path and load the requested towers for inference on the device (on first use if
+    lazy), prepared by model/inference.py (batch norm folded, oneDNN on CPU). batch_size None: the device's default."""
     dev = resolve_device(device)
+    check_precision(precision, dev)
     if dev.type == "cpu":
         # Near-silent input drives activations into denormal floats, which x86 CPUs handle up to 30x slower;
         # flushing them to zero changes embeddings by nothing measurable (values below 1e-38).
         torch.set_flush_denormal(True)
+        keep_freed_memory()
     resolved = weights.resolve(weights_name)
     cfg = AudioCLIPConfig.from_dict(resolved.config) if resolved.config else AudioCLIPConfig()
 
     def load(tower: str) -> nn.Module:
         state = weights.read_state_dict(resolved, [tower])
         model = from_state_dict(state, cfg, [tower], source=f"Model '{resolved.name}'").to(dev)
-        if tower == "audio":
-            model = model.to(memory_format=torch.channels_last)  # NHWC convolutions: ~20% faster on CPU (oneDNN)
+        model = prepare_for_inference(model) if tower == "audio" else prepare_text_for_inference(model)
         log.info("loaded the %s tower of %s on %s", tower, resolved.name, dev)
         return model
 
-    enc = Encoder(resolved.name, resolved.sha256, cfg, dev, loader=load)
+    audio_batch, text_batch = default_batch_sizes(dev)
+    enc = Encoder(resolved.name, resolved.sha256, cfg, dev, loader=load, batch_size=batch_size or audio_batch,
+                  text_batch_size=text_batch, precision=precision)
     if not lazy:
         for tower in towers:
             getattr(enc, tower)
     return enc
 
 
-def load_for_index(index_model: str | None, weights_name: str | None, device: str, towers: Iterable[str]) -> Encoder:
+def load_for_index(index_model: str | None, weights_name: str | None, device: str, towers: Iterable[str],
+                   precision: str = "fp32") -> Encoder:
     """--weights if given, else the model that built the index, else the default; loads lazily."""
     if weights_name or not index_model:
-        return load_encoder(weights_name, device, towers, lazy=True)
+        return load_encoder(weights_name, device, towers, lazy=True, precision=precision)
     try:
-        return load_encoder(index_model, device, towers, lazy=True)
+        return load_encoder(index_model, device, towers, lazy=True, precision=precision)
     except UnknownModelError:
         raise WeightsNotFound(
             f"This index was built with model '{index_model}', which is not installed any more; import it again with "
@@ -160,9 +185,16 @@ def load_for_index(index_model: str | None, weights_name: str | None, device: st
         ) from None
 
 
-def from_model(model: nn.Module, cfg: AudioCLIPConfig, device: torch.device, name: str, sha256: str) -> Encoder:
-    """Wrap an already-built module (AudioCLIP, AudioEncoder or TextEncoder) as an Encoder."""
+def from_model(model: nn.Module, cfg: AudioCLIPConfig, device: torch.device, name: str, sha256: str, prepare: bool = False,
+               **options: Any) -> Encoder:
+    """Wrap an already-built module (AudioCLIP, AudioEncoder or TextEncoder) as an Encoder. It is used as it is (a
+    model in training keeps its batch norm) unless prepare=True makes its towers inference-only as load_encoder
+    does. options are Encoder fields (batch_size, precision)."""
     model.eval()
     audio = model.audio if isinstance(model, AudioCLIP) else model if isinstance(model, AudioEncoder) else None
     text = model if isinstance(model, TextEncoder) else None
-    return Encoder(name=name, sha256=sha256, config=cfg, device=device, _audio=audio, _text=text)
+    if prepare and audio is not None:
+        audio = prepare_for_inference(audio)
+    if prepare and text is not None:
+        text = prepare_text_for_inference(text)
+    return Encoder(name=name, sha256=sha256, config=cfg, device=device, _audio=audio, _text=text, **options)

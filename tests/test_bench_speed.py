@@ -1,28 +1,104 @@
 """`bench speed` measures what it says, at toy sizes (the real numbers come from running the command)."""
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from audiofind import bench
 from audiofind.cli import app
+from audiofind.device import describe_cpu
 from audiofind.encoder import from_model
 from audiofind.model import TINY
 from modelkit import synthetic_model
 
+runner = CliRunner()
+
 
 def tiny_encoder():  # type: ignore[no-untyped-def]
-    return from_model(synthetic_model(TINY), TINY, torch.device("cpu"), "tiny", "a" * 64)
+    return from_model(synthetic_model(TINY), TINY, torch.device("cpu"), "tiny", "a" * 64, prepare=True)
 
 
 def test_indexing_reindex_and_query_measurements() -> None:
     enc = tiny_encoder()
-    indexing = bench.indexing_speed(enc, n_files=2, seconds=12.0)
+    with bench.scratch_dir() as tmp:
+        indexing = bench.indexing_speed(enc, bench.make_library(Path(tmp) / "lib", 2, 12.0))
     assert set(indexing) == {"decode_x", "model_x", "end_to_end_x"} and all(v > 0 for v in indexing.values())
     assert bench.reindex_speed(n_files=40, dim=32) > 0  # raises unless every file was skipped unchanged
     query = bench.query_speed(enc, sizes=(300,), per_file=3)
     assert list(query) == ["query_0k_s"] and query["query_0k_s"] > 0
 
 
+def test_indexing_figures_cover_long_recordings_and_a_sample_library() -> None:
+    figures = bench.indexing_figures(tiny_encoder(), libraries={"long": (1, 12.0), "samples": (3, 0.0)})
+    by_key = {f.key: f for f in figures}
+    for kind in ("long", "samples"):
+        assert {f"{kind}_fp32_{m}" for m in ("decode_x", "model_x", "end_to_end_x", "share_of_model")} <= set(by_key)
+        share = by_key[f"{kind}_fp32_share_of_model"].value
+        assert share == by_key[f"{kind}_fp32_end_to_end_x"].value / by_key[f"{kind}_fp32_model_x"].value
+    assert bench.library_lengths(3, 0.0) == [0.5, 3.5, 6.5] and bench.library_lengths(2, 20.0) == [20.0, 20.0]
+
+
+def test_model_speed_runs_the_reference_beside_ours() -> None:
+    figures = {f.key: f for f in bench.model_speed(None, "cpu", synthetic=True, repeat=1, cfg=TINY)}
+    assert list(figures) == ["audio_5s_s", "audio_20s_s", "text_1_s", "text_64_s", "peak_memory_bytes"]
+    for key in ("audio_5s_s", "audio_20s_s", "text_1_s", "text_64_s"):
+        assert figures[key].value > 0 and figures[key].reference is not None and figures[key].reference > 0
+        assert figures[key].unit == "s"
+
+
+def test_side_by_side_keeps_each_fastest_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    clock = iter([0.0, 5.0, 5.0, 7.0, 7.0, 10.0, 10.0, 14.0])  # (start, end) of a, b, a, b: a 5 then 3, b 2 then 4
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    best = bench.side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), repeat=2)
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # one warm-up round, then interleaved
+    assert best == {"a": 3.0, "b": 2.0}
+
+
+def test_cpu_description_names_the_vector_extensions(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx avx2 fma\n\nprocessor\t: 1\n")
+    assert describe_cpu(info) == ("AMD EPYC 7B13", ["AVX2"])
+    info.write_text("model name\t: Xeon\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert describe_cpu(info) == ("Xeon", ["AVX2", "AVX-512", "AVX-512-BF16", "AMX"])
+    name, _ = describe_cpu(tmp_path / "missing")  # not Linux: the platform's name, torch's dispatch level
+    assert name
+
+
+def fake_figures(*args, **kwargs):  # type: ignore[no-untyped-def]
+    return [
+        bench.Figure("audio_20s_s", "encode a 20 s clip", 0.5, "s", 1.0),  # 0.5x: met on any CPU
+        bench.Figure("text_1_s", "encode one caption", 0.03, "s", 0.06),  # 0.5x: misses 0.33x
+        bench.Figure("peak_memory_bytes", "peak memory", 3 * 2**30, "bytes"),
+    ]
+
+
+def test_table_has_units_targets_misses_and_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "model_speed", fake_figures)
+    monkeypatch.setattr(bench, "describe_cpu", lambda: ("Test CPU 9000", ["AVX2"]))
+    result = runner.invoke(app, ["bench", "speed", "--only", "model", "--device", "cpu"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "on Test CPU 9000 · AVX2" in out and "torch threads" in out
+    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    assert "500.0 ms" in lines["encode a 20 s clip"] and "1.00 s" in lines["encode a 20 s clip"]
+    assert "≤ 0.7x ref (AVX2)" in lines["encode a 20 s clip"] and "met" in lines["encode a 20 s clip"]
+    assert "≤ 0.33x ref" in lines["encode one caption"] and "✗ missed" in lines["encode one caption"]
+    assert "3,072 MiB" in lines["peak memory"] and "missed" not in lines["peak memory"]
+    result = runner.invoke(app, ["bench", "speed", "--only", "model", "--device", "cpu", "--json"])
+    data = json.loads(result.stdout)
+    assert data["machine"]["cpu"] == "Test CPU 9000" and data["machine"]["extensions"] == ["AVX2"]
+    assert data["text_1_s_reference"] == 0.06 and data["missed"] == ["text_1_s"]
+
+
 def test_unknown_part_is_one_line() -> None:
-    result = CliRunner().invoke(app, ["bench", "speed", "--only", "reindx"])
+    result = runner.invoke(app, ["bench", "speed", "--only", "reindx"])
     assert result.exit_code == 2 and "reindx" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_reduced_precision_on_cpu_is_one_line() -> None:
+    result = runner.invoke(app, ["bench", "speed", "--only", "model", "--device", "cpu", "--precision", "bf16"])
+    assert result.exit_code == 2 and "for CUDA devices" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -84,6 +84,8 @@ def test_embed_reports_a_bad_file_and_prints_the_rest(tmp_path: Path) -> None:
         (["embed", "-t", "hi", "--device", "tpu"], 2, "tpu"),
         (["embed", "-t", "hi"], 1, "audiofind weights download audioclip-full"),
         (["embed"], 2, "Nothing to embed"),
+        (["embed", "-t", "hi", "--device", "cpu", "--precision", "bf16"], 2, "for CUDA devices"),
+        (["embed", "-t", "hi", "--precision", "fp16"], 2, "Unknown precision 'fp16'"),
     ],
 )
 def test_embed_errors_are_one_line(tmp_path: Path, args: list[str], code: int, needle: str) -> None:

@@ -8,7 +8,8 @@ import torch
 
 from audiofind.errors import WeightsError
 from audiofind.model import TINY, AudioCLIP, AudioCLIPConfig
-from audiofind.model.audio import blackmanharris, fbsp_filters, frame_count, frame_signal
+from audiofind.model.audio import AudioEncoder, blackmanharris, fbsp_filters, frame_count, frame_signal
+from audiofind.model.inference import prepare_for_inference, prepare_text_for_inference
 from audiofind.model.load import from_state_dict
 from audiofind.tokenizer import tokenize
 from modelkit import DATA, synthetic_model, synthetic_state_dict, weights_recipe
@@ -35,12 +36,21 @@ def full() -> AudioCLIP:
     return from_state_dict(sd)
 
 
+@pytest.fixture(scope="module")
+def inference_audio() -> AudioEncoder:
+    """The audio tower as load_encoder prepares it: batch norm folded, channels-last, fused on CPU."""
+    return prepare_for_inference(from_state_dict(synthetic_state_dict(AudioCLIPConfig()), towers=["audio"]))
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["as-trained", "for-inference"])
 @pytest.mark.parametrize("name", ["mono_2s", "mono_0p3s"])
-def test_audio_matches_reference(full: AudioCLIP, name: str) -> None:
+def test_audio_matches_reference(full: AudioCLIP, inference_audio: AudioEncoder, name: str, prepared: bool) -> None:
     x = torch.from_numpy(REF[f"audio__{name}"].astype(np.float32))[:, None, :]  # int16 values as floats
+    audio = inference_audio if prepared else full.audio
     with torch.inference_mode():
-        db = full.audio.spectrogram(x)[0].numpy()
-        emb = full.encode_audio(x).numpy()
+        db = audio.spectrogram(x)[0].numpy()
+        emb = audio(x).numpy()
+        assert np.array_equal(emb, audio(x).numpy())  # bitwise deterministic
     ref_db = INTER[f"xdb_f64__{name}"][0, 0]
     loud = ref_db > -60  # quiet bins near the 1e-18 floor differ most between float32 and float64
     assert np.abs(db - ref_db)[loud].max() < 0.01
@@ -48,14 +58,16 @@ def test_audio_matches_reference(full: AudioCLIP, name: str) -> None:
     assert rel(emb, REF[f"audio_emb__{name}"]) < 5e-4  # and close to the float32 reference run
 
 
-def test_text_matches_reference(full: AudioCLIP) -> None:
+@pytest.mark.parametrize("prepared", [False, True], ids=["as-trained", "for-inference"])
+def test_text_matches_reference(full: AudioCLIP, prepared: bool) -> None:
     captions = [str(c) for c in REF["caption_texts"]]
     tokens = tokenize(captions)
     assert torch.equal(tokens, torch.from_numpy(REF["text_tokens"]))
     n = int(tokens.argmax(-1).max()) + 1
+    text = prepare_text_for_inference(from_state_dict(synthetic_state_dict(AudioCLIPConfig()), towers=["text"])) if prepared else full
     with torch.inference_mode():
-        trimmed = full.encode_text(tokens[:, :n]).numpy()
-        whole = full.encode_text(tokens).numpy()
+        trimmed = text.encode_text(tokens[:, :n]).numpy()
+        whole = text.encode_text(tokens).numpy()
     assert rel(trimmed, REF["text_emb_f64"]) < 1e-5
     assert rel(whole, REF["text_emb_f64"]) < 1e-5  # trimming to the longest sequence changes nothing
     assert math.isclose(full.logit_scale_at.item(), float(REF["logit_scale_at_raw"]), rel_tol=1e-6)

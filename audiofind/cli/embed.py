@@ -12,6 +12,12 @@ from audiofind.errors import DecodeError, UsageError
 # A whole-clip embedding needs memory in proportion to the clip (about 1.5 GB a minute at full size).
 MAX_SECONDS = 300
 
+# The commands that run the model take it (index, watch and serve too): one spelling, one help text.
+PrecisionOpt = Annotated[
+    str,
+    typer.Option("--precision", metavar="P", help="fp32; on CUDA also tf32, or bf16 (the ResNeXt in bfloat16)."),
+]
+
 
 @app.command()
 def embed(
@@ -19,15 +25,18 @@ def embed(
     text: Annotated[list[str] | None, typer.Option("--text", "-t", help="A caption to embed (repeatable).")] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     json_out: JsonOpt = False,
 ) -> None:
     """Print the embedding of each AUDIO file and each --text caption (unnormalised, as the reference returns them)."""
     from audiofind import decode
+    from audiofind.device import check_precision, resolve_device
     from audiofind.encoder import load_encoder
 
     audio, text = audio or [], text or []
     if not audio and not text:
         raise UsageError("Nothing to embed: give audio files and/or --text captions.")
+    check_precision(precision, resolve_device(device))  # before any decoding
     clips, names, failed = [], [], 0
     for path in audio:
         try:
@@ -42,7 +51,7 @@ def embed(
     towers = (["audio"] if clips else []) + (["text"] if text else [])
     rows: list[tuple[str, str, list[float]]] = []
     if towers:
-        enc = load_encoder(weights, device, towers)
+        enc = load_encoder(weights, device, towers, precision=precision)
         if clips:
             rows += [(n, "audio", e.tolist()) for n, e in zip(names, enc.embed_audio(clips))]
         if text:

@@ -5,6 +5,7 @@ Input convention (spec a.1): float samples at 44.1 kHz in the int16 range [-3276
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -113,10 +114,12 @@ class Attention2d(nn.Module):
         self.conv_depth = nn.Conv2d(in_ch, in_ch, kernel, padding=padding, groups=in_ch)
         self.conv_point = nn.Conv2d(in_ch, out_ch, 1)
         self.bn = nn.BatchNorm2d(out_ch)
+        self.gate = nn.Sigmoid()  # a module, so inference can fuse it into conv_point (model/inference.py)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        x = F.adaptive_max_pool2d(x, size)
-        return torch.sigmoid(self.bn(self.conv_point(self.conv_depth(x))))
+        if tuple(x.shape[-2:]) != tuple(size):  # att1's stage keeps the size: the pool would copy x unchanged
+            x = F.adaptive_max_pool2d(x, size)
+        return self.gate(self.bn(self.conv_point(self.conv_depth(x))))
 
 
 class Bottleneck(nn.Module):
@@ -136,10 +139,11 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+        # In place where autograd allows it (as torchvision does): no extra copy for the ReLUs and the residual add.
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.bn1(self.conv1(x)).relu_()
+        out = self.bn2(self.conv2(out)).relu_()
+        return self.bn3(self.conv3(out)).add_(shortcut).relu_()
 
 
 # (kernel, padding) of the attention blocks att1..att5: frequency, time, frequency, time, both.
@@ -157,6 +161,7 @@ class AudioEncoder(nn.Module):
         self.fbsp = FBSP(cfg.n_fft)
         self.conv1 = nn.Conv2d(3, cfg.base_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(cfg.base_width)
+        self.relu = nn.ReLU(inplace=True)  # a module, so inference can fuse it into conv1 (model/inference.py)
         inplanes = cfg.base_width
         for i, (blocks, out_ch) in enumerate(zip(cfg.layers, cfg.stage_channels)):
             planes, stride = out_ch // 4, 1 if i == 0 else 2
@@ -168,6 +173,13 @@ class AudioEncoder(nn.Module):
         self.att5 = Attention2d(inplanes, inplanes, *ATTENTION_SHAPES[4])
         self.dropout = nn.Dropout(0.0)  # fine-tuning sets p; identity in eval
         self.fc = nn.Linear(inplanes, embed_dim)
+        self.folded = False  # batch norm folded into the convolutions (model/fold.py): inference only
+
+    def train(self, mode: bool = True) -> "AudioEncoder":
+        """As nn.Module.train, but a folded tower has no batch norm left to train and refuses."""
+        if mode and self.folded:
+            raise RuntimeError("This audio tower has batch norm folded in for inference; load it again to train it.")
+        return super().train(mode)
 
     def spectrogram(self, x: Tensor) -> Tensor:
         """(B, C, N) samples -> (B*C, 3, bins/3, T) decibels: the 'image' the ResNeXt sees (spec a.2-a.7)."""
@@ -187,16 +199,23 @@ class AudioEncoder(nn.Module):
 
     def features(self, image: Tensor) -> Tensor:
         """(BC, 3, H, T) decibels -> (BC, channels) pooled features (average pool x att5 of the max)."""
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(image))), 3, stride=2, padding=1)
+        x = F.max_pool2d(self.relu(self.bn1(self.conv1(image))), 3, stride=2, padding=1)
         for i in range(1, 5):
             y = getattr(self, f"layer{i}")(x)
-            x = y * getattr(self, f"att{i}")(x, y.shape[-2:])  # attention reads the stage's input
+            gate = getattr(self, f"att{i}")(x, y.shape[-2:])  # attention reads the stage's input
+            x = y * gate if y.requires_grad else y.mul_(gate)
         pooled = F.adaptive_avg_pool2d(x, 1)
-        return (pooled * self.att5(x, (1, 1))).flatten(1)
+        return (pooled * self._by_row(lambda item: self.att5(item, (1, 1)), x)).flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
         assert x.dim() in (2, 3), f"expected (B, C, N) or (B, N) samples, got shape {tuple(x.shape)}"
         b = x.shape[0]
         f = self.features(self.spectrogram(x))  # (B*C, channels)
         f = f.reshape(b, -1, f.shape[-1]).sum(dim=1)  # channels are summed, not averaged (spec a.8)
-        return self.fc(self.dropout(f))
+        return self._by_row(self.fc, self.dropout(f))
+
+    def _by_row(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """fn on one row at a time in eval mode: a matrix product's summation order may change with its number of
+        rows (oneDNN's does between 1 and 2 rows), and an embedding must not depend on what else shares its batch.
+        Training takes the batch whole (its batch norm needs the batch's statistics)."""
+        return fn(x) if self.training else torch.cat([fn(row) for row in x.split(1)])

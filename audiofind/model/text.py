@@ -28,11 +28,13 @@ class CausalSelfAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
+        self.in_proj: nn.Module | None = None  # inference may run the q|k|v projection packed (model/inference.py)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, w = x.shape  # (B, L, width)
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(w, dim=-1)
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias) if self.in_proj is None else self.in_proj(x)
+        q, k, v = qkv.split(w, dim=-1)
         q, k, v = (t.reshape(b, n, self.heads, w // self.heads).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, L, head_dim)
         return self.out_proj(y.transpose(1, 2).reshape(b, n, w))
@@ -82,6 +84,14 @@ class TextEncoder(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=cfg.width**-0.5)
+        self.packed = False  # linear layers packed for inference (model/inference.py): inference only
+        self.project: nn.Module | None = None  # the packed text_projection, when packed
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        """As nn.Module.train, but a tower packed for inference has no trainable linear layers left and refuses."""
+        if mode and self.packed:
+            raise RuntimeError("This text tower is packed for inference; load it again to train it.")
+        return super().train(mode)
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         """(B, L) int64 ids -> (B, embed_dim). L may be cut to the longest real sequence: the mask is causal."""
@@ -90,4 +100,5 @@ class TextEncoder(nn.Module):
         x = self.token_embedding(tokens) + self.positional_embedding[:n]
         x = self.ln_final(self.transformer(x))
         x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # end-of-text has the largest id
-        return self.text_dropout(x) @ self.text_projection
+        x = self.text_dropout(x)
+        return x @ self.text_projection if self.project is None else self.project(x)
