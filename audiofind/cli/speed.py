@@ -1,6 +1,5 @@
 """`audiofind bench speed`: how fast the model, the indexer and search run on this machine, against their goals."""
 
-import json
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import Annotated
@@ -9,9 +8,9 @@ import typer
 from rich.table import Table
 
 from audiofind.cli.bench import bench_app
-from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, console, err_console
+from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, console, err_console, json_text
 
-PARTS = ("model", "indexing", "reindex", "query", "training")
+PARTS = ("model", "indexing", "reindex", "query", "cold", "serve", "training")
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,10 @@ def targets(device: str, extensions: list[str]) -> list[tuple[str, Target]]:
         ("*_share_of_model", Target("≥ 80%", at_least=0.8)),
         ("reindex_10k_s", Target("< 5 s", at_most=5.0)),
         ("query_*_s", Target("< 50 ms", at_most=0.05)),
+        ("cold_search_100k_s", Target("< 1.0 s", at_most=1.0)),
+        ("serve_search_100k_s", Target("< 100 ms", at_most=0.1)),
+        ("serve_page_50_s", Target("< 1 s", at_most=1.0)),
+        ("serve_first_byte_transcoded_s", Target("< 200 ms", at_most=0.2)),
     ]
 
 
@@ -95,7 +98,7 @@ def speed(
     if "model" in parts:
         say("model: encode audio and text, beside the reference…")
         figures += bench.model_speed(weights, str(dev), synthetic, precisions[0])
-    encoder = bench.bench_encoder(weights, str(dev), synthetic, precisions[0]) if parts & {"indexing", "query"} else None
+    encoder = bench.bench_encoder(weights, str(dev), synthetic, precisions[0]) if parts & {"indexing", "query", "serve"} else None
     if "indexing" in parts:
         say("indexing: decode-only, model-only, end to end…")
         figures += bench.indexing_figures(encoder, precisions)
@@ -107,6 +110,20 @@ def speed(
         for key, value in bench.query_speed(encoder).items():
             size = key.split("_")[1]
             figures.append(bench.Figure(key, f"warm query at {size} segments (text encode + search + grouping)", value, "s"))
+    if "cold" in parts:
+        from audiofind import coldstart
+
+        say("cold search: a fresh process per query on a 100k-segment index, beside `import torch`…")
+        figures.append(bench.Figure("cold_search_100k_s", "cold search, 100k segments (a new process)", coldstart.cold_search_bench(), "s"))
+        figures.append(bench.Figure("import_torch_s", "python -c 'import torch' (for comparison)", coldstart.import_torch_seconds(), "s"))
+    if "serve" in parts:
+        from audiofind.serve.speed import serve_speed
+
+        say("serve: warm search, a page of 50 results, first byte of a transcoded file…")
+        labels = {"serve_search_100k_s": "serve: warm search at 100k segments", "serve_page_50_s": "serve: page of 50 with cached peaks",
+                  "serve_first_byte_transcoded_s": "serve: first byte, transcoded", "serve_first_byte_seek_s": "serve: first byte after a seek"}  # fmt: skip
+        for key, value in serve_speed(encoder or bench.bench_encoder(weights, str(dev), synthetic, precisions[0])).items():
+            figures.append(bench.Figure(key, labels.get(key, key), value, "s"))
     if "training" in parts:
         say("training throughput…")
         train = bench.training_speed(str(dev))
@@ -125,7 +142,7 @@ def speed(
             if f.reference is not None:
                 out[f"{f.key}_reference"] = f.reference
         out["missed"] = [f.key for f, _, met in rows if met is False]
-        typer.echo(json.dumps(out, ensure_ascii=False))
+        typer.echo(json_text(out))
         return
     title = f"audiofind bench speed on {machine['cpu']} · {', '.join(machine['extensions']) or 'no AVX2'}"
     gpu = f" · {machine['gpu']}" if "gpu" in machine else ""

@@ -35,7 +35,7 @@ def serve_speed(encoder: Encoder, segments: int = 100_000, page: int = 50, secon
         with Library(tmp / "big.db", encoder) as library:
             captions = iter(bench.SAMPLE_CAPTIONS * 10)
             run = lambda: library.search(next(captions), 20)  # noqa: E731
-            out[f"serve_search_{segments // 1000}k_s"] = bench.timed(run, encoder.device, repeat=7, warmup=2)
+            out[f"serve_search_{segments // 1000}k_s"] = bench.timed(run, encoder.device, repeat=7)
         db, transcoded = _page_index(tmp, encoder.dim, page, seconds)
         with Library(db, encoder) as library, _running(library, tmp / "peaks") as (base, token):
             auth = {"Authorization": f"Bearer {token}"}

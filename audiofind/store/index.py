@@ -45,7 +45,6 @@ class Index:
     def __init__(self, path: Path, conn: apsw.Connection) -> None:
         self.path = path
         self.conn = conn
-        self._codes_cache: tuple[tuple[int, int], vec.Codes | None] | None = None
 
     @classmethod
     def open(cls, path: Path | str, create: bool = True) -> Self:

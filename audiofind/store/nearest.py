@@ -148,23 +148,34 @@ def _snapshot(index: "Index") -> Iterator[None]:
     finally:
         index.conn.execute("COMMIT")  # read only: nothing to keep or undo
 
+# One copy of each index's codes per process, shared by all its connections (serve borrows one per thread), keyed
+# by what changes whenever the searchable segments do: the version writers bump, the centre, the file itself.
+_SHARED: dict[str, tuple[tuple, vec.Codes | None]] = {}
+
+
 def _codes(index: "Index") -> vec.Codes | None:
-    """The binary codes of all segments, reloaded only after this or another connection has written."""
-    key = (index.conn.execute("PRAGMA data_version").fetchone()[0], index.conn.total_changes())
-    if index._codes_cache is None or index._codes_cache[0] != key:
-        meta = index._meta()
-        centre, version = meta.get("centre"), meta.get("segments_version")
-        codes = None
-        if isinstance(centre, bytes):
-            saved = index.conn.execute("SELECT version, blob FROM codes_cache").fetchone()
-            if saved is not None and saved[0] == version:
-                codes = vec.Codes.from_bytes(saved[1])
-            else:
-                sql = f"SELECT id, hash, code FROM segments WHERE code IS NOT NULL AND {_DONE} ORDER BY id"
-                rows = index.conn.execute(sql)
-                codes = vec.Codes.from_rows(np.frombuffer(centre, np.float32), rows.fetchall())
-        index._codes_cache = (key, codes)
-    return index._codes_cache[1]
+    """The binary codes of all searchable segments: from memory, else the saved blob, else rebuilt from the rows."""
+    meta = index._meta()
+    centre, version = meta.get("centre"), meta.get("segments_version")
+    try:
+        inode = os.stat(index.path).st_ino  # a rebuilt index swapped in at the same path is another file
+    except OSError:
+        inode = None
+    key = (version, inode, hash(centre) if isinstance(centre, bytes) else None)
+    cached = _SHARED.get(str(index.path))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    codes = None
+    if isinstance(centre, bytes):
+        saved = index.conn.execute("SELECT version, blob FROM codes_cache").fetchone()
+        if saved is not None and saved[0] == version:
+            codes = vec.Codes.from_bytes(saved[1])
+        else:
+            sql = f"SELECT id, hash, code FROM segments WHERE code IS NOT NULL AND {_DONE} ORDER BY id"
+            codes = vec.Codes.from_rows(np.frombuffer(centre, np.float32), index.conn.execute(sql).fetchall())
+    _SHARED[str(index.path)] = (key, codes)
+    return codes
+
 
 def _segment_ids(index: "Index", hashes: list[str] | None) -> list[int]:
     if hashes is None:
