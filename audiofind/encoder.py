@@ -35,7 +35,7 @@ class Encoder:
     identity (name, sha256, dim) costs nothing: an unchanged library re-indexes without loading it.
 
     batch_size: clips of equal length per forward pass (1: one at a time); text_batch_size: captions per forward
-    pass, padded to that fixed size; precision: fp32, tf32 or bf16 (the last two on CUDA, device.precision_scope).
+    pass (see embed_text); precision: fp32, tf32 or bf16 (the last two on CUDA, see device.precision_scope).
     """
 
     name: str

@@ -14,9 +14,10 @@ from torch import nn
 import audiogen
 from audiofind import decode
 from audiofind.encoder import Encoder, exact_batches, from_model, load_encoder
+from audiofind.device import precision_scope
 from audiofind.errors import DeviceError
 from audiofind.model import TINY, AudioCLIPConfig
-from audiofind.model.inference import FusedBottleneck, fold_batch_norm, prepare_for_inference
+from audiofind.model.inference import FusedBottleneck, FusedConv, fold_batch_norm, prepare_for_inference
 from audiofind.model.load import from_state_dict
 from modelkit import DATA, register_tiny, synthetic_model, synthetic_state_dict
 
@@ -72,6 +73,17 @@ def test_training_keeps_batch_norm() -> None:
     assert model.audio.layer1[0].bn1.weight.grad is not None
     with pytest.raises(RuntimeError, match="eval"):
         fold_batch_norm(model.audio)
+
+
+def test_fused_convolutions_lay_weights_out_for_the_size_they_see() -> None:
+    """Speed, not bits, depends on it (a weight laid out for another size takes a slow generic reorder)."""
+    model = prepare_for_inference(synthetic_model(TINY, ("audio",)))
+    convs = [m for m in model.modules() if isinstance(m, FusedConv)]
+    with torch.inference_mode():
+        for n in (8000, 20000, 8000):
+            model(torch.zeros(1, 1, n))
+            assert all(conv.laid_out is not None for conv in convs)
+            assert model.conv1.laid_out[0] == (3, TINY.audio.n_bins // 3, 1 + -(-(n - 200) // 100))  # (C, H, frames)
 
 
 def test_exact_batches_group_equal_lengths_without_padding() -> None:
@@ -149,6 +161,20 @@ def test_precision_other_than_fp32_is_refused_off_cuda() -> None:
             load_encoder(name, "cpu", ["audio"], precision=precision)
     with pytest.raises(DeviceError, match="Unknown precision 'fp16'"):
         load_encoder(name, "cpu", ["audio"], precision="fp16")
+
+
+def test_precision_scope_sets_and_restores_tf32() -> None:
+    """The switches are plain flags, so their handling is checked here; their effect only on a GPU (below)."""
+    flags = [(torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision")]
+    before = [getattr(obj, name) for obj, name in flags]
+    gpu = torch.device("cuda")
+    with precision_scope("fp32", gpu):
+        assert [getattr(obj, name) for obj, name in flags] == ["ieee", "ieee"]  # TF32 off: CUDA matches the CPU
+    with precision_scope("tf32", gpu):
+        assert [getattr(obj, name) for obj, name in flags] == ["tf32", "tf32"]
+    with precision_scope("bf16", gpu):  # the front end's float32 steps stay exact under bf16
+        assert [getattr(obj, name) for obj, name in flags] == ["ieee", "ieee"]
+    assert [getattr(obj, name) for obj, name in flags] == before
 
 
 # --- on a CUDA device (.ci/device-check) ---

@@ -173,7 +173,7 @@ class AudioEncoder(nn.Module):
         self.att5 = Attention2d(inplanes, inplanes, *ATTENTION_SHAPES[4])
         self.dropout = nn.Dropout(0.0)  # fine-tuning sets p; identity in eval
         self.fc = nn.Linear(inplanes, embed_dim)
-        self.folded = False  # batch norm folded into the convolutions (model/fold.py): inference only
+        self.folded = False  # batch norm folded into the convolutions (model/inference.py): inference only
 
     def train(self, mode: bool = True) -> "AudioEncoder":
         """As nn.Module.train, but a folded tower has no batch norm left to train and refuses."""
