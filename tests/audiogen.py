@@ -3,6 +3,7 @@
 Signals are float32 arrays shaped (channels, samples) in [-1, 1]; writers take that shape and return the path.
 """
 
+import struct
 import wave
 from fractions import Fraction
 from pathlib import Path
@@ -193,4 +194,14 @@ def write_no_audio_stream(path: Path, seconds: float = 0.2) -> Path:
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
+    return Path(path)
+
+
+def write_float_wav(path: Path, samples: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
+    """A mono 32-bit float WAV written by hand, so it can hold NaN and Inf (encoders refuse them)."""
+    data = np.asarray(samples, "<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, sr, sr * 4, 4, 32)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     return Path(path)

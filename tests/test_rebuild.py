@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -114,13 +113,6 @@ def test_rebuild_waits_for_an_unplugged_root(tmp_path: Path) -> None:
     assert snapshot(db)["files"] == before["files"]
 
 
-def float_wav(path: Path, samples: np.ndarray) -> Path:
-    data = np.asarray(samples, "<f4").tobytes()
-    fmt = struct.pack("<HHIIHH", 3, 1, 44100, 44100 * 4, 4, 32)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
-    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
-    return path
-
 
 def test_a_folder_of_every_kind_of_bad_file(tmp_path: Path) -> None:
     """Exit 0, each bad file named once with its reason, every good file searchable."""
@@ -130,8 +122,8 @@ def test_a_folder_of_every_kind_of_bad_file(tmp_path: Path) -> None:
     nan = (audiogen.noise(0.5, seed=5)[0] * 0.5).astype(np.float32)
     nan[100] = np.nan
     bad = {
-        "nan.wav": float_wav(root / "nan.wav", nan),
-        "inf.wav": float_wav(root / "inf.wav", np.full(4410, np.inf, np.float32)),
+        "nan.wav": audiogen.write_float_wav(root / "nan.wav", nan),
+        "inf.wav": audiogen.write_float_wav(root / "inf.wav", np.full(4410, np.inf, np.float32)),
         "empty.wav": audiogen.write_empty(root / "empty.wav"),
         "notes.wav": audiogen.write_not_audio(root / "notes.wav"),
         "cut.flac": audiogen.write_truncated(root / "cut.flac", audiogen.write_audio(tmp_path / "s.flac", audiogen.sine(300, 3.0))),

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import struct
 import threading
 from pathlib import Path
 
@@ -21,15 +20,6 @@ from indexkit import check_consistent, counting, snapshot, tiny_encoder
 def one_thread() -> None:
     torch.set_num_threads(1)
 
-
-def float_wav(path: Path, samples: np.ndarray, sr: int = 44100) -> Path:
-    """A mono 32-bit float WAV written by hand, so it can hold NaN and Inf (encoders refuse them)."""
-    data = np.asarray(samples, "<f4").tobytes()
-    fmt = struct.pack("<HHIIHH", 3, 1, sr, sr * 4, 4, 32)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
-    return path
 
 
 def noise_wav(path: Path, seconds: float, seed: int, sr: int = 44100) -> Path:
@@ -55,10 +45,10 @@ def test_bad_files_fail_alone_with_a_reason_and_counts_add_up(tmp_path: Path, de
     good = [noise_wav(root / f"good{i}.wav", 0.5 + i / 3, seed=i) for i in range(5)]
     nan = audiogen.noise(1.0, seed=9).astype(np.float32)[0] * 0.5
     nan[1000] = np.nan
-    float_wav(root / "nan.wav", nan)
+    audiogen.write_float_wav(root / "nan.wav", nan)
     inf = audiogen.noise(1.0, seed=8).astype(np.float32)[0] * 0.5
     inf[5] = np.inf
-    float_wav(root / "inf.wav", inf)
+    audiogen.write_float_wav(root / "inf.wav", inf)
     noise_wav(root / "raises.wav", 1.0, seed=7)
     real = decode.iter_windows
 
