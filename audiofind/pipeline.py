@@ -20,7 +20,7 @@ import numpy as np
 
 from audiofind import decode
 from audiofind.encoder import Encoder
-from audiofind.errors import DecodeError, StorageError
+from audiofind.errors import DecodeError
 from audiofind.scan import signature
 from audiofind.store import AudioRow, FileRow, Index
 from audiofind.tags import read_tags
@@ -210,8 +210,6 @@ class Embedder:
 
     def _fail(self, pending: _Pending, e: BaseException) -> None:
         """Fail one file (a file that changed meanwhile is 'changing' instead: a recorder is still writing it)."""
-        if isinstance(e, StorageError | KeyboardInterrupt):
-            raise e
         pending.failed = True
         self.files.pop(pending.work.path, None)
         self.batch = [b for b in self.batch if b[0] is not pending]

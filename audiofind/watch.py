@@ -32,6 +32,7 @@ from audiofind.encoder import Encoder
 from audiofind.errors import AudiofindError, IndexBusy, UsageError
 from audiofind.folders import Folders
 from audiofind.formats import AUDIO_EXTS
+from audiofind.scan import signature
 from audiofind.indexer import Event, Report, check_roots, sync
 from audiofind.observers import OSObserver, Poller
 from audiofind.store import Index
@@ -190,7 +191,7 @@ class _Watcher:
         self.folders.update(path)
         if not self.folders.holds(path, was_folder):
             return False  # not audio, or a folder the walk reaches by another path (a symlink loop, say)
-        self.pending[path] = _Pending(now, _signature(path))
+        self.pending[path] = _Pending(now, signature(path))
         return True
 
     def _rescan(self, named: tuple[str, ...], now: float) -> None:
@@ -203,7 +204,7 @@ class _Watcher:
                 continue
             log.info("events were lost under %s; rescanning it", root)
             self.emit(Event("rescan", str(root), reason="The file-system event queue overflowed."))
-            self.pending[str(root)] = _Pending(now, _signature(str(root)))
+            self.pending[str(root)] = _Pending(now, signature(str(root)))
         self.folders.rebuild()
         self._follow_links()
 
@@ -270,7 +271,7 @@ class _Watcher:
         """Sync the settled paths together once the whole burst has settled (or a settled path waited too long)."""
         self._report_held()
         for p, entry in self.pending.items():
-            sig = _signature(p)
+            sig = signature(p)
             if sig != entry.sig:
                 entry.sig, entry.since = sig, now
         ready = {p for p, e in self.pending.items() if now - e.since >= self.settle}
@@ -346,7 +347,7 @@ class _Watcher:
             log.debug("%s changed while being read; waiting for it to settle", e.path)
             self.unsettled.add(e.path)
         elif e.event == "failed":
-            self.held[e.path] = _Held(e, _signature(e.path), self.clock())
+            self.held[e.path] = _Held(e, signature(e.path), self.clock())
         else:
             self.held.pop(e.path, None)
             self.emit(e)
@@ -354,14 +355,14 @@ class _Watcher:
     def _pend_unsettled(self) -> None:
         """Files sync found changing wait to settle again (after the sync, which forgets the paths it was given)."""
         for p in sorted(self.unsettled):
-            self.pending[p] = _Pending(self.clock(), _signature(p))
+            self.pending[p] = _Pending(self.clock(), signature(p))
         self.unsettled.clear()
 
     def _report_held(self, final: bool = False) -> None:
         """Report the failures whose file stayed unchanged for `settle`; one that changed is tried again instead."""
         now = self.clock()
         for path, held in list(self.held.items()):
-            sig = _signature(path)
+            sig = signature(path)
             if path in self.pending or sig != held.sig:
                 log.debug("%s failed while it was still being written (%s); trying again", path, held.event.reason)
                 self.pending.setdefault(path, _Pending(now, sig))
@@ -370,12 +371,3 @@ class _Watcher:
             else:
                 self.emit(held.event)
             del self.held[path]
-
-
-def _signature(path: str) -> tuple[int, int] | None:
-    """(size, mtime_ns): a file still being written changes it; None when the path is gone."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiofind import decode
 from audiofind.decode import (
     SAMPLE_RATE,
     AudioInfo,

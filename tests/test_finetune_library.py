@@ -6,7 +6,6 @@ from pathlib import Path
 
 import mutagen.flac
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import audiogen
@@ -14,6 +13,7 @@ from audiofind import data, names
 from audiofind.cli import app
 from audiofind.errors import DatasetError
 from modelkit import register_tiny
+from test_loss import one_thread  # noqa: F401  (autouse: one intra-op thread here too)
 
 runner = CliRunner()
 # Six sounds a tiny model can tell apart, each named the way sound designers name files (UCS-like ids, CamelCase).
@@ -44,14 +44,6 @@ def make_library(root: Path) -> Path:
     audiogen.write_not_audio(root / "Weather" / "Rain_Heavy Storm.wav")
     return root
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, spinning OpenMP threads make these runs much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
