@@ -37,7 +37,7 @@ class OSObserver:
 
     follows_links = False
 
-    def __init__(self, q: queue.SimpleQueue) -> None:
+    def __init__(self, q: queue.Queue) -> None:
         from watchdog.observers import Observer
 
         self.q = q
@@ -73,7 +73,7 @@ class OSObserver:
 class _Collector(FileSystemEventHandler):
     """Runs on watchdog's thread: puts the paths of each event on the queue, nothing more."""
 
-    def __init__(self, q: queue.SimpleQueue, real: str, walked: str) -> None:
+    def __init__(self, q: queue.Queue, real: str, walked: str) -> None:
         self.q, self.real, self.walked = q, real, walked
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -91,7 +91,7 @@ class _Collector(FileSystemEventHandler):
 class _OverflowListener(logging.Handler):
     """Turns watchdog's 'queue overflowed' log records into rescan requests (a path when the record names one)."""
 
-    def __init__(self, q: queue.SimpleQueue) -> None:
+    def __init__(self, q: queue.Queue) -> None:
         super().__init__(logging.WARNING)
         self.q = q
 
@@ -148,7 +148,7 @@ class Poller:
 
     follows_links = True  # its snapshots walk through symlinked folders
 
-    def __init__(self, q: queue.SimpleQueue, interval: float, exts: frozenset[str],
+    def __init__(self, q: queue.Queue, interval: float, exts: frozenset[str],
                  stopped: Callable[[], bool]) -> None:  # fmt: skip
         self.q, self.interval, self.exts, self.stopped = q, interval, exts, stopped
         self._lock = threading.Lock()

@@ -90,7 +90,9 @@ class _Watcher:
         self.index, self.encoder, self.roots, self.settle = index, encoder, roots, settle
         self.exts, self.emit, self.stop = exts, emit, stop
         self.clock: Callable[[], float] = time.monotonic  # tests drive a fake one
-        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        # Not a SimpleQueue: on Python 3.11 its get(timeout) blocks forever when a signal handler (Ctrl-C, SIGTERM)
+        # runs past the timeout's end; Queue waits on a lock, which recomputes its deadline correctly.
+        self.q: queue.Queue = queue.Queue()
         self.pending: dict[str, _Pending] = {}
         self.moves: dict[str, set[str]] = {}  # the other end of each pending move
         self.unsettled: set[str] = set()  # files sync found changing while it read them: pending again after it
@@ -316,8 +318,18 @@ class _Watcher:
     def _first_sync(self) -> None:
         """Everything under the roots, as `index` does; retried while the database is busy, until done or stopped."""
         while not self.stop.is_set() and self._sync([r for r in self.roots if r in self.watches], None) is None:
-            self.stop.wait(max(0.0, self.retry_at - self.clock()))
+            self._pause(self.retry_at - self.clock())
         self._pend_unsettled()
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep up to seconds, ending early once stopped.
+
+        Not stop.wait(): the signal handlers call stop.set(), which deadlocks if the signal lands while this
+        thread holds the Event's (non-reentrant) lock inside wait().
+        """
+        end = time.monotonic() + seconds
+        while not self.stop.is_set() and (left := end - time.monotonic()) > 0:
+            time.sleep(min(TICK, left))
 
     def _sync(self, roots: list[Path], only: list[Path] | None) -> Report | None:
         """One sync call; None (and a later retry time) when the database was busy or a root just vanished."""
