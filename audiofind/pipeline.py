@@ -28,6 +28,9 @@ from audiofind.tags import read_tags
 log = logging.getLogger(__name__)
 
 QUEUE_WINDOWS = 16  # decoded windows waiting for the model: bounds memory whatever the file length
+# A batching encoder (a GPU's) sees pending windows of this many batches at once, gathered across files, so that
+# windows of equal length (long recordings' 10 s windows, clips that share a length) meet and fill batches.
+GATHER_BATCHES = 4
 CHUNK_SECONDS = 60.0  # a long recording commits its windows about this much audio at a time
 
 
@@ -77,7 +80,9 @@ class Embedder:
         self.index, self.encoder, self.stop = index, encoder, stop
         self.on_done = on_done  # (outcome, work, segments, duration, reason): embedded | failed | changing
         self.files: dict[str, _Pending] = {}
-        self.batch: list[tuple[_Pending, list, np.ndarray]] = []
+        self.batch: list[tuple[_Pending, list, np.ndarray]] = []  # windows waiting for the model
+        size = encoder.audio_batch
+        self.gather = size * GATHER_BATCHES if size > 1 else 1  # the most windows that wait
         bound = index.model()
         assert bound is not None, "bind a model before embedding"
         self.window, self.hop = bound.window, bound.hop
@@ -93,7 +98,8 @@ class Embedder:
 
         progress gets (audio seconds embedded, bytes of the files done so far, counting in-flight files pro rata).
         """
-        for kind, work, payload in decode_ahead(works, self.window, self.hop, self.stop, decoders):
+        ahead = max(QUEUE_WINDOWS, self.gather)  # decoders stay a gathering ahead of the model
+        for kind, work, payload in decode_ahead(works, self.window, self.hop, self.stop, decoders, ahead):
             if self._stopped():
                 return  # windows not committed are simply done again next time
             if kind == "start":
@@ -136,13 +142,34 @@ class Embedder:
         pending.bounds.append((w.start, w.end))
         pending.slots.append(slot)
         self.batch.append((pending, slot, w.samples))
-        if len(self.batch) >= self.encoder.audio_batch:  # one window on CPU; a full batch on a GPU, across files
-            self._embed_batch()
+        if len(self.batch) >= self.gather:  # one window on CPU; a gathering of batches on a GPU, across files
+            self._embed_batch(final=False)
             self._commit_ready()
 
-    def _embed_batch(self) -> None:
-        """Run the model on the buffered windows; a failure or a non-finite vector fails only its own file."""
-        items, self.batch = self.batch, []
+    def _ready(self) -> list[tuple[_Pending, list, np.ndarray]]:
+        """The waiting windows worth running now: full batches of one length, and lengths no other window shares.
+
+        The rest (fewer than a batch of one length) wait for more of their length, unless they alone fill the buffer.
+        """
+        size, groups = self.encoder.audio_batch, {}
+        for item in self.batch:
+            groups.setdefault(len(item[2]), []).append(item)
+        run, wait = [], []
+        for group in groups.values():
+            n = 1 if len(group) == 1 else len(group) // size * size
+            run += group[:n]
+            wait += group[n:]
+        if len(wait) >= self.gather:
+            run, wait = self.batch, []
+        self.batch = wait
+        return run
+
+    def _embed_batch(self, final: bool = True) -> None:
+        """Run the model on the waiting windows (all of them when final); a failure or a non-finite vector fails
+        only its own file."""
+        items = self.batch if final else self._ready()
+        if final:
+            self.batch = []
         if not items:
             return
         try:
@@ -222,14 +249,15 @@ class Embedder:
 
 
 def decode_ahead(
-    works: list[Work], window: float, hop: float, stop: threading.Event | None, decoders: int = 1
+    works: list[Work], window: float, hop: float, stop: threading.Event | None, decoders: int = 1,
+    ahead: int = QUEUE_WINDOWS,
 ) -> Iterator[tuple[str, Work, object]]:
     """(kind, work, payload) messages: start (AudioInfo), window (a decode.Window)..., then end or error (exception).
 
     Messages of different files may interleave when several threads decode. Any exception while decoding one file
     becomes that file's error message; the thread goes on with the next file.
     """
-    q: queue.Queue = queue.Queue(maxsize=QUEUE_WINDOWS)
+    q: queue.Queue = queue.Queue(maxsize=ahead)
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for work in works:
         todo.put(work)

@@ -3,15 +3,22 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import math
+import weakref
+
 import numpy as np
+import pytest
 import torch
 
 import audiogen
+from audiofind import decode, pipeline
 from audiofind.encoder import Encoder, from_model
 from audiofind.indexer import Event, prepare, sync, walk
 from audiofind.model import TINY
+from audiofind.model.inference import prepare_for_inference
 from audiofind.store import Index
 from modelkit import synthetic_model
+from test_encoder import count_forwards
 
 
 @dataclass
@@ -71,8 +78,8 @@ def test_batched_parallel_decoding_gives_the_same_index(tmp_path: Path) -> None:
         events.append(sorted((e.event, e.path) for e in seen))
     assert results[0] == results[1]  # bitwise-equal vectors, same segments, same failure
     assert events[0] == events[1]
-    # 10 windows from 7 files: full batches of 4 mix windows of several files; only the last is partial.
-    assert batching.sizes[:2] == [4, 4] and sum(batching.sizes) == 10
+    # 10 windows from 7 files: a gathering holds 16, so all of them wait for the model together.
+    assert batching.sizes == [10]
 
 
 def test_walk_follows_symlinks_without_loops_and_skips_hidden(tmp_path: Path) -> None:
@@ -103,3 +110,68 @@ def test_files_behind_symlinks_stay_unchanged_on_the_next_run(tmp_path: Path) ->
         assert [r.path for r in index.files_under([root])] == [str(root / "linked" / "y.wav")]
         again = sync(index, enc, [root])
         assert (again.skipped, again.embedded, again.removed, again.reused) == (1, 0, 0, 0)
+
+
+def test_gpu_batching_through_the_indexer_wastes_nothing(tmp_path: Path) -> None:
+    """64 clips of distinct lengths and 3 long recordings, gathered across files as a GPU's batches of 8 are."""
+    root = tmp_path / "lib"
+    (root / "clips").mkdir(parents=True)
+    for i in range(64):
+        samples = audiogen.noise((44100 + 4999 * i) / audiogen.SAMPLE_RATE, seed=i) * 12000
+        audiogen.write_int16_wav(root / "clips" / f"{i:02d}.wav", samples.astype(np.int16))
+    (root / "long").mkdir()
+    for seconds, seed in ((23.0, 1), (31.7, 2), (47.2, 3)):  # 4, 6 and 9 windows of 10 s
+        audiogen.write_audio(root / "long" / f"{seed}.flac", audiogen.noise(seconds, seed=seed, amp=0.3))
+    model = prepare_for_inference(synthetic_model(TINY, ("audio",)))
+    snapshots = []
+    for n, batch_size in enumerate((8, 1)):
+        encoder = from_model(model, TINY, torch.device("cpu"), "tiny", "a" * 64, batch_size=batch_size)
+        calls = count_forwards(model)
+        with Index.open(tmp_path / f"i{n}.db") as index:
+            prepare(index, encoder)
+            assert sync(index, encoder, [root], decoders=3).embedded == 67
+        snapshots.append(snapshot(tmp_path / f"i{n}.db"))
+        if batch_size == 8:
+            windows = sorted(rows for rows, samples in calls if samples == decode.N_WINDOW)
+            assert windows == [3, 8, 8]  # ceil(19 / 8) forwards for the 19 windows of equal length, none padded
+            assert sorted(rows for rows, samples in calls if samples != decode.N_WINDOW) == [1] * 64  # one per clip
+    assert snapshots[0] == snapshots[1]  # bitwise: an embedding never depends on what else was waiting
+
+
+def test_a_long_recording_through_the_batched_path_keeps_memory_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three hours of 10 s windows (stand-ins, not decoded audio) through a batching encoder: the windows alive at
+    once stay within the decode queue and one gathering, whatever the length."""
+    (tmp_path / "lib").mkdir()
+    path = audiogen.write_audio(tmp_path / "lib" / "night.flac", audiogen.noise(1.0))
+    hours, live, most = 3.0, [0], [0]
+
+    def gone() -> None:
+        live[0] -= 1
+
+    def windows(_path, window, hop):  # type: ignore[no-untyped-def]
+        for k in range(math.floor((hours * 3600 - window) / hop) + 1):
+            samples = np.full(decode.N_WINDOW, k % 7 + 1, np.float32)
+            weakref.finalize(samples, gone)
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+            yield decode.Window(k * hop, k * hop + window, samples)
+
+    monkeypatch.setattr(decode, "probe", lambda _p: decode.AudioInfo(hours * 3600, 44100, 1, "flac"))
+    monkeypatch.setattr(decode, "iter_windows", windows)
+
+    @dataclass
+    class Stub(Encoder):
+        forwards: list[int] = field(default_factory=list)
+
+        def embed_audio(self, clips):  # type: ignore[no-untyped-def,override]
+            self.forwards.append(len(clips))
+            return np.stack([np.full(self.dim, c[0], np.float32) for c in clips])
+
+    encoder = Stub("stub", "b" * 64, TINY, torch.device("cpu"), batch_size=8)
+    with Index.open(tmp_path / "i.db") as index:
+        prepare(index, encoder)
+        assert sync(index, encoder, [tmp_path / "lib"]).embedded == 1
+        assert len(index.segment_vectors(index.files_under([path.parent])[0].hash)[0]) == 2159
+    gathering = 8 * pipeline.GATHER_BATCHES
+    assert sum(encoder.forwards) == 2159 and max(encoder.forwards) == gathering  # the batched path, gathered
+    assert most[0] <= max(pipeline.QUEUE_WINDOWS, gathering) + gathering + 2, most[0]
