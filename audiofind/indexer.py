@@ -16,7 +16,7 @@ import numpy as np
 
 from audiofind import decode
 from audiofind.encoder import Encoder, load_for_index
-from audiofind.errors import UsageError, WeightsError
+from audiofind.errors import DeviceError, UsageError, WeightsError
 from audiofind.formats import AUDIO_EXTS, extension
 from audiofind.pipeline import Embedder, Work, reason_of
 from audiofind.scan import Walk, absolute, check_roots, file_hash, readable, root_of, walk, walk_only
@@ -81,20 +81,33 @@ def binding(encoder: Encoder, window: float = decode.WINDOW_SECONDS, hop: float 
     return ModelBinding(encoder.name, encoder.sha256, encoder.dim, window, hop, precision)
 
 
-def encoder_for(index: Index, weights: str | None, device: str) -> Encoder:
-    """The audio encoder to index with: --weights if given, else the model that built the index, else the default."""
-    bound = index.model()
-    return load_for_index(bound.name if bound else None, weights, device, ["audio"])
+def encoder_for(index: Index, weights: str | None, device: str, precision: str | None = None) -> Encoder:
+    """The audio encoder to index with: --weights if given, else the model that built the index, else the default;
+    --precision if given, else the index's own."""
+    return _load(index.model(), weights, device, precision)
 
 
-def load_checked(db: Path | str, weights: str | None, device: str) -> Encoder:
-    """The audio encoder for indexing db, loaded and tried on a short clip before anything is written."""
-    bound = peek_model(db)
-    encoder = load_for_index(bound.name if bound else None, weights, device, ["audio"])
+def load_checked(db: Path | str, weights: str | None, device: str, precision: str | None = None) -> Encoder:
+    """The audio encoder for indexing db (as encoder_for chooses it), loaded and tried on a short clip before
+    anything is written."""
+    encoder = _load(peek_model(db), weights, device, precision)
     probe = np.random.default_rng(0).standard_normal(decode.SAMPLE_RATE // 2).astype(np.float32) * 3000
     if not np.all(np.isfinite(encoder.embed_audio([probe]))):
         raise WeightsError(f"Model '{encoder.name}' gives non-finite embeddings; its checkpoint is damaged.")
     return encoder
+
+
+def _load(bound: ModelBinding | None, weights: str | None, device: str, precision: str | None) -> Encoder:
+    chosen = precision or (bound.precision if bound else "fp32")
+    try:
+        return load_for_index(bound.name if bound else None, weights, device, ["audio"], precision=chosen)
+    except DeviceError:
+        if precision is None and chosen != "fp32":  # the user asked for nothing: say where the precision came from
+            raise DeviceError(
+                f"This index holds {chosen} embeddings, which need a CUDA device: add to it with --device cuda, or "
+                f"rebuild it in fp32 with --rebuild --precision fp32."
+            ) from None
+        raise
 
 
 def prepare(index: Index, encoder: Encoder) -> None:

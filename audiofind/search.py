@@ -41,7 +41,9 @@ def _bound(index: Index) -> ModelBinding:
 
 def _check(index: Index, bound: ModelBinding, name: str, sha256: str, dim: int) -> None:
     """SchemaMismatch, with the exact rebuild command, if these weights did not make the index's vectors."""
-    index.check_model(ModelBinding(name, sha256, dim, bound.window, bound.hop))
+    # The index's own precision: a query is never stored, so one computed in fp32 against bf16 vectors (a CPU
+    # searching what a GPU indexed) only ranks within bf16's own error.
+    index.check_model(ModelBinding(name, sha256, dim, bound.window, bound.hop, bound.precision))
 
 
 def resolve_for_index(index_model: str | None, weights_name: str | None) -> "Resolved":
@@ -60,13 +62,13 @@ def resolve_for_index(index_model: str | None, weights_name: str | None) -> "Res
         ) from None
 
 
-def encoder_for(index: Index, weights: str | None, device: str) -> "Encoder":
+def encoder_for(index: Index, weights: str | None, device: str, precision: str = "fp32") -> "Encoder":
     """The torch encoder of the model that built the index (or --weights, refused if it is another model); loads
     lazily. For a warm process (serve); a one-off query takes query_encoder."""
     from audiofind.encoder import load_for_index
 
     bound = _bound(index)
-    enc = load_for_index(bound.name, weights, device, ["audio", "text"])
+    enc = load_for_index(bound.name, weights, device, ["audio", "text"], precision=precision)
     _check(index, bound, enc.name, enc.sha256, enc.dim)
     return enc
 
@@ -80,6 +82,7 @@ class QueryEncoder:
     index: Index
     weights: str | None = None
     device: str = "auto"
+    precision: str = "fp32"  # of the torch towers (CUDA only but fp32); the numpy text tower is fp32
     _tower: "TextTower | None" = None
     _encoder: "Encoder | None" = None
 
@@ -110,15 +113,20 @@ class QueryEncoder:
     def torch(self) -> "Encoder":
         """The torch encoder, loaded (and checked against the index) on first use."""
         if self._encoder is None:
-            self._encoder = encoder_for(self.index, self.weights, self.device)
+            self._encoder = encoder_for(self.index, self.weights, self.device, self.precision)
         return self._encoder
 
 
-def query_encoder(index: Index, weights: str | None, device: str) -> QueryEncoder:
+def query_encoder(index: Index, weights: str | None, device: str, precision: str = "fp32") -> QueryEncoder:
     """What `audiofind search` embeds its query with: loads nothing yet, and never torch for a text query on the
-    CPU or an indexed example; IndexNotFound at once for an empty index."""
+    CPU or an indexed example; IndexNotFound at once for an empty index, DeviceError for a precision the device
+    cannot honour."""
     _bound(index)
-    return QueryEncoder(index, weights, device)
+    if precision != "fp32":  # only CUDA offers others, and asking needs torch: fp32 alone keeps it unloaded
+        from audiofind.device import check_precision, resolve_device
+
+        check_precision(precision, resolve_device(device))
+    return QueryEncoder(index, weights, device, precision)
 
 
 def search_text(index: Index, encoder: Embedder, query: str, k: int = 20, filters: Filters | None = None) -> list[Hit]:

@@ -310,3 +310,26 @@ def test_like_puts_the_file_itself_first_among_its_copies(tiny: str, tmp_path: P
     index_json(root, "-w", tiny)
     for path in sorted(root.iterdir()):
         assert run("search", "--like", path, "--paths", "-k", "3").splitlines()[0] == str(path)
+
+
+def test_precision_is_asked_per_command_and_kept_by_the_index(tiny: str, library: tuple[Path, dict], audiofind_home: Path) -> None:
+    root, files = library
+    index_json(root, "-w", tiny)
+    db = audiofind_home / "index.db"
+    for args in (["index", root, "--device", "cpu", "--precision", "bf16"], ["watch", root, "--device", "cpu", "--precision", "tf32"],
+                 ["serve", "--device", "cpu", "--precision", "bf16", "--no-open", "--port", "0"]):  # fmt: skip
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2 and "is for CUDA devices" in result.stderr, (args, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    # An index built in bf16 on a GPU, then opened on a CPU: kept as it is, and each command says why it stops.
+    conn = apsw.Connection(str(db))
+    conn.execute("UPDATE meta SET value = 'bf16' WHERE key = 'precision'")
+    conn.close()
+    result = runner.invoke(app, ["index", str(root), "--device", "cpu"])  # no --precision: the index's own
+    assert result.exit_code == 2 and "This index holds bf16 embeddings, which need a CUDA device" in result.stderr
+    for args in (["index", root, "--precision", "fp32"], ["watch", root, "--precision", "fp32"]):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 1 and "This index holds bf16 embeddings; you asked for fp32" in result.stderr, result.output
+    with Index.open(db) as index:
+        assert index.model().precision == "bf16" and index.stats().files == len(files["good"]) + len(files["broken"])
+    assert run("search", "rain", "-k", "1", "--paths").strip()  # queries embed in fp32 whatever the index holds

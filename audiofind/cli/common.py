@@ -153,6 +153,12 @@ WeightsOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+# The commands that run the model take it (embed, index, watch, serve; bench speed its own, repeatable): one spelling.
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option("--precision", metavar="P", help="fp32; on CUDA also tf32, or bf16 (the ResNeXt in bfloat16). "
+                 "Default fp32; an existing index keeps the one it was built in."),
+]
 
 
 @contextmanager

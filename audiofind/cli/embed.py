@@ -6,17 +6,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from audiofind.cli.common import json_text, DeviceOpt, JsonOpt, WeightsOpt, app, console
+from audiofind.cli.common import json_text, DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, app, console
 from audiofind.errors import DecodeError, UsageError
 
 # A whole-clip embedding needs memory in proportion to the clip (about 1.5 GB a minute at full size).
 MAX_SECONDS = 300
-
-# The commands that run the model take it (index, watch and serve too): one spelling, one help text.
-PrecisionOpt = Annotated[
-    str,
-    typer.Option("--precision", metavar="P", help="fp32; on CUDA also tf32, or bf16 (the ResNeXt in bfloat16)."),
-]
 
 
 @app.command()

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from audiofind.errors import UsageError
-from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, duration, err_console
+from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, app, console, duration, err_console
 
 ExtOpt = Annotated[
     list[str] | None,
@@ -24,6 +24,7 @@ def index_cmd(
     db: DbOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Embed everything again into a new file (e.g. with another model), swapped in when complete.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again files that failed before, even if unchanged.")] = False,
@@ -45,7 +46,7 @@ def index_cmd(
         for root in roots:
             if not root.is_dir():
                 raise UsageError(f"{root} is not a folder.")
-    encoder = load_checked(db_path, weights, device)  # before anything is written: a broken model changes nothing
+    encoder = load_checked(db_path, weights, device, precision)  # before anything is written: a broken model changes nothing
     if Path(db_path).exists():
         open_index(db_path, create=True).close()  # a read-only index is refused here, in its own words
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"), TimeElapsedColumn(), TimeRemainingColumn())

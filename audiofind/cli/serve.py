@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from audiofind.cli.common import DbOpt, DeviceOpt, WeightsOpt, app, err_console
+from audiofind.cli.common import DbOpt, DeviceOpt, PrecisionOpt, WeightsOpt, app, err_console
 
 
 @app.command()
@@ -12,6 +12,7 @@ def serve(
     db: DbOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but 127.0.0.1 opens your library to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8765,
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open the page in the web browser.")] = True,
@@ -41,7 +42,7 @@ def serve(
 
     sock = bind(host, port)  # first: a port in use fails before the model loads
     try:
-        with Library.open(db, weights, device) as library:
+        with Library.open(db, weights, device, precision or "fp32") as library:
             run(library, sock, host, on_ready=ready)
     finally:
         sock.close()

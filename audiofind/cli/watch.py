@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console
+from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, app, console, err_console
 
 if TYPE_CHECKING:
     from audiofind.indexer import Event
@@ -57,6 +57,7 @@ def watch_cmd(
     db: DbOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
     polling: Annotated[bool, typer.Option("--polling", help="Poll instead of OS events (network drives and other file systems without events).")] = False,
     settle: Annotated[float, typer.Option("--settle", metavar="SECONDS", help="Index a file once its size and mtime have not changed for this long.")] = 1.0,
@@ -84,7 +85,7 @@ def watch_cmd(
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         with open_index(db, create=True) as index, index.writer_lock():
-            encoder = encoder_for(index, weights, device)
+            encoder = encoder_for(index, weights, device, precision)
             if not stop.is_set():  # else Ctrl-C or SIGTERM came while the model loaded
                 prepare(index, encoder)
                 watch(index, encoder, paths, settle=settle, polling=polling, on_event=on_event, stop=stop,

@@ -47,14 +47,15 @@ class Library:
         self._closed = False
 
     @classmethod
-    def open(cls, db: Path | str | None, weights: str | None = None, device: str = "auto") -> "Library":
+    def open(cls, db: Path | str | None, weights: str | None = None, device: str = "auto",
+             precision: str = "fp32") -> "Library":  # fmt: skip
         """Open the index (the default one when db is None) and load its model's text tower now, once."""
         from audiofind.search import query_encoder
 
         index = open_index(db)
         try:
             # The same query path as `search`, so the page ranks and scores exactly as the CLI does.
-            encoder = query_encoder(index, weights, device)
+            encoder = query_encoder(index, weights, device, precision)
             encoder.embed_text(["warm"])  # load the text tower before the first request, not during it
         except BaseException:
             index.close()
