@@ -64,17 +64,15 @@ def search(
         raise UsageError("The query is empty; describe the sound you are looking for, or use --like FILE.")
     if not_ is not None and not not_.strip():
         raise UsageError("--not needs a description of the sound to move away from.")
-    drop = text.excluded_paths(index.conn, q)
     depth = max(k, DEPTH)
     audio: list[Hit] = []
     if mode != "text":
         # The sound side is asked for k files, as before, so hybrid costs a query no more re-scoring than audio.
         audio_text = query if not (q.phrases or q.excluded) else q.audio_text  # no syntax: exactly today's query
-        hits = _audio(index, _resolve(encoder), audio_text, not_, k + len(drop), filters)
-        audio = [h for h in hits if h.path not in drop][:k]
+        audio = _audio_without(index, _resolve(encoder), audio_text, not_, k, filters, q.excluded)
     cond, params = _filter_sql(None if filters is None or filters.is_empty() else filters,
                                [r.path for r in index.roots()] if filters and filters.under else [])  # fmt: skip
-    names = [r for r in text.ranked(index.conn, q, depth + len(drop), cond, params) if r[0] not in drop][:depth]
+    names = text.ranked(index.conn, q, depth, cond, params)
     a_rank = {h.path: (i, h) for i, h in enumerate(audio, 1)}
     t_rank = {r[0]: (i, r) for i, r in enumerate(names, 1)}
     if mode == "audio":
@@ -83,7 +81,7 @@ def search(
         hits = [_name_hit(r, -r[4]) for r in names[:k]]
     else:
         hits = _fuse(a_rank, t_rank)[:k]
-    terms = text.matched_terms(index.conn, q, [h.path for h in hits])
+    terms = text.holding(index.conn, q.terms, [h.path for h in hits])
     found = []
     for h in hits:
         ar, ah = a_rank.get(h.path, (None, None))
@@ -105,6 +103,19 @@ def _resolve(encoder: "Encoder | Callable[[], Encoder] | None") -> "Encoder":
     if encoder is None:
         raise UsageError("Searching by sound needs a model; give one, or search names alone with --mode text.")
     return encoder if hasattr(encoder, "embed_text") else encoder()  # type: ignore[operator,return-value]
+
+
+def _audio_without(index: Index, encoder: "Encoder", query: str, not_: str | None, k: int, filters: Filters | None,
+                   excluded: list[str]) -> list[Hit]:  # fmt: skip
+    """The k best files by sound whose names hold none of the excluded words: asks for more while they fall short."""
+    n = 2 * k if excluded else k
+    while True:
+        hits = _audio(index, encoder, query, not_, n, filters)
+        held = text.holding(index.conn, excluded, [h.path for h in hits]) if excluded else {}
+        kept = [h for h in hits if not held.get(h.path)]
+        if len(kept) >= k or len(hits) < n:  # enough, or nothing more to find
+            return kept[:k]
+        n *= 4
 
 
 def _audio(index: Index, encoder: "Encoder", query: str, not_: str | None, n: int, filters: Filters | None) -> list[Hit]:

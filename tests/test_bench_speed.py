@@ -31,6 +31,24 @@ def test_indexing_reindex_and_query_measurements() -> None:
     assert list(query) == ["query_0k_s"] and query["query_0k_s"] > 0
 
 
+def test_names_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiofind import namespeed
+    from audiofind.store import text
+
+    figures = namespeed.names_speed(files=1200, dim=32, repeat=1)
+    assert list(figures) == ["hybrid_adds_1k_s", "text_query_1k_s", "fts_fill_1k_s"] and all(v >= 0 for v in figures.values())
+    assert figures["fts_fill_1k_s"] > 0 and figures["text_query_1k_s"] > 0
+    with pytest.raises(RuntimeError, match="indexed 0 of 1200 files"):  # a fill that fills nothing is not timed
+        monkeypatch.setattr(text, "create", lambda conn: conn.execute(text.SCHEMA))
+        namespeed.names_speed(files=1200, dim=32, repeat=1)
+    monkeypatch.setattr(namespeed, "names_speed", lambda: {"hybrid_adds_100k_s": 0.004, "fts_fill_100k_s": 12.0})
+    result = runner.invoke(app, ["bench", "speed", "--only", "names", "--device", "cpu"], env={"COLUMNS": "200"})
+    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
+    assert "4.0 ms" in lines["hybrid adds to a query, 100k files (names ranked and fused)"]
+    assert "< 10 ms" in lines["hybrid adds to a query, 100k files (names ranked and fused)"]
+    assert "12.00 s" in lines["fill the names index of an existing 100k-file index"]
+
+
 def test_indexing_figures_cover_long_recordings_and_a_sample_library() -> None:
     figures = bench.indexing_figures(tiny_encoder(), libraries={"long": (1, 12.0), "samples": (3, 0.0)})
     by_key = {f.key: f for f in figures}

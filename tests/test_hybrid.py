@@ -103,6 +103,19 @@ def test_minus_word_leaves_files_out_in_every_mode(library: Path, mode: str) -> 
         assert len(kept) == len(NAMES) - len(DOOR_CREAK)
 
 
+def test_excluded_words_never_leave_the_sound_side_short(library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiofind import hybrid
+
+    with open_index(None) as index:
+        encoder = query_encoder(index, None, "cpu")
+        every = search_text(index, encoder, "door", 50)
+        creak = [h for h in every if "creak" in h.path.lower()]
+        ranking = creak + [h for h in every if h not in creak]  # the sound puts every excluded file first
+        monkeypatch.setattr(hybrid, "_audio", lambda index, encoder, query, not_, n, filters: ranking[:n])
+        got = hybrid.search(index, "door -creak", 2, mode="audio", encoder=encoder)
+    assert [f.hit.path for f in got] == [h.path for h in ranking[len(creak) : len(creak) + 2]]
+
+
 def test_quoted_phrase_matches_only_in_order(library: Path) -> None:
     phrase = set(names(library, '"door creak"', "--mode", "text"))
     assert phrase == {"Foley/Doors/Door_Creak_Slow_01.wav", "Foley/Doors/Old_Door_Creak_02.wav"}

@@ -122,7 +122,8 @@ def _any(terms: list[str]) -> str:
 
 
 def ranked(conn: apsw.Connection, q: Query, limit: int, cond: str = "", params: list | None = None) -> list[tuple]:
-    """Ok files matching q's names, best BM25 first: (path, hash, tags json, duration, bm25) rows.
+    """Ok files matching q's names and holding none of its excluded words, best BM25 first (ties: the file indexed
+    first): (path, hash, tags json, duration, bm25) rows.
 
     Every phrase must appear; among files that hold them, any of the words counts, more and rarer ones ranking
     higher. cond/params: extra conditions on files f and audio a (nearest's filters).
@@ -131,31 +132,23 @@ def ranked(conn: apsw.Connection, q: Query, limit: int, cond: str = "", params: 
         return []
     parts = [f"({_any(q.words)})"] if q.words else []
     parts += [match_expr(p) for p in q.phrases]
-    expr = " AND ".join(parts)
+    expr = " AND ".join(parts) + (f" NOT ({_any(q.excluded)})" if q.excluded else "")
+    pick = f"SELECT rowid AS id, bm25({TABLE}) AS score FROM {TABLE} WHERE {TABLE} MATCH ?"
+    if not cond:  # FTS5 ranks and cuts alone, before any join: 3x faster when a word is in thousands of files
+        pick += f" ORDER BY bm25({TABLE}), rowid LIMIT {int(limit)}"
     sql = (
-        f"SELECT f.path, f.hash, f.tags, a.duration, bm25({TABLE}) FROM {TABLE} JOIN files f ON f.id = {TABLE}.rowid "
-        f"JOIN audio a ON a.hash = f.hash WHERE {TABLE} MATCH ? AND f.status = 'ok'{cond} "
-        f"ORDER BY bm25({TABLE}), f.path LIMIT ?"
+        f"SELECT f.path, f.hash, f.tags, a.duration, m.score FROM ({pick}) m JOIN files f ON f.id = m.id "
+        f"JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok'{cond} ORDER BY m.score, m.id LIMIT ?"
     )
     return conn.execute(sql, [expr, *(params or []), int(limit)]).fetchall()
 
 
-def excluded_paths(conn: apsw.Connection, q: Query) -> set[str]:
-    """Paths of the files whose names or tags hold any of q's excluded words."""
-    if not q.excluded:
-        return set()
-    sql = f"SELECT f.path FROM {TABLE} JOIN files f ON f.id = {TABLE}.rowid WHERE {TABLE} MATCH ?"
-    return {p for (p,) in conn.execute(sql, (_any(q.excluded),))}
-
-
-def matched_terms(conn: apsw.Connection, q: Query, paths: list[str]) -> dict[str, list[str]]:
-    """For each of paths, which of q's positive terms its names and tags hold."""
+def holding(conn: apsw.Connection, terms: list[str], paths: list[str]) -> dict[str, list[str]]:
+    """For each of paths, which of terms its names and tags hold (each term as match_expr reads it)."""
     found: dict[str, list[str]] = {norm_path(p): [] for p in paths}
-    sql = (
-        f"SELECT f.path FROM {TABLE} JOIN files f ON f.id = {TABLE}.rowid WHERE {TABLE} MATCH ? "
-        "AND f.path IN (SELECT value FROM json_each(?))"
-    )
-    for term in q.terms:
-        for (path,) in conn.execute(sql, (match_expr(term), json.dumps(list(found)))):
-            found[path].append(term)
+    ids = dict(conn.execute("SELECT id, path FROM files WHERE path IN (SELECT value FROM json_each(?))", (json.dumps(list(found)),)))
+    sql = f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? AND rowid IN (SELECT value FROM json_each(?))"
+    for term in terms:
+        for (rowid,) in conn.execute(sql, (match_expr(term), json.dumps(list(ids)))):
+            found[ids[rowid]].append(term)
     return found
