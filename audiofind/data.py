@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from audiofind import formats, names
 from audiofind.clotho import GT_HEADER, CaptionSet, reading_csv
-from audiofind.decode import SAMPLE_RATE, load_audio, pad_or_crop
+from audiofind.decode import SAMPLE_RATE, load_audio, load_crop
 from audiofind.errors import DatasetError, DecodeError
 from audiofind.store import open_index
 from audiofind.tokenizer import get_tokenizer, tokenize
@@ -321,13 +321,11 @@ class PairDataset(Dataset):
             i = (index + k) % len(self.clips)  # an unreadable clip is replaced by the next, the same way every time
             clip = self.clips[i]
             rng = np.random.default_rng([self.seed, epoch, i])
+            caption = clip.captions[int(rng.integers(len(clip.captions)))]
             try:
-                audio = load_audio(clip.path)
+                return load_crop(clip.path, self.n_samples, rng), caption, unreadable
             except DecodeError as e:
                 unreadable.append(str(e))
-                continue
-            caption = clip.captions[int(rng.integers(len(clip.captions)))]
-            return pad_or_crop(audio, self.n_samples, rng), caption, unreadable
         raise DatasetError(f"{MAX_SUBSTITUTES} clips in a row could not be decoded, the last one: {unreadable[-1]}")
 
 
@@ -339,12 +337,32 @@ def collate(items: list[tuple[np.ndarray, str, list[str]]]) -> dict:
     return {"audio": audio, "tokens": tokens, "unreadable": [u for _, _, bad in items for u in bad]}
 
 
-def pair_loader(dataset: PairDataset, batches: list[list[int]], epoch: int, workers: int, pin: bool = False) -> DataLoader:
-    """Batches of (epoch, index) items decoded in `workers` processes, in the given order."""
-    get_tokenizer()  # built here once, so forked workers inherit it instead of each building it every epoch
+class EpochBatches:
+    """The batch sampler of a run's one loader: set to each epoch's batches before iterating the loader again."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def set(self, batches: list[list[int]], epoch: int) -> None:
+        """This epoch's batches of clip indices, in order."""
+        self.batches = [[(epoch, i) for i in b] for b in batches]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def pair_loader(dataset: PairDataset, workers: int, pin: bool = False) -> tuple[DataLoader, EpochBatches]:
+    """One loader for a whole run, decoding (epoch, index) items in `workers` processes that live across epochs
+    (starting them costs a second each, and each rebuilds its caches), and the sampler to set per epoch."""
+    get_tokenizer()  # built here once, so forked workers inherit it instead of each building it
+    order = EpochBatches()
     # A generator of its own, so making this loader never draws from the global RNG that dropout uses.
-    return DataLoader(dataset, batch_sampler=[[(epoch, i) for i in b] for b in batches], collate_fn=collate,
-                      num_workers=workers, pin_memory=pin, generator=torch.Generator())
+    loader = DataLoader(dataset, batch_sampler=order, collate_fn=collate, num_workers=workers, pin_memory=pin,
+                        generator=torch.Generator(), persistent_workers=workers > 0)  # fmt: skip
+    return loader, order
 
 
 class AudioFiles(Dataset):

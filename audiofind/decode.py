@@ -231,6 +231,21 @@ def load_audio(path: Path, max_seconds: float | None = None) -> np.ndarray:
     return np.concatenate(pieces)[:limit]
 
 
+def load_crop(path: Path, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random n-sample crop (zeros appended to a shorter file), decoded only up to the crop's end and held alone:
+    the crop pad_or_crop(load_audio(path), n, rng) takes wherever the container states the length exactly."""
+    total = round(probe(path).duration * SAMPLE_RATE)
+    if total <= n:
+        return pad_or_crop(load_audio(path), n, rng)
+    start = int(rng.integers(0, total - n + 1))
+    kept, seen = [], 0
+    for x in _decode(path, max_samples=start + n):
+        if seen + len(x) > start:
+            kept.append(x[max(0, start - seen) :])
+        seen += len(x)
+    return pad_or_crop(np.concatenate(kept)[:n] if kept else np.zeros(0, np.float32), n)
+
+
 def window_bounds(n_samples: int, window: float = WINDOW_SECONDS, hop: float = HOP_SECONDS) -> list[tuple[int, int]]:
     """The segmenting rule, in samples: windows every hop, the last one ending at the end; short files whole."""
     w, h = _n_samples(window, "window"), _n_samples(hop, "hop")

@@ -382,11 +382,12 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
 
     # ---- the loop
     last = time.perf_counter()
+    loader, order = data.pair_loader(dataset, cfg.workers, pin=device.type == "cuda")
     while step < total_steps and (cfg.max_steps is None or step < cfg.max_steps):
         epoch, first = divmod(step, steps_per_epoch)
         batches = data.epoch_batches(len(train_set), epoch, cfg.seed, cfg.batch, rank, world)
-        micro = iter(data.pair_loader(dataset, batches[first * cfg.accum : steps_per_epoch * cfg.accum], epoch,
-                                      cfg.workers, pin=device.type == "cuda"))
+        order.set(batches[first * cfg.accum : steps_per_epoch * cfg.accum], epoch)
+        micro = iter(loader)
         for _ in range(first, steps_per_epoch):
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:

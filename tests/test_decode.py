@@ -11,6 +11,7 @@ from audiofind.decode import (
     AudioInfo,
     iter_windows,
     load_audio,
+    load_crop,
     pad_or_crop,
     probe,
     stream_audio,
@@ -174,6 +175,31 @@ def test_streaming_memory_does_not_grow_with_file_length(tmp_path: Path) -> None
     assert n == 300 * SAMPLE_RATE and windows == 59
     assert stream_peak < decoded_bytes / 10, f"stream_audio peaked at {stream_peak / 1e6:.1f} MB"
     assert windows_peak < decoded_bytes / 3, f"iter_windows peaked at {windows_peak / 1e6:.1f} MB"
+
+
+def test_a_crop_is_decoded_only_up_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiofind import decode
+
+    path = ag.write_int16_wav(tmp_path / "long.wav", random_int16(2, 40 * SAMPLE_RATE + 123))
+    short = ag.write_audio(tmp_path / "short.flac", ag.sine(440, 0.5))
+    whole = load_audio(path)
+    decoded: list[int] = []
+    plain = decode._decode
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for x in plain(*args, **kwargs):
+            decoded.append(len(x))
+            yield x
+
+    monkeypatch.setattr(decode, "_decode", counting)
+    n = 5 * SAMPLE_RATE
+    for seed in range(6):
+        decoded.clear()
+        crop = load_crop(path, n, np.random.default_rng(seed))
+        assert np.array_equal(crop, pad_or_crop(whole, n, np.random.default_rng(seed)))  # the same crop, bitwise
+        start = int(np.random.default_rng(seed).integers(0, len(whole) - n + 1))
+        assert sum(decoded) - max(decoded) < start + n  # it stopped at the piece holding the crop's end
+    assert np.array_equal(load_crop(short, n, np.random.default_rng(0)), pad_or_crop(load_audio(short), n))
 
 
 def test_pad_or_crop() -> None:

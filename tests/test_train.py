@@ -275,6 +275,34 @@ def test_pairs_are_drawn_from_seed_epoch_and_clip(tmp_path: Path) -> None:
     assert batch["audio"].shape == (2, 1, 22050) and batch["tokens"].shape[0] == 2 and batch["tokens"].shape[1] < 77
 
 
+class _Pids(data.PairDataset):
+    """Notes which process decodes each item."""
+
+    def __init__(self, clips: data.ClipSet, log: Path) -> None:
+        super().__init__(clips, crop_seconds=0.1, seed=0)
+        self.log = log
+
+    def __getitem__(self, key: tuple[int, int]):  # type: ignore[no-untyped-def]
+        with open(self.log, "a") as f:
+            f.write(f"{key[0]} {os.getpid()}\n")
+        return super().__getitem__(key)
+
+
+def test_one_loader_keeps_its_decoding_processes_across_epochs(tmp_path: Path) -> None:
+    clip = audiogen.write_audio(tmp_path / "a.wav", audiogen.noise(0.3))
+    clips = data.ClipSet("t", tuple(data.Clip(clip, (f"c{i}",)) for i in range(8)))
+    loader, order = data.pair_loader(_Pids(clips, tmp_path / "pids"), workers=2)
+    for epoch in range(3):
+        order.set(data.epoch_batches(8, epoch, seed=0, batch=2), epoch)
+        assert sum(len(b["tokens"]) for b in loader) == 8
+    by_epoch: dict[str, set[str]] = {}
+    for line in (tmp_path / "pids").read_text().splitlines():
+        epoch, pid = line.split()
+        by_epoch.setdefault(epoch, set()).add(pid)
+    assert set(by_epoch) == {"0", "1", "2"} and by_epoch["0"] == by_epoch["1"] == by_epoch["2"]  # the same two workers
+    assert len(by_epoch["0"]) == 2 and str(os.getpid()) not in by_epoch["0"]
+
+
 def test_user_captions_skip_bad_rows_and_hold_out_clips(tmp_path: Path) -> None:
     for i in range(4):
         audiogen.write_audio(tmp_path / f"s{i}.wav", audiogen.sine(300 * (i + 1), 0.2))
