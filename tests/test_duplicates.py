@@ -54,3 +54,22 @@ def test_transcoded_copies_group_and_exact_copies_waste_bytes(tmp_path: Path) ->
     assert json.loads(run("duplicates", root / "nowhere", "--json")) == []
     assert [g["kind"] for g in json.loads(run("duplicates", root, "--json", "--near", 0))] == ["exact"]
     assert "hiss copy.wav" in run("duplicates", "--near", TINY_NEAR)
+
+
+def test_bench_near_measures_copies_against_different_sounds(tmp_path: Path) -> None:
+    register_tiny()
+    report = json.loads(run("bench", "near", "-w", "tiny", "--device", "cpu", "--json"))
+    assert set(report) == {"sounds", "copies", "different", "suggested"} and report["sounds"] == 8
+    copies = report["copies"]
+    assert set(copies) == {"flac", "mp3", "48k", "trim_start", "trim_end"}
+    assert copies["flac"] < 1e-6 < copies["mp3"]  # lossless: the very samples again; lossy: not quite
+    assert report["different"] > 0
+    worst = max(copies.values())
+    if worst < report["different"]:
+        assert worst < report["suggested"] < report["different"]
+    else:  # the synthetic model's narrow cone: nothing separates them, and it says so
+        assert report["suggested"] is None
+    (tmp_path / "one").mkdir()
+    audiogen.write_audio(tmp_path / "one" / "a.wav", audiogen.sine(440, 1.0))
+    result = runner.invoke(app, ["bench", "near", str(tmp_path / "one"), "-w", "tiny"])
+    assert result.exit_code == 2 and "fewer than two readable audio files" in result.stderr
