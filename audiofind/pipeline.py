@@ -147,21 +147,27 @@ class Embedder:
             self._commit_ready()
 
     def _ready(self) -> list[tuple[_Pending, list, np.ndarray]]:
-        """The waiting windows worth running now: full batches of one length, and lengths no other window shares.
-
-        The rest (fewer than a batch of one length) wait for more of their length, unless they alone fill the buffer.
-        """
+        """The waiting windows to run now that the gathering is full: every full batch of one length, then the
+        lengths fewest windows share, until at most half a gathering waits (for more of its length: a long
+        recording's 10 s windows keep coming, a clip's own length rarely does)."""
         size, groups = self.encoder.audio_batch, {}
         for item in self.batch:
             groups.setdefault(len(item[2]), []).append(item)
-        run, wait = [], []
+        run, rest = [], []
         for group in groups.values():
-            n = 1 if len(group) == 1 else len(group) // size * size
-            run += group[:n]
-            wait += group[n:]
-        if len(wait) >= self.gather:
-            run, wait = self.batch, []
-        self.batch = wait
+            full = len(group) // size * size
+            run += group[:full]
+            if group[full:]:
+                rest.append(group[full:])
+        # Fewest first; among equal counts the shorter length, so a lone full window (the length that keeps coming:
+        # nothing is longer) waits behind the clips.
+        rest.sort(key=lambda group: (len(group), len(group[0][2])))
+        waiting = sum(map(len, rest))
+        while rest and waiting > self.gather // 2:
+            waiting -= len(rest[0])
+            run += rest.pop(0)
+        kept = {id(item) for group in rest for item in group}
+        self.batch = [item for item in self.batch if id(item) in kept]
         return run
 
     def _embed_batch(self, final: bool = True) -> None:

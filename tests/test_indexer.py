@@ -175,3 +175,18 @@ def test_a_long_recording_through_the_batched_path_keeps_memory_bounded(tmp_path
     gathering = 8 * pipeline.GATHER_BATCHES
     assert sum(encoder.forwards) == 2159 and max(encoder.forwards) == gathering  # the batched path, gathered
     assert most[0] <= max(pipeline.QUEUE_WINDOWS, gathering) + gathering + 2, most[0]
+
+
+def test_a_lone_window_waits_behind_clips_for_more_of_its_length(tmp_path: Path) -> None:
+    """The order three decoders can deliver: one 10 s window, then clips of 31 other lengths fill the gathering."""
+    model = synthetic_model(TINY, ("audio",))
+    encoder = from_model(model, TINY, torch.device("cpu"), "tiny", "a" * 64, batch_size=8)
+    with Index.open(tmp_path / "i.db") as index:
+        prepare(index, encoder)
+        embedder = pipeline.Embedder(index, encoder, lambda *_: None)
+        window = (None, [None], np.zeros(decode.N_WINDOW, np.float32))
+        clips = [(None, [None], np.zeros(5000 + i, np.float32)) for i in range(31)]
+        embedder.batch = [window, *clips]
+        run = embedder._ready()
+    assert all(item is not window for item in run) and embedder.batch[0] is window  # it waits; clips run
+    assert len(embedder.batch) <= embedder.gather // 2 and len(run) + len(embedder.batch) == 32
