@@ -12,7 +12,6 @@ from torch import nn
 
 from audiofind import decode, weights
 from audiofind.device import check_precision, keep_freed_memory, precision_scope, resolve_device
-from audiofind.errors import UnknownModelError, WeightsNotFound
 from audiofind.model import AudioCLIP, AudioCLIPConfig, AudioEncoder, TextEncoder
 from audiofind.model.inference import prepare_for_inference, prepare_text_for_inference
 from audiofind.model.load import from_state_dict
@@ -136,7 +135,7 @@ def default_batch_sizes(device: torch.device) -> tuple[int, int]:
 
 
 def load_encoder(
-    weights_name: str | None = None,
+    weights_name: "str | None | weights.Resolved" = None,
     device: str = "auto",
     towers: Iterable[str] = ("audio", "text"),
     lazy: bool = False,
@@ -152,7 +151,7 @@ def load_encoder(
         # flushing them to zero changes embeddings by nothing measurable (values below 1e-38).
         torch.set_flush_denormal(True)
         keep_freed_memory()
-    resolved = weights.resolve(weights_name)
+    resolved = weights_name if isinstance(weights_name, weights.Resolved) else weights.resolve(weights_name)
     cfg = AudioCLIPConfig.from_dict(resolved.config) if resolved.config else AudioCLIPConfig()
 
     def load(tower: str) -> nn.Module:
@@ -173,16 +172,9 @@ def load_encoder(
 
 def load_for_index(index_model: str | None, weights_name: str | None, device: str, towers: Iterable[str],
                    precision: str = "fp32") -> Encoder:
-    """--weights if given, else the model that built the index, else the default; loads lazily."""
-    if weights_name or not index_model:
-        return load_encoder(weights_name, device, towers, lazy=True, precision=precision)
-    try:
-        return load_encoder(index_model, device, towers, lazy=True, precision=precision)
-    except UnknownModelError:
-        raise WeightsNotFound(
-            f"This index was built with model '{index_model}', which is not installed any more; import it again with "
-            f"'audiofind weights import PATH --name {index_model}', or rebuild the index with another model."
-        ) from None
+    """The encoder of weights.resolve_for_index's choice; loads lazily."""
+    resolved = weights.resolve_for_index(index_model, weights_name)
+    return load_encoder(resolved, device, towers, lazy=True, precision=precision)
 
 
 def from_model(model: nn.Module, cfg: AudioCLIPConfig, device: torch.device, name: str, sha256: str, prepare: bool = False,

@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from audiofind.errors import IndexNotFound, UsageError, WeightsNotFound
+from audiofind.errors import IndexNotFound, UsageError
 from audiofind.store import Filters, Hit, Index, ModelBinding
 
 if TYPE_CHECKING:
     from audiofind.encoder import Encoder
     from audiofind.textnp import TextTower
-    from audiofind.weights import Resolved
 
 NUMPY_DEVICES = ("auto", "cpu")  # "auto" too: starting CUDA takes longer than the whole query on the CPU
 
@@ -45,21 +44,6 @@ def _check(index: Index, bound: ModelBinding, name: str, sha256: str, dim: int) 
     # searching what a GPU indexed) only ranks within bf16's own error.
     index.check_model(ModelBinding(name, sha256, dim, bound.window, bound.hop, bound.precision))
 
-
-def resolve_for_index(index_model: str | None, weights_name: str | None) -> "Resolved":
-    """--weights if given, else the model that built the index, else the default; as encoder.load_for_index."""
-    from audiofind import weights
-    from audiofind.errors import UnknownModelError
-
-    if weights_name or not index_model:
-        return weights.resolve(weights_name)
-    try:
-        return weights.resolve(index_model)
-    except UnknownModelError:
-        raise WeightsNotFound(
-            f"This index was built with model '{index_model}', which is not installed any more; import it again with "
-            f"'audiofind weights import PATH --name {index_model}', or rebuild the index with another model."
-        ) from None
 
 
 def encoder_for(index: Index, weights: str | None, device: str, precision: str = "fp32") -> "Encoder":
@@ -97,6 +81,7 @@ class QueryEncoder:
             return self.torch().embed_text(texts)
         if self._tower is None:
             from audiofind.textnp import load_text_tower
+            from audiofind.weights import resolve_for_index
 
             bound = _bound(self.index)
             resolved = resolve_for_index(bound.name, self.weights)

@@ -343,6 +343,19 @@ def available_models() -> list[ModelInfo]:
     return models
 
 
+def resolve_for_index(index_model: str | None, weights: str | Path | None) -> Resolved:
+    """--weights if given, else the model that built the index, else the default (resolve's choice)."""
+    if weights or not index_model:
+        return resolve(weights)
+    try:
+        return resolve(index_model)
+    except UnknownModelError:
+        raise WeightsNotFound(
+            f"This index was built with model '{index_model}', which is not installed any more; import it again with "
+            f"'audiofind weights import PATH --name {index_model}', or rebuild the index with another model."
+        ) from None
+
+
 def resolve(weights: str | Path | None) -> Resolved:
     """Turn a --weights value (None, a model name, or a .pt/.safetensors path) into a safetensors file to load."""
     spec = str(weights) if weights else chosen_model()
