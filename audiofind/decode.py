@@ -243,7 +243,9 @@ def load_crop(path: Path, n: int, rng: np.random.Generator) -> np.ndarray:
         if seen + len(x) > start:
             kept.append(x[max(0, start - seen) :])
         seen += len(x)
-    return pad_or_crop(np.concatenate(kept)[:n] if kept else np.zeros(0, np.float32), n)
+    if seen < start + n:  # shorter than its container says (an MP3's estimate): crop what is really there
+        return pad_or_crop(load_audio(path), n, rng)
+    return pad_or_crop(np.concatenate(kept)[:n], n)
 
 
 def window_bounds(n_samples: int, window: float = WINDOW_SECONDS, hop: float = HOP_SECONDS) -> list[tuple[int, int]]:

@@ -200,6 +200,12 @@ def test_a_crop_is_decoded_only_up_to_its_end(tmp_path: Path, monkeypatch: pytes
         start = int(np.random.default_rng(seed).integers(0, len(whole) - n + 1))
         assert sum(decoded) - max(decoded) < start + n  # it stopped at the piece holding the crop's end
     assert np.array_equal(load_crop(short, n, np.random.default_rng(0)), pad_or_crop(load_audio(short), n))
+    # A container that states twice its real length (as an MP3's estimate can): a crop of real audio all the same.
+    monkeypatch.setattr(decode, "probe", lambda p: AudioInfo(2 * len(whole) / SAMPLE_RATE, SAMPLE_RATE, 2, "pcm"))
+    crop = load_crop(path, n, np.random.default_rng(3))
+    again = np.random.default_rng(3)
+    assert int(again.integers(0, 2 * len(whole) - n + 1)) > len(whole)  # the stated length put the crop past the end
+    assert np.array_equal(crop, pad_or_crop(whole, n, again))  # so it was taken from the audio really there
 
 
 def test_pad_or_crop() -> None:
