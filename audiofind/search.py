@@ -45,7 +45,6 @@ def _check(index: Index, bound: ModelBinding, name: str, sha256: str, dim: int) 
     index.check_model(ModelBinding(name, sha256, dim, bound.window, bound.hop, bound.precision))
 
 
-
 def encoder_for(index: Index, weights: str | None, device: str, precision: str = "fp32") -> "Encoder":
     """The torch encoder of the model that built the index (or --weights, refused if it is another model); loads
     lazily. For a warm process (serve); a one-off query takes query_encoder."""
