@@ -91,6 +91,8 @@ def write_copies(samples: np.ndarray, folder: Path) -> dict[str, Path]:
 
 def source_files(folder: Path, limit: int) -> list[np.ndarray]:
     """Up to limit readable audio files under folder, decoded, in [-1, 1]."""
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder.")
     out = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and extension(p.name) in AUDIO_EXTS):
         try:

@@ -73,3 +73,5 @@ def test_bench_near_measures_copies_against_different_sounds(tmp_path: Path) -> 
     audiogen.write_audio(tmp_path / "one" / "a.wav", audiogen.sine(440, 1.0))
     result = runner.invoke(app, ["bench", "near", str(tmp_path / "one"), "-w", "tiny"])
     assert result.exit_code == 2 and "fewer than two readable audio files" in result.stderr
+    result = runner.invoke(app, ["bench", "near", str(tmp_path / "nope"), "-w", "tiny"])
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope'} is not a folder."
