@@ -18,7 +18,8 @@ from audiofind import decode
 from audiofind.duplicates import whole_file_vectors
 from audiofind.encoder import Encoder
 from audiofind.errors import DecodeError, UsageError
-from audiofind.formats import AUDIO_EXTS, extension
+from audiofind.formats import extension
+from audiofind.scan import walk
 
 KINDS = ("flac", "mp3", "48k", "trim_start", "trim_end")
 TRIM_SECONDS = 0.010
@@ -90,11 +91,11 @@ def write_copies(samples: np.ndarray, folder: Path) -> dict[str, Path]:
 
 
 def source_files(folder: Path, limit: int) -> list[np.ndarray]:
-    """Up to limit readable audio files under folder, decoded, in [-1, 1]."""
+    """Up to limit readable audio files under folder (walked as `index` walks it), decoded, in [-1, 1]."""
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder.")
     out = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and extension(p.name) in AUDIO_EXTS):
+    for path in sorted(path for _, path, _ in walk([folder])):
         try:
             out.append(decode.load_audio(path, max_seconds=60.0) / 32768.0)
         except DecodeError:
