@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from audiofind import bench, hybrid, vectors
 from audiofind.search import search_text
@@ -56,22 +57,24 @@ def names_index(path: Path, files: int, dim: int, seed: int = 0) -> None:
 
 def names_speed(files: int = 100_000, dim: int = 1024, repeat: int = 3) -> dict[str, float]:
     """Seconds: what hybrid adds to an audio query (median over queries of hybrid minus the vector search alone,
-    timed alternately), a names-only query, and filling the full-text index of an index that has none."""
+    each the fastest of `repeat` interleaved runs), a names-only query, and filling the full-text index of an
+    index that has none."""
     key = f"{files // 1000}k" if files >= 1000 else str(files)
     out: dict[str, float] = {}
     with bench.scratch_dir() as tmp:
         db = Path(tmp) / "names.db"
         names_index(db, files, dim)
         with Index.open(db) as index:
-            encoder = _FixedQueries(dim)
-            hybrid.search(index, QUERIES[0], 20, mode="hybrid", encoder=encoder)  # warm: codes loaded, pages cached
+            encoder, cpu = _FixedQueries(dim), torch.device("cpu")
             adds, names_only = [], []
-            for _ in range(repeat):
-                for q in QUERIES:
-                    audio = _seconds(lambda q=q: search_text(index, encoder, q, 20))  # the sound alone, as before names
-                    both = _seconds(lambda q=q: hybrid.search(index, q, 20, mode="hybrid", encoder=encoder))
-                    adds.append(both - audio)
-                    names_only.append(_seconds(lambda q=q: hybrid.search(index, q, 20, mode="text")))
+            for q in QUERIES:
+                t = bench.side_by_side({
+                    "audio": lambda q=q: search_text(index, encoder, q, 20),  # the sound alone, as before names
+                    "hybrid": lambda q=q: hybrid.search(index, q, 20, mode="hybrid", encoder=encoder),
+                    "text": lambda q=q: hybrid.search(index, q, 20, mode="text"),
+                }, cpu, repeat)  # fmt: skip
+                adds.append(t["hybrid"] - t["audio"])
+                names_only.append(t["text"])
             out[f"hybrid_adds_{key}_s"] = max(0.0, statistics.median(adds))
             out[f"text_query_{key}_s"] = statistics.median(names_only)
             conn = index.conn
@@ -88,8 +91,3 @@ def names_speed(files: int = 100_000, dim: int = 1024, repeat: int = 3) -> dict[
         raise RuntimeError(f"the full-text fill indexed {filled} of {files} files")
     return out
 
-
-def _seconds(fn) -> float:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
