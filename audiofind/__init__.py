@@ -11,11 +11,11 @@ from importlib import import_module
 from typing import Any
 
 _API = {
-    "load_model": ("audiofind.encoder", "load_encoder"),
-    "available_models": ("audiofind.weights", "available_models"),
+    "load_model": ("audiofind.model.encoder", "load_encoder"),
+    "available_models": ("audiofind.model.weights", "available_models"),
     "open_index": ("audiofind.store", "open_index"),
-    "search_text": ("audiofind.search", "search_text"),
-    "search_like": ("audiofind.search", "search_like"),
+    "search_text": ("audiofind.search.embedding", "search_text"),
+    "search_like": ("audiofind.search.embedding", "search_like"),
 }
 __all__ = list(_API)
 

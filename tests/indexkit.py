@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from audiofind.encoder import Encoder, from_model
-from audiofind.model import TINY
-from audiofind.store import Index
 from modelkit import synthetic_model
+
+from audiofind.model.config import TINY
+from audiofind.model.encoder import Encoder, from_model
+from audiofind.store import Index
 
 
 def tiny_encoder() -> Encoder:
@@ -41,7 +41,7 @@ def counting(enc: Encoder, fail_at: int | None = None, failure: BaseException | 
 def snapshot(db: Path) -> dict:
     """Everything the index holds that a run decides, by content (row ids and times left out), bit for bit."""
     with Index.open(db) as index:
-        q = lambda sql: sorted(index.conn.execute(sql).fetchall())  # noqa: E731
+        q = lambda sql: sorted(index.conn.execute(sql).fetchall())
         vectors = {}
         for (h,) in q("SELECT hash FROM audio"):
             bounds, v = index.segment_vectors(h)
@@ -61,7 +61,7 @@ def snapshot(db: Path) -> dict:
 def check_consistent(db: Path) -> None:
     """integrity_check ok; every ok file has its audio, segments and vectors; no orphan audio, segment or vector."""
     with Index.open(db) as index:
-        one = lambda sql: index.conn.execute(sql).fetchall()  # noqa: E731
+        one = lambda sql: index.conn.execute(sql).fetchall()
         assert one("PRAGMA integrity_check") == [("ok",)]
         assert not one("SELECT path FROM files WHERE status = 'ok' AND hash NOT IN (SELECT hash FROM audio)")
         assert not one("SELECT hash FROM partial WHERE hash IN (SELECT hash FROM files)"), "a finished file is partial"

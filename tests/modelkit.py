@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from audiofind.model import TINY, AudioCLIP, AudioCLIPConfig
+from audiofind.model.audioclip import AudioCLIP
+from audiofind.model.config import TINY, AudioCLIPConfig
 from audiofind.model.load import from_state_dict
 
 DATA = Path(__file__).parent / "data"
@@ -35,7 +36,7 @@ def synthetic_model(cfg: AudioCLIPConfig = TINY, towers: tuple[str, ...] = ("aud
 
 def register_tiny(name: str = "tiny") -> str:
     """Save TINY recipe weights as a registered model in the current AUDIOFIND_HOME; returns its name."""
-    from audiofind import weights
+    from audiofind.model import weights
 
     weights.save_model(synthetic_state_dict(TINY), name, TINY.to_dict(), {"note": "synthetic test weights"})
     return name

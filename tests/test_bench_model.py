@@ -4,16 +4,16 @@ import csv
 import json
 from pathlib import Path
 
+import audiogen
 import numpy as np
 import pytest
+from modelkit import register_tiny, synthetic_state_dict
 from typer.testing import CliRunner
 
-import audiogen
-from audiofind import weights
 from audiofind.cli import app
-from audiofind.metrics import METRICS, ranks_from_scores, summarize
-from audiofind.model import AudioCLIPConfig
-from modelkit import register_tiny, synthetic_state_dict
+from audiofind.eval.metrics import METRICS, ranks_from_scores, summarize
+from audiofind.model import weights
+from audiofind.model.config import AudioCLIPConfig
 
 runner = CliRunner()
 SOUNDS = {

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from modelkit import synthetic_model
 from typer.testing import CliRunner
 
-from audiofind import bench
+from audiofind.bench import speed as bench
 from audiofind.cli import app
 from audiofind.device import describe_cpu
-from audiofind.encoder import from_model
-from audiofind.model import TINY
-from modelkit import synthetic_model
+from audiofind.model.config import TINY
+from audiofind.model.encoder import from_model
 
 runner = CliRunner()
 
@@ -32,8 +32,8 @@ def test_indexing_reindex_and_query_measurements() -> None:
 
 
 def test_names_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
-    from audiofind import namespeed
-    from audiofind.store import text
+    from audiofind.bench import names as namespeed
+    from audiofind.store.sqlite import text
 
     figures = namespeed.names_speed(files=1200, dim=32, repeat=1)
     assert list(figures) == ["hybrid_adds_1k_s", "text_query_1k_s", "fts_fill_1k_s"] and all(v >= 0 for v in figures.values())

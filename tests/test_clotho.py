@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from audiofind import clotho
 from audiofind.cli import app
 from audiofind.errors import DatasetError
-from audiofind.metrics import jackknife_ci, ranks_from_scores, retrieval_metrics, summarize
+from audiofind.eval import clotho
+from audiofind.eval.metrics import jackknife_ci, ranks_from_scores, retrieval_metrics, summarize
 
 CLOTHO = Path(__file__).parent / "data" / "clotho"
 OFFICIAL = {"R1": 0.031579, "R5": 0.109474, "R10": 0.188325, "mAP10": 0.067934}
@@ -184,7 +184,7 @@ def test_summary_as_dict_is_the_json_shape():
 def test_perfect_embedder_scores_one(tmp_path: Path):
     split = clotho.load_split(make_layout(tmp_path, 4))
     seen: list[tuple[int, int]] = []
-    progress = lambda done, total: seen.append((done, total))  # noqa: E731
+    progress = lambda done, total: seen.append((done, total))
     result, scores = clotho.evaluate(split, one_hot_audio(4), perfect_text(4), progress=progress)
     assert scores.shape == (20, 4)
     assert result.metrics == {"R1": 1.0, "R5": 1.0, "R10": 1.0, "mAP10": 1.0}
@@ -358,9 +358,9 @@ def test_cli_model_run_writes_a_submission_and_caches(
         asked.append((weights, device))
         return FakeEncoder(12)
 
-    fake = types.ModuleType("audiofind.encoder")
+    fake = types.ModuleType("audiofind.model.encoder")
     fake.load_encoder = load_encoder  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "audiofind.encoder", fake)
+    monkeypatch.setitem(sys.modules, "audiofind.model.encoder", fake)
     out = tmp_path / "run.csv"
     res = runner.invoke(app, ["bench", "clotho", str(tmp_path / "data"), "-w", "tiny", "--device", "cpu",
                               "--write-submission", str(out), "--json"])
@@ -411,9 +411,9 @@ def test_challenge_set_is_ranked_and_scored_only_with_ground_truth(tmp_path: Pat
 
 def test_cli_challenge_set_writes_its_submission(tmp_path: Path, audiofind_home: Path, monkeypatch: pytest.MonkeyPatch):
     make_challenge(tmp_path / "data")
-    fake = types.ModuleType("audiofind.encoder")
+    fake = types.ModuleType("audiofind.model.encoder")
     fake.load_encoder = lambda weights, device: FakeEncoder(6)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "audiofind.encoder", fake)
+    monkeypatch.setitem(sys.modules, "audiofind.model.encoder", fake)
     args = ["bench", "clotho", str(tmp_path / "data"), "--split", "dcase2022-eval"]
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "--write-submission" in res.stderr and len(res.stderr.strip().splitlines()) == 1

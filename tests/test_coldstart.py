@@ -6,18 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import audiogen
 import numpy as np
 import pytest
+from modelkit import register_tiny, synthetic_state_dict
 from typer.testing import CliRunner
 
-import audiogen
-from audiofind import coldstart
+from audiofind.bench import coldstart
 from audiofind.cli import app
 from audiofind.errors import AudiofindError, DeviceError, SchemaMismatch, WeightsNotFound
-from audiofind.model import TINY
-from audiofind.search import QueryEncoder, encoder_for, query_encoder, search_like, search_text
+from audiofind.model.config import TINY
+from audiofind.search.embedding import QueryEncoder, encoder_for, query_encoder, search_like, search_text
 from audiofind.store import open_index
-from modelkit import register_tiny, synthetic_state_dict
 
 runner = CliRunner()
 
@@ -69,7 +69,7 @@ def test_like_of_an_indexed_file_needs_no_model(library: list[Path]) -> None:
 
 
 def test_another_model_is_refused_with_the_rebuild_command(library: list[Path]) -> None:
-    from audiofind import weights
+    from audiofind.model import weights
 
     other = synthetic_state_dict(TINY)
     other["text_projection"] += 0.1
@@ -100,9 +100,9 @@ def imports(*args: object) -> set[str]:
 
 def test_cold_cli_search_imports_no_torch(library: list[Path]) -> None:
     loaded = imports("search", "a bird sings", "-k", "2")
-    assert "numpy" in loaded and "audiofind.textnp" in loaded and "torch" not in loaded
+    assert "numpy" in loaded and "audiofind.model.textnp" in loaded and "torch" not in loaded
     loaded = imports("search", "--like", library[0], "-k", "2")
-    assert "torch" not in loaded and "av" not in loaded and "audiofind.textnp" not in loaded
+    assert "torch" not in loaded and "av" not in loaded and "audiofind.model.textnp" not in loaded
 
 
 def test_cold_search_seconds_times_a_real_search(library: list[Path], tmp_path: Path) -> None:

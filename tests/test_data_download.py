@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import py7zr
 import pytest
+from tests.test_weights import Server
 from typer.testing import CliRunner
 
-from audiofind import clotho, data, datasets, paths
+from audiofind import paths
 from audiofind.cli import app
 from audiofind.errors import ChecksumError, DatasetError, DownloadError
-from tests.test_weights import Server
+from audiofind.eval import clotho
+from audiofind.train import data, datasets
 
 runner = CliRunner()
 HEADER = ["file_name"] + [f"caption_{i}" for i in range(1, 6)]

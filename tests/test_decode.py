@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests import audiogen as ag
 
-from audiofind.decode import (
+from audiofind.audio.decode import (
     SAMPLE_RATE,
     AudioInfo,
     iter_windows,
@@ -18,7 +19,6 @@ from audiofind.decode import (
     window_bounds,
 )
 from audiofind.errors import DecodeError, UsageError
-from tests import audiogen as ag
 
 
 def random_int16(channels: int, n: int, seed: int = 0) -> np.ndarray:
@@ -178,7 +178,7 @@ def test_streaming_memory_does_not_grow_with_file_length(tmp_path: Path) -> None
 
 
 def test_a_crop_is_decoded_only_up_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from audiofind import decode
+    from audiofind.audio import decode
 
     path = ag.write_int16_wav(tmp_path / "long.wav", random_int16(2, 40 * SAMPLE_RATE + 123))
     short = ag.write_audio(tmp_path / "short.flac", ag.sine(440, 0.5))

@@ -4,12 +4,12 @@ import json
 import shutil
 from pathlib import Path
 
+import audiogen
 import numpy as np
+from modelkit import register_tiny
 from typer.testing import CliRunner
 
-import audiogen
 from audiofind.cli import app
-from modelkit import register_tiny
 
 runner = CliRunner()
 SR = audiogen.SAMPLE_RATE

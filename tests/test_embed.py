@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from modelkit import DATA, register_tiny, synthetic_state_dict
 from typer.testing import CliRunner
 
 from audiofind.cli import app
-from modelkit import DATA, register_tiny, synthetic_state_dict
-
-from audiofind import weights
-from audiofind.model import AudioCLIPConfig
+from audiofind.model import weights
+from audiofind.model.config import AudioCLIPConfig
 
 runner = CliRunner()
 REF = np.load(DATA / "public_reference.npz")

@@ -6,20 +6,20 @@ The requires_cuda tests run where a CUDA device is present (.ci/device-check run
 import math
 from pathlib import Path
 
+import audiogen
 import numpy as np
 import pytest
 import torch
+from modelkit import DATA, register_tiny, synthetic_model, synthetic_state_dict
 from torch import nn
 
-import audiogen
-from audiofind import decode
-from audiofind.encoder import Encoder, exact_batches, from_model, load_encoder
+from audiofind.audio import decode
 from audiofind.device import precision_scope
 from audiofind.errors import DeviceError
-from audiofind.model import TINY, AudioCLIPConfig
+from audiofind.model.config import TINY, AudioCLIPConfig
+from audiofind.model.encoder import Encoder, exact_batches, from_model, load_encoder
 from audiofind.model.inference import FusedBottleneck, FusedConv, fold_batch_norm, prepare_for_inference
 from audiofind.model.load import from_state_dict
-from modelkit import DATA, register_tiny, synthetic_model, synthetic_state_dict
 
 REF = np.load(DATA / "public_reference.npz")
 

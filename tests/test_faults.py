@@ -11,16 +11,16 @@ import shutil
 from pathlib import Path
 
 import apsw
+import audiogen
 import numpy as np
 import pytest
 import torch
-
-import audiogen
-from audiofind import pipeline
-from audiofind.indexer import binding, sync
-from audiofind.store import Index
-from audiofind.store import index as store_index
 from indexkit import check_consistent, snapshot, tiny_encoder
+
+from audiofind.library import pipeline
+from audiofind.library.sync import binding, sync
+from audiofind.store import Index
+from audiofind.store.sqlite import index as store_index
 
 WRITES = {"INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "REPLACE", "COMMIT"}
 KILLED = 77  # the child's exit status when it died at the fault, as planned
@@ -115,5 +115,5 @@ def test_every_write_can_fail_and_the_next_run_finishes_the_same_index(world) ->
             db.unlink()
             Path(f"{db}-wal").unlink(missing_ok=True)
             Path(f"{db}-shm").unlink(missing_ok=True)
-    print(f"fault points covered: {covered}")  # noqa: T201  (shown with pytest -s: how many points were tried)
+    print(f"fault points covered: {covered}")
     assert covered["exception"] == covered["kill"] == counter.writes

@@ -4,15 +4,16 @@ before and after, thin names left out and counted. TINY weights on a generated l
 import json
 from pathlib import Path
 
+import audiogen
 import mutagen.flac
 import pytest
+from modelkit import register_tiny
 from typer.testing import CliRunner
 
-import audiogen
-from audiofind import data, names
+from audiofind.audio import names
 from audiofind.cli import app
 from audiofind.errors import DatasetError
-from modelkit import register_tiny
+from audiofind.train import data
 from test_loss import one_thread  # noqa: F401  (autouse: one intra-op thread here too)
 
 runner = CliRunner()

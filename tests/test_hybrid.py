@@ -5,19 +5,19 @@ import os
 import shutil
 from pathlib import Path
 
+import audiogen
 import numpy as np
 import pytest
+from modelkit import register_tiny
 from typer.testing import CliRunner
 
-import audiogen
-from audiofind import vectors as vec
 from audiofind.cli import app
 from audiofind.errors import UsageError
-from audiofind.hybrid import NOT_WEIGHT
-from audiofind.search import query_encoder, search_text
+from audiofind.search.embedding import query_encoder, search_text
+from audiofind.search.hybrid import NOT_WEIGHT
 from audiofind.store import Index, open_index
-from audiofind.store import migrations
-from modelkit import register_tiny
+from audiofind.store import vectors as vec
+from audiofind.store.sqlite import migrations
 
 runner = CliRunner()
 
@@ -104,7 +104,7 @@ def test_minus_word_leaves_files_out_in_every_mode(library: Path, mode: str) -> 
 
 
 def test_excluded_words_never_leave_the_sound_side_short(library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from audiofind import hybrid
+    from audiofind.search import hybrid
 
     with open_index(None) as index:
         encoder = query_encoder(index, None, "cpu")
@@ -144,7 +144,7 @@ def test_bad_mode_is_a_usage_error(library: Path) -> None:
 
 def in_step(index: Index) -> bool:
     """The full-text index holds one row for each ok file and nothing else."""
-    one = lambda sql: index.conn.execute(sql).fetchall()  # noqa: E731
+    one = lambda sql: index.conn.execute(sql).fetchall()
     return one("SELECT rowid FROM file_words ORDER BY rowid") == one("SELECT id FROM files WHERE status = 'ok' ORDER BY id")
 
 
@@ -200,7 +200,7 @@ def test_serve_takes_the_mode(library: Path) -> None:
 
 
 def test_tags_are_searchable_and_follow_their_file(tmp_path: Path) -> None:
-    from audiofind.hybrid import search
+    from audiofind.search.hybrid import search
     from audiofind.store import AudioRow, FileRow, ModelBinding
 
     with Index.open(tmp_path / "index.db") as index:
@@ -208,7 +208,7 @@ def test_tags_are_searchable_and_follow_their_file(tmp_path: Path) -> None:
         tags = {"title": ["Café door"], "description": ["Barn hinge, slow"], "date": ["1999"], "keywords": ["wood", "old"]}
         row = FileRow(str(tmp_path / "a" / "take1.wav"), str(tmp_path), 10, 1, "h1", tags=tags)
         index.add_file(row, AudioRow("h1", 1.0, 44100, 1), [(0.0, 1.0)], np.ones((1, 4), np.float32))
-        top = lambda q: [f.hit.path for f in search(index, q, mode="text")]  # noqa: E731
+        top = lambda q: [f.hit.path for f in search(index, q, mode="text")]
         assert top("cafe") == top("barn hinges") == top("wood") == [row.path]  # folded accents, stemming, keywords
         assert top("1999") == []  # dates say nothing about the sound
         index.add_file(FileRow(row.path, row.root, 11, 2, "h1", tags={"title": ["Gong"]}))  # retagged
@@ -218,8 +218,8 @@ def test_tags_are_searchable_and_follow_their_file(tmp_path: Path) -> None:
 
 
 def test_names_follow_watch(tmp_path: Path) -> None:
-    from audiofind.encoder import load_encoder
-    from audiofind.hybrid import search
+    from audiofind.model.encoder import load_encoder
+    from audiofind.search.hybrid import search
     from test_watch import Watching, tone
 
     register_tiny()
@@ -236,5 +236,5 @@ def test_names_follow_watch(tmp_path: Path) -> None:
         os.remove(root / "Gate_Slam.wav")
         w.wait("removed", root / "Gate_Slam.wav")
     with Index.open(db) as index:
-        top = lambda q: [Path(f.hit.path).name for f in search(index, q, mode="text")]  # noqa: E731
+        top = lambda q: [Path(f.hit.path).name for f in search(index, q, mode="text")]
         assert in_step(index) and top("door") == top("gate") == [] and top("kick 808") == ["Kick808.wav"]

@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 
 import apsw
+import audiogen
 import numpy as np
 import pytest
+from modelkit import register_tiny, synthetic_state_dict
 from typer.testing import CliRunner
 
-import audiogen
 from audiofind.cli import app
-from audiofind.model import AudioCLIPConfig
+from audiofind.model.config import AudioCLIPConfig
 from audiofind.store import Index
-from modelkit import register_tiny, synthetic_state_dict
 
 runner = CliRunner()
 SR = audiogen.SAMPLE_RATE
@@ -184,8 +184,8 @@ def test_search_without_index_or_with_bad_example(tiny: str, library: tuple[Path
 
 
 def test_another_model_is_refused_until_rebuild(tiny: str, library: tuple[Path, dict]) -> None:
-    from audiofind import weights
-    from audiofind.model import TINY
+    from audiofind.model import weights
+    from audiofind.model.config import TINY
 
     root, _ = library
     index_json(root, "-w", tiny)
@@ -244,7 +244,7 @@ def test_sigkill_loses_nothing_committed(tiny: str, tmp_path: Path, audiofind_ho
 
 def test_full_size_end_to_end_excerpt_finds_its_place(tmp_path: Path) -> None:
     """The real architecture (fixture weights): files find themselves, a 10 s excerpt its place in a recording."""
-    from audiofind import weights
+    from audiofind.model import weights
 
     weights.save_model(synthetic_state_dict(AudioCLIPConfig()), "full", AudioCLIPConfig().to_dict(), {})
     root = tmp_path / "lib"

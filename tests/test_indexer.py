@@ -1,23 +1,23 @@
 """The indexer at library level: the batched, multi-threaded path a GPU takes must give the CPU path's index."""
 
+import math
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import math
-import weakref
-
+import audiogen
 import numpy as np
 import pytest
 import torch
+from modelkit import synthetic_model
 
-import audiogen
-from audiofind import decode, pipeline
-from audiofind.encoder import Encoder, from_model
-from audiofind.indexer import Event, prepare, sync, walk
-from audiofind.model import TINY
+from audiofind.audio import decode
+from audiofind.library import pipeline
+from audiofind.library.sync import Event, prepare, sync, walk
+from audiofind.model.config import TINY
+from audiofind.model.encoder import Encoder, from_model
 from audiofind.model.inference import prepare_for_inference
 from audiofind.store import Index
-from modelkit import synthetic_model
 from test_encoder import count_forwards
 
 

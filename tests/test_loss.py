@@ -16,14 +16,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from modelkit import synthetic_state_dict
 from safetensors.torch import load_file, save_file
 
-from audiofind.loss import PairForward, contrastive_loss, fbsp_penalty, rescale_fbsp_grads
-from audiofind.model import TINY, AudioCLIP
 from audiofind.model.audio import FBSP
-from audiofind.tokenizer import tokenize
-from audiofind.train import TrainConfig, _forward_loss
-from modelkit import synthetic_state_dict
+from audiofind.model.audioclip import AudioCLIP
+from audiofind.model.config import TINY
+from audiofind.model.tokenizer import tokenize
+from audiofind.train.finetune import TrainConfig, _forward_loss
+from audiofind.train.loss import PairForward, contrastive_loss, fbsp_penalty, rescale_fbsp_grads
 
 CAPTIONS = ["a dog barks", "rain on a tin roof", "a high pitched beep", "a car passes by on a wet road"]
 
@@ -133,8 +134,8 @@ WORKER = inspect.cleandoc("""
     import torch.distributed as dist
     from safetensors.torch import load_file, save_file
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from audiofind.loss import PairForward
-    from audiofind.train import TrainConfig, _forward_loss
+    from audiofind.train.loss import PairForward
+    from audiofind.train.finetune import TrainConfig, _forward_loss
     from test_loss import float64_model, grads
     torch.set_num_threads(1)
     case, port, rank, world = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

@@ -5,14 +5,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from modelkit import DATA, synthetic_model, synthetic_state_dict, weights_recipe
 
 from audiofind.errors import WeightsError
-from audiofind.model import TINY, AudioCLIP, AudioCLIPConfig
 from audiofind.model.audio import AudioEncoder, blackmanharris, fbsp_filters, frame_count, frame_signal
+from audiofind.model.audioclip import AudioCLIP
+from audiofind.model.config import TINY, AudioCLIPConfig
 from audiofind.model.inference import prepare_for_inference, prepare_text_for_inference
 from audiofind.model.load import from_state_dict
-from audiofind.tokenizer import tokenize
-from modelkit import DATA, synthetic_model, synthetic_state_dict, weights_recipe
+from audiofind.model.tokenizer import tokenize
 
 REF = np.load(DATA / "public_reference.npz")
 INTER = np.load(DATA / "public_intermediates.npz")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from audiofind.names import is_thin, real_words, words
+from audiofind.audio.names import is_thin, real_words, words
 
 
 @pytest.mark.parametrize(("name", "expected"), [

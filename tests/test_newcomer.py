@@ -6,15 +6,17 @@ import shlex
 import socket
 from pathlib import Path
 
+import audiogen
 import pytest
 import torch
+from modelkit import register_tiny, synthetic_state_dict
 from typer.testing import CliRunner
 
-import audiogen
-from audiofind import paths, train, weights
+from audiofind import paths
 from audiofind.cli import app
-from audiofind.model import TINY
-from modelkit import register_tiny, synthetic_state_dict
+from audiofind.model import weights
+from audiofind.model.config import TINY
+from audiofind.train import finetune as train
 from test_loss import one_thread  # noqa: F401  (autouse: one intra-op thread here too)
 from test_train import make_clotho
 

@@ -8,16 +8,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
-from typer.testing import CliRunner
-
 import audiogen
-from audiofind.cli import app
-from audiofind.model import TINY
-from audiofind.rebuild import staging_path
-from audiofind.store import Index
+import numpy as np
 from indexkit import check_consistent, snapshot
 from modelkit import register_tiny, synthetic_state_dict
+from typer.testing import CliRunner
+
+from audiofind.cli import app
+from audiofind.library.rebuild import staging_path
+from audiofind.model.config import TINY
+from audiofind.store import Index
 
 runner = CliRunner()
 
@@ -60,7 +60,7 @@ def test_a_broken_checkpoint_changes_nothing(tmp_path: Path) -> None:
 KILLER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from audiofind.encoder import Encoder
+from audiofind.model.encoder import Encoder
 real, calls = Encoder.embed_audio, [0]
 def embed_audio(self, clips):
     calls[0] += 1

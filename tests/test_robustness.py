@@ -5,15 +5,17 @@ import shutil
 import threading
 from pathlib import Path
 
+import audiogen
 import numpy as np
 import pytest
 import torch
-
-import audiogen
-from audiofind import decode, pipeline, scan
-from audiofind.indexer import Event, Report, binding, prepare, sync
-from audiofind.store import Index
 from indexkit import check_consistent, counting, snapshot, tiny_encoder
+
+from audiofind.audio import decode
+from audiofind.library import pipeline
+from audiofind.library import walk as scan
+from audiofind.library.sync import Event, Report, binding, prepare, sync
+from audiofind.store import Index
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +121,7 @@ def test_an_unavailable_root_keeps_its_files(tmp_path: Path, how: str, monkeypat
         root.mkdir()
     else:  # root can read every folder, so unreadability is injected where the walker asks
         monkeypatch.setattr(scan, "readable", lambda p: Path(p) != root)
-        import audiofind.indexer as indexer
+        import audiofind.library.sync as indexer
 
         monkeypatch.setattr(indexer, "readable", lambda p: Path(p) != root)
     events: list[Event] = []

@@ -10,19 +10,19 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
+import audiogen
 import av
 import numpy as np
 import pytest
+from modelkit import register_tiny
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-import audiogen
 from audiofind.cli import app as cli
 from audiofind.serve import peaks
 from audiofind.serve.app import create_app
 from audiofind.serve.guard import host_allowed
 from audiofind.serve.library import Library
-from modelkit import register_tiny
 
 runner = CliRunner()
 TOKEN = "test-token-0123456789"
@@ -292,7 +292,7 @@ def test_the_page_lists_results_with_what_the_script_needs(served: Served) -> No
 
 
 def test_speed_measures_what_bench_speed_reports(served: Served) -> None:
-    from audiofind.serve.speed import serve_speed
+    from audiofind.bench.serve import serve_speed
 
     result = serve_speed(served.library.encoder.torch(), segments=300, page=3, seconds=1.0)
     assert set(result) == {"serve_search_0k_s", "serve_page_3_s", "serve_first_byte_transcoded_s", "serve_first_byte_seek_s"}

@@ -14,13 +14,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import audiogen
 import numpy as np
 import pytest
+from modelkit import register_tiny
 from typer.testing import CliRunner
 
-import audiogen
 from audiofind.cli import app as cli
-from modelkit import register_tiny
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -59,7 +59,7 @@ def make_library(root: Path) -> dict[str, Path]:
     def t(seconds: float) -> np.ndarray:
         return np.arange(round(seconds * sr)) / sr
 
-    steps = lambda seconds, every: np.repeat(rng.uniform(0.1, 1.0, int(seconds / every) + 1), round(every * sr))  # noqa: E731
+    steps = lambda seconds, every: np.repeat(rng.uniform(0.1, 1.0, int(seconds / every) + 1), round(every * sr))
     files = {
         "rain on a tin roof.flac": shaped(audiogen.noise(24.0, seed=1), 0.5 + 0.4 * steps(24.0, 0.1)),
         "door creak, slow.aiff": shaped(audiogen.chirp(150, 900, 16.0, channels=2), np.sin(np.pi * t(16.0) / 4) ** 2),
@@ -168,7 +168,7 @@ def test_search_play_next_and_more_like_this_in_chromium(library: Library, tmp_p
             page.wait_for_selector("tr.hit")
             rows = page.locator("tr.hit")
             assert rows.count() == len(library.files)
-            hit = lambda i: {k: rows.nth(i).get_attribute(f"data-{k}") for k in ("id", "start", "duration", "path")}  # noqa: E731
+            hit = lambda i: {k: rows.nth(i).get_attribute(f"data-{k}") for k in ("id", "start", "duration", "path")}
             first, second = hit(0), hit(1)
             assert float(first["start"]) > 0  # the match is inside the file, so "from its start" means something
 

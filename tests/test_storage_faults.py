@@ -10,16 +10,17 @@ import sys
 from pathlib import Path
 
 import apsw
+import audiogen
 import mutagen.flac
 import pytest
+from modelkit import register_tiny
 from typer.testing import CliRunner
 
-import audiogen
 from audiofind.cli import app
 from audiofind.errors import StorageError
-from audiofind.store import Index, migrations
-from audiofind.store.connection import connect
-from modelkit import register_tiny
+from audiofind.store import Index
+from audiofind.store.sqlite import migrations
+from audiofind.store.sqlite.connection import connect
 
 runner = CliRunner()
 REPO = Path(__file__).parent.parent
@@ -64,7 +65,7 @@ def snapshot(db: Path) -> dict[str, list]:
     """Every stored row that matters, in a stable order (indexed_at and applied_at aside)."""
     conn = connect(db, create=False)  # not Index.open: that refuses an index from a newer audiofind
     try:
-        q = lambda sql: conn.execute(sql).fetchall()  # noqa: E731
+        q = lambda sql: conn.execute(sql).fetchall()
         return {
             "files": q("SELECT path, root, size, mtime_ns, hash, status, error, tags FROM files ORDER BY path"),
             "audio": q("SELECT * FROM audio ORDER BY hash"),
@@ -81,7 +82,7 @@ def snapshot(db: Path) -> dict[str, list]:
 def check_sound(db: Path) -> None:
     """Integrity ok; every file has its audio, segments and vectors; nothing orphaned."""
     with Index.open(db, create=False) as ix:
-        one = lambda sql: ix.conn.execute(sql).fetchone()[0]  # noqa: E731
+        one = lambda sql: ix.conn.execute(sql).fetchone()[0]
         assert one("PRAGMA integrity_check") == "ok"
         assert one("SELECT count(*) FROM files f LEFT JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok' AND a.hash IS NULL") == 0
         assert one("SELECT count(*) FROM audio a WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.hash = a.hash)") == 0
@@ -166,7 +167,7 @@ def test_a_full_disk_is_one_line_and_keeps_everything_before_the_failing_file(
     assert cli("index", root, "--db", clean, "-w", tiny)[0] == 0
     final, expected = snapshot(db), snapshot(clean)
     assert final["files"] == expected["files"] and final["audio"] == expected["audio"]
-    by_content = lambda s: sorted((seg[1:], vec) for seg, (_, vec) in zip(s["segments"], s["vectors"]))  # noqa: E731
+    by_content = lambda s: sorted((seg[1:], vec) for seg, (_, vec) in zip(s["segments"], s["vectors"]))
     assert by_content(final) == by_content(expected)  # the same vectors, bit for bit
 
 
@@ -291,7 +292,7 @@ def test_a_wrong_db_is_one_line_and_left_alone(
             f"error: The index {db} was written by a newer audiofind (unknown migrations: m999_from_the_future); "
             "upgrade audiofind to use it."
         )
-    state = lambda: sorted(p.name for p in db.iterdir()) if db.is_dir() else (snapshot(db) if kind == "newer" else db.read_bytes())  # noqa: E731
+    state = lambda: sorted(p.name for p in db.iterdir()) if db.is_dir() else (snapshot(db) if kind == "newer" else db.read_bytes())
     before = state()
     args = {"index": ["index", root, "-w", tiny], "search": ["search", "a tone", "-w", tiny], "status": ["status"]}[command]
     code, _, err = cli(*args, "--db", db)

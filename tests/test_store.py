@@ -14,13 +14,13 @@ import apsw
 import numpy as np
 import pytest
 
-from audiofind.store import connection as store, migrations, nearest
-from audiofind.store import index as index_module
-from audiofind import vectors as vec
+from audiofind.bench.speed import bench_search
 from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, StorageError, UsageError
-from audiofind.bench import bench_search
-from audiofind.store import Filters
-from audiofind.store import AudioRow, FileRow, Index, ModelBinding
+from audiofind.store import AudioRow, FileRow, Filters, Index, ModelBinding
+from audiofind.store import vectors as vec
+from audiofind.store.sqlite import connection as store
+from audiofind.store.sqlite import index as index_module
+from audiofind.store.sqlite import migrations, nearest
 
 D = 16
 BINDING = ModelBinding("tiny", "ab" * 32, D, 5.0, 2.5)
@@ -309,7 +309,7 @@ def test_under_matches_the_folder_as_given_and_as_resolved(index: Index, tmp_pat
         add(index, path, f"h{i}", np.eye(D)[[i]])
     index.touch_root(tmp / "a")
     index.touch_root(tmp / "disk" / "b")
-    found = lambda under: sorted(Path(h.path).name for h in index.search(np.ones(D), 10, Filters(under=under)))  # noqa: E731
+    found = lambda under: sorted(Path(h.path).name for h in index.search(np.ones(D), 10, Filters(under=under)))
     assert found(tmp / "a") == found(tmp / "a" / "rain") == ["r.wav"]  # as given: stored as walked
     assert found(tmp / "disk" / "a") == found(tmp / "disk" / "a" / "rain") == ["r.wav"]  # the real folder of a linked root
     assert found(tmp / "b") == ["b.wav", "f.wav"]  # as resolved
@@ -320,11 +320,11 @@ def test_under_matches_the_folder_as_given_and_as_resolved(index: Index, tmp_pat
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")
 def test_search_under_through_a_symlink_in_the_cli(tmp_path: Path) -> None:
+    import audiogen
+    from modelkit import register_tiny
     from typer.testing import CliRunner
 
-    import audiogen
     from audiofind.cli import app
-    from modelkit import register_tiny
 
     tmp, tiny = tmp_path.resolve(), register_tiny()
     (tmp / "disk" / "lib" / "rain").mkdir(parents=True)
@@ -559,7 +559,7 @@ def test_an_index_records_its_precision_and_refuses_another(tmp_path: Path) -> N
 
 
 def test_results_show_list_tags_joined_and_hide_writer_tags() -> None:
-    from audiofind.store.nearest import shown_tags
+    from audiofind.store.sqlite.nearest import shown_tags
 
     assert shown_tags({"artist": ["A", "B"], "encoder": "Lavf60", "genre": "rain"}) == {"artist": "A; B", "genre": "rain"}
     f = Filters.checked(None, ["WAV, .flac"], 1.0, 2.0, ["Genre=Rain"])

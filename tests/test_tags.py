@@ -15,9 +15,9 @@ from mutagen.id3 import APIC, COMM, TCON, TDRC, TIT2, TPE1, TXXX
 from mutagen.mp4 import MP4, MP4Cover, MP4FreeForm
 from mutagen.wave import WAVE
 
-from audiofind import tags as tags_module
+from audiofind.audio import tags as tags_module
+from audiofind.audio.tags import MAX_CHUNK, read_tags
 from audiofind.store import AudioRow, FileRow, Filters, Index, ModelBinding
-from audiofind.tags import MAX_CHUNK, read_tags
 
 
 def chunk(cid: bytes, body: bytes, size: int | None = None) -> bytes:

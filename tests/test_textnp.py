@@ -11,17 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from modelkit import DATA, synthetic_state_dict, weights_recipe
 from safetensors.torch import save_file
 from threadpoolctl import threadpool_limits
 
-from audiofind import checkpoint
-from audiofind.clotho import load_split
 from audiofind.errors import WeightsError
-from audiofind.model import TINY, AudioCLIPConfig, TextEncoder
+from audiofind.eval.clotho import load_split
+from audiofind.model import checkpoint
+from audiofind.model.config import TINY, AudioCLIPConfig
 from audiofind.model.load import from_state_dict
-from audiofind.textnp import TextTower, load_text_tower
-from audiofind.tokenizer import tokenize_np
-from modelkit import DATA, synthetic_state_dict, weights_recipe
+from audiofind.model.text import TextEncoder
+from audiofind.model.textnp import TextTower, load_text_tower
+from audiofind.model.tokenizer import tokenize_np
 
 REF = np.load(DATA / "public_reference.npz")
 TOLERANCE = 1e-6
@@ -125,7 +126,7 @@ def test_embedding_a_query_imports_no_torch(tmp_path: Path) -> None:
     state = {k: v for k, v in synthetic_state_dict(TINY).items() if checkpoint.tower_or_none(k) == "text"}
     save_file(state, tmp_path / "tiny.safetensors")
     code = (
-        "import sys; from pathlib import Path; from audiofind.textnp import load_text_tower; "
+        "import sys; from pathlib import Path; from audiofind.model.textnp import load_text_tower; "
         f"v = load_text_tower(Path({str(tmp_path / 'tiny.safetensors')!r}), 2).embed_text(['rain on a tin roof']); "
         "print(v.shape, 'torch' in sys.modules)"
     )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from audiofind.tokenizer import (
+from audiofind.model.tokenizer import (
     CONTEXT_LENGTH,
     EOT,
     N_MERGES,
@@ -50,7 +50,7 @@ def test_matches_reference_tokens() -> None:
 
 
 def test_tokenizing_imports_no_torch() -> None:
-    code = "import sys; from audiofind.tokenizer import tokenize_np; t = tokenize_np('café &amp; rain'); print(t.shape, 'torch' in sys.modules)"
+    code = "import sys; from audiofind.model.tokenizer import tokenize_np; t = tokenize_np('café &amp; rain'); print(t.shape, 'torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["(1,", "77)", "False"]
 

@@ -13,20 +13,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import audiogen
 import numpy as np
 import pytest
 import torch
+from modelkit import synthetic_model, synthetic_state_dict
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import audiogen
-from audiofind import data, weights
 from audiofind.cli import app
 from audiofind.errors import DatasetError, UsageError
-from audiofind.loss import fbsp_penalty
-from audiofind.model import TINY, AudioCLIPConfig
-from audiofind.train import TrainConfig, average_state_dicts, best_epochs, finetune, lr_at, train_throughput
-from modelkit import synthetic_model, synthetic_state_dict
+from audiofind.model import weights
+from audiofind.model.config import TINY, AudioCLIPConfig
+from audiofind.train import data
+from audiofind.train.finetune import TrainConfig, average_state_dicts, best_epochs, finetune, lr_at, train_throughput
+from audiofind.train.loss import fbsp_penalty
 from test_loss import one_thread  # noqa: F401  (autouse: one intra-op thread here too)
 
 # Six sounds a tiny model can tell apart; variant k changes pitch, seed or level a little.
@@ -130,7 +131,7 @@ def test_final_model_is_the_average_of_the_best_epochs(trained) -> None:
 
 
 def test_fine_tuned_model_is_registered_and_loads(trained, monkeypatch: pytest.MonkeyPatch) -> None:
-    from audiofind.encoder import load_encoder
+    from audiofind.model.encoder import load_encoder
 
     result, home, _ = trained
     monkeypatch.setenv("AUDIOFIND_HOME", str(home))
@@ -208,7 +209,7 @@ def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path, 
         import os, sys
         from pathlib import Path
         from safetensors.torch import save_file
-        from audiofind.train import TrainConfig, finetune
+        from audiofind.train.finetune import TrainConfig, finetune
         out = Path(sys.argv[2])
         cfg = TrainConfig(name="ddp", clotho=Path(sys.argv[1]), init="tiny-init", out=out, batch=4, lr=3e-3,
                           warmup_steps=1, crop_seconds=0.3, workers=0, max_steps=2)

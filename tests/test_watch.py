@@ -15,22 +15,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import apsw
+import audiogen
 import numpy as np
 import pytest
+from modelkit import register_tiny
 from typer.testing import CliRunner
 
-import audiogen
-from audiofind import watch as watch_module
+from audiofind.audio.formats import AUDIO_EXTS
 from audiofind.cli import app
-from audiofind.encoder import Encoder, load_encoder
-from audiofind.folders import Folders
-from audiofind.formats import AUDIO_EXTS
-from audiofind.indexer import Event, Report, prepare, sync, walk
-from audiofind.observers import changes, snapshot
-from audiofind.search import search_like
-from audiofind.store import FileRow, Index, connection
-from audiofind.watch import BURST_WAIT, _Watcher, watch
-from modelkit import register_tiny
+from audiofind.library import watch as watch_module
+from audiofind.library.folders import Folders
+from audiofind.library.observers import changes, snapshot
+from audiofind.library.sync import Event, Report, prepare, sync, walk
+from audiofind.library.watch import BURST_WAIT, _Watcher, watch
+from audiofind.model.encoder import Encoder, load_encoder
+from audiofind.search.embedding import search_like
+from audiofind.store import FileRow, Index
+from audiofind.store.sqlite import connection
 
 SETTLE = 0.2
 SLOW_SETTLE = 0.5  # for slow writes: a pause four times shorter than this is never taken for the end
@@ -254,7 +255,7 @@ def test_queue_overflow_rescans_the_root(tmp_path: Path, encoder: Encoder) -> No
 
 def test_busy_database_is_retried(tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     monkeypatch.setattr(connection, "BUSY_TIMEOUT_MS", 50)
-    caplog.set_level(logging.INFO, logger="audiofind.watch")
+    caplog.set_level(logging.INFO, logger="audiofind.library.watch")
     root = tmp_path / "lib"
     root.mkdir()
     with Watching(tmp_path / "i.db", encoder, [root]) as w:
@@ -371,7 +372,7 @@ def test_both_ends_of_a_move_go_to_one_sync(tmp_path: Path, monkeypatch) -> None
 
 
 def test_a_file_changing_while_read_waits_to_settle_again(tmp_path: Path, monkeypatch, caplog) -> None:
-    caplog.set_level(logging.DEBUG, logger="audiofind.watch")
+    caplog.set_level(logging.DEBUG, logger="audiofind.library.watch")
     f = tone(tmp_path / "lib" / "rec.wav", 300)
     d = Driven(tmp_path / "lib", monkeypatch)
     d.script[f] = ["changing"]  # sync saw its size or mtime change while reading it: neither committed nor failed
@@ -414,7 +415,7 @@ def looped_library(tmp_path: Path) -> tuple[Path, Path]:
 def test_folders_and_snapshots_walk_each_folder_once(tmp_path: Path) -> None:
     root, outside = looped_library(tmp_path)
     looks = itertools.count()
-    bounded = lambda: next(looks) > 1000  # noqa: E731  (without loop detection, a walk ends here, not never)
+    bounded = lambda: next(looks) > 1000
     folders = Folders([root], stopped=bounded)
     folders.rebuild()
     assert sorted(folders.dirs) == [str(root), str(root / "foley"), str(root / "linked")]
@@ -570,8 +571,8 @@ def test_cli_prints_one_timestamped_line_per_change_and_stops_on_ctrl_c(tmp_path
 SIGNAL_DURING_WAIT = """
 import signal, sys, threading, time
 from pathlib import Path
-from audiofind.formats import AUDIO_EXTS
-from audiofind.watch import _Watcher
+from audiofind.audio.formats import AUDIO_EXTS
+from audiofind.library.watch import _Watcher
 
 stop = threading.Event()
 def handler(*_):
@@ -625,7 +626,7 @@ class Child:
 
     def wait_for(self, text: str, limit: int | None = None) -> None:
         """Until stderr says text; fails at once if the process ends first or its memory passes limit bytes."""
-        too_big = lambda: limit is not None and max(self.rss, default=0) > limit  # noqa: E731
+        too_big = lambda: limit is not None and max(self.rss, default=0) > limit
         wait_until(lambda: self.said(text) or self.proc.poll() is not None or too_big(), f"{text!r} on stderr")
         assert self.said(text), "".join(self.err)
         assert not too_big(), f"{max(self.rss) / GIB:.2f} GiB resident"
@@ -697,7 +698,7 @@ SLOW_MODEL = """
 import sys, time
 import numpy as np
 from audiofind.cli import main
-from audiofind.encoder import Encoder
+from audiofind.model.encoder import Encoder
 embed, first = Encoder.embed_audio, []
 def slow(self, clips):
     first or first.append(embed(self, clips[:1])[0])

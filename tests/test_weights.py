@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tests.conftest import DATA
 from typer.testing import CliRunner
 
-from audiofind import checkpoint as ckpt
-from audiofind import paths, weights
+from audiofind import paths
 from audiofind.cli import app
 from audiofind.errors import (
     ChecksumError,
@@ -27,7 +27,8 @@ from audiofind.errors import (
     WeightsError,
     WeightsNotFound,
 )
-from tests.conftest import DATA
+from audiofind.model import checkpoint as ckpt
+from audiofind.model import weights
 
 KEPT = {
     "audio.conv1.weight", "audio.bn1.weight", "audio.bn1.running_mean", "audio.fbsp.fb", "audio.window",
@@ -417,7 +418,7 @@ def _tiny_safetensors(path: Path, dtype: torch.dtype, bad_key: str | None = None
     """The TINY recipe weights cast to dtype, carrying the config as a fine-tuned file does; bad_key made int32."""
     from modelkit import synthetic_state_dict
 
-    from audiofind.model import TINY
+    from audiofind.model.config import TINY
 
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in synthetic_state_dict(TINY).items() if v.numel()}
     if bad_key:
@@ -428,7 +429,7 @@ def _tiny_safetensors(path: Path, dtype: torch.dtype, bad_key: str | None = None
 
 def _embeddings(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Unit audio and text embeddings of fixed inputs from a local model."""
-    from audiofind.encoder import load_encoder
+    from audiofind.model.encoder import load_encoder
 
     enc = load_encoder(name, device="cpu")
     clips = list(np.random.default_rng(0).normal(0, 4000, (3, 20000)).astype(np.float32))

@@ -10,11 +10,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from audiofind.cli.common import json_text, DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console, sub_app
+from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console, json_text, sub_app
 
 if TYPE_CHECKING:  # importing these at run time would pull in numpy before --help
-    from audiofind.clotho import CaptionSet, ClothoSplit
-    from audiofind.metrics import BenchResult
+    from audiofind.eval.clotho import CaptionSet, ClothoSplit
+    from audiofind.eval.metrics import BenchResult
 
 bench_app = sub_app("Benchmarks: retrieval quality (clotho, captions) and speed.")
 app.add_typer(bench_app, name="bench")
@@ -49,8 +49,8 @@ def clotho(
     json_out: JsonOpt = False,
 ) -> None:
     """Score text-to-audio retrieval on Clotho v2 with the DCASE 2022 Task 6b protocol."""
-    from audiofind import clotho as bench
     from audiofind.errors import UsageError
+    from audiofind.eval import clotho as bench
 
     if submission is not None:
         if write_submission is not None:
@@ -77,7 +77,7 @@ def captions(
     json_out: JsonOpt = False,
 ) -> None:
     """Score text-to-audio retrieval on your own path,caption pairs: each caption ranks every listed file."""
-    from audiofind import data as sources
+    from audiofind.train import data as sources
 
     clips = sources.read_captions(csv_file)
     if clips.problems:
@@ -94,8 +94,8 @@ def _run_model(data: "ClothoSplit | CaptionSet", weights: str | None, device: st
 
     With a cache name, clip vectors are kept per model in the data folder, so a second run embeds only the captions.
     """
-    from audiofind import clotho as bench
-    from audiofind.encoder import load_encoder
+    from audiofind.eval import clotho as bench
+    from audiofind.model.encoder import load_encoder
     from audiofind.paths import data_dir
 
     enc = load_encoder(weights, device)

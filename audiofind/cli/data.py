@@ -36,7 +36,7 @@ def clotho(
 
     A partial download resumes; a split that is complete already is checked and skipped.
     """
-    from audiofind.datasets import download_clotho
+    from audiofind.train.datasets import download_clotho
 
     with _steps() as progress:
         root, reports = download_clotho(to, split.value, progress)

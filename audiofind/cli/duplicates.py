@@ -10,7 +10,7 @@ from rich.table import Table
 
 from audiofind.cli.bench import bench_app
 from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, json_text
-from audiofind.duplicates import NEAR
+from audiofind.search.duplicates import NEAR
 
 
 @app.command()
@@ -21,7 +21,7 @@ def duplicates(
     db: DbOpt = None,
 ) -> None:
     """List groups of copies: exact (same content) and near (same sound, other format or trim), with wasted bytes."""
-    from audiofind.duplicates import find
+    from audiofind.search.duplicates import find
     from audiofind.store import (
         open_index,  # no torch: the vectors are in the index already
     )
@@ -52,8 +52,9 @@ def near_cmd(
 ) -> None:
     """How far transcoded and trimmed copies sit from their sound, against different sounds: the measure behind
     `duplicates --near`, for the model given."""
-    from audiofind import bench, nearcopies
-    from audiofind.encoder import load_encoder
+    from audiofind.bench import near as nearcopies
+    from audiofind.bench import speed as bench
+    from audiofind.model.encoder import load_encoder
 
     sounds = nearcopies.source_files(folder, limit) if folder else nearcopies.generated_sounds()
     encoder = load_encoder(weights, device, ["audio"])

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from audiofind.cli.common import json_text, DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, app, console
+from audiofind.cli.common import DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, app, console, json_text
 from audiofind.errors import DecodeError, UsageError
 
 # A whole-clip embedding needs memory in proportion to the clip (about 1.5 GB a minute at full size).
@@ -23,9 +23,9 @@ def embed(
     json_out: JsonOpt = False,
 ) -> None:
     """Print the embedding of each AUDIO file and each --text caption (unnormalised, as the reference returns them)."""
-    from audiofind import decode
+    from audiofind.audio import decode
     from audiofind.device import check_precision, resolve_device
-    from audiofind.encoder import load_encoder
+    from audiofind.model.encoder import load_encoder
 
     audio, text = audio or [], text or []
     if not audio and not text:

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, app, console, err_console
+from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, app, console, err_console, json_text
 
 if TYPE_CHECKING:  # train imports torch; --help must not
-    from audiofind.train import TrainConfig
+    from audiofind.train.finetune import TrainConfig
 
 # Defaults repeat TrainConfig's so that --help never imports torch; a test keeps the two equal.
 
@@ -70,8 +70,8 @@ def finetune(
     Several GPUs: torchrun --nproc_per_node=N -m audiofind finetune ...
     """
     from audiofind.errors import UsageError
-    from audiofind.train import DTYPE_ALIASES, TrainConfig
-    from audiofind.train import finetune as run
+    from audiofind.train.finetune import DTYPE_ALIASES, TrainConfig
+    from audiofind.train.finetune import finetune as run
 
     if dtype is not None:  # kept so that old scripts run: each old value means what it did
         if dtype not in DTYPE_ALIASES:

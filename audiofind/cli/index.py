@@ -9,8 +9,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from audiofind.cli.common import (
+    DbOpt,
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    WeightsOpt,
+    app,
+    console,
+    duration,
+    err_console,
+    json_text,
+)
 from audiofind.errors import UsageError
-from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, app, console, duration, err_console
 
 ExtOpt = Annotated[
     list[str] | None,
@@ -32,11 +43,11 @@ def index_cmd(
     ext: ExtOpt = None,
 ) -> None:
     """Add the audio files under PATHS to the index; re-running only touches what changed."""
-    from audiofind.formats import AUDIO_EXTS
-    from audiofind.indexer import Event, load_checked, prepare, sync
+    from audiofind.audio.formats import AUDIO_EXTS
+    from audiofind.library.rebuild import rebuild as rebuild_index
+    from audiofind.library.sync import Event, load_checked, prepare, sync
+    from audiofind.library.walk import absolute
     from audiofind.paths import default_db
-    from audiofind.rebuild import rebuild as rebuild_index
-    from audiofind.scan import absolute
     from audiofind.store import open_index, writer_lock
 
     exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS

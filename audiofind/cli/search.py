@@ -7,7 +7,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console
+from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, json_text
 from audiofind.errors import UsageError
 
 
@@ -35,11 +35,10 @@ def search(
     device: DeviceOpt = "auto",
 ) -> None:
     """Find the sounds that match QUERY (or --like FILE), best first."""
-    from audiofind import hybrid
-    from audiofind.search import query_encoder
-    from audiofind.store import open_index
-    from audiofind.store import Filters
-    from audiofind.store.nearest import shown_tags
+    from audiofind.search import hybrid
+    from audiofind.search.embedding import query_encoder
+    from audiofind.store import Filters, open_index
+    from audiofind.store.sqlite.nearest import shown_tags
 
     if query is None and like is None:
         raise UsageError("Give a QUERY (what it sounds like) or --like FILE.")

@@ -82,7 +82,7 @@ def speed(
     json_out: JsonOpt = False,
 ) -> None:
     """Measure encoding (beside the reference AudioCLIP), indexing, re-indexing, search latency and training here."""
-    from audiofind import bench
+    from audiofind.bench import speed as bench
     from audiofind.device import PRECISIONS, check_precision, resolve_device
     from audiofind.errors import UsageError
 
@@ -112,7 +112,7 @@ def speed(
             size = key.split("_")[1]
             figures.append(bench.Figure(key, f"warm query at {size} segments (text encode + search + grouping)", value, "s"))
     if "names" in parts:
-        from audiofind.namespeed import names_speed
+        from audiofind.bench.names import names_speed
 
         say("names: what hybrid adds to a query at 100k files, a names-only query, filling the full-text index…")
         labels = {"hybrid_adds_100k_s": "hybrid adds to a query, 100k files (names ranked and fused)",
@@ -121,13 +121,13 @@ def speed(
         for key, value in names_speed().items():
             figures.append(bench.Figure(key, labels.get(key, key), value, "s"))
     if "cold" in parts:
-        from audiofind import coldstart
+        from audiofind.bench import coldstart
 
         say("cold search: a fresh process per query on a 100k-segment index, beside `import torch`…")
         figures.append(bench.Figure("cold_search_100k_s", "cold search, 100k segments (a new process)", coldstart.cold_search_bench(), "s"))
         figures.append(bench.Figure("import_torch_s", "python -c 'import torch' (for comparison)", coldstart.import_torch_seconds(), "s"))
     if "serve" in parts:
-        from audiofind.serve.speed import serve_speed
+        from audiofind.bench.serve import serve_speed
 
         say("serve: warm search, a page of 50 results, first byte of a transcoded file…")
         labels = {"serve_search_100k_s": "serve: warm search at 100k segments", "serve_page_50_s": "serve: page of 50 with cached peaks",

@@ -9,10 +9,20 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from audiofind.cli.common import json_text, DbOpt, DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, app, console, err_console
+from audiofind.cli.common import (
+    DbOpt,
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    WeightsOpt,
+    app,
+    console,
+    err_console,
+    json_text,
+)
 
 if TYPE_CHECKING:
-    from audiofind.indexer import Event
+    from audiofind.library.sync import Event
 
 STYLES = {"embedded": "green", "reused": "green", "moved": "cyan", "removed": "magenta", "failed": "red",
           "lost": "yellow", "found": "yellow", "rescan": "yellow", "unavailable": "yellow", "kept": "yellow"}  # fmt: skip
@@ -63,9 +73,9 @@ def watch_cmd(
     settle: Annotated[float, typer.Option("--settle", metavar="SECONDS", help="Index a file once its size and mtime have not changed for this long.")] = 1.0,
 ) -> None:
     """Index PATHS, then keep the index in step with every change under them until Ctrl-C."""
-    from audiofind.indexer import Event, check_roots, encoder_for, prepare
+    from audiofind.library.sync import Event, check_roots, encoder_for, prepare
+    from audiofind.library.watch import watch
     from audiofind.store import open_index
-    from audiofind.watch import watch
 
     def on_event(e: Event) -> None:
         if json_out:

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from audiofind.cli.common import json_text, JsonOpt, app, byte_progress, console, sub_app
+from audiofind.cli.common import JsonOpt, app, byte_progress, console, json_text, sub_app
 
 if TYPE_CHECKING:  # importing weights at run time would pull in torch before --help
-    from audiofind.weights import ModelInfo
+    from audiofind.model.weights import ModelInfo
 
 weights_app = sub_app("List, download, import and remove model checkpoints.")
 app.add_typer(weights_app, name="weights")
@@ -31,7 +31,7 @@ def _size(size: int | None) -> str:
 @weights_app.command("list")
 def list_(json_out: JsonOpt = False) -> None:
     """Show registered and local models and whether each is on disk."""
-    from audiofind.weights import available_models
+    from audiofind.model.weights import available_models
 
     models = available_models()
     if json_out:
@@ -49,8 +49,8 @@ def download(
     name: Annotated[str | None, typer.Argument(help="A registered model name (default: the default model; see: audiofind weights list).", show_default=False)] = None,
 ) -> None:
     """Download a registered model (the default one without NAME), check its sha256 and convert it to safetensors."""
-    from audiofind.weights import default_model
-    from audiofind.weights import download as fetch
+    from audiofind.model.weights import default_model
+    from audiofind.model.weights import download as fetch
 
     name = name or default_model()
     with byte_progress(f"Downloading {name}") as progress:
@@ -65,7 +65,7 @@ def import_(
 ) -> None:
     """Convert a checkpoint you already have into a local model."""
     from audiofind.errors import UsageError
-    from audiofind.weights import chosen_model, import_checkpoint
+    from audiofind.model.weights import chosen_model, import_checkpoint
 
     with byte_progress(f"Hashing {path.name}") as progress:
         out = import_checkpoint(path, name=name, progress=progress)
@@ -87,7 +87,7 @@ def remove(
     keep_runs: Annotated[bool, typer.Option("--keep-runs", help="Keep the folder of the run that fine-tuned it.")] = False,
 ) -> None:
     """Delete a local model, any partial download of it, and the training run that fine-tuned it."""
-    from audiofind.weights import remove as delete
+    from audiofind.model.weights import remove as delete
 
     removed = delete(name, keep_runs=keep_runs)
     console.print(f"Removed {name}." if removed.files else f"No model '{name}' is installed.", highlight=False)

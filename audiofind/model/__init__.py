@@ -1,8 +1,5 @@
-"""The AudioCLIP audio and text towers, written from ../shared/spec (the contract)."""
+"""The models: AudioCLIP's towers written from ../shared/spec, their encoder, tokenizer, numpy text tower and weights.
 
-from audiofind.model.audio import AudioEncoder
-from audiofind.model.audioclip import AudioCLIP, is_optional_key
-from audiofind.model.config import TINY, AudioCLIPConfig, AudioConfig, TextConfig
-from audiofind.model.text import TextEncoder
-
-__all__ = ["TINY", "AudioCLIP", "AudioCLIPConfig", "AudioConfig", "AudioEncoder", "TextConfig", "TextEncoder", "is_optional_key"]
+Import the submodule you need (`audiofind.model.config`, `.encoder`, ...): this package imports nothing, so the
+torch-free parts (the numpy text tower, the tokenizer, the weights registry) load without torch.
+"""

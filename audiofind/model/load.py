@@ -5,10 +5,10 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from audiofind.checkpoint import dtype_name
 from audiofind.errors import WeightsError
 from audiofind.model.audio import AudioEncoder
 from audiofind.model.audioclip import AudioCLIP, is_optional_key
+from audiofind.model.checkpoint import dtype_name
 from audiofind.model.config import AudioCLIPConfig
 from audiofind.model.text import TextEncoder
 

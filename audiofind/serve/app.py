@@ -66,10 +66,10 @@ def create_app(
             return _error(404, "No such file in the index, or it changed or disappeared since it was indexed.")
         headers = {"Cache-Control": "private, no-cache", "Content-Disposition": _disposition(entry.path)}
         if request.query_params.get("original") or files.plays_as_is(entry.path, entry.hash):
-            body = lambda a, b: files.read(entry.path, checked, a, b)  # noqa: E731
+            body = lambda a, b: files.read(entry.path, checked, a, b)
             return ranges.respond(request, checked.st_size, body, files.mime(entry.path), f'"{entry.hash}"', headers)
         wav = transcode.plan(Path(entry.path), entry.duration)
-        body = lambda a, b: transcode.wav_bytes(Path(entry.path), wav, a, b)  # noqa: E731
+        body = lambda a, b: transcode.wav_bytes(Path(entry.path), wav, a, b)
         headers["Content-Disposition"] = _disposition(Path(entry.path).stem + ".wav")
         return ranges.respond(request, wav.size, body, "audio/wav", f'"{entry.hash}-wav"', headers)
 

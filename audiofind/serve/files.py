@@ -6,9 +6,9 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from audiofind import decode
+from audiofind.audio import decode
+from audiofind.audio.formats import BROWSER_EXTS, extension
 from audiofind.errors import DecodeError
-from audiofind.formats import BROWSER_EXTS, extension
 from audiofind.serve.catalog import Entry
 from audiofind.store.records import folder_prefix
 

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audiofind.hybrid import Found, Why
+from audiofind.search.hybrid import Found, Why
 from audiofind.serve import catalog
 from audiofind.serve.catalog import Entry
 from audiofind.store import Filters, Hit, Index, open_index
 
 if TYPE_CHECKING:
-    from audiofind.search import QueryEncoder
+    from audiofind.search.embedding import QueryEncoder
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Library:
     def open(cls, db: Path | str | None, weights: str | None = None, device: str = "auto",
              precision: str = "fp32") -> "Library":  # fmt: skip
         """Open the index (the default one when db is None) and load its model's text tower now, once."""
-        from audiofind.search import query_encoder
+        from audiofind.search.embedding import query_encoder
 
         index = open_index(db)
         try:
@@ -80,7 +80,7 @@ class Library:
 
     def search(self, query: str, k: int, filters: Filters | None = None, mode: str = "hybrid") -> list[Result]:
         """Files matching a description, best first (as `search QUERY --mode MODE`)."""
-        from audiofind import hybrid
+        from audiofind.search import hybrid
 
         with self.connection() as index, catalog.snapshot(index.conn):
             with self._model_lock:
@@ -89,7 +89,7 @@ class Library:
 
     def like(self, file_id: int, k: int, filters: Filters | None = None) -> list[Result] | None:
         """Files that sound like the indexed file with this id, best first (as `search --like`); None if unknown."""
-        from audiofind import hybrid
+        from audiofind.search import hybrid
 
         with self.connection() as index, catalog.snapshot(index.conn):
             entry = catalog.entry(index.conn, file_id)

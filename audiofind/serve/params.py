@@ -4,7 +4,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from audiofind.errors import UsageError
-from audiofind.hybrid import MODES
+from audiofind.search.hybrid import MODES
 from audiofind.store import Filters
 
 DEFAULT_K = 20
@@ -26,7 +26,7 @@ class Params:
 
 def parse(get: Get) -> Params:
     """Read q, like, k, mode and the filters (under, ext, min_duration, max_duration, tag); UsageError on bad values."""
-    last = lambda name: next((v.strip() for v in reversed(get(name)) if v.strip()), None)  # noqa: E731
+    last = lambda name: next((v.strip() for v in reversed(get(name)) if v.strip()), None)
     k = _number(last("k"), "k", int) if last("k") else DEFAULT_K
     if not 1 <= k <= MAX_K:
         raise UsageError(f"k must be between 1 and {MAX_K}, got {k}.")

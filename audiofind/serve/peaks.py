@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiofind import decode
+from audiofind.audio import decode
 from audiofind.paths import data_dir
 
 log = logging.getLogger(__name__)

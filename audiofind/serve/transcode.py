@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from audiofind import decode
+from audiofind.audio import decode
 
 log = logging.getLogger(__name__)
 

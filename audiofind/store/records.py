@@ -99,7 +99,7 @@ class Stats:
 
     def as_dict(self) -> dict:
         """The object `status --json` prints (and serve's /api/status returns)."""
-        when = lambda t: datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else None  # noqa: E731
+        when = lambda t: datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else None
         return {
             "path": str(self.path),
             "size_bytes": self.size_bytes,

@@ -1,0 +1,315 @@
+"""Embedding files into the index: decoding threads feed the model, and each file ends committed or failed.
+
+Decoding runs ahead on other threads (PyAV releases the GIL) into a bounded queue, so the model never waits for the
+disk and memory stays bounded for a file of any length. A file's windows are committed as they are embedded, about
+a minute of audio at a time, hidden from search until the file is complete: an interruption loses at most that much
+and the next run continues inside the file. Anything that goes wrong with one file (a decoder error, any exception
+while decoding, tagging or embedding it, NaN samples, a non-finite embedding) fails that file alone, with a
+one-line reason; storage errors and interruptions stop the run, with everything committed so far kept.
+"""
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from audiofind.audio import decode
+from audiofind.audio.tags import read_tags
+from audiofind.errors import DecodeError
+from audiofind.library.walk import signature
+from audiofind.model.encoder import Encoder
+from audiofind.store import AudioRow, FileRow, Index
+
+log = logging.getLogger(__name__)
+
+QUEUE_WINDOWS = 16  # decoded windows waiting for the model: bounds memory whatever the file length
+# A batching encoder (a GPU's) sees pending windows of this many batches at once, gathered across files, so that
+# windows of equal length (long recordings' 10 s windows, clips that share a length) meet and fill batches.
+GATHER_BATCHES = 4
+CHUNK_SECONDS = 60.0  # a long recording commits its windows about this much audio at a time
+
+
+@dataclass
+class Work:
+    """A file to embed, as the walk saw it."""
+
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+    hash: str = ""
+    copies: list["Work"] = field(default_factory=list)  # same content found in this run: stored once it is done
+
+
+@dataclass
+class _Pending:
+    """A file whose windows are arriving; `skip` leading windows were committed by an earlier, interrupted run."""
+
+    work: Work
+    info: decode.AudioInfo
+    skip: int
+    received: int = 0
+    bounds: list[tuple[float, float]] = field(default_factory=list)  # windows not committed yet
+    slots: list[list] = field(default_factory=list)  # one [vector or None] per window in bounds
+    ended: bool = False
+    failed: bool = False
+
+
+def reason_of(e: BaseException) -> str:
+    """The one-line reason a file failed: a decoder's own words, else the exception's class and message."""
+    if isinstance(e, DecodeError):
+        return e.reason
+    return f"{type(e).__name__}: {e}".strip().rstrip(":")
+
+
+class Embedder:
+    """Embeds a list of files into an index, reporting through the callbacks; `run` returns when all are done."""
+
+    def __init__(
+        self,
+        index: Index,
+        encoder: Encoder,
+        on_done: Callable[[str, Work, int, float, str | None], None],
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.index, self.encoder, self.stop = index, encoder, stop
+        self.on_done = on_done  # (outcome, work, segments, duration, reason): embedded | failed | changing
+        self.files: dict[str, _Pending] = {}
+        self.batch: list[tuple[_Pending, list, np.ndarray]] = []  # windows waiting for the model
+        size = encoder.audio_batch
+        self.gather = size * GATHER_BATCHES if size > 1 else 1  # the most windows that wait
+        bound = index.model()
+        assert bound is not None, "bind a model before embedding"
+        self.window, self.hop = bound.window, bound.hop
+        self.chunk = max(1, math.ceil(CHUNK_SECONDS / self.hop))  # windows a chunk: each adds about one hop of audio
+        self.audio_seconds = 0.0
+        self.bytes_done = 0  # of the files finished (committed, failed or changing)
+
+    def _stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def run(self, works: list[Work], decoders: int, progress: Callable[[float, float], None] | None = None) -> None:
+        """Decode, embed and commit every work; returns early (keeping what is committed) once stop is set.
+
+        progress gets (audio seconds embedded, bytes of the files done so far, counting in-flight files pro rata).
+        """
+        ahead = max(QUEUE_WINDOWS, self.gather)  # decoders stay a gathering ahead of the model
+        for kind, work, payload in decode_ahead(works, self.window, self.hop, self.stop, decoders, ahead):
+            if self._stopped():
+                return  # windows not committed are simply done again next time
+            if kind == "start":
+                skip = self.index.partial_segments(work.hash)
+                if skip:
+                    log.info("%s: continuing after %d committed windows", work.path, skip)
+                self.files[work.path] = _Pending(work, payload, skip)
+                continue
+            pending = self.files.get(work.path)
+            if pending is None:
+                continue  # already failed (its model call raised): the rest of its messages are dropped
+            if kind == "window":
+                self._window(pending, payload)
+                if progress:
+                    progress(self.audio_seconds, self.bytes_done + self._in_flight())
+            elif kind == "error":
+                self._fail(pending, payload)
+            elif kind == "end":
+                pending.ended = True
+                self._commit_ready()
+        if not self._stopped():
+            self._embed_batch()
+            self._commit_ready()
+
+    def _in_flight(self) -> float:
+        """Bytes of the files under way, in proportion to how far through them the windows are."""
+        share = 0.0
+        for p in self.files.values():
+            if p.info.duration > 0 and p.bounds:
+                share += p.work.size * min(1.0, p.bounds[-1][1] / p.info.duration)
+        return share
+
+    def _window(self, pending: _Pending, w: decode.Window) -> None:
+        pending.received += 1
+        if pending.received <= pending.skip:
+            return  # committed by an earlier run: decoded again only to reach the windows after it
+        last_end = pending.bounds[-1][1] if pending.bounds else 0.0
+        self.audio_seconds += w.end - max(w.start, last_end)  # seconds not counted before
+        slot: list = [None]
+        pending.bounds.append((w.start, w.end))
+        pending.slots.append(slot)
+        self.batch.append((pending, slot, w.samples))
+        if len(self.batch) >= self.gather:  # one window on CPU; a gathering of batches on a GPU, across files
+            self._embed_batch(final=False)
+            self._commit_ready()
+
+    def _ready(self) -> list[tuple[_Pending, list, np.ndarray]]:
+        """The waiting windows to run now that the gathering is full: every full batch of one length, then the
+        lengths fewest windows share, until at most half a gathering waits (for more of its length: a long
+        recording's 10 s windows keep coming, a clip's own length rarely does)."""
+        size, groups = self.encoder.audio_batch, {}
+        for item in self.batch:
+            groups.setdefault(len(item[2]), []).append(item)
+        run, rest = [], []
+        for group in groups.values():
+            full = len(group) // size * size
+            run += group[:full]
+            if group[full:]:
+                rest.append(group[full:])
+        # Fewest first; among equal counts the shorter length, so a lone full window (the length that keeps coming:
+        # nothing is longer) waits behind the clips.
+        rest.sort(key=lambda group: (len(group), len(group[0][2])))
+        waiting = sum(map(len, rest))
+        while rest and waiting > self.gather // 2:
+            waiting -= len(rest[0])
+            run += rest.pop(0)
+        kept = {id(item) for group in rest for item in group}
+        self.batch = [item for item in self.batch if id(item) in kept]
+        return run
+
+    def _embed_batch(self, final: bool = True) -> None:
+        """Run the model on the waiting windows (all of them when final); a failure or a non-finite vector fails
+        only its own file."""
+        items = self.batch if final else self._ready()
+        if final:
+            self.batch = []
+        if not items:
+            return
+        try:
+            out: list = list(self.encoder.embed_audio([s for _, _, s in items]))
+        except Exception as e:
+            out = [e] if len(items) == 1 else [self._embed_one(s) for _, _, s in items]
+        for (pending, slot, _), v in zip(items, out):
+            if pending.failed:
+                continue
+            if isinstance(v, BaseException):
+                log.debug("embedding %s failed", pending.work.path, exc_info=v)
+                self._fail(pending, v)
+            elif not (np.all(np.isfinite(v)) and np.any(v)):
+                self._fail(pending, DecodeError(pending.work.path, "the model gave a non-finite or zero embedding"))
+            else:
+                slot[0] = v
+
+    def _embed_one(self, samples: np.ndarray) -> np.ndarray | Exception:
+        try:
+            return self.encoder.embed_audio([samples])[0]
+        except Exception as e:
+            return e
+
+    def _commit_ready(self) -> None:
+        """Commit finished files whole, and a chunk of every long file that has one embedded."""
+        for pending in list(self.files.values()):
+            done = next((i for i, s in enumerate(pending.slots) if s[0] is None), len(pending.slots))
+            if pending.ended and done == len(pending.slots):
+                self._commit(pending)
+            elif not pending.ended and done >= self.chunk:
+                self._commit_chunk(pending, done)
+
+    def _commit_chunk(self, pending: _Pending, n: int) -> None:
+        work, bounds = pending.work, pending.bounds[:n]
+        audio = AudioRow(work.hash, bounds[-1][1], pending.info.sample_rate, pending.info.channels)
+        vectors = np.stack([s[0] for s in pending.slots[:n]])
+        self.index.add_segments(work.hash, work.path, audio, bounds, vectors)
+        pending.bounds, pending.slots = pending.bounds[n:], pending.slots[n:]
+        pending.skip += n  # so a failure after this still knows what to drop
+
+    def _commit(self, pending: _Pending) -> None:
+        work = pending.work
+        del self.files[work.path]
+        if signature(work.path) != (work.size, work.mtime_ns):
+            self._changing(pending)
+            return
+        try:
+            tags = read_tags(Path(work.path))
+        except Exception as e:
+            log.debug("reading the tags of %s failed", work.path, exc_info=e)
+            self._fail(pending, e)
+            return
+        duration = pending.bounds[-1][1] if pending.bounds else self.index.partial_duration(work.hash)
+        audio = AudioRow(work.hash, duration, pending.info.sample_rate, pending.info.channels)
+        vectors = np.stack([s[0] for s in pending.slots]) if pending.slots else np.zeros((0, self.encoder.dim), np.float32)
+        row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, tags)
+        self.index.add_file(row, audio, pending.bounds, vectors)
+        self.bytes_done += work.size
+        self.on_done("embedded", work, pending.skip + len(pending.bounds), duration, None)
+
+    def _changing(self, pending: _Pending) -> None:
+        self.index.drop_partials(paths=[pending.work.path])
+        self.bytes_done += pending.work.size
+        self.on_done("changing", pending.work, 0, 0.0, "changed while being read; it is indexed once it settles")
+
+    def _fail(self, pending: _Pending, e: BaseException) -> None:
+        """Fail one file (a file that changed meanwhile is 'changing' instead: a recorder is still writing it)."""
+        pending.failed = True
+        self.files.pop(pending.work.path, None)
+        self.batch = [b for b in self.batch if b[0] is not pending]
+        if signature(pending.work.path) != (pending.work.size, pending.work.mtime_ns):
+            self._changing(pending)
+            return
+        self.index.drop_partials(paths=[pending.work.path])
+        self.bytes_done += pending.work.size
+        self.on_done("failed", pending.work, 0, 0.0, reason_of(e))
+
+
+def decode_ahead(
+    works: list[Work], window: float, hop: float, stop: threading.Event | None, decoders: int = 1,
+    ahead: int = QUEUE_WINDOWS,
+) -> Iterator[tuple[str, Work, object]]:
+    """(kind, work, payload) messages: start (AudioInfo), window (a decode.Window)..., then end or error (exception).
+
+    Messages of different files may interleave when several threads decode. Any exception while decoding one file
+    becomes that file's error message; the thread goes on with the next file.
+    """
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for work in works:
+        todo.put(work)
+    finished = threading.Event()
+
+    def produce() -> None:
+        try:
+            while not finished.is_set() and not (stop is not None and stop.is_set()):
+                try:
+                    work = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    q.put(("start", work, decode.probe(Path(work.path))))
+                    for w in decode.iter_windows(Path(work.path), window, hop):
+                        if finished.is_set():
+                            return
+                        q.put(("window", work, w))
+                    q.put(("end", work, None))
+                except Exception as e:
+                    if not isinstance(e, DecodeError):
+                        log.debug("decoding %s failed", work.path, exc_info=e)
+                    q.put(("error", work, e))
+        finally:
+            q.put(("done", None, None))
+
+    n = max(1, min(decoders, len(works)))
+    threads = [threading.Thread(target=produce, name=f"audiofind-decode-{i}", daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    started: set[str] = set()
+    try:
+        running = n
+        while running:
+            kind, work, payload = q.get()
+            if kind == "done":
+                running -= 1
+                continue
+            if kind == "error" and work.path not in started:  # failed before its start message (probe)
+                yield "start", work, decode.AudioInfo(0.0, 0, 0, "")
+            started.add(work.path)
+            yield kind, work, payload
+    finally:
+        finished.set()  # the consumer stopped early: let the producers run out
+        while any(t.is_alive() for t in threads):
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass

@@ -1,0 +1,322 @@
+"""Bringing an index in step with folders: walk, skip what is unchanged, detect moves and copies, embed the rest.
+
+`index` and `watch` both call `sync`; nothing else writes files into the index. A missing drive is never a
+deletion: a root that is missing, empty or unreadable keeps its files, and so does a root that would lose more than
+a quarter of them in one run, until `prune` says the files really are gone.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from audiofind.audio import decode
+from audiofind.audio.formats import AUDIO_EXTS, extension
+from audiofind.audio.tags import read_tags
+from audiofind.errors import DeviceError, UsageError, WeightsError
+from audiofind.library.pipeline import Embedder, Work, reason_of
+from audiofind.library.walk import Walk, absolute, check_roots, file_hash, readable, root_of, walk, walk_only
+from audiofind.model.encoder import Encoder, load_for_index
+from audiofind.store import FileRow, Index, ModelBinding, peek_model
+from audiofind.store.records import folder_prefix
+
+__all__ = ["Event", "Report", "binding", "check_roots", "encoder_for", "file_hash", "prepare", "sync", "walk"]
+
+log = logging.getLogger(__name__)
+
+# One run removes at most this share of a root's indexed files (when more than PRUNE_MIN) without --prune.
+PRUNE_SHARE = 0.25
+PRUNE_MIN = 20
+
+
+@dataclass
+class Report:
+    """What one sync did; the JSON summary of `index` is this plus timing.
+
+    seen = embedded + reused + moved + skipped + failed + changing, unless the run was stopped.
+    """
+
+    seen: int = 0  # audio files found under the available roots
+    embedded: int = 0
+    skipped: int = 0
+    moved: int = 0
+    removed: int = 0
+    failed: int = 0
+    reused: int = 0  # new paths whose content was already indexed (copies): no embedding needed
+    changing: int = 0  # changed while being read (still being written): indexed once they settle
+    kept: int = 0  # gone from disk but kept: under an unavailable root, or too many at once (see --prune)
+    unavailable: list[str] = field(default_factory=list)  # roots missing, empty or unreadable: their files kept
+    segments: int = 0
+    audio_seconds: float = 0.0
+    seconds: float = 0.0
+    device: str = ""
+    model: str = ""
+    stopped: bool = False
+
+    def as_dict(self) -> dict:
+        """Plain dict for JSON output."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change made to the index, reported as it happens (index prints failures, watch prints all)."""
+
+    event: str  # embedded | moved | removed | failed | reused | changing | unavailable | kept
+    path: str
+    source: str | None = None  # the old path of a move
+    reason: str | None = None
+    segments: int = 0
+    duration: float = 0.0
+    count: int = 0  # unavailable, kept: how many indexed files were kept
+
+
+def binding(encoder: Encoder, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS) -> ModelBinding:
+    """The identity an index records for the vectors this encoder makes."""
+    precision = getattr(encoder, "precision", "fp32")  # how the audio tower computes: part of the vectors' identity
+    return ModelBinding(encoder.name, encoder.sha256, encoder.dim, window, hop, precision)
+
+
+def encoder_for(index: Index, weights: str | None, device: str, precision: str | None = None) -> Encoder:
+    """The audio encoder to index with: --weights if given, else the model that built the index, else the default;
+    --precision if given, else the index's own."""
+    return _load(index.model(), weights, device, precision)
+
+
+def load_checked(db: Path | str, weights: str | None, device: str, precision: str | None = None) -> Encoder:
+    """The audio encoder for indexing db (as encoder_for chooses it), loaded and tried on a short clip before
+    anything is written."""
+    encoder = _load(peek_model(db), weights, device, precision)
+    probe = np.random.default_rng(0).standard_normal(decode.SAMPLE_RATE // 2).astype(np.float32) * 3000
+    if not np.all(np.isfinite(encoder.embed_audio([probe]))):
+        raise WeightsError(f"Model '{encoder.name}' gives non-finite embeddings; its checkpoint is damaged.")
+    return encoder
+
+
+def _load(bound: ModelBinding | None, weights: str | None, device: str, precision: str | None) -> Encoder:
+    chosen = precision or (bound.precision if bound else "fp32")
+    try:
+        return load_for_index(bound.name if bound else None, weights, device, ["audio"], precision=chosen)
+    except DeviceError:
+        if precision is None and chosen != "fp32":  # the user asked for nothing: say where the precision came from
+            raise DeviceError(
+                f"This index holds {chosen} embeddings, which need a CUDA device: add to it with --device cuda, or "
+                f"rebuild it in fp32 with --rebuild --precision fp32."
+            ) from None
+        raise
+
+
+def prepare(index: Index, encoder: Encoder) -> None:
+    """Bind an empty index to the encoder's model; refuse another model."""
+    if index.model() is None:
+        index.bind_model(binding(encoder))
+    else:
+        index.check_model(binding(encoder))
+
+
+def _under(path: str, folder: Path) -> bool:
+    return path == str(folder) or path.startswith(folder_prefix(str(folder)))
+
+
+def sync(
+    index: Index,
+    encoder: Encoder,
+    roots: Iterable[Path],
+    *,
+    exts: frozenset[str] = AUDIO_EXTS,
+    retry_failed: bool = False,
+    only: Iterable[Path] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    progress: Callable[[float, float], None] | None = None,  # (audio seconds embedded, share of the work done)
+    stop: threading.Event | None = None,
+    decoders: int | None = None,
+    prune: bool = False,
+) -> Report:
+    """Make the index hold exactly the audio files under `roots` (or, with `only`, just those paths).
+
+    A root named in `only` is looked at in full, with a full walk's protections. `decoders` decoding threads feed
+    the model (default: 1 on CPU, where the model needs the cores, else 4).
+    """
+    started = time.monotonic()
+    roots = absolute(roots)
+    bound = index.model()
+    if bound is None:
+        raise ValueError("Bind a model (indexer.prepare) before syncing.")
+    index.check_model(binding(encoder, bound.window, bound.hop))  # the segmenting is the index's own
+    report = Report(device=str(encoder.device), model=encoder.name)
+    emit = on_event or (lambda e: None)
+    stopped = lambda: stop is not None and stop.is_set()
+
+    # 1. What is on disk now, and what the index knows under the same roots. Roots that are not there (or show
+    # nothing while the index holds files under them) are set aside with their files: a drive, not a deletion.
+    only_paths = None if only is None else absolute(only)
+    full = roots if only_paths is None else [r for r in roots if r in only_paths]
+    partial = [] if only_paths is None else [p for p in only_paths if p not in roots and root_of(p, roots)]
+    known_in = lambda rows: {r.path: r for r in rows if extension(r.path) in exts}
+    known = known_in(index.files_under(full)) | known_in(index.files_under(partial))
+    seen_walk = Walk()
+    live = []
+    for root in full:
+        if root.is_dir() and readable(root):
+            live.append(root)
+        elif not any(_under(p, root) for p in known):
+            raise UsageError(f"{root} is not a folder." if not root.is_dir() else f"Cannot read the folder {root}.")
+    entries = [*walk(live, exts, seen_walk), *walk_only(partial, roots, exts, seen_walk)]
+    on_disk = {str(path): Work(str(path), str(root), st.st_size, st.st_mtime_ns) for root, path, st in entries}
+    report.seen = len(on_disk)
+    protected: list[Path] = []  # folders whose indexed files stay whatever the walk saw
+    for root in full:
+        if root in live and any(w.root == str(root) for w in on_disk.values()):
+            continue
+        n = sum(1 for p in known if _under(p, root))
+        if n and not prune:
+            why = "missing" if not root.exists() else "unreadable" if root not in live else "empty"
+            reason = f"root {root} is not available ({why}): {n:,} files kept"
+            report.unavailable.append(str(root))
+            report.kept += n
+            protected.append(root)
+            emit(Event("unavailable", str(root), reason=reason, count=n))
+    if not prune:
+        protected += [Path(d) for d in seen_walk.unreadable]
+
+    todo: list[Work] = []
+    for key, work in on_disk.items():
+        row = known.get(key)
+        unchanged = row is not None and row.size == work.size and row.mtime_ns == work.mtime_ns
+        if unchanged and (row.status == "ok" or not retry_failed):
+            report.skipped += 1
+        else:
+            todo.append(work)
+    vanished = {p: r for p, r in known.items() if p not in on_disk and not any(_under(p, d) for d in protected)}
+
+    # 2. Hash what is new or changed: a hash seen under a vanished path is a move, one already indexed a copy,
+    # one met twice in this run is embedded once.
+    by_hash: dict[str, list[str]] = {}
+    for path, row in vanished.items():
+        if row.hash:
+            by_hash.setdefault(row.hash, []).append(path)
+    to_embed: dict[str, Work] = {}
+    for work in todo:
+        if stopped():
+            break
+        try:
+            work.hash = file_hash(Path(work.path), stop)
+        except InterruptedError:
+            break
+        except Exception as e:
+            reason = f"cannot read: {e.strerror or e}" if isinstance(e, OSError) else reason_of(e)
+            _fail(index, work, reason, report, emit)
+            continue
+        sources = by_hash.get(work.hash)
+        if sources and work.path not in known:
+            source = sources.pop(0)
+            index.move_file(source, work.path, work.root, work.size, work.mtime_ns)
+            vanished.pop(source, None)
+            report.moved += 1
+            emit(Event("moved", work.path, source=source))
+        elif work.hash in to_embed:
+            to_embed[work.hash].copies.append(work)
+        elif index.has_audio(work.hash):
+            _add_copy(index, work, report, emit)
+        else:
+            to_embed[work.hash] = work
+
+    # 3. Embed: short files first, so one long recording never holds up the rest of a library.
+    works = sorted(to_embed.values(), key=lambda w: (w.size, w.path))
+    if works and not stopped():
+        _embed(index, encoder, works, report, emit, progress, stop, decoders)
+
+    # 4. Whatever vanished and was not a move goes, with vectors nobody else uses; but a root that would lose
+    # more than a quarter of its files at once keeps them until --prune: a half-mounted share looks like that.
+    if stopped():
+        report.stopped = True
+    else:
+        for root in full:
+            gone = sorted(p for p in vanished if _under(p, root))
+            n = sum(1 for p in known if _under(p, root))
+            if not prune and len(gone) > PRUNE_MIN and len(gone) > PRUNE_SHARE * n:
+                for p in gone:
+                    del vanished[p]
+                report.kept += len(gone)
+                reason = (
+                    f"{len(gone):,} of the {n:,} indexed files under {root} are gone ({len(gone) / n:.0%}); kept them "
+                    f"in case the folder is only partly there: run 'audiofind index --prune {root}' to remove them"
+                )
+                emit(Event("kept", str(root), reason=reason, count=len(gone)))
+        if vanished:
+            report.removed += index.remove_files(sorted(vanished))
+            for path in sorted(vanished):
+                emit(Event("removed", path))
+        if only_paths is None:
+            index.drop_partials()  # unfinished contents of files that failed, changed or went away
+        for root in full:
+            if root in live:
+                index.touch_root(root)
+            elif prune:
+                index.forget_root(root)
+        index.save_codes()  # one read for the next cold search, instead of a rebuild from every row
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _embed(
+    index: Index,
+    encoder: Encoder,
+    works: list[Work],
+    report: Report,
+    emit: Callable[[Event], None],
+    progress: Callable[[float, float], None] | None,
+    stop: threading.Event | None,
+    decoders: int | None,
+) -> None:
+    """Run the embedder over works, turning its outcomes into report counts and events."""
+    bytes_total = sum(w.size for w in works)
+
+    def done(outcome: str, work: Work, segments: int, duration: float, reason: str | None) -> None:
+        if outcome == "embedded":
+            report.embedded += 1
+            report.segments += segments
+            emit(Event("embedded", work.path, segments=segments, duration=duration))
+            for copy in work.copies:
+                _add_copy(index, copy, report, emit)
+        elif outcome == "changing":
+            report.changing += 1 + len(work.copies)
+            for w in (work, *work.copies):
+                emit(Event("changing", w.path, reason=reason))
+        else:
+            for w in (work, *work.copies):
+                _fail(index, w, reason or "failed", report, emit)
+
+    def seconds(audio: float, bytes_done: float) -> None:
+        report.audio_seconds = audio
+        if progress:  # the share done is measured in bytes: known for every file before it is decoded
+            progress(audio, min(1.0, bytes_done / bytes_total) if bytes_total else 0.0)
+
+    if decoders is None:
+        decoders = 1 if encoder.device.type == "cpu" else 4
+    embedder = Embedder(index, encoder, done, stop)
+    embedder.run(works, decoders, seconds)
+    report.audio_seconds = embedder.audio_seconds
+
+
+def _add_copy(index: Index, work: Work, report: Report, emit: Callable[[Event], None]) -> None:
+    """A path whose content is already indexed: store the row, reusing the vectors."""
+    try:
+        tags = read_tags(Path(work.path))
+    except Exception as e:
+        _fail(index, work, reason_of(e), report, emit)
+        return
+    index.add_file(FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, tags))
+    report.reused += 1
+    emit(Event("reused", work.path))
+
+
+def _fail(index: Index, work: Work, reason: str, report: Report, emit: Callable[[Event], None]) -> None:
+    index.record_failure(work.path, work.root, work.size, work.mtime_ns, reason)
+    report.failed += 1
+    emit(Event("failed", work.path, reason=reason))
+

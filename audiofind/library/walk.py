@@ -1,0 +1,134 @@
+"""What is on disk: walking roots, hashing files, and telling a missing drive from deleted files.
+
+A root that is missing, empty or unreadable while the index holds files under it is *unavailable*, not emptied:
+an unplugged drive, a share that failed to mount or an empty mount point all look like that. Folders that could not
+be listed are remembered too, so the files the index holds under them are kept rather than removed.
+"""
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from audiofind.audio.formats import AUDIO_EXTS, extension
+from audiofind.errors import UsageError
+from audiofind.library.folders import FolderId, walk_folders
+
+log = logging.getLogger(__name__)
+
+HASH_CHUNK = 1 << 20
+
+
+@dataclass
+class Walk:
+    """One walk's findings besides the files: folders that could not be listed (their files are kept)."""
+
+    unreadable: list[str] = field(default_factory=list)
+
+    def covers(self, path: str) -> bool:
+        """Whether path lies in a folder this walk could not see into."""
+        return any(path == d or path.startswith(d.rstrip(os.sep) + os.sep) for d in self.unreadable)
+
+
+def absolute(roots: Iterable[Path]) -> list[Path]:
+    """The roots as absolute paths, '..' folded and symlinks kept (as the store keeps paths)."""
+    return [Path(os.path.abspath(os.path.expanduser(r))) for r in roots]
+
+
+def check_roots(roots: Iterable[Path]) -> list[Path]:
+    """The roots as absolute paths; UsageError naming the first that is not a folder."""
+    out = absolute(roots)
+    for root in out:
+        if not root.is_dir():
+            raise UsageError(f"{root} is not a folder.")
+    return out
+
+
+def readable(root: Path) -> bool:
+    """Whether root is a folder whose entries can be listed."""
+    try:
+        with os.scandir(root):
+            return True
+    except OSError:
+        return False
+
+
+def walk(
+    roots: Iterable[Path], exts: frozenset[str] = AUDIO_EXTS, found: Walk | None = None,
+    seen: dict[FolderId, str] | None = None,
+) -> Iterator[tuple[Path, Path, os.stat_result]]:
+    """(root, file, stat) for every audio file under the roots, folders walked as folders.walk_folders does."""
+    seen = {} if seen is None else seen
+    found = found if found is not None else Walk()
+
+    def unreadable(e: OSError) -> None:
+        log.info("cannot list %s: %s", e.filename, e.strerror or e)
+        found.unreadable.append(os.fsdecode(e.filename or ""))
+
+    for root in roots:
+        for dirpath, _, names in walk_folders(root, seen, onerror=unreadable):
+            for name in names:
+                if extension(name) not in exts:
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    fst = os.stat(path)
+                except OSError:
+                    continue  # a dangling symlink or a file deleted while walking
+                yield root, path, fst
+
+
+def root_of(path: Path, roots: list[Path]) -> Path | None:
+    """The innermost root that holds path, or None."""
+    holders = [r for r in roots if path == r or r in path.parents]
+    return max(holders, key=lambda r: len(r.parts)) if holders else None
+
+
+def walk_only(
+    paths: list[Path], roots: list[Path], exts: frozenset[str], found: Walk | None = None
+) -> Iterator[tuple[Path, Path, os.stat_result]]:
+    """walk() restricted to these files and folders, each attributed to the root that holds it."""
+    for path in paths:
+        root = root_of(path, roots)
+        if root is None or any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        if path.is_dir():
+            # The folders above it count as walked, so a symlink inside that leads back up is a loop, as in walk().
+            above = [root, *reversed([p for p in path.parents if root in p.parents])]
+            seen = {(st.st_dev, st.st_ino): str(p) for p in above if (st := _stat(p)) is not None}
+            for _, file, st in walk([path], exts, found, seen):
+                yield root, file, st
+        elif extension(str(path)) in exts:
+            try:
+                yield root, path, os.stat(path)
+            except OSError:
+                continue  # gone again: the index forgets it
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def file_hash(path: Path, stop: "object | None" = None) -> str:
+    """sha256 of the file's bytes: the key that lets copies share vectors and moves skip embedding."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+            if stop is not None and stop.is_set():  # type: ignore[attr-defined]
+                raise InterruptedError("stopped while hashing")
+    return h.hexdigest()
+
+
+def signature(path: str | Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file now, or None if it is gone: a file being written changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
