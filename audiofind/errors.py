@@ -1,6 +1,12 @@
 """Typed errors. Each message is a full sentence the CLI prints unchanged."""
 
+import os
+import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from audiofind.store.records import ModelBinding
 
 
 class AudiofindError(Exception):
@@ -62,6 +68,41 @@ class IndexNotFound(AudiofindError):
 
 class SchemaMismatch(AudiofindError):
     """The index was built by another model or another segmenting setting, or by a newer audiofind."""
+
+
+class ModelMismatch(SchemaMismatch):
+    """The index holds vectors made by another model, precision or segmenting than asked; says how to rebuild it."""
+
+    def __init__(self, current: "ModelBinding", asked: "ModelBinding", location: str, roots: list[str]) -> None:
+        self.current, self.asked, self.location, self.roots = current, asked, location, roots
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        current, asked = self.current, self.asked
+        if (current.sha256, current.dim) != (asked.sha256, asked.dim):
+            return (
+                f"This index was built with model '{current.name}' (sha256 {current.sha256[:12]}...); "
+                f"you asked for '{asked.name}'. {self.rebuild(f'-w {shlex.quote(asked.name)}')}"
+            )
+        if current.precision != asked.precision:
+            fix = self.rebuild(f"--precision {asked.precision}")
+            return (
+                f"This index holds {current.precision} embeddings; you asked for {asked.precision}, which rank "
+                f"differently. Use --precision {current.precision}, or {fix[0].lower()}{fix[1:]}"
+            )
+        return (
+            f"This index was built with {current.window:g} s windows every {current.hop:g} s; "
+            f"you asked for {asked.window:g} s windows every {asked.hop:g} s. {self.rebuild()}"
+        )
+
+    def rebuild(self, option: str = "") -> str:
+        """The command that rebuilds this index with what was asked for."""
+        from audiofind.paths import default_db
+
+        roots = " ".join(shlex.quote(r) for r in self.roots) or "PATH..."
+        default = os.path.abspath(os.path.expanduser(default_db()))
+        db = "" if self.location == default else f" --db {shlex.quote(self.location)}"
+        return f"Rebuild it with: audiofind index --rebuild{' ' + option if option else ''}{db} {roots}"
 
 
 class IndexBusy(AudiofindError):

@@ -1,4 +1,4 @@
-"""Index checks shared by the robustness tests: a content snapshot, the consistency invariants, a tiny encoder."""
+"""SqliteStore checks shared by the robustness tests: a content snapshot, the consistency invariants, a tiny encoder."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +9,7 @@ from modelkit import synthetic_model
 
 from audiofind.model.config import TINY
 from audiofind.model.encoder import Encoder, from_model
-from audiofind.store import Index
+from audiofind.store.sqlite.store import SqliteStore
 
 
 def tiny_encoder() -> Encoder:
@@ -40,7 +40,7 @@ def counting(enc: Encoder, fail_at: int | None = None, failure: BaseException | 
 
 def snapshot(db: Path) -> dict:
     """Everything the index holds that a run decides, by content (row ids and times left out), bit for bit."""
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         q = lambda sql: sorted(index.conn.execute(sql).fetchall())
         vectors = {}
         for (h,) in q("SELECT hash FROM audio"):
@@ -60,7 +60,7 @@ def snapshot(db: Path) -> dict:
 
 def check_consistent(db: Path) -> None:
     """integrity_check ok; every ok file has its audio, segments and vectors; no orphan audio, segment or vector."""
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         one = lambda sql: index.conn.execute(sql).fetchall()
         assert one("PRAGMA integrity_check") == [("ok",)]
         assert not one("SELECT path FROM files WHERE status = 'ok' AND hash NOT IN (SELECT hash FROM audio)")

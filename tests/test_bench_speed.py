@@ -33,7 +33,7 @@ def test_indexing_reindex_and_query_measurements() -> None:
 
 def test_names_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
     from audiofind.bench import names as namespeed
-    from audiofind.store.sqlite import text
+    from audiofind.store.sqlite import fulltext as text
 
     figures = namespeed.names_speed(files=1200, dim=32, repeat=1)
     assert list(figures) == ["hybrid_adds_1k_s", "text_query_1k_s", "fts_fill_1k_s"] and all(v >= 0 for v in figures.values())

@@ -17,7 +17,7 @@ from audiofind.cli import app
 from audiofind.errors import AudiofindError, DeviceError, SchemaMismatch, WeightsNotFound
 from audiofind.model.config import TINY
 from audiofind.search.embedding import QueryEncoder, encoder_for, query_encoder, search_like, search_text
-from audiofind.store import open_index
+from audiofind.store import open_store
 
 runner = CliRunner()
 
@@ -43,7 +43,7 @@ def library(tmp_path: Path) -> list[Path]:
 
 
 def test_a_text_query_runs_on_the_numpy_tower_and_finds_what_torch_finds(library: list[Path]) -> None:
-    with open_index() as index:
+    with open_store() as index:
         fast = query_encoder(index, None, "auto")
         warm = encoder_for(index, None, "cpu")
         queries = ["rain on a tin roof", "A DOG barks twice, far away!", "café", "x " * 100]
@@ -57,7 +57,7 @@ def test_a_text_query_runs_on_the_numpy_tower_and_finds_what_torch_finds(library
 
 def test_like_of_an_indexed_file_needs_no_model(library: list[Path]) -> None:
     cli("weights", "remove", "tiny")
-    with open_index() as index:
+    with open_store() as index:
         fast = query_encoder(index, None, "auto")
         for path in library:
             assert search_like(index, fast, path, k=3)[0].path == str(path)
@@ -74,7 +74,7 @@ def test_another_model_is_refused_with_the_rebuild_command(library: list[Path]) 
     other = synthetic_state_dict(TINY)
     other["text_projection"] += 0.1
     weights.save_model(other, "tiny-other", TINY.to_dict(), {})
-    with open_index() as index:
+    with open_store() as index:
         with pytest.raises(SchemaMismatch, match="audiofind index --rebuild -w tiny-other"):
             search_text(index, query_encoder(index, "tiny-other", "auto"), "rain")
         with pytest.raises(SchemaMismatch, match="audiofind index --rebuild -w tiny-other"):
@@ -82,7 +82,7 @@ def test_another_model_is_refused_with_the_rebuild_command(library: list[Path]) 
 
 
 def test_an_explicit_gpu_device_takes_the_torch_tower(library: list[Path]) -> None:
-    with open_index() as index:
+    with open_store() as index:
         with pytest.raises(DeviceError, match="cuda:99"):
             search_text(index, query_encoder(index, None, "cuda:99"), "rain")
         assert isinstance(query_encoder(index, None, " CPU "), QueryEncoder)

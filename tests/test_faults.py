@@ -19,8 +19,8 @@ from indexkit import check_consistent, snapshot, tiny_encoder
 
 from audiofind.library import pipeline
 from audiofind.library.sync import binding, sync
-from audiofind.store import Index
-from audiofind.store.sqlite import index as store_index
+from audiofind.store.sqlite import files as store_index
+from audiofind.store.sqlite.store import SqliteStore
 
 WRITES = {"INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "REPLACE", "COMMIT"}
 KILLED = 77  # the child's exit status when it died at the fault, as planned
@@ -60,7 +60,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-u
     _noise_wav(root / "long" / "b.wav", 7.5, seed=21)
     enc = tiny_encoder()
     state_a = tmp_path / "a.db"
-    with Index.open(state_a) as index:
+    with SqliteStore.open(state_a) as index:
         index.bind_model(binding(enc, window=1.0, hop=0.5))
         sync(index, enc, [root])
     (root / "d1" / "sub").mkdir()
@@ -76,7 +76,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-u
 
 
 def _run(db: Path, root: Path, enc, faults: Faults | None = None) -> None:  # type: ignore[no-untyped-def]
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         if faults is not None:
             index.conn.exec_trace = faults
         sync(index, enc, [root])

@@ -13,11 +13,13 @@ from typer.testing import CliRunner
 
 from audiofind.cli import app
 from audiofind.errors import UsageError
+from audiofind.search import search
 from audiofind.search.embedding import query_encoder, search_text
 from audiofind.search.hybrid import NOT_WEIGHT
-from audiofind.store import Index, open_index
+from audiofind.store import open_store
 from audiofind.store import vectors as vec
 from audiofind.store.sqlite import migrations
+from audiofind.store.sqlite.store import SqliteStore
 
 runner = CliRunner()
 
@@ -79,7 +81,7 @@ def test_names_put_their_files_first(library: Path, mode: str) -> None:
 
 def test_audio_mode_is_exactly_the_sound_ranking(library: Path) -> None:
     results = found(library, "door creak", "--mode", "audio")
-    with open_index(None) as index:
+    with open_store(None) as index:
         before = search_text(index, query_encoder(index, None, "cpu"), "door creak", 50)
     assert [(r["path"], r["score"], r["start"], r["end"]) for r in results] == [(h.path, h.score, h.start, h.end) for h in before]
     assert [r["why"]["audio_rank"] for r in results] == list(range(1, len(before) + 1))
@@ -106,13 +108,13 @@ def test_minus_word_leaves_files_out_in_every_mode(library: Path, mode: str) -> 
 def test_excluded_words_never_leave_the_sound_side_short(library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from audiofind.search import hybrid
 
-    with open_index(None) as index:
+    with open_store(None) as index:
         encoder = query_encoder(index, None, "cpu")
         every = search_text(index, encoder, "door", 50)
         creak = [h for h in every if "creak" in h.path.lower()]
         ranking = creak + [h for h in every if h not in creak]  # the sound puts every excluded file first
         monkeypatch.setattr(hybrid, "_audio", lambda index, encoder, query, not_, n, filters: ranking[:n])
-        got = hybrid.search(index, "door -creak", 2, mode="audio", encoder=encoder)
+        got = search(index, "door -creak", k=2, mode="audio", model=encoder)
     assert [f.hit.path for f in got] == [h.path for h in ranking[len(creak) : len(creak) + 2]]
 
 
@@ -124,7 +126,7 @@ def test_quoted_phrase_matches_only_in_order(library: Path) -> None:
 
 def test_not_subtracts_the_other_description(library: Path) -> None:
     results = found(library, "door creak", "--mode", "audio", "--not", "rain")
-    with open_index(None) as index:
+    with open_store(None) as index:
         wanted, other = vec.normalize(query_encoder(index, None, "cpu").embed_text(["door creak", "rain"]))
         hits = index.search((wanted - NOT_WEIGHT * other)[None], 50)
     assert [(r["path"], r["score"]) for r in results] == [(h.path, h.score) for h in hits]
@@ -142,7 +144,7 @@ def test_bad_mode_is_a_usage_error(library: Path) -> None:
     assert result.exit_code == 2 and "--mode" in result.output
 
 
-def in_step(index: Index) -> bool:
+def in_step(index: SqliteStore) -> bool:
     """The full-text index holds one row for each ok file and nothing else."""
     one = lambda sql: index.conn.execute(sql).fetchall()
     return one("SELECT rowid FROM file_words ORDER BY rowid") == one("SELECT id FROM files WHERE status = 'ok' ORDER BY id")
@@ -150,7 +152,7 @@ def in_step(index: Index) -> bool:
 
 def test_names_follow_moves_copies_changes_deletions_and_rebuild(library: Path) -> None:
     def text(q: str) -> set[str]:
-        with open_index(None) as index:
+        with open_store(None) as index:
             assert in_step(index)
         return set(names(library, q, "--mode", "text"))
 
@@ -172,14 +174,14 @@ def test_names_follow_moves_copies_changes_deletions_and_rebuild(library: Path) 
 
 
 def test_an_index_of_the_previous_schema_fills_its_names_without_embedding(library: Path) -> None:
-    with open_index(None) as index:  # back to the schema before the full-text index
+    with open_store(None) as index:  # back to the schema before the full-text index
         index.conn.execute("DROP TABLE file_words; DROP TRIGGER IF EXISTS file_words_insert; "
                            "DROP TRIGGER IF EXISTS file_words_update; DROP TRIGGER IF EXISTS file_words_delete")  # fmt: skip
         index.conn.execute(f"DELETE FROM {migrations.TABLE} WHERE name = 'm007_file_words'")
         db, segments = index.path, index.conn.execute("SELECT count(*) FROM segments").fetchone()[0]
     run("weights", "remove", "tiny")  # no model anywhere: nothing can be embedded
     assert set(names(library, "door creak", "--mode", "text")) == DOOR_CREAK
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         assert "m007_file_words" in migrations.applied(index.conn)
         assert index.conn.execute("SELECT count(*) FROM segments").fetchone()[0] == segments
 
@@ -200,10 +202,10 @@ def test_serve_takes_the_mode(library: Path) -> None:
 
 
 def test_tags_are_searchable_and_follow_their_file(tmp_path: Path) -> None:
-    from audiofind.search.hybrid import search
+    from audiofind.search import search
     from audiofind.store import AudioRow, FileRow, ModelBinding
 
-    with Index.open(tmp_path / "index.db") as index:
+    with SqliteStore.open(tmp_path / "index.db") as index:
         index.bind_model(ModelBinding("m", "0" * 64, 4, 5.0, 2.5))
         tags = {"title": ["Café door"], "description": ["Barn hinge, slow"], "date": ["1999"], "keywords": ["wood", "old"]}
         row = FileRow(str(tmp_path / "a" / "take1.wav"), str(tmp_path), 10, 1, "h1", tags=tags)
@@ -219,7 +221,7 @@ def test_tags_are_searchable_and_follow_their_file(tmp_path: Path) -> None:
 
 def test_names_follow_watch(tmp_path: Path) -> None:
     from audiofind.model.encoder import load_encoder
-    from audiofind.search.hybrid import search
+    from audiofind.search import search
     from test_watch import Watching, tone
 
     register_tiny()
@@ -229,12 +231,12 @@ def test_names_follow_watch(tmp_path: Path) -> None:
     with Watching(db, encoder, [root]) as w:
         os.rename(root / "Door_Creak.wav", root / "Gate_Slam.wav")
         w.wait("moved", root / "Gate_Slam.wav")
-        with Index.open(db) as index:
+        with SqliteStore.open(db) as index:
             assert [Path(f.hit.path).name for f in search(index, "gate", mode="text")] == ["Gate_Slam.wav"]
         tone(root / "Kick808.wav", 60)
         w.wait("embedded", root / "Kick808.wav")
         os.remove(root / "Gate_Slam.wav")
         w.wait("removed", root / "Gate_Slam.wav")
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         top = lambda q: [Path(f.hit.path).name for f in search(index, q, mode="text")]
         assert in_step(index) and top("door") == top("gate") == [] and top("kick 808") == ["Kick808.wav"]

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from audiofind.cli import app
 from audiofind.model.config import AudioCLIPConfig
-from audiofind.store import Index
+from audiofind.store.sqlite.store import SqliteStore
 
 runner = CliRunner()
 SR = audiogen.SAMPLE_RATE
@@ -203,7 +203,7 @@ def test_another_model_is_refused_until_rebuild(tiny: str, library: tuple[Path, 
 def test_a_second_writer_is_refused(tiny: str, library: tuple[Path, dict], audiofind_home: Path) -> None:
     root, _ = library
     index_json(root, "-w", tiny)
-    with Index.open(audiofind_home / "index.db") as held, held.writer_lock():
+    with SqliteStore.open(audiofind_home / "index.db") as held, held.writer_lock():
         result = runner.invoke(app, ["index", str(root), "-w", tiny])
     assert result.exit_code == 1 and "already writing" in result.stderr
 
@@ -231,7 +231,7 @@ def test_sigkill_loses_nothing_committed(tiny: str, tmp_path: Path, audiofind_ho
     assert proc.poll() is None, "indexing finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         assert index.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = index.files_under([root])
         assert 0 < len(rows) < 40
@@ -330,6 +330,6 @@ def test_precision_is_asked_per_command_and_kept_by_the_index(tiny: str, library
     for args in (["index", root, "--precision", "fp32"], ["watch", root, "--precision", "fp32"]):
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 1 and "This index holds bf16 embeddings; you asked for fp32" in result.stderr, result.output
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         assert index.model().precision == "bf16" and index.stats().files == len(files["good"]) + len(files["broken"])
     assert run("search", "rain", "-k", "1", "--paths").strip()  # queries embed in fp32 whatever the index holds

@@ -17,7 +17,7 @@ from audiofind.library.sync import Event, prepare, sync, walk
 from audiofind.model.config import TINY
 from audiofind.model.encoder import Encoder, from_model
 from audiofind.model.inference import prepare_for_inference
-from audiofind.store import Index
+from audiofind.store.sqlite.store import SqliteStore
 from test_encoder import count_forwards
 
 
@@ -50,7 +50,7 @@ def library(root: Path) -> list[Path]:
 
 
 def snapshot(db: Path) -> dict[str, tuple]:
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         out = {}
         for row in index.files_under([db.parent]):
             if row.status == "ok":
@@ -69,7 +69,7 @@ def test_batched_parallel_decoding_gives_the_same_index(tmp_path: Path) -> None:
     results, events = [], []
     for n, (enc, decoders) in enumerate([(plain, 1), (batching, 3)]):
         db = tmp_path / "lib" / f"index{n}.db"
-        with Index.open(db) as index:
+        with SqliteStore.open(db) as index:
             prepare(index, enc)
             seen: list[Event] = []
             report = sync(index, enc, [tmp_path / "lib"], decoders=decoders, on_event=seen.append)
@@ -104,7 +104,7 @@ def test_files_behind_symlinks_stay_unchanged_on_the_next_run(tmp_path: Path) ->
     root.mkdir()
     (root / "linked").symlink_to(outside)
     enc = from_model(synthetic_model(TINY, ("audio",)), TINY, torch.device("cpu"), "tiny", "a" * 64)
-    with Index.open(tmp_path / "index.db") as index:
+    with SqliteStore.open(tmp_path / "index.db") as index:
         prepare(index, enc)
         assert sync(index, enc, [root]).embedded == 1
         assert [r.path for r in index.files_under([root])] == [str(root / "linked" / "y.wav")]
@@ -127,7 +127,7 @@ def test_gpu_batching_through_the_indexer_wastes_nothing(tmp_path: Path) -> None
     for n, batch_size in enumerate((8, 1)):
         encoder = from_model(model, TINY, torch.device("cpu"), "tiny", "a" * 64, batch_size=batch_size)
         calls = count_forwards(model)
-        with Index.open(tmp_path / f"i{n}.db") as index:
+        with SqliteStore.open(tmp_path / f"i{n}.db") as index:
             prepare(index, encoder)
             assert sync(index, encoder, [root], decoders=3).embedded == 67
         snapshots.append(snapshot(tmp_path / f"i{n}.db"))
@@ -168,7 +168,7 @@ def test_a_long_recording_through_the_batched_path_keeps_memory_bounded(tmp_path
             return np.stack([np.full(self.dim, c[0], np.float32) for c in clips])
 
     encoder = Stub("stub", "b" * 64, TINY, torch.device("cpu"), batch_size=8)
-    with Index.open(tmp_path / "i.db") as index:
+    with SqliteStore.open(tmp_path / "i.db") as index:
         prepare(index, encoder)
         assert sync(index, encoder, [tmp_path / "lib"]).embedded == 1
         assert len(index.segment_vectors(index.files_under([path.parent])[0].hash)[0]) == 2159
@@ -181,7 +181,7 @@ def test_a_lone_window_waits_behind_clips_for_more_of_its_length(tmp_path: Path)
     """The order three decoders can deliver: one 10 s window, then clips of 31 other lengths fill the gathering."""
     model = synthetic_model(TINY, ("audio",))
     encoder = from_model(model, TINY, torch.device("cpu"), "tiny", "a" * 64, batch_size=8)
-    with Index.open(tmp_path / "i.db") as index:
+    with SqliteStore.open(tmp_path / "i.db") as index:
         prepare(index, encoder)
         embedder = pipeline.Embedder(index, encoder, lambda *_: None)
         window = (None, [None], np.zeros(decode.N_WINDOW, np.float32))

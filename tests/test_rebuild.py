@@ -15,9 +15,8 @@ from modelkit import register_tiny, synthetic_state_dict
 from typer.testing import CliRunner
 
 from audiofind.cli import app
-from audiofind.library.rebuild import staging_path
 from audiofind.model.config import TINY
-from audiofind.store import Index
+from audiofind.store.sqlite.store import SqliteStore, staging_path
 
 runner = CliRunner()
 
@@ -86,7 +85,7 @@ def test_rebuild_killed_half_way_keeps_the_old_index_and_resumes(tmp_path: Path,
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, "AUDIOFIND_HOME": str(audiofind_home)})
     assert child.returncode == -signal.SIGKILL
     assert snapshot(db) == before  # search and status still read the old index, untouched
-    with Index.open(staging_path(db)) as stage:
+    with SqliteStore.open(staging_path(db)) as stage:
         assert len(stage.files_under([tmp_path])) == 3  # what the killed run embedded is kept
     check_consistent(staging_path(db))
     report = json.loads(run("index", "--rebuild", b / "sub", "--db", db, "-w", tiny, "--json").splitlines()[-1])

@@ -15,7 +15,7 @@ from audiofind.audio import decode
 from audiofind.library import pipeline
 from audiofind.library import walk as scan
 from audiofind.library.sync import Event, Report, binding, prepare, sync
-from audiofind.store import Index
+from audiofind.store.sqlite.store import SqliteStore
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def noise_wav(path: Path, seconds: float, seed: int, sr: int = 44100) -> Path:
 def indexed(db: Path, root: Path, enc=None, **kwargs) -> tuple[Report, list[Event]]:  # type: ignore[no-untyped-def]
     enc = enc or tiny_encoder()
     events: list[Event] = []
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         prepare(index, enc)
         return sync(index, enc, [root], on_event=events.append, **kwargs), events
 
@@ -68,7 +68,7 @@ def test_bad_files_fail_alone_with_a_reason_and_counts_add_up(tmp_path: Path, de
     assert (report.embedded, report.failed, report.seen) == (5, 3, 8) and adds_up(report)
     again, _ = indexed(tmp_path / "i.db", root, decoders=decoders)  # recorded: not retried, nothing crashes
     assert (again.skipped, again.failed, again.embedded) == (8, 0, 0)
-    with Index.open(tmp_path / "i.db") as index:
+    with SqliteStore.open(tmp_path / "i.db") as index:
         for path in good:  # every good file finds itself first
             row = index.get_file(path)
             _, vectors = index.segment_vectors(row.hash)
@@ -110,7 +110,7 @@ def test_an_unavailable_root_keeps_its_files(tmp_path: Path, how: str, monkeypat
     _library(other, 2)
     db = tmp_path / "i.db"
     enc = tiny_encoder()
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         prepare(index, enc)
         sync(index, enc, [root, other])
     before = snapshot(db)
@@ -125,13 +125,13 @@ def test_an_unavailable_root_keeps_its_files(tmp_path: Path, how: str, monkeypat
 
         monkeypatch.setattr(indexer, "readable", lambda p: Path(p) != root)
     events: list[Event] = []
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         report = sync(index, enc, [root, other], on_event=events.append)
     assert report.unavailable == [str(root)] and report.kept == 6 and report.removed == 0
     [event] = [e for e in events if e.event == "unavailable"]
     assert event.reason.startswith(f"root {root} is not available") and event.reason.endswith("6 files kept")
     assert snapshot(db)["files"] == before["files"]
-    with Index.open(db) as index:  # --prune means it: the files go
+    with SqliteStore.open(db) as index:  # --prune means it: the files go
         assert sync(index, enc, [root, other], prune=True).removed == 6
 
 
@@ -149,7 +149,7 @@ def test_a_root_losing_most_of_its_files_keeps_them_until_prune(tmp_path: Path) 
     assert (report.removed, report.kept) == (0, 21)
     [kept] = [e for e in events if e.event == "kept"]
     assert "21 of the 35 indexed files" in kept.reason and "--prune" in kept.reason
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         assert len(index.files_under([root])) == 35
     assert indexed(db, root, prune=True)[0].removed == 21
 
@@ -173,7 +173,7 @@ def test_a_long_recording_resumes_inside_the_file(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         indexed(db, root, enc)
     check_consistent(db)
-    with Index.open(db) as index:
+    with SqliteStore.open(db) as index:
         assert index.get_file(root / "short.wav") is not None, "the short file waited behind the long one"
         assert index.get_file(long) is None  # hidden from search until complete
         done = index.conn.execute("SELECT count(*) FROM segments WHERE hash IN (SELECT hash FROM partial)").fetchone()[0]
@@ -223,7 +223,7 @@ def test_window_hop_come_from_the_index(tmp_path: Path) -> None:
     root = tmp_path / "lib"
     noise_wav(root / "a.wav", 3.0, seed=3)
     enc = tiny_encoder()
-    with Index.open(tmp_path / "i.db") as index:
+    with SqliteStore.open(tmp_path / "i.db") as index:
         index.bind_model(binding(enc, window=1.0, hop=0.5))
         assert sync(index, enc, [root]).segments == 5
     assert os.path.exists(tmp_path / "i.db")

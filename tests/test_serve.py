@@ -44,8 +44,8 @@ class Served:
     client: TestClient  # carries the token
 
     def id(self, name: str) -> int:
-        with self.library.connection() as index:
-            return index.conn.execute("SELECT id FROM files WHERE path = ?", (str(self.files[name]),)).fetchone()[0]
+        with self.library.borrow() as index:
+            return index.file_ids([str(self.files[name])])[str(self.files[name])][0]
 
     def reindex(self) -> None:
         cli_run("index", self.root, "--db", self.db, "-w", "tiny")

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from audiofind.cli import app
 from audiofind.errors import StorageError
-from audiofind.store import Index
 from audiofind.store.sqlite import migrations
 from audiofind.store.sqlite.connection import connect
+from audiofind.store.sqlite.store import SqliteStore
 
 runner = CliRunner()
 REPO = Path(__file__).parent.parent
@@ -63,7 +63,7 @@ def one_error_line(code: int, stderr: str) -> str:
 
 def snapshot(db: Path) -> dict[str, list]:
     """Every stored row that matters, in a stable order (indexed_at and applied_at aside)."""
-    conn = connect(db, create=False)  # not Index.open: that refuses an index from a newer audiofind
+    conn = connect(db, create=False)  # not SqliteStore.open: that refuses an index from a newer audiofind
     try:
         q = lambda sql: conn.execute(sql).fetchall()
         return {
@@ -81,7 +81,7 @@ def snapshot(db: Path) -> dict[str, list]:
 
 def check_sound(db: Path) -> None:
     """Integrity ok; every file has its audio, segments and vectors; nothing orphaned."""
-    with Index.open(db, create=False) as ix:
+    with SqliteStore.open(db, create=False) as ix:
         one = lambda sql: ix.conn.execute(sql).fetchone()[0]
         assert one("PRAGMA integrity_check") == "ok"
         assert one("SELECT count(*) FROM files f LEFT JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok' AND a.hash IS NULL") == 0
@@ -138,7 +138,7 @@ def test_a_full_disk_is_one_line_and_keeps_everything_before_the_failing_file(
         tags["comment"] = f"{i} " + "long notes " * 550
         tags.save()
         new.append(path)
-    with Index.open(db, create=False) as ix:
+    with SqliteStore.open(db, create=False) as ix:
         pages = ix.conn.execute("PRAGMA page_count").fetchone()[0]
 
     def small_disk(conn: apsw.Connection) -> None:  # every connection the CLI opens sees a disk that is nearly full
@@ -174,7 +174,7 @@ def test_a_full_disk_is_one_line_and_keeps_everything_before_the_failing_file(
 def test_a_full_disk_inside_a_batch_rolls_the_batch_back(indexed: tuple[Path, Path]) -> None:
     _, db = indexed
     before = snapshot(db)
-    with Index.open(db) as ix:
+    with SqliteStore.open(db) as ix:
         pages = ix.conn.execute("PRAGMA page_count").fetchone()[0]
         ix.conn.execute(f"PRAGMA max_page_count = {pages}")
         with pytest.raises(StorageError, match="is full"), ix.transaction():
@@ -277,7 +277,7 @@ def test_a_wrong_db_is_one_line_and_left_alone(
         expected = f"error: {db} is not an audiofind index (it is not an SQLite database); give --db another file."
     elif kind == "damaged":
         _, db = request.getfixturevalue("indexed")
-        with Index.open(db) as ix:  # damage the page of a table read on opening, past the schema SQLite checks first
+        with SqliteStore.open(db) as ix:  # damage the page of a table read on opening, past the schema SQLite checks first
             sql = "SELECT rootpage FROM sqlite_master WHERE name = ?"
             page, size = ix.conn.execute(sql, (migrations.TABLE,)).fetchone()[0], ix.conn.execute("PRAGMA page_size").fetchone()[0]
         data = bytearray(db.read_bytes())
@@ -286,7 +286,7 @@ def test_a_wrong_db_is_one_line_and_left_alone(
         expected = f"error: The index {db} is damaged (database disk image is malformed); move it away and index your folders again."
     else:
         _, db = request.getfixturevalue("indexed")
-        with Index.open(db) as ix:
+        with SqliteStore.open(db) as ix:
             ix.conn.execute(f"INSERT INTO {migrations.TABLE} VALUES ('m999_from_the_future', 'later')")
         expected = (
             f"error: The index {db} was written by a newer audiofind (unknown migrations: m999_from_the_future); "

@@ -16,11 +16,13 @@ import pytest
 
 from audiofind.bench.speed import bench_search
 from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, StorageError, UsageError
-from audiofind.store import AudioRow, FileRow, Filters, Index, ModelBinding
+from audiofind.store import AudioRow, FileRow, Filters, ModelBinding
 from audiofind.store import vectors as vec
 from audiofind.store.sqlite import connection as store
-from audiofind.store.sqlite import index as index_module
-from audiofind.store.sqlite import migrations, nearest
+from audiofind.store.sqlite import files as index_module
+from audiofind.store.sqlite import migrations
+from audiofind.store.sqlite import search as nearest
+from audiofind.store.sqlite.store import SqliteStore
 
 D = 16
 BINDING = ModelBinding("tiny", "ab" * 32, D, 5.0, 2.5)
@@ -35,12 +37,12 @@ def user_tables(conn: apsw.Connection) -> set[str]:
 
 @pytest.fixture
 def index(tmp_path: Path):
-    with Index.open(tmp_path / "index.db") as ix:
+    with SqliteStore.open(tmp_path / "index.db") as ix:
         ix.bind_model(BINDING)
         yield ix
 
 
-def add(ix: Index, path: Path, hash: str, vectors: np.ndarray | None = None, duration: float = 10.0, tags=None) -> None:
+def add(ix: SqliteStore, path: Path, hash: str, vectors: np.ndarray | None = None, duration: float = 10.0, tags=None) -> None:
     """Store path with content hash; new content gets one segment per vector row, 2.5 s apart."""
     spans = [(2.5 * i, 2.5 * i + 5.0) for i in range(len(vectors))] if vectors is not None else None
     audio = AudioRow(hash, duration, 44100, 2) if vectors is not None else None
@@ -48,7 +50,7 @@ def add(ix: Index, path: Path, hash: str, vectors: np.ndarray | None = None, dur
     ix.add_file(row, audio, spans, vectors)
 
 
-def count(ix: Index, table: str) -> int:
+def count(ix: SqliteStore, table: str) -> int:
     return ix.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
@@ -56,7 +58,7 @@ def count(ix: Index, table: str) -> int:
 
 
 def test_blank_database_gets_exactly_the_schema(tmp_path: Path) -> None:
-    with Index.open(tmp_path / "new" / "index.db") as ix:
+    with SqliteStore.open(tmp_path / "new" / "index.db") as ix:
         assert user_tables(ix.conn) == TABLES
         assert migrations.applied(ix.conn) == migrations.names() == [m.__name__ for m in migrations.MIGRATIONS]
         assert migrations.version(ix.conn) == len(migrations.MIGRATIONS) and migrations.pending(ix.conn) == []
@@ -79,8 +81,8 @@ def test_migrations_are_idempotent_and_upgrade_an_old_database(tmp_path: Path) -
     assert migrations.migrate(conn) == migrations.names()[1:]
     assert migrations.migrate(conn) == []
     conn.close()
-    Index.open(db).close()
-    with Index.open(db) as ix:
+    SqliteStore.open(db).close()
+    with SqliteStore.open(db) as ix:
         assert migrations.applied(ix.conn) == migrations.names() and user_tables(ix.conn) == TABLES
 
 
@@ -91,7 +93,7 @@ def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m999_broken])
     with pytest.raises(StorageError, match="boom"):
-        Index.open(tmp_path / "index.db")
+        SqliteStore.open(tmp_path / "index.db")
     conn = store.connect(tmp_path / "index.db")
     assert "half_done" not in user_tables(conn)
     assert migrations.pending(conn) == ["m999_broken"]
@@ -101,31 +103,31 @@ def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path, monkeypatch: 
 
 def test_a_database_from_a_newer_audiofind_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "index.db"
-    with Index.open(db) as ix:
+    with SqliteStore.open(db) as ix:
         ix.conn.execute(f"INSERT INTO {migrations.TABLE} VALUES ('m042_from_the_future', 'later')")
     with pytest.raises(SchemaMismatch) as e:
-        Index.open(db)
+        SqliteStore.open(db)
     assert "newer audiofind" in str(e.value) and "m042_from_the_future" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_missing_foreign_and_broken_databases_are_refused(tmp_path: Path) -> None:
     with pytest.raises(IndexNotFound, match="No index at"):
-        Index.open(tmp_path / "missing.db", create=False)
+        SqliteStore.open(tmp_path / "missing.db", create=False)
     assert not (tmp_path / "missing.db").exists()
     (tmp_path / "text.db").write_text("not a database at all " * 100)
     with pytest.raises(IndexNotFound, match="not an SQLite database"):
-        Index.open(tmp_path / "text.db")
+        SqliteStore.open(tmp_path / "text.db")
     other = apsw.Connection(str(tmp_path / "other.db"))
     other.execute("CREATE TABLE photos (x)")
     other.close()
     with pytest.raises(IndexNotFound, match="not an audiofind index"):
-        Index.open(tmp_path / "other.db")
+        SqliteStore.open(tmp_path / "other.db")
 
 
 # The model binding.
 
 
-def test_bind_check_and_refuse_another_model(index: Index, tmp_path: Path) -> None:
+def test_bind_check_and_refuse_another_model(index: SqliteStore, tmp_path: Path) -> None:
     assert index.model() == BINDING
     index.bind_model(BINDING)  # the same model again: nothing changes
     other = ModelBinding("finetuned", "cd" * 32, D, 5.0, 2.5)
@@ -146,7 +148,7 @@ def test_bind_check_and_refuse_another_model(index: Index, tmp_path: Path) -> No
     assert index.model() == BINDING
 
 
-def test_reset_forgets_content_and_model(index: Index, tmp_path: Path) -> None:
+def test_reset_forgets_content_and_model(index: SqliteStore, tmp_path: Path) -> None:
     add(index, tmp_path / "a.wav", "h1", np.ones((2, D)))
     index.record_failure(tmp_path / "b.wav", tmp_path, 1, 1, "broken")
     index.touch_root(tmp_path)
@@ -161,7 +163,7 @@ def test_reset_forgets_content_and_model(index: Index, tmp_path: Path) -> None:
 # Files, shared content and garbage collection.
 
 
-def test_copies_share_content_and_orphans_are_collected(index: Index, tmp_path: Path) -> None:
+def test_copies_share_content_and_orphans_are_collected(index: SqliteStore, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     v = rng.normal(size=(3, D)) * 7  # unnormalised on purpose
     add(index, tmp_path / "a.wav", "h1", v, tags={"artist": "X"})
@@ -185,7 +187,7 @@ def test_copies_share_content_and_orphans_are_collected(index: Index, tmp_path: 
         index.move_file(tmp_path / "ghost.wav", tmp_path / "x.wav", tmp_path, 1, 1)
 
 
-def test_changed_content_and_failures_drop_the_old_vectors(index: Index, tmp_path: Path) -> None:
+def test_changed_content_and_failures_drop_the_old_vectors(index: SqliteStore, tmp_path: Path) -> None:
     path = tmp_path / "a.wav"
     add(index, path, "old", np.ones((2, D)))
     add(index, path, "new", np.ones((1, D)))  # edited in place: new content, old one unreferenced
@@ -201,7 +203,7 @@ def test_changed_content_and_failures_drop_the_old_vectors(index: Index, tmp_pat
     assert index.get_file(tmp_path / "b.wav") is None  # refused writes leave nothing
 
 
-def test_a_failed_write_is_undone_alone_and_sqlite_errors_become_storage_errors(index: Index, tmp_path: Path) -> None:
+def test_a_failed_write_is_undone_alone_and_sqlite_errors_become_storage_errors(index: SqliteStore, tmp_path: Path) -> None:
     add(index, tmp_path / "a.wav", "h1", np.ones((1, D)))
     add(index, tmp_path / "b.wav", "h2", np.ones((1, D)))
     with pytest.raises(ValueError, match="not in the index"):  # fails after replacing b.wav: all of it undone
@@ -220,7 +222,7 @@ def test_a_failed_write_is_undone_alone_and_sqlite_errors_become_storage_errors(
     assert not index.conn.in_transaction and index.get_file(tmp_path / "d.wav") is not None
 
 
-def test_files_under_roots(index: Index, tmp_path: Path) -> None:
+def test_files_under_roots(index: SqliteStore, tmp_path: Path) -> None:
     for name in ("music/a.wav", "music/sub/b.wav", "musicals/c.wav", "sfx/d.wav"):
         add(index, tmp_path / name, name, np.ones((1, D)))
     rows = index.files_under([tmp_path / "music", tmp_path / "sfx" / "d.wav"])
@@ -231,7 +233,7 @@ def test_files_under_roots(index: Index, tmp_path: Path) -> None:
 # Search.
 
 
-def library(ix: Index, root: Path) -> dict[str, np.ndarray]:
+def library(ix: SqliteStore, root: Path) -> dict[str, np.ndarray]:
     """Four files with orthogonal-ish segment vectors and known tags and durations, plus one copy."""
     basis = np.eye(D)
     contents = {
@@ -247,7 +249,7 @@ def library(ix: Index, root: Path) -> dict[str, np.ndarray]:
     return {name: v for name, (v, _, _) in contents.items()}
 
 
-def test_search_groups_by_file_with_best_segment_and_copies(index: Index, tmp_path: Path) -> None:
+def test_search_groups_by_file_with_best_segment_and_copies(index: SqliteStore, tmp_path: Path) -> None:
     library(index, tmp_path)
     q = np.eye(D)[1] + 0.1 * np.eye(D)[3]
     hits = index.search(q, k=10)
@@ -261,7 +263,7 @@ def test_search_groups_by_file_with_best_segment_and_copies(index: Index, tmp_pa
     assert [Path(h.path).name for h in index.search(q, k=2)] == ["a.wav", "a-copy.WAV"]  # k counts files
 
 
-def test_search_with_several_queries_takes_the_best(index: Index, tmp_path: Path) -> None:
+def test_search_with_several_queries_takes_the_best(index: SqliteStore, tmp_path: Path) -> None:
     vectors = library(index, tmp_path)
     self_match = index.search(vectors["d"][1], k=1)[0]
     assert Path(self_match.path).name == "d.wav" and self_match.score == pytest.approx(1.0, abs=1e-6)
@@ -289,7 +291,7 @@ def test_search_with_several_queries_takes_the_best(index: Index, tmp_path: Path
         (Filters(under="lib", exts=frozenset({"wav"}), max_duration=5.0), ["b.wav", "d.wav"]),
     ],
 )
-def test_search_filters(index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: Filters, expected: list[str]) -> None:  # fmt: skip
+def test_search_filters(index: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: Filters, expected: list[str]) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)  # relative folders are resolved like the paths
     library(index, tmp_path)
     hits = index.search(np.ones(D), k=10, filters=filters)
@@ -297,7 +299,7 @@ def test_search_filters(index: Index, tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")
-def test_under_matches_the_folder_as_given_and_as_resolved(index: Index, tmp_path: Path) -> None:
+def test_under_matches_the_folder_as_given_and_as_resolved(index: SqliteStore, tmp_path: Path) -> None:
     tmp = tmp_path.resolve()
     (tmp / "disk" / "a" / "rain").mkdir(parents=True)
     (tmp / "disk" / "b").mkdir()
@@ -346,7 +348,7 @@ def test_search_under_through_a_symlink_in_the_cli(tmp_path: Path) -> None:
 
 
 def test_empty_and_unbound_indexes_return_nothing(tmp_path: Path) -> None:
-    with Index.open(tmp_path / "index.db") as ix:
+    with SqliteStore.open(tmp_path / "index.db") as ix:
         assert ix.search(np.ones(D)) == []
         ix.bind_model(BINDING)
         assert ix.search(np.ones(D)) == []
@@ -354,7 +356,7 @@ def test_empty_and_unbound_indexes_return_nothing(tmp_path: Path) -> None:
             ix.search(np.ones(D + 1))
 
 
-def test_quantised_search_matches_exact(index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quantised_search_matches_exact(index: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = vec.synthetic(1500, 64, queries=20, seed=1)
     index.reset()
     index.bind_model(ModelBinding("tiny64", "ab" * 32, 64, 5.0, 2.5))
@@ -377,7 +379,7 @@ def test_quantised_search_matches_exact(index: Index, tmp_path: Path, monkeypatc
 
 def test_quantised_search_rescores_only_the_hamming_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = vec.synthetic(4000, 256, queries=20, seed=2)
-    with Index.open(tmp_path / "big.db") as ix:
+    with SqliteStore.open(tmp_path / "big.db") as ix:
         ix.bind_model(ModelBinding("tiny256", "ab" * 32, 256, 5.0, 2.5))
         with ix.transaction():
             for f in range(int(data.file_of[-1]) + 1):
@@ -387,13 +389,13 @@ def test_quantised_search_rescores_only_the_hamming_candidates(tmp_path: Path, m
         monkeypatch.setattr(nearest, "CANDIDATES", 300)
         monkeypatch.setattr(nearest, "CANDIDATES_PER_FILE", 30)
         scored: list[int] = []
-        score = nearest._score
+        score = nearest.score_segments
 
-        def counting(index: Index, ids, q):  # type: ignore[no-untyped-def]
+        def counting(conn, ids, q, dim):  # type: ignore[no-untyped-def]
             scored.append(len(ids))
-            return score(index, ids, q)
+            return score(conn, ids, q, dim)
 
-        monkeypatch.setattr(nearest, "_score", counting)
+        monkeypatch.setattr(nearest, "score_segments", counting)
         for q in data.queries:
             exact = [(h.path, h.score) for h in ix.search(q, 10, exact=True)]
             assert scored == [4000]  # exact: every segment
@@ -406,7 +408,7 @@ def test_quantised_search_rescores_only_the_hamming_candidates(tmp_path: Path, m
 def test_quantised_recall_at_10_on_a_large_synthetic_index(tmp_path: Path) -> None:
     result = bench_search(tmp_path / "bench.db", segments=20_000, dim=1024, queries=40, timing=False)
     assert result.recall_at_10 >= 0.99, result
-    with Index.open(tmp_path / "bench.db") as ix:
+    with SqliteStore.open(tmp_path / "bench.db") as ix:
         assert ix.stats().segments == 20_000 and ix.stats().quantised
     with pytest.raises(UsageError, match="already exists"):  # never overwrites an index
         bench_search(tmp_path / "bench.db", segments=10, dim=8)
@@ -415,8 +417,8 @@ def test_quantised_recall_at_10_on_a_large_synthetic_index(tmp_path: Path) -> No
 # Concurrency and crash safety.
 
 
-def test_writer_lock_refuses_a_second_writer(index: Index, tmp_path: Path) -> None:
-    with Index.open(index.path) as other:
+def test_writer_lock_refuses_a_second_writer(index: SqliteStore, tmp_path: Path) -> None:
+    with SqliteStore.open(index.path) as other:
         with index.writer_lock():
             with pytest.raises(IndexBusy) as e:
                 with other.writer_lock():
@@ -428,11 +430,11 @@ def test_writer_lock_refuses_a_second_writer(index: Index, tmp_path: Path) -> No
             pass
 
 
-def test_writer_lock_dies_with_its_process(index: Index) -> None:
+def test_writer_lock_dies_with_its_process(index: SqliteStore) -> None:
     code = f"""
         import sys, time
-        from audiofind.store import Index
-        with Index.open({str(index.path)!r}) as ix, ix.writer_lock():
+        from audiofind.store.sqlite.store import SqliteStore
+        with SqliteStore.open({str(index.path)!r}) as ix, ix.writer_lock():
             print("locked", flush=True)
             time.sleep(60)
     """
@@ -449,16 +451,16 @@ def test_writer_lock_dies_with_its_process(index: Index) -> None:
         pass
 
 
-def test_readers_work_while_a_writer_writes(index: Index, tmp_path: Path) -> None:
+def test_readers_work_while_a_writer_writes(index: SqliteStore, tmp_path: Path) -> None:
     add(index, tmp_path / "a.wav", "h1", np.eye(D)[[0]])
-    with Index.open(index.path) as reader, index.transaction():
+    with SqliteStore.open(index.path) as reader, index.transaction():
         add(index, tmp_path / "b.wav", "h2", np.eye(D)[[1]])  # written, not committed
         assert [Path(h.path).name for h in reader.search(np.eye(D)[1], 5)] == ["a.wav"]
         assert reader.stats().files == 1
 
 
-def test_a_writer_blocked_too_long_gets_index_busy(index: Index, tmp_path: Path) -> None:
-    with Index.open(index.path) as other:
+def test_a_writer_blocked_too_long_gets_index_busy(index: SqliteStore, tmp_path: Path) -> None:
+    with SqliteStore.open(index.path) as other:
         other.conn.setbusytimeout(50)
         with index.transaction():  # holds the write lock, as a writer that ignored writer_lock() would
             add(index, tmp_path / "a.wav", "h1", np.ones((1, D)))
@@ -471,10 +473,11 @@ def test_a_writer_blocked_too_long_gets_index_busy(index: Index, tmp_path: Path)
 CRASH_CHILD = """
 import sys, time
 import numpy as np
-from audiofind.store import AudioRow, FileRow, Index, ModelBinding
+from audiofind.store import AudioRow, FileRow, ModelBinding
+from audiofind.store.sqlite.store import SqliteStore
 db, mode, root = sys.argv[1:4]
 rng = np.random.default_rng(0)
-with Index.open(db) as ix:
+with SqliteStore.open(db) as ix:
     ix.bind_model(ModelBinding("tiny", "ab" * 32, 16, 5.0, 2.5))
 
     def add(i):
@@ -512,7 +515,7 @@ def test_sigkill_leaves_a_sound_database_of_complete_files(tmp_path: Path, mode:
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait()
-    with Index.open(db) as ix:
+    with SqliteStore.open(db) as ix:
         assert ix.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = ix.files_under([root])
         n = len(rows)
@@ -526,7 +529,7 @@ def test_sigkill_leaves_a_sound_database_of_complete_files(tmp_path: Path, mode:
         ix.add_file(FileRow(str(root / "after.wav"), str(root), 1, 1, "new"), AudioRow("new", 1.0, 44100, 1), [(0.0, 1.0)], np.ones((1, 16)))
 
 
-def test_stats(index: Index, tmp_path: Path) -> None:
+def test_stats(index: SqliteStore, tmp_path: Path) -> None:
     empty = index.stats()
     assert (empty.files, empty.segments, empty.audio_seconds, empty.last_update) == (0, 0, 0.0, None)
     library(index, tmp_path)
@@ -539,13 +542,13 @@ def test_stats(index: Index, tmp_path: Path) -> None:
     assert s.failures == [(str(tmp_path / "lib" / "bad.wav"), "The file is empty.")]
     assert [r.path for r in s.roots] == [str(tmp_path / "lib")] and s.roots[0].last_indexed_at is not None
     assert s.model == BINDING and s.schema_version == len(migrations.MIGRATIONS) and not s.quantised
-    assert s.path == index.path and s.size_bytes > 0
+    assert s.path == index.location == str(index.path) and s.size_bytes > 0
     assert s.last_update == pytest.approx(time.time(), abs=60)
     json.dumps(s.failures)  # plain values, ready for --json
 
 
 def test_an_index_records_its_precision_and_refuses_another(tmp_path: Path) -> None:
-    with Index.open(tmp_path / "p.db") as ix:
+    with SqliteStore.open(tmp_path / "p.db") as ix:
         ix.bind_model(BINDING)
         assert ix.model().precision == "fp32"
         ix.add_file(FileRow("/x/a.wav", "/x", 1, 1, "h" * 64), AudioRow("h" * 64, 1.0, 44100, 1), [(0.0, 1.0)],
@@ -553,38 +556,39 @@ def test_an_index_records_its_precision_and_refuses_another(tmp_path: Path) -> N
         bf16 = dataclasses.replace(BINDING, precision="bf16")
         with pytest.raises(SchemaMismatch, match="--precision bf16"):
             ix.check_model(bf16)
-    with Index.open(tmp_path / "p.db") as ix:  # an index from before precision was recorded reads as fp32
+    with SqliteStore.open(tmp_path / "p.db") as ix:  # an index from before precision was recorded reads as fp32
         ix.conn.execute("DELETE FROM meta WHERE key = 'precision'")
         assert ix.model() == BINDING
 
 
 def test_results_show_list_tags_joined_and_hide_writer_tags() -> None:
-    from audiofind.store.sqlite.nearest import shown_tags
+    from audiofind.audio.tags import shown_tags
+    from audiofind.search.filters import read_filters
 
     assert shown_tags({"artist": ["A", "B"], "encoder": "Lavf60", "genre": "rain"}) == {"artist": "A; B", "genre": "rain"}
-    f = Filters.checked(None, ["WAV, .flac"], 1.0, 2.0, ["Genre=Rain"])
+    f = read_filters(None, ["WAV, .flac"], 1.0, 2.0, ["Genre=Rain"])
     assert f.exts == frozenset({"wav", "flac"}) and f.tags == {"genre": "Rain"}
     with pytest.raises(UsageError, match="KEY=VALUE"):
-        Filters.checked(tags=["genre"])
+        read_filters(tags=["genre"])
 
 
 def test_saved_codes_are_used_only_while_they_describe_the_segments(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(index_module, "CENTRE_AFTER", 8)
     db = tmp_path / "c.db"
     data = vec.synthetic(40, D, queries=3, seed=1)
-    with Index.open(db) as ix:
+    with SqliteStore.open(db) as ix:
         ix.bind_model(BINDING)
         for f in range(int(data.file_of.max()) + 1):
             rows = data.vectors[data.file_of == f]
             h = f"{f:064x}"
             ix.add_file(FileRow(f"/x/{f}.wav", "/x", 1, 1, h), AudioRow(h, 1.0, 44100, 1),
                         [(float(i), i + 1.0) for i in range(len(rows))], rows)  # fmt: skip
-        ix.save_codes()
+        ix.optimize()
         expected = ix.search(data.queries, k=5, exact=False)
     built = []
     real = vec.Codes.from_rows
     monkeypatch.setattr(vec.Codes, "from_rows", classmethod(lambda cls, *a: built.append(1) or real(*a)))
-    with Index.open(db) as ix:  # a cold reader: the saved blob, no rebuild
+    with SqliteStore.open(db) as ix:  # a cold reader: the saved blob, no rebuild
         assert ix.search(data.queries, k=5, exact=False) == expected and built == []
         ix.remove_files(["/x/0.wav"])  # the segments change: the blob is stale and must not be used
         fresh = ix.search(data.queries, k=5, exact=False)

@@ -17,7 +17,8 @@ from mutagen.wave import WAVE
 
 from audiofind.audio import tags as tags_module
 from audiofind.audio.tags import MAX_CHUNK, read_tags
-from audiofind.store import AudioRow, FileRow, Filters, Index, ModelBinding
+from audiofind.store import AudioRow, FileRow, Filters, ModelBinding
+from audiofind.store.sqlite.store import SqliteStore
 
 
 def chunk(cid: bytes, body: bytes, size: int | None = None) -> bytes:
@@ -190,7 +191,7 @@ def test_a_list_tag_is_found_by_any_of_its_values(tmp_path: Path) -> None:
     f.save()
     row = FileRow(str(path), str(tmp_path), 1, 1, "h", tags=read_tags(path))
     dim = 4
-    with Index.open(tmp_path / "index.db") as index:
+    with SqliteStore.open(tmp_path / "index.db") as index:
         index.bind_model(ModelBinding("tiny", "ab" * 32, dim, 5.0, 2.5))
         index.add_file(row, AudioRow("h", 0.5, 44100, 1), [(0.0, 0.5)], np.ones((1, dim), dtype=np.float32))
 

@@ -30,8 +30,9 @@ from audiofind.library.sync import Event, Report, prepare, sync, walk
 from audiofind.library.watch import BURST_WAIT, _Watcher, watch
 from audiofind.model.encoder import Encoder, load_encoder
 from audiofind.search.embedding import search_like
-from audiofind.store import FileRow, Index
+from audiofind.store import FileRow
 from audiofind.store.sqlite import connection
+from audiofind.store.sqlite.store import SqliteStore
 
 SETTLE = 0.2
 SLOW_SETTLE = 0.5  # for slow writes: a pause four times shorter than this is never taken for the end
@@ -67,7 +68,7 @@ def write_slowly(path: Path, data: bytes, chunks: int = 8) -> None:
 
 def files(db: Path) -> dict[str, FileRow]:
     """What the index holds now, read through a connection of its own."""
-    with Index.open(db, create=False) as index:
+    with SqliteStore.open(db, create=False) as index:
         return {row.path: row for row in index.files_under([Path("/")])}
 
 
@@ -89,7 +90,7 @@ class Watching:
         self.error: BaseException | None = None
 
     def __enter__(self) -> "Watching":
-        self.index = Index.open(self.db)
+        self.index = SqliteStore.open(self.db)
         prepare(self.index, self.encoder)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -494,16 +495,16 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> tupl
     return root, db, w
 
 
-def rows(index: Index, root: Path) -> list[tuple]:
+def rows(index: SqliteStore, root: Path) -> list[tuple]:
     return [(r.path, r.hash, r.status, r.error, r.size, r.mtime_ns) for r in index.files_under([root])]
 
 
 def test_watched_index_equals_a_fresh_index(scenario: tuple, encoder: Encoder, tmp_path: Path) -> None:
     root, db, w = scenario
-    with Index.open(tmp_path / "fresh.db") as fresh:
+    with SqliteStore.open(tmp_path / "fresh.db") as fresh:
         prepare(fresh, encoder)
         sync(fresh, encoder, [root])
-    with Index.open(db, create=False) as watched, Index.open(tmp_path / "fresh.db", create=False) as fresh:
+    with SqliteStore.open(db, create=False) as watched, SqliteStore.open(tmp_path / "fresh.db", create=False) as fresh:
         assert rows(watched, root) == rows(fresh, root)  # same paths, same contents, same failures
         for path, hash, *_ in rows(watched, root):
             if hash:
@@ -522,7 +523,7 @@ def test_watched_index_equals_a_fresh_index(scenario: tuple, encoder: Encoder, t
 
 def test_search_reflects_every_change(scenario: tuple, encoder: Encoder) -> None:
     root, db, _ = scenario
-    with Index.open(db, create=False) as index:
+    with SqliteStore.open(db, create=False) as index:
         present = {r.path: r.hash for r in index.files_under([root]) if r.status == "ok"}
         for path, hash in present.items():
             hits = search_like(index, encoder, Path(path), k=100)

@@ -194,3 +194,12 @@ def _text(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("latin-1")
+
+
+# What wrote a file, on nearly every file: noise in a list of results (the terminal table, the page).
+HIDDEN_TAGS = frozenset({"encoder", "encoded_by", "encodedby", "encoding"})
+
+
+def shown_tags(tags: dict[str, str | list[str]]) -> dict[str, str]:
+    """Tags as people read them: writer tags left out, several values joined with '; '."""
+    return {k: "; ".join(v) if isinstance(v, list) else str(v) for k, v in tags.items() if k not in HIDDEN_TAGS}

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 
 from audiofind.bench import speed as bench
-from audiofind.search import hybrid
+from audiofind.search import search
 from audiofind.search.embedding import search_text
-from audiofind.store import AudioRow, FileRow, Index, ModelBinding, vectors
-from audiofind.store.sqlite import text
+from audiofind.store import AudioRow, FileRow, ModelBinding, open_store, vectors
 
 # A sound-effects library's way of naming: a UCS-like category id, three descriptive words, a take; a third of the
 # files tagged. 40 categories and 400 words, so a query word is in about 1% of the files, as "door" or "creak" are
@@ -38,12 +37,15 @@ class _FixedQueries:
     def embed_text(self, texts: list[str]) -> np.ndarray:
         return self.rng.standard_normal((len(texts), self.dim)).astype(np.float32)
 
+    def embed_audio(self, clips: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError("the names benchmark searches by description only")
+
 
 def names_index(path: Path, files: int, dim: int, seed: int = 0) -> None:
     """A new index of `files` descriptively named files, one segment each, a third of them tagged."""
     rng = np.random.default_rng(seed)
     data = vectors.synthetic(files, dim, queries=1, seed=seed).vectors
-    with Index.open(path) as index:
+    with open_store(path, create=True) as index:
         index.bind_model(ModelBinding("synthetic", "0" * 64, dim, 10.0, 5.0))
         for start in range(0, files, 1000):
             with index.transaction():
@@ -66,29 +68,22 @@ def names_speed(files: int = 100_000, dim: int = 1024, repeat: int = 3) -> dict[
     with bench.scratch_dir() as tmp:
         db = Path(tmp) / "names.db"
         names_index(db, files, dim)
-        with Index.open(db) as index:
+        with open_store(db, create=True) as index:
             encoder, cpu = _FixedQueries(dim), torch.device("cpu")
             adds, names_only = [], []
             for q in QUERIES:
                 t = bench.side_by_side({
                     "audio": lambda q=q: search_text(index, encoder, q, 20),  # the sound alone, as before names
-                    "hybrid": lambda q=q: hybrid.search(index, q, 20, mode="hybrid", encoder=encoder),
-                    "text": lambda q=q: hybrid.search(index, q, 20, mode="text"),
+                    "hybrid": lambda q=q: search(index, q, k=20, mode="hybrid", model=encoder),
+                    "text": lambda q=q: search(index, q, k=20, mode="text"),
                 }, cpu, repeat)  # fmt: skip
                 adds.append(t["hybrid"] - t["audio"])
                 names_only.append(t["text"])
             out[f"hybrid_adds_{key}_s"] = max(0.0, statistics.median(adds))
             out[f"text_query_{key}_s"] = statistics.median(names_only)
-            conn = index.conn
-            with index.transaction():  # as an index from before names were indexed
-                for trigger in ("insert", "update", "delete"):
-                    conn.execute(f"DROP TRIGGER {text.TABLE}_{trigger}")
-                conn.execute(f"DROP TABLE {text.TABLE}")
             start = time.perf_counter()
-            with index.transaction():
-                text.create(conn)  # what migration m007 runs
+            filled = index.reindex_names()  # what the upgrade of an index from before names were indexed runs
             out[f"fts_fill_{key}_s"] = time.perf_counter() - start
-            filled = conn.execute(f"SELECT count(*) FROM {text.TABLE}").fetchone()[0]
     if filled != files:  # the measurement means nothing if the fill did not index every file
         raise RuntimeError(f"the full-text fill indexed {filled} of {files} files")
     return out

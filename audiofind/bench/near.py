@@ -110,10 +110,10 @@ def source_files(folder: Path, limit: int) -> list[np.ndarray]:
 def measure(encoder: Encoder, sounds: list[np.ndarray], tmp: Path) -> NearReport:
     """Write each sound's copies under tmp, index them all with the encoder, and compare as `duplicates` does."""
     from audiofind.library.sync import prepare, sync
-    from audiofind.store import Index
+    from audiofind.store import open_store
 
     sets = [write_copies(x, tmp / "copies" / f"{i:03d}") for i, x in enumerate(sounds)]
-    with Index.open(tmp / "near.db") as index:
+    with open_store(tmp / "near.db", create=True) as index:
         prepare(index, encoder)
         sync(index, encoder, [tmp / "copies"])
         hashes = {row.path: row.hash for row in index.files_under([tmp / "copies"]) if row.status == "ok"}

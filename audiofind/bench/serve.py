@@ -20,8 +20,8 @@ from audiofind.serve import transcode
 from audiofind.serve.app import create_app
 from audiofind.serve.guard import new_token
 from audiofind.serve.library import Library
-from audiofind.serve.server import _Server, bind
-from audiofind.store import AudioRow, FileRow, Index, ModelBinding
+from audiofind.serve.server import Server, bind
+from audiofind.store import AudioRow, FileRow, ModelBinding, open_store
 
 BROWSER_CONNECTIONS = 6  # what a browser opens to one host
 
@@ -60,14 +60,14 @@ def _page_index(folder: Path, dim: int, n: int, seconds: float) -> tuple[Path, i
         for _ in range(60):  # one minute
             w.writeframes(second.view(np.uint8).reshape(-1, 4)[:, :3].tobytes())  # little-endian: the low 3 bytes
     rng = np.random.default_rng(1)
-    with Index.open(folder / "page.db") as index:
+    with open_store(folder / "page.db", create=True) as index:
         index.bind_model(ModelBinding("synthetic", "0" * 64, dim, decode.WINDOW_SECONDS, decode.HOP_SECONDS))
         for i, path in enumerate([*files, wav24]):
             st, h = path.stat(), f"{i:064x}"
             length = seconds if path != wav24 else 60.0
             row = FileRow(str(path), str(folder / "library"), st.st_size, st.st_mtime_ns, h)
             index.add_file(row, AudioRow(h, length, decode.SAMPLE_RATE, 1), [(0.0, length)], rng.standard_normal((1, dim)))
-        file_id = index.conn.execute("SELECT id FROM files WHERE path = ?", (str(wav24),)).fetchone()[0]
+        file_id = index.file_ids([str(wav24)])[str(wav24)][0]
     return folder / "page.db", int(file_id)
 
 
@@ -78,7 +78,7 @@ def _running(library: Library, peaks_dir: Path) -> Iterator[tuple[str, str]]:
     port, token = sock.getsockname()[1], new_token()
     import uvicorn
 
-    server = _Server(uvicorn.Config(create_app(library, token, "127.0.0.1", port, peaks_dir), log_level="warning", lifespan="off"))
+    server = Server(uvicorn.Config(create_app(library, token, "127.0.0.1", port, peaks_dir), log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

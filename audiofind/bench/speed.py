@@ -210,7 +210,7 @@ def indexing_speed(encoder: Encoder, files: list[Path]) -> dict[str, float]:
     """Decode-only, model-only and end-to-end indexing throughput of a folder of files (make_library) in audio
     seconds per wall second (model-only embeds every window, decoded beforehand), and on CUDA the GPU memory peak."""
     from audiofind.library.sync import prepare, sync
-    from audiofind.store import Index
+    from audiofind.store import open_store
 
     decode_rate = decode_speed(files)
     windows = [w.samples for f in files for w in decode.iter_windows(f)]
@@ -219,7 +219,7 @@ def indexing_speed(encoder: Encoder, files: list[Path]) -> dict[str, float]:
     if encoder.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(encoder.device)
     model_s = timed(lambda: encoder.embed_audio(windows), encoder.device, repeat=1)
-    with scratch_dir() as tmp, Index.open(Path(tmp) / "index.db") as index:
+    with scratch_dir() as tmp, open_store(Path(tmp) / "index.db", create=True) as index:
         prepare(index, encoder)
         report = sync(index, encoder, [files[0].parent])
     out = {"decode_x": decode_rate, "model_x": audio_s / model_s, "end_to_end_x": report.audio_seconds / report.seconds}
@@ -276,7 +276,7 @@ def reindex_speed(n_files: int = 10_000, dim: int = 1024) -> float:
     import wave
 
     from audiofind.library.sync import file_hash, prepare, sync
-    from audiofind.store import AudioRow, FileRow, Index
+    from audiofind.store import AudioRow, FileRow, open_store
 
     enc = synthetic_identity(dim)
     rng = np.random.default_rng(0)
@@ -290,7 +290,7 @@ def reindex_speed(n_files: int = 10_000, dim: int = 1024) -> float:
                 w.setsampwidth(2)
                 w.setframerate(decode.SAMPLE_RATE)
                 w.writeframes(np.int16(i % 30000).tobytes() * 64)
-        with Index.open(Path(tmp) / "index.db") as index:
+        with open_store(Path(tmp) / "index.db", create=True) as index:
             prepare(index, enc)
             with index.transaction():
                 for path in sorted(lib.rglob("*.wav")):
@@ -315,12 +315,12 @@ def synthetic_identity(dim: int = 1024) -> Encoder:
 def query_speed(encoder: Encoder, sizes: tuple[int, ...] = (10_000, 100_000), per_file: int = 10) -> dict[str, float]:
     """Warm query latency (text encode + vector search + grouping), in seconds, at each index size in segments."""
     from audiofind.library.sync import prepare
-    from audiofind.store import AudioRow, FileRow, Index, vectors
+    from audiofind.store import AudioRow, FileRow, open_store, vectors
 
     out: dict[str, float] = {}
     for size in sizes:
         data = vectors.synthetic(size, encoder.dim, queries=1)
-        with scratch_dir() as tmp, Index.open(Path(tmp) / "index.db") as index:
+        with scratch_dir() as tmp, open_store(Path(tmp) / "index.db", create=True) as index:
             prepare(index, encoder)
             with index.transaction():
                 for f in range(size // per_file):
@@ -366,7 +366,7 @@ def bench_search(
 ) -> SearchBench:
     """Fill a new index at path with AudioCLIP-like synthetic vectors; measure recall@10 and warm query times."""
     from audiofind.errors import UsageError
-    from audiofind.store import AudioRow, FileRow, Index, ModelBinding
+    from audiofind.store import AudioRow, FileRow, ModelBinding, open_store
     from audiofind.store import vectors as vec
 
     if Path(path).exists():
@@ -375,7 +375,7 @@ def bench_search(
     starts = np.flatnonzero(np.diff(data.file_of, prepend=-1))  # first segment of each file
     ends = np.append(starts[1:], segments)
     t0 = time.perf_counter()
-    with Index.open(path) as index:
+    with open_store(path, create=True) as index:
         index.bind_model(ModelBinding("synthetic", "0" * 64, dim, 2.0, 1.0))
         for batch in range(0, len(starts), 500):
             with index.transaction():

@@ -23,10 +23,10 @@ def duplicates(
     """List groups of copies: exact (same content) and near (same sound, other format or trim), with wasted bytes."""
     from audiofind.search.duplicates import find
     from audiofind.store import (
-        open_index,  # no torch: the vectors are in the index already
+        open_store,  # no torch: the vectors are in the index already
     )
 
-    with open_index(db) as index:
+    with open_store(db) as index:
         groups = find(index, [p.expanduser() for p in paths or []], near)
     if json_out:
         typer.echo(json.dumps([g.as_dict() for g in groups], ensure_ascii=False))

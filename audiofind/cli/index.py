@@ -48,7 +48,7 @@ def index_cmd(
     from audiofind.library.sync import Event, load_checked, prepare, sync
     from audiofind.library.walk import absolute
     from audiofind.paths import default_db
-    from audiofind.store import open_index, writer_lock
+    from audiofind.store import open_store
 
     exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS
     db_path = db or default_db()
@@ -58,10 +58,9 @@ def index_cmd(
             if not root.is_dir():
                 raise UsageError(f"{root} is not a folder.")
     encoder = load_checked(db_path, weights, device, precision)  # before anything is written: a broken model changes nothing
-    if Path(db_path).exists():
-        open_index(db_path, create=True).close()  # a read-only index is refused here, in its own words
+    index = open_store(db_path, create=True)  # a read-only index is refused here, in its own words
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with writer_lock(db_path), Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+    with index, index.writer_lock(), Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task("rebuilding" if rebuild else "indexing", total=None, audio="")
         started = datetime.now()
         files_done = 0
@@ -85,17 +84,16 @@ def index_cmd(
         options = dict(exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress, prune=prune)
         try:
             if rebuild:
-                report = rebuild_index(db_path, encoder, roots, **options)
+                report = rebuild_index(index, encoder, roots, **options)
             else:
-                with open_index(db_path, create=True) as index:
-                    prepare(index, encoder)
-                    report = sync(index, encoder, roots, **options)
+                prepare(index, encoder)
+                report = sync(index, encoder, roots, **options)
         except KeyboardInterrupt:
             kept = "the current index is unchanged and the rebuild continues" if rebuild else f"the {files_done} file(s) finished in this run are kept, and the next run continues"
             err_console.print(
                 f"interrupted: {kept} where it stopped when you run the same command again.", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
-    with open_index(db_path) as index:
+    with open_store(db_path) as index:
         failed_before = index.stats().failed - report.failed
     if json_out:
         typer.echo(json_text(report.as_dict()))
@@ -114,9 +112,9 @@ def index_cmd(
 @app.command()
 def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """Show the index: where it is, which model built it, its folders, counts and failed files."""
-    from audiofind.store import open_index  # no torch: status stays quick
+    from audiofind.store import open_store  # no torch: status stays quick
 
-    with open_index(db) as index:
+    with open_store(db) as index:
         s = index.stats()
     data = s.as_dict()
     if json_out:

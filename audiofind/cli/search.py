@@ -35,28 +35,27 @@ def search(
     device: DeviceOpt = "auto",
 ) -> None:
     """Find the sounds that match QUERY (or --like FILE), best first."""
-    from audiofind.search import hybrid
+    from audiofind.audio.tags import shown_tags
+    from audiofind.search import MODES, search
     from audiofind.search.embedding import query_encoder
-    from audiofind.store import Filters, open_index
-    from audiofind.store.sqlite.nearest import shown_tags
+    from audiofind.search.filters import read_filters
+    from audiofind.store import open_store
 
     if query is None and like is None:
         raise UsageError("Give a QUERY (what it sounds like) or --like FILE.")
     if query is not None and like is not None:
         raise UsageError("Give either a QUERY or --like FILE, not both.")
-    if mode not in hybrid.MODES:
-        raise UsageError(f"--mode must be one of {', '.join(hybrid.MODES)}, got {mode!r}.")
+    if mode not in MODES:
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}.")
     if like is not None and (mode == "text" or not_ is not None):
         raise UsageError("--like searches by sound alone; it takes neither --mode text nor --not.")
     if json_out and paths_out:
         raise UsageError("Choose one of --json and --paths.")
-    filters = Filters.checked(under, ext or (), min_duration, max_duration, tag or ())
-    with open_index(db) as index:
+    filters = read_filters(under, ext or (), min_duration, max_duration, tag or ())
+    with open_store(db) as index:
         encoder = query_encoder(index, weights, device)  # loads nothing until a query needs a tower
-        if like is not None:
-            found = hybrid.like(index, encoder, like, k, filters)
-        else:  # the model is used only if the mode searches by sound
-            found = hybrid.search(index, query, k, filters, mode, lambda: encoder, not_)
+        # the model is used only if the mode searches by sound
+        found = search(index, query, like=like, k=k, filters=filters, mode=mode, not_=not_, model=encoder)
     hits = [f.hit for f in found]
     if json_out:
         typer.echo(json_text([f.as_dict() for f in found]))

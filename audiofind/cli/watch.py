@@ -75,7 +75,7 @@ def watch_cmd(
     """Index PATHS, then keep the index in step with every change under them until Ctrl-C."""
     from audiofind.library.sync import Event, check_roots, encoder_for, prepare
     from audiofind.library.watch import watch
-    from audiofind.store import open_index
+    from audiofind.store import open_store
 
     def on_event(e: Event) -> None:
         if json_out:
@@ -94,7 +94,7 @@ def watch_cmd(
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        with open_index(db, create=True) as index, index.writer_lock():
+        with open_store(db, create=True) as index, index.writer_lock():
             encoder = encoder_for(index, weights, device, precision)
             if not stop.is_set():  # else Ctrl-C or SIGTERM came while the model loaded
                 prepare(index, encoder)

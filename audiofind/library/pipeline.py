@@ -23,7 +23,7 @@ from audiofind.audio.tags import read_tags
 from audiofind.errors import DecodeError
 from audiofind.library.walk import signature
 from audiofind.model.encoder import Encoder
-from audiofind.store import AudioRow, FileRow, Index
+from audiofind.store import AudioRow, FileRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Embedder:
 
     def __init__(
         self,
-        index: Index,
+        index: Store,
         encoder: Encoder,
         on_done: Callable[[str, Work, int, float, str | None], None],
         stop: threading.Event | None = None,

@@ -21,7 +21,7 @@ from audiofind.errors import DeviceError, UsageError, WeightsError
 from audiofind.library.pipeline import Embedder, Work, reason_of
 from audiofind.library.walk import Walk, absolute, check_roots, file_hash, readable, root_of, walk, walk_only
 from audiofind.model.encoder import Encoder, load_for_index
-from audiofind.store import FileRow, Index, ModelBinding, peek_model
+from audiofind.store import FileRow, ModelBinding, Store, peek_model
 from audiofind.store.records import folder_prefix
 
 __all__ = ["Event", "Report", "binding", "check_roots", "encoder_for", "file_hash", "prepare", "sync", "walk"]
@@ -81,7 +81,7 @@ def binding(encoder: Encoder, window: float = decode.WINDOW_SECONDS, hop: float 
     return ModelBinding(encoder.name, encoder.sha256, encoder.dim, window, hop, precision)
 
 
-def encoder_for(index: Index, weights: str | None, device: str, precision: str | None = None) -> Encoder:
+def encoder_for(index: Store, weights: str | None, device: str, precision: str | None = None) -> Encoder:
     """The audio encoder to index with: --weights if given, else the model that built the index, else the default;
     --precision if given, else the index's own."""
     return _load(index.model(), weights, device, precision)
@@ -110,7 +110,7 @@ def _load(bound: ModelBinding | None, weights: str | None, device: str, precisio
         raise
 
 
-def prepare(index: Index, encoder: Encoder) -> None:
+def prepare(index: Store, encoder: Encoder) -> None:
     """Bind an empty index to the encoder's model; refuse another model."""
     if index.model() is None:
         index.bind_model(binding(encoder))
@@ -123,7 +123,7 @@ def _under(path: str, folder: Path) -> bool:
 
 
 def sync(
-    index: Index,
+    index: Store,
     encoder: Encoder,
     roots: Iterable[Path],
     *,
@@ -258,13 +258,13 @@ def sync(
                 index.touch_root(root)
             elif prune:
                 index.forget_root(root)
-        index.save_codes()  # one read for the next cold search, instead of a rebuild from every row
+        index.optimize()  # ready for fast reads: one read for the next cold search (SQLite), ANN index (PostgreSQL)
     report.seconds = time.monotonic() - started
     return report
 
 
 def _embed(
-    index: Index,
+    index: Store,
     encoder: Encoder,
     works: list[Work],
     report: Report,
@@ -303,7 +303,7 @@ def _embed(
     report.audio_seconds = embedder.audio_seconds
 
 
-def _add_copy(index: Index, work: Work, report: Report, emit: Callable[[Event], None]) -> None:
+def _add_copy(index: Store, work: Work, report: Report, emit: Callable[[Event], None]) -> None:
     """A path whose content is already indexed: store the row, reusing the vectors."""
     try:
         tags = read_tags(Path(work.path))
@@ -315,7 +315,7 @@ def _add_copy(index: Index, work: Work, report: Report, emit: Callable[[Event], 
     emit(Event("reused", work.path))
 
 
-def _fail(index: Index, work: Work, reason: str, report: Report, emit: Callable[[Event], None]) -> None:
+def _fail(index: Store, work: Work, reason: str, report: Report, emit: Callable[[Event], None]) -> None:
     index.record_failure(work.path, work.root, work.size, work.mtime_ns, reason)
     report.failed += 1
     emit(Event("failed", work.path, reason=reason))

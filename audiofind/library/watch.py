@@ -35,7 +35,7 @@ from audiofind.library.observers import OSObserver, Poller
 from audiofind.library.sync import Event, Report, check_roots, sync
 from audiofind.library.walk import signature
 from audiofind.model.encoder import Encoder
-from audiofind.store import Index
+from audiofind.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class _Held:
 
 
 def watch(
-    index: Index,
+    index: Store,
     encoder: Encoder,
     roots: Iterable[Path],
     *,
@@ -85,7 +85,7 @@ def watch(
 class _Watcher:
     """The state of one watch session; lives on the caller's thread except for the queue it reads."""
 
-    def __init__(self, index: Index, encoder: Encoder, roots: list[Path], settle: float, polling: bool,
+    def __init__(self, index: Store, encoder: Encoder, roots: list[Path], settle: float, polling: bool,
                  exts: frozenset[str], emit: Callable[[Event], None], stop: threading.Event) -> None:  # fmt: skip
         self.index, self.encoder, self.roots, self.settle = index, encoder, roots, settle
         self.exts, self.emit, self.stop = exts, emit, stop

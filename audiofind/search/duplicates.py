@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from audiofind.errors import UsageError
-from audiofind.store import Index
+from audiofind.store import Store
 from audiofind.store import vectors as vec
 
 NEAR = 0.02  # cosine distance; see the README's duplicates section for how it was measured
@@ -32,7 +32,7 @@ class Group:
         return asdict(self)
 
 
-def find(index: Index, paths: list[Path] | list[str] | None = None, near: float | None = NEAR) -> list[Group]:
+def find(index: Store, paths: list[Path] | list[str] | None = None, near: float | None = NEAR) -> list[Group]:
     """Exact and near copies among the ok files under paths (the whole index when none), largest waste first.
 
     near is the cosine distance under which two contents count as one sound; 0 or None lists exact copies only.
@@ -51,13 +51,13 @@ def find(index: Index, paths: list[Path] | list[str] | None = None, near: float 
     return sorted(groups, key=lambda g: (-g.wasted, g.kind, g.paths))
 
 
-def whole_file_vectors(index: Index, hashes: list[str]) -> np.ndarray:
+def whole_file_vectors(index: Store, hashes: list[str]) -> np.ndarray:
     """Each content's unit mean segment vector, (len(hashes), D)."""
     means = [index.segment_vectors(h)[1].mean(axis=0) for h in hashes]
     return vec.normalize(np.stack(means)) if means else np.zeros((0, 0), np.float32)
 
 
-def _near_sets(index: Index, hashes: list[str], near: float) -> list[list[str]]:
+def _near_sets(index: Store, hashes: list[str], near: float) -> list[list[str]]:
     """Sets of two or more contents linked by cosine distance under near (transitively: a union-find)."""
     if len(hashes) < 2:
         return []

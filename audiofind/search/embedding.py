@@ -1,4 +1,4 @@
-"""Finding sounds: by a description (text tower only) or by example (a file's own segment vectors).
+"""The sound side of search: a description through the text tower, or an example file's own segment vectors.
 
 A command-line search is one query in a fresh process, so its start-up is its latency. Nothing here imports torch
 until a query needs it: a description is embedded by the numpy text tower (audiofind.model.textnp), and --like on an
@@ -9,12 +9,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from audiofind.errors import IndexNotFound, UsageError
-from audiofind.store import Filters, Hit, Index, ModelBinding
+from audiofind.store import Filters, Hit, ModelBinding, Store
 
 if TYPE_CHECKING:
     from audiofind.model.encoder import Encoder
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 NUMPY_DEVICES = ("auto", "cpu")  # "auto" too: starting CUDA takes longer than the whole query on the CPU
 
 
-class Embedder(Protocol):
+@runtime_checkable
+class QueryModel(Protocol):
     """What search needs of a model: an Encoder, or a QueryEncoder that loads what a query needs."""
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -31,21 +32,21 @@ class Embedder(Protocol):
     def embed_audio(self, clips: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
-def _bound(index: Index) -> ModelBinding:
+def _bound(index: Store) -> ModelBinding:
     bound = index.model()
     if bound is None:
-        raise IndexNotFound(f"The index at {index.path} is empty; add sounds with: audiofind index PATH...")
+        raise IndexNotFound(f"The index at {index.location} is empty; add sounds with: audiofind index PATH...")
     return bound
 
 
-def _check(index: Index, bound: ModelBinding, name: str, sha256: str, dim: int) -> None:
+def _check(index: Store, bound: ModelBinding, name: str, sha256: str, dim: int) -> None:
     """SchemaMismatch, with the exact rebuild command, if these weights did not make the index's vectors."""
     # The index's own precision: a query is never stored, so one computed in fp32 against bf16 vectors (a CPU
     # searching what a GPU indexed) only ranks within bf16's own error.
     index.check_model(ModelBinding(name, sha256, dim, bound.window, bound.hop, bound.precision))
 
 
-def encoder_for(index: Index, weights: str | None, device: str, precision: str = "fp32") -> "Encoder":
+def encoder_for(index: Store, weights: str | None, device: str, precision: str = "fp32") -> "Encoder":
     """The torch encoder of the model that built the index (or --weights, refused if it is another model); loads
     lazily. For a warm process (serve); a one-off query takes query_encoder."""
     from audiofind.model.encoder import load_for_index
@@ -62,7 +63,7 @@ class QueryEncoder:
     tower for a description (torch's only on an explicit GPU --device), the torch audio tower for an example file
     that is not in the index, nothing at all for one that is."""
 
-    index: Index
+    index: Store
     weights: str | None = None
     device: str = "auto"
     precision: str = "fp32"  # of the torch towers (CUDA only but fp32); the numpy text tower is fp32
@@ -101,7 +102,7 @@ class QueryEncoder:
         return self._encoder
 
 
-def query_encoder(index: Index, weights: str | None, device: str, precision: str = "fp32") -> QueryEncoder:
+def query_encoder(index: Store, weights: str | None, device: str, precision: str = "fp32") -> QueryEncoder:
     """What `audiofind search` embeds its query with: loads nothing yet, and never torch for a text query on the
     CPU or an indexed example; IndexNotFound at once for an empty index, DeviceError for a precision the device
     cannot honour."""
@@ -113,7 +114,7 @@ def query_encoder(index: Index, weights: str | None, device: str, precision: str
     return QueryEncoder(index, weights, device, precision)
 
 
-def search_text(index: Index, encoder: Embedder, query: str, k: int = 20, filters: Filters | None = None) -> list[Hit]:
+def search_text(index: Store, encoder: QueryModel, query: str, k: int = 20, filters: Filters | None = None) -> list[Hit]:
     """Files whose best segment matches the description, best first."""
     if not query or not query.strip():
         raise UsageError("The query is empty; describe the sound you are looking for, or use --like FILE.")
@@ -121,14 +122,14 @@ def search_text(index: Index, encoder: Embedder, query: str, k: int = 20, filter
     return index.search(vector, k, filters)
 
 
-def search_like(index: Index, encoder: Embedder, path: Path, k: int = 20, filters: Filters | None = None) -> list[Hit]:
+def search_like(index: Store, encoder: QueryModel, path: Path, k: int = 20, filters: Filters | None = None) -> list[Hit]:
     """Files that sound like FILE: each scored by its best cosine with any of FILE's segments; FILE first of equals."""
     hits = index.search(example_vectors(index, encoder, path), k, filters)
     itself = os.path.abspath(path)
     return sorted(hits, key=lambda h: (-h.score, h.path != itself))  # stable: copies keep their order after it
 
 
-def example_vectors(index: Index, encoder: Embedder, path: Path) -> np.ndarray:
+def example_vectors(index: Store, encoder: QueryModel, path: Path) -> np.ndarray:
     """FILE's segment vectors: reused from the index when FILE is indexed and unchanged, else embedded now."""
     key = os.path.abspath(path)
     row = index.get_file(key)

@@ -6,19 +6,14 @@ sum(1 / (RRF_K + rank)) over the rankings that hold it, so a file both find rise
 still appears. Fusing ranks, not scores, needs no calibration between cosines and BM25.
 """
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from audiofind.errors import UsageError
-from audiofind.store import Filters, Hit, Index
-from audiofind.store.sqlite import text
-from audiofind.store.sqlite.nearest import _filter_sql
-
-if TYPE_CHECKING:
-    from audiofind.model.encoder import Encoder
+from audiofind.search.embedding import QueryModel, search_like, search_text
+from audiofind.search.query import parse, sound_text
+from audiofind.store import Filters, Hit, Store
 
 MODES = ("hybrid", "audio", "text")
 RRF_K = 60  # the constant of Cormack et al. (2009): damps the head so one ranking's first place cannot win alone
@@ -48,19 +43,19 @@ class Found:
         return asdict(self.hit) | {"why": asdict(self.why)}
 
 
-def search(
-    index: Index,
+def rank_query(
+    index: Store,
     query: str,
     k: int = 20,
     filters: Filters | None = None,
     mode: str = "hybrid",
-    encoder: "Encoder | Callable[[], Encoder] | None" = None,
+    encoder: QueryModel | Callable[[], QueryModel] | None = None,
     not_: str | None = None,
 ) -> list[Found]:
     """The k files best matching query in this mode, best first; encoder (or a function giving it) only if needed."""
     if mode not in MODES:
         raise UsageError(f"The mode must be one of {', '.join(MODES)}, got {mode!r}.")
-    q = text.parse(query)
+    q = parse(query)
     if not q.terms:
         raise UsageError("The query is empty; describe the sound you are looking for, or use --like FILE.")
     if not_ is not None and not not_.strip():
@@ -69,20 +64,17 @@ def search(
     audio: list[Hit] = []
     if mode != "text":
         # The sound side is asked for k files, as before, so hybrid costs a query no more re-scoring than audio.
-        audio_text = query if not (q.phrases or q.excluded) else q.audio_text  # no syntax: exactly today's query
-        audio = _audio_without(index, _resolve(encoder), audio_text, not_, k, filters, q.excluded)
-    cond, params = _filter_sql(None if filters is None or filters.is_empty() else filters,
-                               [r.path for r in index.roots()] if filters and filters.under else [])  # fmt: skip
-    names = text.ranked(index.conn, q, depth, cond, params)
+        audio = _audio_without(index, _resolve(encoder), sound_text(query, q), not_, k, filters, q.excluded)
+    names = index.search_names(q, depth, filters)
     a_rank = {h.path: (i, h) for i, h in enumerate(audio, 1)}
-    t_rank = {r[0]: (i, r) for i, r in enumerate(names, 1)}
+    t_rank = {h.path: (i, h) for i, h in enumerate(names, 1)}
     if mode == "audio":
         hits = audio[:k]
     elif mode == "text":
-        hits = [_name_hit(r, -r[4]) for r in names[:k]]
+        hits = names[:k]
     else:
         hits = _fuse(a_rank, t_rank)[:k]
-    terms = text.holding(index.conn, q.terms, [h.path for h in hits])
+    terms = index.names_holding(q.terms, [h.path for h in hits])
     found = []
     for h in hits:
         ar, ah = a_rank.get(h.path, (None, None))
@@ -92,35 +84,32 @@ def search(
     return found
 
 
-def like(index: Index, encoder: "Encoder", path: Path, k: int = 20, filters: Filters | None = None) -> list[Found]:
+def like_file(index: Store, encoder: QueryModel, path: Path, k: int = 20, filters: Filters | None = None) -> list[Found]:
     """Files that sound like FILE (`search --like`), with why."""
-    from audiofind.search.embedding import search_like
-
     hits = search_like(index, encoder, path, k, filters)
     return [Found(h, Why(i, h.score, None, [])) for i, h in enumerate(hits, 1)]
 
 
-def _resolve(encoder: "Encoder | Callable[[], Encoder] | None") -> "Encoder":
+def _resolve(encoder: QueryModel | Callable[[], QueryModel] | None) -> QueryModel:
     if encoder is None:
         raise UsageError("Searching by sound needs a model; give one, or search names alone with --mode text.")
-    return encoder if hasattr(encoder, "embed_text") else encoder()  # type: ignore[operator,return-value]
+    return encoder if isinstance(encoder, QueryModel) else encoder()
 
 
-def _audio_without(index: Index, encoder: "Encoder", query: str, not_: str | None, k: int, filters: Filters | None,
+def _audio_without(index: Store, encoder: QueryModel, query: str, not_: str | None, k: int, filters: Filters | None,
                    excluded: list[str]) -> list[Hit]:  # fmt: skip
     """The k best files by sound whose names hold none of the excluded words: asks for more while they fall short."""
     n = 2 * k if excluded else k
     while True:
         hits = _audio(index, encoder, query, not_, n, filters)
-        held = text.holding(index.conn, excluded, [h.path for h in hits]) if excluded else {}
+        held = index.names_holding(excluded, [h.path for h in hits]) if excluded else {}
         kept = [h for h in hits if not held.get(h.path)]
         if len(kept) >= k or len(hits) < n:  # enough, or nothing more to find
             return kept[:k]
         n *= 4
 
 
-def _audio(index: Index, encoder: "Encoder", query: str, not_: str | None, n: int, filters: Filters | None) -> list[Hit]:
-    from audiofind.search.embedding import search_text
+def _audio(index: Store, encoder: QueryModel, query: str, not_: str | None, n: int, filters: Filters | None) -> list[Hit]:
     from audiofind.store import vectors as vec
 
     if not_ is None:
@@ -129,18 +118,13 @@ def _audio(index: Index, encoder: "Encoder", query: str, not_: str | None, n: in
     return index.search((wanted - NOT_WEIGHT * other)[None], n, filters)
 
 
-def _name_hit(row: tuple, score: float) -> Hit:
-    path, hash, tags, duration, _ = row
-    return Hit(path, float(score), 0.0, float(duration), float(duration), json.loads(tags), hash)
-
-
-def _fuse(a_rank: dict[str, tuple[int, Hit]], t_rank: dict[str, tuple[int, tuple]]) -> list[Hit]:
+def _fuse(a_rank: dict[str, tuple[int, Hit]], t_rank: dict[str, tuple[int, Hit]]) -> list[Hit]:
     """Reciprocal rank fusion; the audio hit (best segment and its time range) is kept where there is one."""
     fused = []
     for path in a_rank.keys() | t_rank.keys():
         ranks = [x[0] for x in (a_rank.get(path), t_rank.get(path)) if x is not None]
         score = sum(1.0 / (RRF_K + r) for r in ranks)
-        hit = replace(a_rank[path][1], score=score) if path in a_rank else _name_hit(t_rank[path][1], score)
+        hit = replace(a_rank[path][1] if path in a_rank else t_rank[path][1], score=score)
         # Ties (one ranking's place against the other's) go to the names, then the sound, then the path.
         key = (-score, t_rank[path][0] if path in t_rank else 1 << 30, a_rank[path][0] if path in a_rank else 1 << 30, path)
         fused.append((key, hit))

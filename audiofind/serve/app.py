@@ -19,9 +19,9 @@ from starlette.staticfiles import StaticFiles
 
 from audiofind.errors import AudiofindError, DecodeError, UsageError
 from audiofind.serve import files, page, params, peaks, ranges, transcode
-from audiofind.serve.catalog import Entry
 from audiofind.serve.guard import Guard
 from audiofind.serve.library import Library
+from audiofind.store import FileEntry
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -108,7 +108,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return PlainTextResponse("Not found.\n", 404)
 
 
-def _servable(library: Library, request: Request) -> tuple[Entry | None, os.stat_result | None]:
+def _servable(library: Library, request: Request) -> tuple[FileEntry | None, os.stat_result | None]:
     entry = library.entry(request.path_params["id"])
     return entry, files.check(entry) if entry else None
 

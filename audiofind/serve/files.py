@@ -9,7 +9,7 @@ from pathlib import Path
 from audiofind.audio import decode
 from audiofind.audio.formats import BROWSER_EXTS, extension
 from audiofind.errors import DecodeError
-from audiofind.serve.catalog import Entry
+from audiofind.store import FileEntry
 from audiofind.store.records import folder_prefix
 
 CHUNK = 1 << 16
@@ -24,7 +24,7 @@ MIME = {
 }  # fmt: skip
 
 
-def check(entry: Entry) -> os.stat_result | None:
+def check(entry: FileEntry) -> os.stat_result | None:
     """The file's stat if it is, inside its root, still the very file that was indexed; else None (serve 404).
 
     "The very file" means a regular file with the indexed size and modification time, reached by the indexed path.

@@ -1,8 +1,8 @@
 """What a server serves: one index (a pool of read connections) and the text encoder, shared by every request.
 
-APSW connections must not be used by two threads at once, and request handlers run in a thread pool: each request
-borrows a connection of its own. Idle connections are kept, so their caches (the binary codes of a large index)
-stay warm; each search still sees the last committed state, since SQLite reloads them after another writer commits.
+A connection must not be used by two threads at once, and request handlers run in a thread pool: each request
+borrows a store (a connection) of its own. Idle ones are kept, so their caches (the binary codes of a large index)
+stay warm; each search still sees the last committed state, read in one snapshot with the ids of its hits.
 """
 
 import threading
@@ -12,10 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audiofind.search.hybrid import Found, Why
-from audiofind.serve import catalog
-from audiofind.serve.catalog import Entry
-from audiofind.store import Filters, Hit, Index, open_index
+from audiofind.search import Found, Why, search
+from audiofind.store import FileEntry, Filters, Hit, Store, open_store
 
 if TYPE_CHECKING:
     from audiofind.search.embedding import QueryEncoder
@@ -38,10 +36,10 @@ class Result:
 class Library:
     """An index and its encoder, safe to use from many threads."""
 
-    def __init__(self, db: Path, encoder: "QueryEncoder", first: Index | None = None) -> None:
-        self.db = Path(db)
+    def __init__(self, db: str, encoder: "QueryEncoder", first: Store | None = None) -> None:
+        self.db = db
         self.encoder = encoder
-        self._idle: list[Index] = [first] if first else []
+        self._idle: list[Store] = [first] if first else []
         self._pool_lock = threading.Lock()
         self._model_lock = threading.Lock()  # one forward pass at a time, and towers loaded once
         self._closed = False
@@ -52,7 +50,7 @@ class Library:
         """Open the index (the default one when db is None) and load its model's text tower now, once."""
         from audiofind.search.embedding import query_encoder
 
-        index = open_index(db)
+        index = open_store(db)
         try:
             # The same query path as `search`, so the page ranks and scores exactly as the CLI does.
             encoder = query_encoder(index, weights, device, precision)
@@ -60,15 +58,15 @@ class Library:
         except BaseException:
             index.close()
             raise
-        return cls(index.path, encoder, index)
+        return cls(index.location, encoder, index)
 
     @contextmanager
-    def connection(self) -> Iterator[Index]:
+    def borrow(self) -> Iterator[Store]:
         """Borrow a connection of this thread's own for the duration."""
         with self._pool_lock:
             index = self._idle.pop() if self._idle else None
         if index is None:
-            index = open_index(self.db)
+            index = open_store(self.db)
         try:
             yield index
         finally:
@@ -80,33 +78,29 @@ class Library:
 
     def search(self, query: str, k: int, filters: Filters | None = None, mode: str = "hybrid") -> list[Result]:
         """Files matching a description, best first (as `search QUERY --mode MODE`)."""
-        from audiofind.search import hybrid
-
-        with self.connection() as index, catalog.snapshot(index.conn):
+        with self.borrow() as index, index.reading():
             with self._model_lock:
-                found = hybrid.search(index, query, k, filters, mode, self.encoder)
+                found = search(index, query, k=k, filters=filters, mode=mode, model=self.encoder)
             return _results(index, found)
 
     def like(self, file_id: int, k: int, filters: Filters | None = None) -> list[Result] | None:
         """Files that sound like the indexed file with this id, best first (as `search --like`); None if unknown."""
-        from audiofind.search import hybrid
-
-        with self.connection() as index, catalog.snapshot(index.conn):
-            entry = catalog.entry(index.conn, file_id)
+        with self.borrow() as index, index.reading():
+            entry = index.file_entry(file_id)
             if entry is None:
                 return None
             with self._model_lock:
-                found = hybrid.like(index, self.encoder, Path(entry.path), k, filters)
+                found = search(index, like=Path(entry.path), k=k, filters=filters, model=self.encoder)
             return _results(index, found)
 
-    def entry(self, file_id: int) -> Entry | None:
+    def entry(self, file_id: int) -> FileEntry | None:
         """The indexed file with this id, or None."""
-        with self.connection() as index:
-            return catalog.entry(index.conn, file_id)
+        with self.borrow() as index:
+            return index.file_entry(file_id)
 
     def status(self) -> dict:
         """The object `status --json` prints."""
-        with self.connection() as index:
+        with self.borrow() as index:
             return index.stats().as_dict()
 
     def __enter__(self) -> "Library":
@@ -124,6 +118,6 @@ class Library:
             index.close()
 
 
-def _results(index: Index, found: list[Found]) -> list[Result]:
-    ids = catalog.ids(index.conn, [f.hit.path for f in found])
+def _results(index: Store, found: list[Found]) -> list[Result]:
+    ids = index.file_ids([f.hit.path for f in found])
     return [Result(f.hit, *ids[f.hit.path], f.why) for f in found if f.hit.path in ids]

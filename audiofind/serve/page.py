@@ -13,10 +13,10 @@ from urllib.parse import urlencode
 
 from starlette.datastructures import QueryParams
 
+from audiofind.audio.tags import shown_tags
 from audiofind.errors import AudiofindError
 from audiofind.serve import files, params
 from audiofind.serve.library import Library, Result
-from audiofind.store.sqlite.nearest import shown_tags
 
 TEMPLATE = Template((Path(__file__).parent / "page.html").read_text(encoding="utf-8"))
 CSP = (

@@ -4,7 +4,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from audiofind.errors import UsageError
-from audiofind.search.hybrid import MODES
+from audiofind.search import MODES
+from audiofind.search.filters import read_filters
 from audiofind.store import Filters
 
 DEFAULT_K = 20
@@ -34,7 +35,7 @@ def parse(get: Get) -> Params:
     lo = _number(last("min_duration"), "min_duration", float) if last("min_duration") else None
     hi = _number(last("max_duration"), "max_duration", float) if last("max_duration") else None
     tags = [t for t in get("tag") if t.strip()]  # an empty form field is no filter
-    filters = Filters.checked(last("under"), get("ext"), lo, hi, tags)
+    filters = read_filters(last("under"), get("ext"), lo, hi, tags)
     mode = last("mode") or "hybrid"
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")

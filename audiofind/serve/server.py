@@ -36,7 +36,7 @@ def page_url(host: str, port: int, token: str) -> str:
     return f"http://{shown}:{port}/?token={token}"
 
 
-class _Server(uvicorn.Server):
+class Server(uvicorn.Server):
     """uvicorn, stopping on the first Ctrl-C or SIGTERM (a second Ctrl-C stops at once) and then returning normally
     instead of raising the signal again, so the command ends with its own message and exit code 0."""
 
@@ -61,7 +61,7 @@ def serve(library: Library, sock: socket.socket, host: str, on_ready: Callable[[
         create_app(library, token, host, port), log_level="warning", access_log=False, lifespan="off",
         timeout_graceful_shutdown=GRACE_SECONDS,
     )
-    server = _Server(config)
+    server = Server(config)
     if on_ready:
         on_ready(page_url(host, port, token))
     server.run(sockets=[sock])

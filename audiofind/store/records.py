@@ -1,8 +1,10 @@
-"""The records the index stores and returns, and the one rule for how paths are kept."""
+"""The records the index stores and returns, what a search may ask of it, and the one rule for how paths are kept.
 
-import json
+Plain data shared by every backend: each backend turns these into its own SQL, and code above the store reads and
+builds only these.
+"""
+
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -74,11 +76,68 @@ class RootRow:
 
 
 @dataclass(frozen=True)
+class FileEntry:
+    """One indexed file, addressed by its row id: where it is and what was indexed there (serve's files)."""
+
+    id: int
+    path: str
+    root: str
+    size: int  # bytes at indexing time
+    mtime_ns: int  # modification time at indexing time
+    hash: str
+    duration: float  # seconds, as indexed
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One file found by search, with its best segment."""
+
+    path: str
+    score: float  # the ranking's: cosine of the best segment to the closest query vector, or BM25 relevance
+    start: float
+    end: float
+    duration: float
+    tags: dict[str, str | list[str]]
+    hash: str
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrictions on which files a search may return; None means no restriction (search.filters reads them from
+    what a person typed)."""
+
+    under: str | None = None  # a folder, matched as given and as resolved
+    exts: frozenset[str] | None = None  # lower-case, without the dot
+    min_duration: float | None = None
+    max_duration: float | None = None
+    tags: dict[str, str] | None = None  # lower-case key -> value; every one must match, ignoring case
+
+    def is_empty(self) -> bool:
+        """True if nothing is filtered out."""
+        return not (self.under or self.exts or self.tags) and self.min_duration is None and self.max_duration is None
+
+
+@dataclass(frozen=True)
+class NameQuery:
+    """A query as the names index reads it (search.query parses it): every term is typed text, split into name-words
+    by audio.names.words on both sides, so every backend sees the same terms."""
+
+    words: list[str] = field(default_factory=list)  # any of them may match; more and rarer ones rank higher
+    phrases: list[str] = field(default_factory=list)  # each must appear, its words in this order
+    excluded: list[str] = field(default_factory=list)  # a file whose names or tags hold any of these is left out
+
+    @property
+    def terms(self) -> list[str]:
+        """The positive terms (words, then phrases), as typed."""
+        return self.words + self.phrases
+
+
+@dataclass(frozen=True)
 class Stats:
     """Everything `audiofind status` shows."""
 
-    path: Path
-    size_bytes: int  # database plus its write-ahead log
+    path: str  # where the index is: its file, or its server's URL with the password left out
+    size_bytes: int  # everything the index takes on disk
     schema_version: int
     model: ModelBinding | None
     roots: list[RootRow]
@@ -101,7 +160,7 @@ class Stats:
         """The object `status --json` prints (and serve's /api/status returns)."""
         when = lambda t: datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else None
         return {
-            "path": str(self.path),
+            "path": self.path,
             "size_bytes": self.size_bytes,
             "schema_version": self.schema_version,
             "model": self.model.name if self.model else None,
@@ -126,13 +185,6 @@ def norm_path(path: Path | str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def casefold(value: object) -> object:
-    return value.casefold() if isinstance(value, str) else value
-
-
-def ids_json(ids: Iterable[int]) -> str:
-    return json.dumps([int(i) for i in ids])
-
-
 def folder_prefix(folder: str) -> str:
+    """folder with one trailing separator: the prefix of every path inside it."""
     return folder if folder.endswith(os.sep) else folder + os.sep

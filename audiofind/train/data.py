@@ -23,7 +23,7 @@ from audiofind.audio.decode import SAMPLE_RATE, load_audio, load_crop
 from audiofind.errors import DatasetError, DecodeError
 from audiofind.eval.clotho import GT_HEADER, CaptionSet, reading_csv
 from audiofind.model.tokenizer import get_tokenizer, tokenize
-from audiofind.store import open_index
+from audiofind.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def read_captions(csv_path: Path) -> ClipSet:
 
 def read_library(db: Path | None = None) -> ClipSet:
     """The indexed files (the index at db, or the default one), each captioned with its own words (names.py)."""
-    with open_index(db) as index:
+    with open_store(db) as index:
         rows = index.files_under([r.path for r in index.roots()])
     clips, problems, thin = [], [], []
     for row in rows:
@@ -238,7 +238,7 @@ def read_library(db: Path | None = None) -> ClipSet:
     if not clips and thin:
         raise DatasetError(f"All {len(thin)} usable files of the index have names with fewer than {names.MIN_WORDS} "
                            "real words (numbers and take markers left out), so there is nothing to learn from.")
-    result = _finish("library", clips, problems, Path(index.path))
+    result = _finish("library", clips, problems, Path(index.location))
     return ClipSet(result.name, result.clips, result.problems, tuple(thin))
 
 

@@ -9,8 +9,7 @@ import apsw
 import sqlite_vec
 
 from audiofind.errors import AudiofindError, IndexNotFound, StorageError
-from audiofind.store.records import casefold
-from audiofind.store.sqlite import text
+from audiofind.store.sqlite import filters, fulltext
 
 BUSY_TIMEOUT_MS = 5_000
 MMAP_BYTES = 1 << 32 if sys.maxsize > 1 << 32 else 0  # address space only; pages load on demand
@@ -41,8 +40,8 @@ def connect(path: Path | str, create: bool = True) -> apsw.Connection:
     if create and conn.readonly("main"):
         conn.close()
         raise storage_error(path, apsw.ReadOnlyError("attempt to write a readonly database"))
-    conn.create_scalar_function("casefold", casefold, 1, deterministic=True)
-    text.register(conn)  # the full-text triggers on `files` call it, so every writer must have it
+    filters.register(conn)
+    fulltext.register(conn)  # the full-text triggers on `files` call it, so every writer must have it
     return conn
 
 

@@ -1,7 +1,7 @@
 """Numbered schema migrations, applied in order and recorded in `_audiofind_migrations` (llm / sqlite-utils style).
 
 A shipped migration is never edited: a schema change is a new function appended here, plus a test. The vector
-table is not here: its width comes from the model, so `store.Index.bind_model` creates it.
+table is not here: its width comes from the model, so `SqliteStore.bind_model` creates it.
 """
 
 import logging
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import apsw
 
 from audiofind.errors import IndexBusy, SchemaMismatch
-from audiofind.store.sqlite import text
+from audiofind.store.sqlite import fulltext
 from audiofind.store.sqlite.connection import storage_error
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def m006_codes_cache(conn: apsw.Connection) -> None:
 @migration
 def m007_file_words(conn: apsw.Connection) -> None:
     """The full-text index of names and tags, with the triggers that keep it in step, filled without re-embedding."""
-    text.create(conn)
+    fulltext.create(conn)
 
 
 def names() -> list[str]:

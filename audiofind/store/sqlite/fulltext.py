@@ -2,20 +2,18 @@
 
 Each ok file has one row in `file_words` (rowid = files.id) holding " ".join(names.words(...)) of its folders
 below its root (top down), its name and its text tags, one column each. SQL triggers on `files` keep it in step,
-calling the SQL function `file_words(path, root, tags, part)` that `connection.connect` registers on every connection, so every write
-path (index, watch, moves, copies, changes, deletions, --rebuild) updates it with no bookkeeping in Python. FTS5's
-porter tokenizer stems English at both ends (`creaks` finds `creak`); BM25 ranks.
+calling the SQL function `file_words(path, root, tags, part)` that `connection.connect` registers on every
+connection, so every write path (index, watch, moves, copies, changes, deletions, --rebuild) updates it with no
+bookkeeping in Python. FTS5's porter tokenizer stems English at both ends (`creaks` finds `creak`); BM25 ranks.
 """
 
 import json
-from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import apsw
-import regex
 
 from audiofind.audio.names import words
-from audiofind.store.records import norm_path
+from audiofind.store.records import Hit, NameQuery, norm_path
 
 TABLE = "file_words"
 # The tags that say what a sound is or where it comes from; dates, track numbers, encoders and copyright do not.
@@ -76,41 +74,6 @@ def create(conn: apsw.Connection) -> None:
 
 # ---------------------------------------------------------------- queries
 
-_TOKEN = regex.compile(r'(-?)"([^"]*)"?|(-?)(\S+)')  # "a phrase", -"a phrase", -word, word
-
-
-@dataclass(frozen=True)
-class Query:
-    """A search query read for the names: words, "quoted phrases" that must appear, and -excluded words."""
-
-    words: list[str] = field(default_factory=list)  # each as typed, matched on any of its name-words
-    phrases: list[str] = field(default_factory=list)  # each must appear, its words in this order
-    excluded: list[str] = field(default_factory=list)  # a file whose names or tags hold any of these is left out
-
-    @property
-    def terms(self) -> list[str]:
-        """The positive terms (words, then phrases), as typed."""
-        return self.words + self.phrases
-
-    @property
-    def audio_text(self) -> str:
-        """What the audio side embeds: the query without its syntax (the query itself when it has none)."""
-        return " ".join(self.terms)
-
-
-def parse(query: str) -> Query:
-    """Read -word, "phrase" and plain words from a query; a lone '-' or empty quotes count for nothing."""
-    q = Query()
-    for m in _TOKEN.finditer(query or ""):
-        if m.group(2) is not None:
-            neg, text, phrase = m.group(1), m.group(2).strip(), True
-        else:
-            neg, text, phrase = m.group(3), m.group(4), False
-        if not words(text):
-            continue
-        (q.excluded if neg else q.phrases if phrase else q.words).append(text)
-    return q
-
 
 def match_expr(term: str) -> str:
     """An FTS5 expression for one typed term: the phrase of its name-words (`Kick808` is "kick 808")."""
@@ -121,12 +84,12 @@ def _any(terms: list[str]) -> str:
     return " OR ".join(match_expr(t) for t in terms)
 
 
-def ranked(conn: apsw.Connection, q: Query, limit: int, cond: str = "", params: list | None = None) -> list[tuple]:
+def ranked(conn: apsw.Connection, q: NameQuery, limit: int, cond: str = "", params: list | None = None) -> list[Hit]:
     """Ok files matching q's names and holding none of its excluded words, best BM25 first (ties: the file indexed
-    first): (path, hash, tags json, duration, bm25) rows.
+    first), scored by relevance (-BM25).
 
     Every phrase must appear; among files that hold them, any of the words counts, more and rarer ones ranking
-    higher. cond/params: extra conditions on files f and audio a (nearest's filters).
+    higher. cond/params: extra conditions on files f and audio a (filters.conditions).
     """
     if not q.terms:
         return []
@@ -140,15 +103,26 @@ def ranked(conn: apsw.Connection, q: Query, limit: int, cond: str = "", params: 
         f"SELECT f.path, f.hash, f.tags, a.duration, m.score FROM ({pick}) m JOIN files f ON f.id = m.id "
         f"JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok'{cond} ORDER BY m.score, m.id LIMIT ?"
     )
-    return conn.execute(sql, [expr, *(params or []), int(limit)]).fetchall()
+    found = conn.execute(sql, [expr, *(params or []), int(limit)]).fetchall()
+    return [Hit(path, -float(bm25), 0.0, float(d), float(d), json.loads(tags), h) for path, h, tags, d, bm25 in found]
 
 
 def holding(conn: apsw.Connection, terms: list[str], paths: list[str]) -> dict[str, list[str]]:
     """For each of paths, which of terms its names and tags hold (each term as match_expr reads it)."""
     found: dict[str, list[str]] = {norm_path(p): [] for p in paths}
-    ids = dict(conn.execute("SELECT id, path FROM files WHERE path IN (SELECT value FROM json_each(?))", (json.dumps(list(found)),)))
+    sql = "SELECT id, path FROM files WHERE path IN (SELECT value FROM json_each(?))"
+    ids = dict(conn.execute(sql, (json.dumps(list(found)),)))
     sql = f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? AND rowid IN (SELECT value FROM json_each(?))"
     for term in terms:
         for (rowid,) in conn.execute(sql, (match_expr(term), json.dumps(list(ids)))):
             found[ids[rowid]].append(term)
     return found
+
+
+def refill(conn: apsw.Connection) -> int:
+    """Drop the names index and its triggers and make them again from the stored files; how many rows it holds."""
+    conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+    for suffix in ("insert", "update", "delete"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {TABLE}_{suffix}")
+    create(conn)
+    return conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]

@@ -1,0 +1,31 @@
+"""Reading what a person typed: `-word` leaves files out, `"a phrase"` must appear, the rest are words.
+
+The same reading serves every mode and every backend: the names side gets the parsed query (store.NameQuery), the
+sound side the query's text without its syntax.
+"""
+
+import regex
+
+from audiofind.audio.names import words
+from audiofind.store.records import NameQuery
+
+_TOKEN = regex.compile(r'(-?)"([^"]*)"?|(-?)(\S+)')  # "a phrase", -"a phrase", -word, word
+
+
+def parse(query: str) -> NameQuery:
+    """Read -word, "phrase" and plain words from a query; a lone '-' or empty quotes count for nothing."""
+    q = NameQuery()
+    for m in _TOKEN.finditer(query or ""):
+        if m.group(2) is not None:
+            neg, text, phrase = m.group(1), m.group(2).strip(), True
+        else:
+            neg, text, phrase = m.group(3), m.group(4), False
+        if not words(text):
+            continue
+        (q.excluded if neg else q.phrases if phrase else q.words).append(text)
+    return q
+
+
+def sound_text(query: str, q: NameQuery) -> str:
+    """What the sound side embeds: the query itself when it has no syntax, else its terms without it."""
+    return query if not (q.phrases or q.excluded) else " ".join(q.terms)
