@@ -3,6 +3,7 @@ published state dicts, and the tiny configuration's invariants."""
 
 import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -44,8 +45,12 @@ def test_computed_buffers_equal_the_fixture() -> None:
         if want.dtype == np.int64 or key.endswith("attn_mask"):
             assert np.array_equal(have, want), key
         else:
-            # Bitwise equal with this numpy (measured); libm's complex power may move a last bit elsewhere.
-            assert np.abs(have - want).max() <= np.spacing(np.float32(np.abs(want).max())), key
+            # Bitwise equal here (measured). Another libm's complex power or exp may flip the float32 rounding of a
+            # rare entry, so a few one-ulp differences are allowed; a different construction (cos/sin of the DFT
+            # angle, the mel bank rounded once) differs in 0.5-1% of the entries.
+            off = have != want
+            assert np.abs(have - want).max() <= np.spacing(np.abs(want)).max(), key
+            assert off.mean() < 1e-4, f"{key}: {off.sum()} entries differ"
 
 
 def test_constants_are_derived() -> None:
@@ -68,8 +73,10 @@ def test_audio_embeddings_match_reference(full: CLAP, windows: torch.Tensor) -> 
     with torch.inference_mode():
         emb = full.embed_audio(windows).numpy()
         alone = full.embed_audio(windows[1:2]).numpy()
+    # The fixture asks for 1e-4, but with its weights a missing relative position bias moves the embeddings by only
+    # 7e-5, align_corners=False by 2e-5 and a tanh GELU by 3e-5: 2e-6 (4.5e-8 measured) catches all three.
     for i, name in enumerate(REF["clip_names"]):
-        assert np.abs(emb[i] - REF[f"audio_emb_{name}"]).max() < 1e-4  # 4.5e-8 measured
+        assert np.abs(emb[i] - REF[f"audio_emb_{name}"]).max() < 2e-6
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-6)
     assert np.abs(alone[0] - emb[1]).max() < 1e-6  # a clip's embedding does not depend on its batch
 
@@ -79,8 +86,10 @@ def test_text_embeddings_match_reference(full: CLAP) -> None:
     with torch.inference_mode():
         emb = full.embed_text(ids, mask).numpy()
         alone = full.embed_text(ids[4:5], mask[4:5]).numpy()  # "wind": 4 tokens, no 77-token neighbour
-    assert np.abs(emb - REF["text_emb"]).max() < 1e-5  # 0.0 measured
-    assert np.abs(alone[0] - REF["text_emb"][4]).max() < 1e-5
+    # 1e-6, not the fixture's 1e-5 (0.0 measured): LayerNorm's eps in the embeddings moves them by 2e-4, but a
+    # wrong eps in the encoder's only by 5e-7, below what these weights can resolve.
+    assert np.abs(emb - REF["text_emb"]).max() < 1e-6
+    assert np.abs(alone[0] - REF["text_emb"][4]).max() < 1e-6
     assert math.isclose(full.logit_scale().item(), float(REF["logit_scale"]), rel_tol=1e-6)
 
 
@@ -163,7 +172,9 @@ def test_published_layouts_load() -> None:
     ],
     ids=["missing", "unexpected", "shape", "dtype", "position_ids", "attn_mask", "melW"],
 )
-def test_misfit_state_dicts_are_refused_in_one_sentence(change, needle: str) -> None:  # type: ignore[no-untyped-def]
+def test_misfit_state_dicts_are_refused_in_one_sentence(
+    change: Callable[[dict[str, torch.Tensor]], object], needle: str
+) -> None:
     sd = dict(full_state_dict())  # a shallow copy: the shared tensors are replaced, never modified
     change(sd)
     with pytest.raises(WeightsError, match=needle) as e:

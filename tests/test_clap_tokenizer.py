@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from clapkit import REF, VOCAB, fixture_texts
 
-from audiofind.model.clap.bpe import CONTEXT_LENGTH, BPETokenizer, bytes_to_unicode, load_tokenizer, merge_word
+from audiofind.model.clap.bpe import (
+    CONTEXT_LENGTH,
+    PRETOKENIZE,
+    BPETokenizer,
+    bytes_to_unicode,
+    load_tokenizer,
+    merge_word,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +65,12 @@ def test_no_lower_casing_and_spaces_matter(tok: BPETokenizer) -> None:
     (upper, lower, spaced), _ = tok.encode(["Wind", "wind", " wind"])
     assert list(upper[:3]) != list(lower[:3]) and list(spaced[:3]) != list(lower[:3])
     assert decode(tok, spaced[1:2]) == " wind"  # the space belongs to the word after it (Ġwind)
+
+
+def test_pretokenizer_is_gpt2s() -> None:
+    # A run of spaces leaves its last space to the next word; contractions and digit runs are pieces of their own.
+    assert PRETOKENIZE.findall("rain  on\n") == ["rain", " ", " on", "\n"]
+    assert PRETOKENIZE.findall("it's 808 kicks!!") == ["it", "'s", " 808", " kicks", "!!"]
 
 
 def test_empty_and_blank_texts_are_refused(tok: BPETokenizer) -> None:
