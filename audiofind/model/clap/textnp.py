@@ -1,6 +1,6 @@
 """CLAP's text tower (RoBERTa, pooler, projection) in plain numpy over the memory-mapped safetensors file.
 
-As audiofind/textnp.py does for AudioCLIP: a search embeds one short query in a fresh process, where importing
+As audiofind/model/textnp.py does for AudioCLIP: a search embeds one short query in a fresh process, where importing
 torch would cost more than the query. Only the query's rows of the 154 MB word embedding are read. The arithmetic
 follows roberta.py and model.py step by step in float32; tests/test_clap_textnp.py holds the two within 1e-5.
 """
@@ -15,11 +15,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from audiofind.errors import WeightsError
-from audiofind.textnp import read_tensors
+from audiofind.model.textnp import read_tensors
 
 BATCH = 64  # texts per forward pass, grouped by length so few padded positions are computed
 # Below this many token positions a pass runs on one BLAS thread: on a busy 2-core machine a second spinning thread
-# makes a small product many times slower (as measured for audiofind/textnp.py; here 0.77 s against 5.2 s for the
+# makes a small product many times slower (as measured for audiofind/model/textnp.py; here 0.77 s against 5.2 s for the
 # fixture's six captions one at a time).
 ONE_THREAD_BELOW = 512
 ERF_STEP = 1 / 256  # spacing of the tabulated Taylor series of erf (a power of 2: grid points are exact)
