@@ -1,6 +1,10 @@
-"""Where audiofind keeps its data: one place decides, one variable redirects it all."""
+"""Files: where audiofind keeps its data (one place decides, one variable redirects it all), and the one way a
+file's bytes are hashed (content hashes of sounds, checkpoints, downloads)."""
 
+import hashlib
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import platformdirs
@@ -39,3 +43,27 @@ def default_db() -> Path:
     """The index used when neither --db nor AUDIOFIND_DB is given."""
     value = os.environ.get("AUDIOFIND_DB")
     return Path(value).expanduser() if value else data_dir() / "index.db"
+
+
+HASH_CHUNK = 1 << 20
+
+
+def feed(h: "hashlib._Hash", path: Path | str, progress: Callable[[int, int], None] | None = None,
+         stop: threading.Event | None = None) -> "hashlib._Hash":  # fmt: skip
+    """Feed a file's bytes into h, reporting (done, total) bytes; InterruptedError once stop is set."""
+    total, done = os.stat(path).st_size, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+            if stop is not None and stop.is_set():
+                raise InterruptedError("stopped while hashing")
+    return h
+
+
+def hash_file(path: Path | str, algorithm: str = "sha256", progress: Callable[[int, int], None] | None = None,
+              stop: threading.Event | None = None) -> str:  # fmt: skip
+    """The hex digest of a file's bytes (sha256 unless asked otherwise)."""
+    return feed(hashlib.new(algorithm), path, progress, stop).hexdigest()

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from clapkit import FIXED, REF, fixture_clips, full_model, full_state_dict, tiny_model, tiny_state_dict
 
 from audiofind.errors import WeightsError
 from audiofind.model.clap import frontend
@@ -21,6 +20,7 @@ from audiofind.model.clap.model import (
     inference_state_dict,
     is_inference_key,
 )
+from clapkit import FIXED, REF, fixture_clips, full_model, full_state_dict, tiny_model, tiny_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clapkit import REF, VOCAB, full_model, full_state_dict, tiny_model, tiny_state_dict
 from safetensors.torch import save_file
 
 from audiofind.errors import WeightsError
 from audiofind.model.clap.bpe import load_tokenizer
 from audiofind.model.clap.config import CLAP_TINY
 from audiofind.model.clap.textnp import erf, gelu, load_text_tower, tower_from_tensors
+from clapkit import REF, VOCAB, full_model, full_state_dict, tiny_model, tiny_state_dict
 
 TEXT_PREFIXES = ("text_branch.", "text_projection.")
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clapkit import REF, VOCAB, fixture_texts
 
 from audiofind.model.clap.bpe import (
     CONTEXT_LENGTH,
@@ -15,6 +14,7 @@ from audiofind.model.clap.bpe import (
     load_tokenizer,
     merge_word,
 )
+from clapkit import REF, VOCAB, fixture_texts
 
 
 @pytest.fixture(scope="module")

@@ -290,7 +290,7 @@ def test_resolve_paths(server: Server, tmp_path: Path, monkeypatch: pytest.Monke
     # The second use neither hashes nor unpickles the 537 MB again. (A context, not undo(): undo would also drop
     # the AUDIOFIND_HOME of conftest, and the hash book below would land in the user's own cache folder.)
     with monkeypatch.context() as m:
-        m.setattr(ckpt, "sha256_file", lambda *a: pytest.fail("hashed again"))
+        m.setattr(paths, "hash_file", lambda *a, **k: pytest.fail("hashed again"))
         m.setattr(ckpt, "load_pt", lambda *a: pytest.fail("unpickled again"))
         assert weights.resolve(other) == first
 

@@ -275,7 +275,8 @@ def reindex_speed(n_files: int = 10_000, dim: int = 1024) -> float:
     """Seconds to re-index an unchanged library of n_files (the model is never loaded: nothing changed)."""
     import wave
 
-    from audiofind.library.sync import file_hash, prepare, sync
+    from audiofind.library.sync import prepare, sync
+    from audiofind.paths import hash_file
     from audiofind.store import AudioRow, FileRow, open_store
 
     enc = synthetic_identity(dim)
@@ -295,7 +296,7 @@ def reindex_speed(n_files: int = 10_000, dim: int = 1024) -> float:
             with index.transaction():
                 for path in sorted(lib.rglob("*.wav")):
                     st = path.stat()
-                    h = file_hash(path)
+                    h = hash_file(path)
                     row = FileRow(str(path), str(lib), st.st_size, st.st_mtime_ns, h, "ok", None, {})
                     index.add_file(row, AudioRow(h, 64 / decode.SAMPLE_RATE, decode.SAMPLE_RATE, 1), [(0.0, 0.001)], rng.standard_normal((1, dim)))
             start = time.perf_counter()

@@ -19,12 +19,13 @@ from audiofind.audio.formats import AUDIO_EXTS, extension
 from audiofind.audio.tags import read_tags
 from audiofind.errors import DeviceError, UsageError, WeightsError
 from audiofind.library.pipeline import Embedder, Work, reason_of
-from audiofind.library.walk import Walk, absolute, check_roots, file_hash, readable, root_of, walk, walk_only
+from audiofind.library.walk import Walk, absolute, check_roots, readable, root_of, walk, walk_only
 from audiofind.model.encoder import Encoder, load_for_index
+from audiofind.paths import hash_file
 from audiofind.store import FileRow, ModelBinding, Store, peek_model
 from audiofind.store.records import folder_prefix
 
-__all__ = ["Event", "Report", "binding", "check_roots", "encoder_for", "file_hash", "prepare", "sync", "walk"]
+__all__ = ["Event", "Report", "binding", "check_roots", "encoder_for", "prepare", "sync", "walk"]
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def sync(
         if stopped():
             break
         try:
-            work.hash = file_hash(Path(work.path), stop)
+            work.hash = hash_file(work.path, stop=stop)
         except InterruptedError:
             break
         except Exception as e:

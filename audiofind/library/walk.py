@@ -5,7 +5,6 @@ an unplugged drive, a share that failed to mount or an empty mount point all loo
 be listed are remembered too, so the files the index holds under them are kept rather than removed.
 """
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -17,9 +16,6 @@ from audiofind.errors import UsageError
 from audiofind.library.folders import FolderId, walk_folders
 
 log = logging.getLogger(__name__)
-
-HASH_CHUNK = 1 << 20
-
 
 @dataclass
 class Walk:
@@ -112,17 +108,6 @@ def _stat(path: Path) -> os.stat_result | None:
         return os.stat(path)
     except OSError:
         return None
-
-
-def file_hash(path: Path, stop: "object | None" = None) -> str:
-    """sha256 of the file's bytes: the key that lets copies share vectors and moves skip embedding."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-            if stop is not None and stop.is_set():  # type: ignore[attr-defined]
-                raise InterruptedError("stopped while hashing")
-    return h.hexdigest()
 
 
 def signature(path: str | Path) -> tuple[int, int] | None:

@@ -102,23 +102,6 @@ def select(state_dict: dict, origin: object) -> "dict[str, torch.Tensor]":
     return out
 
 
-def hash_into(h: "hashlib._Hash", path: Path, progress: Progress | None = None) -> "hashlib._Hash":
-    """Feed a file's bytes into h, reporting (done, total) bytes."""
-    total, done = path.stat().st_size, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return h
-
-
-def sha256_file(path: Path, progress: Progress | None = None) -> str:
-    """sha256 of a file's bytes."""
-    return hash_into(hashlib.sha256(), path, progress).hexdigest()
-
-
 def content_sha256(tensors: "dict[str, torch.Tensor]") -> str:
     """sha256 over names, dtypes, shapes and bytes of the tensors, in name order."""
     import torch

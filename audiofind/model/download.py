@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from audiofind.errors import DownloadError
-from audiofind.model.checkpoint import CHUNK, hash_into
+from audiofind.paths import HASH_CHUNK, feed
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def fetch(name: str, url: str, part: Path, size: int | None, progress: Progress 
     if size is not None and done > size:
         part.unlink()
         done = 0
-    h = hash_into(hashlib.new(algorithm), part) if done else hashlib.new(algorithm)
+    h = feed(hashlib.new(algorithm), part) if done else hashlib.new(algorithm)
     if size is not None and done == size:
         return h.hexdigest()
     if done and progress:
@@ -45,7 +45,7 @@ def fetch(name: str, url: str, part: Path, size: int | None, progress: Progress 
                 out.truncate(0)
                 done, h = 0, hashlib.new(algorithm)
                 total = int(length) if length else size
-            while chunk := response.read(CHUNK):
+            while chunk := response.read(HASH_CHUNK):
                 out.write(chunk)
                 h.update(chunk)
                 done += len(chunk)

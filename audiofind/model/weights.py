@@ -129,7 +129,7 @@ def _file_sha256(path: Path, progress: Progress | None = None) -> str:
     entry = known.get(str(path))
     if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
         return entry["sha256"]
-    sha = checkpoint.sha256_file(path, progress)
+    sha = paths.hash_file(path, progress=progress)
     known[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
     try:
         book.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def download(name: str, progress: Progress | None = None) -> Path:
     part = pt.with_name(pt.name + ".part")
     folder.mkdir(parents=True, exist_ok=True)
     expected = entry.get("sha256")
-    if pt.exists() and expected and checkpoint.sha256_file(pt) != expected:
+    if pt.exists() and expected and paths.hash_file(pt) != expected:
         pt.unlink()  # a stale file from another release: fetch again
     if not pt.exists():
         from audiofind.model.download import (
@@ -200,7 +200,7 @@ def download(name: str, progress: Progress | None = None) -> Path:
             )
         os.replace(part, pt)
     tensors = checkpoint.select(checkpoint.load_pt(pt), pt)
-    checkpoint.write(tensors, out, name, expected or checkpoint.sha256_file(pt), "registered")
+    checkpoint.write(tensors, out, name, expected or paths.hash_file(pt), "registered")
     del tensors
     pt.unlink()  # keep one copy on disk; the safetensors file is all later runs read
     return out

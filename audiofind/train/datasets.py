@@ -23,7 +23,6 @@ import py7zr
 from audiofind import paths
 from audiofind.errors import ChecksumError, DatasetError, UsageError
 from audiofind.eval import clotho
-from audiofind.model.checkpoint import hash_into
 from audiofind.model.download import fetch
 
 log = logging.getLogger(__name__)
@@ -156,7 +155,7 @@ def _fetch_checked(root: Path, remote: Remote, progress: Step | None) -> bool:
     target = root / remote.file
     if target.is_file():
         report = (lambda done, total: progress(f"Checking {remote.file}", done, total)) if progress else None
-        if hash_into(hashlib.md5(usedforsecurity=False), target, report).hexdigest() == remote.md5:
+        if paths.feed(hashlib.md5(usedforsecurity=False), target, report).hexdigest() == remote.md5:
             return False
         log.warning("%s does not have the md5 of the manifest; downloading it again", target)
     part = target.with_name(target.name + ".part")
