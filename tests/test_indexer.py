@@ -183,7 +183,7 @@ def test_a_lone_window_waits_behind_clips_for_more_of_its_length(tmp_path: Path)
     encoder = from_model(model, TINY, torch.device("cpu"), "tiny", "a" * 64, batch_size=8)
     with SqliteStore.open(tmp_path / "i.db") as index:
         prepare(index, encoder)
-        embedder = pipeline.Embedder(index, encoder, lambda *_: None)
+        embedder = pipeline.Pipeline(index, encoder, lambda *_: None)
         window = (None, [None], np.zeros(decode.N_WINDOW, np.float32))
         clips = [(None, [None], np.zeros(5000 + i, np.float32)) for i in range(31)]
         embedder.batch = [window, *clips]

@@ -27,7 +27,7 @@ from audiofind.library import watch as watch_module
 from audiofind.library.folders import Folders
 from audiofind.library.observers import changes, snapshot
 from audiofind.library.sync import Event, Report, prepare, sync, walk
-from audiofind.library.watch import BURST_WAIT, _Watcher, watch
+from audiofind.library.watch import BURST_WAIT, Watcher, watch
 from audiofind.model.encoder import Encoder, load_encoder
 from audiofind.search.embedding import search_like
 from audiofind.store import FileRow
@@ -287,7 +287,7 @@ S = 1.0  # settle, in fake seconds
 
 
 class Driven:
-    """A _Watcher run step by step; `sync` only records the paths of each call and reports what `script` says."""
+    """A Watcher run step by step; `sync` only records the paths of each call and reports what `script` says."""
 
     def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[list[str]] = []
@@ -295,9 +295,9 @@ class Driven:
         self.script: dict[Path, list[str]] = {}  # path -> what sync reports for it, one event per call
         self.now = 0.0
         monkeypatch.setattr(watch_module, "sync", self._sync)
-        self.w = _Watcher(None, None, [root], S, True, AUDIO_EXTS, self.events.append, threading.Event())  # type: ignore[arg-type]
+        self.w = Watcher(None, None, [root], S, True, AUDIO_EXTS, self.events.append, threading.Event())  # type: ignore[arg-type]
         self.w.clock = lambda: self.now
-        self.w._start_watching()  # the poller's first snapshot; its thread is never started
+        self.w.start()  # the poller's first snapshot; its thread is never started
 
     def _sync(self, index, encoder, roots, *, only, on_event, **_) -> Report:  # type: ignore[no-untyped-def]
         self.calls.append([str(p) for p in only])
@@ -310,12 +310,12 @@ class Driven:
         """One file-system event (two paths: a move) reaching the watcher at fake time `at`."""
         self.now = at
         self.w.q.put(("change", tuple(str(p) for p in paths)))
-        self.w._collect(0)
+        self.w.collect(0)
 
     def tick(self, at: float) -> list[list[str]]:
         """The loop's look at pending paths at fake time `at`; returns every sync call so far."""
         self.now = at
-        self.w._flush_settled(at)
+        self.w.tick(at)
         return self.calls
 
 
@@ -573,16 +573,16 @@ SIGNAL_DURING_WAIT = """
 import signal, sys, threading, time
 from pathlib import Path
 from audiofind.audio.formats import AUDIO_EXTS
-from audiofind.library.watch import _Watcher
+from audiofind.library.watch import Watcher
 
 stop = threading.Event()
 def handler(*_):
     stop.set()
     time.sleep(1.0)  # outlasts the rest of the wait below
 signal.signal(signal.SIGALRM, handler)
-w = _Watcher(None, None, [Path(sys.argv[1])], 0.2, True, AUDIO_EXTS, lambda e: None, stop)
+w = Watcher(None, None, [Path(sys.argv[1])], 0.2, True, AUDIO_EXTS, lambda e: None, stop)
 signal.setitimer(signal.ITIMER_REAL, 0.3)
-w._collect(0.6)
+w.collect(0.6)
 print("returned", stop.is_set())
 """
 

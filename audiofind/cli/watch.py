@@ -73,7 +73,7 @@ def watch_cmd(
     settle: Annotated[float, typer.Option("--settle", metavar="SECONDS", help="Index a file once its size and mtime have not changed for this long.")] = 1.0,
 ) -> None:
     """Index PATHS, then keep the index in step with every change under them until Ctrl-C."""
-    from audiofind.library.sync import Event, check_roots, encoder_for, prepare
+    from audiofind.library.sync import Event, check_roots, indexing_encoder, prepare
     from audiofind.library.watch import watch
     from audiofind.store import open_store
 
@@ -95,7 +95,7 @@ def watch_cmd(
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         with open_store(db, create=True) as index, index.writer_lock():
-            encoder = encoder_for(index, weights, device, precision)
+            encoder = indexing_encoder(index, weights, device, precision)
             if not stop.is_set():  # else Ctrl-C or SIGTERM came while the model loaded
                 prepare(index, encoder)
                 watch(index, encoder, paths, settle=settle, polling=polling, on_event=on_event, stop=stop,

@@ -1,51 +1,12 @@
-"""The folders `index` visits under its roots, walked the way `indexer.walk` walks them, and kept up to date by watch.
-
-Symlinked folders are followed, each folder once: a folder already visited (by st_dev, st_ino) is skipped, so a
-symlink loop ends at once and a folder reachable two ways is stored under the first path the walk reaches it by
-(real folders before symlinked ones in each folder). Hidden names are skipped.
-"""
+"""The folders `index` visits under its roots, walked by `walk.walk_folders` and kept up to date by watch."""
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from audiofind.audio.formats import AUDIO_EXTS, extension
-
-FolderId = tuple[int, int]  # (st_dev, st_ino)
-
-
-def walk_folders(
-    top: Path | str,
-    seen: dict[FolderId, str],
-    stopped: Callable[[], bool] = lambda: False,
-    aliases: set[str] | None = None,
-    onerror: Callable[[OSError], None] | None = None,
-) -> Iterator[tuple[str, os.stat_result, list[str]]]:
-    """(folder, its stat, its visible file names) for each folder under top not in `seen` (identity -> path).
-
-    Paths that lead to a folder already seen (a symlink loop, a second way in) go to `aliases`; folders that cannot
-    be listed go to onerror. Stops early, between folders, once stopped() is true.
-    """
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=onerror):
-        if stopped():
-            return
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in seen:  # a symlink loop or a folder reached twice
-            dirnames[:] = []
-            if aliases is not None:
-                aliases.add(dirpath)
-            continue
-        seen[key] = dirpath
-        # Real folders before symlinked ones: a folder reachable both ways is stored under its real path.
-        visible = (d for d in dirnames if not d.startswith("."))
-        dirnames[:] = sorted(visible, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
-        yield dirpath, st, sorted(n for n in filenames if not n.startswith("."))
+from audiofind.library.walk import FolderId, walk_folders
 
 
 class Folders:

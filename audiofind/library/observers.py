@@ -24,8 +24,7 @@ from collections.abc import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from audiofind.audio.formats import extension
-from audiofind.library.folders import FolderId, walk_folders
+from audiofind.library.walk import FolderId, audio_files, walk_folders
 
 # Watchdog reports an inotify queue overflow only through its log (then rebuilds its watches): we listen there.
 OVERFLOW_LOGGER = "watchdog.observers"
@@ -111,16 +110,8 @@ def snapshot(root: str, exts: frozenset[str], stopped: Callable[[], bool] = lamb
     out: Snapshot = {}
     for folder, st, names in walk_folders(root, {}, stopped):
         out[folder] = (st.st_dev, st.st_ino, 0, 0, True)  # a folder's own size and mtime change with every entry
-        for name in names:
-            if extension(name) not in exts:
-                continue
-            path = os.path.join(folder, name)
-            try:
-                fst = os.stat(path)
-            except OSError:
-                continue  # a dangling symlink or a file deleted meanwhile
-            if not stat.S_ISDIR(fst.st_mode):
-                out[path] = (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns, False)
+        for path, fst in audio_files(folder, names, exts):
+            out[path] = (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns, False)
     return out
 
 

@@ -47,7 +47,7 @@ class Work:
 
 
 @dataclass
-class _Pending:
+class _InFlight:
     """A file whose windows are arriving; `skip` leading windows were committed by an earlier, interrupted run."""
 
     work: Work
@@ -67,7 +67,7 @@ def reason_of(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".strip().rstrip(":")
 
 
-class Embedder:
+class Pipeline:
     """Embeds a list of files into an index, reporting through the callbacks; `run` returns when all are done."""
 
     def __init__(
@@ -79,8 +79,8 @@ class Embedder:
     ) -> None:
         self.index, self.encoder, self.stop = index, encoder, stop
         self.on_done = on_done  # (outcome, work, segments, duration, reason): embedded | failed | changing
-        self.files: dict[str, _Pending] = {}
-        self.batch: list[tuple[_Pending, list, np.ndarray]] = []  # windows waiting for the model
+        self.files: dict[str, _InFlight] = {}
+        self.batch: list[tuple[_InFlight, list, np.ndarray]] = []  # windows waiting for the model
         size = encoder.audio_batch
         self.gather = size * GATHER_BATCHES if size > 1 else 1  # the most windows that wait
         bound = index.model()
@@ -106,7 +106,7 @@ class Embedder:
                 skip = self.index.partial_segments(work.hash)
                 if skip:
                     log.info("%s: continuing after %d committed windows", work.path, skip)
-                self.files[work.path] = _Pending(work, payload, skip)
+                self.files[work.path] = _InFlight(work, payload, skip)
                 continue
             pending = self.files.get(work.path)
             if pending is None:
@@ -132,7 +132,7 @@ class Embedder:
                 share += p.work.size * min(1.0, p.bounds[-1][1] / p.info.duration)
         return share
 
-    def _window(self, pending: _Pending, w: decode.Window) -> None:
+    def _window(self, pending: _InFlight, w: decode.Window) -> None:
         pending.received += 1
         if pending.received <= pending.skip:
             return  # committed by an earlier run: decoded again only to reach the windows after it
@@ -146,7 +146,7 @@ class Embedder:
             self._embed_batch(final=False)
             self._commit_ready()
 
-    def _ready(self) -> list[tuple[_Pending, list, np.ndarray]]:
+    def _ready(self) -> list[tuple[_InFlight, list, np.ndarray]]:
         """The waiting windows to run now that the gathering is full: every full batch of one length, then the
         lengths fewest windows share, until at most half a gathering waits (for more of its length: a long
         recording's 10 s windows keep coming, a clip's own length rarely does)."""
@@ -208,7 +208,7 @@ class Embedder:
             elif not pending.ended and done >= self.chunk:
                 self._commit_chunk(pending, done)
 
-    def _commit_chunk(self, pending: _Pending, n: int) -> None:
+    def _commit_chunk(self, pending: _InFlight, n: int) -> None:
         work, bounds = pending.work, pending.bounds[:n]
         audio = AudioRow(work.hash, bounds[-1][1], pending.info.sample_rate, pending.info.channels)
         vectors = np.stack([s[0] for s in pending.slots[:n]])
@@ -216,7 +216,7 @@ class Embedder:
         pending.bounds, pending.slots = pending.bounds[n:], pending.slots[n:]
         pending.skip += n  # so a failure after this still knows what to drop
 
-    def _commit(self, pending: _Pending) -> None:
+    def _commit(self, pending: _InFlight) -> None:
         work = pending.work
         del self.files[work.path]
         if signature(work.path) != (work.size, work.mtime_ns):
@@ -236,12 +236,12 @@ class Embedder:
         self.bytes_done += work.size
         self.on_done("embedded", work, pending.skip + len(pending.bounds), duration, None)
 
-    def _changing(self, pending: _Pending) -> None:
+    def _changing(self, pending: _InFlight) -> None:
         self.index.drop_partials(paths=[pending.work.path])
         self.bytes_done += pending.work.size
         self.on_done("changing", pending.work, 0, 0.0, "changed while being read; it is indexed once it settles")
 
-    def _fail(self, pending: _Pending, e: BaseException) -> None:
+    def _fail(self, pending: _InFlight, e: BaseException) -> None:
         """Fail one file (a file that changed meanwhile is 'changing' instead: a recorder is still writing it)."""
         pending.failed = True
         self.files.pop(pending.work.path, None)

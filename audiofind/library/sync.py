@@ -18,14 +18,14 @@ from audiofind.audio import decode
 from audiofind.audio.formats import AUDIO_EXTS, extension
 from audiofind.audio.tags import read_tags
 from audiofind.errors import DeviceError, UsageError, WeightsError
-from audiofind.library.pipeline import Embedder, Work, reason_of
+from audiofind.library.pipeline import Pipeline, Work, reason_of
 from audiofind.library.walk import Walk, absolute, check_roots, readable, root_of, walk, walk_only
 from audiofind.model.encoder import Encoder, load_for_index
 from audiofind.paths import hash_file
 from audiofind.store import FileRow, ModelBinding, Store, peek_model
 from audiofind.store.records import folder_prefix
 
-__all__ = ["Event", "Report", "binding", "check_roots", "encoder_for", "prepare", "sync", "walk"]
+__all__ = ["Event", "Report", "binding", "check_roots", "indexing_encoder", "prepare", "sync", "walk"]
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,14 @@ def binding(encoder: Encoder, window: float = decode.WINDOW_SECONDS, hop: float 
     return ModelBinding(encoder.name, encoder.sha256, encoder.dim, window, hop, precision)
 
 
-def encoder_for(index: Store, weights: str | None, device: str, precision: str | None = None) -> Encoder:
+def indexing_encoder(index: Store, weights: str | None, device: str, precision: str | None = None) -> Encoder:
     """The audio encoder to index with: --weights if given, else the model that built the index, else the default;
     --precision if given, else the index's own."""
     return _load(index.model(), weights, device, precision)
 
 
 def load_checked(db: Path | str, weights: str | None, device: str, precision: str | None = None) -> Encoder:
-    """The audio encoder for indexing db (as encoder_for chooses it), loaded and tried on a short clip before
+    """The audio encoder for indexing db (as indexing_encoder chooses it), loaded and tried on a short clip before
     anything is written."""
     encoder = _load(peek_model(db), weights, device, precision)
     probe = np.random.default_rng(0).standard_normal(decode.SAMPLE_RATE // 2).astype(np.float32) * 3000
@@ -146,18 +146,57 @@ def sync(
     roots = absolute(roots)
     bound = index.model()
     if bound is None:
-        raise ValueError("Bind a model (indexer.prepare) before syncing.")
+        raise ValueError("Bind a model (sync.prepare) before syncing.")
     index.check_model(binding(encoder, bound.window, bound.hop))  # the segmenting is the index's own
     report = Report(device=str(encoder.device), model=encoder.name)
     emit = on_event or (lambda e: None)
     stopped = lambda: stop is not None and stop.is_set()
-
-    # 1. What is on disk now, and what the index knows under the same roots. Roots that are not there (or show
-    # nothing while the index holds files under them) are set aside with their files: a drive, not a deletion.
     only_paths = None if only is None else absolute(only)
+
+    # 1. What is on disk now, and what the index knows under the same roots.
+    survey = _survey(index, roots, only_paths, exts, retry_failed, prune, report, emit)
+    # 2. Hash what is new or changed: moves and copies need no model.
+    works = _sort_out(index, survey, report, emit, stop)
+    # 3. Embed: short files first, so one long recording never holds up the rest of a library.
+    if works and not stopped():
+        _embed(index, encoder, works, report, emit, progress, stop, decoders)
+    # 4. Remove what vanished (within the prune guard), and leave the index ready for reads.
+    if stopped():
+        report.stopped = True
+    else:
+        _finish(index, survey, prune, whole=only_paths is None, report=report, emit=emit)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+@dataclass
+class Survey:
+    """What a sync found before hashing anything: the roots looked at in full and those that are there, the audio
+    files on disk, the files the index holds under the same roots, and which of those are gone."""
+
+    full: list[Path]
+    live: list[Path]
+    on_disk: dict[str, Work]
+    known: dict[str, FileRow]
+    todo: list[Work]  # new or changed on disk
+    vanished: dict[str, FileRow]  # gone from disk, and not under a root or folder that is merely unavailable
+
+
+def _survey(
+    index: Store,
+    roots: list[Path],
+    only_paths: list[Path] | None,
+    exts: frozenset[str],
+    retry_failed: bool,
+    prune: bool,
+    report: Report,
+    emit: Callable[[Event], None],
+) -> Survey:
+    """Walk the roots and compare with the index. Roots that are not there (or show nothing while the index holds
+    files under them) are set aside with their files: a drive, not a deletion."""
     full = roots if only_paths is None else [r for r in roots if r in only_paths]
     partial = [] if only_paths is None else [p for p in only_paths if p not in roots and root_of(p, roots)]
-    known_in = lambda rows: {r.path: r for r in rows if extension(r.path) in exts}
+    known_in = lambda rows: {r.path: r for r in rows if extension(r.path) in exts}  # --ext narrows
     known = known_in(index.files_under(full)) | known_in(index.files_under(partial))
     seen_walk = Walk()
     live = []
@@ -183,26 +222,30 @@ def sync(
             emit(Event("unavailable", str(root), reason=reason, count=n))
     if not prune:
         protected += [Path(d) for d in seen_walk.unreadable]
-
     todo: list[Work] = []
     for key, work in on_disk.items():
         row = known.get(key)
         unchanged = row is not None and row.size == work.size and row.mtime_ns == work.mtime_ns
-        if unchanged and (row.status == "ok" or not retry_failed):
+        if row is not None and unchanged and (row.status == "ok" or not retry_failed):
             report.skipped += 1
         else:
             todo.append(work)
     vanished = {p: r for p, r in known.items() if p not in on_disk and not any(_under(p, d) for d in protected)}
+    return Survey(full, live, on_disk, known, todo, vanished)
 
-    # 2. Hash what is new or changed: a hash seen under a vanished path is a move, one already indexed a copy,
-    # one met twice in this run is embedded once.
+
+def _sort_out(
+    index: Store, survey: Survey, report: Report, emit: Callable[[Event], None], stop: threading.Event | None
+) -> list[Work]:
+    """Hash what is new or changed: a hash seen under a vanished path is a move, one already indexed a copy, one met
+    twice in this run is embedded once. Returns what needs the model, short files first."""
     by_hash: dict[str, list[str]] = {}
-    for path, row in vanished.items():
+    for path, row in survey.vanished.items():
         if row.hash:
             by_hash.setdefault(row.hash, []).append(path)
     to_embed: dict[str, Work] = {}
-    for work in todo:
-        if stopped():
+    for work in survey.todo:
+        if stop is not None and stop.is_set():
             break
         try:
             work.hash = hash_file(work.path, stop=stop)
@@ -213,10 +256,10 @@ def sync(
             _fail(index, work, reason, report, emit)
             continue
         sources = by_hash.get(work.hash)
-        if sources and work.path not in known:
+        if sources and work.path not in survey.known:
             source = sources.pop(0)
             index.move_file(source, work.path, work.root, work.size, work.mtime_ns)
-            vanished.pop(source, None)
+            survey.vanished.pop(source, None)
             report.moved += 1
             emit(Event("moved", work.path, source=source))
         elif work.hash in to_embed:
@@ -225,43 +268,37 @@ def sync(
             _add_copy(index, work, report, emit)
         else:
             to_embed[work.hash] = work
+    return sorted(to_embed.values(), key=lambda w: (w.size, w.path))
 
-    # 3. Embed: short files first, so one long recording never holds up the rest of a library.
-    works = sorted(to_embed.values(), key=lambda w: (w.size, w.path))
-    if works and not stopped():
-        _embed(index, encoder, works, report, emit, progress, stop, decoders)
 
-    # 4. Whatever vanished and was not a move goes, with vectors nobody else uses; but a root that would lose
-    # more than a quarter of its files at once keeps them until --prune: a half-mounted share looks like that.
-    if stopped():
-        report.stopped = True
-    else:
-        for root in full:
-            gone = sorted(p for p in vanished if _under(p, root))
-            n = sum(1 for p in known if _under(p, root))
-            if not prune and len(gone) > PRUNE_MIN and len(gone) > PRUNE_SHARE * n:
-                for p in gone:
-                    del vanished[p]
-                report.kept += len(gone)
-                reason = (
-                    f"{len(gone):,} of the {n:,} indexed files under {root} are gone ({len(gone) / n:.0%}); kept them "
-                    f"in case the folder is only partly there: run 'audiofind index --prune {root}' to remove them"
-                )
-                emit(Event("kept", str(root), reason=reason, count=len(gone)))
-        if vanished:
-            report.removed += index.remove_files(sorted(vanished))
-            for path in sorted(vanished):
-                emit(Event("removed", path))
-        if only_paths is None:
-            index.drop_partials()  # unfinished contents of files that failed, changed or went away
-        for root in full:
-            if root in live:
-                index.touch_root(root)
-            elif prune:
-                index.forget_root(root)
-        index.optimize()  # ready for fast reads: one read for the next cold search (SQLite), ANN index (PostgreSQL)
-    report.seconds = time.monotonic() - started
-    return report
+def _finish(index: Store, survey: Survey, prune: bool, whole: bool, report: Report, emit: Callable[[Event], None]) -> None:
+    """Whatever vanished and was not a move goes, with vectors nobody else uses; but a root that would lose more than
+    a quarter of its files at once keeps them until --prune: a half-mounted share looks like that."""
+    vanished = survey.vanished
+    for root in survey.full:
+        gone = sorted(p for p in vanished if _under(p, root))
+        n = sum(1 for p in survey.known if _under(p, root))
+        if not prune and len(gone) > PRUNE_MIN and len(gone) > PRUNE_SHARE * n:
+            for p in gone:
+                del vanished[p]
+            report.kept += len(gone)
+            reason = (
+                f"{len(gone):,} of the {n:,} indexed files under {root} are gone ({len(gone) / n:.0%}); kept them "
+                f"in case the folder is only partly there: run 'audiofind index --prune {root}' to remove them"
+            )
+            emit(Event("kept", str(root), reason=reason, count=len(gone)))
+    if vanished:
+        report.removed += index.remove_files(sorted(vanished))
+        for path in sorted(vanished):
+            emit(Event("removed", path))
+    if whole:
+        index.drop_partials()  # unfinished contents of files that failed, changed or went away
+    for root in survey.full:
+        if root in survey.live:
+            index.touch_root(root)
+        elif prune:
+            index.forget_root(root)
+    index.optimize()  # ready for fast reads: one read for the next cold search (SQLite), ANN index (PostgreSQL)
 
 
 def _embed(
@@ -299,7 +336,7 @@ def _embed(
 
     if decoders is None:
         decoders = 1 if encoder.device.type == "cpu" else 4
-    embedder = Embedder(index, encoder, done, stop)
+    embedder = Pipeline(index, encoder, done, stop)
     embedder.run(works, decoders, seconds)
     report.audio_seconds = embedder.audio_seconds
 

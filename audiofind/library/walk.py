@@ -1,4 +1,9 @@
-"""What is on disk: walking roots, hashing files, and telling a missing drive from deleted files.
+"""What is on disk: the one folder walker, the audio files it finds, and telling a missing drive from deleted files.
+
+Symlinked folders are followed, each folder once: a folder already visited (by st_dev, st_ino) is skipped, so a
+symlink loop ends at once and a folder reachable two ways is stored under the first path the walk reaches it by
+(real folders before symlinked ones in each folder). Hidden names are skipped. `index`, watch's folder map and its
+poller all walk with `walk_folders`.
 
 A root that is missing, empty or unreadable while the index holds files under it is *unavailable*, not emptied:
 an unplugged drive, a share that failed to mount or an empty mount point all look like that. Folders that could not
@@ -7,15 +12,50 @@ be listed are remembered too, so the files the index holds under them are kept r
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from audiofind.audio.formats import AUDIO_EXTS, extension
 from audiofind.errors import UsageError
-from audiofind.library.folders import FolderId, walk_folders
 
 log = logging.getLogger(__name__)
+
+FolderId = tuple[int, int]  # (st_dev, st_ino)
+
+def walk_folders(
+    top: Path | str,
+    seen: dict[FolderId, str],
+    stopped: Callable[[], bool] = lambda: False,
+    aliases: set[str] | None = None,
+    onerror: Callable[[OSError], None] | None = None,
+) -> Iterator[tuple[str, os.stat_result, list[str]]]:
+    """(folder, its stat, its visible file names) for each folder under top not in `seen` (identity -> path).
+
+    Paths that lead to a folder already seen (a symlink loop, a second way in) go to `aliases`; folders that cannot
+    be listed go to onerror. Stops early, between folders, once stopped() is true.
+    """
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=onerror):
+        if stopped():
+            return
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:  # a symlink loop or a folder reached twice
+            dirnames[:] = []
+            if aliases is not None:
+                aliases.add(dirpath)
+            continue
+        seen[key] = dirpath
+        # Real folders before symlinked ones: a folder reachable both ways is stored under its real path.
+        visible = (d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(visible, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
+        yield dirpath, st, sorted(n for n in filenames if not n.startswith("."))
+
 
 @dataclass
 class Walk:
@@ -65,15 +105,23 @@ def walk(
 
     for root in roots:
         for dirpath, _, names in walk_folders(root, seen, onerror=unreadable):
-            for name in names:
-                if extension(name) not in exts:
-                    continue
-                path = Path(dirpath) / name
-                try:
-                    fst = os.stat(path)
-                except OSError:
-                    continue  # a dangling symlink or a file deleted while walking
-                yield root, path, fst
+            for path, fst in audio_files(dirpath, names, exts):
+                yield root, Path(path), fst
+
+
+def audio_files(folder: str, names: list[str], exts: frozenset[str]) -> Iterator[tuple[str, os.stat_result]]:
+    """(path, stat) of the audio files among a folder's names (as walk_folders gives them); dangling links and
+    files deleted meanwhile are skipped, and so is a folder named like an audio file."""
+    for name in names:
+        if extension(name) not in exts:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            fst = os.stat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(fst.st_mode):
+            yield path, fst
 
 
 def root_of(path: Path, roots: list[Path]) -> Path | None:

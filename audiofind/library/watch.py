@@ -1,7 +1,7 @@
 """Following folders as they change: sync once, then feed settled file-system changes back through `sync`.
 
-Watchdog's threads only collect paths; this loop decides when a path has settled (no event and the same size and
-mtime for `settle` seconds) and hands every settled path to one `indexer.sync(..., only=paths)` call. The old and
+Watchdog's threads only collect paths; `settle.Settler` decides when a path has settled (no event and the same size
+and mtime for `settle` seconds), and this loop hands every settled path to one `sync.sync(..., only=paths)` call. The old and
 the new path of a move land in the same call, so `sync` recognises the content and moves the row instead of
 embedding it again. Besides the indexer's events, `on_event` receives three of our own:
 
@@ -23,17 +23,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-
-import apsw
 
 from audiofind.audio.formats import AUDIO_EXTS
 from audiofind.errors import AudiofindError, IndexBusy, UsageError
 from audiofind.library.folders import Folders
 from audiofind.library.observers import OSObserver, Poller
+from audiofind.library.settle import Settler
 from audiofind.library.sync import Event, Report, check_roots, sync
-from audiofind.library.walk import signature
 from audiofind.model.encoder import Encoder
 from audiofind.store import Store
 
@@ -47,19 +44,6 @@ BUSY_RETRY = (0.25, 8.0)  # first and longest wait before retrying a sync that f
 LIMIT_HINT = (
     "The limit on watched folders may be reached (on Linux raise fs.inotify.max_user_watches), or use --polling."
 )
-
-
-@dataclass
-class _Pending:
-    since: float  # monotonic time of the last event or size/mtime change
-    sig: tuple[int, int] | None  # (size, mtime_ns), None when the path does not exist
-
-
-@dataclass
-class _Held:
-    event: Event  # a failure, reported once the file has stayed as it was when read
-    sig: tuple[int, int] | None
-    since: float
 
 
 def watch(
@@ -78,12 +62,13 @@ def watch(
     if settle < 0:
         raise UsageError(f"--settle must be zero or more seconds, got {settle:g}.")
     roots = check_roots(roots)
-    w = _Watcher(index, encoder, roots, settle, polling, exts, on_event or (lambda e: None), stop)
+    w = Watcher(index, encoder, roots, settle, polling, exts, on_event or (lambda e: None), stop)
     w.run(on_ready)
 
 
-class _Watcher:
-    """The state of one watch session; lives on the caller's thread except for the queue it reads."""
+class Watcher:
+    """One watch session: what is watched, and the loop that feeds settled changes to sync. It lives on the caller's
+    thread but for the observer's queue; tests drive it step by step with start(), collect() and tick()."""
 
     def __init__(self, index: Store, encoder: Encoder, roots: list[Path], settle: float, polling: bool,
                  exts: frozenset[str], emit: Callable[[Event], None], stop: threading.Event) -> None:  # fmt: skip
@@ -93,10 +78,8 @@ class _Watcher:
         # Not a SimpleQueue: on Python 3.11 its get(timeout) blocks forever when a signal handler (Ctrl-C, SIGTERM)
         # runs past the timeout's end; Queue waits on a lock, which recomputes its deadline correctly.
         self.q: queue.Queue = queue.Queue()
-        self.pending: dict[str, _Pending] = {}
-        self.moves: dict[str, set[str]] = {}  # the other end of each pending move
+        self.settler = Settler(settle, BURST_WAIT)
         self.unsettled: set[str] = set()  # files sync found changing while it read them: pending again after it
-        self.held: dict[str, _Held] = {}  # failures waiting for their file to stay unchanged
         self.folders = Folders(roots, exts, stopped=stop.is_set)
         self.watches: dict[Path, object] = {}  # live root -> its watch
         self.identity: dict[Path, tuple[int, int]] = {}  # live root -> (st_dev, st_ino) when scheduled
@@ -115,7 +98,7 @@ class _Watcher:
         """Start watching before the first sync, so nothing that changes during it is missed."""
         self.observer.start()
         try:
-            self._start_watching()
+            self.start()
             self._first_sync()
             if not self.stop.is_set():
                 log.info("watching %s", ", ".join(map(str, self.roots)))
@@ -123,18 +106,18 @@ class _Watcher:
                     on_ready()
             next_root_check = self.clock() + ROOT_CHECK
             while not self.stop.is_set():
-                self._collect(TICK)
+                self.collect(TICK)
                 now = self.clock()
                 if now >= next_root_check:
                     self._check_roots()
                     next_root_check = now + ROOT_CHECK
-                self._flush_settled(now)
+                self.tick(now)
             self._report_held(final=True)
         finally:
             self.observer.stop()
             self.observer.join()
 
-    def _start_watching(self) -> None:
+    def start(self) -> None:
         """Watch every root (a root that cannot be watched raises here, named), then the folders symlinks lead to."""
         for root in self.roots:
             try:
@@ -153,7 +136,7 @@ class _Watcher:
                 return root
         return None
 
-    def _collect(self, timeout: float) -> None:
+    def collect(self, timeout: float) -> None:
         """Wait up to timeout for messages from the observer, then take all that are queued."""
         try:
             msgs = [self.q.get(timeout=timeout)]
@@ -170,8 +153,7 @@ class _Watcher:
             if kind == "change":
                 kept = [p for p in paths if self._take(p, now)]
                 if len(kept) == 2:
-                    self.moves.setdefault(kept[0], set()).add(kept[1])
-                    self.moves.setdefault(kept[1], set()).add(kept[0])
+                    self.settler.moved(*kept)
             elif kind == "overflow":
                 self._rescan(paths, now)
         if self.folders.version != folders:
@@ -193,7 +175,7 @@ class _Watcher:
         self.folders.update(path)
         if not self.folders.holds(path, was_folder):
             return False  # not audio, or a folder the walk reaches by another path (a symlink loop, say)
-        self.pending[path] = _Pending(now, signature(path))
+        self.settler.changed(path, now)
         return True
 
     def _rescan(self, named: tuple[str, ...], now: float) -> None:
@@ -202,11 +184,11 @@ class _Watcher:
         real |= {r: self._root_of(w) for w, (r, _) in self.followed.items()}
         roots = {real[p] for p in named if real.get(p) in self.watches}
         for root in sorted(roots) or list(self.watches):  # unnamed: all our watches share the lost queue
-            if str(root) in self.pending:  # watchdog logs twice per overflow: report it once
+            if str(root) in self.settler.pending:  # watchdog logs twice per overflow: report it once
                 continue
             log.info("events were lost under %s; rescanning it", root)
             self.emit(Event("rescan", str(root), reason="The file-system event queue overflowed."))
-            self.pending[str(root)] = _Pending(now, signature(str(root)))
+            self.settler.changed(str(root), now)
         self.folders.rebuild()
         self._follow_links()
 
@@ -249,8 +231,8 @@ class _Watcher:
             self.lost.add(root)
             self.folders.drop(str(root))
             self._follow_links()
-            for p in [p for p in self.pending if self._root_of(p) == root]:
-                self._forget(p)
+            for p in [p for p in self.settler.pending if self._root_of(p) == root]:
+                self.settler.forget(p)
             log.info("%s disappeared; no longer watching it", root)
             self.emit(Event("lost", str(root), reason="The folder disappeared; its sounds stay in the index."))
         for root in sorted(self.lost):
@@ -265,29 +247,15 @@ class _Watcher:
             self.folders.update(str(root))
             self._follow_links()
             self.emit(Event("found", str(root)))
-            self.pending[str(root)] = _Pending(self.clock(), None)  # whatever happened while away
+            self.settler.changed(str(root), self.clock(), sig=None)  # whatever happened while away
 
     # Settled paths out.
 
-    def _flush_settled(self, now: float) -> None:
+    def tick(self, now: float) -> None:
         """Sync the settled paths together once the whole burst has settled (or a settled path waited too long)."""
         self._report_held()
-        for p, entry in self.pending.items():
-            sig = signature(p)
-            if sig != entry.sig:
-                entry.sig, entry.since = sig, now
-        ready = {p for p, e in self.pending.items() if now - e.since >= self.settle}
-        changed = True
-        while changed:  # both ends of a move go together, or neither does
-            changed = False
-            for p in list(ready):
-                if any(o in self.pending and o not in ready for o in self.moves.get(p, ())):
-                    ready.discard(p)
-                    changed = True
+        ready = self.settler.ready(now)
         if not ready or now < self.retry_at:
-            return
-        oldest = min(self.pending[p].since for p in ready)
-        if len(ready) < len(self.pending) and now - oldest < self.settle + BURST_WAIT:
             return
         live = [r for r in self.roots if r in self.watches]
         only = self._scope(p for p in ready if self._root_of(p) in live)
@@ -295,7 +263,7 @@ class _Watcher:
         if only and self._sync(roots, [Path(p) for p in only]) is None:
             return  # busy or a root vanished: keep them pending and try again
         for p in ready:
-            self._forget(p)
+            self.settler.forget(p)
         self._pend_unsettled()
 
     def _scope(self, paths: Iterable[str]) -> list[str]:
@@ -307,13 +275,6 @@ class _Watcher:
         scope = {str(self._root_of(p)) if p in self.folders.dirs and self.folders.aliased(p) else p for p in paths}
         whole = {Path(p) for p in scope if Path(p) in self.watches}  # roots synced in full: nothing else under them
         return sorted(p for p in scope if Path(p) in whole or self._root_of(p) not in whole)
-
-    def _forget(self, path: str) -> None:
-        self.pending.pop(path, None)
-        for other in self.moves.pop(path, set()):
-            self.moves.get(other, set()).discard(path)
-            if not self.moves.get(other):
-                self.moves.pop(other, None)
 
     def _first_sync(self) -> None:
         """Everything under the roots, as `index` does; retried while the database is busy, until done or stopped."""
@@ -336,7 +297,7 @@ class _Watcher:
         try:
             report = sync(self.index, self.encoder, roots, exts=self.exts, only=only, on_event=self._on_sync_event,
                           stop=self.stop)  # fmt: skip
-        except (IndexBusy, apsw.BusyError) as e:
+        except IndexBusy as e:
             # A moment of contention is routine; only one that lasts deserves a warning.
             level = logging.WARNING if self.backoff >= BUSY_RETRY[1] else logging.INFO
             log.log(level, "the index is busy (%s); retrying in %.2g s", e, self.backoff)
@@ -359,27 +320,17 @@ class _Watcher:
             log.debug("%s changed while being read; waiting for it to settle", e.path)
             self.unsettled.add(e.path)
         elif e.event == "failed":
-            self.held[e.path] = _Held(e, signature(e.path), self.clock())
+            self.settler.hold(e, self.clock())
         else:
-            self.held.pop(e.path, None)
+            self.settler.release(e.path)
             self.emit(e)
 
     def _pend_unsettled(self) -> None:
         """Files sync found changing wait to settle again (after the sync, which forgets the paths it was given)."""
-        for p in sorted(self.unsettled):
-            self.pending[p] = _Pending(self.clock(), signature(p))
+        self.settler.again(self.unsettled, self.clock())
         self.unsettled.clear()
 
     def _report_held(self, final: bool = False) -> None:
         """Report the failures whose file stayed unchanged for `settle`; one that changed is tried again instead."""
-        now = self.clock()
-        for path, held in list(self.held.items()):
-            sig = signature(path)
-            if path in self.pending or sig != held.sig:
-                log.debug("%s failed while it was still being written (%s); trying again", path, held.event.reason)
-                self.pending.setdefault(path, _Pending(now, sig))
-            elif not final and now - held.since < self.settle:
-                continue
-            else:
-                self.emit(held.event)
-            del self.held[path]
+        for event in self.settler.settled_failures(self.clock(), final):
+            self.emit(event)

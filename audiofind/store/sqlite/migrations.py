@@ -36,7 +36,7 @@ def write_transaction(conn: apsw.Connection) -> Iterator[None]:
     """One write transaction, or a savepoint inside an open one; everything in it lands together or not at all.
 
     Every write of the store passes here, so this is where SQLite's failures (disk full, read-only, I/O) become
-    StorageError; BusyError stays itself, for callers that wait and retry.
+    StorageError, and a lock held too long by another writer IndexBusy (callers such as watch wait and retry).
     """
     nested = conn.in_transaction
     try:
@@ -56,7 +56,9 @@ def write_transaction(conn: apsw.Connection) -> Iterator[None]:
                 conn.execute("ROLLBACK TO write; RELEASE write" if nested else "ROLLBACK")
             except apsw.Error:  # the first error is the one to report
                 log.debug("rollback failed on %s", conn.filename, exc_info=True)
-        if isinstance(e, apsw.Error) and not isinstance(e, apsw.BusyError):
+        if isinstance(e, apsw.BusyError):  # another writer held the lock past the busy timeout: callers retry
+            raise IndexBusy(f"Another process is writing to {conn.filename}; try again when it has finished.") from e
+        if isinstance(e, apsw.Error):
             raise storage_error(conn.filename, e) from e
         raise
 
