@@ -9,7 +9,6 @@ from audiofind.cli import finetune as _finetune  # noqa: F401
 from audiofind.cli import index as _index  # noqa: F401
 from audiofind.cli import search as _search  # noqa: F401
 from audiofind.cli import serve as _serve  # noqa: F401
-from audiofind.cli import speed as _speed  # noqa: F401
 from audiofind.cli import watch as _watch  # noqa: F401
 from audiofind.cli import weights as _weights  # noqa: F401
 from audiofind.cli.common import app

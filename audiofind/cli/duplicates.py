@@ -8,8 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from audiofind.cli.bench import bench_app
-from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, json_text
+from audiofind.cli.common import DbOpt, JsonOpt, app, console
 from audiofind.search.duplicates import NEAR
 
 
@@ -40,35 +39,3 @@ def duplicates(
     console.print(table)
     wasted = sum(g.wasted for g in groups)
     console.print(f"{len(groups)} group(s); keeping the largest file of each would free {wasted / 2**20:.2f} MiB.")
-
-
-@bench_app.command("near")
-def near_cmd(
-    folder: Annotated[Path | None, typer.Argument(help="Real sounds to copy (default: generated ones).", show_default=False)] = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    limit: Annotated[int, typer.Option("--limit", min=2, help="At most this many sounds from FOLDER.")] = 40,
-    json_out: JsonOpt = False,
-) -> None:
-    """How far transcoded and trimmed copies sit from their sound, against different sounds: the measure behind
-    `duplicates --near`, for the model given."""
-    from audiofind.bench import near as nearcopies
-    from audiofind.bench import speed as bench
-    from audiofind.model.encoder import load_encoder
-
-    sounds = nearcopies.source_files(folder, limit) if folder else nearcopies.generated_sounds()
-    encoder = load_encoder(weights, device, ["audio"])
-    with bench.scratch_dir() as tmp:
-        report = nearcopies.measure(encoder, sounds, Path(tmp))
-    if json_out:
-        typer.echo(json_text(report.as_dict()))
-        return
-    table = Table("copies of a sound", "largest cosine distance")
-    for kind, d in report.copies.items():
-        table.add_row(kind, f"{d:.2e}")
-    table.add_row("[bold]different sounds[/] (smallest)", f"{report.different:.2e}")
-    console.print(table)
-    if report.suggested is None:
-        console.print(f"{report.sounds} sounds: some copy sits farther than two different sounds; no threshold separates them.")
-    else:
-        console.print(f"{report.sounds} sounds ({encoder.name}): --near {report.suggested:.2g} separates them (default {NEAR:g}).")
