@@ -111,10 +111,16 @@ class Filters:
     min_duration: float | None = None
     max_duration: float | None = None
     tags: dict[str, str] | None = None  # lower-case key -> value; every one must match, ignoring case
+    paths: frozenset[str] | None = None  # only these files (a query's "phrase" holders, say)
 
     def is_empty(self) -> bool:
         """True if nothing is filtered out."""
-        return not (self.under or self.exts or self.tags) and self.min_duration is None and self.max_duration is None
+        return (
+            not (self.under or self.exts or self.tags)
+            and self.paths is None
+            and self.min_duration is None
+            and self.max_duration is None
+        )
 
 
 @dataclass(frozen=True)

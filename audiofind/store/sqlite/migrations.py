@@ -147,6 +147,12 @@ def m007_file_words(conn: apsw.Connection) -> None:
     fulltext.create(conn)
 
 
+@migration
+def m008_extension_words(conn: apsw.Connection) -> None:
+    """Names index again, now that a file's extension is one of its words (`-mp3` leaves MP3s out)."""
+    fulltext.refill(conn)
+
+
 def names() -> list[str]:
     """Every migration this code knows, in order."""
     return [m.__name__ for m in MIGRATIONS]
