@@ -131,7 +131,9 @@ def _from_id3(tags: ID3) -> Iterator[tuple[str, str]]:
 def _from_mp4(tags: MP4Tags) -> Iterator[tuple[str, str]]:
     for key, values in tags.items():
         name = _name(key.rsplit(":", 1)[-1]) if key.startswith("----:") else _MP4.get(key)
-        for value in values if name else []:
+        if not name:
+            continue
+        for value in values:
             if isinstance(value, tuple):  # trkn and disk: (number, total)
                 value = f"{value[0]}/{value[1]}" if value[1] else value[0]
             yield from ((name, text) for text in _texts(value))
