@@ -153,6 +153,8 @@ ATTENTION_SHAPES = [((3, 1), (1, 0)), ((1, 5), (0, 2)), ((3, 1), (1, 0)), ((1, 5
 class AudioEncoder(nn.Module):
     """ESResNeXt-fbsp: (B, C, N) int16-range samples -> (B, embed_dim) unnormalised embeddings."""
 
+    window: Tensor  # buffer, registered in __init__
+
     def __init__(self, cfg: AudioConfig, embed_dim: int) -> None:
         super().__init__()
         assert len(cfg.layers) == 4, "the attention blocks are laid out for four stages"
