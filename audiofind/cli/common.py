@@ -115,7 +115,7 @@ def _plain_metavars(command: object) -> None:
         param.display_type_rich = lambda ctx, label=label: label or None  # what the help table shows
         if param.param_type_name == "argument" and param.metavar is None:
             param.metavar = param.name.upper()  # the usage line: PATHS...
-    real = command.get_help_option  # type: ignore[attr-defined]
+    real = command.get_help_option  # type: ignore[attr-defined]  # any click command (typed object: its internals vary by version)
 
     def help_option(ctx: object, real: Callable[[object], _Shown | None] = real) -> _Shown | None:
         option = real(ctx)
@@ -123,7 +123,7 @@ def _plain_metavars(command: object) -> None:
             option.display_type_rich = lambda ctx: None
         return option
 
-    command.get_help_option = help_option  # type: ignore[attr-defined]
+    command.get_help_option = help_option  # type: ignore[attr-defined]  # patched on this one instance
     for sub in getattr(command, "commands", {}).values():
         _plain_metavars(sub)
 
