@@ -54,6 +54,7 @@ def clotho(
     from audiofind.errors import UsageError
     from audiofind.eval import clotho as bench
 
+    result: BenchResult | None
     if submission is not None:
         if write_submission is not None:
             raise UsageError("--write-submission needs a model run; it cannot be combined with --submission.")
@@ -271,13 +272,13 @@ def speed(
         say("model: encode audio and text, beside the reference…")
         figures += bench.model_speed(weights, str(dev), synthetic, precisions[0])
     encoder = bench.bench_encoder(weights, str(dev), synthetic, precisions[0]) if parts & {"indexing", "query", "serve"} else None
-    if "indexing" in parts:
+    if "indexing" in parts and encoder is not None:  # (it is: loaded above for indexing)
         say("indexing: decode-only, model-only, end to end…")
         figures += bench.indexing_figures(encoder, precisions)
     if "reindex" in parts:
         say("re-index of 10,000 unchanged files…")
         figures.append(bench.Figure("reindex_10k_s", "re-index 10,000 unchanged files", bench.reindex_speed(), "s"))
-    if "query" in parts:
+    if "query" in parts and encoder is not None:  # (it is: loaded above for query)
         say("warm query latency at 10k and 100k segments…")
         for key, value in bench.query_speed(encoder).items():
             size = key.split("_")[1]

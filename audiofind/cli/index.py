@@ -81,13 +81,14 @@ def index_cmd(
             text = f"{files_done} files, {duration(done)} audio, {rate:.1f}x real time"
             bar.update(task, completed=share * 100, total=100, audio=text)  # time left follows the share done
 
-        options = dict(exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress, prune=prune)
         try:
             if rebuild:
-                report = rebuild_index(index, encoder, roots, **options)
+                report = rebuild_index(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
+                                       progress=progress, prune=prune)
             else:
                 prepare(index, encoder)
-                report = sync(index, encoder, roots, **options)
+                report = sync(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
+                              progress=progress, prune=prune)
         except KeyboardInterrupt:
             kept = "the current index is unchanged and the rebuild continues" if rebuild else f"the {files_done} file(s) finished in this run are kept, and the next run continues"
             err_console.print(

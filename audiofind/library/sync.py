@@ -348,7 +348,8 @@ def _add_copy(index: Store, work: Work, report: Report, emit: Callable[[Event], 
     except Exception as e:
         _fail(index, work, reason_of(e), report, emit)
         return
-    index.add_file(FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, tags))
+    # dict(): FileRow.tags is a dict[str, str | list[str]], which (invariant) a dict[str, list[str]] is not
+    index.add_file(FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, dict(tags)))
     report.reused += 1
     emit(Event("reused", work.path))
 

@@ -56,14 +56,18 @@ class Encoder:
     def audio(self) -> AudioEncoder | None:
         """The audio tower, loaded on first use."""
         if self._audio is None and self.loader is not None:
-            self._audio = self.loader("audio")  # type: ignore[assignment]
+            tower = self.loader("audio")
+            assert isinstance(tower, AudioEncoder), f"the loader gave a {type(tower).__name__} for the audio tower"
+            self._audio = tower
         return self._audio
 
     @property
     def text(self) -> TextEncoder | None:
         """The text tower, loaded on first use."""
         if self._text is None and self.loader is not None:
-            self._text = self.loader("text")  # type: ignore[assignment]
+            tower = self.loader("text")
+            assert isinstance(tower, TextEncoder), f"the loader gave a {type(tower).__name__} for the text tower"
+            self._text = tower
         return self._text
 
     @property
@@ -161,7 +165,10 @@ def load_encoder(
     def load(tower: str) -> nn.Module:
         state = weights.read_state_dict(resolved, [tower])
         model = from_state_dict(state, cfg, [tower], source=f"Model '{resolved.name}'").to(dev)
-        model = prepare_for_inference(model) if tower == "audio" else prepare_text_for_inference(model)
+        if isinstance(model, AudioEncoder):  # the audio tower alone
+            model = prepare_for_inference(model)
+        elif isinstance(model, TextEncoder):  # the text tower alone
+            model = prepare_text_for_inference(model)
         log.info("loaded the %s tower of %s on %s", tower, resolved.name, dev)
         return model
 
