@@ -170,7 +170,7 @@ def test_fusion_lifts_a_file_both_rankings_hold() -> None:
     from audiofind.search.hybrid import TOP, fuse
     from audiofind.store import Hit
 
-    hit = lambda name: Hit(name, 0.0, 0.0, 1.0, 1.0, {}, name)  # noqa: E731
+    hit = lambda name: Hit(name, 0.0, 0.0, 1.0, 1.0, {}, name)
     sound = [hit("kick")] + [hit(f"s{i}") for i in range(48)] + [hit("door")]  # door: 50th by sound
     names = [hit(f"n{i}") for i in range(49)] + [hit("door")]  # ...and 50th by name
     fused = [h.path for h in fuse(sound, names)]

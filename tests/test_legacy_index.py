@@ -5,12 +5,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from modelkit import register_tiny
 from typer.testing import CliRunner
 
 from audiofind.cli import app
 from audiofind.store import open_store
 from audiofind.store.sqlite import migrations
-from modelkit import register_tiny
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
 runner = CliRunner()
