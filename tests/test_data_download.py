@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import py7zr
 import pytest
-from tests.test_weights import Server
 from typer.testing import CliRunner
 
 from audiofind import paths
@@ -17,6 +16,7 @@ from audiofind.cli import app
 from audiofind.errors import ChecksumError, DatasetError, DownloadError
 from audiofind.eval import clotho
 from audiofind.train import data, datasets
+from httpkit import Server
 
 runner = CliRunner()
 HEADER = ["file_name"] + [f"caption_{i}" for i in range(1, 6)]
@@ -91,8 +91,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     publish(s, s.manifest, s.published)  # type: ignore[attr-defined]
     monkeypatch.setenv("AUDIOFIND_DATA_MANIFEST", str(s.manifest))  # type: ignore[attr-defined]
     yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    s.close()
 
 
 def cli(*args: str):  # type: ignore[no-untyped-def]

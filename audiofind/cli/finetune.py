@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, app, console, err_console, json_text
 
 if TYPE_CHECKING:  # train imports torch; --help must not
-    from audiofind.train.finetune import TrainConfig
+    from audiofind.train.config import TrainConfig
 
 # Defaults repeat TrainConfig's so that --help never imports torch; a test keeps the two equal.
 
@@ -70,7 +70,7 @@ def finetune(
     Several GPUs: torchrun --nproc_per_node=N -m audiofind finetune ...
     """
     from audiofind.errors import UsageError
-    from audiofind.train.finetune import DTYPE_ALIASES, TrainConfig
+    from audiofind.train.config import DTYPE_ALIASES, TrainConfig
     from audiofind.train.finetune import finetune as run
 
     if dtype is not None:  # kept so that old scripts run: each old value means what it did
