@@ -7,6 +7,7 @@ Every run uses the TINY config on a made-up Clotho-layout dataset of six disting
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from modelkit import synthetic_model, synthetic_state_dict
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import killkit
 from audiofind.cli import app
 from audiofind.errors import DatasetError, UsageError
 from audiofind.model import weights
@@ -27,11 +29,12 @@ from audiofind.train import data
 from audiofind.train.config import TrainConfig
 from audiofind.train.finetune import finetune, lr_at
 from audiofind.train.loss import fbsp_penalty
-from audiofind.train.runfolder import average_state_dicts, best_epochs
+from audiofind.train.runfolder import average_state_dicts, best_epochs, trim_log
 from audiofind.train.step import train_throughput
 from trainkit import CHANCE_MAP10, quick, register_init
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
 
 
 @pytest.fixture
@@ -185,12 +188,75 @@ def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path, 
     assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2  # both ranks' dropout generators, for an exact resume
 
 
+# ---------------------------------------------------------------- killed at any moment (issue 20)
+
+
+def test_a_run_killed_at_any_file_operation_resumes_to_the_same_end(tmp_path: Path, clotho_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL at every file operation of the epochs' ends and of the run's end (killkit.py), then --resume.
+
+    --resume continues from the last epoch whose checkpoint is whole; a run killed before its first checkpoint is
+    whole has nothing to resume and starts again. Either way it ends with the files, weights, metrics log and card
+    of a run that was never killed.
+    """
+    def home(root: Path) -> Path:
+        monkeypatch.setenv("AUDIOFIND_HOME", str(root / "home"))
+        register_init()
+        return root
+
+    trace = tmp_path / "operations.txt"
+    assert killkit.run(home(tmp_path / "whole"), clotho_dir, trace=trace) == 0
+    operations = trace.read_text().splitlines()
+    assert [op for op in operations if not op.endswith(" step")] == [
+        "write run/metrics.jsonl", "write run/metrics.jsonl baseline",
+        # epoch 1's end: the checkpoint first, since the snapshot and the log line can be made again from it
+        "replace run/checkpoint.pt", "replace run/best/epoch-001.safetensors", "write run/metrics.jsonl epoch",
+        # epoch 2's end: epoch 2 scores best, so its snapshot replaces epoch 1's
+        "replace run/checkpoint.pt", "replace run/best/epoch-002.safetensors", "unlink run/best/epoch-001.safetensors",
+        "write run/metrics.jsonl epoch",
+        # the run's end: the average of the best epochs registered, its card, the last log line
+        "replace home/weights/tuned.safetensors", "write run/card.json", "write run/metrics.jsonl final",
+    ]
+    expected = killkit.outcome(tmp_path / "whole")
+    first = operations.index("replace run/checkpoint.pt")
+    points = [(n, way) for n, op in enumerate(operations, 1) if n > first and " step" not in op
+              for way in killkit.ways_to_kill(op)]
+    assert len(points) == 15
+    for n, way in points:
+        root = home(tmp_path / f"{n}-{way}")
+        assert killkit.run(root, clotho_dir, (n, way)) == -signal.SIGKILL, (n, way)
+        whole = operations[: n - 1].count("replace run/checkpoint.pt")  # epochs whose checkpoint was renamed in
+        resume = ["finetune", "--out", str(root / "run"), "--resume", "--workers", "0", "--json"]
+        if whole:
+            assert torch.load(root / "run" / "checkpoint.pt", weights_only=True)["step"] == 3 * whole
+            done = runner.invoke(app, resume)
+        else:
+            refused = runner.invoke(app, resume)
+            assert refused.exit_code == 2 and "Nothing to resume" in refused.stderr, refused.output
+            done = runner.invoke(app, killkit.command(root, clotho_dir))
+        assert done.exit_code == 0 and json.loads(done.stdout)["finished"], (n, way, done.output)
+        assert killkit.outcome(root) == expected, (n, way, operations[n - 1])
+
+
 # ---------------------------------------------------------------- small pure pieces
 
 
 def test_learning_rate_warms_up_linearly_then_holds() -> None:
     cfg = TrainConfig(lr=1e-5, warmup_steps=4)
     assert [lr_at(s, cfg) for s in range(6)] == pytest.approx([2.5e-6, 5e-6, 7.5e-6, 1e-5, 1e-5, 1e-5])
+
+
+def test_resuming_cuts_the_log_back_to_the_checkpoint(tmp_path: Path) -> None:
+    records = [{"kind": "baseline", "step": 0}, *({"kind": "step", "step": s} for s in (1, 2, 3)),
+               {"kind": "epoch", "epoch": 1, "step": 3}, {"kind": "step", "step": 4}]
+    log = tmp_path / "metrics.jsonl"
+    whole = "".join(json.dumps(r) + "\n" for r in records)
+    log.write_text(whole + '{"kind": "st')  # a line cut short
+    assert trim_log(log, 3, epoch=1) and log.read_text() == whole[: whole.index('{"kind": "step", "step": 4}')]
+    log.write_text(whole + json.dumps({"kind": "final", "step": 4}) + "\n")
+    assert not trim_log(log, 4, epoch=2) and log.read_text() == whole  # the run's end writes its line again
+    log.write_text(whole[: whole.index('{"kind": "epoch"')] + '{"kind": "epoch", "epoch": 1, "step": 3}')
+    assert not trim_log(log, 3, epoch=1)  # the epoch's line was cut short: start() writes it again
 
 
 def test_best_epochs_and_their_average() -> None:

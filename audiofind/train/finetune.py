@@ -196,7 +196,7 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             last = now
             if progress:
                 progress(state.step, run.total_steps)
-            if state.step % steps_per_epoch == 0:  # the epoch's end: score, keep the best snapshots, checkpoint
+            if state.step % steps_per_epoch == 0:  # the epoch's end: score, checkpoint, keep the best snapshots
                 _end_epoch(run, state, epoch + 1)
                 last = time.perf_counter()
             elif state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
@@ -278,15 +278,18 @@ def _train_step(run: Run, state: RunState, micro: Iterator[dict]) -> float:
 
 
 def _end_epoch(run: Run, state: RunState, epoch: int) -> None:
-    """Score the epoch, keep its snapshot if it is among the best, log it and checkpoint."""
+    """Score the epoch, then save: the checkpoint first, since the snapshot and the log line can be made from it."""
     scores = _validation_scores(run, run.rank, run.world)
     state.history.append({"epoch": epoch, "step": state.step, "train_loss": state.epoch_loss[0] / state.epoch_loss[1],
                           **scores})
     state.epoch_loss = [0.0, 0]
-    if run.is_main and epoch in runfolder.best_epochs(state.history, run.cfg.average_top):
-        runfolder.save_snapshot(run.out, epoch, run.model.state_dict())
-    _record(run, {"kind": "epoch", **state.history[-1]})
     _checkpoint(run, state)
+    if run.is_main:
+        keep = runfolder.best_epochs(state.history, run.cfg.average_top)
+        if epoch in keep:
+            runfolder.save_snapshot(run.out, epoch, run.model.state_dict())
+        runfolder.prune_snapshots(run.out, keep)
+    _record(run, {"kind": "epoch", **state.history[-1]})
 
 
 def _checkpoint(run: Run, state: RunState) -> None:
@@ -300,7 +303,6 @@ def _checkpoint(run: Run, state: RunState) -> None:
             "train_config": config_dict(run.cfg), "model_config": run.model_cfg.to_dict(), "base": run.base,
             "baseline": state.baseline,
         })
-        runfolder.prune_snapshots(run.out, runfolder.best_epochs(state.history, run.cfg.average_top))
 
 
 def _rng_states(device: torch.device, world: int) -> list[dict]:

@@ -1,4 +1,12 @@
-"""A fine-tuning run's folder: the checkpoint, the snapshots of the best epochs, the metrics log and the card."""
+"""A fine-tuning run's folder: the checkpoint, the snapshots of the best epochs, the metrics log and the card.
+
+A run can be killed at any moment, between any two file operations or in the middle of one. The checkpoint and
+the snapshots are written under a temporary name and renamed into place, so each is either whole or absent, and
+the log only ever grows by appending. At an epoch's end the checkpoint is written first, because the epoch's
+snapshot and log line can be made again from it; `start` does that when a run resumes. It also cuts the log back
+to the checkpoint's step and deletes temporaries, so the folder agrees with the checkpoint before training goes
+on. The run's end (averaging, registering the model, the card, the last log line) is simply done again.
+"""
 
 import json
 import os
@@ -89,11 +97,39 @@ def write_card(out: Path, card: dict) -> None:
 
 
 def start(out: Path, checkpoint: dict | None, average_top: int) -> None:
-    """Ready the folder for a fresh run, or for one that resumes from `checkpoint`: what came after it goes."""
+    """Ready the folder for a fresh run, or make it agree with the checkpoint a run resumes from."""
     (out / SNAPSHOTS).mkdir(parents=True, exist_ok=True)
-    step, history = (checkpoint["step"], checkpoint["history"]) if checkpoint else (0, [])
-    prune_snapshots(out, best_epochs(history, average_top))
-    log = out / METRICS_LOG
-    lines = log.read_text().splitlines() if checkpoint and log.is_file() else []
-    kept = [line for line in lines if json.loads(line)["step"] <= step]  # drop what came after the checkpoint
-    log.write_text("".join(line + "\n" for line in kept))
+    for tmp in (out / (CHECKPOINT + TMP), *(out / SNAPSHOTS).glob("*" + TMP)):
+        tmp.unlink(missing_ok=True)  # left by a run killed while writing it
+    if checkpoint is None:
+        prune_snapshots(out, [])
+        (out / METRICS_LOG).write_text("")
+        return
+    history, step = checkpoint["history"], checkpoint["step"]
+    keep = best_epochs(history, average_top)
+    closed = history[-1] if history and history[-1]["step"] == step else None  # the epoch this checkpoint ended
+    if closed and closed["epoch"] in keep and not snapshot_path(out, closed["epoch"]).is_file():
+        save_snapshot(out, closed["epoch"], checkpoint["model"])  # the checkpoint holds that epoch's last weights
+    prune_snapshots(out, keep)
+    if not trim_log(out / METRICS_LOG, step, closed["epoch"] if closed else None) and closed:
+        append_record(out, {"kind": "epoch", **closed})
+
+
+def trim_log(log: Path, step: int, epoch: int | None = None) -> bool:
+    """Cut the log back to the records up to `step`, the final one left out; True if it keeps `epoch`'s line."""
+    kept, has_epoch = 0, False
+    if not log.is_file():
+        log.touch()
+        return False
+    with log.open("rb") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                break
+            if not line.endswith(b"\n") or entry["step"] > step or entry["kind"] == "final":
+                break  # written after the checkpoint; the final line is written again when the run ends again
+            kept += len(line)
+            has_epoch = has_epoch or (entry["kind"] == "epoch" and entry["epoch"] == epoch)
+    os.truncate(log, kept)
+    return has_epoch
