@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import audiogen
@@ -422,8 +423,27 @@ def test_cli_defaults_are_the_recipe() -> None:
 
     command = typer.main.get_command(app).commands["finetune"]
     defaults = {p.name: p.default for p in command.params}
-    for f in TrainConfig.__dataclass_fields__.values():
-        assert defaults[f.name] == f.default, f.name
+    recipe = TrainConfig()
+    for name in TrainConfig.__dataclass_fields__:
+        assert defaults[name] == getattr(recipe, name), name
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 1), (2, 2), (3, 3), (64, 4)])
+def test_default_workers_are_no_more_than_the_cores(monkeypatch: pytest.MonkeyPatch, cores: int, workers: int) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))  # what the DataLoader counts too
+    assert TrainConfig().workers == workers
+    assert TrainConfig(workers=7).workers == 7  # asked for, not a default
+
+
+def test_the_default_loader_starts_without_a_warning(tmp_path: Path) -> None:
+    """PyTorch warns when a loader has more workers than cores; the default never does (issue 21)."""
+    clip = audiogen.write_audio(tmp_path / "a.wav", audiogen.noise(0.3))
+    clips = data.ClipSet("t", tuple(data.Clip(clip, (f"c{i}",)) for i in range(4)))
+    loader, order = data.pair_loader(data.PairDataset(clips, crop_seconds=0.1, seed=0), TrainConfig().workers)
+    order.set(data.epoch_batches(4, 0, seed=0, batch=2), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the DataLoader's "suggested max number of worker" warning fails the test
+        assert sum(len(b["tokens"]) for b in loader) == 4
 
 
 def test_train_throughput_reports_speed_and_memory() -> None:

@@ -4,7 +4,8 @@ Free of torch, so the command line can read it without slowing `--help`.
 """
 
 import logging
-from dataclasses import asdict, dataclass, fields, replace
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,18 @@ log = logging.getLogger(__name__)
 RUNTIME_FIELDS = ("device", "precision", "workers", "resume", "checkpoint_every", "max_steps", "out")  # free on --resume
 PATH_FIELDS = ("clotho", "audiocaps", "captions", "db", "out")
 DTYPE_ALIASES = {"auto": "auto", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # the old --dtype values
+MAX_WORKERS = 4  # decoding keeps up with a GPU's training step at four processes
+
+
+def default_workers() -> int:
+    """Decoding processes per rank: MAX_WORKERS, but never more than the cores this process may run on."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # what PyTorch's DataLoader compares the worker count with
+    except AttributeError:  # macOS and Windows have no affinity mask
+        cores = os.cpu_count() or 1
+    return min(MAX_WORKERS, cores)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The recipe as defaults; every field is one `audiofind finetune` option and goes into each checkpoint."""
@@ -43,7 +56,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA where supported, else fp16 with a GradScaler; fp32 on CPU
-    workers: int = 4  # decoding processes per rank
+    workers: int = field(default_factory=default_workers)  # decoding processes per rank
     resume: bool = False
     checkpoint_every: int = 500  # optimizer steps; a checkpoint is also written at every epoch's end
     max_steps: int | None = None  # stop, checkpointed, after this many steps in all; --resume continues
