@@ -26,7 +26,7 @@ from audiofind.cli import app
 from audiofind.errors import DatasetError, UsageError
 from audiofind.model import weights
 from audiofind.model.config import TINY, AudioCLIPConfig
-from audiofind.train import data
+from audiofind.train import data, runfolder
 from audiofind.train.config import TrainConfig
 from audiofind.train.finetune import finetune, lr_at
 from audiofind.train.loss import fbsp_penalty
@@ -227,6 +227,7 @@ def test_a_run_killed_at_any_file_operation_resumes_to_the_same_end(tmp_path: Pa
         root = home(tmp_path / f"{n}-{way}")
         assert killkit.run(root, clotho_dir, (n, way)) == -signal.SIGKILL, (n, way)
         whole = operations[: n - 1].count("replace run/checkpoint.pt")  # epochs whose checkpoint was renamed in
+        assert whole or not list((root / "run" / "best").glob("*.safetensors")), "a snapshot without its checkpoint"
         resume = ["finetune", "--out", str(root / "run"), "--resume", "--workers", "0", "--json"]
         if whole:
             assert torch.load(root / "run" / "checkpoint.pt", weights_only=True)["step"] == 3 * whole
@@ -258,6 +259,27 @@ def test_resuming_cuts_the_log_back_to_the_checkpoint(tmp_path: Path) -> None:
     assert not trim_log(log, 4, epoch=2) and log.read_text() == whole  # the run's end writes its line again
     log.write_text(whole[: whole.index('{"kind": "epoch"')] + '{"kind": "epoch", "epoch": 1, "step": 3}')
     assert not trim_log(log, 3, epoch=1)  # the epoch's line was cut short: start() writes it again
+
+
+def test_resuming_mends_what_a_kill_left_after_the_checkpoint(tmp_path: Path) -> None:
+    """Killed after epoch 2's checkpoint: no snapshot or log line for it yet, temporaries half written."""
+    out = tmp_path / "run"
+    (out / "best").mkdir(parents=True)
+    for tmp in (out / "checkpoint.pt.tmp", out / "best" / "epoch-002.tmp"):
+        tmp.write_bytes(b"half a file")
+    runfolder.save_snapshot(out, 1, {"w": torch.zeros(3)})
+    history = [{"epoch": 1, "step": 3, "mAP10": 0.2}, {"epoch": 2, "step": 6, "mAP10": 0.5}]
+    records = [{"kind": "step", "step": s} for s in (1, 2, 3)] + [{"kind": "epoch", **history[0]}]
+    records += [{"kind": "step", "step": s} for s in (4, 5, 6)]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    runfolder.start(out, {"step": 6, "history": history, "model": {"w": torch.arange(3.0)}}, average_top=1)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "best", "best/epoch-002.safetensors", "metrics.jsonl"]  # epoch 2 is rebuilt, epoch 1 no longer the best
+    assert torch.equal(load_file(out / "best" / "epoch-002.safetensors")["w"], torch.arange(3.0))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == records + [{"kind": "epoch", **history[1]}]
+    runfolder.start(out, None, average_top=1)  # a fresh run keeps nothing of an old one
+    assert (out / "metrics.jsonl").read_text() == "" and not list((out / "best").iterdir())
 
 
 def test_best_epochs_and_their_average() -> None:
