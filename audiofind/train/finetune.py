@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What a run did: how far it got, its validation scores, what it skipped, and the model it trained."""
+
     name: str
     path: Path | None  # the registered model file; None if the run stopped early, or on ranks other than 0
     out: Path
@@ -129,6 +131,7 @@ def finetune(cfg: TrainConfig, progress: Callable[[int, int], None] | None = Non
 
 def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
               progress: Callable[[int, int], None] | None, on_metrics: Callable[[dict], None] | None) -> TrainResult:
+    """The run itself, top to bottom: folder, data, model, optimizer, baseline, loop, teardown."""
     # ---- the run folder; on --resume the checkpoint's recipe wins and only runtime settings come from cfg
     out = Path(cfg.out or paths.run_dir(cfg.name)).expanduser()
     ckpt = runfolder.load_checkpoint(out) if cfg.resume else None

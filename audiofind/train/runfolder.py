@@ -2,7 +2,7 @@
 
 A run can be killed at any moment, between any two file operations or in the middle of one. The checkpoint and
 the snapshots are written under a temporary name and renamed into place, so each is either whole or absent, and
-the log only ever grows by appending. At an epoch's end the checkpoint is written first, because the epoch's
+the log grows a line at a time. At an epoch's end the checkpoint is written first, because the epoch's
 snapshot and log line can be made again from it; `start` does that when a run resumes. It also cuts the log back
 to the checkpoint's step and deletes temporaries, so the folder agrees with the checkpoint before training goes
 on. The run's end (averaging, registering the model, the card, the last log line) is simply done again.
