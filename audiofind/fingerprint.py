@@ -1,0 +1,337 @@
+"""Acoustic fingerprints: is this file a copy of the same recording, whatever codec, rate, gain or trim it went through?
+
+A fingerprint is a constellation of points in time and frequency picked from a 2048-point spectrogram (46 ms
+window, 5.8 ms hop, 65 Hz to 10 kHz, so a 22.05 kHz copy keeps every point). Three kinds of point, because no single
+kind survives every sound a library holds:
+
+- peaks: the loudest bin within +-6 frames and +-6 bins and 6 dB above its neighbourhood (Shazam's and
+  audfprint's landmarks), at most two a frame; they pin noise, speech and transients to a time;
+- tones: a bin 15 dB above its neighbourhood and the loudest within +-4 bins, sampled every 8th frame while it
+  lasts; a steady tone or a drone has no time peaks at all, so without these it would have no fingerprint;
+- onsets: broadband rises of 6 dB or more, the largest within +-8 frames; a click's spectrum is flat, so its
+  spectral peaks are chance, but when it starts is not.
+
+Every level is taken relative to the loudest bin (a 60 dB range), which makes the points gain-invariant.
+Frequencies are coded on a scale that is logarithmic (36 steps an octave) below 1083 Hz and one step a bin above,
+so two tones a semitone apart always sit at least two steps apart while noise peaks keep their bin.
+
+Two fingerprints are compared by voting for the time offset that lines up most points of equal frequency, then
+counting the points of each that find a partner within one frame and one step at the best offsets: the similarity
+is the smaller of the two matched shares, times the share of the shorter file that the overlap covers. A trimmed
+copy lines up at its trim; a codec moves a few points by a frame or a step, and loses some.
+
+Silence, digital or below -90 dBFS, has no points: its fingerprint is empty and matches nothing, not even another
+silence (identical silent files are exact copies, found by their content hash). Only the first MAX_SECONDS of a
+file are fingerprinted, so a fingerprint is at most MAX_SECONDS * 172 * 4 bytes.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+SAMPLE_RATE = 44100  # the decoder's rate; samples are mono floats in the int16 range
+N_FFT = 2048  # 46 ms: resolves a semitone from 360 Hz up, and the sub-bin estimate does below
+HOP = 256  # 5.8 ms: a trim of any length shifts frames by at most half of this
+LO_BIN, HI_BIN = 3, 465  # 65 Hz to 10 kHz: a 22.05 kHz copy is low-passed at about 10.5 kHz
+MAX_SECONDS = 60.0  # fingerprint the first minute only: bounded size and time for hour-long files
+MAX_SAMPLES = round(MAX_SECONDS * SAMPLE_RATE)
+FRAMES_PER_SECOND = SAMPLE_RATE / HOP  # 172.3
+
+RANGE_DB = 60.0  # points are picked from the top 60 dB of the file
+SILENCE_DB = -90.0  # dB re a full-scale sine: a bin below it is silence whatever the file's loudest bin
+PEAK_FRAMES, PEAK_BINS = 6, 6  # a peak is the loudest of (2*6+1) frames x (2*6+1) bins
+PEAK_SLACK_DB = 0.25  # ... or within this of it (a level that stays flat over time)
+PEAK_PROMINENCE_DB = 6.0  # above the mean of the 2*16+1 bins around it
+PEAKS_PER_FRAME = 2  # the strongest: bounds broadband noise to about 350 peaks a second
+MEAN_BINS = 16
+TONE_PROMINENCE_DB = 15.0  # a noise bin is this far above its neighbours with probability e**-30
+TONE_BINS = 4
+TONE_EVERY = 8  # frames between the points of a lasting tone (46 ms)
+SLOPE_FRAMES, SLOPE_BINS, SLOPE_DB = 2, 8, 3.0  # a tone point fades or swells: 3 dB over +-2 frames
+ONSET_DB = 6.0
+ONSET_FRAMES = 8
+
+ONSET = 4095  # the code of an onset point; frequency codes stay below 1024
+TREND_STEP = 1024  # a tone point's code is its frequency code plus 1024 times 1 (held), 2 (fading) or 3 (swelling)
+LOG_STEPS = 36  # frequency codes an octave below BIN_LOG
+BIN_LOG = LOG_STEPS / np.log(2)  # 51.9, the bin (1.1 kHz) where a log step is one bin wide
+CODE_ZERO = 200  # code of BIN_LOG: codes of 65 Hz and up are positive
+
+TIME_SLACK, CODE_SLACK = 1, 1  # a point matches a partner within one frame and one code step
+OFFSETS_TRIED = 3
+
+# A pair of files whose similarity is at least this is one recording. Measured with nearprints.measure on the
+# generated sounds and the recordings under tests/data/real (see the module's docstring there): the worst copy
+# scored 0.41 (white noise through FFmpeg's AAC at its default 69 kbit/s), the closest two different sounds 0.21.
+NEAR = 0.33
+
+# group(): hashes are pairs of a point and one of the next FAN points within PAIR_FRAMES
+FAN = 3
+PAIR_FRAMES = 63
+MAX_BUCKET = 256  # a hash shared by more files than this (a common tone) proposes no pairs
+MIN_SHARED = 2  # hashes two files must share to be compared (1 when one has fewer than SMALL hashes)
+SMALL = 48
+
+_MAGIC = b"AFP1"
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing ndarray fields has no single truth value
+class Fingerprint:
+    """The points of one file's first MAX_SECONDS, in frames of HOP samples, sorted by time then code."""
+
+    frames: int  # frames the fingerprinted audio spans
+    times: np.ndarray = field(repr=False)  # (P,) uint16
+    codes: np.ndarray = field(repr=False)  # (P,) uint16: a frequency code, or ONSET
+
+    def to_bytes(self) -> bytes:
+        """The stored form: magic, frame count, point count, then (time, code) little-endian uint16 pairs."""
+        head = _MAGIC + np.array([self.frames, len(self.times)], "<u4").tobytes()
+        return head + np.stack([self.times, self.codes], axis=1).astype("<u2").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Fingerprint":
+        """Read what to_bytes wrote."""
+        if data[:4] != _MAGIC or len(data) < 12:
+            raise ValueError("not a fingerprint (bad magic or truncated header)")
+        frames, n = np.frombuffer(data, "<u4", 2, 4).tolist()
+        if len(data) != 12 + 4 * n:
+            raise ValueError(f"fingerprint of {n} points should be {12 + 4 * n} bytes, got {len(data)}")
+        pts = np.frombuffer(data, "<u2", 2 * n, 12).reshape(n, 2).astype(np.uint16)
+        return cls(frames, pts[:, 0].copy(), pts[:, 1].copy())
+
+    @property
+    def empty(self) -> bool:
+        """True for silence: no point to match."""
+        return len(self.times) == 0
+
+
+def _slide_max(a: np.ndarray, k: int, axis: int) -> np.ndarray:
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (k, k)
+    return sliding_window_view(np.pad(a, pad, constant_values=-np.inf), 2 * k + 1, axis=axis).max(axis=-1)
+
+
+def _slide_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean over +-k bins (edges repeated), (T, B) -> (T, B)."""
+    c = np.cumsum(np.pad(a, ((0, 0), (k + 1, k)), mode="edge"), axis=1, dtype=np.float64)
+    return ((c[:, 2 * k + 1 :] - c[:, : -2 * k - 1]) / (2 * k + 1)).astype(np.float32)
+
+
+def _power(samples: np.ndarray) -> np.ndarray:
+    """Power spectrogram (T, N_FFT//2 + 1) of centred Hann frames every HOP samples, full-scale sine = 0 dB."""
+    x = np.asarray(samples, np.float32) / np.float32(32768.0)
+    x = np.pad(x, (N_FFT // 2, N_FFT // 2))  # frame t is centred on sample t * HOP
+    frames = sliding_window_view(x, N_FFT)[::HOP] * np.hanning(N_FFT).astype(np.float32)
+    spec = np.fft.rfft(frames, axis=1)
+    return (spec.real**2 + spec.imag**2).astype(np.float32) / np.float32((N_FFT / 4) ** 2)
+
+
+def _every(start: np.ndarray, k: int) -> np.ndarray:
+    """Within each bin's runs of consecutive True frames, the 1st, (k+1)th, ... frame: (T, B) -> (T, B)."""
+    run = np.zeros(start.shape[1], np.int64)
+    keep = np.zeros_like(start)
+    for t in range(start.shape[0]):
+        run = np.where(start[t], run + 1, 0)
+        keep[t] = start[t] & ((run - 1) % k == 0)
+    return keep
+
+
+def code(bins: np.ndarray) -> np.ndarray:
+    """Frequency codes of fractional FFT bins: 36 an octave below 1.1 kHz, one a bin above."""
+    b = np.maximum(np.asarray(bins, np.float64), 1.0)
+    steps = np.where(b < BIN_LOG, LOG_STEPS * np.log2(b / BIN_LOG), b - BIN_LOG)
+    return (np.round(steps) + CODE_ZERO).astype(np.int64)
+
+
+def _points(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    power = _power(samples)
+    db = 10 * np.log10(power[:, LO_BIN - 1 : HI_BIN + 1] + np.float32(1e-20))  # one guard bin each side
+    floor = max(float(db.max()) - RANGE_DB, SILENCE_DB)
+    db = np.maximum(db, np.float32(floor))
+    mid = db[:, 1:-1]
+    local_peak = (mid > db[:, :-2]) & (mid >= db[:, 2:]) & (mid > floor)
+    prominence = mid - _slide_mean(mid, MEAN_BINS)
+    tone = local_peak & (mid >= _slide_max(mid, TONE_BINS, 1)) & (prominence >= TONE_PROMINENCE_DB)
+    loudest = _slide_max(_slide_max(mid, PEAK_BINS, 1), PEAK_FRAMES, 0)
+    peak = local_peak & ~tone & (mid >= loudest - PEAK_SLACK_DB) & (prominence >= PEAK_PROMINENCE_DB)
+    ranked = -np.sort(-np.where(peak, mid, -np.inf), axis=1)[:, PEAKS_PER_FRAME - 1 : PEAKS_PER_FRAME]
+    peak &= mid >= ranked
+    t, b = np.nonzero(_every(tone, TONE_EVERY) | peak)
+    left, top, right = db[t, b], db[t, b + 1], db[t, b + 2]
+    curve = left - 2 * top + right  # a parabola through the three levels puts the peak between bins
+    frac = np.where(curve < 0, 0.5 * (left - right) / np.where(curve < 0, curve, -1), 0.0)
+    codes = code(b + LO_BIN + frac)
+    # a tone point also says whether the tone holds, fades or swells: a held tone must not match a ringing one
+    near = _slide_max(mid, SLOPE_BINS, 1)  # along the tone even where it glides (up to 4 bins a frame)
+    ahead = near[np.minimum(t + SLOPE_FRAMES, len(mid) - 1), b] - near[np.maximum(t - SLOPE_FRAMES, 0), b]
+    trend = np.where(ahead <= -SLOPE_DB, 2, np.where(ahead >= SLOPE_DB, 3, 1))
+    codes = np.where(tone[t, b], codes + TREND_STEP * trend, codes)
+
+    energy = 10 * np.log10(power[:, LO_BIN:HI_BIN].sum(axis=1, dtype=np.float64) + 1e-20)
+    energy = np.maximum(energy, max(float(energy.max()) - RANGE_DB, SILENCE_DB))
+    rise = np.diff(energy, prepend=energy[:1])
+    onsets = np.nonzero((rise >= ONSET_DB) & (rise >= _slide_max(rise, ONSET_FRAMES, 0)))[0]
+
+    times = np.concatenate([t, onsets])
+    codes = np.concatenate([codes, np.full(len(onsets), ONSET)])
+    order = np.lexsort((codes, times))
+    return times[order], codes[order], len(power)
+
+
+def fingerprint(samples: np.ndarray, rate: int = SAMPLE_RATE) -> Fingerprint:
+    """The fingerprint of mono float samples in the int16 range at 44.1 kHz (decode.load_audio's output)."""
+    if rate != SAMPLE_RATE:
+        raise ValueError(f"fingerprints are taken at {SAMPLE_RATE} Hz, got {rate} Hz: decode the file first")
+    x = np.asarray(samples, np.float32)[:MAX_SAMPLES]
+    if x.ndim != 1:
+        raise ValueError(f"expected mono samples shaped (N,), got {x.shape}")
+    if x.size == 0:
+        return Fingerprint(0, np.zeros(0, np.uint16), np.zeros(0, np.uint16))
+    times, codes, frames = _points(x)
+    return Fingerprint(frames, times.astype(np.uint16), codes.astype(np.uint16))
+
+
+class Fingerprinter:
+    """fingerprint() fed chunk by chunk (consecutive, non-overlapping), as the indexer decodes them.
+
+    Picking points needs the loudest bin of the whole span, so the samples are held, never more than
+    MAX_SECONDS of them, and fingerprinted at finish(): the result is the whole-array fingerprint, bit for bit.
+    """
+
+    def __init__(self) -> None:
+        self._pieces: list[np.ndarray] = []
+        self._held = 0
+
+    def feed(self, chunk: np.ndarray) -> None:
+        """Add the next samples; those past MAX_SECONDS are ignored."""
+        room = MAX_SAMPLES - self._held
+        if room > 0:
+            piece = np.asarray(chunk, np.float32)[:room]
+            self._pieces.append(piece)
+            self._held += len(piece)
+
+    def finish(self) -> Fingerprint:
+        """The fingerprint of everything fed."""
+        return fingerprint(np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32))
+
+
+def _load(fp: "Fingerprint | bytes") -> Fingerprint:
+    return fp if isinstance(fp, Fingerprint) else Fingerprint.from_bytes(fp)
+
+
+def _offsets(a: Fingerprint, b: Fingerprint) -> list[int]:
+    """The offsets (frames to add to b's times) with the most points of equal code lined up, best first."""
+    ta, ca = a.times.astype(np.int64), a.codes.astype(np.int64)
+    order = np.argsort(b.codes, kind="stable")
+    tb, cb = b.times.astype(np.int64)[order], b.codes.astype(np.int64)[order]
+    votes = []
+    for dc in range(-CODE_SLACK, CODE_SLACK + 1):
+        lo, hi = np.searchsorted(cb, ca + dc, "left"), np.searchsorted(cb, ca + dc, "right")
+        n = hi - lo
+        if n.sum() == 0:
+            continue
+        ia = np.repeat(np.arange(len(ta)), n)
+        jb = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
+        votes.append(ta[ia] - tb[jb])
+    if not votes:
+        return []
+    v = np.concatenate(votes)
+    counts = np.bincount(v - v.min())
+    smooth = np.convolve(counts, np.ones(2 * TIME_SLACK + 1, np.int64), "same")
+    best = np.argsort(-smooth, kind="stable")[:OFFSETS_TRIED]
+    return [int(i) + int(v.min()) for i in best if smooth[i] > 0]
+
+
+def _matched(t: np.ndarray, c: np.ndarray, keys: np.ndarray) -> int:
+    """How many of the points (t, c) have a point of the sorted keys within TIME_SLACK frames and CODE_SLACK steps."""
+    hit = np.zeros(len(t), bool)
+    for dt in range(-TIME_SLACK, TIME_SLACK + 1):
+        for dc in range(-CODE_SLACK, CODE_SLACK + 1):
+            k = (t + dt) * 8192 + (c + dc)
+            i = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
+            hit |= keys[i] == k
+    return int(hit.sum())
+
+
+def _score(a: Fingerprint, b: Fingerprint, offset: int) -> float:
+    ta, ca = a.times.astype(np.int64), a.codes.astype(np.int64)
+    tb, cb = b.times.astype(np.int64) + offset, b.codes.astype(np.int64)
+    lo, hi = max(0, offset), min(a.frames, b.frames + offset)
+    if hi <= lo:
+        return 0.0
+    in_a, in_b = (ta >= lo) & (ta < hi), (tb >= lo) & (tb < hi)
+    if not in_a.any() or not in_b.any():
+        return 0.0
+    keys_a, keys_b = np.sort(ta * 8192 + ca), np.sort(tb * 8192 + cb)
+    share_a = _matched(ta[in_a], ca[in_a], keys_b) / in_a.sum()
+    share_b = _matched(tb[in_b], cb[in_b], keys_a) / in_b.sum()
+    cover = (hi - lo) / min(a.frames, b.frames)  # a short overlap of two long files is no evidence
+    return float(min(share_a, share_b) * min(1.0, cover))
+
+
+def similarity(a: "Fingerprint | bytes", b: "Fingerprint | bytes") -> float:
+    """How surely a and b are one recording, from 0 (nothing in common) to 1; symmetric; NEAR and up means a copy."""
+    a, b = _load(a), _load(b)
+    if a.empty or b.empty:
+        return 0.0
+    if (len(a.times), a.frames) > (len(b.times), b.frames):  # one order for both calls: exactly symmetric
+        a, b = b, a
+    return max([_score(a, b, off) for off in _offsets(a, b)], default=0.0)
+
+
+def hashes(fp: "Fingerprint | bytes") -> np.ndarray:
+    """The distinct landmark hashes of a fingerprint: each point paired with the next FAN within PAIR_FRAMES."""
+    fp = _load(fp)
+    t, c = fp.times.astype(np.int64), fp.codes.astype(np.int64)
+    out = []
+    for k in range(1, FAN + 1):
+        dt = t[k:] - t[:-k]
+        ok = dt <= PAIR_FRAMES
+        out.append((c[:-k][ok] << 18) | (c[k:][ok] << 6) | dt[ok])
+    return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+def group(
+    fingerprints: Mapping[str, "Fingerprint | bytes"], threshold: float = NEAR
+) -> list[list[str]]:
+    """Sets of keys whose fingerprints are linked by similarity >= threshold, transitively; largest first.
+
+    Only pairs that share hashes are compared (an inverted index, never all pairs): MIN_SHARED of them, or one
+    when a file is small, in a bucket of at most MAX_BUCKET files.
+    """
+    keys = sorted(fingerprints)  # one order whatever the mapping's: the result cannot depend on it
+    prints = [_load(fingerprints[k]) for k in keys]
+    per_file = [hashes(p) for p in prints]
+    sizes = np.array([len(h) for h in per_file])
+    hs = np.concatenate(per_file) if per_file else np.zeros(0, np.int64)
+    owner = np.repeat(np.arange(len(keys)), sizes)
+    order = np.argsort(hs, kind="stable")
+    hs, owner = hs[order], owner[order]
+    starts = np.flatnonzero(np.r_[True, hs[1:] != hs[:-1]]) if len(hs) else np.zeros(0, np.int64)
+    lengths = np.diff(np.r_[starts, len(hs)])
+    pairs = []
+    for size in np.unique(lengths[(lengths >= 2) & (lengths <= MAX_BUCKET)]):
+        first = starts[lengths == size]
+        i, j = np.triu_indices(size, 1)
+        pairs.append(np.stack([owner[first[:, None] + i].ravel(), owner[first[:, None] + j].ravel()], axis=1))
+    parent = list(range(len(keys)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if pairs:
+        found, shared = np.unique(np.concatenate(pairs), axis=0, return_counts=True)
+        small = np.minimum(sizes[found[:, 0]], sizes[found[:, 1]]) < SMALL
+        for i, j in found[(shared >= MIN_SHARED) | small]:
+            a, b = root(int(i)), root(int(j))
+            if a != b and similarity(prints[i], prints[j]) >= threshold:
+                parent[max(a, b)] = min(a, b)
+    sets: dict[int, list[str]] = {}
+    for i, k in enumerate(keys):
+        sets.setdefault(root(i), []).append(k)
+    return sorted((s for s in sets.values() if len(s) > 1), key=lambda s: (-len(s), s))
