@@ -67,11 +67,13 @@ OFFSETS_TRIED = 3
 # scored 0.41 (white noise through FFmpeg's AAC at its default 69 kbit/s), the closest two different sounds 0.21.
 NEAR = 0.33
 
-# group(): hashes are pairs of a point and one of the next FAN points within PAIR_FRAMES
+# group(): a file is indexed under the SKETCH smallest scrambled triplets of consecutive points (a bottom-k sketch:
+# copies sharing most triplets share most of their sketch), and a small file under its pairs too
+SKETCH = 128
 FAN = 3
 PAIR_FRAMES = 63
 MAX_BUCKET = 256  # a hash shared by more files than this (a common tone) proposes no pairs
-MIN_SHARED = 2  # hashes two files must share to be compared (1 when one has fewer than SMALL hashes)
+MIN_SHARED = 2  # hashes two files must share to be compared (1 when one has fewer than SMALL points)
 SMALL = 48
 
 _MAGIC = b"AFP1"
@@ -281,21 +283,35 @@ def similarity(a: "Fingerprint | bytes", b: "Fingerprint | bytes") -> float:
     return max([_score(a, b, off) for off in _offsets(a, b)], default=0.0)
 
 
+def _mix(h: np.ndarray) -> np.ndarray:
+    """A 64-bit scramble of each hash (splitmix64's finaliser), so that the smallest values are a fair sample."""
+    h = (h.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(31)
+    return h * np.uint64(0x94D049BB133111EB)
+
+
 def hashes(fp: "Fingerprint | bytes") -> np.ndarray:
-    """The distinct landmark hashes of a fingerprint: each point paired with the next FAN within PAIR_FRAMES."""
+    """The index keys of a fingerprint: scrambled triplets of consecutive points (a point, the next two, their gaps),
+    the SKETCH smallest of them; a small fingerprint adds its pairs, as its few triplets may all be lost in a copy."""
     fp = _load(fp)
-    t, c = fp.times.astype(np.int64), fp.codes.astype(np.int64)
-    out = []
-    for k in range(1, FAN + 1):
-        dt = t[k:] - t[:-k]
-        ok = dt <= PAIR_FRAMES
-        out.append((c[:-k][ok] << 18) | (c[k:][ok] << 6) | dt[ok])
-    return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+    # keys forget a tone's trend and halve the frequency code: the look-up must survive what the score forgives
+    t, c = fp.times.astype(np.int64), (fp.codes.astype(np.int64) % TREND_STEP) >> 1
+    keys = []
+    if len(t) >= 3:
+        d1, d2 = t[1:-1] - t[:-2], t[2:] - t[1:-1]
+        ok = (d1 <= PAIR_FRAMES) & (d2 <= PAIR_FRAMES)
+        keys.append(_mix((c[:-2] << 36 | c[1:-1] << 24 | c[2:] << 12 | d1 << 6 | d2)[ok]))
+    if 0 < len(t) < SMALL:
+        for k in range(1, FAN + 1):
+            dt = t[k:] - t[:-k]
+            ok = dt <= PAIR_FRAMES
+            keys.append(_mix((1 << 62) | (c[:-k] << 18 | c[k:] << 6 | dt)[ok]))
+    if not keys:
+        return np.zeros(0, np.uint64)
+    return np.unique(np.concatenate(keys))[:SKETCH]
 
 
-def group(
-    fingerprints: Mapping[str, "Fingerprint | bytes"], threshold: float = NEAR
-) -> list[list[str]]:
+def group(fingerprints: Mapping[str, "Fingerprint | bytes"], threshold: float = NEAR) -> list[list[str]]:
     """Sets of keys whose fingerprints are linked by similarity >= threshold, transitively; largest first.
 
     Only pairs that share hashes are compared (an inverted index, never all pairs): MIN_SHARED of them, or one
@@ -305,7 +321,7 @@ def group(
     prints = [_load(fingerprints[k]) for k in keys]
     per_file = [hashes(p) for p in prints]
     sizes = np.array([len(h) for h in per_file])
-    hs = np.concatenate(per_file) if per_file else np.zeros(0, np.int64)
+    hs = np.concatenate(per_file) if per_file else np.zeros(0, np.uint64)
     owner = np.repeat(np.arange(len(keys)), sizes)
     order = np.argsort(hs, kind="stable")
     hs, owner = hs[order], owner[order]
@@ -326,7 +342,8 @@ def group(
 
     if pairs:
         found, shared = np.unique(np.concatenate(pairs), axis=0, return_counts=True)
-        small = np.minimum(sizes[found[:, 0]], sizes[found[:, 1]]) < SMALL
+        points = np.array([len(p.times) for p in prints])
+        small = np.minimum(points[found[:, 0]], points[found[:, 1]]) < SMALL
         for i, j in found[(shared >= MIN_SHARED) | small]:
             a, b = root(int(i)), root(int(j))
             if a != b and similarity(prints[i], prints[j]) >= threshold:

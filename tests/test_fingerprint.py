@@ -1,0 +1,149 @@
+"""Acoustic fingerprints: every copy of a recording groups with it, no two recordings group, whatever the order."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audiofind import decode
+from audiofind import fingerprint as fp
+from audiofind import nearprints
+
+REAL = Path(__file__).parent / "data" / "real"
+SR = fp.SAMPLE_RATE
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, fp.Fingerprint]]:
+    """sound -> copy kind -> fingerprint, for the generated sounds and the real recordings, each copy written once."""
+    sounds = {**nearprints.generated_sounds(), **nearprints.real_sounds(REAL)}
+    return nearprints.fingerprint_files(sounds, tmp_path_factory.mktemp("copies"))
+
+
+def flat(library: dict[str, dict[str, fp.Fingerprint]]) -> dict[str, bytes]:
+    return {f"{name} / {kind}": p.to_bytes() for name, kinds in library.items() for kind, p in kinds.items()}
+
+
+def as_sets(groups: list[list[str]]) -> set[frozenset[str]]:
+    return {frozenset(g) for g in groups}
+
+
+def test_every_copy_groups_with_its_original_and_no_two_sounds_group(library) -> None:
+    assert len(library) == 42 and all(len(kinds) >= 12 for kinds in library.values())
+    low = {
+        (name, kind): fp.similarity(kinds["source"], p) for name, kinds in library.items() for kind, p in kinds.items()
+    }
+    assert {k: s for k, s in low.items() if s < fp.NEAR} == {}
+    expected = {frozenset(f"{name} / {kind}" for kind in kinds) for name, kinds in library.items()}
+    assert as_sets(fp.group(flat(library))) == expected
+
+
+def test_grouping_does_not_depend_on_order_or_names(library) -> None:
+    prints = flat(library)
+    names = list(prints)
+    random.Random(1).shuffle(names)
+    alias = {k: f"{i:04d}" for i, k in enumerate(names)}  # another sort order inside group()
+    back = {v: k for k, v in alias.items()}
+    shuffled = {alias[k]: prints[k] for k in names}
+    assert as_sets([[back[k] for k in g] for g in fp.group(shuffled)]) == as_sets(fp.group(prints))
+
+
+def test_bucketed_grouping_finds_every_pair_all_pairs_would(library) -> None:
+    some = ["tone 440.0 Hz", "tone 466.2 Hz", "white noise 1", "clicks 8 Hz", "clicks irregular", "gesture take 1",
+            "gesture take 2", "one-shot noise a", "one-shot click", "bell.oga", "conf-muted.flac", "conf-unmuted.flac"]  # fmt: skip
+    prints = {k: v for k, v in flat(library).items() if k.split(" / ")[0] in some}
+    keys = sorted(prints)
+    parent = {k: k for k in keys}
+
+    def root(k: str) -> str:
+        while parent[k] != k:
+            k = parent[k]
+        return k
+
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if fp.similarity(prints[a], prints[b]) >= fp.NEAR:
+                parent[root(b)] = root(a)
+    every_pair: dict[str, set[str]] = {}
+    for k in keys:
+        every_pair.setdefault(root(k), set()).add(k)
+    assert as_sets(fp.group(prints)) == {frozenset(s) for s in every_pair.values() if len(s) > 1}
+
+
+def test_similarity_is_symmetric_and_bounded(library) -> None:
+    prints = list(flat(library).values())[::7]
+    for a, b in zip(prints, prints[1:] + prints[:1]):
+        s = fp.similarity(a, b)
+        assert 0.0 <= s <= 1.0 and s == fp.similarity(b, a)
+    assert fp.similarity(prints[0], prints[0]) == 1.0
+
+
+def test_streaming_equals_the_whole_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    sounds = [nearprints.generated_sounds()["gesture take 1"], decode.load_audio(REAL / "complete.oga") / 32768]
+    for samples in sounds:
+        path = nearprints.write(tmp_path / "s.flac", samples)
+        whole = fp.fingerprint(decode.load_audio(path)).to_bytes()
+        streamed = fp.Fingerprinter()
+        for chunk in decode.stream_audio(path, chunk_seconds=0.37):
+            streamed.feed(chunk)
+        assert streamed.finish().to_bytes() == whole
+        ragged, x, at = fp.Fingerprinter(), decode.load_audio(path), 0
+        while at < len(x):  # pieces of any length, down to one sample
+            n = int(rng.integers(1, 5000))
+            ragged.feed(x[at : at + n])
+            at += n
+        assert ragged.finish().to_bytes() == whole
+
+
+def test_stored_form_round_trips() -> None:
+    p = fp.fingerprint(nearprints.generated_sounds()["sweep up"] * 32768)
+    q = fp.Fingerprint.from_bytes(p.to_bytes())
+    assert q.frames == p.frames and np.array_equal(q.times, p.times) and np.array_equal(q.codes, p.codes)
+    assert q.to_bytes() == p.to_bytes() and len(p.to_bytes()) == 12 + 4 * len(p.times)
+    for bad in (b"", b"RIFF" + bytes(8), p.to_bytes()[:-2]):
+        with pytest.raises(ValueError):
+            fp.Fingerprint.from_bytes(bad)
+
+
+def test_silence_has_an_empty_fingerprint_that_matches_nothing() -> None:
+    rng = np.random.default_rng(0)
+    digital = np.zeros(SR, np.float32)
+    dither = rng.uniform(-1, 1, SR).astype(np.float32) * 32768 * 10 ** (-100 / 20)  # below SILENCE_DB
+    hum = nearprints.tone(50, 1.0) * 32768 * 10 ** (-60 / 20)  # 50 Hz: below LO_BIN, nothing to see
+    silent = {name: fp.fingerprint(x) for name, x in [("digital", digital), ("dither", dither), ("hum", hum)]}
+    assert all(p.empty and p.frames > 0 for p in silent.values())
+    assert fp.similarity(silent["digital"], silent["digital"]) == 0.0
+    other = fp.fingerprint(digital[: SR // 2])
+    assert fp.group({**{k: p.to_bytes() for k, p in silent.items()}, "half": other.to_bytes()}, 0.0) == []
+    room = fp.fingerprint(rng.standard_normal(SR).astype(np.float32) * 32768 * 10 ** (-50 / 20))  # quiet, not silent
+    assert not room.empty and fp.similarity(room, room) == 1.0
+    assert fp.fingerprint(np.zeros(0, np.float32)).empty
+
+
+def test_a_long_file_is_fingerprinted_up_to_max_seconds_only() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-16000, 16000, int(fp.MAX_SECONDS * SR) + 5 * SR).astype(np.float32)
+    long = fp.fingerprint(x)
+    assert long.to_bytes() == fp.fingerprint(x[: fp.MAX_SAMPLES]).to_bytes()
+    assert long.frames == fp.MAX_SAMPLES // fp.HOP + 1
+    # broadband noise is the densest: two peaks a frame at most, plus the odd onset
+    assert len(long.to_bytes()) / fp.MAX_SECONDS < 4 * 2.1 * fp.FRAMES_PER_SECOND
+
+
+def test_other_rates_and_shapes_are_refused() -> None:
+    with pytest.raises(ValueError, match="44100"):
+        fp.fingerprint(np.zeros(100, np.float32), rate=48000)
+    with pytest.raises(ValueError, match="mono"):
+        fp.fingerprint(np.zeros((2, 100), np.float32))
+
+
+def test_measure_reports_copies_against_different_sounds(tmp_path: Path) -> None:
+    sounds = {k: v for k, v in nearprints.generated_sounds().items() if k in ("tone 440.0 Hz", "white noise 1")}
+    report = nearprints.measure(sounds, tmp_path).as_dict()
+    assert list(report)[:4] == ["sounds", "copies", "different", "suggested"] and report["sounds"] == 2
+    assert set(report["copies"]) == set(nearprints.KINDS)
+    assert report["copies"]["flac"] == 1.0 and min(report["copies"].values()) > report["different"]
+    assert min(report["copies"].values()) > report["suggested"] > report["different"]
+    assert 0 < report["ms_per_file"] and 0 < report["bytes_per_second"] < 4 * 2.1 * fp.FRAMES_PER_SECOND
