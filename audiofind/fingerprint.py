@@ -73,7 +73,7 @@ SKETCH = 128
 FAN = 3
 PAIR_FRAMES = 63
 MAX_BUCKET = 256  # a hash shared by more files than this (a common tone) proposes no pairs
-MIN_SHARED = 2  # hashes two files must share to be compared (1 when one has fewer than SMALL points)
+MIN_SHARED = 2  # hashes two files must share to be compared
 SMALL = 48
 
 _MAGIC = b"AFP1"
@@ -314,8 +314,8 @@ def hashes(fp: "Fingerprint | bytes") -> np.ndarray:
 def group(fingerprints: Mapping[str, "Fingerprint | bytes"], threshold: float = NEAR) -> list[list[str]]:
     """Sets of keys whose fingerprints are linked by similarity >= threshold, transitively; largest first.
 
-    Only pairs that share hashes are compared (an inverted index, never all pairs): MIN_SHARED of them, or one
-    when a file is small, in a bucket of at most MAX_BUCKET files.
+    Only pairs that share MIN_SHARED hashes are compared (an inverted index, never all pairs), each hash in a
+    bucket of at most MAX_BUCKET files.
     """
     keys = sorted(fingerprints)  # one order whatever the mapping's: the result cannot depend on it
     prints = [_load(fingerprints[k]) for k in keys]
@@ -342,9 +342,7 @@ def group(fingerprints: Mapping[str, "Fingerprint | bytes"], threshold: float = 
 
     if pairs:
         found, shared = np.unique(np.concatenate(pairs), axis=0, return_counts=True)
-        points = np.array([len(p.times) for p in prints])
-        small = np.minimum(points[found[:, 0]], points[found[:, 1]]) < SMALL
-        for i, j in found[(shared >= MIN_SHARED) | small]:
+        for i, j in found[shared >= MIN_SHARED]:
             a, b = root(int(i)), root(int(j))
             if a != b and similarity(prints[i], prints[j]) >= threshold:
                 parent[max(a, b)] = min(a, b)

@@ -6,9 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiofind import decode
+from audiofind import decode, nearprints
 from audiofind import fingerprint as fp
-from audiofind import nearprints
 
 REAL = Path(__file__).parent / "data" / "real"
 SR = fp.SAMPLE_RATE
