@@ -37,6 +37,7 @@ HOP = 256  # 5.8 ms: a trim of any length shifts frames by at most half of this
 LO_BIN, HI_BIN = 3, 465  # 65 Hz to 10 kHz: a 22.05 kHz copy is low-passed at about 10.5 kHz
 MAX_SECONDS = 60.0  # fingerprint the first minute only: bounded size and time for hour-long files
 MAX_SAMPLES = round(MAX_SECONDS * SAMPLE_RATE)
+BLOCK = 256  # frames transformed at a time (2 MB)
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP  # 172.3
 
 RANGE_DB = 60.0  # points are picked from the top 60 dB of the file
@@ -110,9 +111,17 @@ class Fingerprint:
 
 
 def _slide_max(a: np.ndarray, k: int, axis: int) -> np.ndarray:
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (k, k)
-    return sliding_window_view(np.pad(a, pad, constant_values=-np.inf), 2 * k + 1, axis=axis).max(axis=-1)
+    """Max over +-k along axis (edges see -inf): doubling windows, log2(2k+1) passes instead of 2k+1."""
+    a = np.moveaxis(a, axis, 0)
+    width = 2 * k + 1
+    pad = np.full((k, *a.shape[1:]), -np.inf, a.dtype)
+    m = np.concatenate([pad, a, pad])  # m[i] = max of the `span` values from padded index i
+    span = 1
+    while 2 * span <= width:
+        m = np.maximum(m[:-span], m[span:])
+        span *= 2
+    out = np.maximum(m[: len(a)], m[width - span : width - span + len(a)])
+    return np.moveaxis(out, 0, axis)
 
 
 def _slide_mean(a: np.ndarray, k: int) -> np.ndarray:
@@ -122,22 +131,25 @@ def _slide_mean(a: np.ndarray, k: int) -> np.ndarray:
 
 
 def _power(samples: np.ndarray) -> np.ndarray:
-    """Power spectrogram (T, N_FFT//2 + 1) of centred Hann frames every HOP samples, full-scale sine = 0 dB."""
+    """Power (T, HI_BIN - LO_BIN + 2) of bins LO_BIN - 1 to HI_BIN in centred Hann frames every HOP samples, a
+    full-scale sine at 0 dB; taken BLOCK frames at a time, so a minute never needs its whole 85 MB of frames."""
     x = np.asarray(samples, np.float32) / np.float32(32768.0)
     x = np.pad(x, (N_FFT // 2, N_FFT // 2))  # frame t is centred on sample t * HOP
-    frames = sliding_window_view(x, N_FFT)[::HOP] * np.hanning(N_FFT).astype(np.float32)
-    spec = np.fft.rfft(frames, axis=1)
-    return (spec.real**2 + spec.imag**2).astype(np.float32) / np.float32((N_FFT / 4) ** 2)
+    frames = sliding_window_view(x, N_FFT)[::HOP]
+    window = np.hanning(N_FFT).astype(np.float32)
+    out = np.empty((len(frames), HI_BIN - LO_BIN + 2), np.float32)
+    for at in range(0, len(frames), BLOCK):
+        spec = np.fft.rfft(frames[at : at + BLOCK] * window, axis=1)[:, LO_BIN - 1 : HI_BIN + 1]
+        out[at : at + BLOCK] = spec.real**2 + spec.imag**2
+    return out / np.float32((N_FFT / 4) ** 2)
 
 
-def _every(start: np.ndarray, k: int) -> np.ndarray:
+def _every(on: np.ndarray, k: int) -> np.ndarray:
     """Within each bin's runs of consecutive True frames, the 1st, (k+1)th, ... frame: (T, B) -> (T, B)."""
-    run = np.zeros(start.shape[1], np.int64)
-    keep = np.zeros_like(start)
-    for t in range(start.shape[0]):
-        run = np.where(start[t], run + 1, 0)
-        keep[t] = start[t] & ((run - 1) % k == 0)
-    return keep
+    t = np.arange(len(on), dtype=np.int32)[:, None]
+    begins = on & ~np.concatenate([np.zeros_like(on[:1]), on[:-1]])
+    start = np.maximum.accumulate(np.where(begins, t, -1), axis=0)  # where the run holding each frame began
+    return on & ((t - start) % k == 0)
 
 
 def code(bins: np.ndarray) -> np.ndarray:
@@ -149,7 +161,7 @@ def code(bins: np.ndarray) -> np.ndarray:
 
 def _points(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     power = _power(samples)
-    db = 10 * np.log10(power[:, LO_BIN - 1 : HI_BIN + 1] + np.float32(1e-20))  # one guard bin each side
+    db = 10 * np.log10(power + np.float32(1e-20))  # the guard bins LO_BIN - 1 and HI_BIN just outside the band
     floor = max(float(db.max()) - RANGE_DB, SILENCE_DB)
     db = np.maximum(db, np.float32(floor))
     mid = db[:, 1:-1]
@@ -171,7 +183,7 @@ def _points(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     trend = np.where(ahead <= -SLOPE_DB, 2, np.where(ahead >= SLOPE_DB, 3, 1))
     codes = np.where(tone[t, b], codes + TREND_STEP * trend, codes)
 
-    energy = 10 * np.log10(power[:, LO_BIN:HI_BIN].sum(axis=1, dtype=np.float64) + 1e-20)
+    energy = 10 * np.log10(power[:, 1:-1].sum(axis=1, dtype=np.float64) + 1e-20)
     energy = np.maximum(energy, max(float(energy.max()) - RANGE_DB, SILENCE_DB))
     rise = np.diff(energy, prepend=energy[:1])
     onsets = np.nonzero((rise >= ONSET_DB) & (rise >= _slide_max(rise, ONSET_FRAMES, 0)))[0]
