@@ -25,7 +25,7 @@ silence (identical silent files are exact copies, found by their content hash). 
 file are fingerprinted, so a fingerprint is at most MAX_SECONDS * 172 * 4 bytes.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,8 +74,8 @@ SKETCH = 128
 FAN = 3
 PAIR_FRAMES = 63
 MAX_BUCKET = 256  # a hash shared by more files than this (a common tone) proposes no pairs
-MIN_SHARED = 2  # hashes two files must share to be compared
-SMALL = 48
+MIN_SHARED = 2  # hashes two files must share to be compared, or all of the smaller sketch (a steady tone has one)
+SMALL = 64  # points: a file this small is indexed under its point pairs too, as triplets are few
 
 _MAGIC = b"AFP1"
 
@@ -302,48 +302,68 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h * np.uint64(0x94D049BB133111EB)
 
 
+def _distinct(h: np.ndarray) -> np.ndarray:
+    h = np.sort(h)
+    first = np.ones(len(h), bool)
+    first[1:] = h[1:] != h[:-1]
+    return h[first]
+
+
 def hashes(fp: "Fingerprint | bytes") -> np.ndarray:
-    """The index keys of a fingerprint: scrambled triplets of consecutive points (a point, the next two, their gaps),
-    the SKETCH smallest of them; a small fingerprint adds its pairs, as its few triplets may all be lost in a copy."""
+    """The index keys of a fingerprint: the SKETCH smallest scrambled triplets of consecutive points (a point, the
+    next two, their gaps); a small fingerprint adds all its pairs, as its few triplets may all be lost in a copy."""
     fp = _load(fp)
     # keys forget a tone's trend and halve the frequency code: the look-up must survive what the score forgives
-    t, c = fp.times.astype(np.int64), (fp.codes.astype(np.int64) % TREND_STEP) >> 1
-    keys = []
+    raw = fp.codes.astype(np.int64)
+    t, c = fp.times.astype(np.int64), np.where(raw >= ONSET, TREND_STEP - 1, raw % TREND_STEP) >> 1
+    keys = [np.zeros(0, np.uint64)]
     if len(t) >= 3:
         d1, d2 = t[1:-1] - t[:-2], t[2:] - t[1:-1]
         ok = (d1 <= PAIR_FRAMES) & (d2 <= PAIR_FRAMES)
-        keys.append(_mix((c[:-2] << 36 | c[1:-1] << 24 | c[2:] << 12 | d1 << 6 | d2)[ok]))
-    if 0 < len(t) < SMALL:
+        keys.append(_distinct(_mix((c[:-2] << 36 | c[1:-1] << 24 | c[2:] << 12 | d1 << 6 | d2)[ok]))[:SKETCH])
+    if 0 < len(t) < SMALL:  # kept apart from the sketch, so that a copy just over SMALL still shares triplets
         for k in range(1, FAN + 1):
             dt = t[k:] - t[:-k]
-            ok = dt <= PAIR_FRAMES
-            keys.append(_mix((1 << 62) | (c[:-k] << 18 | c[k:] << 6 | dt)[ok]))
-    if not keys:
-        return np.zeros(0, np.uint64)
-    return np.unique(np.concatenate(keys))[:SKETCH]
+            keys.append(_mix((1 << 62) | (c[:-k] << 18 | c[k:] << 6 | dt)[dt <= PAIR_FRAMES]))
+    return _distinct(np.concatenate(keys))
 
 
-def group(fingerprints: Mapping[str, "Fingerprint | bytes"], threshold: float = NEAR) -> list[list[str]]:
-    """Sets of keys whose fingerprints are linked by similarity >= threshold, transitively; largest first.
-
-    Only pairs that share MIN_SHARED hashes are compared (an inverted index, never all pairs), each hash in a
-    bucket of at most MAX_BUCKET files.
-    """
-    keys = sorted(fingerprints)  # one order whatever the mapping's: the result cannot depend on it
-    prints = [_load(fingerprints[k]) for k in keys]
-    per_file = [hashes(p) for p in prints]
-    sizes = np.array([len(h) for h in per_file])
+def _candidates(per_file: list[np.ndarray]) -> np.ndarray:
+    """Pairs (i < j) of files sharing MIN_SHARED hashes, or every hash of the smaller sketch, in buckets of at
+    most MAX_BUCKET files: (K, 2)."""
+    sizes = np.array([len(h) for h in per_file], np.int64)
     hs = np.concatenate(per_file) if per_file else np.zeros(0, np.uint64)
-    owner = np.repeat(np.arange(len(keys)), sizes)
+    owner = np.repeat(np.arange(len(per_file)), sizes)
     order = np.argsort(hs, kind="stable")
     hs, owner = hs[order], owner[order]
-    starts = np.flatnonzero(np.r_[True, hs[1:] != hs[:-1]]) if len(hs) else np.zeros(0, np.int64)
-    lengths = np.diff(np.r_[starts, len(hs)])
-    pairs = []
+    starts = np.flatnonzero(np.concatenate([[True], hs[1:] != hs[:-1]])) if len(hs) else np.zeros(0, np.int64)
+    lengths = np.diff(np.append(starts, len(hs)))
+    pairs = [np.zeros(0, np.int64)]
     for size in np.unique(lengths[(lengths >= 2) & (lengths <= MAX_BUCKET)]):
         first = starts[lengths == size]
         i, j = np.triu_indices(size, 1)
-        pairs.append(np.stack([owner[first[:, None] + i].ravel(), owner[first[:, None] + j].ravel()], axis=1))
+        a, b = owner[first[:, None] + i].ravel(), owner[first[:, None] + j].ravel()
+        pairs.append(np.minimum(a, b) * len(per_file) + np.maximum(a, b))
+    found, shared = np.unique(np.concatenate(pairs), return_counts=True)
+    i, j = found // max(len(per_file), 1), found % max(len(per_file), 1)
+    keep = shared >= np.minimum(MIN_SHARED, np.minimum(sizes[i], sizes[j]))
+    return np.stack([i[keep], j[keep]], axis=1)
+
+
+def group(
+    fingerprints: Mapping[str, "Fingerprint | bytes"],
+    threshold: float = NEAR,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[str]]:
+    """Sets of keys whose fingerprints are linked by similarity >= threshold, transitively; largest first.
+
+    Only pairs that share MIN_SHARED hashes (or the whole of a sketch smaller than that) are compared: an inverted
+    index, never all pairs, each hash in a bucket of at most MAX_BUCKET files. progress(done, total) is called
+    as candidate pairs are scored.
+    """
+    keys = sorted(fingerprints)  # one order whatever the mapping's: the result cannot depend on it
+    prints = [_load(fingerprints[k]) for k in keys]
+    pairs = _candidates([hashes(p) for p in prints])
     parent = list(range(len(keys)))
 
     def root(i: int) -> int:
@@ -352,12 +372,12 @@ def group(fingerprints: Mapping[str, "Fingerprint | bytes"], threshold: float = 
             i = parent[i]
         return i
 
-    if pairs:
-        found, shared = np.unique(np.concatenate(pairs), axis=0, return_counts=True)
-        for i, j in found[shared >= MIN_SHARED]:
-            a, b = root(int(i)), root(int(j))
-            if a != b and similarity(prints[i], prints[j]) >= threshold:
-                parent[max(a, b)] = min(a, b)
+    for done, (i, j) in enumerate(pairs.tolist(), 1):
+        a, b = root(i), root(j)
+        if a != b and similarity(prints[i], prints[j]) >= threshold:
+            parent[max(a, b)] = min(a, b)
+        if progress and (done % 1000 == 0 or done == len(pairs)):
+            progress(done, len(pairs))
     sets: dict[int, list[str]] = {}
     for i, k in enumerate(keys):
         sets.setdefault(root(i), []).append(k)
