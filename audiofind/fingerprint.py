@@ -5,9 +5,11 @@ window, 5.8 ms hop, 65 Hz to 10 kHz, so a 22.05 kHz copy keeps every point). Thr
 kind survives every sound a library holds:
 
 - peaks: the loudest bin within +-6 frames and +-6 bins and 6 dB above its neighbourhood (Shazam's and
-  audfprint's landmarks), at most two a frame; they pin noise, speech and transients to a time;
+  audfprint's landmarks), at most two a frame; in noise and transients they are where the chance fluctuations of
+  this one performance happened to peak, so they tell a copy (same fluctuations) from another take (other ones);
 - tones: a bin 15 dB above its neighbourhood and the loudest within +-4 bins, sampled every 8th frame while it
-  lasts; a steady tone or a drone has no time peaks at all, so without these it would have no fingerprint;
+  lasts, tagged held, fading or swelling; a steady tone or a drone has no time peaks at all, so without these it
+  would have no fingerprint, but they say what sounds (an instrument, a pitch), not which performance;
 - onsets: broadband rises of 6 dB or more, the largest within +-8 frames; a click's spectrum is flat, so its
   spectral peaks are chance, but when it starts is not.
 
@@ -16,9 +18,13 @@ Frequencies are coded on a scale that is logarithmic (36 steps an octave) below 
 so two tones a semitone apart always sit at least two steps apart while noise peaks keep their bin.
 
 Two fingerprints are compared by voting for the time offset that lines up most points of equal frequency, then
-counting the points of each that find a partner within one frame and one step at the best offsets: the similarity
-is the smaller of the two matched shares, times the share of the shorter file that the overlap covers. A trimmed
-copy lines up at its trim; a codec moves a few points by a frame or a step, and loses some.
+counting, at the best offsets, the points of each that find a partner within one frame and one step (a tone and a
+peak at one place are one spectral line whose prominence a codec changed; a tone must keep its trend). The
+matched share of each file's points is pooled, and the share of its peaks is weighed in as strongly as the two
+files have peaks (PEAK_PRIOR): two takes of a gesture share their tones and rhythm, so they match on pooled
+points, but their noise peaks match at chance. The similarity is that share times the share of the shorter file
+that the overlap covers. A trimmed copy lines up at its trim; a codec moves a few points by a frame or a step,
+and loses some.
 
 Silence, digital or below -90 dBFS, has no points: its fingerprint is empty and matches nothing, not even another
 silence (identical silent files are exact copies, found by their content hash). Only the first MAX_SECONDS of a
@@ -62,6 +68,7 @@ CODE_ZERO = 200  # code of BIN_LOG: codes of 65 Hz and up are positive
 
 TIME_SLACK, CODE_SLACK = 1, 1  # a point matches a partner within one frame and one code step
 OFFSETS_TRIED = 3
+PEAK_PRIOR = 8.0  # the peak share counts n / (n + 8) of the score when both files have n or more peaks
 
 # A pair of files whose similarity is at least this is one recording. Measured with nearprints.measure on the
 # generated sounds and the recordings under tests/data/real (see the module's docstring there): the worst copy
@@ -258,15 +265,27 @@ def _offsets(a: Fingerprint, b: Fingerprint) -> list[int]:
     return [int(i) + int(v.min()) for i in best if smooth[i] > 0]
 
 
-def _matched(t: np.ndarray, c: np.ndarray, keys: np.ndarray) -> int:
-    """How many of the points (t, c) have a point of the sorted keys within TIME_SLACK frames and CODE_SLACK steps."""
+def _near(t: np.ndarray, c: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Which points (t, c) have one of the sorted keys (time * 8192 + code) within TIME_SLACK and CODE_SLACK."""
     hit = np.zeros(len(t), bool)
+    if not len(keys) or not len(t):
+        return hit
     for dt in range(-TIME_SLACK, TIME_SLACK + 1):
-        for dc in range(-CODE_SLACK, CODE_SLACK + 1):
-            k = (t + dt) * 8192 + (c + dc)
-            i = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
-            hit |= keys[i] == k
-    return int(hit.sum())
+        base = (t + dt) * 8192 + c  # codes c-1..c+1 of one frame are adjacent keys: one search finds them all
+        i = np.minimum(np.searchsorted(keys, base - CODE_SLACK), len(keys) - 1)
+        hit |= np.abs(keys[i] - base) <= CODE_SLACK
+    return hit
+
+
+def _spectral_hits(ta: np.ndarray, ca: np.ndarray, tb: np.ndarray, cb: np.ndarray) -> np.ndarray:
+    """Which of a's peaks and tones have a partner among b's: a peak, or a tone of the same trend."""
+    tone_a, tone_b = ca >= TREND_STEP, cb >= TREND_STEP
+    keys_b = tb * 8192 + cb
+    any_b = np.sort(tb * 8192 + cb % TREND_STEP)  # b's peaks and tones by frequency code alone
+    tones_b, peaks_b = np.sort(keys_b[tone_b]), np.sort(keys_b[~tone_b])  # tones by code and trend
+    hit = _near(ta, ca, any_b)
+    hit[tone_a] = _near(ta[tone_a], ca[tone_a], tones_b) | _near(ta[tone_a], ca[tone_a] % TREND_STEP, peaks_b)
+    return hit
 
 
 def _score(a: Fingerprint, b: Fingerprint, offset: int) -> float:
@@ -278,11 +297,22 @@ def _score(a: Fingerprint, b: Fingerprint, offset: int) -> float:
     in_a, in_b = (ta >= lo) & (ta < hi), (tb >= lo) & (tb < hi)
     if not in_a.any() or not in_b.any():
         return 0.0
-    keys_a, keys_b = np.sort(ta * 8192 + ca), np.sort(tb * 8192 + cb)
-    share_a = _matched(ta[in_a], ca[in_a], keys_b) / in_a.sum()
-    share_b = _matched(tb[in_b], cb[in_b], keys_a) / in_b.sum()
+    ta, ca, tb, cb = ta[in_a], ca[in_a], tb[in_b], cb[in_b]
+    sa, sb = ca < ONSET, cb < ONSET  # spectral points; the others are onsets
+    hit_a, hit_b = np.zeros(len(ta), bool), np.zeros(len(tb), bool)
+    hit_a[sa] = _spectral_hits(ta[sa], ca[sa], tb[sb], cb[sb])
+    hit_b[sb] = _spectral_hits(tb[sb], cb[sb], ta[sa], ca[sa])
+    hit_a[~sa] = _near(ta[~sa], ca[~sa], np.sort(tb[~sb] * 8192 + cb[~sb]))
+    hit_b[~sb] = _near(tb[~sb], cb[~sb], np.sort(ta[~sa] * 8192 + ca[~sa]))
+    share = min(hit_a.mean(), hit_b.mean())
+    # peaks are this performance's own: as many as the two files have, so much must their peaks match too
+    peak_a, peak_b = ca < TREND_STEP, cb < TREND_STEP
+    n = min(peak_a.sum(), peak_b.sum())
+    if n:
+        peaks = min(hit_a[peak_a].mean(), hit_b[peak_b].mean())
+        share = min(share, (n * peaks + PEAK_PRIOR * share) / (n + PEAK_PRIOR))
     cover = (hi - lo) / min(a.frames, b.frames)  # a short overlap of two long files is no evidence
-    return float(min(share_a, share_b) * min(1.0, cover))
+    return float(share * min(1.0, cover))
 
 
 def similarity(a: "Fingerprint | bytes", b: "Fingerprint | bytes") -> float:
