@@ -10,25 +10,26 @@ kind survives every sound a library holds:
 - tones: a bin 15 dB above its neighbourhood and the loudest within +-4 bins, sampled every 8th frame while it
   lasts, tagged held, fading or swelling; a steady tone or a drone has no time peaks at all, so without these it
   would have no fingerprint, but they say what sounds (an instrument, a pitch), not which performance;
-- onsets: broadband rises of 6 dB or more, the largest within +-8 frames; a click's spectrum is flat, so its
-  spectral peaks are chance, but when it starts is not.
+- onsets: broadband rises of 6 dB or more, the largest within +-8 frames, placed to 1/16 of a frame (0.36 ms) by
+  where the energy in 2.9 ms windows starts its climb; a click's spectrum is flat, so its spectral peaks are
+  chance, but when it starts is not, and a copy keeps its onsets within 0.1 ms of each other where another take
+  of the same rhythm is off by milliseconds.
 
 Every level is taken relative to the loudest bin (a 60 dB range), which makes the points gain-invariant.
 Frequencies are coded on a scale that is logarithmic (36 steps an octave) below 1083 Hz and one step a bin above,
 so two tones a semitone apart always sit at least two steps apart while noise peaks keep their bin.
 
-Two fingerprints are compared by voting for the time offset that lines up most points of equal frequency, then
-counting, at the best offsets, the points of each that find a partner within one frame and one step (a tone and a
-peak at one place are one spectral line whose prominence a codec changed; a tone must keep its trend). The
-matched share of each file's points is pooled, and the share of its peaks is weighed in as strongly as the two
-files have peaks (PEAK_PRIOR): two takes of a gesture share their tones and rhythm, so they match on pooled
-points, but their noise peaks match at chance. The similarity is that share times the share of the shorter file
-that the overlap covers. A trimmed copy lines up at its trim; a codec moves a few points by a frame or a step,
-and loses some.
+Two fingerprints are compared by voting for the frame offset that lines up most points of equal frequency, then
+counting, at the best offsets, the points of each that find a partner: a peak or tone within one frame and one
+step (a tone and a peak at one place are one spectral line whose prominence a codec changed; a tone must keep its
+trend), an onset within FINE_TOL of the one sub-frame offset that lines up most onsets. The matched share of each
+file's points is pooled, and the share of its peaks is weighed in as strongly as the two files have peaks
+(PEAK_PRIOR): two takes of a gesture share their tones and rhythm, so they match on pooled points, but their noise
+peaks match at chance. The similarity is that share times the share of the shorter file that the overlap covers.
 
 Silence, digital or below -90 dBFS, has no points: its fingerprint is empty and matches nothing, not even another
 silence (identical silent files are exact copies, found by their content hash). Only the first MAX_SECONDS of a
-file are fingerprinted, so a fingerprint is at most MAX_SECONDS * 172 * 4 bytes.
+file are fingerprinted, so a fingerprint is at most MAX_SECONDS * 172 * 4 bytes and a few onsets.
 """
 
 from collections.abc import Callable, Mapping
@@ -59,14 +60,19 @@ TONE_EVERY = 8  # frames between the points of a lasting tone (46 ms)
 SLOPE_FRAMES, SLOPE_BINS, SLOPE_DB = 2, 8, 3.0  # a tone point fades or swells: 3 dB over +-2 frames
 ONSET_DB = 6.0
 ONSET_FRAMES = 8
+FINE_N, FINE_HOP = 128, 16  # onsets are placed on the energy in 2.9 ms windows every 0.36 ms ...
+FINE_DROP_DB = 10.0  # ... at the last window 10 dB below the loudest one near the onset, where its climb starts
+FINE_HI_BIN = round(10000 * FINE_N / SAMPLE_RATE)  # 10 kHz, as the spectrogram
 
-ONSET = 4095  # the code of an onset point; frequency codes stay below 1024
 TREND_STEP = 1024  # a tone point's code is its frequency code plus 1024 times 1 (held), 2 (fading) or 3 (swelling)
+ONSET = 4096  # an onset point's code is ONSET plus where in its frame the onset starts, in 1/FINE frames
+FINE = 16  # 0.36 ms
 LOG_STEPS = 36  # frequency codes an octave below BIN_LOG
 BIN_LOG = LOG_STEPS / np.log(2)  # 51.9, the bin (1.1 kHz) where a log step is one bin wide
-CODE_ZERO = 200  # code of BIN_LOG: codes of 65 Hz and up are positive
+CODE_ZERO = 200  # code of BIN_LOG: codes of 65 Hz and up are positive, and all stay below 1024
 
-TIME_SLACK, CODE_SLACK = 1, 1  # a point matches a partner within one frame and one code step
+TIME_SLACK, CODE_SLACK = 1, 1  # a peak or tone matches a partner within one frame and one code step
+FINE_TOL = 3  # an onset matches within 3/16 frame (1.1 ms); copies measured within 0.1 ms, an AAC one 0.9 ms
 OFFSETS_TRIED = 3
 PEAK_PRIOR = 8.0  # the peak share counts n / (n + 8) of the score when both files have n or more peaks
 
@@ -84,7 +90,7 @@ MAX_BUCKET = 256  # a hash shared by more files than this (a common tone) propos
 MIN_SHARED = 2  # hashes two files must share to be compared, or all of the smaller sketch (a steady tone has one)
 SMALL = 64  # points: a file this small is indexed under its point pairs too, as triplets are few
 
-_MAGIC = b"AFP1"
+_MAGIC = b"AFP2"  # AFP1 (onsets without their sub-frame place) was never released
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing ndarray fields has no single truth value
@@ -93,7 +99,7 @@ class Fingerprint:
 
     frames: int  # frames the fingerprinted audio spans
     times: np.ndarray = field(repr=False)  # (P,) uint16
-    codes: np.ndarray = field(repr=False)  # (P,) uint16: a frequency code, or ONSET
+    codes: np.ndarray = field(repr=False)  # (P,) uint16: a frequency code (+ a tone's trend), or ONSET + sub-frame
 
     def to_bytes(self) -> bytes:
         """The stored form: magic, frame count, point count, then (time, code) little-endian uint16 pairs."""
@@ -166,6 +172,29 @@ def code(bins: np.ndarray) -> np.ndarray:
     return (np.round(steps) + CODE_ZERO).astype(np.int64)
 
 
+def _onset_samples(x: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Where each onset's climb starts, in samples, from the energy (65 Hz-10 kHz) in FINE_N windows near it."""
+    out = np.zeros(len(frames))
+    window = np.hanning(FINE_N).astype(np.float32)
+    for i, t in enumerate(frames):
+        # frame t rose because something entered its window, whose leading edge is at t*HOP + N_FFT/2
+        lo = int(t) * HOP + N_FFT // 2 - 5 * HOP - FINE_N // 2
+        seg = np.zeros(7 * HOP + FINE_N, np.float32)
+        a, b = max(lo, 0), min(lo + len(seg), len(x))
+        if b > a:
+            seg[a - lo : b - lo] = x[a:b]
+        spec = np.fft.rfft(sliding_window_view(seg, FINE_N)[::FINE_HOP] * window, axis=1)
+        e = 10 * np.log10((spec.real**2 + spec.imag**2)[:, 1:FINE_HI_BIN].sum(axis=1) + 1e-10)
+        top = int(np.argmax(e))
+        below = np.flatnonzero(e[:top] < e[top] - FINE_DROP_DB)
+        pos = 0.0
+        if len(below):  # the crossing between the last quiet window and the next, interpolated
+            j = int(below[-1])
+            pos = j + (e[top] - FINE_DROP_DB - e[j]) / (e[j + 1] - e[j])
+        out[i] = lo + FINE_N // 2 + pos * FINE_HOP
+    return out
+
+
 def _points(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     power = _power(samples)
     db = 10 * np.log10(power + np.float32(1e-20))  # the guard bins LO_BIN - 1 and HI_BIN just outside the band
@@ -194,9 +223,10 @@ def _points(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     energy = np.maximum(energy, max(float(energy.max()) - RANGE_DB, SILENCE_DB))
     rise = np.diff(energy, prepend=energy[:1])
     onsets = np.nonzero((rise >= ONSET_DB) & (rise >= _slide_max(rise, ONSET_FRAMES, 0)))[0]
+    fine = np.floor(np.maximum(_onset_samples(samples, onsets), 0) * FINE / HOP).astype(np.int64)
 
-    times = np.concatenate([t, onsets])
-    codes = np.concatenate([codes, np.full(len(onsets), ONSET)])
+    times = np.concatenate([t, fine // FINE])
+    codes = np.concatenate([codes, ONSET + fine % FINE])
     order = np.lexsort((codes, times))
     return times[order], codes[order], len(power)
 
@@ -244,9 +274,10 @@ def _load(fp: "Fingerprint | bytes") -> Fingerprint:
 
 def _offsets(a: Fingerprint, b: Fingerprint) -> list[int]:
     """The offsets (frames to add to b's times) with the most points of equal code lined up, best first."""
-    ta, ca = a.times.astype(np.int64), a.codes.astype(np.int64)
-    order = np.argsort(b.codes, kind="stable")
-    tb, cb = b.times.astype(np.int64)[order], b.codes.astype(np.int64)[order]
+    ta, ca = a.times.astype(np.int64), np.minimum(a.codes.astype(np.int64), ONSET)  # every onset votes alike
+    cb = np.minimum(b.codes.astype(np.int64), ONSET)
+    order = np.argsort(cb, kind="stable")
+    tb, cb = b.times.astype(np.int64)[order], cb[order]
     votes = []
     for dc in range(-CODE_SLACK, CODE_SLACK + 1):
         lo, hi = np.searchsorted(cb, ca + dc, "left"), np.searchsorted(cb, ca + dc, "right")
@@ -263,6 +294,13 @@ def _offsets(a: Fingerprint, b: Fingerprint) -> list[int]:
     smooth = np.convolve(counts, np.ones(2 * TIME_SLACK + 1, np.int64), "same")
     best = np.argsort(-smooth, kind="stable")[:OFFSETS_TRIED]
     return [int(i) + int(v.min()) for i in best if smooth[i] > 0]
+
+
+def _pairs(sorted_b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (i, j) with lo[i] <= j < hi[i]: indices into the queries and into sorted_b."""
+    n = hi - lo
+    i = np.repeat(np.arange(len(lo)), n)
+    return i, np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
 
 
 def _near(t: np.ndarray, c: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -288,6 +326,26 @@ def _spectral_hits(ta: np.ndarray, ca: np.ndarray, tb: np.ndarray, cb: np.ndarra
     return hit
 
 
+def _onset_hits(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which onsets (times in 1/FINE frames, b's already offset) line up within FINE_TOL at one sub-frame offset."""
+    ha, hb = np.zeros(len(fa), bool), np.zeros(len(fb), bool)
+    if not len(fa) or not len(fb):
+        return ha, hb
+    order = np.argsort(fb, kind="stable")
+    sb = fb[order]
+    # partners within a frame, so that an onset pair matched at an offset also voted for it
+    ia, jb = _pairs(sb, np.searchsorted(sb, fa - FINE, "left"), np.searchsorted(sb, fa + FINE, "right"))
+    if not len(ia):
+        return ha, hb
+    d = fa[ia] - sb[jb]
+    s = np.sort(d)
+    lined_up = np.searchsorted(s, s + 2 * FINE_TOL, "right") - np.arange(len(s))  # in [s_k, s_k + 2 FINE_TOL]
+    ok = np.abs(d - (s[int(np.argmax(lined_up))] + FINE_TOL)) <= FINE_TOL
+    ha[ia[ok]] = True
+    hb[order[jb[ok]]] = True
+    return ha, hb
+
+
 def _score(a: Fingerprint, b: Fingerprint, offset: int) -> float:
     ta, ca = a.times.astype(np.int64), a.codes.astype(np.int64)
     tb, cb = b.times.astype(np.int64) + offset, b.codes.astype(np.int64)
@@ -302,8 +360,7 @@ def _score(a: Fingerprint, b: Fingerprint, offset: int) -> float:
     hit_a, hit_b = np.zeros(len(ta), bool), np.zeros(len(tb), bool)
     hit_a[sa] = _spectral_hits(ta[sa], ca[sa], tb[sb], cb[sb])
     hit_b[sb] = _spectral_hits(tb[sb], cb[sb], ta[sa], ca[sa])
-    hit_a[~sa] = _near(ta[~sa], ca[~sa], np.sort(tb[~sb] * 8192 + cb[~sb]))
-    hit_b[~sb] = _near(tb[~sb], cb[~sb], np.sort(ta[~sa] * 8192 + ca[~sa]))
+    hit_a[~sa], hit_b[~sb] = _onset_hits(ta[~sa] * FINE + ca[~sa] - ONSET, tb[~sb] * FINE + cb[~sb] - ONSET)
     share = min(hit_a.mean(), hit_b.mean())
     # peaks are this performance's own: as many as the two files have, so much must their peaks match too
     peak_a, peak_b = ca < TREND_STEP, cb < TREND_STEP
@@ -343,7 +400,8 @@ def hashes(fp: "Fingerprint | bytes") -> np.ndarray:
     """The index keys of a fingerprint: the SKETCH smallest scrambled triplets of consecutive points (a point, the
     next two, their gaps); a small fingerprint adds all its pairs, as its few triplets may all be lost in a copy."""
     fp = _load(fp)
-    # keys forget a tone's trend and halve the frequency code: the look-up must survive what the score forgives
+    # keys forget a tone's trend, an onset's sub-frame place, and halve the frequency code: the look-up must
+    # survive what the score forgives
     raw = fp.codes.astype(np.int64)
     t, c = fp.times.astype(np.int64), np.where(raw >= ONSET, TREND_STEP - 1, raw % TREND_STEP) >> 1
     keys = [np.zeros(0, np.uint64)]
