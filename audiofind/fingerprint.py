@@ -272,35 +272,38 @@ def _load(fp: "Fingerprint | bytes") -> Fingerprint:
     return fp if isinstance(fp, Fingerprint) else Fingerprint.from_bytes(fp)
 
 
-def _offsets(a: Fingerprint, b: Fingerprint) -> list[int]:
-    """The offsets (frames to add to b's times) with the most points of equal code lined up, best first."""
-    ta, ca = a.times.astype(np.int64), np.minimum(a.codes.astype(np.int64), ONSET)  # every onset votes alike
-    cb = np.minimum(b.codes.astype(np.int64), ONSET)
-    order = np.argsort(cb, kind="stable")
-    tb, cb = b.times.astype(np.int64)[order], cb[order]
-    votes = []
-    for dc in range(-CODE_SLACK, CODE_SLACK + 1):
-        lo, hi = np.searchsorted(cb, ca + dc, "left"), np.searchsorted(cb, ca + dc, "right")
-        n = hi - lo
-        if n.sum() == 0:
-            continue
-        ia = np.repeat(np.arange(len(ta)), n)
-        jb = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
-        votes.append(ta[ia] - tb[jb])
-    if not votes:
-        return []
-    v = np.concatenate(votes)
-    counts = np.bincount(v - v.min())
-    smooth = np.convolve(counts, np.ones(2 * TIME_SLACK + 1, np.int64), "same")
-    best = np.argsort(-smooth, kind="stable")[:OFFSETS_TRIED]
-    return [int(i) + int(v.min()) for i in best if smooth[i] > 0]
-
-
 def _pairs(sorted_b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every (i, j) with lo[i] <= j < hi[i]: indices into the queries and into sorted_b."""
     n = hi - lo
     i = np.repeat(np.arange(len(lo)), n)
     return i, np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
+
+
+def _votes(a: Fingerprint, b: Fingerprint) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (frames to add to b's times) and how many point pairs of codes within CODE_SLACK each lines up
+    within TIME_SLACK, the OFFSETS_TRIED best, best first. Tones vote by frequency alone and onsets all alike, so
+    every point the score can match is counted: the votes bound the matches."""
+
+    def voting(fp: Fingerprint) -> np.ndarray:
+        c = fp.codes.astype(np.int64)
+        return np.where(c >= ONSET, ONSET, c % TREND_STEP)
+
+    ta, ca = a.times.astype(np.int64), voting(a)
+    cb = voting(b)
+    order = np.argsort(cb, kind="stable")
+    tb, cb = b.times.astype(np.int64)[order], cb[order]
+    votes = []
+    for dc in range(-CODE_SLACK, CODE_SLACK + 1):
+        ia, jb = _pairs(cb, np.searchsorted(cb, ca + dc, "left"), np.searchsorted(cb, ca + dc, "right"))
+        votes.append(ta[ia] - tb[jb])
+    v = np.concatenate(votes)
+    if not len(v):
+        return v, v
+    counts = np.bincount(v - v.min())
+    smooth = np.convolve(counts, np.ones(2 * TIME_SLACK + 1, np.int64), "same")
+    best = np.argsort(-smooth, kind="stable")[:OFFSETS_TRIED]
+    best = best[smooth[best] > 0]
+    return best + v.min(), smooth[best]
 
 
 def _near(t: np.ndarray, c: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -372,14 +375,39 @@ def _score(a: Fingerprint, b: Fingerprint, offset: int) -> float:
     return float(share * min(1.0, cover))
 
 
+def _ordered(a: Fingerprint, b: Fingerprint) -> tuple[Fingerprint, Fingerprint]:
+    """One order for (a, b) and (b, a): the score is exactly symmetric."""
+    ka, kb = (len(a.times), a.frames), (len(b.times), b.frames)
+    return (b, a) if ka > kb or (ka == kb and a.to_bytes() > b.to_bytes()) else (a, b)
+
+
 def similarity(a: "Fingerprint | bytes", b: "Fingerprint | bytes") -> float:
     """How surely a and b are one recording, from 0 (nothing in common) to 1; symmetric; NEAR and up means a copy."""
     a, b = _load(a), _load(b)
     if a.empty or b.empty:
         return 0.0
-    if (len(a.times), a.frames) > (len(b.times), b.frames):  # one order for both calls: exactly symmetric
-        a, b = b, a
-    return max([_score(a, b, off) for off in _offsets(a, b)], default=0.0)
+    a, b = _ordered(a, b)
+    return max([_score(a, b, int(off)) for off in _votes(a, b)[0]], default=0.0)
+
+
+def _reaches(a: Fingerprint, b: Fingerprint, threshold: float) -> bool:
+    """similarity(a, b) >= threshold, scoring only the offsets whose votes could reach it: a point matched at an
+    offset voted for it, so the pooled share there is at most votes / points in the overlap."""
+    if a.empty or b.empty:
+        return threshold <= 0.0
+    a, b = _ordered(a, b)
+    for off, votes in zip(*_votes(a, b)):
+        lo, hi = max(0, off), min(a.frames, b.frames + off)
+        if hi <= lo:
+            continue
+        inside = max(
+            np.searchsorted(a.times, hi, "left") - np.searchsorted(a.times, lo, "left"),
+            np.searchsorted(b.times, hi - off, "left") - np.searchsorted(b.times, lo - off, "left"),
+        )
+        cover = min(1.0, (hi - lo) / min(a.frames, b.frames))
+        if inside and votes / inside * cover >= threshold and _score(a, b, int(off)) >= threshold:
+            return True
+    return threshold <= 0.0
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
@@ -462,7 +490,7 @@ def group(
 
     for done, (i, j) in enumerate(pairs.tolist(), 1):
         a, b = root(i), root(j)
-        if a != b and similarity(prints[i], prints[j]) >= threshold:
+        if a != b and _reaches(prints[i], prints[j], threshold):
             parent[max(a, b)] = min(a, b)
         if progress and (done % 1000 == 0 or done == len(pairs)):
             progress(done, len(pairs))
