@@ -140,9 +140,14 @@ def test_other_rates_and_shapes_are_refused() -> None:
 
 def test_measure_reports_copies_against_different_sounds(tmp_path: Path) -> None:
     sounds = {k: v for k, v in nearprints.generated_sounds().items() if k in ("tone 440.0 Hz", "white noise 1")}
-    report = nearprints.measure(sounds, tmp_path).as_dict()
+    parts = {"tone 440.0 Hz": "tones", "white noise 1": "noises"}
+    report = nearprints.measure(sounds, tmp_path, parts).as_dict()
     assert list(report)[:4] == ["sounds", "copies", "different", "suggested"] and report["sounds"] == 2
     assert set(report["copies"]) == set(nearprints.KINDS)
     assert report["copies"]["flac"] == 1.0 and min(report["copies"].values()) > report["different"]
     assert min(report["copies"].values()) > report["suggested"] > report["different"]
     assert 0 < report["ms_per_file"] and 0 < report["bytes_per_second"] < 4 * 2.1 * fp.FRAMES_PER_SECOND
+    assert list(report["parts"]) == ["tones", "noises"] and report["parts"]["tones"]["sounds"] == 1
+    lows = [min(part["copies"].values()) for part in report["parts"].values()]
+    assert min(lows) == min(report["copies"].values())
+    assert max(part["different"] for part in report["parts"].values()) == report["different"]
