@@ -1,5 +1,6 @@
 """Acoustic fingerprints: every copy of a recording groups with it, no two recordings group, whatever the order."""
 
+import itertools
 import random
 from pathlib import Path
 
@@ -48,26 +49,48 @@ def test_grouping_does_not_depend_on_order_or_names(library) -> None:
     assert as_sets([[back[k] for k in g] for g in fp.group(shuffled)]) == as_sets(fp.group(prints))
 
 
-def test_bucketed_grouping_finds_every_pair_all_pairs_would(library) -> None:
+def test_two_takes_of_one_gesture_never_group(library) -> None:
+    # the same knocks on the same ringing tone, within a few ms and 1 % of pitch: only the noise tells them apart
+    takes = [f"gesture take {k}" for k in (1, 2, 3)]
+    for a, b in itertools.combinations(takes, 2):
+        closest = max(fp.similarity(p, q) for p in library[a].values() for q in library[b].values())
+        assert closest < fp.NEAR, (a, b, closest)
+
+
+@pytest.fixture(scope="module")
+def some_pairs(library) -> tuple[dict[str, bytes], dict[tuple[str, str], float]]:
+    """A dozen sounds' copies and the similarity of every pair of them, computed once."""
     some = ["tone 440.0 Hz", "tone 466.2 Hz", "white noise 1", "clicks 8 Hz", "clicks irregular", "gesture take 1",
             "gesture take 2", "one-shot noise a", "one-shot click", "bell.oga", "conf-muted.flac", "conf-unmuted.flac"]  # fmt: skip
     prints = {k: v for k, v in flat(library).items() if k.split(" / ")[0] in some}
-    keys = sorted(prints)
-    parent = {k: k for k in keys}
+    return prints, {(a, b): fp.similarity(prints[a], prints[b]) for a, b in itertools.combinations(sorted(prints), 2)}
+
+
+@pytest.mark.parametrize("threshold", [0.3, fp.NEAR, 0.5])
+def test_bucketed_grouping_finds_every_pair_all_pairs_would(some_pairs, threshold: float) -> None:
+    prints, scores = some_pairs
+    parent = {k: k for k in prints}
 
     def root(k: str) -> str:
         while parent[k] != k:
             k = parent[k]
         return k
 
-    for i, a in enumerate(keys):
-        for b in keys[i + 1 :]:
-            if fp.similarity(prints[a], prints[b]) >= fp.NEAR:
-                parent[root(b)] = root(a)
+    for (a, b), score in scores.items():
+        if score >= threshold:
+            parent[root(b)] = root(a)
     every_pair: dict[str, set[str]] = {}
-    for k in keys:
+    for k in prints:
         every_pair.setdefault(root(k), set()).add(k)
-    assert as_sets(fp.group(prints)) == {frozenset(s) for s in every_pair.values() if len(s) > 1}
+    assert as_sets(fp.group(prints, threshold)) == {frozenset(s) for s in every_pair.values() if len(s) > 1}
+
+
+def test_grouping_finds_every_planted_copy_that_scores_near() -> None:
+    prints = nearprints.synthetic_prints(3000, seed=1)
+    planted = {k[: -len(" copy")] for k in prints if k.endswith(" copy")}
+    linked = {k for k in planted if fp.similarity(prints[k], prints[k + " copy"]) >= fp.NEAR}
+    assert len(linked) >= 0.9 * len(planted) > 20
+    assert as_sets(fp.group(prints)) == {frozenset([k, k + " copy"]) for k in linked}
 
 
 def test_similarity_is_symmetric_and_bounded(library) -> None:
@@ -96,12 +119,39 @@ def test_streaming_equals_the_whole_file(tmp_path: Path) -> None:
         assert ragged.finish().to_bytes() == whole
 
 
+def onset_samples(p: fp.Fingerprint) -> np.ndarray:
+    onset = p.codes >= fp.ONSET
+    return (p.times[onset].astype(np.int64) * fp.FINE + p.codes[onset] - fp.ONSET) * fp.HOP / fp.FINE
+
+
+def test_onsets_are_placed_to_a_fraction_of_a_frame_whatever_the_trim() -> None:
+    clicks = np.array([11025, 23456, 40001, 61234, 70000])
+    x = np.zeros(2 * SR, np.float32)
+    x[clicks] = 16000.0
+    at = onset_samples(fp.fingerprint(x))
+    assert len(at) == len(clicks) and np.all(np.abs(at - clicks) < 64)  # 1.5 ms, the rise of a 2.9 ms window
+    for trim in (1, 77, 128, 255, 1001):  # the frame grid moves by every fraction of a hop
+        moved = onset_samples(fp.fingerprint(x[trim:]))
+        assert np.all(np.abs(moved - (at - trim)) <= fp.HOP / fp.FINE)  # one step of 0.36 ms
+
+
+def test_a_rhythm_played_again_a_few_ms_off_is_not_a_copy() -> None:
+    # clicks every 125 ms, then the same clicks late by 0, 3, 6 or 9 ms in turn: within a frame or two, but a
+    # copy keeps every onset within 0.1 ms of one offset
+    clicks = np.arange(20) * SR // 8 + 2000
+    late = clicks + np.round(np.array([0.0, 3.0, 6.0, 9.0])[np.arange(20) % 4] * SR / 1000).astype(int)
+    first, again = np.zeros(3 * SR, np.float32), np.zeros(3 * SR, np.float32)
+    first[clicks], again[late] = 16000.0, 16000.0
+    assert fp.similarity(fp.fingerprint(first), fp.fingerprint(first[1001:])) >= 0.9
+    assert fp.similarity(fp.fingerprint(first), fp.fingerprint(again)) < fp.NEAR
+
+
 def test_stored_form_round_trips() -> None:
     p = fp.fingerprint(nearprints.generated_sounds()["sweep up"] * 32768)
     q = fp.Fingerprint.from_bytes(p.to_bytes())
     assert q.frames == p.frames and np.array_equal(q.times, p.times) and np.array_equal(q.codes, p.codes)
     assert q.to_bytes() == p.to_bytes() and len(p.to_bytes()) == 12 + 4 * len(p.times)
-    for bad in (b"", b"RIFF" + bytes(8), p.to_bytes()[:-2]):
+    for bad in (b"", b"RIFF" + bytes(8), p.to_bytes()[:-2], b"AFP1" + p.to_bytes()[4:]):
         with pytest.raises(ValueError):
             fp.Fingerprint.from_bytes(bad)
 
