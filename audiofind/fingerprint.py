@@ -390,9 +390,10 @@ def similarity(a: "Fingerprint | bytes", b: "Fingerprint | bytes") -> float:
     return max([_score(a, b, int(off)) for off in _votes(a, b)[0]], default=0.0)
 
 
-def _reaches(a: Fingerprint, b: Fingerprint, threshold: float) -> bool:
-    """similarity(a, b) >= threshold, scoring only the offsets whose votes could reach it: a point matched at an
-    offset voted for it, so the pooled share there is at most votes / points in the overlap."""
+def linked(a: "Fingerprint | bytes", b: "Fingerprint | bytes", threshold: float = NEAR) -> bool:
+    """similarity(a, b) >= threshold, exactly, but faster: it scores only the offsets whose votes could reach the
+    threshold (a point matched at an offset voted for it, so the pooled share there is at most votes / points)."""
+    a, b = _load(a), _load(b)
     if a.empty or b.empty:
         return threshold <= 0.0
     a, b = _ordered(a, b)
@@ -490,7 +491,7 @@ def group(
 
     for done, (i, j) in enumerate(pairs.tolist(), 1):
         a, b = root(i), root(j)
-        if a != b and _reaches(prints[i], prints[j], threshold):
+        if a != b and linked(prints[i], prints[j], threshold):
             parent[max(a, b)] = min(a, b)
         if progress and (done % 1000 == 0 or done == len(pairs)):
             progress(done, len(pairs))

@@ -35,6 +35,9 @@ def test_every_copy_groups_with_its_original_and_no_two_sounds_group(library) ->
         (name, kind): fp.similarity(kinds["source"], p) for name, kinds in library.items() for kind, p in kinds.items()
     }
     assert {k: s for k, s in low.items() if s < fp.NEAR} == {}
+    # every pair, not only those group() looks up: a sound that scores NEAR with another must not hide behind hashes
+    others = [(a, b, kind) for a in library for b in library if a != b for kind in library[b]]
+    assert [x for x in others if fp.linked(library[x[0]]["source"], library[x[1]][x[2]])] == []
     expected = {frozenset(f"{name} / {kind}" for kind in kinds) for name, kinds in library.items()}
     assert as_sets(fp.group(flat(library))) == expected
 
@@ -47,6 +50,16 @@ def test_grouping_does_not_depend_on_order_or_names(library) -> None:
     back = {v: k for k, v in alias.items()}
     shuffled = {alias[k]: prints[k] for k in names}
     assert as_sets([[back[k] for k in g] for g in fp.group(shuffled)]) == as_sets(fp.group(prints))
+
+
+def test_a_tone_matches_a_peak_at_its_place_but_never_a_tone_that_moves_otherwise() -> None:
+    # a codec can push a partial under the 15 dB tone line (a peak now) but does not turn a held tone into a fading one
+    times = np.arange(0, 400, fp.TONE_EVERY, dtype=np.uint16)
+    line = fp.code(np.array([40.0]))[0]
+    held, fading, peak = (fp.Fingerprint(400, times, np.full(len(times), c, np.uint16)) for c in
+                          (line + fp.TREND_STEP, line + 2 * fp.TREND_STEP, line))  # fmt: skip
+    assert fp.similarity(held, peak) == 1.0 and fp.linked(held, peak)
+    assert fp.similarity(held, fading) == 0.0 and not fp.linked(held, fading, 0.01)
 
 
 def test_two_takes_of_one_gesture_never_group(library) -> None:
