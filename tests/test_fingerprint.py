@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiofind import decode, nearprints
-from audiofind import fingerprint as fp
+from audiofind.audio import decode
+from audiofind.audio import fingerprint as fp
+from audiofind.audio import printmatch as pm
+from audiofind.bench import prints as nearprints
+from audiofind.search import copies
 
 REAL = Path(__file__).parent / "data" / "real"
 SR = fp.SAMPLE_RATE
@@ -32,14 +35,14 @@ def as_sets(groups: list[list[str]]) -> set[frozenset[str]]:
 def test_every_copy_groups_with_its_original_and_no_two_sounds_group(library) -> None:
     assert len(library) == 42 and all(len(kinds) >= 12 for kinds in library.values())
     low = {
-        (name, kind): fp.similarity(kinds["source"], p) for name, kinds in library.items() for kind, p in kinds.items()
+        (name, kind): pm.similarity(kinds["source"], p) for name, kinds in library.items() for kind, p in kinds.items()
     }
-    assert {k: s for k, s in low.items() if s < fp.NEAR} == {}
+    assert {k: s for k, s in low.items() if s < pm.NEAR} == {}
     # every pair, not only those group() looks up: a sound that scores NEAR with another must not hide behind hashes
     others = [(a, b, kind) for a in library for b in library if a != b for kind in library[b]]
-    assert [x for x in others if fp.linked(library[x[0]]["source"], library[x[1]][x[2]])] == []
+    assert [x for x in others if pm.linked(library[x[0]]["source"], library[x[1]][x[2]])] == []
     expected = {frozenset(f"{name} / {kind}" for kind in kinds) for name, kinds in library.items()}
-    assert as_sets(fp.group(flat(library))) == expected
+    assert as_sets(copies.group(flat(library))) == expected
 
 
 def test_grouping_does_not_depend_on_order_or_names(library) -> None:
@@ -49,7 +52,7 @@ def test_grouping_does_not_depend_on_order_or_names(library) -> None:
     alias = {k: f"{i:04d}" for i, k in enumerate(names)}  # another sort order inside group()
     back = {v: k for k, v in alias.items()}
     shuffled = {alias[k]: prints[k] for k in names}
-    assert as_sets([[back[k] for k in g] for g in fp.group(shuffled)]) == as_sets(fp.group(prints))
+    assert as_sets([[back[k] for k in g] for g in copies.group(shuffled)]) == as_sets(copies.group(prints))
 
 
 def test_a_tone_matches_a_peak_at_its_place_but_never_a_tone_that_moves_otherwise() -> None:
@@ -58,16 +61,16 @@ def test_a_tone_matches_a_peak_at_its_place_but_never_a_tone_that_moves_otherwis
     line = fp.code(np.array([40.0]))[0]
     held, fading, peak = (fp.Fingerprint(400, times, np.full(len(times), c, np.uint16)) for c in
                           (line + fp.TREND_STEP, line + 2 * fp.TREND_STEP, line))  # fmt: skip
-    assert fp.similarity(held, peak) == 1.0 and fp.linked(held, peak)
-    assert fp.similarity(held, fading) == 0.0 and not fp.linked(held, fading, 0.01)
+    assert pm.similarity(held, peak) == 1.0 and pm.linked(held, peak)
+    assert pm.similarity(held, fading) == 0.0 and not pm.linked(held, fading, 0.01)
 
 
 def test_two_takes_of_one_gesture_never_group(library) -> None:
     # the same knocks on the same ringing tone, within a few ms and 1 % of pitch: only the noise tells them apart
     takes = [f"gesture take {k}" for k in (1, 2, 3)]
     for a, b in itertools.combinations(takes, 2):
-        closest = max(fp.similarity(p, q) for p in library[a].values() for q in library[b].values())
-        assert closest < fp.NEAR, (a, b, closest)
+        closest = max(pm.similarity(p, q) for p in library[a].values() for q in library[b].values())
+        assert closest < pm.NEAR, (a, b, closest)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +79,10 @@ def some_pairs(library) -> tuple[dict[str, bytes], dict[tuple[str, str], float]]
     some = ["tone 440.0 Hz", "tone 466.2 Hz", "white noise 1", "clicks 8 Hz", "clicks irregular", "gesture take 1",
             "gesture take 2", "one-shot noise a", "one-shot click", "bell.oga", "conf-muted.flac", "conf-unmuted.flac"]  # fmt: skip
     prints = {k: v for k, v in flat(library).items() if k.split(" / ")[0] in some}
-    return prints, {(a, b): fp.similarity(prints[a], prints[b]) for a, b in itertools.combinations(sorted(prints), 2)}
+    return prints, {(a, b): pm.similarity(prints[a], prints[b]) for a, b in itertools.combinations(sorted(prints), 2)}
 
 
-@pytest.mark.parametrize("threshold", [0.3, fp.NEAR, 0.5])
+@pytest.mark.parametrize("threshold", [0.3, pm.NEAR, 0.5])
 def test_bucketed_grouping_finds_every_pair_all_pairs_would(some_pairs, threshold: float) -> None:
     prints, scores = some_pairs
     parent = {k: k for k in prints}
@@ -95,23 +98,23 @@ def test_bucketed_grouping_finds_every_pair_all_pairs_would(some_pairs, threshol
     every_pair: dict[str, set[str]] = {}
     for k in prints:
         every_pair.setdefault(root(k), set()).add(k)
-    assert as_sets(fp.group(prints, threshold)) == {frozenset(s) for s in every_pair.values() if len(s) > 1}
+    assert as_sets(copies.group(prints, threshold)) == {frozenset(s) for s in every_pair.values() if len(s) > 1}
 
 
 def test_grouping_finds_every_planted_copy_that_scores_near() -> None:
     prints = nearprints.synthetic_prints(3000, seed=1)
     planted = {k[: -len(" copy")] for k in prints if k.endswith(" copy")}
-    linked = {k for k in planted if fp.similarity(prints[k], prints[k + " copy"]) >= fp.NEAR}
+    linked = {k for k in planted if pm.similarity(prints[k], prints[k + " copy"]) >= pm.NEAR}
     assert len(linked) >= 0.9 * len(planted) > 20
-    assert as_sets(fp.group(prints)) == {frozenset([k, k + " copy"]) for k in linked}
+    assert as_sets(copies.group(prints)) == {frozenset([k, k + " copy"]) for k in linked}
 
 
 def test_similarity_is_symmetric_and_bounded(library) -> None:
     prints = list(flat(library).values())[::7]
     for a, b in zip(prints, prints[1:] + prints[:1]):
-        s = fp.similarity(a, b)
-        assert 0.0 <= s <= 1.0 and s == fp.similarity(b, a)
-    assert fp.similarity(prints[0], prints[0]) == 1.0
+        s = pm.similarity(a, b)
+        assert 0.0 <= s <= 1.0 and s == pm.similarity(b, a)
+    assert pm.similarity(prints[0], prints[0]) == 1.0
 
 
 def test_streaming_equals_the_whole_file(tmp_path: Path) -> None:
@@ -155,8 +158,8 @@ def test_a_rhythm_played_again_a_few_ms_off_is_not_a_copy() -> None:
     late = clicks + np.round(np.array([0.0, 3.0, 6.0, 9.0])[np.arange(20) % 4] * SR / 1000).astype(int)
     first, again = np.zeros(3 * SR, np.float32), np.zeros(3 * SR, np.float32)
     first[clicks], again[late] = 16000.0, 16000.0
-    assert fp.similarity(fp.fingerprint(first), fp.fingerprint(first[1001:])) >= 0.9
-    assert fp.similarity(fp.fingerprint(first), fp.fingerprint(again)) < fp.NEAR
+    assert pm.similarity(fp.fingerprint(first), fp.fingerprint(first[1001:])) >= 0.9
+    assert pm.similarity(fp.fingerprint(first), fp.fingerprint(again)) < pm.NEAR
 
 
 def test_stored_form_round_trips() -> None:
@@ -176,11 +179,11 @@ def test_silence_has_an_empty_fingerprint_that_matches_nothing() -> None:
     hum = nearprints.tone(50, 1.0) * 32768 * 10 ** (-60 / 20)  # 50 Hz: below LO_BIN, nothing to see
     silent = {name: fp.fingerprint(x) for name, x in [("digital", digital), ("dither", dither), ("hum", hum)]}
     assert all(p.empty and p.frames > 0 for p in silent.values())
-    assert fp.similarity(silent["digital"], silent["digital"]) == 0.0
+    assert pm.similarity(silent["digital"], silent["digital"]) == 0.0
     other = fp.fingerprint(digital[: SR // 2])
-    assert fp.group({**{k: p.to_bytes() for k, p in silent.items()}, "half": other.to_bytes()}, 0.0) == []
+    assert copies.group({**{k: p.to_bytes() for k, p in silent.items()}, "half": other.to_bytes()}, 0.0) == []
     room = fp.fingerprint(rng.standard_normal(SR).astype(np.float32) * 32768 * 10 ** (-50 / 20))  # quiet, not silent
-    assert not room.empty and fp.similarity(room, room) == 1.0
+    assert not room.empty and pm.similarity(room, room) == 1.0
     assert fp.fingerprint(np.zeros(0, np.float32)).empty
 
 
@@ -209,7 +212,7 @@ def test_measure_reports_copies_against_different_sounds(tmp_path: Path) -> None
     assert set(report["copies"]) == set(nearprints.KINDS)
     assert report["copies"]["flac"] == 1.0 and min(report["copies"].values()) > report["different"]
     assert min(report["copies"].values()) > report["suggested"] > report["different"]
-    assert 0 < report["ms_per_file"] and 0 < report["bytes_per_second"] < 4 * 2.1 * fp.FRAMES_PER_SECOND
+    assert report["ms_per_file"] > 0 and 0 < report["bytes_per_second"] < 4 * 2.1 * fp.FRAMES_PER_SECOND
     assert list(report["parts"]) == ["tones", "noises"] and report["parts"]["tones"]["sounds"] == 1
     lows = [min(part["copies"].values()) for part in report["parts"].values()]
     assert min(lows) == min(report["copies"].values())

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -149,40 +150,42 @@ def _item_progress(description: str) -> Iterator[Callable[[int, int], None]]:
 
 @bench_app.command("near")
 def near_cmd(
-    folder: Annotated[Path | None, typer.Argument(help="Real sounds to copy (default: generated ones).", show_default=False)] = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
+    folder: Annotated[Path | None, typer.Argument(help="Real recordings to copy beside the generated sounds.", show_default=False)] = None,
+    weights: Annotated[str | None, typer.Option("--weights", "-w", hidden=True, help="Accepted for old scripts: fingerprints use no model.")] = None,
+    device: Annotated[str, typer.Option("--device", hidden=True, help="Accepted for old scripts: fingerprints use no model.")] = "auto",
     limit: Annotated[int, typer.Option("--limit", min=2, help="At most this many sounds from FOLDER.")] = 40,
     json_out: JsonOpt = False,
 ) -> None:
-    """How far transcoded and trimmed copies sit from their sound, against different sounds: the measure behind
-    `duplicates --near`, for the model given."""
-    from audiofind.bench import near as nearcopies
+    """How alike the fingerprints of a sound's copies (codecs, rates, gain, trims) are, against different sounds:
+    the measure behind `duplicates --near`, on generated sounds and on the recordings in FOLDER."""
+    from audiofind.audio.printmatch import NEAR
+    from audiofind.bench import prints
     from audiofind.bench import speed as bench
-    from audiofind.model.encoder import load_encoder
-    from audiofind.search import duplicates
 
-    sounds = nearcopies.source_files(folder, limit) if folder else nearcopies.generated_sounds()
-    encoder = load_encoder(weights, device, ["audio"])
+    sounds, parts = prints.library_sounds(folder, limit) if folder else (prints.generated_sounds(), None)
     with bench.scratch_dir() as tmp:
-        report = nearcopies.measure(encoder, sounds, Path(tmp))
+        report = prints.measure(sounds, Path(tmp), parts)
     if json_out:
         typer.echo(json_text(report.as_dict()))
         return
-    table = Table("copies of a sound", "largest cosine distance")
-    for kind, d in report.copies.items():
-        table.add_row(kind, f"{d:.2e}")
-    table.add_row("[bold]different sounds[/] (smallest)", f"{report.different:.2e}")
+    table = Table("copies of a sound", "lowest similarity", "whose")
+    for kind, score in report.copies.items():
+        table.add_row(kind, f"{score:.2f}", escape(report.worst.get(kind, "")))
+    table.add_row("[bold]different sounds[/] (highest)", f"{report.different:.2f}", escape(" / ".join(report.closest)))
     console.print(table)
+    for part, found in report.parts.items():
+        low = min(found["copies"].values())
+        console.print(f"{part}: {found['sounds']} sounds, worst copy {low:.2f}, closest different {found['different']:.2f}")
     if report.suggested is None:
-        console.print(f"{report.sounds} sounds: some copy sits farther than two different sounds; no threshold separates them.")
+        console.print(f"{report.sounds} sounds: some copy scores below two different sounds; no threshold separates them.")
     else:
-        console.print(f"{report.sounds} sounds ({encoder.name}): --near {report.suggested:.2g} separates them (default {duplicates.NEAR:g}).")
+        console.print(f"{report.sounds} sounds: --near {report.suggested:.2f} separates them (default {NEAR:g}); "
+                      f"{report.ms_per_file:.1f} ms and {report.bytes_per_second:.0f} bytes a second of audio.")  # fmt: skip
 
 
 # ---------------------------------------------------------------- bench speed
 
-PARTS = ("model", "indexing", "reindex", "query", "names", "cold", "serve", "training")
+PARTS = ("model", "indexing", "reindex", "query", "names", "cold", "serve", "training", "duplicates")
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,7 @@ def targets(device: str, extensions: list[str]) -> list[tuple[str, Target]]:
         ("serve_search_100k_s", Target("< 100 ms", at_most=0.1)),
         ("serve_page_50_s", Target("< 1 s", at_most=1.0)),
         ("serve_first_byte_transcoded_s", Target("< 200 ms", at_most=0.2)),
+        ("group_100k_prints_s", Target("< 1 min", at_most=60.0)),
     ]
 
 
@@ -309,6 +313,14 @@ def speed(
                   "serve_first_byte_transcoded_s": "serve: first byte, transcoded", "serve_first_byte_seek_s": "serve: first byte after a seek"}  # fmt: skip
         for key, value in serve_speed(encoder or bench.bench_encoder(weights, str(dev), synthetic, precisions[0])).items():
             figures.append(bench.Figure(key, labels.get(key, key), value, "s"))
+    if "duplicates" in parts:
+        from audiofind.bench import prints
+
+        say("duplicates: grouping 100,000 synthetic fingerprints…")
+        found = prints.grouping_speed(100_000)
+        figures.append(bench.Figure("group_100k_prints_s", "group 100k fingerprints (duplicates)", found["seconds"], "s"))
+        share = found["found"] / max(found["planted"], 1)
+        figures.append(bench.Figure("group_100k_copies_found", "planted copies found among them", share, "%"))
     if "training" in parts:
         say("training throughput…")
         train = bench.training_speed(str(dev))

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from audiofind.audio import decode
+from audiofind.audio.fingerprint import MAX_SAMPLES, Fingerprinter
 from audiofind.audio.tags import read_tags
 from audiofind.errors import DecodeError
 from audiofind.library.walk import signature
@@ -70,6 +71,8 @@ class _InFlight:
     slots: list[Slot] = field(default_factory=list)  # one per window in bounds
     ended: bool = False
     failed: bool = False
+    printer: Fingerprinter = field(default_factory=Fingerprinter)  # its acoustic fingerprint, fed as windows come
+    fed: int = 0  # samples fed to the printer (windows overlap: only what is past this is new)
 
 
 _Waiting = tuple[_InFlight, Slot, np.ndarray]  # a window waiting for the model: its file, its slot, its samples
@@ -157,6 +160,10 @@ class Pipeline:
 
     def _window(self, pending: _InFlight, w: decode.Window) -> None:
         pending.received += 1
+        first = round(w.start * decode.SAMPLE_RATE)
+        if pending.fed < MAX_SAMPLES and first + len(w.samples) > pending.fed:
+            pending.printer.feed(w.samples[max(0, pending.fed - first) :])
+            pending.fed = first + len(w.samples)
         if pending.received <= pending.skip:
             return  # committed by an earlier run: decoded again only to reach the windows after it
         last_end = pending.bounds[-1][1] if pending.bounds else 0.0
@@ -259,6 +266,8 @@ class Pipeline:
         # dict(): FileRow.tags is a dict[str, str | list[str]], which (invariant) a dict[str, list[str]] is not
         row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, dict(tags))
         self.index.add_file(row, audio, pending.bounds, vectors)
+        # Beside its vectors, for duplicates; a run stopped right here leaves it to the first `duplicates` to make.
+        self.index.set_fingerprints({work.hash: pending.printer.finish().to_bytes()})
         self.bytes_done += work.size
         self.on_done("embedded", work, pending.skip + len(pending.bounds), duration, None)
 

@@ -159,6 +159,14 @@ class Store(Protocol):
         """Forget these files, and the vectors no remaining file shares; how many were stored."""
         ...
 
+    def fingerprints(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """The stored acoustic fingerprints (audio.fingerprint) of those contents that have one."""
+        ...
+
+    def set_fingerprints(self, prints: dict[str, bytes]) -> None:
+        """Store fingerprints of stored contents (a content no longer stored is skipped), in one transaction."""
+        ...
+
     def optimize(self) -> None:
         """Prepare for fast reads once a run of writes is done (writers call it at the end of every sync)."""
         ...

@@ -112,6 +112,7 @@ def collect(conn: apsw.Connection, hashes: Iterable[str]) -> None:
     ids = [i for (i,) in conn.execute("SELECT id FROM segments WHERE hash IN (SELECT value FROM json_each(?))", among)]
     conn.executemany("DELETE FROM vectors WHERE rowid = ?", ((i,) for i in ids))
     conn.execute("DELETE FROM segments WHERE hash IN (SELECT value FROM json_each(?))", among)
+    conn.execute("DELETE FROM fingerprints WHERE hash IN (SELECT value FROM json_each(?))", among)
     conn.execute("DELETE FROM audio WHERE hash IN (SELECT value FROM json_each(?))", among)
     meta.touched(conn)
     log.debug("dropped %d unreferenced contents (%d segments)", len(orphans), len(ids))

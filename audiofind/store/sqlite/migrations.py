@@ -153,6 +153,15 @@ def m008_extension_words(conn: apsw.Connection) -> None:
     fulltext.refill(conn)
 
 
+@migration
+def m010_fingerprints(conn: apsw.Connection) -> None:
+    """Acoustic fingerprints of contents, for duplicates: filled at index time, and for older contents by the first
+    `duplicates` run (decoding, no embedding)."""
+    conn.execute(
+        "CREATE TABLE fingerprints (hash TEXT PRIMARY KEY REFERENCES audio(hash), print BLOB NOT NULL)"
+    )
+
+
 def names() -> list[str]:
     """Every migration this code knows, in order."""
     return [m.__name__ for m in MIGRATIONS]

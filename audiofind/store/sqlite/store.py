@@ -152,7 +152,7 @@ class SqliteStore:
     def reset(self) -> None:
         """Delete every file, root, segment and vector, and the model binding."""
         with self.transaction():
-            for table in ("files", "partial", "segments", "audio", "roots", "meta", "codes_cache"):
+            for table in ("files", "partial", "fingerprints", "segments", "audio", "roots", "meta", "codes_cache"):
                 self.conn.execute(f"DELETE FROM {table}")
             self.conn.execute("DROP TABLE IF EXISTS vectors")
         log.info("reset %s", self.path)
@@ -280,6 +280,17 @@ class SqliteStore:
         """Forget these files, dropping vectors no remaining file shares; returns how many were stored."""
         with self.transaction():
             return files.remove(self.conn, [norm_path(p) for p in paths])
+
+    def fingerprints(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """The stored acoustic fingerprints of those contents that have one."""
+        sql = "SELECT hash, print FROM fingerprints WHERE hash IN (SELECT value FROM json_each(?))"
+        return {h: bytes(b) for h, b in self.conn.execute(sql, (json_list(hashes),))}
+
+    def set_fingerprints(self, prints: dict[str, bytes]) -> None:
+        """Store fingerprints of stored contents (one no longer stored is skipped), in one transaction."""
+        sql = "INSERT OR REPLACE INTO fingerprints (hash, print) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM audio WHERE hash = ?1)"
+        with self.transaction():
+            self.conn.executemany(sql, list(prints.items()))
 
     def optimize(self) -> None:
         """Save the assembled binary codes for the current segments: one read for the next cold search."""

@@ -1,5 +1,5 @@
 """How alike fingerprints of copies of one recording are, and of different recordings: the measurement behind
-fingerprint.NEAR (the default of `duplicates --near`).
+printmatch.NEAR (the default of `duplicates --near`).
 
 Each source is written again as every copy a library gathers by accident, through PyAV: FLAC; MP3 at 128 kbit/s;
 Ogg Vorbis (FFmpeg's own encoder, stereo: it takes no mono); Opus and AAC at FFmpeg's default rates (64 and about
@@ -17,7 +17,7 @@ repository's test machine), each source against its copies and against every fil
 - real: the worst copy scored 0.48 (trash-empty through AAC), the closest different 0.22 (device-added against a
   gesture take).
 
-fingerprint.NEAR = 0.35 sits midway between 0.44 and 0.26.
+printmatch.NEAR = 0.35 sits midway between 0.44 and 0.26.
 """
 
 import time
@@ -29,10 +29,12 @@ from pathlib import Path
 import av
 import numpy as np
 
-from audiofind import decode
-from audiofind import fingerprint as fp
+from audiofind.audio import decode
+from audiofind.audio import fingerprint as fp
+from audiofind.audio import printmatch as pm
 from audiofind.errors import DecodeError, UsageError
-from audiofind.scan import walk
+from audiofind.library.walk import walk
+from audiofind.search import copies
 
 SR = decode.SAMPLE_RATE
 PEAK = 0.45  # +6 dB stays under full scale
@@ -244,8 +246,8 @@ def write_copies(samples: np.ndarray, folder: Path) -> dict[str, Path]:
     return files
 
 
-def real_sounds(folder: Path) -> dict[str, np.ndarray]:
-    """The readable audio files under folder (walked as `index` walks it), decoded and scaled to peak at PEAK."""
+def real_sounds(folder: Path, limit: int | None = None) -> dict[str, np.ndarray]:
+    """Up to limit readable audio files under folder (walked as `index` walks it), decoded, scaled to peak at PEAK."""
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder.")
     out = {}
@@ -256,6 +258,8 @@ def real_sounds(folder: Path) -> dict[str, np.ndarray]:
             continue
         if np.abs(x).max() > 0:
             out[path.name] = _finish(x, 0.0)
+        if limit is not None and len(out) == limit:
+            break
     if len(out) < 2:
         raise UsageError(f"{folder} holds fewer than two readable audio files; the measurement needs different sounds.")
     return out
@@ -270,9 +274,10 @@ def fingerprint_files(sounds: dict[str, np.ndarray], tmp: Path) -> dict[str, dic
     return prints
 
 
-def library_sounds(real: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The generated sounds and the recordings under real, and which part ("generated", "real") each is."""
-    generated, recorded = generated_sounds(), real_sounds(real)
+def library_sounds(real: Path, limit: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The generated sounds and (up to limit of) the recordings under real, and which part ("generated", "real")
+    each is."""
+    generated, recorded = generated_sounds(), real_sounds(real, limit)
     parts = {**dict.fromkeys(generated, "generated"), **dict.fromkeys(recorded, "real")}
     return {**generated, **recorded}, parts
 
@@ -285,14 +290,14 @@ def _separation(prints: dict[str, dict[str, fp.Fingerprint]], names: list[str]) 
     for name in names:
         kinds = prints[name]
         for kind, print_ in kinds.items():
-            score = fp.similarity(kinds["source"], print_)
+            score = pm.similarity(kinds["source"], print_)
             if kind != "source" and score < copies.get(kind, 2.0):
                 copies[kind], worst[kind] = score, name
     different, closest = 0.0, ["", ""]
     for a in names:
         for b, kinds in prints.items():
             for print_ in kinds.values() if b != a else ():
-                score = fp.similarity(prints[a]["source"], print_)
+                score = pm.similarity(prints[a]["source"], print_)
                 if score > different:
                     different, closest = score, sorted([a, b])
     return {k: copies[k] for k in KINDS if k in copies}, worst, different, closest
@@ -347,12 +352,12 @@ def synthetic_prints(n: int, seed: int = 0, copies: float = 0.01) -> dict[str, b
 
 
 def grouping_speed(n: int = 100_000, seed: int = 0) -> dict:
-    """Seconds fingerprint.group takes on n synthetic fingerprints (wall clock, and CPU time, which other work on
+    """Seconds copies.group takes on n synthetic fingerprints (wall clock, and CPU time, which other work on
     a shared machine does not inflate), and how many planted copies it found."""
     prints = synthetic_prints(n, seed)
     planted = sum(k.endswith(" copy") for k in prints)
     start, cpu = time.perf_counter(), time.process_time()
-    groups = fp.group(prints, fp.NEAR)
+    groups = copies.group(prints, pm.NEAR)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     found = sum(1 for g in groups if len(g) == 2 and g[1] == g[0] + " copy")
     return {

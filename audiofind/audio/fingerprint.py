@@ -1,4 +1,5 @@
-"""Acoustic fingerprints: is this file a copy of the same recording, whatever codec, rate, gain or trim it went through?
+"""Acoustic fingerprints: the points that tell whether a file is a copy of the same recording, whatever codec, rate,
+gain or trim it went through (audio.printmatch compares them, search.copies groups them).
 
 A fingerprint is a constellation of points in time and frequency picked from a 2048-point spectrogram (46 ms
 window, 5.8 ms hop, 65 Hz to 10 kHz, so a 22.05 kHz copy keeps every point). Three kinds of point, because no single
@@ -19,20 +20,11 @@ Every level is taken relative to the loudest bin (a 60 dB range), which makes th
 Frequencies are coded on a scale that is logarithmic (36 steps an octave) below 1083 Hz and one step a bin above,
 so two tones a semitone apart always sit at least two steps apart while noise peaks keep their bin.
 
-Two fingerprints are compared by voting for the frame offset that lines up most points of equal frequency, then
-counting, at the best offsets, the points of each that find a partner: a peak or tone within one frame and one
-step (a tone and a peak at one place are one spectral line whose prominence a codec changed; a tone must keep its
-trend), an onset within FINE_TOL of the one sub-frame offset that lines up most onsets. The matched share of each
-file's points is pooled, and the share of its peaks is weighed in as strongly as the two files have peaks
-(PEAK_PRIOR): two takes of a gesture share their tones and rhythm, so they match on pooled points, but their noise
-peaks match at chance. The similarity is that share times the share of the shorter file that the overlap covers.
-
 Silence, digital or below -90 dBFS, has no points: its fingerprint is empty and matches nothing, not even another
 silence (identical silent files are exact copies, found by their content hash). Only the first MAX_SECONDS of a
 file are fingerprinted, so a fingerprint is at most MAX_SECONDS * 172 * 4 bytes and a few onsets.
 """
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,25 +62,6 @@ FINE = 16  # 0.36 ms
 LOG_STEPS = 36  # frequency codes an octave below BIN_LOG
 BIN_LOG = LOG_STEPS / np.log(2)  # 51.9, the bin (1.1 kHz) where a log step is one bin wide
 CODE_ZERO = 200  # code of BIN_LOG: codes of 65 Hz and up are positive, and all stay below 1024
-
-TIME_SLACK, CODE_SLACK = 1, 1  # a peak or tone matches a partner within one frame and one code step
-FINE_TOL = 3  # an onset matches within 3/16 frame (1.1 ms); copies measured within 0.1 ms, an AAC one 0.9 ms
-OFFSETS_TRIED = 3
-PEAK_PRIOR = 8.0  # the peak share counts n / (n + 8) of the score when both files have n or more peaks
-
-# A pair of files whose similarity is at least this is one recording. Measured with nearprints.measure on the
-# generated sounds and the recordings under tests/data/real (see the module's docstring there): the worst copy
-# scored 0.44 (a 0.1 s noise burst through Opus), the closest two different sounds 0.26 (two takes of one gesture).
-NEAR = 0.35
-
-# group(): a file is indexed under the SKETCH smallest scrambled triplets of consecutive points (a bottom-k sketch:
-# copies sharing most triplets share most of their sketch), and a small file under its pairs too
-SKETCH = 128
-FAN = 3
-PAIR_FRAMES = 63
-MAX_BUCKET = 256  # a hash shared by more files than this (a common tone) proposes no pairs
-MIN_SHARED = 2  # hashes two files must share to be compared, or all of the smaller sketch (a steady tone has one)
-SMALL = 64  # points: a file this small is indexed under its point pairs too, as triplets are few
 
 _MAGIC = b"AFP2"  # AFP1 (onsets without their sub-frame place) was never released
 
@@ -268,234 +241,8 @@ class Fingerprinter:
         return fingerprint(np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32))
 
 
-def _load(fp: "Fingerprint | bytes") -> Fingerprint:
+def load(fp: "Fingerprint | bytes") -> Fingerprint:
+    """A fingerprint, from its stored bytes if need be."""
     return fp if isinstance(fp, Fingerprint) else Fingerprint.from_bytes(fp)
 
 
-def _pairs(sorted_b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every (i, j) with lo[i] <= j < hi[i]: indices into the queries and into sorted_b."""
-    n = hi - lo
-    i = np.repeat(np.arange(len(lo)), n)
-    return i, np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
-
-
-def _votes(a: Fingerprint, b: Fingerprint) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (frames to add to b's times) and how many point pairs of codes within CODE_SLACK each lines up
-    within TIME_SLACK, the OFFSETS_TRIED best, best first. Tones vote by frequency alone and onsets all alike, so
-    every point the score can match is counted: the votes bound the matches."""
-
-    def voting(fp: Fingerprint) -> np.ndarray:
-        c = fp.codes.astype(np.int64)
-        return np.where(c >= ONSET, ONSET, c % TREND_STEP)
-
-    ta, ca = a.times.astype(np.int64), voting(a)
-    cb = voting(b)
-    order = np.argsort(cb, kind="stable")
-    tb, cb = b.times.astype(np.int64)[order], cb[order]
-    votes = []
-    for dc in range(-CODE_SLACK, CODE_SLACK + 1):
-        ia, jb = _pairs(cb, np.searchsorted(cb, ca + dc, "left"), np.searchsorted(cb, ca + dc, "right"))
-        votes.append(ta[ia] - tb[jb])
-    v = np.concatenate(votes)
-    if not len(v):
-        return v, v
-    counts = np.bincount(v - v.min())
-    smooth = np.convolve(counts, np.ones(2 * TIME_SLACK + 1, np.int64), "same")
-    best = np.argsort(-smooth, kind="stable")[:OFFSETS_TRIED]
-    best = best[smooth[best] > 0]
-    return best + v.min(), smooth[best]
-
-
-def _near(t: np.ndarray, c: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Which points (t, c) have one of the sorted keys (time * 8192 + code) within TIME_SLACK and CODE_SLACK."""
-    hit = np.zeros(len(t), bool)
-    if not len(keys) or not len(t):
-        return hit
-    for dt in range(-TIME_SLACK, TIME_SLACK + 1):
-        base = (t + dt) * 8192 + c  # codes c-1..c+1 of one frame are adjacent keys: one search finds them all
-        i = np.minimum(np.searchsorted(keys, base - CODE_SLACK), len(keys) - 1)
-        hit |= np.abs(keys[i] - base) <= CODE_SLACK
-    return hit
-
-
-def _spectral_hits(ta: np.ndarray, ca: np.ndarray, tb: np.ndarray, cb: np.ndarray) -> np.ndarray:
-    """Which of a's peaks and tones have a partner among b's: a peak, or a tone of the same trend."""
-    tone_a, tone_b = ca >= TREND_STEP, cb >= TREND_STEP
-    keys_b = tb * 8192 + cb
-    any_b = np.sort(tb * 8192 + cb % TREND_STEP)  # b's peaks and tones by frequency code alone
-    tones_b, peaks_b = np.sort(keys_b[tone_b]), np.sort(keys_b[~tone_b])  # tones by code and trend
-    hit = _near(ta, ca, any_b)
-    hit[tone_a] = _near(ta[tone_a], ca[tone_a], tones_b) | _near(ta[tone_a], ca[tone_a] % TREND_STEP, peaks_b)
-    return hit
-
-
-def _onset_hits(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Which onsets (times in 1/FINE frames, b's already offset) line up within FINE_TOL at one sub-frame offset."""
-    ha, hb = np.zeros(len(fa), bool), np.zeros(len(fb), bool)
-    if not len(fa) or not len(fb):
-        return ha, hb
-    order = np.argsort(fb, kind="stable")
-    sb = fb[order]
-    # partners within a frame, so that an onset pair matched at an offset also voted for it
-    ia, jb = _pairs(sb, np.searchsorted(sb, fa - FINE, "left"), np.searchsorted(sb, fa + FINE, "right"))
-    if not len(ia):
-        return ha, hb
-    d = fa[ia] - sb[jb]
-    s = np.sort(d)
-    lined_up = np.searchsorted(s, s + 2 * FINE_TOL, "right") - np.arange(len(s))  # in [s_k, s_k + 2 FINE_TOL]
-    ok = np.abs(d - (s[int(np.argmax(lined_up))] + FINE_TOL)) <= FINE_TOL
-    ha[ia[ok]] = True
-    hb[order[jb[ok]]] = True
-    return ha, hb
-
-
-def _score(a: Fingerprint, b: Fingerprint, offset: int) -> float:
-    ta, ca = a.times.astype(np.int64), a.codes.astype(np.int64)
-    tb, cb = b.times.astype(np.int64) + offset, b.codes.astype(np.int64)
-    lo, hi = max(0, offset), min(a.frames, b.frames + offset)
-    if hi <= lo:
-        return 0.0
-    in_a, in_b = (ta >= lo) & (ta < hi), (tb >= lo) & (tb < hi)
-    if not in_a.any() or not in_b.any():
-        return 0.0
-    ta, ca, tb, cb = ta[in_a], ca[in_a], tb[in_b], cb[in_b]
-    sa, sb = ca < ONSET, cb < ONSET  # spectral points; the others are onsets
-    hit_a, hit_b = np.zeros(len(ta), bool), np.zeros(len(tb), bool)
-    hit_a[sa] = _spectral_hits(ta[sa], ca[sa], tb[sb], cb[sb])
-    hit_b[sb] = _spectral_hits(tb[sb], cb[sb], ta[sa], ca[sa])
-    hit_a[~sa], hit_b[~sb] = _onset_hits(ta[~sa] * FINE + ca[~sa] - ONSET, tb[~sb] * FINE + cb[~sb] - ONSET)
-    share = min(hit_a.mean(), hit_b.mean())
-    # peaks are this performance's own: as many as the two files have, so much must their peaks match too
-    peak_a, peak_b = ca < TREND_STEP, cb < TREND_STEP
-    n = min(peak_a.sum(), peak_b.sum())
-    if n:
-        peaks = min(hit_a[peak_a].mean(), hit_b[peak_b].mean())
-        share = min(share, (n * peaks + PEAK_PRIOR * share) / (n + PEAK_PRIOR))
-    cover = (hi - lo) / min(a.frames, b.frames)  # a short overlap of two long files is no evidence
-    return float(share * min(1.0, cover))
-
-
-def _ordered(a: Fingerprint, b: Fingerprint) -> tuple[Fingerprint, Fingerprint]:
-    """One order for (a, b) and (b, a): the score is exactly symmetric."""
-    ka, kb = (len(a.times), a.frames), (len(b.times), b.frames)
-    return (b, a) if ka > kb or (ka == kb and a.to_bytes() > b.to_bytes()) else (a, b)
-
-
-def similarity(a: "Fingerprint | bytes", b: "Fingerprint | bytes") -> float:
-    """How surely a and b are one recording, from 0 (nothing in common) to 1; symmetric; NEAR and up means a copy."""
-    a, b = _load(a), _load(b)
-    if a.empty or b.empty:
-        return 0.0
-    a, b = _ordered(a, b)
-    return max([_score(a, b, int(off)) for off in _votes(a, b)[0]], default=0.0)
-
-
-def linked(a: "Fingerprint | bytes", b: "Fingerprint | bytes", threshold: float = NEAR) -> bool:
-    """similarity(a, b) >= threshold, exactly, but faster: it scores only the offsets whose votes could reach the
-    threshold (a point matched at an offset voted for it, so the pooled share there is at most votes / points)."""
-    a, b = _load(a), _load(b)
-    if a.empty or b.empty:
-        return threshold <= 0.0
-    a, b = _ordered(a, b)
-    for off, votes in zip(*_votes(a, b)):
-        lo, hi = max(0, off), min(a.frames, b.frames + off)
-        if hi <= lo:
-            continue
-        inside = max(
-            np.searchsorted(a.times, hi, "left") - np.searchsorted(a.times, lo, "left"),
-            np.searchsorted(b.times, hi - off, "left") - np.searchsorted(b.times, lo - off, "left"),
-        )
-        cover = min(1.0, (hi - lo) / min(a.frames, b.frames))
-        if inside and votes / inside * cover >= threshold and _score(a, b, int(off)) >= threshold:
-            return True
-    return threshold <= 0.0
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """A 64-bit scramble of each hash (splitmix64's finaliser), so that the smallest values are a fair sample."""
-    h = (h.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
-    h ^= h >> np.uint64(31)
-    return h * np.uint64(0x94D049BB133111EB)
-
-
-def _distinct(h: np.ndarray) -> np.ndarray:
-    h = np.sort(h)
-    first = np.ones(len(h), bool)
-    first[1:] = h[1:] != h[:-1]
-    return h[first]
-
-
-def hashes(fp: "Fingerprint | bytes") -> np.ndarray:
-    """The index keys of a fingerprint: the SKETCH smallest scrambled triplets of consecutive points (a point, the
-    next two, their gaps); a small fingerprint adds all its pairs, as its few triplets may all be lost in a copy."""
-    fp = _load(fp)
-    # keys forget a tone's trend, an onset's sub-frame place, and halve the frequency code: the look-up must
-    # survive what the score forgives
-    raw = fp.codes.astype(np.int64)
-    t, c = fp.times.astype(np.int64), np.where(raw >= ONSET, TREND_STEP - 1, raw % TREND_STEP) >> 1
-    keys = [np.zeros(0, np.uint64)]
-    if len(t) >= 3:
-        d1, d2 = t[1:-1] - t[:-2], t[2:] - t[1:-1]
-        ok = (d1 <= PAIR_FRAMES) & (d2 <= PAIR_FRAMES)
-        keys.append(_distinct(_mix((c[:-2] << 36 | c[1:-1] << 24 | c[2:] << 12 | d1 << 6 | d2)[ok]))[:SKETCH])
-    if 0 < len(t) < SMALL:  # kept apart from the sketch, so that a copy just over SMALL still shares triplets
-        for k in range(1, FAN + 1):
-            dt = t[k:] - t[:-k]
-            keys.append(_mix((1 << 62) | (c[:-k] << 18 | c[k:] << 6 | dt)[dt <= PAIR_FRAMES]))
-    return _distinct(np.concatenate(keys))
-
-
-def _candidates(per_file: list[np.ndarray]) -> np.ndarray:
-    """Pairs (i < j) of files sharing MIN_SHARED hashes, or every hash of the smaller sketch, in buckets of at
-    most MAX_BUCKET files: (K, 2)."""
-    sizes = np.array([len(h) for h in per_file], np.int64)
-    hs = np.concatenate(per_file) if per_file else np.zeros(0, np.uint64)
-    owner = np.repeat(np.arange(len(per_file)), sizes)
-    order = np.argsort(hs, kind="stable")
-    hs, owner = hs[order], owner[order]
-    starts = np.flatnonzero(np.concatenate([[True], hs[1:] != hs[:-1]])) if len(hs) else np.zeros(0, np.int64)
-    lengths = np.diff(np.append(starts, len(hs)))
-    pairs = [np.zeros(0, np.int64)]
-    for size in np.unique(lengths[(lengths >= 2) & (lengths <= MAX_BUCKET)]):
-        first = starts[lengths == size]
-        i, j = np.triu_indices(size, 1)
-        a, b = owner[first[:, None] + i].ravel(), owner[first[:, None] + j].ravel()
-        pairs.append(np.minimum(a, b) * len(per_file) + np.maximum(a, b))
-    found, shared = np.unique(np.concatenate(pairs), return_counts=True)
-    i, j = found // max(len(per_file), 1), found % max(len(per_file), 1)
-    keep = shared >= np.minimum(MIN_SHARED, np.minimum(sizes[i], sizes[j]))
-    return np.stack([i[keep], j[keep]], axis=1)
-
-
-def group(
-    fingerprints: Mapping[str, "Fingerprint | bytes"],
-    threshold: float = NEAR,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[list[str]]:
-    """Sets of keys whose fingerprints are linked by similarity >= threshold, transitively; largest first.
-
-    Only pairs that share MIN_SHARED hashes (or the whole of a sketch smaller than that) are compared: an inverted
-    index, never all pairs, each hash in a bucket of at most MAX_BUCKET files. progress(done, total) is called
-    as candidate pairs are scored.
-    """
-    keys = sorted(fingerprints)  # one order whatever the mapping's: the result cannot depend on it
-    prints = [_load(fingerprints[k]) for k in keys]
-    pairs = _candidates([hashes(p) for p in prints])
-    parent = list(range(len(keys)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for done, (i, j) in enumerate(pairs.tolist(), 1):
-        a, b = root(i), root(j)
-        if a != b and linked(prints[i], prints[j], threshold):
-            parent[max(a, b)] = min(a, b)
-        if progress and (done % 1000 == 0 or done == len(pairs)):
-            progress(done, len(pairs))
-    sets: dict[int, list[str]] = {}
-    for i, k in enumerate(keys):
-        sets.setdefault(root(i), []).append(k)
-    return sorted((s for s in sets.values() if len(s) > 1), key=lambda s: (-len(s), s))
