@@ -78,9 +78,33 @@ def connect(address: str, shared_paths: bool = False, device: str = "auto") -> "
             _check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-        except (ConnectionError, RuntimeError, ValueError) as e:
+        except (OSError, RuntimeError, ValueError) as e:
             raise ClusterError(f"Cannot join the Ray cluster at {address}: {' '.join(str(e).split())}") from None
+    elif address not in ("local", "auto", ray.get_runtime_context().gcs_address):
+        raise ClusterError(f"This process is connected to the Ray cluster at {ray.get_runtime_context().gcs_address} "
+                           f"already; it cannot join {address} too.")  # fmt: skip
+    _cluster_messages_to_the_log()
     return Cluster(ray, address, shared_paths, device, owned)
+
+
+def _cluster_messages_to_the_log() -> None:
+    """Ray's driver prints the cluster's messages (a worker died, a task is retried) on stdout, where our results go
+    (--json): they go to the log instead, which the command line shows on stderr."""
+    from ray._private import worker  # no public switch for it (ray 2.9 to 2.60): wrap the one function that prints
+
+    printing = getattr(worker, "print_to_stdstream", None)
+    if printing is None or getattr(printing, "audiofind", False):
+        return
+
+    def to_log(data: dict, *args: Any, **kwargs: Any) -> None:
+        if data.get("pid") == "raylet" and not data.get("is_err"):
+            for line in data.get("lines", []):
+                log.warning("Ray: %s", line)
+        else:
+            printing(data, *args, **kwargs)
+
+    to_log.audiofind = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_log
 
 
 def _check_reachable(address: str) -> None:
@@ -153,9 +177,11 @@ class Cluster:
             raise ClusterError(f"The Ray cluster at {self.address} has no CPU: no room for an embedding actor.")
         return Plan("cpu", actors, max(1, cpus - held))
 
-    def start(self, bound: ModelBinding | None, weights_name: str | None, precision: str | None) -> Encoder:
-        """Start the actors on the model an index built with `bound` takes (as sync.indexing_encoder chooses it)
-        and wait for one to be ready; returns the encoder's identity for the driver (it loads no model here)."""
+    def start(self, bound: ModelBinding | None, weights_name: str | None, precision: str | None,
+              actors: int | None = None) -> Encoder:  # fmt: skip
+        """Start the actors (all the cluster has room for, or at most `actors`) on the model an index built with
+        `bound` takes (as sync.indexing_encoder chooses it) and wait for one to be ready; returns the encoder's
+        identity for the driver (it loads no model here)."""
         import torch
 
         from audiofind.device import check_precision
@@ -165,6 +191,8 @@ class Cluster:
         resolved = weights.resolve_for_index(bound.name if bound else None, weights_name)
         chosen = precision or (bound.precision if bound else "fp32")
         plan = self.plan = self._plan()
+        if actors is not None:
+            plan = self.plan = replace(plan, actors=plan.actors[:actors])
         device = torch.device(plan.device)
         check_precision(chosen, device)
         batch = default_batch_sizes(device)[0]
@@ -297,6 +325,9 @@ class _Run:
         finally:
             for parcel in self.parcels:  # stopped or interrupted: what is not committed is done next time
                 self.ray.cancel(parcel.gen)
+            for actor, _ in self.calls.values():  # batches still running are forgotten with this run
+                if actor in self.cluster.busy:
+                    self.cluster.busy[actor] -= 1
 
     def _room(self) -> bool:
         """Whether another parcel may start: a decoder for it, and in bytes mode memory for its bytes."""

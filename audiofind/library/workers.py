@@ -87,14 +87,14 @@ def decode_parcel(sources: list[Source], window: float, hop: float, piece: int, 
                 header.append(("end", i))
             else:
                 header.append(("error", i, reason_of(payload)))  # type: ignore[arg-type]
-            if len(samples) >= piece:
+            if len(samples) >= piece or (kind in ("end", "error") and i == len(works) - 1):  # full, or the last
                 yielded += 1
                 if yielded == dying:
                     die_here("decode")
                 yield header
                 yield samples
                 header, samples = [], []
-        if header:
+        if header:  # never with one decoding thread: its last message is the last file's end or error
             yield header
             yield samples
 
