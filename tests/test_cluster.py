@@ -209,8 +209,10 @@ def test_watch_syncs_through_the_cluster(ray_cluster: str, tmp_path: Path) -> No
     audiogen.write_audio(root / "first.wav", audiogen.sine(300, 0.5))
     command = [sys.executable, "-m", "audiofind", "watch", str(root), "--db", str(tmp_path / "i.db"), "-w", "tiny",
                "--json", "--settle", "0.2", "--ray", ray_cluster]  # fmt: skip
+    # A decoding worker dies in the first sync: Ray's word of it goes to stderr, never among the JSON lines.
+    fault = f"decode:1:{tmp_path / 'decoder died'}"
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "AUDIOFIND_RAY_FAULT": fault})  # fmt: skip
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
     try:
@@ -220,10 +222,12 @@ def test_watch_syncs_through_the_cluster(ray_cluster: str, tmp_path: Path) -> No
         second = json.loads(lines.get(timeout=120))
         assert (second["event"], second["path"]) == ("embedded", str(root / "second.wav"))
     finally:
+        time.sleep(1.0)  # time for anything else Ray would print
         proc.terminate()
         err = proc.stderr.read()  # type: ignore[union-attr]
         proc.wait(timeout=60)
     assert proc.returncode == 0 and err.splitlines()[-1] == "stopped", err
+    assert (tmp_path / "decoder died").exists() and "A worker died" in err and lines.empty()
 
 
 class FakeRay:
@@ -274,3 +278,42 @@ def test_ray_is_imported_only_with_ray(tmp_path: Path) -> None:
                           text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_bench_compares_a_local_run_with_a_cluster_run(ray_cluster: str) -> None:
+    from audiofind.bench.cluster import ray_figures
+    from audiofind.model.config import TINY
+
+    figures = {f.key: f for f in ray_figures(None, "local", synthetic=True, cfg=TINY, libraries=[(3, 4.0)], repeat=1)}
+    assert set(figures) == {"ray_here_s", "ray_cluster_s", "ray_overhead", "ray_start_s", "ray_load_s", "ray_overhead_with_start"}
+    assert figures["ray_cluster_s"].label == "index on the cluster (--ray local, 1 actor)"
+    assert figures["ray_overhead"].value == figures["ray_cluster_s"].value / figures["ray_here_s"].value - 1
+
+
+def test_a_window_or_a_file_said_twice_is_committed_once(tmp_path: Path) -> None:
+    """What a cluster tells the pipeline may come twice (a retried task): each window and each file counts once."""
+    from audiofind.audio import decode
+    from audiofind.library.pipeline import Pipeline, Work
+
+    path = audiogen.write_audio(tmp_path / "long.wav", audiogen.sine(440, 70.0))
+    st = path.stat()
+    work = Work(str(path), str(tmp_path), st.st_size, st.st_mtime_ns, hash="h" * 64)
+    done: list = []
+    with SqliteStore.open(tmp_path / "i.db") as store:
+        encoder = load_checked(tmp_path / "i.db", "tiny", "cpu")
+        prepare(store, encoder)
+        committing = Committing(store)
+        pipeline = Pipeline(committing, encoder, lambda *args: done.append(args[:3]))  # type: ignore[arg-type]
+        windows = list(decode.iter_windows(path))
+        vectors = encoder.embed_audio([w.samples for w in windows])
+        for _ in range(2):  # every message twice, and the first windows a third time after the first chunk
+            pipeline.start(work, decode.probe(path), 0)
+            for k, (w, v) in enumerate(zip(windows, vectors)):
+                pipeline.take_window(work, w, v, k)
+                pipeline.take_window(work, w, v, k)
+                if k == 12:
+                    pipeline.take_window(work, windows[0], vectors[0], 0)
+            pipeline.end(work)
+        assert committing.files == {str(path): 1} and list(committing.chunks.values()) == [1]
+        assert [d[0] for d in done] == ["embedded"] and done[0][2] == len(windows) == 13
+        assert len(store.segment_vectors(work.hash)[0]) == 13
