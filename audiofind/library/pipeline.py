@@ -8,6 +8,7 @@ while decoding, tagging or embedding it, NaN samples, a non-finite embedding) fa
 one-line reason; storage errors and interruptions stop the run, with everything committed so far kept.
 """
 
+import contextlib
 import logging
 import math
 import queue
@@ -380,7 +381,5 @@ def decode_ahead(
     finally:
         finished.set()  # the consumer stopped early: let the producers run out
         while any(t.is_alive() for t in threads):
-            try:
+            with contextlib.suppress(queue.Empty):
                 q.get(timeout=0.1)
-            except queue.Empty:
-                pass
