@@ -303,7 +303,7 @@ def test_a_window_or_a_file_said_twice_is_committed_once(tmp_path: Path) -> None
         encoder = load_checked(tmp_path / "i.db", "tiny", "cpu")
         prepare(store, encoder)
         committing = Committing(store)
-        pipeline = Pipeline(committing, encoder, lambda *args: done.append(args[:3]))  # type: ignore[arg-type]
+        pipeline = Pipeline(committing, encoder, lambda *args: done.append(args))  # type: ignore[arg-type]
         windows = list(decode.iter_windows(path))
         vectors = encoder.embed_audio([w.samples for w in windows])
         for _ in range(2):  # every message twice, and the first windows a third time after the first chunk
@@ -317,3 +317,12 @@ def test_a_window_or_a_file_said_twice_is_committed_once(tmp_path: Path) -> None
         assert committing.files == {str(path): 1} and list(committing.chunks.values()) == [1]
         assert [d[0] for d in done] == ["embedded"] and done[0][2] == len(windows) == 13
         assert len(store.segment_vectors(work.hash)[0]) == 13
+        # A window that never comes fails its file rather than leave a hole in it.
+        copy = tmp_path / "copy.wav"
+        copy.write_bytes(path.read_bytes())
+        other = Work(str(copy), str(tmp_path), copy.stat().st_size, copy.stat().st_mtime_ns, hash="g" * 64)
+        pipeline.start(other, decode.probe(path), 0)
+        pipeline.take_window(other, windows[0], vectors[0], 0)
+        pipeline.take_window(other, windows[2], vectors[2], 2)
+        assert done[1][0] == "failed" and done[1][4] == "window 2 of the file was lost before window 3"
+        assert other.path not in committing.files and not store.partial_segments(other.hash)

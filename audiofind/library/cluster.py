@@ -47,7 +47,7 @@ from audiofind.store import ModelBinding
 log = logging.getLogger(__name__)
 
 CONNECT_SECONDS = 10.0  # to open a TCP connection to the cluster's address before Ray tries (it retries for minutes)
-READY_SECONDS = 50.0  # for the first actor to load the model: past that there is no room for one, and we say so
+READY_SECONDS = 45.0  # for the first actor to load the model: past that there is no room for one, and we say so
 PARCEL_FILES = 32
 PARCEL_BYTES = 8 << 20  # a parcel stops growing at this many bytes of files; a larger file is a parcel alone
 PIECE_BYTES = 64 << 20  # bytes mode: a file's bytes go to the object store in pieces of at most this size
@@ -382,12 +382,11 @@ class _Run:
             piece.samples = None  # the actor is done with them: the object store may free them
             try:
                 piece.result = self.ray.get(ref)
-            except self.ray.exceptions.RayActorError as e:  # died past its restarts: its batch fails, it leaves
+            except self.ray.exceptions.RayError as e:  # its batch fails, its files with it
                 piece.result = reason_of(e)
-                self._drop(actor)
-                continue
-            except self.ray.exceptions.RayError as e:
-                piece.result = reason_of(e)
+                if isinstance(e, self.ray.exceptions.ActorDiedError):  # past its restarts: it leaves the pool
+                    self._drop(actor)
+                    continue
             self.cluster.busy[actor] -= 1
 
     def _take(self, parcel: _Parcel) -> None:

@@ -168,10 +168,13 @@ class Pipeline:
     def take_window(self, work: Work, w: decode.Window, embedded: "np.ndarray | str | None" = None,
                   index: int | None = None) -> bool:  # fmt: skip
         """The next window of a started file: its samples, to embed here, or with `embedded` its vector (or the
-        reason the model failed on it) from elsewhere; `index`, its place in the file, drops a window said twice.
-        False if the file is no longer under way (it failed) or the window was said before."""
+        reason the model failed on it) from elsewhere; `index`, its place in the file, drops a window said twice
+        (and fails the file if one before it never came). False if the window was not taken."""
         pending = self.files.get(work.path)
-        if pending is None or (index is not None and index != pending.received):
+        if pending is None or (index is not None and index < pending.received):
+            return False  # the file failed, or the window was said before
+        if index is not None and index > pending.received:  # never, unless a sender skipped a window
+            self._fail(pending, f"window {pending.received + 1} of the file was lost before window {index + 1}")
             return False
         self._window(pending, w, embedded)
         return True
