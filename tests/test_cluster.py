@@ -326,3 +326,17 @@ def test_a_window_or_a_file_said_twice_is_committed_once(tmp_path: Path) -> None
         pipeline.take_window(other, windows[2], vectors[2], 2)
         assert done[1][0] == "failed" and done[1][4] == "window 2 of the file was lost before window 3"
         assert other.path not in committing.files and not store.partial_segments(other.hash)
+
+
+def test_a_sync_stopped_on_the_cluster_leaves_the_rest_to_the_next(ray_cluster: str, indexed: Indexed, tmp_path: Path) -> None:
+    """watch's Ctrl-C or SIGTERM in the middle of a sync: decoding tasks are cancelled, the actors stay for the next."""
+    stop = threading.Event()
+    with connect("local") as cluster, SqliteStore.open(tmp_path / "ray.db") as store:
+        encoder = cluster.start(None, "tiny", None)
+        prepare(store, encoder)
+        first = sync(store, encoder, [indexed.root], cluster=cluster, stop=stop, on_event=lambda e: stop.set())
+        assert first.stopped and 1 <= first.embedded + first.failed + first.reused < 11
+        assert not any(cluster.busy.values())  # what the stopped run sent is not counted against the next
+        again = sync(store, encoder, [indexed.root], cluster=cluster)
+    assert again.skipped == first.embedded + first.failed + first.reused and not again.stopped
+    assert snapshot(tmp_path / "ray.db") == snapshot(indexed.db)
