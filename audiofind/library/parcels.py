@@ -71,6 +71,7 @@ class _Piece:
 
     @property
     def windows(self) -> int:
+        """How many of its messages are windows (0: it waits for no actor)."""
         return sum(1 for e in self.header if e[0] == "window")
 
 
@@ -105,6 +106,7 @@ class Dispatch:
         self.dying = fault_point("driver")
 
     def run(self) -> None:
+        """Until every work is done, or the pipeline is stopped."""
         try:
             while (self.todo or self.parcels) and not self.pipeline.stopped():
                 self._submit()
