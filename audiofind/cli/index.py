@@ -35,7 +35,7 @@ ExtOpt = Annotated[
 RayOpt = Annotated[
     str | None,
     typer.Option("--ray", metavar="ADDRESS", help="Decode and embed on a Ray cluster: auto (the one this machine belongs to), "
-                 "HOST:PORT, ray://HOST:10001, or local (one started here, on all its CPUs and GPUs). Needs audiofind[ray]."),
+                 "HOST:PORT, ray://HOST:10001, or local (one started here, on all its CPUs and GPUs). Needs the extra: pip install 'audiofind\\[ray]'."),
 ]
 RaySharedOpt = Annotated[
     bool,
