@@ -185,7 +185,7 @@ def near_cmd(
 
 # ---------------------------------------------------------------- bench speed
 
-PARTS = ("model", "indexing", "reindex", "query", "names", "cold", "serve", "training", "duplicates")
+PARTS = ("model", "indexing", "reindex", "query", "names", "cold", "serve", "training", "duplicates", "ray")
 
 
 @dataclass(frozen=True)
@@ -229,6 +229,7 @@ def targets(device: str, extensions: list[str]) -> list[tuple[str, Target]]:
         ("serve_page_50_s", Target("< 1 s", at_most=1.0)),
         ("serve_first_byte_transcoded_s", Target("< 200 ms", at_most=0.2)),
         ("group_100k_prints_s", Target("< 1 min", at_most=60.0)),
+        ("ray_overhead", Target("< 20% (2 CPUs)", at_most=0.2)),
     ]
 
 
@@ -256,6 +257,11 @@ def speed(
         list[str] | None,
         typer.Option("--precision", metavar="P", help="fp32, tf32 or bf16 (repeatable; default fp32, and all three on CUDA)."),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS", help="Index the same files here and on this Ray cluster (local: one started "
+                     "here, on all its CPUs and GPUs) and compare; alone, the only part run."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure encoding (beside the reference AudioCLIP), indexing, re-indexing, search latency and training here."""
@@ -263,7 +269,9 @@ def speed(
     from audiofind.device import BF16_EXTENSIONS, PRECISIONS, check_precision, describe_cpu, resolve_device
     from audiofind.errors import UsageError
 
-    parts = set(only or PARTS)
+    parts = set(only or (["ray"] if ray else [p for p in PARTS if p != "ray"]))
+    if "ray" in parts and not ray:
+        raise UsageError("The ray part needs --ray ADDRESS (local: a cluster started on this machine).")
     if parts - set(PARTS):
         raise UsageError(f"Unknown part(s) {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}.")
     dev = resolve_device(device)
@@ -321,6 +329,11 @@ def speed(
         figures.append(bench.Figure("group_100k_prints_s", "group 100k fingerprints (duplicates)", found["seconds"], "s"))
         share = found["found"] / max(found["planted"], 1)
         figures.append(bench.Figure("group_100k_copies_found", "planted copies found among them", share, "%"))
+    if "ray" in parts and ray:
+        from audiofind.bench.cluster import ray_figures
+
+        say(f"ray: one library indexed here and on the Ray cluster at {ray}…")
+        figures += ray_figures(weights, ray, device, precisions[0], synthetic, say=say)
     if "training" in parts:
         say("training throughput…")
         train = bench.training_speed(str(dev))
