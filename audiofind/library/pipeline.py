@@ -210,7 +210,7 @@ class Pipeline:
 
     def _commit_chunk(self, pending: _InFlight, n: int) -> None:
         work, bounds = pending.work, pending.bounds[:n]
-        audio = AudioRow(work.hash, bounds[-1][1], pending.info.sample_rate, pending.info.channels)
+        audio = _audio_row(work.hash, bounds[-1][1], pending.info)
         vectors = np.stack([s[0] for s in pending.slots[:n]])
         self.index.add_segments(work.hash, work.path, audio, bounds, vectors)
         pending.bounds, pending.slots = pending.bounds[n:], pending.slots[n:]
@@ -229,7 +229,7 @@ class Pipeline:
             self._fail(pending, e)
             return
         duration = pending.bounds[-1][1] if pending.bounds else self.index.partial_duration(work.hash)
-        audio = AudioRow(work.hash, duration, pending.info.sample_rate, pending.info.channels)
+        audio = _audio_row(work.hash, duration, pending.info)
         vectors = np.stack([s[0] for s in pending.slots]) if pending.slots else np.zeros((0, self.encoder.dim), np.float32)
         row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, tags)
         self.index.add_file(row, audio, pending.bounds, vectors)
@@ -252,6 +252,11 @@ class Pipeline:
         self.index.drop_partials(paths=[pending.work.path])
         self.bytes_done += pending.work.size
         self.on_done("failed", pending.work, 0, 0.0, reason_of(e))
+
+
+def _audio_row(hash: str, duration: float, info: decode.AudioInfo) -> AudioRow:
+    """What the index records of a content: its duration and what the decoder read of its header."""
+    return AudioRow(hash, duration, info.sample_rate, info.channels, info.container, info.codec, info.bits)
 
 
 def decode_ahead(

@@ -51,6 +51,12 @@ def conditions(filters: Filters | None, roots: list[str]) -> tuple[str, list]:
     if filters.max_duration is not None:
         conds.append("a.duration <= ?")
         params.append(float(filters.max_duration))
+    if filters.min_rate is not None:
+        conds.append("a.sample_rate >= ?")
+        params.append(int(filters.min_rate))
+    if filters.channels is not None:
+        conds.append("a.channels = ?")
+        params.append(int(filters.channels))
     for key, value in (filters.tags or {}).items():
         # A tag value is a string or, as mutagen often gives, a list of strings: any element may match.
         conds.append(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import apsw
 
 from audiofind.errors import IndexBusy, SchemaMismatch
-from audiofind.store.sqlite import fulltext
+from audiofind.store.sqlite import facts, fulltext
 from audiofind.store.sqlite.connection import storage_error
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,14 @@ def m006_codes_cache(conn: apsw.Connection) -> None:
 def m007_file_words(conn: apsw.Connection) -> None:
     """The full-text index of names and tags, with the triggers that keep it in step, filled without re-embedding."""
     fulltext.create(conn)
+
+
+@migration
+def m008_audio_facts(conn: apsw.Connection) -> None:
+    """Each content's container, codec and bit depth, read from the header of one of its files (nothing embedded)."""
+    for column in ("container TEXT", "codec TEXT", "bits INTEGER"):
+        conn.execute(f"ALTER TABLE audio ADD COLUMN {column}")
+    facts.fill(conn)
 
 
 def names() -> list[str]:
