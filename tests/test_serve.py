@@ -67,7 +67,7 @@ def make_library(root: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A library and its index, built once at `live` and kept as a copy (mtimes and all) to restore for each test."""
-    live = tmp_path_factory.getbasetemp() / "serve-live"
+    live = tmp_path_factory.mktemp("serve-live")  # one per module that uses it
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUDIOFIND_HOME", str(tmp_path_factory.mktemp("serve-home")))
         register_tiny()
@@ -203,7 +203,7 @@ def test_peaks_follow_the_sound_and_copies_reuse_them(served: Served) -> None:
     assert again["hash"] == body["hash"] and again["peaks"] == [0.125] * peaks.BUCKETS
 
 
-ROUTES = ["/", "/api/search?q=x", "/api/like?id=1", "/api/audio/1", "/api/peaks/1", "/api/status"]
+ROUTES = ["/", "/api/search?q=x", "/api/like?id=1", "/api/audio/1", "/api/region/1?start=0&end=0.5", "/api/peaks/1", "/api/status"]
 
 
 def test_every_route_needs_the_token(served: Served) -> None:

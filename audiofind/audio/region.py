@@ -155,7 +155,7 @@ def _source(path: Path, info: decode.AudioInfo) -> tuple[str, int]:
     """The sample kind the region is written in, and the source's own bext TimeReference (0 without one)."""
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
-            stream = container.streams.best("audio") or container.streams.audio[0]
+            stream = _audio_stream(container)
             fmt = stream.codec_context.format
             reference = container.metadata.get("time_reference", "0")
     except (av.error.FFmpegError, OSError, IndexError) as e:
@@ -275,18 +275,18 @@ def _decoded(region: Region, seek: bool = True) -> Iterator[np.ndarray]:
     restart = False
     try:
         with av.open(str(region.path), metadata_errors="ignore") as container:
-            stream = container.streams.best("audio") or container.streams.audio[0]
-            base = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+            stream = _audio_stream(container)
+            tick = stream.time_base
+            base = float(stream.start_time * tick) if stream.start_time and tick else 0.0
             pos: int | None = 0
             # Timestamps coarser than a sample (Matroska's milliseconds) cannot say where a seek landed: read from the start.
-            fine = stream.time_base is not None and stream.time_base <= Fraction(1, rate)
-            if seek and target > 0 and fine:
-                container.seek(int((base + target / rate) / stream.time_base), stream=stream, backward=True)
+            if seek and target > 0 and tick is not None and tick <= Fraction(1, rate):
+                container.seek(int((base + target / rate) / tick), stream=stream, backward=True)
                 pos = None  # the first frame after the seek says where it landed
             resampler = None
             for frame in _frames(container, stream, region.path):
                 if pos is None:
-                    landed = None if frame.pts is None else round((float(frame.pts * frame.time_base) - base) * rate)
+                    landed = None if frame.pts is None or frame.time_base is None else round((float(frame.pts * frame.time_base) - base) * rate)
                     if landed is None or landed > first:
                         restart = True
                         break
@@ -317,8 +317,14 @@ def _frames(container: av.container.InputContainer, stream: av.audio.stream.Audi
             log.debug("%s: packet not decoded: %s", path, e)
 
 
+def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream:
+    stream = container.streams.best("audio") or container.streams.audio[0]
+    assert isinstance(stream, av.audio.stream.AudioStream)
+    return stream
+
+
 def _interleaved(frame: av.AudioFrame, region: Region) -> np.ndarray:
-    x = frame.to_ndarray()
+    x: np.ndarray = frame.to_ndarray()
     x = x.T if frame.format.is_planar else x.reshape(-1, region.channels)  # (n, channels)
     return x >> 8 if region.kind == "s24" else x
 

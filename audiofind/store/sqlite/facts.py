@@ -32,11 +32,11 @@ def fill(conn: apsw.Connection) -> int:
         if hash in done:
             continue
         tried += 1
-        info = read(path, size, mtime_ns)
+        info = read(str(path), int(size), int(mtime_ns))  # type: ignore[arg-type]  # columns of known types
         if info is not None:
             update = "UPDATE audio SET container = ?, codec = ?, bits = ? WHERE hash = ?"
             conn.execute(update, (info.container, info.codec, info.bits, hash))
-            done.add(hash)
+            done.add(str(hash))
     log.info("read the facts of %d contents from their headers (%d files tried)", len(done), tried)
     return len(done)
 
