@@ -99,18 +99,16 @@ def _status(s: dict) -> str:
     return f"{s['ok']:,} files · {s['segments']:,} segments · {audio} of audio · {model} · {s['path']}"
 
 
-def fold(results: list[Result]) -> list[tuple[int, Result, list[Result]]]:
-    """(rank, shown, copies): results of one content together, in the place of the best, shown by one on a root
-    that is there if any is."""
+def fold(results: list[Result]) -> list[tuple[Result, list[Result]]]:
+    """(shown, copies): results of one content together, in the place of the best, shown by one on a root that is
+    there if any is."""
     groups: dict[str, list[Result]] = {}
-    ranks: dict[str, int] = {}
-    for rank, r in enumerate(results, 1):
+    for r in results:
         groups.setdefault(r.hit.hash, []).append(r)
-        ranks.setdefault(r.hit.hash, rank)
     out = []
-    for hash, group in groups.items():
+    for group in groups.values():
         shown = next((r for r in group if r.hit.available), group[0])
-        out.append((ranks[hash], shown, [r for r in group if r is not shown]))
+        out.append((shown, [r for r in group if r is not shown]))
     return out
 
 
@@ -121,7 +119,7 @@ def _table(results: list[Result], token: str, keep: list[tuple[str, str]]) -> st
         inner = f'<button type="button" data-sort="{key}">{label}</button>' if key else label
         extra = (' aria-sort="ascending"' if key == "rank" else "") + (f' title="{escape(title, quote=True)}"' if title else "")
         heads.append(f'<th class="{cls}"{extra}>{inner}</th>')
-    rows = "\n".join(_row(rank, r, copies, token, keep) for rank, r, copies in fold(results))
+    rows = "\n".join(_row(rank, r, copies, token, keep) for rank, (r, copies) in enumerate(fold(results), 1))
     return f'<table class="results"><colgroup>{cols}</colgroup><thead><tr>{"".join(heads)}</tr></thead><tbody>\n{rows}\n</tbody></table>'
 
 
