@@ -424,9 +424,13 @@ def test_the_page_fits_800_px_with_a_visible_segment_and_no_401(browser_page, li
         for part in ("button.play", "a.like", "button.copy", "a.download", ".grip", "canvas"):
             box = page.locator("tr.hit").nth(row).locator(part).bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= 800, (row, part)
-    # the matching segment is highlighted across the waveform's whole height, at least 6 px wide
+    # the matching segment is highlighted across the waveform's whole height, at least 6 px wide, and so is a region
+    # of a few pixels (as a 10 s match in a 15-minute recording would be)
+    width = page.locator("tr.hit").nth(0).locator("canvas").bounding_box()["width"]
+    sel = _select(page, 0, 0.5, 0.5 + 4.5 / width)
+    assert (sel["end"] - sel["start"]) / float(page.locator("tr.hit").nth(0).get_attribute("data-duration")) * width < 5
     marks = page.evaluate(MARKS)
-    assert marks and all(width >= 6 and full for width, full in marks), marks
+    assert marks and all(w >= 6 and full for w, full in marks), marks
     assert not [r for r in page.responses if r[1] == 401], page.responses
     assert (f"{server.base}/favicon.ico", 200) in page.responses or not any("favicon" in u for u, _ in page.responses)
 
