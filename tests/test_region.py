@@ -133,6 +133,42 @@ def test_the_bext_chunk_says_where_it_came_from(tmp_path: Path) -> None:
     assert text.startswith("...") and text.endswith("b/name.wav from 1.000 s to 2.000 s")
 
 
+def test_a_seek_that_lands_past_the_region_reads_from_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = ag.write_audio(tmp_path / "a.wav", SIGNAL)
+    real_open = av.open
+
+    class Overshooting:  # a container whose seeks land a second later than asked, as some demuxers' do
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.real = real_open(*args, **kwargs)
+
+        def __enter__(self) -> "Overshooting":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.real.close()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
+        def seek(self, offset: int, stream: av.audio.stream.AudioStream, **kwargs: object) -> None:
+            self.real.seek(offset + int(1 / stream.time_base), stream=stream, **kwargs)
+
+    monkeypatch.setattr(region.av, "open", Overshooting)
+    cut = region.plan(source, 3.0, 3.5)
+    _, got = samples(b"".join(region.wav_bytes(cut)))
+    want = decoded(source, cut.kind)[cut.first : cut.first + cut.frames]
+    assert np.array_equal(got[cut.fade_in : -cut.fade_out], want[cut.fade_in : -cut.fade_out])
+
+
+def test_an_odd_number_of_sample_bytes_is_padded(tmp_path: Path) -> None:
+    source = ag.write_audio(tmp_path / "a.wav", ag.sine(300, 1.0), codec="pcm_u8")
+    cut = region.plan(source, 0.1, 0.3 + 1 / 44100)
+    assert cut.frames % 2 and cut.frame_bytes == 1
+    data = b"".join(region.wav_bytes(cut))
+    assert len(data) == cut.size and len(data) % 2 == 0
+    assert len(chunks(data)[b"data"]) == cut.frames  # the pad byte follows the chunk, outside it
+
+
 def test_int_wavs_open_in_the_standard_library(tmp_path: Path) -> None:
     source = ag.write_audio(tmp_path / "a.flac", SIGNAL, sample_fmt="s32")
     out = region.write(region.plan(source, 1, 1.5), tmp_path / "a.wav")
