@@ -242,6 +242,15 @@ def test_export_writes_the_region(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert result.exit_code == 0 and result.stdout.strip() == str(tmp_path / expected)
 
 
+def test_times_are_seconds_or_minutes_and_seconds() -> None:
+    from audiofind.cli.export import seconds
+
+    assert [seconds(t, "--start") for t in ("415.5", "6:55.5", "1:02:03", " 0:07 ")] == [415.5, 415.5, 3723.0, 7.0]
+    for bad in ("", "1:2:3:4", "-1", "1:60", "a:10"):
+        with pytest.raises(UsageError, match="--start takes seconds"):
+            seconds(bad, "--start")
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

@@ -51,6 +51,13 @@ def test_bad_regions_are_400_and_unknown_files_404(served: Served) -> None:
         r = served.client.get(url, params=params)
         assert r.status_code == 400 and words in r.json()["error"] and r.json()["error"].endswith("."), params
     assert served.client.get("/api/region/999999", params={"start": 0, "end": 1}).status_code == 404
+    # an indexed file swapped for a symlink to a file outside the root is not cut either
+    secret = audiogen.write_audio(served.root.parent / "secret.wav", audiogen.sine(100, 2.0))
+    swapped = served.id("tone.wav")
+    served.files["tone.wav"].unlink()
+    served.files["tone.wav"].symlink_to(secret)
+    r = served.client.get(f"/api/region/{swapped}", params={"start": 0, "end": 1})
+    assert r.status_code == 404 and b"RIFF" not in r.content
     gone = served.id("long.flac")
     served.files["long.flac"].unlink()
     r = served.client.get(f"/api/region/{gone}", params={"start": 0, "end": 1})
