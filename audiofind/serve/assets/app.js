@@ -287,7 +287,7 @@
         x0 = Math.max(0, Math.min(w - least, (x0 + x1) / 2 - least / 2));
         x1 = x0 + least;
       }
-      return [x0, x1];
+      return [Math.floor(x0), Math.ceil(x1)]; // whole pixels: crisp edges
     };
     ctx.clearRect(0, 0, w, h);
     const sel = selection(row);
