@@ -1,4 +1,4 @@
-"""The file facts: recorded at indexing, read from headers by migration m008 for an older index (NULL where no file
+"""The file facts: recorded at indexing, read from headers by migration m009 for an older index (NULL where no file
 can be read), returned with every hit, filtered on; and whether a hit's root is there now."""
 
 import json
@@ -38,7 +38,7 @@ def columns(conn: apsw.Connection, table: str) -> list[str]:
 def test_a_new_index_has_the_fact_columns(tmp_path: Path) -> None:
     with SqliteStore.open(tmp_path / "index.db") as ix:
         assert columns(ix.conn, "audio") == ["hash", "duration", "sample_rate", "channels", "container", "codec", "bits"]
-        assert migrations.names()[-1] == "m008_audio_facts"
+        assert migrations.names()[-1] == "m009_audio_facts"
 
 
 def test_the_store_keeps_the_facts_of_whole_and_chunked_contents(tmp_path: Path) -> None:
@@ -79,11 +79,11 @@ def test_an_older_index_gets_its_facts_from_the_headers_alone(tmp_path: Path, mo
     assert runner.invoke(app, ["index", str(lib), "--db", str(db), "-w", "tiny"]).exit_code == 0
     fresh = {Path(h["path"]).name: [h[k] for k in KEYS] for h in cli("search", "x", "-k", 10, "--mode", "audio", "-w", "tiny", "--json", "--db", db)}
     assert fresh["hi.wav"] == ["wav", "pcm_s24le", 96000, 24, 2] and fresh["kick.mp3"] == ["mp3", "mp3", 44100, None, 1]
-    # As an index made before m008: no fact columns, the migration not recorded.
+    # As an index made before m009: no fact columns, the migration not recorded.
     conn = apsw.Connection(str(db))
     for column in ("container", "codec", "bits"):
         conn.execute(f"ALTER TABLE audio DROP COLUMN {column}")
-    conn.execute(f"DELETE FROM {migrations.TABLE} WHERE name = 'm008_audio_facts'")
+    conn.execute(f"DELETE FROM {migrations.TABLE} WHERE name = 'm009_audio_facts'")
     segments = conn.execute("SELECT count(*) FROM segments").fetchone()[0]
     conn.close()
     (lib / "gone.flac").unlink()
@@ -96,7 +96,7 @@ def test_an_older_index_gets_its_facts_from_the_headers_alone(tmp_path: Path, mo
             mp.setattr(decode, name, lambda *a, **k: pytest.fail("the migration decoded audio"))
         mp.setattr(decode, "probe", lambda path, count=True: probed.append(count) or real_probe(path, count))
         with open_store(db) as ix:
-            assert ix.stats().segments == segments and "m008_audio_facts" in migrations.applied(ix.conn)  # type: ignore[attr-defined]
+            assert ix.stats().segments == segments and "m009_audio_facts" in migrations.applied(ix.conn)  # type: ignore[attr-defined]
     assert probed and not any(probed)  # never counting packets either
     now = {Path(h["path"]).name: [h[k] for k in KEYS] for h in cli("search", "x", "-k", 10, "--mode", "audio", "-w", "tiny", "--json", "--db", db)}
     assert now["hi.wav"] == fresh["hi.wav"] and now["kick.mp3"] == fresh["kick.mp3"]

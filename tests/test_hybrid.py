@@ -90,11 +90,112 @@ def test_audio_mode_is_exactly_the_sound_ranking(library: Path) -> None:
 def test_why_tells_ranks_scores_and_terms(library: Path) -> None:
     results = found(library, "kick 808")
     top = results[0]
-    assert set(top["why"]) == {"audio_rank", "audio_score", "text_rank", "terms"}
+    assert set(top["why"]) == {"audio_rank", "audio_score", "text_rank", "terms", "all_terms"}
     assert top["why"]["terms"] == ["kick", "808"] and top["why"]["text_rank"] in (1, 2)
     assert isinstance(top["why"]["audio_rank"], int) and isinstance(top["why"]["audio_score"], float)
     unnamed = next(r for r in results if "Rain" in r["path"])
     assert unnamed["why"]["text_rank"] is None and unnamed["why"]["terms"] == []
+
+
+def test_files_named_with_every_content_word_come_first_in_hybrid(library: Path) -> None:
+    results = found(library, "the door on a creak")  # stop words aside: door, creak
+    top = [str(Path(r["path"]).relative_to(library)) for r in results[: len(DOOR_CREAK)]]
+    assert set(top) == DOOR_CREAK, top
+    assert all(r["why"]["all_terms"] for r in results[: len(DOOR_CREAK)])
+    assert not any(r["why"]["all_terms"] for r in results[len(DOOR_CREAK) :])
+    assert len(results) == len(NAMES)  # then every other file, by the fused score
+    rest = [r["score"] for r in results[len(DOOR_CREAK) :]]
+    assert rest == sorted(rest, reverse=True)
+    # The score is the fused one, scaled so that first place in both rankings would be 1.0.
+    for r in results:
+        ranks = [x for x in (r["why"]["audio_rank"], r["why"]["text_rank"]) if x]
+        assert r["score"] == pytest.approx(sum(1 / (60 + x) for x in ranks) / (2 / 61))
+
+
+def test_a_query_no_name_matches_ranks_exactly_as_audio(library: Path) -> None:
+    hybrid, audio = found(library, "thunder rumble"), found(library, "thunder rumble", "--mode", "audio")
+    assert [r["path"] for r in hybrid] == [r["path"] for r in audio]
+    assert not any(r["why"]["all_terms"] or r["why"]["text_rank"] for r in hybrid)
+
+
+class FixedQuery:
+    """A query model whose description vector is fixed: the test decides the sound ranking exactly."""
+
+    def __init__(self, vector: np.ndarray) -> None:
+        self.vector = vector
+
+    def embed_text(self, texts):  # type: ignore[no-untyped-def]
+        return np.stack([self.vector] * len(texts))
+
+    def embed_audio(self, clips):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+
+def test_a_file_holding_every_word_beats_one_the_sound_prefers(tmp_path: Path) -> None:
+    from audiofind.store import AudioRow, FileRow, ModelBinding
+
+    files = {"door_only_01.wav": 1.0, "kick_808.wav": 0.9, "rain_roof.wav": 0.8, "door_creak_02.wav": -1.0}
+    with SqliteStore.open(tmp_path / "i.db") as index:
+        index.bind_model(ModelBinding("m", "0" * 64, 2, 10.0, 5.0))
+        for i, (name, closeness) in enumerate(files.items()):  # the sound ranks them in this order
+            row = FileRow(str(tmp_path / name), str(tmp_path), 1, 1, f"h{i}")
+            v = np.array([[closeness, np.sqrt(1.0001 - closeness**2)]], np.float32)
+            index.add_file(row, AudioRow(f"h{i}", 1.0, 44100, 1), [(0.0, 1.0)], v)
+        got = search(index, "door creak", model=FixedQuery(np.array([1.0, 0.0], np.float32)))
+    # By fused rank alone door_only (sound 1st, names 2nd) would lead; every word named puts door_creak first.
+    assert [Path(f.hit.path).name for f in got][:2] == ["door_creak_02.wav", "door_only_01.wav"]
+    assert [f.why.all_terms for f in got][:2] == [True, False]
+
+
+def test_both_rankings_are_fused_to_the_same_depth_whatever_k(tmp_path: Path) -> None:
+    from audiofind.store import AudioRow, FileRow, ModelBinding
+
+    # 60 files the sound ranks in order; two are named door: A (50th by sound) and D (60th, a shorter name).
+    names = [f"s{i:02d}.wav" for i in range(60)]
+    names[49], names[59] = "door_slam_heavy_old.wav", "door.wav"
+    with SqliteStore.open(tmp_path / "i.db") as index:
+        index.bind_model(ModelBinding("m", "0" * 64, 2, 10.0, 5.0))
+        for i, name in enumerate(names):
+            closeness = 1.0 - i / 100
+            v = np.array([[closeness, np.sqrt(1.0001 - closeness**2)]], np.float32)
+            index.add_file(FileRow(str(tmp_path / name), str(tmp_path), 1, 1, f"h{i}"), AudioRow(f"h{i}", 1.0, 44100, 1),
+                           [(0.0, 1.0)], v)  # fmt: skip
+        top = search(index, "door creak", k=1, model=FixedQuery(np.array([1.0, 0.0], np.float32)))
+    # A: 1/(60+2) by name + 1/(60+50) by sound beats s00's 1/61, D's 1/61 + 1/120: only if the sound is fused to
+    # depth 100 even when one result is asked for.
+    assert [Path(f.hit.path).name for f in top] == ["door_slam_heavy_old.wav"]
+
+
+def test_fusion_lifts_a_file_both_rankings_hold() -> None:
+    from audiofind.search.hybrid import TOP, fuse
+    from audiofind.store import Hit
+
+    hit = lambda name: Hit(name, 0.0, 0.0, 1.0, 1.0, {}, name)
+    sound = [hit("kick")] + [hit(f"s{i}") for i in range(48)] + [hit("door")]  # door: 50th by sound
+    names = [hit(f"n{i}") for i in range(49)] + [hit("door")]  # ...and 50th by name
+    fused = [h.path for h in fuse(sound, names)]
+    assert fused.index("door") < fused.index("kick")  # 2/110 beats 1/61
+    assert fuse([hit("a")], [hit("a")])[0].score == pytest.approx(TOP)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "audio", "text"])
+def test_a_quoted_phrase_is_a_requirement_in_every_mode(library: Path, mode: str) -> None:
+    assert found(library, '"zebra stampede"', "--mode", mode) == []
+    phrase = {str(Path(r["path"]).relative_to(library)) for r in found(library, '"door creak"', "--mode", mode)}
+    assert phrase == {"Foley/Doors/Door_Creak_Slow_01.wav", "Foley/Doors/Old_Door_Creak_02.wav"}
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "audio", "text"])
+def test_an_extension_is_a_word_of_its_file(tmp_path: Path, mode: str) -> None:
+    register_tiny()
+    root = tmp_path / "lib"
+    root.mkdir()
+    for name in ("kick_soft.wav", "kick_hard.mp3", "kick_deep.flac"):
+        audiogen.write_audio(root / name, audiogen.sine(60, 0.5))
+    run("index", root, "-w", "tiny")
+    kept = {Path(r["path"]).name for r in found(root, "kick -mp3", "--mode", mode)}
+    assert kept == {"kick_soft.wav", "kick_deep.flac"}
+    assert {Path(r["path"]).name for r in found(root, "flac", "--mode", "text")} == {"kick_deep.flac"}
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "audio", "text"])

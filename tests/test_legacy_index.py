@@ -5,12 +5,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from modelkit import register_tiny
 from typer.testing import CliRunner
 
 from audiofind.cli import app
 from audiofind.store import open_store
 from audiofind.store.sqlite import migrations
-from modelkit import register_tiny
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
 runner = CliRunner()
@@ -46,7 +46,8 @@ def test_it_searches_as_that_release_did(legacy_db: Path) -> None:
         then = json.loads((LEGACY / f"search-{mode}.json").read_text())
         now = cli("search", "door creak", "-w", "tiny", "-k", 5, "--mode", mode, "--json", "--db", legacy_db)
         assert [r["path"] for r in now] == [r["path"] for r in then], mode
-        assert [r["score"] for r in now] == pytest.approx([r["score"] for r in then], abs=1e-6), mode
+        if mode == "audio":  # BM25 scores moved on purpose when extensions became words (m008); vectors never do
+            assert [r["score"] for r in now] == pytest.approx([r["score"] for r in then], abs=1e-6)
 
 
 def test_its_hits_carry_the_facts_its_files_still_give(legacy_db: Path) -> None:

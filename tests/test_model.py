@@ -140,10 +140,10 @@ def test_stereo_sums_channel_features() -> None:
     left, right = torch.randn(1, 1, 8000) * 4000, torch.randn(1, 1, 8000) * 4000
     with torch.inference_mode():
         both = model.encode_audio(torch.cat([left, right], dim=1))
-        l, r = model.encode_audio(left), model.encode_audio(right)
+        one, other = model.encode_audio(left), model.encode_audio(right)
         flat = model.encode_audio(left[:, 0])  # (B, N) means one channel
-    torch.testing.assert_close(both, l + r - model.audio.fc.bias, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(flat, l)
+    torch.testing.assert_close(both, one + other - model.audio.fc.bias, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(flat, one)
 
 
 def test_filter_bank_cache_follows_parameter_edits() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.audio.stream import AudioStream
 
 from audiofind.errors import DecodeError, UsageError
 
@@ -67,7 +68,7 @@ def _silence_ffmpeg() -> None:
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[tuple[av.container.InputContainer, av.audio.stream.AudioStream]]:
+def _open(path: Path) -> Iterator[tuple[av.container.InputContainer, AudioStream]]:
     """Open path and pick its audio stream, turning every way this can fail into a DecodeError."""
     _silence_ffmpeg()
     path = Path(path)
@@ -93,9 +94,11 @@ def _open(path: Path) -> Iterator[tuple[av.container.InputContainer, av.audio.st
         raise DecodeError(path, f"cannot read the file: {e.strerror or e}") from e
     with container:
         # best() skips audio streams with unusable parameters; take those anyway and say what is wrong below
-        stream = container.streams.best("audio") or next(iter(container.streams.audio), None)
+        best = container.streams.best("audio")  # typed as any Stream, though it only ever returns an audio one
+        stream = best if isinstance(best, AudioStream) else next(iter(container.streams.audio), None)
         if stream is None:
-            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+            types: set[str] = {s.type for s in container.streams}
+            kinds = sorted(types) or ["no streams"]
             raise DecodeError(path, f"no audio stream (the file holds {', '.join(kinds)})")
         if stream.codec_context is None:
             raise DecodeError(path, "unsupported codec: this FFmpeg build has no decoder for its audio stream")
@@ -104,7 +107,7 @@ def _open(path: Path) -> Iterator[tuple[av.container.InputContainer, av.audio.st
         yield container, stream
 
 
-def _declared_seconds(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> float | None:
+def _declared_seconds(container: av.container.InputContainer, stream: AudioStream) -> float | None:
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration:
@@ -202,7 +205,7 @@ def _decode(path: Path, max_samples: int | None = None) -> Iterator[np.ndarray]:
                 for frame in frames:
                     # keep the file's channel layout (we mix down ourselves); a mid-stream change needs a new resampler
                     key = (frame.format.name, frame.layout.name, frame.sample_rate)
-                    if key != setup:
+                    if resampler is None or key != setup:  # resampler is None only before the first frame
                         if resampler is not None:
                             for x in _to_mono(resampler.resample(None)):
                                 done += len(x)

@@ -14,7 +14,7 @@ import logging
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import mutagen
 from mutagen.id3 import ID3
@@ -108,13 +108,19 @@ def _texts(value: object) -> list[str]:
 # ---------------------------------------------------------------- what mutagen reads
 
 
-def _from_mutagen(tags: object) -> Pairs:
+class _DictTags(Protocol):
+    """Mutagen's dict-like tags (APEv2; ID3 and MP4 are read their own way)."""
+
+    def items(self) -> Iterable[tuple[object, object]]: ...
+
+
+def _from_mutagen(tags: list[tuple[object, object]] | _DictTags) -> Pairs:
     if isinstance(tags, ID3):
         return _from_id3(tags)
     if isinstance(tags, MP4Tags):
         return _from_mp4(tags)
     # Vorbis comments and ASF tags are lists of (name, value) pairs, so repeated names stay separate values.
-    pairs = list(tags) if isinstance(tags, list) else list(tags.items())  # type: ignore[attr-defined]
+    pairs = list(tags) if isinstance(tags, list) else list(tags.items())
     return ((name, text) for key, value in pairs if (name := _name(str(key))) for text in _texts(value))
 
 
@@ -131,7 +137,9 @@ def _from_id3(tags: ID3) -> Iterator[tuple[str, str]]:
 def _from_mp4(tags: MP4Tags) -> Iterator[tuple[str, str]]:
     for key, values in tags.items():
         name = _name(key.rsplit(":", 1)[-1]) if key.startswith("----:") else _MP4.get(key)
-        for value in values if name else []:
+        if not name:
+            continue
+        for value in values:
             if isinstance(value, tuple):  # trkn and disk: (number, total)
                 value = f"{value[0]}/{value[1]}" if value[1] else value[0]
             yield from ((name, text) for text in _texts(value))

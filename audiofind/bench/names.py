@@ -4,6 +4,8 @@ this release does once, on an index made before names were indexed)."""
 
 import statistics
 import time
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from audiofind.store import AudioRow, FileRow, ModelBinding, open_store, vectors
 # in a large general library (a word in 40% of them makes the names' ranking 20-25 ms at 100k files).
 CATEGORIES = ("DOORWood", "DOORMetal", "FOLYFeet", "RAINRoof", "WINDGust", "DRUMKick", "AMBForest", "WATRDrip",
               "VEHCar", "MACHMotor") + tuple(f"CAT{i:02d}Misc" for i in range(30))  # fmt: skip
-WORDS = ("creak", "slow", "old", "barn", "slam", "gravel", "tin", "heavy", "light", "distant", "close", "wet", "dry",
+WORDS: tuple[str, ...] = ("creak", "slow", "old", "barn", "slam", "gravel", "tin", "heavy", "light", "distant", "close", "wet", "dry",
          "808", "squeak", "metal", "wood", "loop", "soft", "hard", "gust", "drip", "pass", "idle")  # fmt: skip
 WORDS += tuple(a + b + c for a in ("ba", "ko", "ri", "tu", "me") for b in ("lon", "var", "sek", "dim", "pau")
                for c in ("a", "o", "is", "um", "et", "ix", "or", "an", "el", "uz", "ep", "ot", "ak", "in", "us", "ra"))[: 400 - 24]
@@ -34,10 +36,10 @@ class _FixedQueries:
     def __init__(self, dim: int) -> None:
         self.rng, self.dim = np.random.default_rng(1), dim
 
-    def embed_text(self, texts: list[str]) -> np.ndarray:
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         return self.rng.standard_normal((len(texts), self.dim)).astype(np.float32)
 
-    def embed_audio(self, clips: list[np.ndarray]) -> np.ndarray:
+    def embed_audio(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         raise NotImplementedError("the names benchmark searches by description only")
 
 
@@ -53,7 +55,7 @@ def names_index(path: Path, files: int, dim: int, seed: int = 0) -> None:
                     picked = rng.choice(len(WORDS), 3, replace=False)
                     words = "_".join(WORDS[w].capitalize() for w in picked)
                     name = f"{CATEGORIES[f % len(CATEGORIES)]}_{words}_{f % 97:02d}.wav"
-                    tags = {"title": f"{WORDS[picked[0]]} {WORDS[picked[1]]}"} if f % 3 == 0 else {}
+                    tags: dict[str, str | list[str]] = {"title": f"{WORDS[picked[0]]} {WORDS[picked[1]]}"} if f % 3 == 0 else {}
                     h = f"{f:064x}"
                     row = FileRow(f"/bench/{FOLDERS[f % len(CATEGORIES)]}/{f:06d} {name}", "/bench", 1, 1, h, tags=tags)
                     index.add_file(row, AudioRow(h, 10.0, 44100, 1), [(0.0, 10.0)], data[f : f + 1])
@@ -73,9 +75,9 @@ def names_speed(files: int = 100_000, dim: int = 1024, repeat: int = 3) -> dict[
             adds, names_only = [], []
             for q in QUERIES:
                 t = bench.side_by_side({
-                    "audio": lambda q=q: search_text(index, encoder, q, 20),  # the sound alone, as before names
-                    "hybrid": lambda q=q: search(index, q, k=20, mode="hybrid", model=encoder),
-                    "text": lambda q=q: search(index, q, k=20, mode="text"),
+                    "audio": partial(search_text, index, encoder, q, 20),  # the sound alone, as before names
+                    "hybrid": partial(search, index, q, k=20, mode="hybrid", model=encoder),
+                    "text": partial(search, index, q, k=20, mode="text"),
                 }, cpu, repeat)  # fmt: skip
                 adds.append(t["hybrid"] - t["audio"])
                 names_only.append(t["text"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.audio.stream import AudioStream
 
 from audiofind.audio import decode
 from audiofind.audio.formats import extension
@@ -65,6 +66,7 @@ def write(path: Path, samples: np.ndarray, rate: int = SR, bit_rate: int | None 
     codec, fmt = {"wav": ("pcm_s16le", "s16"), "flac": ("flac", "s16"), "mp3": ("libmp3lame", "fltp")}[extension(path.name)]
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=rate, layout="mono")
+        assert isinstance(stream, AudioStream)  # an audio codec's: PyAV types a codec named at run time as any stream
         stream.codec_context.format = fmt
         if bit_rate:
             stream.codec_context.bit_rate = bit_rate
@@ -116,7 +118,7 @@ def measure(encoder: Encoder, sounds: list[np.ndarray], tmp: Path) -> NearReport
     with open_store(tmp / "near.db", create=True) as index:
         prepare(index, encoder)
         sync(index, encoder, [tmp / "copies"])
-        hashes = {row.path: row.hash for row in index.files_under([tmp / "copies"]) if row.status == "ok"}
+        hashes = {row.path: row.hash for row in index.files_under([tmp / "copies"]) if row.status == "ok" and row.hash}
         missing = [str(p) for s in sets for p in s.values() if str(p) not in hashes]
         if missing:
             raise DecodeError(missing[0], "a copy made for the measurement could not be indexed")

@@ -13,7 +13,7 @@ from torch import Tensor
 from audiofind.model.audio import POWER_FLOOR, AudioEncoder, fbsp_filters, frame_signal
 from audiofind.model.config import AudioCLIPConfig
 from audiofind.model.load import from_state_dict
-from audiofind.model.text import TextEncoder
+from audiofind.model.text import ResidualAttentionBlock, TextEncoder
 
 
 class ReferenceAudio(AudioEncoder):
@@ -37,7 +37,8 @@ def reference_audio(state_dict: dict[str, Tensor], cfg: AudioCLIPConfig) -> Refe
     """The audio tower of a checkpoint's state dict, unfolded and NCHW, computed the reference's way."""
     tower = from_state_dict(state_dict, cfg, ["audio"])
     tower.__class__ = ReferenceAudio  # the same modules and weights; only the front end's computation differs
-    return tower  # type: ignore[return-value]
+    assert isinstance(tower, ReferenceAudio)
+    return tower
 
 
 def reference_encode_text(model: TextEncoder, tokens: Tensor) -> Tensor:
@@ -46,6 +47,7 @@ def reference_encode_text(model: TextEncoder, tokens: Tensor) -> Tensor:
     mask = torch.full((n, n), float("-inf")).triu_(1)
     x = (model.token_embedding(tokens) + model.positional_embedding[:n]).permute(1, 0, 2)  # (L, B, D)
     for block in model.transformer.resblocks:
+        assert isinstance(block, ResidualAttentionBlock)
         attn, h = block.attn, block.ln_1(x)
         y, _ = F.multi_head_attention_forward(
             h, h, h, x.shape[-1], attn.heads, attn.in_proj_weight, attn.in_proj_bias, None, None, False, 0.0,

@@ -13,18 +13,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from audiofind.audio import decode
-from audiofind.bench.reference import reference_audio, reference_encode_text
+from audiofind.bench.reference import ReferenceAudio, reference_audio, reference_encode_text
 from audiofind.device import describe_cpu, resolve_device
 from audiofind.model import weights
 from audiofind.model.config import AudioCLIPConfig
 from audiofind.model.encoder import Encoder, default_batch_sizes, from_model, load_encoder
 from audiofind.model.load import build, from_state_dict
+from audiofind.model.text import TextEncoder
 from audiofind.model.tokenizer import tokenize
 
 SAMPLE_CAPTIONS = [
@@ -33,6 +35,9 @@ SAMPLE_CAPTIONS = [
     "birds chirp in a forest at dawn",
     "a car drives past on a wet road",
 ]
+
+
+FULL_SIZE = AudioCLIPConfig()  # the published model's sizes
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def bench_encoder(weights_name: str | None, device: str, synthetic: bool = False
 
 
 def _twins(weights_name: str | None, device: str, synthetic: bool, precision: str,
-           cfg: AudioCLIPConfig) -> tuple[Encoder, torch.nn.Module, torch.nn.Module, float | None]:
+           cfg: AudioCLIPConfig) -> tuple[Encoder, ReferenceAudio, TextEncoder, float | None]:
     """Our encoder, the reference's audio and text towers on the same weights, our load time (real weights only)."""
     dev = resolve_device(device)
     if synthetic:
@@ -119,7 +124,12 @@ def _twins(weights_name: str | None, device: str, synthetic: bool, precision: st
         load_s = time.perf_counter() - start
         ref_state = weights.read_state_dict(weights.resolve(weights_name), ["audio", "text"])
     ref_text = from_state_dict(ref_state, enc.config, ["text"]).to(dev)
+    assert isinstance(ref_text, TextEncoder)
     return enc, reference_audio(ref_state, enc.config).to(dev), ref_text, load_s
+
+
+def _reference_text(model: TextEncoder, captions: list[str], device: torch.device) -> torch.Tensor:
+    return reference_encode_text(model, tokenize(captions).to(device))  # tokenizing is part of either's time
 
 
 def _noise(seconds: float, seed: int = 0) -> np.ndarray:
@@ -128,9 +138,9 @@ def _noise(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def model_speed(weights_name: str | None, device: str, synthetic: bool = False, precision: str = "fp32",
-                repeat: int = 5, cfg: AudioCLIPConfig = AudioCLIPConfig()) -> list[Figure]:
+                repeat: int = 5, cfg: AudioCLIPConfig = FULL_SIZE, also: tuple[str, ...] = ()) -> list[Figure]:
     """Audio (5 s and 20 s clips) and text (1 and 64 captions) encode times beside the reference's, weights load;
-    cfg sizes the synthetic model (tests pass a tiny one)."""
+    cfg sizes the synthetic model (tests pass a tiny one); `also`: more precisions to time the audio clips in."""
     enc, ref, ref_text_tower, load_s = _twins(weights_name, device, synthetic, precision, cfg)
     dev = enc.device
     figures = []
@@ -138,11 +148,16 @@ def model_speed(weights_name: str | None, device: str, synthetic: bool = False, 
         for seconds in (5, 20):
             clip = _noise(seconds)
             x = torch.from_numpy(clip)[None, None].to(dev)
-            t = side_by_side({"ours": lambda: enc.embed_audio([clip]), "ref": lambda: ref(x)}, dev, repeat)
+            t = side_by_side({"ours": partial(enc.embed_audio, [clip]), "ref": partial(ref, x)}, dev, repeat)
             figures.append(Figure(f"audio_{seconds}s_s", f"encode a {seconds} s clip", t["ours"], "s", t["ref"]))
+            for other in also:  # each against the reference again, in the same interleaved run
+                mine = replace(enc, precision=other)
+                t = side_by_side({"ours": partial(mine.embed_audio, [clip]), "ref": partial(ref, x)}, dev, repeat)
+                label = f"encode a {seconds} s clip, {other}"
+                figures.append(Figure(f"audio_{seconds}s_{other}_s", label, t["ours"], "s", t["ref"]))
         for captions in (SAMPLE_CAPTIONS[:1], (SAMPLE_CAPTIONS * 16)[:64]):
-            ref_text = lambda c=captions: reference_encode_text(ref_text_tower, tokenize(c).to(dev))
-            t = side_by_side({"ours": lambda c=captions: enc.embed_text(c), "ref": ref_text}, dev, repeat * 2 if len(captions) == 1 else 2)
+            ref_text = partial(_reference_text, ref_text_tower, captions, dev)
+            t = side_by_side({"ours": partial(enc.embed_text, captions), "ref": ref_text}, dev, repeat * 2 if len(captions) == 1 else 2)
             label = "encode one caption" if len(captions) == 1 else f"encode {len(captions)} captions"
             figures.append(Figure(f"text_{len(captions)}_s", label, t["ours"], "s", t["ref"]))
     if load_s is not None:
@@ -248,9 +263,10 @@ def indexing_figures(encoder: Encoder, precisions: tuple[str, ...] = ("fp32",), 
         made = {kind: make_library(Path(tmp) / kind, n, library_lengths(n, s)) for kind, (n, s) in libraries.items()}
         for precision in precisions:
             enc = replace(encoder, precision=precision)
-            for kind, (n, seconds) in libraries.items():
+            for kind, (_, seconds) in libraries.items():
                 r = indexing_speed(enc, made[kind])
-                name, key = ("long recordings" if seconds else "sample library") + (f", {precision}" if cuda else ""), f"{kind}_{precision}"
+                named = cuda or len(precisions) > 1
+                name, key = ("long recordings" if seconds else "sample library") + (f", {precision}" if named else ""), f"{kind}_{precision}"
                 base = "decode" if cuda else "model"
                 figures += [
                     Figure(f"{key}_decode_x", f"decode only, {name}", r["decode_x"], "x real time"),
@@ -260,7 +276,7 @@ def indexing_figures(encoder: Encoder, precisions: tuple[str, ...] = ("fp32",), 
                 ]
                 if cuda:
                     figures.append(Figure(f"{key}_gpu_peak_bytes", f"GPU memory peak, {name}", r["gpu_peak_bytes"], "bytes"))
-            if cuda and precision != "fp32":
+            if precision != "fp32":
                 n, _ = libraries["samples"]
                 rng = np.random.default_rng(1)
                 rel, same = precision_drift(encoder, [library_clip(i, s, rng) for i, s in enumerate(library_lengths(n, 0.0))], precision)
@@ -330,7 +346,7 @@ def query_speed(encoder: Encoder, sizes: tuple[int, ...] = (10_000, 100_000), pe
                     row = FileRow(f"/bench/{f:06d}.wav", "/bench", 1, 1, h, "ok", None, {})
                     index.add_file(row, AudioRow(h, 5.0 * per_file + 5, decode.SAMPLE_RATE, 1), seg, data.vectors[f * per_file : (f + 1) * per_file])
             queries = iter(SAMPLE_CAPTIONS * 10)
-            run = lambda: index.search(encoder.embed_text([next(queries)]), 20)
+            run = lambda queries=queries: index.search(encoder.embed_text([next(queries)]), 20)
             out[f"query_{size // 1000}k_s"] = timed(run, encoder.device, repeat=7)
     return out
 

@@ -2,10 +2,10 @@
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 from rich.console import Console
@@ -14,10 +14,14 @@ from typer.core import TyperGroup
 
 from audiofind.errors import AudiofindError
 
-try:  # Typer >= 0.20 vendors click; older ones use it directly
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
+if TYPE_CHECKING:  # the Typer installed for development vendors click
+    from typer._click import Context as ClickContext
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+else:
+    try:  # Typer >= 0.20 vendors click; older ones use it directly
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    except ImportError:  # pragma: no cover
+        from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 def _console(stderr: bool = False) -> Console:
     """A console that keeps its natural width on a terminal and does not wrap at 80 columns in a pipe."""
@@ -53,24 +57,32 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 class Group(TyperGroup):
     """Turns every AudiofindError, from any command or sub-command, into one line and its exit code."""
 
-    def invoke(self, ctx: typer.Context):  # type: ignore[override]
+    def invoke(self, ctx: "ClickContext") -> object:
         try:
             return super().invoke(ctx)
         except AudiofindError as e:
             raise fail(str(e), e.exit_code) from None
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[no-untyped-def,override]
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: object,
+    ) -> object:
         """Argument errors too are one line on stderr (the framework draws multi-line boxes)."""
         _plain_metavars(self)
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
         except NoArgsIsHelpError as e:
             typer.echo(e.ctx.get_help() if e.ctx else str(e))
             code = e.exit_code
         except ClickException as e:
-            where = f" (see: {e.ctx.command_path} --help)" if getattr(e, "ctx", None) else ""
+            where = f" (see: {e.ctx.command_path} --help)" if isinstance(e, UsageError) and e.ctx else ""
             typer.echo(f"error: {' '.join(e.format_message().split())}{where}", err=True)
             code = e.exit_code
         except typer.Abort:
@@ -81,6 +93,12 @@ class Group(TyperGroup):
 
 # What to type, by value type: help shows `--limit N`, `--db PATH`, and nothing after a plain flag.
 _METAVARS = {"Path": "PATH", "int": "N", "float": "NUMBER", "str": "TEXT", "bool": ""}
+
+
+class _Shown(Protocol):
+    """A parameter as the help table sees it."""
+
+    display_type_rich: Callable[[object], str | None]
 
 
 def _plain_metavars(command: object) -> None:
@@ -97,15 +115,15 @@ def _plain_metavars(command: object) -> None:
         param.display_type_rich = lambda ctx, label=label: label or None  # what the help table shows
         if param.param_type_name == "argument" and param.metavar is None:
             param.metavar = param.name.upper()  # the usage line: PATHS...
-    real = command.get_help_option  # type: ignore[attr-defined]
+    real = command.get_help_option  # type: ignore[attr-defined]  # any click command (typed object: its internals vary by version)
 
-    def help_option(ctx: object, real=real):  # type: ignore[no-untyped-def]
+    def help_option(ctx: object, real: Callable[[object], _Shown | None] = real) -> _Shown | None:
         option = real(ctx)
         if option is not None:
             option.display_type_rich = lambda ctx: None
         return option
 
-    command.get_help_option = help_option  # type: ignore[attr-defined]
+    command.get_help_option = help_option  # type: ignore[attr-defined]  # patched on this one instance
     for sub in getattr(command, "commands", {}).values():
         _plain_metavars(sub)
 

@@ -28,6 +28,7 @@ def embed(
     from audiofind.model.encoder import load_encoder
 
     audio, text = audio or [], text or []
+    precision = precision or "fp32"  # (never None here: None means "the index's own" to the commands that have one)
     if not audio and not text:
         raise UsageError("Nothing to embed: give audio files and/or --text captions.")
     check_precision(precision, resolve_device(device))  # before any decoding

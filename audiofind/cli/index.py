@@ -81,13 +81,14 @@ def index_cmd(
             text = f"{files_done} files, {duration(done)} audio, {rate:.1f}x real time"
             bar.update(task, completed=share * 100, total=100, audio=text)  # time left follows the share done
 
-        options = dict(exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress, prune=prune)
         try:
             if rebuild:
-                report = rebuild_index(index, encoder, roots, **options)
+                report = rebuild_index(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
+                                       progress=progress, prune=prune)
             else:
                 prepare(index, encoder)
-                report = sync(index, encoder, roots, **options)
+                report = sync(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
+                              progress=progress, prune=prune)
         except KeyboardInterrupt:
             kept = "the current index is unchanged and the rebuild continues" if rebuild else f"the {files_done} file(s) finished in this run are kept, and the next run continues"
             err_console.print(
@@ -124,7 +125,7 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     rows = [
         ("index", data["path"]),
         ("size", f"{data['size_bytes'] / 2**20:.1f} MiB"),
-        ("model", f"{data['model']} (sha256 {(data['sha256'] or '')[:12]}…)" if data["model"] else "none yet"),
+        ("model", f"{data['model']} (sha256 {(data['sha256'] or '')[:12]}…, {data['precision']})" if data["model"] else "none yet"),
         ("folders", "\n".join(data["roots"]) or "-"),
         ("files", f"{data['files']} ({data['ok']} indexed, {data['failed']} failed)"),
         ("segments", str(data["segments"])),

@@ -71,12 +71,13 @@ def search(
         for h in hits:
             typer.echo(h.path)
     else:
-        table = Table("#", "score", "file", "time", "duration", "rate/bits/ch", "tags")
-        for rank, h in enumerate(hits, 1):
+        table = Table("#", "score", "file", "time", "duration", "rate/bits/ch", "why", "tags")
+        for rank, f in enumerate(found, 1):
+            h = f.hit
             span = f"{_time(h.start)}–{_time(h.end)}" if h.end - h.start < h.duration - 1e-6 else ""
             link = f"[link=file://{escape(h.path)}]{escape(h.path)}[/link]"
             tags_text = ", ".join(f"{k}={v}" for k, v in shown_tags(h.tags or {}).items())
-            table.add_row(str(rank), f"{h.score:.3f}", link, span, _time(h.duration), facts(h), escape(tags_text))
+            table.add_row(str(rank), f"{h.score:.3f}", link, span, _time(h.duration), facts(h), f.why.text(), escape(tags_text))
         console.print(table if hits else "No matching sounds.")
     if export_to is not None:
         err_console.print(f"Wrote {sum(1 for p in exported.values() if p)} of {len(hits)} segments to {escape(str(export_to))}.")

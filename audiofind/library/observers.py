@@ -21,14 +21,18 @@ import queue
 import stat
 import threading
 from collections.abc import Callable
+from typing import cast
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers.api import ObservedWatch
 
 from audiofind.library.walk import FolderId, audio_files, walk_folders
 
 # Watchdog reports an inotify queue overflow only through its log (then rebuilds its watches): we listen there.
 OVERFLOW_LOGGER = "watchdog.observers"
 IGNORED = {"opened", "closed_no_write"}  # our own reads of a file make these: never a change
+Watch = object  # what an observer's schedule returns and its unschedule takes back; opaque to the watcher
+Messages = queue.Queue[tuple[str, tuple[str, ...]]]  # ("change" or "overflow", paths)
 
 
 class OSObserver:
@@ -36,22 +40,22 @@ class OSObserver:
 
     follows_links = False
 
-    def __init__(self, q: queue.Queue) -> None:
+    def __init__(self, q: Messages) -> None:
         from watchdog.observers import Observer
 
         self.q = q
         self.observer = Observer()  # OSError: too many inotify instances
         self.listener = _OverflowListener(q)
 
-    def schedule(self, walked: str) -> object:
+    def schedule(self, walked: str) -> Watch:
         """Watch a folder and all under it; events come back under `walked`, whatever symlinks lead there."""
         real = os.path.realpath(walked)
         return self.observer.schedule(_Collector(self.q, real, walked), real, recursive=True)
 
-    def unschedule(self, watch: object) -> None:
+    def unschedule(self, watch: Watch) -> None:
         """Stop watching (a folder already gone is fine)."""
         with contextlib.suppress(KeyError, OSError):  # watchdog may have dropped it already
-            self.observer.unschedule(watch)
+            self.observer.unschedule(cast(ObservedWatch, watch))  # one that schedule returned
 
     def start(self) -> None:
         """Start the observer's threads."""
@@ -72,7 +76,7 @@ class OSObserver:
 class _Collector(FileSystemEventHandler):
     """Runs on watchdog's thread: puts the paths of each event on the queue, nothing more."""
 
-    def __init__(self, q: queue.Queue, real: str, walked: str) -> None:
+    def __init__(self, q: Messages, real: str, walked: str) -> None:
         self.q, self.real, self.walked = q, real, walked
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -90,7 +94,7 @@ class _Collector(FileSystemEventHandler):
 class _OverflowListener(logging.Handler):
     """Turns watchdog's 'queue overflowed' log records into rescan requests (a path when the record names one)."""
 
-    def __init__(self, q: queue.Queue) -> None:
+    def __init__(self, q: Messages) -> None:
         super().__init__(logging.WARNING)
         self.q = q
 
@@ -139,7 +143,7 @@ class Poller:
 
     follows_links = True  # its snapshots walk through symlinked folders
 
-    def __init__(self, q: queue.Queue, interval: float, exts: frozenset[str],
+    def __init__(self, q: Messages, interval: float, exts: frozenset[str],
                  stopped: Callable[[], bool]) -> None:  # fmt: skip
         self.q, self.interval, self.exts, self.stopped = q, interval, exts, stopped
         self._lock = threading.Lock()
@@ -147,18 +151,18 @@ class Poller:
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audiofind-poll", daemon=True)
 
-    def schedule(self, root: str) -> str:
-        """Start following root, from a snapshot taken now; returns what unschedule takes."""
+    def schedule(self, root: str) -> Watch:
+        """Start following root, from a snapshot taken now; returns what unschedule takes (root itself)."""
         st = os.stat(root)
         snap = snapshot(root, self.exts, self._stopping)
         with self._lock:
             self._roots[root] = ((st.st_dev, st.st_ino), snap)
         return root
 
-    def unschedule(self, root: str) -> None:
-        """Stop following root."""
+    def unschedule(self, watch: Watch) -> None:
+        """Stop following the root that schedule returned."""
         with self._lock:
-            self._roots.pop(root, None)
+            self._roots.pop(cast(str, watch), None)
 
     def start(self) -> None:
         """Start polling."""

@@ -8,6 +8,7 @@ while decoding, tagging or embedding it, NaN samples, a non-finite embedding) fa
 one-line reason; storage errors and interruptions stop the run, with everything committed so far kept.
 """
 
+import contextlib
 import logging
 import math
 import queue
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -46,6 +48,16 @@ class Work:
     copies: list["Work"] = field(default_factory=list)  # same content found in this run: stored once it is done
 
 
+# What decode_ahead yields for each file: start (its AudioInfo), window (a decode.Window)..., then end or error.
+Message = (
+    tuple[Literal["start"], Work, decode.AudioInfo]
+    | tuple[Literal["window"], Work, decode.Window]
+    | tuple[Literal["end"], Work, None]
+    | tuple[Literal["error"], Work, BaseException]
+)
+Slot = list[np.ndarray | None]  # [a window's vector], None until the model has run on it
+
+
 @dataclass
 class _InFlight:
     """A file whose windows are arriving; `skip` leading windows were committed by an earlier, interrupted run."""
@@ -55,9 +67,19 @@ class _InFlight:
     skip: int
     received: int = 0
     bounds: list[tuple[float, float]] = field(default_factory=list)  # windows not committed yet
-    slots: list[list] = field(default_factory=list)  # one [vector or None] per window in bounds
+    slots: list[Slot] = field(default_factory=list)  # one per window in bounds
     ended: bool = False
     failed: bool = False
+
+
+_Waiting = tuple[_InFlight, Slot, np.ndarray]  # a window waiting for the model: its file, its slot, its samples
+
+
+def _embedded(slots: list[Slot]) -> list[np.ndarray]:
+    """The vectors in slots that are all filled: a window is committed only once the model has run on it."""
+    vectors = [s[0] for s in slots if s[0] is not None]
+    assert len(vectors) == len(slots), "a window was committed before the model ran on it"
+    return vectors
 
 
 def reason_of(e: BaseException) -> str:
@@ -80,7 +102,7 @@ class Pipeline:
         self.index, self.encoder, self.stop = index, encoder, stop
         self.on_done = on_done  # (outcome, work, segments, duration, reason): embedded | failed | changing
         self.files: dict[str, _InFlight] = {}
-        self.batch: list[tuple[_InFlight, list, np.ndarray]] = []  # windows waiting for the model
+        self.batch: list[_Waiting] = []
         size = encoder.audio_batch
         self.gather = size * GATHER_BATCHES if size > 1 else 1  # the most windows that wait
         bound = index.model()
@@ -99,25 +121,26 @@ class Pipeline:
         progress gets (audio seconds embedded, bytes of the files done so far, counting in-flight files pro rata).
         """
         ahead = max(QUEUE_WINDOWS, self.gather)  # decoders stay a gathering ahead of the model
-        for kind, work, payload in decode_ahead(works, self.window, self.hop, self.stop, decoders, ahead):
+        for msg in decode_ahead(works, self.window, self.hop, self.stop, decoders, ahead):
             if self._stopped():
                 return  # windows not committed are simply done again next time
-            if kind == "start":
+            work = msg[1]
+            if msg[0] == "start":
                 skip = self.index.partial_segments(work.hash)
                 if skip:
                     log.info("%s: continuing after %d committed windows", work.path, skip)
-                self.files[work.path] = _InFlight(work, payload, skip)
+                self.files[work.path] = _InFlight(work, msg[2], skip)
                 continue
             pending = self.files.get(work.path)
             if pending is None:
                 continue  # already failed (its model call raised): the rest of its messages are dropped
-            if kind == "window":
-                self._window(pending, payload)
+            if msg[0] == "window":
+                self._window(pending, msg[2])
                 if progress:
                     progress(self.audio_seconds, self.bytes_done + self._in_flight())
-            elif kind == "error":
-                self._fail(pending, payload)
-            elif kind == "end":
+            elif msg[0] == "error":
+                self._fail(pending, msg[2])
+            elif msg[0] == "end":
                 pending.ended = True
                 self._commit_ready()
         if not self._stopped():
@@ -138,7 +161,7 @@ class Pipeline:
             return  # committed by an earlier run: decoded again only to reach the windows after it
         last_end = pending.bounds[-1][1] if pending.bounds else 0.0
         self.audio_seconds += w.end - max(w.start, last_end)  # seconds not counted before
-        slot: list = [None]
+        slot: Slot = [None]
         pending.bounds.append((w.start, w.end))
         pending.slots.append(slot)
         self.batch.append((pending, slot, w.samples))
@@ -146,14 +169,16 @@ class Pipeline:
             self._embed_batch(final=False)
             self._commit_ready()
 
-    def _ready(self) -> list[tuple[_InFlight, list, np.ndarray]]:
+    def _ready(self) -> list[_Waiting]:
         """The waiting windows to run now that the gathering is full: every full batch of one length, then the
         lengths fewest windows share, until at most half a gathering waits (for more of its length: a long
         recording's 10 s windows keep coming, a clip's own length rarely does)."""
-        size, groups = self.encoder.audio_batch, {}
+        size = self.encoder.audio_batch
+        groups: dict[int, list[_Waiting]] = {}  # samples a window -> its windows
         for item in self.batch:
             groups.setdefault(len(item[2]), []).append(item)
-        run, rest = [], []
+        run: list[_Waiting] = []
+        rest: list[list[_Waiting]] = []
         for group in groups.values():
             full = len(group) // size * size
             run += group[:full]
@@ -179,7 +204,7 @@ class Pipeline:
         if not items:
             return
         try:
-            out: list = list(self.encoder.embed_audio([s for _, _, s in items]))
+            out: list[np.ndarray | BaseException] = list(self.encoder.embed_audio([s for _, _, s in items]))
         except Exception as e:
             out = [e] if len(items) == 1 else [self._embed_one(s) for _, _, s in items]
         for (pending, slot, _), v in zip(items, out):
@@ -211,7 +236,7 @@ class Pipeline:
     def _commit_chunk(self, pending: _InFlight, n: int) -> None:
         work, bounds = pending.work, pending.bounds[:n]
         audio = _audio_row(work.hash, bounds[-1][1], pending.info)
-        vectors = np.stack([s[0] for s in pending.slots[:n]])
+        vectors = np.stack(_embedded(pending.slots[:n]))
         self.index.add_segments(work.hash, work.path, audio, bounds, vectors)
         pending.bounds, pending.slots = pending.bounds[n:], pending.slots[n:]
         pending.skip += n  # so a failure after this still knows what to drop
@@ -230,8 +255,9 @@ class Pipeline:
             return
         duration = pending.bounds[-1][1] if pending.bounds else self.index.partial_duration(work.hash)
         audio = _audio_row(work.hash, duration, pending.info)
-        vectors = np.stack([s[0] for s in pending.slots]) if pending.slots else np.zeros((0, self.encoder.dim), np.float32)
-        row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, tags)
+        vectors = np.stack(_embedded(pending.slots)) if pending.slots else np.zeros((0, self.encoder.dim), np.float32)
+        # dict(): FileRow.tags is a dict[str, str | list[str]], which (invariant) a dict[str, list[str]] is not
+        row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, dict(tags))
         self.index.add_file(row, audio, pending.bounds, vectors)
         self.bytes_done += work.size
         self.on_done("embedded", work, pending.skip + len(pending.bounds), duration, None)
@@ -262,14 +288,14 @@ def _audio_row(hash: str, duration: float, info: decode.AudioInfo) -> AudioRow:
 def decode_ahead(
     works: list[Work], window: float, hop: float, stop: threading.Event | None, decoders: int = 1,
     ahead: int = QUEUE_WINDOWS,
-) -> Iterator[tuple[str, Work, object]]:
+) -> Iterator[Message]:
     """(kind, work, payload) messages: start (AudioInfo), window (a decode.Window)..., then end or error (exception).
 
     Messages of different files may interleave when several threads decode. Any exception while decoding one file
     becomes that file's error message; the thread goes on with the next file.
     """
-    q: queue.Queue = queue.Queue(maxsize=ahead)
-    todo: queue.SimpleQueue = queue.SimpleQueue()
+    q: queue.Queue[Message | tuple[Literal["done"], None, None]] = queue.Queue(maxsize=ahead)  # done: a thread ended
+    todo: queue.SimpleQueue[Work] = queue.SimpleQueue()
     for work in works:
         todo.put(work)
     finished = threading.Event()
@@ -303,18 +329,17 @@ def decode_ahead(
     try:
         running = n
         while running:
-            kind, work, payload = q.get()
-            if kind == "done":
+            msg = q.get()
+            if msg[0] == "done":
                 running -= 1
                 continue
-            if kind == "error" and work.path not in started:  # failed before its start message (probe)
+            work = msg[1]
+            if msg[0] == "error" and work.path not in started:  # failed before its start message (probe)
                 yield "start", work, decode.AudioInfo(0.0, 0, 0, "")
             started.add(work.path)
-            yield kind, work, payload
+            yield msg
     finally:
         finished.set()  # the consumer stopped early: let the producers run out
         while any(t.is_alive() for t in threads):
-            try:
+            with contextlib.suppress(queue.Empty):
                 q.get(timeout=0.1)
-            except queue.Empty:
-                pass

@@ -105,8 +105,9 @@ def _load(bound: ModelBinding | None, weights: str | None, device: str, precisio
     except DeviceError:
         if precision is None and chosen != "fp32":  # the user asked for nothing: say where the precision came from
             raise DeviceError(
-                f"This index holds {chosen} embeddings, which need a CUDA device: add to it with --device cuda, or "
-                f"rebuild it in fp32 with --rebuild --precision fp32."
+                f"This index holds {chosen} embeddings, which need a CUDA device"
+                f"{' or a CPU with AVX-512-BF16 or AMX' if chosen == 'bf16' else ''}: add to it with --device cuda, "
+                f"or rebuild it in fp32 with --rebuild --precision fp32."
             ) from None
         raise
 
@@ -348,7 +349,8 @@ def _add_copy(index: Store, work: Work, report: Report, emit: Callable[[Event], 
     except Exception as e:
         _fail(index, work, reason_of(e), report, emit)
         return
-    index.add_file(FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, tags))
+    # dict(): FileRow.tags is a dict[str, str | list[str]], which (invariant) a dict[str, list[str]] is not
+    index.add_file(FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, dict(tags)))
     report.reused += 1
     emit(Event("reused", work.path))
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from audiofind.audio.formats import AUDIO_EXTS
 from audiofind.errors import AudiofindError, IndexBusy, UsageError
 from audiofind.library.folders import Folders
-from audiofind.library.observers import OSObserver, Poller
+from audiofind.library.observers import Messages, OSObserver, Poller, Watch
 from audiofind.library.settle import Settler
 from audiofind.library.sync import Event, Report, check_roots, sync
 from audiofind.model.encoder import Encoder
@@ -77,13 +77,13 @@ class Watcher:
         self.clock: Callable[[], float] = time.monotonic  # tests drive a fake one
         # Not a SimpleQueue: on Python 3.11 its get(timeout) blocks forever when a signal handler (Ctrl-C, SIGTERM)
         # runs past the timeout's end; Queue waits on a lock, which recomputes its deadline correctly.
-        self.q: queue.Queue = queue.Queue()
+        self.q: Messages = queue.Queue()
         self.settler = Settler(settle, BURST_WAIT)
         self.unsettled: set[str] = set()  # files sync found changing while it read them: pending again after it
         self.folders = Folders(roots, exts, stopped=stop.is_set)
-        self.watches: dict[Path, object] = {}  # live root -> its watch
+        self.watches: dict[Path, Watch] = {}  # live root -> its watch
         self.identity: dict[Path, tuple[int, int]] = {}  # live root -> (st_dev, st_ino) when scheduled
-        self.followed: dict[str, tuple[str, object]] = {}  # symlinked folder -> (its real folder, the watch there)
+        self.followed: dict[str, tuple[str, Watch]] = {}  # symlinked folder -> (its real folder, the watch there)
         self.lost: set[Path] = set()
         self.retry_at = 0.0
         self.backoff = BUSY_RETRY[0]
@@ -181,7 +181,7 @@ class Watcher:
     def _rescan(self, named: tuple[str, ...], now: float) -> None:
         """Events were lost: compare the roots named (all when none is) with the index in full."""
         real = {os.path.realpath(r): r for r in self.watches}
-        real |= {r: self._root_of(w) for w, (r, _) in self.followed.items()}
+        real |= {r: root for w, (r, _) in self.followed.items() if (root := self._root_of(w)) is not None}
         roots = {real[p] for p in named if real.get(p) in self.watches}
         for root in sorted(roots) or list(self.watches):  # unnamed: all our watches share the lost queue
             if str(root) in self.settler.pending:  # watchdog logs twice per overflow: report it once

@@ -6,6 +6,7 @@ Input convention (spec a.1): float samples at 44.1 kHz in the int16 range [-3276
 
 import math
 from collections.abc import Callable
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,8 @@ ATTENTION_SHAPES = [((3, 1), (1, 0)), ((1, 5), (0, 2)), ((3, 1), (1, 0)), ((1, 5
 class AudioEncoder(nn.Module):
     """ESResNeXt-fbsp: (B, C, N) int16-range samples -> (B, embed_dim) unnormalised embeddings."""
 
+    window: Tensor  # buffer, registered in __init__
+
     def __init__(self, cfg: AudioConfig, embed_dim: int) -> None:
         super().__init__()
         assert len(cfg.layers) == 4, "the attention blocks are laid out for four stages"
@@ -174,8 +177,9 @@ class AudioEncoder(nn.Module):
         self.dropout = nn.Dropout(0.0)  # fine-tuning sets p; identity in eval
         self.fc = nn.Linear(inplanes, embed_dim)
         self.folded = False  # batch norm folded into the convolutions (model/inference.py): inference only
+        self.compute_dtype = torch.float32  # of the convolutions: bfloat16 in a copy made by inference.to_bfloat16
 
-    def train(self, mode: bool = True) -> "AudioEncoder":
+    def train(self, mode: bool = True) -> Self:
         """As nn.Module.train, but a folded tower has no batch norm left to train and refuses."""
         if mode and self.folded:
             raise RuntimeError("This audio tower has batch norm folded in for inference; load it again to train it.")
@@ -210,7 +214,7 @@ class AudioEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         assert x.dim() in (2, 3), f"expected (B, C, N) or (B, N) samples, got shape {tuple(x.shape)}"
         b = x.shape[0]
-        f = self.features(self.spectrogram(x))  # (B*C, channels)
+        f = self.features(self.spectrogram(x).to(self.compute_dtype)).float()  # (B*C, channels)
         f = f.reshape(b, -1, f.shape[-1]).sum(dim=1)  # channels are summed, not averaged (spec a.8)
         return self._by_row(self.fc, self.dropout(f))
 

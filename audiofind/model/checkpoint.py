@@ -110,7 +110,8 @@ def content_sha256(tensors: "dict[str, torch.Tensor]") -> str:
     for key in sorted(tensors):
         t = tensors[key].detach().cpu().contiguous()
         h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        # an ndarray has the buffer protocol, but numpy's stubs declare __buffer__ only for Python >= 3.12
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
     return h.hexdigest()
 
 

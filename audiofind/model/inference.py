@@ -12,12 +12,13 @@ train() and is never saved or moved: training and checkpoints keep the modules a
 """
 
 from collections.abc import Iterator
+from copy import deepcopy
 
 import torch
 from torch import Tensor, nn
 
 from audiofind.model.audio import Attention2d, AudioEncoder, Bottleneck
-from audiofind.model.text import TextEncoder
+from audiofind.model.text import ResidualAttentionBlock, TextEncoder
 
 _MKLDNN = torch.ops.mkldnn
 
@@ -38,12 +39,14 @@ def conv_bn_pairs(model: AudioEncoder) -> Iterator[tuple[nn.Module, str, str]]:
 @torch.no_grad()
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Multiply bn's eval-mode affine map into conv's weight and bias, in place (computed in float64)."""
+    mean, var = bn.running_mean, bn.running_var
+    assert mean is not None and var is not None, "batch norm without running statistics cannot be folded"
     dtype = conv.weight.dtype
-    scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()  # (out,)
+    scale = bn.weight.double() / (var.double() + bn.eps).sqrt()  # (out,)
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     weight = conv.weight.double() * scale[:, None, None, None]
     conv.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
-    conv.bias = nn.Parameter(((bias - bn.running_mean.double()) * scale + bn.bias.double()).to(dtype), requires_grad=False)
+    conv.bias = nn.Parameter(((bias - mean.double()) * scale + bn.bias.double()).to(dtype), requires_grad=False)
 
 
 def fold_batch_norm(model: AudioEncoder) -> AudioEncoder:
@@ -81,13 +84,18 @@ class FusedConv(nn.Module):
         return _MKLDNN._convolution_pointwise.binary(x, add, weight, self.bias, *self.args, "add", None, self.attr, [], "")
 
 
+def _conv(module: nn.Module) -> nn.Conv2d:
+    assert isinstance(module, nn.Conv2d), f"expected a convolution, got {type(module).__name__}"
+    return module
+
+
 class FusedBottleneck(nn.Module):
     """A folded Bottleneck in three oneDNN calls: conv+ReLU, conv+ReLU, conv+residual add+ReLU."""
 
     def __init__(self, block: Bottleneck) -> None:
         super().__init__()
         self.conv1, self.conv2, self.conv3 = (FusedConv(conv, "relu") for conv in (block.conv1, block.conv2, block.conv3))
-        self.downsample = None if block.downsample is None else FusedConv(block.downsample[0], "none")
+        self.downsample = None if block.downsample is None else FusedConv(_conv(block.downsample[0]), "none")
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -103,7 +111,8 @@ def fuse_for_cpu(model: AudioEncoder) -> AudioEncoder:
     """Replace the folded tower's convolutions by fused oneDNN calls, in place; call it last (the tower stays put)."""
     if not model.folded:
         raise RuntimeError("Fuse after folding batch norm: the fused calls have no batch norm step.")
-    model.conv1, model.relu = FusedConv(model.conv1, "relu"), nn.Identity()
+    model.add_module("conv1", FusedConv(model.conv1, "relu"))  # add_module: replaces the module of that name
+    model.add_module("relu", nn.Identity())
     for i in range(1, 5):
         stage = getattr(model, f"layer{i}")
         for j, block in enumerate(stage):
@@ -116,8 +125,33 @@ def fuse_for_cpu(model: AudioEncoder) -> AudioEncoder:
 
 def prepare_for_inference(model: AudioEncoder, fuse: bool = True) -> AudioEncoder:
     """Eval mode, batch norm folded, channels-last (NHWC: faster with oneDNN and cuDNN), fused where it applies."""
-    model = fold_batch_norm(model.eval()).to(memory_format=torch.channels_last)
+    # Module.to takes memory_format (torch's documentation) but none of its stub's overloads does
+    model = fold_batch_norm(model.eval()).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return fuse_for_cpu(model) if fuse and can_fuse(model.conv1.weight) else model
+
+
+def to_bfloat16(model: AudioEncoder) -> AudioEncoder:
+    """A copy of a tower prepared for inference whose convolutions run in bfloat16 (a CPU with AVX-512-BF16 or AMX
+    does their dot products in hardware). The spectrogram before them and the projection after stay float32:
+    decibels of quiet bins, and the sums that make the embedding, need the precision."""
+    if not model.folded:
+        raise RuntimeError("Prepare the tower for inference first: only a folded tower runs in bfloat16.")
+    with torch.inference_mode(False):  # a copy made during a search must still be an ordinary model
+        # Weights laid out for oneDNN are opaque (no storage to copy), and the filter bank's cache may be an inference
+        # tensor (no version counter to copy): the copy makes both again when first run.
+        skip: dict[int, object] = {id(m.laid_out): None for m in model.modules() if isinstance(m, FusedConv) and m.laid_out}
+        skip[id(model.fbsp._cache)] = None
+        copy = deepcopy(model, memo=skip)
+        for module in copy.modules():
+            if isinstance(module, FusedConv):
+                module.weight = nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
+                if module.bias is not None:
+                    module.bias = nn.Parameter(module.bias.detach().to(torch.bfloat16), requires_grad=False)
+                module.laid_out = None
+            elif isinstance(module, nn.Conv2d):
+                module.to(torch.bfloat16)
+    copy.compute_dtype = torch.bfloat16
+    return copy
 
 
 class PackedLinear(nn.Module):
@@ -133,15 +167,22 @@ class PackedLinear(nn.Module):
         return _MKLDNN._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
+def _packed(linear: nn.Module) -> PackedLinear:
+    assert isinstance(linear, nn.Linear), f"expected a linear layer, got {type(linear).__name__}"
+    return PackedLinear(linear.weight, linear.bias)
+
+
 def prepare_text_for_inference(model: TextEncoder) -> TextEncoder:
     """Eval mode, and on CPU every linear layer packed (PackedLinear), the projection too; in place, inference only."""
     model.eval()
     if can_fuse(model.text_projection):
         for block in model.transformer.resblocks:
+            assert isinstance(block, ResidualAttentionBlock)
             attn, mlp = block.attn, block.mlp
             attn.in_proj = PackedLinear(attn.in_proj_weight, attn.in_proj_bias)
-            attn.out_proj = PackedLinear(attn.out_proj.weight, attn.out_proj.bias)
-            mlp.c_fc, mlp.c_proj = PackedLinear(mlp.c_fc.weight, mlp.c_fc.bias), PackedLinear(mlp.c_proj.weight, mlp.c_proj.bias)
+            attn.add_module("out_proj", _packed(attn.out_proj))  # add_module: replaces the module of that name
+            for name in ("c_fc", "c_proj"):
+                mlp.add_module(name, _packed(mlp.get_submodule(name)))
         model.project = PackedLinear(model.text_projection.T, None)  # x @ P is a linear layer of weight P^T
         model.packed = True
     return model

@@ -1,5 +1,7 @@
 """The CLIP text transformer as AudioCLIP uses it: causal, pre-LayerNorm, pooled at the end-of-text token."""
 
+from typing import Self
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -87,7 +89,7 @@ class TextEncoder(nn.Module):
         self.packed = False  # linear layers packed for inference (model/inference.py): inference only
         self.project: nn.Module | None = None  # the packed text_projection, when packed
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> Self:
         """As nn.Module.train, but a tower packed for inference has no trainable linear layers left and refuses."""
         if mode and self.packed:
             raise RuntimeError("This text tower is packed for inference; load it again to train it.")

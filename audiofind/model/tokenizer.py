@@ -122,7 +122,7 @@ def load_merges() -> list[tuple[str, str]]:
         while data.count(b"\n") <= N_MERGES and (chunk := f.read(1 << 18)):
             data += chunk
     lines = data[: data.rindex(b"\n")].decode("utf-8").split("\n")  # whole lines only: no UTF-8 sequence is cut
-    return [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]  # type: ignore[misc]
+    return [(first, second) for first, second in (line.split() for line in lines[1 : N_MERGES + 1])]
 
 
 @functools.lru_cache

@@ -233,7 +233,8 @@ def import_checkpoint(path: Path, name: str | None = None, progress: Progress | 
         raise WeightsError(f"A model named '{name}' already exists; remove it first or import under another name.")
     if is_st:
         with safe_open(path, framework="pt") as f:
-            tensors = checkpoint.select({k: f.get_tensor(k) for k in f.keys()}, path)
+            # SIM118 is wrong here: a safetensors handle is no dict, it has keys() but cannot be iterated
+            tensors = checkpoint.select({k: f.get_tensor(k) for k in f.keys()}, path)  # noqa: SIM118
     else:
         tensors = checkpoint.select(checkpoint.load_pt(path), path)
     source: Source = "registered" if entry else ("finetuned" if meta.get("source") == "finetuned" else "imported")
@@ -401,7 +402,7 @@ def read_state_dict(resolved: Resolved, towers: Iterable[str] = ("audio", "text"
             # is_used also rejects keys of no tower, so a foreign file fails here, naming the key.
             return {
                 key: f.get_tensor(key)
-                for key in f.keys()
+                for key in f.keys()  # noqa: SIM118 (a safetensors handle has keys() but cannot be iterated)
                 if (checkpoint.tower_or_none(key) == "visual" or checkpoint.is_used(key, f.get_slice(key).get_shape(), resolved.path))
                 and checkpoint.tower_or_none(key) in wanted
             }

@@ -145,5 +145,5 @@ def example_vectors(index: Store, encoder: QueryModel, path: Path) -> np.ndarray
 
     bound = index.model()
     window, hop = (bound.window, bound.hop) if bound else (decode.WINDOW_SECONDS, decode.HOP_SECONDS)
-    vectors = [encoder.embed_audio([w.samples])[0] for w in decode.iter_windows(Path(path), window, hop)]
-    return np.stack(vectors)
+    embedded = [encoder.embed_audio([w.samples])[0] for w in decode.iter_windows(Path(path), window, hop)]
+    return np.stack(embedded)

@@ -1,9 +1,14 @@
 """Search by sound and by name together: the audio ranking, the BM25 ranking of names and tags, and their fusion.
 
 `audio` is the embedding search alone; `text` ranks by file names, folders and tags (BM25 over the full-text
-index) and never loads a model; `hybrid` fuses both per file with reciprocal rank fusion: a file scores
-sum(1 / (RRF_K + rank)) over the rankings that hold it, so a file both find rises, and a file only one finds
-still appears. Fusing ranks, not scores, needs no calibration between cosines and BM25.
+index) and never loads a model; `hybrid` fuses both per file with reciprocal rank fusion to the same depth: a file
+scores sum(1 / (RRF_K + rank)) over the rankings that hold it, so a file both find rises, and a file only one finds
+still appears. Fusing ranks, not scores, needs no calibration between cosines and BM25. Then the names have the
+last word: files whose folders, name or tags hold every content word of the query come before files only the sound
+found, as people who name their libraries expect (BaseHead and Soundminer rank by names alone, CLAP tools by sound
+alone). The score shown is the fused one scaled so that first place in both rankings is 1.0.
+
+The syntax means the same in every mode: a "quoted phrase" must appear in a file's names or tags, a -word must not.
 """
 
 from collections.abc import Callable
@@ -12,12 +17,14 @@ from pathlib import Path
 
 from audiofind.errors import UsageError
 from audiofind.search.embedding import QueryModel, search_like, search_text
-from audiofind.search.query import parse, sound_text
-from audiofind.store import Filters, Hit, Store
+from audiofind.search.query import content_terms, parse, sound_text
+from audiofind.store import Filters, Hit, NameQuery, Store
 
 MODES = ("hybrid", "audio", "text")
+LIMITLESS = 1 << 31  # every file that holds a phrase
 RRF_K = 60  # the constant of Cormack et al. (2009): damps the head so one ranking's first place cannot win alone
-DEPTH = 100  # files taken from the names' ranking before fusing (k, when more are asked); from the sound's, k
+DEPTH = 100  # files taken from each ranking before fusing (k, when more are asked)
+TOP = 2.0 / (RRF_K + 1)  # the fused score of a file first in both rankings: shown as 1.0
 NOT_WEIGHT = 0.5  # --not: the query vector minus this times the unit vector of the other description
 
 
@@ -29,6 +36,12 @@ class Why:
     audio_score: float | None
     text_rank: int | None
     terms: list[str]
+    all_terms: bool = False  # its names or tags hold every content word of the query (stop words aside)
+
+    def text(self) -> str:
+        """Why, for people: "named" (every word), the words its names hold, and its place by sound."""
+        parts = ["named" if self.all_terms else ", ".join(self.terms)] if self.terms else []
+        return " · ".join([*parts, *([f"sound #{self.audio_rank}"] if self.audio_rank else [])])
 
 
 @dataclass(frozen=True)
@@ -61,33 +74,42 @@ def rank_query(
     if not_ is not None and not not_.strip():
         raise UsageError("--not needs a description of the sound to move away from.")
     depth = max(k, DEPTH)
+    if q.phrases:  # a phrase is a requirement in every mode: the sound side chooses among the files that hold it
+        holders = index.search_names(NameQuery(phrases=q.phrases, excluded=q.excluded), LIMITLESS, filters)
+        if not holders:
+            return []
+        filters = replace(filters or Filters(), paths=frozenset(h.path for h in holders))
     audio: list[Hit] = []
     if mode != "text":
-        # The sound side is asked for k files, as before, so hybrid costs a query no more re-scoring than audio.
-        audio = _audio_without(index, _resolve(encoder), sound_text(query, q), not_, k, filters, q.excluded)
+        audio = _audio_without(index, _resolve(encoder), sound_text(query, q), not_, depth if mode == "hybrid" else k,
+                               filters, q.excluded)  # fmt: skip
     names = index.search_names(q, depth, filters)
     a_rank = {h.path: (i, h) for i, h in enumerate(audio, 1)}
     t_rank = {h.path: (i, h) for i, h in enumerate(names, 1)}
     if mode == "audio":
-        hits = audio[:k]
+        ranked = audio
     elif mode == "text":
-        hits = names[:k]
+        ranked = names
     else:
-        hits = _fuse(a_rank, t_rank)[:k]
-    terms = index.names_holding(q.terms, [h.path for h in hits])
+        ranked = fuse(audio, names)
+    held = index.names_holding(q.terms, [h.path for h in ranked])
+    content = content_terms(q)
+    complete = {path for path, terms in held.items() if content and set(content) <= set(terms)}
+    if mode == "hybrid":  # names first: every content word held beats any sound-only match; stable within each
+        ranked = sorted(ranked, key=lambda h: h.path not in complete)
     found = []
-    for h in hits:
+    for h in ranked[:k]:
         ar, ah = a_rank.get(h.path, (None, None))
         tr = t_rank[h.path][0] if h.path in t_rank else None
-        why = Why(ar, ah.score if ah else None, tr, terms.get(h.path, []))
-        found.append(Found(h, why))
+        why = Why(ar, ah.score if ah else None, tr, held.get(h.path, []), h.path in complete)
+        found.append(Found(replace(h, score=h.score / TOP) if mode == "hybrid" else h, why))
     return found
 
 
 def like_file(index: Store, encoder: QueryModel, path: Path, k: int = 20, filters: Filters | None = None) -> list[Found]:
     """Files that sound like FILE (`search --like`), with why."""
     hits = search_like(index, encoder, path, k, filters)
-    return [Found(h, Why(i, h.score, None, [])) for i, h in enumerate(hits, 1)]
+    return [Found(h, Why(i, h.score, None, [], False)) for i, h in enumerate(hits, 1)]
 
 
 def _resolve(encoder: QueryModel | Callable[[], QueryModel] | None) -> QueryModel:
@@ -118,8 +140,11 @@ def _audio(index: Store, encoder: QueryModel, query: str, not_: str | None, n: i
     return index.search((wanted - NOT_WEIGHT * other)[None], n, filters)
 
 
-def _fuse(a_rank: dict[str, tuple[int, Hit]], t_rank: dict[str, tuple[int, Hit]]) -> list[Hit]:
-    """Reciprocal rank fusion; the audio hit (best segment and its time range) is kept where there is one."""
+def fuse(audio: list[Hit], names: list[Hit]) -> list[Hit]:
+    """Reciprocal rank fusion of two rankings, best first; the audio hit (best segment and its time range) is kept
+    where there is one, with the fused score."""
+    a_rank = {h.path: (i, h) for i, h in enumerate(audio, 1)}
+    t_rank = {h.path: (i, h) for i, h in enumerate(names, 1)}
     fused = []
     for path in a_rank.keys() | t_rank.keys():
         ranks = [x[0] for x in (a_rank.get(path), t_rank.get(path)) if x is not None]

@@ -9,6 +9,10 @@ import regex
 from audiofind.audio.names import words
 from audiofind.store.records import NameQuery
 
+# Words that say nothing about a sound: a query of these alone has no content words.
+STOP_WORDS = frozenset(
+    ["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "in", "into", "is", "it", "its", "of", "off", "on", "onto", "or", "over", "that", "the", "their", "then", "there", "these", "this", "through", "to", "under", "up", "very", "was", "with"]
+)
 _TOKEN = regex.compile(r'(-?)"([^"]*)"?|(-?)(\S+)')  # "a phrase", -"a phrase", -word, word
 
 
@@ -29,3 +33,9 @@ def parse(query: str) -> NameQuery:
 def sound_text(query: str, q: NameQuery) -> str:
     """What the sound side embeds: the query itself when it has no syntax, else its terms without it."""
     return query if not (q.phrases or q.excluded) else " ".join(q.terms)
+
+
+def content_terms(q: NameQuery) -> list[str]:
+    """The terms that must all be in a file's names for it to rank as named: the words that are not stop words
+    (as typed: the names index stems them), and every phrase."""
+    return [w for w in q.words if words(w) and not set(words(w)) <= STOP_WORDS] + q.phrases

@@ -16,7 +16,7 @@ from audiofind.search import Found, Why, search
 from audiofind.store import FileEntry, Filters, Hit, Store, open_store
 
 if TYPE_CHECKING:
-    from audiofind.search.embedding import QueryEncoder
+    from audiofind.search.embedding import QueryModel
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Result:
 class Library:
     """An index and its encoder, safe to use from many threads."""
 
-    def __init__(self, db: str, encoder: "QueryEncoder", first: Store | None = None) -> None:
+    def __init__(self, db: Path | str, encoder: "QueryModel", first: Store | None = None) -> None:
         self.db = db
         self.encoder = encoder
         self._idle: list[Store] = [first] if first else []

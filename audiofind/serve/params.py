@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from audiofind.errors import UsageError
 from audiofind.search import MODES
@@ -12,6 +13,7 @@ DEFAULT_K = 20
 MAX_K = 1000
 
 Get = Callable[[str], list[str]]  # all values of one query parameter, in order (Starlette's getlist)
+Number = TypeVar("Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,12 @@ def parse(get: Get) -> Params:
     """Read q, like, k, mode and the filters (under, ext, min_duration, max_duration, tag, min_rate, channels);
     UsageError on bad values."""
     last = lambda name: next((v.strip() for v in reversed(get(name)) if v.strip()), None)
-    k = _number(last("k"), "k", int) if last("k") else DEFAULT_K
+    k = _number(text, "k", int) if (text := last("k")) else DEFAULT_K
     if not 1 <= k <= MAX_K:
         raise UsageError(f"k must be between 1 and {MAX_K}, got {k}.")
-    like = _number(last("like") or last("id"), "id", int) if (last("like") or last("id")) else None
-    lo = _number(last("min_duration"), "min_duration", float) if last("min_duration") else None
-    hi = _number(last("max_duration"), "max_duration", float) if last("max_duration") else None
+    like = _number(text, "id", int) if (text := last("like") or last("id")) else None
+    lo = _number(text, "min_duration", float) if (text := last("min_duration")) else None
+    hi = _number(text, "max_duration", float) if (text := last("max_duration")) else None
     tags = [t for t in get("tag") if t.strip()]  # an empty form field is no filter
     rate = int(_number(last("min_rate"), "min_rate", int)) if last("min_rate") else None
     channels = int(_number(last("channels"), "channels", int)) if last("channels") else None
@@ -45,10 +47,10 @@ def parse(get: Get) -> Params:
     return Params(last("q"), like, k, filters, mode)
 
 
-def _number(text: str | None, name: str, kind: type) -> int | float:
+def _number(text: str, name: str, kind: type[Number]) -> Number:
     try:
         return kind(text)
-    except (TypeError, ValueError):
+    except ValueError:
         raise UsageError(f"{name} must be a {'whole ' if kind is int else ''}number, got {text!r}.") from None
 
 

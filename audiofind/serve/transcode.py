@@ -7,12 +7,13 @@ decoder instead of decoding from the start. Memory stays at one decoded packet p
 
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+from av.audio.stream import AudioStream
 
 from audiofind.audio import decode
 
@@ -103,7 +104,8 @@ def _decoded(path: Path, wav: Wav, first: int, seek: bool = True) -> Iterator[by
     layout = "mono" if wav.channels == 1 else "stereo"
     restart = False
     with av.open(str(path), metadata_errors="ignore") as container:
-        stream = container.streams.best("audio") or container.streams.audio[0]
+        best = container.streams.best("audio")  # typed as any Stream, though it only ever returns an audio one
+        stream = best if isinstance(best, AudioStream) else container.streams.audio[0]
         base = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
         pos: int | None = 0
         if seek and first > 0 and stream.time_base is not None:
@@ -113,18 +115,19 @@ def _decoded(path: Path, wav: Wav, first: int, seek: bool = True) -> Iterator[by
         try:
             for frame in _frames(container, stream, path):
                 if pos is None:
-                    landed = None if frame.pts is None else round((float(frame.pts * frame.time_base) - base) * wav.rate)
+                    pts, time_base = frame.pts, frame.time_base
+                    landed = None if pts is None or time_base is None else round((float(pts * time_base) - base) * wav.rate)
                     if landed is None or landed > first:
                         restart = True  # landed past the frame asked for, or frames carry no time
                         break
                     pos = landed
                 key = (frame.format.name, frame.layout.name, frame.sample_rate)
-                if key != setup:
+                if resampler is None or key != setup:  # resampler is None only before the first frame
                     if resampler is not None:
                         pos = yield from _emit(resampler.resample(None), wav, first, pos)
                     resampler, setup = av.AudioResampler(format="s16", layout=layout, rate=wav.rate), key
                 pos = yield from _emit(resampler.resample(frame), wav, first, pos)
-            if resampler is not None and not restart:
+            if resampler is not None and pos is not None and not restart:  # (pos is set once a frame came)
                 yield from _emit(resampler.resample(None), wav, first, pos)
         except av.error.FFmpegError as e:  # the container is unreadable from here on: the rest is silence
             log.warning("%s: transcoding stopped: %s", path, e)
@@ -133,7 +136,7 @@ def _decoded(path: Path, wav: Wav, first: int, seek: bool = True) -> Iterator[by
         yield from _decoded(path, wav, first, seek=False)
 
 
-def _frames(container: av.container.InputContainer, stream: av.audio.stream.AudioStream, path: Path) -> Iterator[av.AudioFrame]:
+def _frames(container: av.container.InputContainer, stream: AudioStream, path: Path) -> Iterator[av.AudioFrame]:
     for packet in container.demux(stream):
         try:
             yield from packet.decode()
@@ -141,7 +144,7 @@ def _frames(container: av.container.InputContainer, stream: av.audio.stream.Audi
             log.debug("%s: packet not decoded: %s", path, e)
 
 
-def _emit(frames: list[av.AudioFrame], wav: Wav, first: int, pos: int) -> Iterator[bytes]:
+def _emit(frames: list[av.AudioFrame], wav: Wav, first: int, pos: int) -> Generator[bytes, None, int]:
     """Yield the bytes of frames at or after `first`; return the position after them."""
     for out in frames:
         x = out.to_ndarray().reshape(-1)  # packed s16: (n * channels,)

@@ -121,12 +121,13 @@ class Filters:
     min_duration: float | None = None
     max_duration: float | None = None
     tags: dict[str, str] | None = None  # lower-case key -> value; every one must match, ignoring case
+    paths: frozenset[str] | None = None  # only these files (a query's "phrase" holders, say)
     min_rate: int | None = None  # sample rate, Hz
     channels: int | None = None  # exactly this many
 
     def is_empty(self) -> bool:
         """True if nothing is filtered out."""
-        bounds = (self.min_duration, self.max_duration, self.min_rate, self.channels)
+        bounds = (self.paths, self.min_duration, self.max_duration, self.min_rate, self.channels)
         return not (self.under or self.exts or self.tags) and all(b is None for b in bounds)
 
 
@@ -178,6 +179,7 @@ class Stats:
             "schema_version": self.schema_version,
             "model": self.model.name if self.model else None,
             "sha256": self.model.sha256 if self.model else None,
+            "precision": self.model.precision if self.model else None,
             "roots": [r.path for r in self.roots],
             "files": self.files,
             "ok": self.ok,

@@ -100,7 +100,8 @@ def load_tokenizer(folder: Path, context_length: int = CONTEXT_LENGTH) -> BPETok
     """The tokenizer of a folder holding RoBERTa's vocab.json and merges.txt (the '#version' line is skipped)."""
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-    if bad := [m for m in merges if len(m) != 2]:
+    split = [line.split(" ") for line in lines if line and not line.startswith("#version")]
+    if bad := [m for m in split if len(m) != 2]:
         raise ValueError(f"{folder / 'merges.txt'} has a line that is not one pair: {' '.join(bad[0])!r}")
-    return BPETokenizer(vocab, merges, context_length)  # type: ignore[arg-type]  (pairs checked above)
+    merges = [(first, second) for first, second in split]
+    return BPETokenizer(vocab, merges, context_length)

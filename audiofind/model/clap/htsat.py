@@ -59,6 +59,8 @@ def merge(windows: Tensor, window: int, h: int, w: int) -> Tensor:
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside each window, plus a learned bias per head for each relative offset."""
 
+    relative_position_index: Tensor  # buffer, registered in __init__
+
     def __init__(self, dim: int, heads: int, window: int) -> None:
         super().__init__()
         self.heads = heads
@@ -92,6 +94,8 @@ class Mlp(nn.Module):
 
 class SwinBlock(nn.Module):
     """Pre-LayerNorm block: (shifted) window attention, then the MLP, each with a residual."""
+
+    attn_mask: Tensor | None  # buffer: (nW, window², window²) when shifted
 
     def __init__(self, dim: int, resolution: int, heads: int, window: int, shift: int, mlp_ratio: int) -> None:
         super().__init__()
@@ -168,6 +172,9 @@ class PatchEmbed(nn.Module):
 
 class HTSAT(nn.Module):
     """(B, 480000) prepared 48 kHz windows (frontend.prepare) -> (B, width) pooled audio features."""
+
+    stft_kernels: Tensor  # buffers, registered in __init__
+    melW: Tensor
 
     def __init__(self, cfg: HTSATConfig) -> None:
         super().__init__()

@@ -51,6 +51,9 @@ def conditions(filters: Filters | None, roots: list[str]) -> tuple[str, list]:
     if filters.max_duration is not None:
         conds.append("a.duration <= ?")
         params.append(float(filters.max_duration))
+    if filters.paths is not None:
+        conds.append("f.path IN (SELECT value FROM json_each(?))")
+        params.append(json_list(sorted(filters.paths)))
     if filters.min_rate is not None:
         conds.append("a.sample_rate >= ?")
         params.append(int(filters.min_rate))

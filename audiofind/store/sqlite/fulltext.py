@@ -12,6 +12,7 @@ from pathlib import PurePath
 
 import apsw
 
+from audiofind.audio.formats import extension
 from audiofind.audio.names import words
 from audiofind.store.records import Hit, NameQuery, norm_path
 from audiofind.store.sqlite.files import HIT_COLUMNS, hit
@@ -48,7 +49,7 @@ def file_words(path: str, root: str, tags_json: str | None, part: int) -> str:
     if part == 0:
         texts = list(parts[:-1])
     elif part == 1:
-        texts = [parts[-1]]
+        texts = [parts[-1], extension(parts[-1])]  # the extension is a word too: -mp3 leaves MP3s out
     else:
         try:
             tags = json.loads(tags_json or "{}")
