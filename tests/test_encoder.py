@@ -10,7 +10,7 @@ import audiogen
 import numpy as np
 import pytest
 import torch
-from modelkit import DATA, register_tiny, synthetic_model, synthetic_state_dict
+from modelkit import DATA, count_forwards, register_tiny, synthetic_model, synthetic_state_dict
 from torch import nn
 
 from audiofind.audio import decode
@@ -38,13 +38,6 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def batch_norms(module: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
-
-
-def count_forwards(model: nn.Module) -> list[tuple[int, int]]:
-    """(rows, samples) of every forward pass the audio tower runs from now on."""
-    calls: list[tuple[int, int]] = []
-    model.register_forward_hook(lambda _m, args, _out: calls.append((args[0].shape[0], args[0].shape[-1])))
-    return calls
 
 
 def test_loading_for_inference_folds_batch_norm() -> None:

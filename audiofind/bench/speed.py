@@ -353,9 +353,9 @@ def query_speed(encoder: Encoder, sizes: tuple[int, ...] = (10_000, 100_000), pe
 
 def training_speed(device: str = "auto", batch: int = 6, crop_seconds: float = 20.0, steps: int = 3) -> dict[str, float]:
     """Fine-tuning throughput at full size (clips per second) and peak memory."""
-    from audiofind.train import finetune as train
+    from audiofind.train.step import train_throughput
 
-    result = train.train_throughput(AudioCLIPConfig(), device, batch=batch, crop_seconds=crop_seconds, steps=steps)
+    result = train_throughput(AudioCLIPConfig(), device, batch=batch, crop_seconds=crop_seconds, steps=steps)
     return {"train_clips_per_s": float(result["clips_per_s"]), "train_peak_memory_bytes": float(result["peak_memory_mb"]) * 2**20}
 
 

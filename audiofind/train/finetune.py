@@ -28,7 +28,6 @@ from audiofind.train import data, runfolder
 from audiofind.train.config import TrainConfig, check_config, config_dict, resumed_config
 from audiofind.train.loss import PairForward
 from audiofind.train.step import amp_context, apply_gradients, float32_matmuls, prepare_for_training, step_loss
-from audiofind.train.step import train_throughput as train_throughput  # bench/speed.py calls it from here
 from audiofind.train.validation import score_validation
 
 log = logging.getLogger(__name__)
