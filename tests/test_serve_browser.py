@@ -307,7 +307,7 @@ def browser_page(library: Library):  # type: ignore[no-untyped-def]
 @needs_chromium
 def test_a_selected_region_is_what_downloads_and_drags_out(browser_page, library: Library, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from audiofind.audio import region
-    from test_region import decoded, samples
+    from wavkit import decoded, samples
 
     server, open_page = browser_page
     page = open_page(q=QUERY)

@@ -4,6 +4,7 @@ their filters, copies folded, offline roots, the mode selector and the favicon."
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -12,12 +13,21 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-import test_serve
+import servekit
 from audiofind.audio import region
-from test_region import chunks, decoded, samples
-from test_serve import BASE, TOKEN, Served, cli_run
+from servekit import BASE, TOKEN, Served, cli_run
+from wavkit import chunks, decoded, samples
 
-pristine, served = test_serve.pristine, test_serve.served  # the same library and index as test_serve's
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return servekit.build(tmp_path_factory)
+
+
+@pytest.fixture
+def served(pristine: tuple[Path, Path]) -> Iterator[Served]:
+    with servekit.serving(pristine) as served:
+        yield served
 
 
 @pytest.mark.parametrize(("name", "start", "end", "rate", "channels", "bits", "tag"), [
