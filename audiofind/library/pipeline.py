@@ -14,7 +14,7 @@ import math
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -308,7 +308,7 @@ class Pipeline:
 
     def _commit_chunk(self, pending: _InFlight, n: int) -> None:
         work, bounds = pending.work, pending.bounds[:n]
-        audio = AudioRow(work.hash, bounds[-1][1], pending.info.sample_rate, pending.info.channels)
+        audio = _audio_row(work.hash, bounds[-1][1], pending.info)
         vectors = np.stack(_embedded(pending.slots[:n]))
         self.index.add_segments(work.hash, work.path, audio, bounds, vectors)
         pending.bounds, pending.slots = pending.bounds[n:], pending.slots[n:]
@@ -328,15 +328,13 @@ class Pipeline:
             self._fail(pending, e)
             return
         duration = pending.bounds[-1][1] if pending.bounds else self.index.partial_duration(work.hash)
-        audio = AudioRow(work.hash, duration, pending.info.sample_rate, pending.info.channels)
+        # Its fingerprint, for duplicates, is stored with it; made here from the windows, or where it was decoded.
+        printed = pending.printed or (pending.printer.finish().to_bytes() if pending.fed else None)
+        audio = replace(_audio_row(work.hash, duration, pending.info), fingerprint=printed)
         vectors = np.stack(_embedded(pending.slots)) if pending.slots else np.zeros((0, self.encoder.dim), np.float32)
         # dict(): FileRow.tags is a dict[str, str | list[str]], which (invariant) a dict[str, list[str]] is not
         row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, dict(tags))
         self.index.add_file(row, audio, pending.bounds, vectors)
-        # Beside its vectors, for duplicates; a run stopped right here leaves it to the first `duplicates` to make.
-        printed = pending.printed or (pending.printer.finish().to_bytes() if pending.fed else None)
-        if printed is not None:
-            self.index.set_fingerprints({work.hash: printed})
         self.bytes_done += work.size
         self.on_done("embedded", work, pending.skip + len(pending.bounds), duration, None)
 
@@ -358,6 +356,11 @@ class Pipeline:
         self.index.drop_partials(paths=[pending.work.path])
         self.bytes_done += pending.work.size
         self.on_done("failed", pending.work, 0, 0.0, e if isinstance(e, str) else reason_of(e))
+
+
+def _audio_row(hash: str, duration: float, info: decode.AudioInfo) -> AudioRow:
+    """What the index records of a content: its duration and what the decoder read of its header."""
+    return AudioRow(hash, duration, info.sample_rate, info.channels, info.container, info.codec, info.bits)
 
 
 def decode_ahead(

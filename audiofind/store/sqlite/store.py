@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Self
 
@@ -211,7 +212,7 @@ class SqliteStore:
         with self.transaction():
             binding = self._bound()
             if not self.conn.execute("SELECT 1 FROM audio WHERE hash = ?", (hash,)).fetchone():
-                files.add_audio(self.conn, AudioRow(hash, audio.duration, audio.sample_rate, audio.channels))
+                files.add_audio(self.conn, replace(audio, hash=hash))
                 self.conn.execute("INSERT INTO partial (hash, path) VALUES (?, ?)", (hash, norm_path(path)))
             elif not files.is_partial(self.conn, hash):
                 raise ValueError(f"Content {hash} is complete already; it takes no more segments.")
@@ -233,8 +234,7 @@ class SqliteStore:
                 if audio is None or segments is None or vectors is None:
                     raise ValueError(f"Content {row.hash} is unfinished: add_file needs its last segments.")
                 files.add_segments(self.conn, self._bound(), row.hash, segments, vectors)
-                sql = "UPDATE audio SET duration = ?, sample_rate = ?, channels = ? WHERE hash = ?"
-                self.conn.execute(sql, (float(audio.duration), int(audio.sample_rate), int(audio.channels), row.hash))
+                files.set_facts(self.conn, replace(audio, hash=row.hash))
                 self.conn.execute("DELETE FROM partial WHERE hash = ?", (row.hash,))
                 meta.touched(self.conn)  # its segments become searchable
             elif not files.has_audio(self.conn, row.hash):
@@ -243,6 +243,8 @@ class SqliteStore:
                     raise ValueError(f"New content {row.hash} needs its AudioRow, segments and vectors.")
                 files.add_audio(self.conn, audio)
                 files.add_segments(self.conn, binding, row.hash, segments, vectors)
+            if audio is not None and audio.fingerprint is not None:  # with the content, in the same transaction
+                self.set_fingerprints({row.hash: audio.fingerprint})
             files.upsert(self.conn, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", None, row.tags))
             binding = self.model()
             if binding is not None and files.freeze_centre(self.conn, binding.dim):
