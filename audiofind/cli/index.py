@@ -41,22 +41,26 @@ def index_cmd(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again files that failed before, even if unchanged.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Remove indexed files that are gone even when a whole folder, or over a quarter of one, is.")] = False,
     ext: ExtOpt = None,
+    root_name: Annotated[str | None, typer.Option("--root-name", metavar="NAME", help="In a shared (PostgreSQL) index, call the folder NAME, the same on every machine that mounts it (default: HOST:/absolute/path).")] = None,
 ) -> None:
     """Add the audio files under PATHS to the index; re-running only touches what changed."""
     from audiofind.audio.formats import AUDIO_EXTS
     from audiofind.library.rebuild import rebuild as rebuild_index
     from audiofind.library.sync import Event, load_checked, prepare, sync
     from audiofind.library.walk import absolute
-    from audiofind.paths import default_db
-    from audiofind.store import open_store
+    from audiofind.store import check_writable, is_url, open_store
+    from audiofind.store.location import resolve
 
     exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS
-    db_path = db or default_db()
+    db_path = resolve(db)
     roots = absolute(paths)
-    if not Path(db_path).exists():  # nothing indexed yet: a root that is not a folder is a typo, not a drive
+    if root_name is not None and len(roots) != 1:
+        raise UsageError("--root-name names one folder: give exactly one PATH with it.")
+    if is_url(db_path) or not Path(db_path).exists():  # nothing indexed here yet: a root that is not a folder is a typo
         for root in roots:
             if not root.is_dir():
                 raise UsageError(f"{root} is not a folder.")
+    check_writable(db_path)  # a server role that can only read is refused before the model loads
     encoder = load_checked(db_path, weights, device, precision)  # before anything is written: a broken model changes nothing
     index = open_store(db_path, create=True)  # a read-only index is refused here, in its own words
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -82,6 +86,8 @@ def index_cmd(
             bar.update(task, completed=share * 100, total=100, audio=text)  # time left follows the share done
 
         options = dict(exts=exts, retry_failed=retry_failed, on_event=on_event, progress=progress, prune=prune)
+        if root_name is not None:
+            index.mount_root(roots[0], root_name)  # before any file under it is written
         try:
             if rebuild:
                 report = rebuild_index(index, encoder, roots, **options)
