@@ -154,6 +154,8 @@ def vector_schema(db: Db) -> str:
     if row is None:
         try:
             db.conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except pg.UniqueViolation:
+            pass  # another session created it at the same moment
         except (pg.InsufficientPrivilege, pg.FeatureNotSupported, pg.UndefinedFile, pg.ReadOnlySqlTransaction) as e:
             name = db.conn.info.dbname
             raise StorageError(

@@ -1,7 +1,7 @@
 """Numbered schema migrations of the PostgreSQL index, applied in order, once, under an advisory lock.
 
-Each migration runs in one transaction with the row that records it in `_audiofind_migrations`, holding a
-transaction-level advisory lock, so two processes opening a new database at once apply each exactly once. A shipped
+Each migration runs in one transaction with the row that records it in `_audiofind_migrations`, while the session
+holds an advisory lock, so two processes opening a new database at once apply each exactly once. A shipped
 migration is never edited. The vector columns are not here: their width comes from the model (`rows.bind_vectors`).
 """
 
@@ -150,29 +150,34 @@ def check(db: Db) -> None:
 
 
 def migrate(db: Db) -> list[str]:
-    """Apply the pending migrations, each with its record in one transaction under the lock; their names."""
+    """Apply the pending migrations, each with its record in one transaction, all under the lock; their names."""
     check(db)
     if not pending(db):
         return []
+    # A session lock taken before the transactions: each then starts after the last holder committed, and sees
+    # its tables (a lock taken inside a transaction would leave it reading the catalog as it was before).
     lock = key("migrate", db.schema)
-    with db.transaction():
-        db.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
-        db.execute(f"CREATE SCHEMA IF NOT EXISTS {db.schema}")
-        db.execute(
-            f"CREATE TABLE IF NOT EXISTS {db.schema}.{TABLE} "
-            "(seq serial, name text PRIMARY KEY, applied_at timestamptz NOT NULL)"
-        )
-    done = []
-    for fn in MIGRATIONS:
+    db.execute("SELECT pg_advisory_lock(%s)", (lock,))
+    try:
         with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
-            # Read again under the lock: another process may have applied it since we looked.
-            if db.one(f"SELECT 1 FROM {db.schema}.{TABLE} WHERE name = %s", (fn.__name__,)):
-                continue
-            fn(db)
-            sql = f"INSERT INTO {db.schema}.{TABLE} (name, applied_at) VALUES (%s, %s)"
-            db.execute(sql, (fn.__name__, datetime.now(UTC)))
-        log.info("applied migration %s to %s", fn.__name__, db.location)
-        done.append(fn.__name__)
+            db.execute(f"CREATE SCHEMA IF NOT EXISTS {db.schema}")
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {db.schema}.{TABLE} "
+                "(seq serial, name text PRIMARY KEY, applied_at timestamptz NOT NULL)"
+            )
+        done = []
+        for fn in MIGRATIONS:
+            with db.transaction():
+                # Read again under the lock: another process may have applied it since we looked.
+                if db.one(f"SELECT 1 FROM {db.schema}.{TABLE} WHERE name = %s", (fn.__name__,)):
+                    continue
+                fn(db)
+                sql = f"INSERT INTO {db.schema}.{TABLE} (name, applied_at) VALUES (%s, %s)"
+                db.execute(sql, (fn.__name__, datetime.now(UTC)))
+            log.info("applied migration %s to %s", fn.__name__, db.location)
+            done.append(fn.__name__)
+    finally:
+        if not db.conn.closed:
+            db.execute("SELECT pg_advisory_unlock(%s)", (lock,))
     check(db)
     return done
