@@ -98,11 +98,10 @@ def load(db: Db, places: Places, binding: ModelBinding | None, portion: Portion)
         if mount is not None:
             sql = "INSERT INTO mounts (root_id, host, path) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
             db.execute(sql, (at, places.host, mount))
-    for c in portion.contents:
+    if portion.contents:
         if binding is None:
             raise ValueError("Load the binding (the first portion) before contents.")
-        rows.add_audio(db, c.audio)
-        rows.add_segments(db, binding, c.audio.hash, c.segments, c.vectors, exact=True)
+        _load_contents(db, binding.dim, portion.contents)
     if portion.files:
         _load_files(db, places, portion.files)
     places.reload()
@@ -113,6 +112,18 @@ def _named(name: str, host: str, mount: str | None) -> tuple[str, str | None]:
     if os.path.isabs(name):
         return f"{host}:{name}", name
     return check_name(name), mount
+
+
+def _load_contents(db: Db, dim: int, contents: list[Content]) -> None:
+    """Audio rows, then every segment with its vector exactly as given: two binary COPYs."""
+    with db.copy("COPY audio (hash, duration, sample_rate, channels) FROM STDIN (FORMAT BINARY)",
+                 ["text", "float8", "int4", "int4"]) as copy:  # fmt: skip
+        for c in contents:
+            copy.write_row((c.audio.hash, float(c.audio.duration), int(c.audio.sample_rate), int(c.audio.channels)))
+    hashes = [c.audio.hash for c in contents for _ in c.segments]
+    spans = [s for c in contents for s in c.segments]
+    v = np.concatenate([np.asarray(c.vectors, np.float32).reshape(-1, dim) for c in contents])
+    rows.copy_segments(db, dim, hashes, spans, v)
 
 
 _FILE_FIELDS = "id, root_id, relpath, size, mtime_ns, hash, status, error, tags, folded, indexed_at, words, n_words"

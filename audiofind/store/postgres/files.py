@@ -91,35 +91,32 @@ def add_segments(
 
 
 def add(
-    db: Db, places: Places, binding: ModelBinding | None, row: FileRow, audio: AudioRow | None,
-    segments: list[tuple[float, float]] | None, vectors: np.ndarray | None,
+    db: Db, places: Places, row: FileRow, audio: AudioRow | None, segments: list[tuple[float, float]] | None,
+    vectors: np.ndarray | None,
 ) -> bool:  # fmt: skip
     """One ok file, its content added or ended if new or unfinished; True if it ended an unfinished content."""
     if row.hash is None:
         raise ValueError("add_file needs a content hash; use record_failure for files that failed.")
     root, rel = place(places, row.path, row.root)
-    rows.lock_content(db, row.hash)
-    ended = rows.is_partial(db, row.hash)
-    if ended or not rows.has_audio(db, row.hash):
+    facts, (stored, ended) = rows.lock_and_read(db, row.hash)
+    binding = ModelBinding.from_meta(facts)
+    if ended or not stored:
         if binding is None:
             raise ValueError("Bind a model (bind_model) before adding vectors.")
-        if audio is None or segments is None or vectors is None:
+        if audio is None or segments is None or vectors is None or (not ended and audio.hash != row.hash):
             raise ValueError(
                 f"Content {row.hash} needs its AudioRow, segments and vectors (its last ones if unfinished)."
             )
         if ended:
-            rows.add_segments(db, binding, row.hash, segments, vectors)
             sql = "UPDATE audio SET duration = %s, sample_rate = %s, channels = %s WHERE hash = %s"
             db.execute(sql, (float(audio.duration), int(audio.sample_rate), int(audio.channels), row.hash))
             db.execute("DELETE FROM partial WHERE hash = %s", (row.hash,))
         else:
-            if audio.hash != row.hash:
-                raise ValueError(f"New content {row.hash} needs its AudioRow, segments and vectors.")
             rows.add_audio(db, audio)
-            rows.add_segments(db, binding, row.hash, segments, vectors)
+        rows.add_segments(db, binding, row.hash, segments, vectors, facts)
     rows.upsert(db, root, rel, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", None, row.tags))
     if binding is not None:
-        rows.freeze_centre(db, binding.dim)
+        rows.freeze_centre(db, binding.dim, facts)
     return ended
 
 

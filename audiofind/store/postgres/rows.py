@@ -50,9 +50,10 @@ def meta(db: Db) -> dict[str, object]:
     return dict(db.execute("SELECT key, value FROM meta").fetchall())
 
 
-def centre(db: Db) -> np.ndarray | None:
-    """The frozen centre of the binary codes, or None while the index is small."""
-    found = db.value("SELECT value FROM meta WHERE key = 'centre'")
+def centre(db: Db, facts: dict | None = None) -> np.ndarray | None:
+    """The frozen centre of the binary codes (from facts, the meta table read already), or None while the index
+    is small."""
+    found = facts.get("centre") if facts is not None else db.value("SELECT value FROM meta WHERE key = 'centre'")
     return np.frombuffer(bytes.fromhex(found), np.float32).copy() if isinstance(found, str) else None
 
 
@@ -75,6 +76,25 @@ def bind_vectors(db: Db, dim: int | None) -> None:
 def lock_content(db: Db, hash: str) -> None:
     """Hold this content's advisory lock until the transaction ends."""
     db.execute("SELECT pg_advisory_xact_lock(%s)", (key("content", db.schema, hash),))
+
+
+def state(db: Db, hash: str) -> tuple[bool, bool]:
+    """(stored, unfinished): whether an audio row exists for this content, and whether it is still being embedded."""
+    sql = "SELECT EXISTS (SELECT 1 FROM audio WHERE hash = %s), EXISTS (SELECT 1 FROM partial WHERE hash = %s)"
+    return db.one(sql, (hash, hash))
+
+
+def lock_and_read(db: Db, hash: str) -> tuple[dict, tuple[bool, bool]]:
+    """Take the content's lock, then read the meta table and the content's state: one round trip (pipelined), each
+    read after the lock, so it sees what other writers committed before."""
+    with db.pipeline():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (key("content", db.schema, hash),))
+        facts = db.execute("SELECT key, value FROM meta")
+        found = db.execute(
+            "SELECT EXISTS (SELECT 1 FROM audio WHERE hash = %s), EXISTS (SELECT 1 FROM partial WHERE hash = %s)",
+            (hash, hash),
+        )
+    return dict(facts.fetchall()), found.fetchone()
 
 
 def is_partial(db: Db, hash: str) -> bool:
@@ -102,36 +122,39 @@ def bits(codes: np.ndarray, dim: int) -> list[Bit]:
 
 
 def add_segments(
-    db: Db,
-    binding: ModelBinding,
-    hash: str,
-    segments: list[tuple[float, float]],
-    vectors: np.ndarray,
-    exact: bool = False,
-) -> None:
-    """Segments of a content and their vectors (normalised here, unless exact: stored as given), coded once the
-    index has a centre; one binary COPY."""
-    if exact:
-        v = np.ascontiguousarray(vectors, dtype=np.float32)
-    else:
-        v = vec.normalize(vectors) if len(segments) else np.zeros((0, binding.dim), np.float32)
-    if v.shape != (len(segments), binding.dim) or not np.all(np.isfinite(v)):
+    db: Db, binding: ModelBinding, hash: str, segments: list[tuple[float, float]], vectors: np.ndarray,
+    facts: dict | None = None,
+) -> None:  # fmt: skip
+    """Segments of a content and their vectors (normalised here), coded once the index has a centre; one COPY."""
+    v = vec.normalize(vectors) if len(segments) else np.zeros((0, binding.dim), np.float32)
+    if v.shape != (len(segments), binding.dim):
         raise ValueError(f"Expected vectors of shape ({len(segments)}, {binding.dim}), got {v.shape}.")
+    copy_segments(db, binding.dim, [hash] * len(segments), segments, v, facts)
+
+
+def copy_segments(
+    db: Db, dim: int, hashes: list[str], segments: list[tuple[float, float]], v: np.ndarray, facts: dict | None = None
+) -> None:
+    """Segment rows (hash, start, end) with their vectors (N, D) stored as given, coded once the index has a centre,
+    in one binary COPY (facts: the meta table, if read already)."""
     if not len(segments):
         return
-    found = centre(db)
-    codes = bits(vec.binary_codes(v, found), binding.dim) if found is not None else [None] * len(segments)
+    if v.shape != (len(segments), dim) or not np.all(np.isfinite(v)):
+        raise ValueError(f"Expected finite vectors of shape ({len(segments)}, {dim}), got {v.shape}.")
+    found = centre(db, facts)
+    codes = bits(vec.binary_codes(v, found), dim) if found is not None else [None] * len(segments)
     sql = 'COPY segments (hash, start, "end", embedding, code) FROM STDIN (FORMAT BINARY)'
     with db.copy(sql, ["text", "float8", "float8", "vector", "bit"]) as copy:
-        for (start, end), row, code in zip(segments, v, codes):
-            copy.write_row((hash, float(start), float(end), row, code))
+        for h, (start, end), row, code in zip(hashes, segments, v, codes):
+            copy.write_row((h, float(start), float(end), row, code))
 
 
 def upsert(db: Db, root: Root, relpath: str, row: FileRow) -> None:
     """Insert or replace the file at (root, relpath); a content no file references any more is collected."""
-    old = db.value("SELECT hash FROM files WHERE root_id = %s AND relpath = %s FOR UPDATE", (root.id, relpath))
     ok = row.status == "ok"
     words, n_words, terms = fulltext.columns(relpath, root.label, row.tags) if ok else (None, 0, None)
+    # Read (and lock) the row it replaces first: a CTE could not lock a row its own upsert changes.
+    old = db.value("SELECT hash FROM files WHERE root_id = %s AND relpath = %s FOR UPDATE", (root.id, relpath))
     db.execute(
         """INSERT INTO files (root_id, relpath, size, mtime_ns, hash, status, error, tags, folded, indexed_at, words,
              n_words, terms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::tsvector)
@@ -198,9 +221,9 @@ def segment_vectors(db: Db, hash: str, dim: int) -> tuple[list[tuple[float, floa
     return [(s, e) for s, e, _ in rows], np.stack([v for _, _, v in rows])
 
 
-def freeze_centre(db: Db, dim: int) -> bool:
+def freeze_centre(db: Db, dim: int, facts: dict | None = None) -> bool:
     """Once the index is big enough, fix the centre of the binary codes and code every segment; True if it did."""
-    if centre(db) is not None or db.value("SELECT count(*) FROM segments") < CENTRE_AFTER:
+    if centre(db, facts) is not None or db.value("SELECT count(*) FROM segments") < CENTRE_AFTER:
         return False
     db.execute("SELECT pg_advisory_xact_lock(%s)", (key("centre", db.schema),))
     if centre(db) is not None:  # another writer froze it while we waited

@@ -145,12 +145,23 @@ def optimize(db: Db) -> None:
     if db.in_transaction or not db.value("SELECT pg_try_advisory_lock(%s)", (lock,)):
         return
     try:
-        if not db.value("SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = 'segments'::regclass"):
+        if not owner(db):
             log.info("only the owner of %s builds its search index", db.location)
         elif build_index(db):
             log.info("built the HNSW index of %s", db.location)
     finally:
         db.execute("SELECT pg_advisory_unlock(%s)", (lock,))
+
+
+def owner(db: Db) -> bool:
+    """Whether this role owns the tables (only the owner creates and drops their indexes)."""
+    return bool(db.value("SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = 'segments'::regclass"))
+
+
+def drop_index(db: Db) -> None:
+    """Drop the HNSW index, if this role may."""
+    if owner(db):
+        db.execute(f"DROP INDEX IF EXISTS {INDEX}")
 
 
 def build_index(db: Db) -> bool:

@@ -186,6 +186,7 @@ class PostgresStore:
         with self.transaction():
             for table in ("files", "partial", "segments", "audio", "mounts", "roots", "meta"):
                 self.db.execute(f"DELETE FROM {table}")  # vector columns stay, for the next bind to keep or change
+            search.drop_index(self.db)  # rebuilt when the new content is large enough (a bulk load is faster without)
         self.places.reload()
         log.info("reset %s", self.location)
 
@@ -250,7 +251,7 @@ class PostgresStore:
     ) -> None:
         """Store one indexed file in one transaction; audio, segments and vectors are used only if its hash is new."""
         with self.transaction():
-            if files.add(self.db, self.places, self.model(), row, audio, segments, vectors):
+            if files.add(self.db, self.places, row, audio, segments, vectors):
                 self.to_release.add(str(row.hash))  # its claim goes once this commits
 
     def drop_partials(self, keep: Iterable[str] = (), paths: Iterable[str] | None = None) -> int:
