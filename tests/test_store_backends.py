@@ -125,7 +125,10 @@ def test_a_failed_write_is_undone_alone_inside_a_batch(index: Store, tmp_path: P
         add(index, tmp_path / "c.wav", "h3", np.ones((1, D)))
         with pytest.raises(ValueError, match="not in the index"):
             index.move_file(tmp_path / "ghost.wav", tmp_path / "a.wav", tmp_path, 1, 1)
+        with pytest.raises(ValueError, match="finite"):  # fails after its audio row was written
+            add(index, tmp_path / "x.wav", "hx", np.full((1, D), np.nan))
         add(index, tmp_path / "d.wav", "h4", np.ones((1, D)))
+    assert not index.has_audio("hx") and index.stats().audio == 4
     assert [Path(r.path).name for r in index.files_under([tmp_path])] == ["a.wav", "b.wav", "c.wav", "d.wav"]
     with pytest.raises(RuntimeError), index.transaction():  # the whole batch goes when it fails
         add(index, tmp_path / "e.wav", "h5", np.ones((1, D)))
@@ -180,7 +183,11 @@ def test_partial_chunks_are_hidden_and_resumed(index: Store, tmp_path: Path) -> 
         resumed.add_segments("M", str(tmp_path / "m.wav"), AudioRow("M", 5.0, 44100, 1), spans[:1], v[:1])
         assert resumed.drop_partials(keep=["M"]) == 0 and resumed.drop_partials(paths=[tmp_path / "other.wav"]) == 0
         assert resumed.drop_partials(paths=[tmp_path / "m.wav"]) == 1 and resumed.partial_segments("M") == 0
-        assert resumed.stats().segments == 8
+        resumed.add_segments("N", str(tmp_path / "n.wav"), AudioRow("N", 5.0, 44100, 1), spans[:1], v[:1])
+        resumed.add_file(FileRow(str(tmp_path / "n.wav"), str(tmp_path), 1, 1, "N"), AudioRow("N", 7.5, 44100, 1), spans[1:2], v[1:2])
+        with reopen(resumed) as third:  # finished or dropped: nobody holds their claims any more
+            assert third.claim("M") and third.claim("N")
+        assert resumed.stats().segments == 10
         with pytest.raises(ValueError, match="complete already"):
             resumed.add_segments("L", str(path), AudioRow("L", 1.0, 44100, 1), spans[:1], v[:1])
 
@@ -281,11 +288,16 @@ def test_the_candidate_path_matches_exact_and_keeps_k_under_filters(store: Store
             add(store, tmp_path / f"d{f % 3}" / f"{f}.wav", f"h{f}", data.vectors[data.file_of == f], 1.0 + f % 20, root=tmp_path)
     store.optimize()
     assert store.stats().quantised
+    exact_all = {hash(q.tobytes()): [(h.path, h.score) for h in store.search(q, 10, exact=True)] for q in data.queries[:4]}
     if is_postgres(store):
         assert pg_search.indexed(store.db)  # type: ignore[attr-defined]
     for q in data.queries:
         exact = [(h.path, h.score) for h in store.search(q, 10, exact=True)]
         assert [(h.path, h.score) for h in store.search(q, 10)] == exact
+    monkeypatch.setattr(pg_search, "CANDIDATES", 30)  # an exact search that must widen (and know when to stop)
+    monkeypatch.setattr(pg_search, "CANDIDATES_PER_FILE", 0)
+    for q in data.queries[:4]:
+        assert [(h.path, h.score) for h in store.search(q, 10, exact=True)] == exact_all[hash(q.tobytes())]
     # Few candidates at a time: the search widens until it has k files, also under a tight filter.
     monkeypatch.setattr(pg_search, "CANDIDATES", 1)
     monkeypatch.setattr(pg_search, "CANDIDATES_PER_FILE", 0)

@@ -121,9 +121,13 @@ class Db:
         if self.in_transaction:
             yield
             return
-        with self.transaction():
-            self.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield
+        # Said in the BEGIN itself (psycopg writes it from these): one round trip less than a SET TRANSACTION.
+        self.conn.isolation_level, self.conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+        try:
+            with self.transaction():
+                yield
+        finally:
+            self.conn.isolation_level, self.conn.read_only = None, None
 
     def close(self) -> None:
         """End the session (the server releases its advisory locks)."""

@@ -78,12 +78,6 @@ def lock_content(db: Db, hash: str) -> None:
     db.execute("SELECT pg_advisory_xact_lock(%s)", (key("content", db.schema, hash),))
 
 
-def state(db: Db, hash: str) -> tuple[bool, bool]:
-    """(stored, unfinished): whether an audio row exists for this content, and whether it is still being embedded."""
-    sql = "SELECT EXISTS (SELECT 1 FROM audio WHERE hash = %s), EXISTS (SELECT 1 FROM partial WHERE hash = %s)"
-    return db.one(sql, (hash, hash))
-
-
 def lock_and_read(db: Db, hash: str) -> tuple[dict, tuple[bool, bool]]:
     """Take the content's lock, then read the meta table and the content's state: one round trip (pipelined), each
     read after the lock, so it sees what other writers committed before."""

@@ -300,10 +300,7 @@ class PostgresStore:
     ) -> list[Hit]:
         """The k files whose best segment is closest to any of the query vectors, best first (see search.search)."""
         with self.reading():
-            binding = self.model()
-            if binding is None:
-                return []
-            return search.search(self.db, self.places, binding, queries, k, filters, exact)
+            return search.search(self.db, self.places, queries, k, filters, exact)
 
     def search_names(self, query: NameQuery, limit: int, filters: Filters | None = None) -> list[Hit]:
         """Ok files whose names and tags match query, best BM25 first; score is the relevance."""
