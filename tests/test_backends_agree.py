@@ -56,7 +56,9 @@ def pair(pg_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def same_hits(a: list, b: list, tol: float) -> None:
     assert [h.path for h in a] == [h.path for h in b]
-    assert [(h.start, h.end, h.duration, h.hash, h.tags) for h in a] == [(h.start, h.end, h.duration, h.hash, h.tags) for h in b]
+    assert [(h.start, h.end, h.duration, h.hash, h.tags) for h in a] == [
+        (h.start, h.end, h.duration, h.hash, h.tags) for h in b
+    ]
     assert np.allclose([h.score for h in a], [h.score for h in b], atol=tol, rtol=0)
 
 

@@ -110,7 +110,10 @@ def test_a_database_without_an_index_is_not_one(pg_url: str) -> None:
 
 def test_passwords_never_show() -> None:
     assert redact("postgresql://me:pw@host:5432/db") == "postgresql://me:***@host:5432/db"
-    assert redact("postgres://me@host/db?password=pw&sslmode=require") == "postgres://me@host/db?password=***&sslmode=require"
+    assert (
+        redact("postgres://me@host/db?password=pw&sslmode=require")
+        == "postgres://me@host/db?password=***&sslmode=require"
+    )
     assert redact("postgresql://host/db") == "postgresql://host/db"
     line = one_line_error("status", "--db", f"postgresql://me:{SECRET}@127.0.0.1:1/db")
     assert "Cannot reach the PostgreSQL server at postgresql://me:***@127.0.0.1:1/db" in line and SECRET not in line
@@ -138,7 +141,9 @@ def password_role(pg_server, pg_url: str):  # type: ignore[no-untyped-def]
         a.execute("DROP ROLE pw_user")
 
 
-def test_the_password_comes_from_the_url_or_pgpassword_and_a_wrong_one_is_one_line(password_role: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_password_comes_from_the_url_or_pgpassword_and_a_wrong_one_is_one_line(
+    password_role: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     url = password_role
     with open_store(url.replace("pw_user@", f"pw_user:{SECRET}@"), create=True) as ix:
         ix.bind_model(BINDING)
@@ -193,14 +198,18 @@ def test_missing_pgvector_and_missing_drivers_are_one_line(pg_server, pg_url: st
     assert 'pip install "audiofind[postgres]"' in line and "pw@" not in line
 
 
-def test_a_server_restart_mid_write_is_a_typed_error_and_the_next_run_continues(pg_server, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_server_restart_mid_write_is_a_typed_error_and_the_next_run_continues(
+    pg_server, pg_url: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     add = lambda ix, name, h: ix.add_file(FileRow(str(tmp_path / name), str(tmp_path), 1, 1, h),
                                           AudioRow(h, 1.0, 44100, 1), [(0.0, 1.0)], np.ones((1, 16)))  # fmt: skip
     with open_store(pg_url, create=True) as ix:
         ix.bind_model(BINDING)
         add(ix, "a.wav", "ha")
         pid = ix.db.conn.info.backend_pid  # type: ignore[attr-defined]
-        with pytest.raises(ConnectionLost, match="was lost .*; everything committed so far is kept: run the same command again"):
+        with pytest.raises(
+            ConnectionLost, match="was lost .*; everything committed so far is kept: run the same command again"
+        ):
             with ix.transaction():
                 add(ix, "b.wav", "hb")
                 with admin(pg_server) as a:  # what a restart does to every session
@@ -266,7 +275,9 @@ with open_store(sys.argv[1], create=True) as ix:
 def test_a_killed_writer_drops_its_claims(pg_url: str, tmp_path: Path) -> None:
     with open_store(pg_url, create=True) as ix:
         ix.bind_model(BINDING)
-        child = subprocess.Popen([sys.executable, "-c", HOLDER, pg_url, str(tmp_path / "long.wav")], stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, pg_url, str(tmp_path / "long.wav")], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert child.stdout.readline().strip() == "claimed"
             assert not ix.claim("held") and not ix.claim("long")  # a live writer's, its unfinished content too
@@ -291,7 +302,12 @@ def test_machines_share_a_named_root_wherever_they_mount_it(pg_url: str, tmp_pat
         ix.bind_model(BINDING)
         assert ix.mount_root(a, "sfx") == "sfx"
         for name in ("doors/creak.wav", "doors/slam.wav"):
-            ix.add_file(FileRow(str(a / name), str(a), 1, 1, name), AudioRow(name, 1.0, 44100, 1), [(0.0, 1.0)], np.ones((1, 16)))
+            ix.add_file(
+                FileRow(str(a / name), str(a), 1, 1, name),
+                AudioRow(name, 1.0, 44100, 1),
+                [(0.0, 1.0)],
+                np.ones((1, 16)),
+            )
         ix.touch_root(a)
     monkeypatch.setenv("AUDIOFIND_HOST", "studio-b")  # the same share, mounted elsewhere
     with open_store(pg_url, create=True) as ix:
@@ -310,7 +326,9 @@ def test_machines_share_a_named_root_wherever_they_mount_it(pg_url: str, tmp_pat
     cli("roots", "map", "sfx", tmp_path / "laptop-sfx")
     with open_store(pg_url) as ix:
         assert ix.roots()[0].path == str(tmp_path / "laptop-sfx") and ix.roots()[0].local
-        assert sorted(h.path for h in ix.search(np.ones(16), 5))[0] == str(tmp_path / "laptop-sfx" / "doors" / "creak.wav")
+        assert sorted(h.path for h in ix.search(np.ones(16), 5))[0] == str(
+            tmp_path / "laptop-sfx" / "doors" / "creak.wav"
+        )
     cli("roots", "unmap", "sfx")
     with open_store(pg_url) as ix:
         assert ix.roots()[0].path == "sfx:"

@@ -55,7 +55,9 @@ def test_bind_check_and_refuse_another_model(index: Store, tmp_path: Path) -> No
     for call in (index.bind_model, index.check_model):
         with pytest.raises(SchemaMismatch) as e:
             call(other)
-        assert str(e.value).startswith("This index was built with model 'tiny' (sha256 abababababab...); you asked for 'finetuned'.")
+        assert str(e.value).startswith(
+            "This index was built with model 'tiny' (sha256 abababababab...); you asked for 'finetuned'."
+        )
         assert "Rebuild it with: audiofind index --rebuild -w finetuned --db" in str(e.value)
     index.check_model(ModelBinding("renamed", BINDING.sha256, D, 5.0, 2.5))
     index.bind_model(ModelBinding("renamed", BINDING.sha256, D, 5.0, 2.5))  # renaming is free
@@ -140,7 +142,11 @@ def test_files_under_roots(index: Store, tmp_path: Path) -> None:
     for name in ("music/a.wav", "music/sub/b.wav", "musicals/c.wav", "sfx/d.wav"):
         add(index, tmp_path / name, name, np.ones((1, D)), root=tmp_path)
     rows = index.files_under([tmp_path / "music", tmp_path / "sfx" / "d.wav"])
-    assert [Path(r.path).relative_to(tmp_path).as_posix() for r in rows] == ["music/a.wav", "music/sub/b.wav", "sfx/d.wav"]
+    assert [Path(r.path).relative_to(tmp_path).as_posix() for r in rows] == [
+        "music/a.wav",
+        "music/sub/b.wav",
+        "sfx/d.wav",
+    ]
     assert len(index.files_under([tmp_path])) == 4 and len(index.files_under([tmp_path.parent])) == 4
     assert index.files_under([]) == [] and index.files_under([tmp_path / "mus"]) == []
 
@@ -184,7 +190,9 @@ def test_partial_chunks_are_hidden_and_resumed(index: Store, tmp_path: Path) -> 
         assert resumed.drop_partials(keep=["M"]) == 0 and resumed.drop_partials(paths=[tmp_path / "other.wav"]) == 0
         assert resumed.drop_partials(paths=[tmp_path / "m.wav"]) == 1 and resumed.partial_segments("M") == 0
         resumed.add_segments("N", str(tmp_path / "n.wav"), AudioRow("N", 5.0, 44100, 1), spans[:1], v[:1])
-        resumed.add_file(FileRow(str(tmp_path / "n.wav"), str(tmp_path), 1, 1, "N"), AudioRow("N", 7.5, 44100, 1), spans[1:2], v[1:2])
+        resumed.add_file(
+            FileRow(str(tmp_path / "n.wav"), str(tmp_path), 1, 1, "N"), AudioRow("N", 7.5, 44100, 1), spans[1:2], v[1:2]
+        )
         with reopen(resumed) as third:  # finished or dropped: nobody holds their claims any more
             assert third.claim("M") and third.claim("N")
         assert resumed.stats().segments == 10
@@ -285,10 +293,19 @@ def test_the_candidate_path_matches_exact_and_keeps_k_under_filters(store: Store
     store.bind_model(ModelBinding("tiny256", "ab" * 32, 256, 5.0, 2.5))
     with store.transaction():
         for f in range(int(data.file_of[-1]) + 1):
-            add(store, tmp_path / f"d{f % 3}" / f"{f}.wav", f"h{f}", data.vectors[data.file_of == f], 1.0 + f % 20, root=tmp_path)
+            add(
+                store,
+                tmp_path / f"d{f % 3}" / f"{f}.wav",
+                f"h{f}",
+                data.vectors[data.file_of == f],
+                1.0 + f % 20,
+                root=tmp_path,
+            )
     store.optimize()
     assert store.stats().quantised
-    exact_all = {hash(q.tobytes()): [(h.path, h.score) for h in store.search(q, 10, exact=True)] for q in data.queries[:4]}
+    exact_all = {
+        hash(q.tobytes()): [(h.path, h.score) for h in store.search(q, 10, exact=True)] for q in data.queries[:4]
+    }
     if is_postgres(store):
         assert pg_search.indexed(store.db)  # type: ignore[attr-defined]
     for q in data.queries:
@@ -331,8 +348,15 @@ def named_library(ix: Store, root: Path) -> None:
 @pytest.mark.parametrize(
     "query, expected",
     [
-        (NameQuery(words=["door", "creak"]), ["Creak_Door_Hinge.wav", "Door_Creak_Slow_01.wav", "Old_Door_Creak_02.wav",
-                                              "DOORWood_Creak Slow Old Barn_JD_01.wav"]),  # fmt: skip
+        (
+            NameQuery(words=["door", "creak"]),
+            [
+                "Creak_Door_Hinge.wav",
+                "Door_Creak_Slow_01.wav",
+                "Old_Door_Creak_02.wav",
+                "DOORWood_Creak Slow Old Barn_JD_01.wav",
+            ],
+        ),  # fmt: skip
         (NameQuery(words=["creaks"]), None),  # stemmed at both ends
         (NameQuery(phrases=["door creak"]), ["Door_Creak_Slow_01.wav", "Old_Door_Creak_02.wav"]),
         (NameQuery(phrases=["creak door"]), ["Creak_Door_Hinge.wav"]),
@@ -368,7 +392,12 @@ def test_names_follow_moves_changes_failures_and_reindex(index: Store, tmp_path:
     assert index.reindex_names() == len(NAMES) - 1
     assert text("percussion") == {"Boom.wav"}
     held = index.names_holding(["door creak", "barn", "nothing"], [str(tmp_path / n) for n in list(NAMES)[:4]])
-    assert [held[str(tmp_path / n)] for n in list(NAMES)[:4]] == [["door creak", "barn"][:1], ["door creak", "barn"], [], ["barn"]]
+    assert [held[str(tmp_path / n)] for n in list(NAMES)[:4]] == [
+        ["door creak", "barn"][:1],
+        ["door creak", "barn"],
+        [],
+        ["barn"],
+    ]
 
 
 # Roots, status, claims.
@@ -394,14 +423,19 @@ def test_stats(index: Store, tmp_path: Path) -> None:
 
 def test_roots_are_named_counted_and_mounted_here(index: Store, tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
-    assert index.mount_root(tmp_path / "a") == (f"{os.uname().nodename}:{tmp_path / 'a'}" if is_postgres(index) else str(tmp_path / "a"))
+    assert index.mount_root(tmp_path / "a") == (
+        f"{os.uname().nodename}:{tmp_path / 'a'}" if is_postgres(index) else str(tmp_path / "a")
+    )
     add(index, tmp_path / "a" / "x.wav", "h1", np.ones((1, D)))
     add(index, tmp_path / "b" / "y.wav", "h2", np.ones((1, D)))
     index.record_failure(tmp_path / "b" / "z.wav", tmp_path / "b", 1, 1, "bad")
     for root in (tmp_path / "a", tmp_path / "b"):
         index.touch_root(root)
     found = index.roots()
-    assert [(r.path, r.local, r.files) for r in found] == [(str(tmp_path / "a"), True, 1), (str(tmp_path / "b"), True, 2)]
+    assert [(r.path, r.local, r.files) for r in found] == [
+        (str(tmp_path / "a"), True, 1),
+        (str(tmp_path / "b"), True, 2),
+    ]
     assert all(r.name and r.last_indexed_at for r in found)
     if is_postgres(index):
         assert index.mount_root(tmp_path / "b", "sfx") == "sfx"  # renaming keeps its files
@@ -451,7 +485,9 @@ def test_a_staged_rebuild_replaces_the_index_at_once(index: Store, tmp_path: Pat
         reader.close()
         index.replace_with(staged)
     with open_store(where(index)) as swapped:
-        assert swapped.model().name == "new" and [Path(r.path).name for r in swapped.files_under([tmp_path])] == ["new.wav"]
+        assert swapped.model().name == "new" and [Path(r.path).name for r in swapped.files_under([tmp_path])] == [
+            "new.wav"
+        ]
         assert swapped.staging().stats().files == 0
 
 

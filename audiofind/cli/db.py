@@ -11,11 +11,14 @@ db_app = sub_app("Work on whole indexes: copy one between SQLite files and Postg
 app.add_typer(db_app, name="db")
 
 
-
 @db_app.command("copy")
 def copy_cmd(
-    src: Annotated[str, typer.Argument(help="The index to copy: an SQLite file or a postgresql:// URL.", show_default=False)],
-    dst: Annotated[str, typer.Argument(help="Where to copy it: an SQLite file or a postgresql:// URL.", show_default=False)],
+    src: Annotated[
+        str, typer.Argument(help="The index to copy: an SQLite file or a postgresql:// URL.", show_default=False)
+    ],
+    dst: Annotated[
+        str, typer.Argument(help="Where to copy it: an SQLite file or a postgresql:// URL.", show_default=False)
+    ],
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite the index DST already holds.")] = False,
     json_out: JsonOpt = False,
 ) -> None:

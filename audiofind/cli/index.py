@@ -54,8 +54,8 @@ def index_cmd(
     exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS
     db_path = resolve(db)
     roots = absolute(paths)
-    if root_name is not None and len(roots) != 1:
-        raise UsageError("--root-name names one folder: give exactly one PATH with it.")
+    if root_name is not None and (len(roots) != 1 or not is_url(db_path)):
+        raise UsageError("--root-name names one folder (give exactly one PATH) of a shared index (--db postgresql://...); an SQLite index names its folders by their paths.")
     if is_url(db_path) or not Path(db_path).exists():  # nothing indexed here yet: a root that is not a folder is a typo
         for root in roots:
             if not root.is_dir():
