@@ -57,6 +57,7 @@ class Db:
         self.url = url
         self.location = redact(url)
         self.schema = schema
+        self.settings: dict[str, str] = {}  # session settings as last set (set_once skips a repeat)
 
     def execute(self, sql: str, params: Any = None, binary: bool = False) -> psycopg.Cursor:
         """Run one statement; its rows are fetched already (client-side cursor)."""
@@ -98,8 +99,20 @@ class Db:
         try:
             with self.conn.transaction():
                 yield
-        except psycopg.Error as e:
-            raise storage_error(self, e) from e
+        except BaseException as e:
+            self.settings.clear()  # a rollback undoes the SETs made inside
+            if isinstance(e, psycopg.Error):
+                raise storage_error(self, e) from e
+            raise
+
+    def set_once(self, **values: object) -> None:
+        """Set session settings (`hnsw_ef_search=400` is hnsw.ef_search), skipping those already at that value."""
+        todo = {k.replace("_", ".", 1): str(v) for k, v in values.items()}
+        todo = {k: v for k, v in todo.items() if self.settings.get(k) != v}
+        if todo:
+            sql = "SELECT " + ", ".join("set_config(%s, %s, false)" for _ in todo)
+            self.execute(sql, [x for kv in todo.items() for x in kv])
+            self.settings.update(todo)
 
     @contextmanager
     def pipeline(self) -> Iterator[None]:

@@ -98,12 +98,10 @@ def _nearest_codes(
 ) -> tuple[Fetched, bool]:
     """Of the look segments nearest to each query's code (Hamming, through the index), the want of highest inner
     product (ordered on the server: only those travel); whether a query may have more."""
-    # For this transaction: how wide the search, and keep going until `want` pass the conditions.
-    db.execute(
-        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
-        "set_config('hnsw.max_scan_tuples', %s, true)",
-        (str(min(look, EF_MAX)), str(max(SCAN_MAX, 2 * look))),
-    )
+    # How wide the search, and keep going until `look` pass the conditions (for the session: a round trip saved
+    # whenever the next search asks the same).
+    db.set_once(hnsw_ef_search=min(look, EF_MAX), hnsw_iterative_scan="relaxed_order",
+                hnsw_max_scan_tuples=max(SCAN_MAX, 2 * look))  # fmt: skip
     sql = (
         'WITH c AS MATERIALIZED (SELECT s.id, s.hash, s.start, s."end", s.embedding FROM segments s '
         f"WHERE s.code IS NOT NULL AND {where} ORDER BY s.code <~> %s LIMIT %s) "
