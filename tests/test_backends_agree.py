@@ -54,6 +54,23 @@ def pair(pg_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         yield lite, pg, queries, root
 
 
+def test_both_freeze_the_same_code_centre_and_codes(pg_url: str, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from audiofind.store.postgres import rows
+    from audiofind.store.sqlite import files
+
+    monkeypatch.setattr(rows, "CENTRE_AFTER", 300)
+    monkeypatch.setattr(files, "CENTRE_AFTER", 300)
+    with open_store(tmp_path / "index.db", create=True) as lite, open_store(pg_url, create=True) as pg:
+        for ix in (lite, pg):
+            build(ix, tmp_path / "Library")
+        centres = [next(iter(ix.dump())).centre for ix in (lite, pg)]
+        assert centres[0] is not None and centres[0].tobytes() == centres[1].tobytes()
+        codes_lite = sorted((h, s, bytes(c)) for h, s, c in lite.conn.execute("SELECT hash, start, code FROM segments"))
+        found = pg.db.execute("SELECT hash, start, code FROM segments").fetchall()
+        codes_pg = sorted((h, s, int(str(c), 2).to_bytes(D // 8, "big") + bytes(-(D // 8) % 8)) for h, s, c in found)
+        assert codes_lite == codes_pg
+
+
 def same_hits(a: list, b: list, tol: float) -> None:
     assert [h.path for h in a] == [h.path for h in b]
     assert [(h.start, h.end, h.duration, h.hash, h.tags) for h in a] == [

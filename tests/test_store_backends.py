@@ -210,7 +210,7 @@ def library(ix: Store, root: Path) -> dict[str, np.ndarray]:
         "a": (basis[[0, 1, 2]], 8.0, {"artist": ["Björk", "Sigur Rós"], "genre": "Ambient"}),
         "b": (basis[[3, 4]], 3.0, {"artist": "Dog"}),
         "c": (basis[[5]] + 0.5 * basis[[0]], 30.0, {}),
-        "d": (basis[[6, 7]], 1.0, {"genre": "rock"}),
+        "d": (basis[[6, 7]], 1.0, {"genre": "rock", "place": "Straße"}),
     }
     for name, (v, duration, tags) in contents.items():
         add(ix, root / "lib" / f"{name}.{'flac' if name == 'c' else 'wav'}", f"hash-{name}", v, duration, tags, root)
@@ -231,6 +231,17 @@ def test_search_groups_by_file_with_best_segment_and_copies(index: Store, tmp_pa
         assert a.score == pytest.approx(1 / np.sqrt(1.01), abs=1e-6) and hits[1].score == a.score
         assert a.tags == {"artist": ["Björk", "Sigur Rós"], "genre": "Ambient"} and list(a.tags) == ["artist", "genre"]
     assert [Path(h.path).name for h in index.search(q, k=2)] == ["a.wav", "a-copy.WAV"]  # k counts files
+
+
+def test_ties_go_by_path_for_sound_and_to_the_first_indexed_for_names(index: Store, tmp_path: Path) -> None:
+    add(index, tmp_path / "z" / "Door.wav", "h1", np.eye(D)[[0]])  # indexed first, last by path
+    add(index, tmp_path / "a" / "Door.wav", "h1")  # a copy: the same score
+    add(index, tmp_path / "m" / "Door.wav", "h2", np.eye(D)[[0]])  # another content, the same vector
+    assert [h.path for h in index.search(np.eye(D)[0], 3)] == [str(tmp_path / d / "Door.wav") for d in "amz"]
+    names = index.search_names(NameQuery(words=["door"]), 3)
+    assert [h.path for h in names] == [str(tmp_path / d / "Door.wav") for d in "zam"] and len(
+        {h.score for h in names}
+    ) == 1
 
 
 def test_search_with_several_queries_takes_the_best(index: Store, tmp_path: Path) -> None:
@@ -256,6 +267,7 @@ def test_search_with_several_queries_takes_the_best(index: Store, tmp_path: Path
         (Filters(tags={"ARTIST": "björk"}), ["a-copy.WAV", "a.wav"]),  # a list value matches any element
         (Filters(tags={"artist": "SIGUR RÓS"}), ["a.wav"]),  # folded in Python, whatever the server's locale
         (Filters(tags={"genre": "rock", "artist": "dog"}), []),  # every tag must match
+        (Filters(tags={"place": "STRASSE"}), ["d.wav"]),  # case-folded as Python folds, not lower-cased
         (Filters(tags={"artist": "bjö"}), []),  # values match whole, not as substrings
         (Filters(under="lib", exts=frozenset({"wav"}), max_duration=5.0), ["b.wav", "d.wav"]),
     ],
@@ -301,7 +313,12 @@ def test_the_candidate_path_matches_exact_and_keeps_k_under_filters(store: Store
                 1.0 + f % 20,
                 root=tmp_path,
             )
+        far = -data.queries[0] + 0.05 * np.random.default_rng(3).normal(size=(6, 256))  # the farthest from query 0
+        for f in range(6):
+            add(store, tmp_path / "far" / f"{f}.wav", f"far{f}", far[[f]], root=tmp_path)
     store.optimize()
+    only_far = Filters(under=str(tmp_path / "far"))
+    farthest = [(h.path, h.score) for h in store.search(data.queries[0], 5, only_far, exact=True)]
     assert store.stats().quantised
     exact_all = {
         hash(q.tobytes()): [(h.path, h.score) for h in store.search(q, 10, exact=True)] for q in data.queries[:4]
@@ -322,8 +339,16 @@ def test_the_candidate_path_matches_exact_and_keeps_k_under_filters(store: Store
     monkeypatch.setattr(sqlite_search, "CANDIDATES_PER_FILE", 0)
     assert len(store.search(data.queries[0], 7, exact=False)) == 7
     tight = Filters(under=str(tmp_path / "d1"), max_duration=3.0)
+    if is_postgres(store):  # through the HNSW index, as on a large index (the planner scans this small one)
+        store.db.execute("SET enable_seqscan = off")  # type: ignore[attr-defined]
+        store.db.execute("SET enable_bitmapscan = off")  # type: ignore[attr-defined]
+        store.db.execute("SET enable_sort = off")  # type: ignore[attr-defined]
     hits = store.search(data.queries[0], 5, tight, exact=False)
     assert len(hits) == 5 and all(h.duration <= 3 and "/d1/" in h.path for h in hits)
+    # Only the farthest files pass: the index scan goes on until it finds them (iterative index scans), never
+    # giving way to an exact scan.
+    monkeypatch.setattr(pg_search, "_nearest_exact", lambda *a: pytest.fail("the index search gave up"))
+    assert [(h.path, h.score) for h in store.search(data.queries[0], 5, only_far, exact=False)] == farthest
 
 
 # Names.
