@@ -79,8 +79,12 @@ def peek_model(db: Path | str | None) -> ModelBinding | None:
 
 
 def check_writable(db: Path | str | None) -> None:
-    """Refuse, before any model loads, an index this user cannot write: a server role that can only read (an SQLite
-    file is checked when it is opened for writing)."""
+    """Refuse, before any model loads, an index this user cannot write: a server role that can only read, an SQLite
+    file (or folder) that is read-only, or one another writer holds."""
     target = resolve(db)
     if isinstance(target, str) and is_url(target):
         open_store(target, create=True).close()
+        return
+    from audiofind.store.sqlite.connection import check_writable as check_file
+
+    check_file(target)

@@ -180,3 +180,20 @@ def writer_lock(db: Path | str) -> Iterator[None]:
             yield
         finally:
             unlock(f.fileno())
+
+
+def check_writable(db: Path | str) -> None:
+    """Refuse, in the words opening it for writing would use, an index file this user cannot write or another
+    writer holds; for a file not made yet, a folder it cannot be made in. Creates nothing but the lock file of an
+    existing index."""
+    db = Path(norm_path(db))
+    if db.exists():
+        conn = connect(db, create=True)  # read-only file or folder: refused here
+        conn.close()
+        with writer_lock(db):
+            return
+    folder = next((p for p in db.parents if p.exists()), db.anchor)
+    if os.path.isdir(db):
+        raise IndexNotFound(f"{db} is a folder, not an index file; give --db a file, such as {db / 'index.db'}.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"Cannot create the index {db}: {folder} is not writable for this user; give --db another file.")
