@@ -352,3 +352,20 @@ def test_precision_is_asked_per_command_and_kept_by_the_index(
     with SqliteStore.open(db) as index:
         assert index.model().precision == "bf16" and index.stats().files == len(files["good"]) + len(files["broken"])
     assert run("search", "rain", "-k", "1", "--paths").strip()  # queries embed in fp32 whatever the index holds
+
+
+def test_a_truncated_file_is_indexed_with_a_warning_and_one_audio_total(tiny: str, tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    whole = put(audiogen.write_int16_wav, tmp_path / "whole.wav", (audiogen.sine(440, 5.0)[0] * 20000).astype(np.int16))
+    put(audiogen.write_truncated, root / "cut short.wav", whole, fraction=0.06)  # the header still says 5 s
+    put(audiogen.write_audio, root / "tone.wav", audiogen.sine(220, 2.0))
+    shutil.copy(root / "tone.wav", root / "tone copy.wav")  # a copy found in the same run counts, as status counts it
+    result = runner.invoke(app, ["index", str(root), "-w", tiny, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["embedded"] == 2 and report["failed"] == 0 and report["truncated"] == 1
+    assert f"warning {root / 'cut short.wav'}: truncated: 0.3 s of 5.0 s present" in " ".join(result.stderr.split())
+    status = json.loads(run("status", "--json"))
+    assert status["warnings"] == [{"path": str(root / "cut short.wav"), "reason": "truncated: 0.3 s of 5.0 s present"}]
+    assert report["audio_seconds"] == pytest.approx(status["audio_hours"] * 3600, abs=0.5)  # one total, not two
+    assert report["audio_seconds"] == pytest.approx(2.0 + 2.0 + 0.3, abs=0.05)

@@ -115,8 +115,36 @@ def _declared_seconds(container: av.container.InputContainer, stream: AudioStrea
     return None
 
 
+def _wav_seconds(path: Path) -> float | None:
+    """What a RIFF/WAVE header promises: its data chunk's size over the byte rate of its fmt chunk. FFmpeg reports
+    a cut-short file's duration from its size instead, so this is how a truncated WAV is told from a short one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            byte_rate = None
+            for _ in range(64):  # chunks before data: fmt, maybe LIST, bext, fact...; a bounded walk
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                kind, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if kind == b"fmt ":
+                    fmt = f.read(size)
+                    byte_rate = int.from_bytes(fmt[8:12], "little") if len(fmt) >= 12 else None
+                    f.seek(size % 2, 1)
+                elif kind == b"data":
+                    return size / byte_rate if byte_rate and size != 0xFFFFFFFF else None
+                else:
+                    f.seek(size + size % 2, 1)
+    except OSError:
+        return None
+    return None
+
+
 def probe(path: Path, count: bool = True) -> AudioInfo:
-    """Container and stream metadata of an audio file, without decoding it.
+    """Container and stream metadata of an audio file, without decoding it (a WAV's duration: what its header
+    promises, which a file cut short does not hold).
 
     A container that declares no duration has its packets' durations added up, unless count is False (headers
     only: the duration is then 0.0).
@@ -133,6 +161,8 @@ def probe(path: Path, count: bool = True) -> AudioInfo:
             duration = float(ticks * stream.time_base) if stream.time_base else 0.0
         ctx = stream.codec_context
         name = _container_name(container.format.name, path)
+        promised = _wav_seconds(path) if name == "wav" else None
+        duration = max(duration, promised) if promised is not None else duration
         return AudioInfo(duration, ctx.sample_rate, ctx.channels, ctx.codec.canonical_name, name, _bits(ctx))
 
 

@@ -105,7 +105,9 @@ def index_cmd(
             def on_event(e: Event) -> None:
                 nonlocal files_done
                 files_done += 1
-                if e.event in ("failed", "unavailable", "kept", "changing"):
+                if e.event == "embedded" and e.reason:  # indexed, with a warning (truncated, say)
+                    err_console.print(f"[yellow]warning[/] {escape(e.path)}: {escape(e.reason)}", highlight=False, soft_wrap=True)
+                elif e.event in ("failed", "unavailable", "kept", "changing"):
                     style = "yellow" if e.event == "failed" else "cyan"
                     err_console.print(f"[{style}]{e.event}[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False, soft_wrap=True)
                 elif piped:
@@ -174,6 +176,11 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     for label, value in rows:
         table.add_row(f"[bold]{label}[/]", escape(value))
     console.print(table)
+    if data.get("warnings"):
+        warned = Table("file", "warning", title="Indexed with a warning")
+        for item in data["warnings"]:
+            warned.add_row(escape(item["path"]), escape(item["reason"] or ""))
+        console.print(warned)
     if data.get("failures"):
         failed = Table("failed file", "reason", title="Failed files")
         for item in data["failures"]:

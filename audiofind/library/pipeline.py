@@ -36,7 +36,10 @@ QUEUE_WINDOWS = 16  # decoded windows waiting for the model: bounds memory whate
 # A batching encoder (a GPU's) sees pending windows of this many batches at once, gathered across files, so that
 # windows of equal length (long recordings' 10 s windows, clips that share a length) meet and fill batches.
 GATHER_BATCHES = 4
-CHUNK_SECONDS = 60.0  # a long recording commits its windows about this much audio at a time
+CHUNK_SECONDS = 60.0
+# A file whose decoded audio ends this much short of what its header declares is truncated (VBR estimates of MP3
+# durations are off by a few percent; a file cut short misses seconds).
+TRUNCATED_SECONDS, TRUNCATED_SHARE = 0.5, 0.05  # a long recording commits its windows about this much audio at a time
 
 
 @dataclass
@@ -333,10 +336,11 @@ class Pipeline:
         audio = replace(_audio_row(work.hash, duration, pending.info), fingerprint=printed)
         vectors = np.stack(_embedded(pending.slots)) if pending.slots else np.zeros((0, self.encoder.dim), np.float32)
         # dict(): FileRow.tags is a dict[str, str | list[str]], which (invariant) a dict[str, list[str]] is not
-        row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, dict(tags))
+        warning = truncation(duration, pending.info.duration)
+        row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", warning, dict(tags))
         self.index.add_file(row, audio, pending.bounds, vectors)
         self.bytes_done += work.size
-        self.on_done("embedded", work, pending.skip + len(pending.bounds), duration, None)
+        self.on_done("embedded", work, pending.skip + len(pending.bounds), duration, warning)
 
     def _changing(self, pending: _InFlight) -> None:
         self.finished.add(pending.work.path)
@@ -356,6 +360,14 @@ class Pipeline:
         self.index.drop_partials(paths=[pending.work.path])
         self.bytes_done += pending.work.size
         self.on_done("failed", pending.work, 0, 0.0, e if isinstance(e, str) else reason_of(e))
+
+
+def truncation(decoded: float, declared: float) -> str | None:
+    """The warning an ok file keeps when its container promises more audio than it holds (a copy cut short, a
+    recorder that died): indexed as what is there, and said."""
+    if declared > 0 and declared - decoded > max(TRUNCATED_SECONDS, TRUNCATED_SHARE * declared):
+        return f"truncated: {decoded:.1f} s of {declared:.1f} s present"
+    return None
 
 
 def _audio_row(hash: str, duration: float, info: decode.AudioInfo) -> AudioRow:

@@ -52,7 +52,8 @@ class Report:
     kept: int = 0  # gone from disk but kept: under an unavailable root, or too many at once (see --prune)
     unavailable: list[str] = field(default_factory=list)  # roots missing, empty or unreadable: their files kept
     segments: int = 0
-    audio_seconds: float = 0.0
+    audio_seconds: float = 0.0  # of the files this run embedded (copies too), summed as `status` sums it
+    truncated: int = 0  # of those, files that hold less audio than their header declares (indexed with a warning)
     seconds: float = 0.0
     device: str = ""
     model: str = ""
@@ -327,9 +328,12 @@ def _embed(
         if outcome == "embedded":
             report.embedded += 1
             report.segments += segments
-            emit(Event("embedded", work.path, segments=segments, duration=duration))
+            report.audio_seconds += duration  # the audio added, counted as status counts it: per file
+            report.truncated += reason is not None
+            emit(Event("embedded", work.path, reason=reason, segments=segments, duration=duration))
             for copy in work.copies:
-                _add_copy(index, copy, report, emit)
+                if _add_copy(index, copy, report, emit):
+                    report.audio_seconds += duration
         elif outcome == "changing":
             report.changing += 1 + len(work.copies)
             for w in (work, *work.copies):
@@ -339,7 +343,6 @@ def _embed(
                 _fail(index, w, reason or "failed", report, emit)
 
     def seconds(audio: float, bytes_done: float) -> None:
-        report.audio_seconds = audio
         if progress:  # the share done is measured in bytes: known for every file before it is decoded
             progress(audio, min(1.0, bytes_done / bytes_total) if bytes_total else 0.0)
 
@@ -350,20 +353,20 @@ def _embed(
         cluster.run(embedder, works, seconds)
     else:
         embedder.run(works, decoders, seconds)
-    report.audio_seconds = embedder.audio_seconds
 
 
-def _add_copy(index: Store, work: Work, report: Report, emit: Callable[[Event], None]) -> None:
-    """A path whose content is already indexed: store the row, reusing the vectors."""
+def _add_copy(index: Store, work: Work, report: Report, emit: Callable[[Event], None]) -> bool:
+    """A path whose content is already indexed: store the row, reusing the vectors; False if it failed."""
     try:
         tags = read_tags(Path(work.path))
     except Exception as e:
         _fail(index, work, reason_of(e), report, emit)
-        return
+        return False
     # dict(): FileRow.tags is a dict[str, str | list[str]], which (invariant) a dict[str, list[str]] is not
     index.add_file(FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, dict(tags)))
     report.reused += 1
     emit(Event("reused", work.path))
+    return True
 
 
 def _fail(index: Store, work: Work, reason: str, report: Report, emit: Callable[[Event], None]) -> None:

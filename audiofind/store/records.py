@@ -205,6 +205,7 @@ class Stats:
     segments: int
     audio_seconds: float  # summed over ok files, copies included
     failures: list[tuple[str, str]]  # (path, reason)
+    warnings: list[tuple[str, str]]  # (path, note) of files indexed with a warning (truncated, say)
     last_update: float | None  # unix seconds
     quantised: bool  # whether binary codes exist (large index)
 
@@ -231,6 +232,7 @@ class Stats:
             "audio_hours": round(self.audio_hours, 4),
             "last_update": when(self.last_update),
             "failures": [{"path": p, "reason": r} for p, r in self.failures],
+            "warnings": [{"path": p, "reason": r} for p, r in self.warnings],
         }
 
 

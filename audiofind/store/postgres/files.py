@@ -114,7 +114,7 @@ def add(
         else:
             rows.add_audio(db, audio)
         rows.add_segments(db, binding, row.hash, segments, vectors, facts)
-    rows.upsert(db, root, rel, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", None, row.tags))
+    rows.upsert(db, root, rel, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", row.error, row.tags))
     if binding is not None:
         rows.freeze_centre(db, binding.dim, facts)
     return ended

@@ -253,7 +253,7 @@ class SqliteStore:
                 files.add_segments(self.conn, binding, row.hash, segments, vectors)
             if audio is not None and audio.fingerprint is not None:  # with the content, in the same transaction
                 self.set_fingerprints({row.hash: audio.fingerprint})
-            files.upsert(self.conn, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", None, row.tags))
+            files.upsert(self.conn, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", row.error, row.tags))
             binding = self.model()
             if binding is not None and files.freeze_centre(self.conn, binding.dim):
                 log.info("froze the code centre of %s", self.path)
@@ -385,6 +385,7 @@ class SqliteStore:
             segments=one("SELECT count(*) FROM segments"),
             audio_seconds=one("SELECT coalesce(sum(a.duration), 0.0) FROM files f JOIN audio a ON a.hash = f.hash"),
             failures=list(self.conn.execute("SELECT path, error FROM files WHERE status = 'failed' ORDER BY path")),
+            warnings=list(self.conn.execute("SELECT path, error FROM files WHERE status = 'ok' AND error IS NOT NULL ORDER BY path")),
             last_update=max(last) if last else None,
             quantised="centre" in meta.read(self.conn),
         )
