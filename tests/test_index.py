@@ -369,3 +369,39 @@ def test_a_truncated_file_is_indexed_with_a_warning_and_one_audio_total(tiny: st
     assert status["warnings"] == [{"path": str(root / "cut short.wav"), "reason": "truncated: 0.3 s of 5.0 s present"}]
     assert report["audio_seconds"] == pytest.approx(status["audio_hours"] * 3600, abs=0.5)  # one total, not two
     assert report["audio_seconds"] == pytest.approx(2.0 + 2.0 + 0.3, abs=0.05)
+
+
+def test_ctrl_c_stops_between_windows_and_says_what_it_kept(
+    tiny: str, tmp_path: Path, audiofind_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audiofind.audio import decode
+    from audiofind.model.encoder import Encoder
+
+    root = tmp_path / "lib"
+    put(audiogen.write_audio, root / "a short one.wav", audiogen.sine(330, 1.0))
+    long = put(audiogen.write_int16_wav, root / "long take.wav", (audiogen.noise(150.0, seed=5)[0] * 9000).astype(np.int16))
+    windows = len(decode.window_bounds(150 * SR))
+    calls = 0  # of the long take's windows
+    real = Encoder.embed_audio
+
+    def ctrl_c_at_19(self, clips):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += sum(len(c) == decode.WINDOW_SECONDS * SR for c in clips)
+        if calls == 19:  # past its first minute, which is committed
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, clips)
+
+    monkeypatch.setattr(Encoder, "embed_audio", ctrl_c_at_19)
+    result = runner.invoke(app, ["index", str(root), "-w", tiny, "--json"])
+    assert result.exit_code == 130, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["stopped"] is True and report["embedded"] == 1
+    assert 0 < report["windows_kept"] < 19 and report["seconds_kept"] >= 60.0
+    said = " ".join(result.stderr.split())
+    assert f"interrupted: the 1 file(s) finished in this run are kept, with {report['windows_kept']} window(s)" in said
+    assert "Traceback" not in result.output
+    calls = 0
+    again = index_json(root, "-w", tiny)
+    assert again["embedded"] == 1 and again["stopped"] is False and calls == windows - report["windows_kept"]
+    with SqliteStore.open(audiofind_home / "index.db") as index:
+        assert index.get_file(long) is not None

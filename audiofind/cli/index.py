@@ -1,6 +1,9 @@
 """`audiofind index` and `audiofind status`: build the index and show what it holds."""
 
-from contextlib import nullcontext
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -29,18 +32,28 @@ if TYPE_CHECKING:
 
 ExtOpt = Annotated[
     list[str] | None,
-    typer.Option("--ext", help="Only these extensions (repeatable, e.g. --ext wav --ext flac); default: every common audio format."),
+    typer.Option(
+        "--ext",
+        help="Only these extensions (repeatable, e.g. --ext wav --ext flac); default: every common audio format.",
+    ),
 ]
 # index and watch take these two (watch for its syncs): decoding and embedding on a Ray cluster, decisions and commits here.
 RayOpt = Annotated[
     str | None,
-    typer.Option("--ray", metavar="ADDRESS", help="Decode and embed on a Ray cluster: auto (the one this machine belongs to), "
-                 "HOST:PORT, ray://HOST:10001, or local (one started here, on all its CPUs and GPUs). Needs the extra: pip install 'audiofind\\[ray]'."),
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Decode and embed on a Ray cluster: auto (the one this machine belongs to), "
+        "HOST:PORT, ray://HOST:10001, or local (one started here, on all its CPUs and GPUs). Needs the extra: pip install 'audiofind\\[ray]'.",
+    ),
 ]
 RaySharedOpt = Annotated[
     bool,
-    typer.Option("--ray-shared-paths", help="With --ray: every node mounts the library at the same path, so workers read "
-                 "the files themselves (by default this machine sends them their bytes)."),
+    typer.Option(
+        "--ray-shared-paths",
+        help="With --ray: every node mounts the library at the same path, so workers read "
+        "the files themselves (by default this machine sends them their bytes).",
+    ),
 ]
 
 
@@ -63,13 +76,33 @@ def index_cmd(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Embed everything again into a new file (e.g. with another model), swapped in when complete.")] = False,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again files that failed before, even if unchanged.")] = False,
-    prune: Annotated[bool, typer.Option("--prune", help="Remove indexed files that are gone even when a whole folder, or over a quarter of one, is.")] = False,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Embed everything again into a new file (e.g. with another model), swapped in when complete.",
+        ),
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Try again files that failed before, even if unchanged.")
+    ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune", help="Remove indexed files that are gone even when a whole folder, or over a quarter of one, is."
+        ),
+    ] = False,
     ext: ExtOpt = None,
     ray: RayOpt = None,
     ray_shared_paths: RaySharedOpt = False,
-    root_name: Annotated[str | None, typer.Option("--root-name", metavar="NAME", help="In a shared (PostgreSQL) index, call the folder NAME, the same on every machine that mounts it (default: HOST:/absolute/path).")] = None,
+    root_name: Annotated[
+        str | None,
+        typer.Option(
+            "--root-name",
+            metavar="NAME",
+            help="In a shared (PostgreSQL) index, call the folder NAME, the same on every machine that mounts it (default: HOST:/absolute/path).",
+        ),
+    ] = None,
 ) -> None:
     """Add the audio files under PATHS to the index; re-running only touches what changed."""
     from audiofind.audio.formats import AUDIO_EXTS
@@ -83,7 +116,9 @@ def index_cmd(
     db_path = resolve(db)
     roots = absolute(paths)
     if root_name is not None and (len(roots) != 1 or not is_url(db_path)):
-        raise UsageError("--root-name names one folder (give exactly one PATH) of a shared index (--db postgresql://...); an SQLite index names its folders by their paths.")
+        raise UsageError(
+            "--root-name names one folder (give exactly one PATH) of a shared index (--db postgresql://...); an SQLite index names its folders by their paths."
+        )
     if is_url(db_path) or not Path(db_path).exists():  # nothing indexed here yet: a root that is not a folder is a typo
         for root in roots:
             if not root.is_dir():
@@ -92,10 +127,24 @@ def index_cmd(
     cluster = open_cluster(ray, ray_shared_paths, device)
     with cluster or nullcontext():
         # Before anything is written: a broken model, or a cluster with no room for it, changes nothing.
-        encoder = cluster.start(peek_model(db_path), weights, precision) if cluster else load_checked(db_path, weights, device, precision)
+        encoder = (
+            cluster.start(peek_model(db_path), weights, precision)
+            if cluster
+            else load_checked(db_path, weights, device, precision)
+        )
         index = open_store(db_path, create=True)  # a read-only index is refused here, in its own words
-        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"), TimeElapsedColumn(), TimeRemainingColumn())
-        with index, index.writer_lock(), Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[audio]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with (
+            index,
+            index.writer_lock(),
+            Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar,
+        ):
             task = bar.add_task("rebuilding" if rebuild else "indexing", total=None, audio="")
             started = datetime.now()
             files_done = 0
@@ -106,10 +155,16 @@ def index_cmd(
                 nonlocal files_done
                 files_done += 1
                 if e.event == "embedded" and e.reason:  # indexed, with a warning (truncated, say)
-                    err_console.print(f"[yellow]warning[/] {escape(e.path)}: {escape(e.reason)}", highlight=False, soft_wrap=True)
+                    err_console.print(
+                        f"[yellow]warning[/] {escape(e.path)}: {escape(e.reason)}", highlight=False, soft_wrap=True
+                    )
                 elif e.event in ("failed", "unavailable", "kept", "changing"):
                     style = "yellow" if e.event == "failed" else "cyan"
-                    err_console.print(f"[{style}]{e.event}[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False, soft_wrap=True)
+                    err_console.print(
+                        f"[{style}]{e.event}[/] {escape(e.path)}: {escape(e.reason or '')}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
                 elif piped:
                     err_console.print(f"{e.event} {escape(e.path)}", highlight=False, soft_wrap=True)
 
@@ -122,19 +177,66 @@ def index_cmd(
 
             if root_name is not None:
                 index.mount_root(roots[0], root_name)  # before any file under it is written
-            try:
-                if rebuild:
-                    report = rebuild_index(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
-                                           progress=progress, prune=prune, cluster=cluster)
-                else:
-                    prepare(index, encoder)
-                    report = sync(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
-                                  progress=progress, prune=prune, cluster=cluster)
-            except KeyboardInterrupt:
-                kept = "the current index is unchanged and the rebuild continues" if rebuild else f"the {files_done} file(s) finished in this run are kept, and the next run continues"
-                err_console.print(
-                    f"interrupted: {kept} where it stopped when you run the same command again.", highlight=False, soft_wrap=True)
-                raise typer.Exit(130) from None
+            with stop_on_ctrl_c() as stop:  # the run stops between windows and says what it kept
+                try:
+                    if rebuild:
+                        report = rebuild_index(
+                            index,
+                            encoder,
+                            roots,
+                            exts=exts,
+                            retry_failed=retry_failed,
+                            on_event=on_event,
+                            progress=progress,
+                            prune=prune,
+                            cluster=cluster,
+                            stop=stop,
+                        )
+                    else:
+                        prepare(index, encoder)
+                        report = sync(
+                            index,
+                            encoder,
+                            roots,
+                            exts=exts,
+                            retry_failed=retry_failed,
+                            on_event=on_event,
+                            progress=progress,
+                            prune=prune,
+                            cluster=cluster,
+                            stop=stop,
+                        )
+                except KeyboardInterrupt:  # a second Ctrl-C: stop now; every commit is whole
+                    kept = (
+                        "the current index is unchanged and the rebuild continues"
+                        if rebuild
+                        else f"the {files_done} file(s) finished in this run are kept, and the next run continues"
+                    )
+                    err_console.print(
+                        f"interrupted: {kept} where it stopped when you run the same command again.",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                    raise typer.Exit(130) from None
+    if report.stopped:
+        if json_out:
+            typer.echo(json_text(report.as_dict()))
+        finished = report.embedded + report.reused + report.moved + report.failed
+        if rebuild:
+            kept = "the current index is unchanged and the rebuild continues"
+        else:
+            windows = (
+                f", with {report.windows_kept} window(s) ({duration(report.seconds_kept)}) of an unfinished recording,"
+                if report.windows_kept
+                else ""
+            )
+            kept = f"the {finished} file(s) finished in this run are kept{windows} and the next run continues"
+        err_console.print(
+            f"interrupted: {kept} where it stopped when you run the same command again.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
     with open_store(db_path) as index:
         failed_before = index.stats().failed - report.failed
     if json_out:
@@ -166,7 +268,12 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     rows = [
         ("index", data["path"]),
         ("size", f"{data['size_bytes'] / 2**20:.1f} MiB"),
-        ("model", f"{data['model']} (sha256 {(data['sha256'] or '')[:12]}…, {data['precision']})" if data["model"] else "none yet"),
+        (
+            "model",
+            f"{data['model']} (sha256 {(data['sha256'] or '')[:12]}…, {data['precision']})"
+            if data["model"]
+            else "none yet",
+        ),
         ("folders", "\n".join(data["roots"]) or "-"),
         ("files", f"{data['files']} ({data['ok']} indexed, {data['failed']} failed)"),
         ("segments", str(data["segments"])),
@@ -186,3 +293,23 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         for item in data["failures"]:
             failed.add_row(escape(item["path"]), escape(item["reason"] or ""))
         console.print(failed)
+
+
+@contextmanager
+def stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """An event the first Ctrl-C sets, so that a run stops between windows with what it did counted; a second
+    Ctrl-C interrupts at once (everything committed is kept either way)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield stop
+        return
+
+    def first(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

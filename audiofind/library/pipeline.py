@@ -79,6 +79,9 @@ class _InFlight:
     printer: Fingerprinter = field(default_factory=Fingerprinter)  # its acoustic fingerprint, fed as windows come
     fed: int = 0  # samples fed to the printer (windows overlap: only what is past this is new)
     printed: bytes | None = None  # its fingerprint, made where it was decoded (a cluster's worker)
+    kept: int = 0  # windows this run committed ahead of the file's end (a long recording, a chunk at a time)
+    kept_from: float | None = None  # where in the file this run's first committed window starts...
+    kept_to: float = 0.0  # ...and where its last ends
 
 
 def reason_of(e: BaseException) -> str:
@@ -145,6 +148,11 @@ class Pipeline:
         self.chunk = max(1, math.ceil(CHUNK_SECONDS / self.hop))  # windows a chunk: each adds about one hop of audio
         self.audio_seconds = 0.0
         self.bytes_done = 0  # of the files finished (committed, failed or changing)
+
+    def unfinished(self) -> tuple[int, float]:
+        """Windows (and seconds of audio) this run committed of files it did not finish: kept for the next run."""
+        kept = [p for p in self.files.values() if p.kept]
+        return sum(p.kept for p in kept), sum(p.kept_to - (p.kept_from or 0.0) for p in kept)
 
     def stopped(self) -> bool:
         """Whether the run was asked to stop (what is committed stays; the rest is done next time)."""
@@ -314,6 +322,9 @@ class Pipeline:
         audio = _audio_row(work.hash, bounds[-1][1], pending.info)
         vectors = np.stack(_embedded(pending.slots[:n]))
         self.index.add_segments(work.hash, work.path, audio, bounds, vectors)
+        pending.kept += n
+        pending.kept_from = bounds[0][0] if pending.kept_from is None else pending.kept_from
+        pending.kept_to = bounds[-1][1]
         pending.bounds, pending.slots = pending.bounds[n:], pending.slots[n:]
         pending.skip += n  # so a failure after this still knows what to drop
 

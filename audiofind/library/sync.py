@@ -54,6 +54,8 @@ class Report:
     segments: int = 0
     audio_seconds: float = 0.0  # of the files this run embedded (copies too), summed as `status` sums it
     truncated: int = 0  # of those, files that hold less audio than their header declares (indexed with a warning)
+    windows_kept: int = 0  # of long recordings this run did not finish (stopped): committed, continued next time
+    seconds_kept: float = 0.0  # the audio those windows cover
     seconds: float = 0.0
     device: str = ""
     model: str = ""
@@ -353,6 +355,7 @@ def _embed(
         cluster.run(embedder, works, seconds)
     else:
         embedder.run(works, decoders, seconds)
+    report.windows_kept, report.seconds_kept = embedder.unfinished()
 
 
 def _add_copy(index: Store, work: Work, report: Report, emit: Callable[[Event], None]) -> bool:
