@@ -111,11 +111,16 @@ def _put(ix: Store, root: Path, name: str, seed: int, n: int, tags: dict | None 
     v = _vectors(seed, n)
     spans = [(0.5 * i, 0.5 * i + 1.0) for i in range(n)]
     done = ix.partial_segments(hash)
+    # The facts a decoder reads (lossy or lossless, stereo or not) and, for some, a fingerprint made from the windows.
+    facts = ("flac", "flac", 24) if seed % 3 == 0 else ("mp3", "mp3", None) if seed % 3 == 1 else (None, None, None)
+    rate, channels = (48000, 2) if seed % 2 else (44100, 1)
+    fp = bytes((seed * 7 + i) % 256 for i in range(48)) if seed % 4 != 1 else None
     while n - done > CHUNK:  # a long one: a chunk at a time, hidden until the last
-        ix.add_segments(hash, str(path), AudioRow(hash, 0.5 * (done + CHUNK), 44100, 1), spans[done : done + CHUNK],
-                        v[done : done + CHUNK])  # fmt: skip
+        ix.add_segments(hash, str(path), AudioRow(hash, 0.5 * (done + CHUNK), rate, channels, *facts),
+                        spans[done : done + CHUNK], v[done : done + CHUNK])  # fmt: skip
         done += CHUNK
-    ix.add_file(file, AudioRow(hash, 0.5 * n + 0.5, 44100, 1), spans[done:], v[done:])
+    audio = AudioRow(hash, 0.5 * n + 0.5, rate, channels, *facts, fingerprint=fp)
+    ix.add_file(file, audio, spans[done:], v[done:])
 
 
 def workload(ix: Store, root: Path) -> None:

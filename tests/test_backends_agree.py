@@ -17,6 +17,9 @@ VOCAB = ["door", "doors", "creak", "creaking", "creaks", "slow", "old", "barn", 
          "UCS", "DOORWood", "Kick808", "take", "2"]  # fmt: skip
 
 
+RATES = [44100, 48000, 96000]
+
+
 def build(ix: Store, root: Path, seed: int = 0) -> list[np.ndarray]:
     """A library with copies, shared words, tags, folders and durations, written in one fixed order."""
     rng = np.random.default_rng(seed)
@@ -38,7 +41,9 @@ def build(ix: Store, root: Path, seed: int = 0) -> list[np.ndarray]:
         spans = [(2.5 * i, 2.5 * i + 5.0) for i in range(len(v))]
         h = f"{f:064x}"
         row = FileRow(str(root / folder / name), str(root), 100 + f, f, h, tags=tags)
-        ix.add_file(row, AudioRow(h, 2.5 * len(v) + 2.5, 44100, 1), spans, v)
+        ext = name.rsplit(".", 1)[1].lower()
+        facts = ("wav", "pcm_s24le", 24) if ext == "wav" else ("flac", "flac", 16)
+        ix.add_file(row, AudioRow(h, 2.5 * len(v) + 2.5, RATES[f % 3], 1 + f % 2, *facts), spans, v)
         if f % 7 == 0:  # a copy elsewhere: the same vectors, its own name
             ix.add_file(FileRow(str(root / "Copies" / f"copy_{name}"), str(root), 1, 1, h))
     ix.touch_root(root)
@@ -73,16 +78,23 @@ def test_both_freeze_the_same_code_centre_and_codes(pg_url: str, tmp_path: Path,
 
 def same_hits(a: list, b: list, tol: float) -> None:
     assert [h.path for h in a] == [h.path for h in b]
-    assert [(h.start, h.end, h.duration, h.hash, h.tags) for h in a] == [
-        (h.start, h.end, h.duration, h.hash, h.tags) for h in b
-    ]
+    facts = lambda h: (h.start, h.end, h.duration, h.hash, h.tags, h.format, h.codec, h.sample_rate, h.bits,
+                       h.channels, h.available)  # fmt: skip
+    assert [facts(h) for h in a] == [facts(h) for h in b]
     assert np.allclose([h.score for h in a], [h.score for h in b], atol=tol, rtol=0)
+
+
+def some_paths(ix: Store, root: Path) -> frozenset[str]:
+    """Every third file of the library, and a path the index does not hold (a hybrid search's phrase holders)."""
+    return frozenset([r.path for r in ix.files_under([root])][::3] + [str(root / "not" / "there.wav")])
 
 
 def test_sound_searches_agree(pair) -> None:  # type: ignore[no-untyped-def]
     lite, pg, queries, root = pair
     filters = [None, Filters(under=str(root / "Ambience")), Filters(exts=frozenset({"wav"})), Filters(min_duration=10.0),
-               Filters(tags={"artist": "björk"}), Filters(under=str(root / "Copies"), max_duration=12.0)]  # fmt: skip
+               Filters(tags={"artist": "björk"}), Filters(under=str(root / "Copies"), max_duration=12.0),
+               Filters(min_rate=48000), Filters(channels=2, min_rate=96000), Filters(paths=some_paths(lite, root)),
+               Filters(paths=some_paths(lite, root), channels=1)]  # fmt: skip
     for f in filters:
         for q in [*queries[:6], np.stack(queries[6:9])]:  # single queries and one (3, D) set
             for exact in (None, True):
@@ -100,10 +112,13 @@ NAME_QUERIES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("filters", [None, Filters(under="Library/Drums"), Filters(exts=frozenset({"flac"}))])
+@pytest.mark.parametrize("filters", [None, Filters(under="Library/Drums"), Filters(exts=frozenset({"flac"})),
+                                     Filters(min_rate=48000, channels=1), "paths"])  # fmt: skip
 def test_name_searches_agree(pair, filters, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     lite, pg, _, root = pair
     monkeypatch.chdir(root.parent)
+    if filters == "paths":
+        filters = Filters(paths=some_paths(lite, root))
     rng = np.random.default_rng(7)
     fuzz = [NameQuery(words=list(rng.choice(VOCAB, rng.integers(1, 4))), phrases=[" ".join(rng.choice(VOCAB, 2))] if i % 3 == 0 else [],
                       excluded=[str(rng.choice(VOCAB))] if i % 4 == 0 else []) for i in range(40)]  # fmt: skip

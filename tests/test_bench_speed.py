@@ -155,7 +155,7 @@ def test_postgres_part_starts_its_own_server_and_reports_both_backends(monkeypat
     from audiofind.bench import postgres as pg
 
     real = pg.postgres_speed
-    small = lambda url, sqlite, progress: real(url, sizes=(3000,), dim=32, sqlite=sqlite, sqlite_size=3000,  # noqa: E731
+    small = lambda url, sqlite, progress: real(url, sizes=(3000,), dim=32, sqlite=sqlite, sqlite_size=3000,
                                                queries_n=5, progress=progress)  # fmt: skip
     monkeypatch.setattr(pg, "postgres_speed", small)  # 1M segments is not a test
     result = runner.invoke(app, ["bench", "speed", "--only", "postgres", "--json"])

@@ -71,7 +71,7 @@ def test_a_blank_database_gets_exactly_the_schema_once(pg_url: str) -> None:
         ix.close()
     db = connect(pg_url)
     tables = {t for (t,) in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'audiofind'")}
-    assert tables == {migrations.TABLE, "meta", "roots", "mounts", "audio", "segments", "files", "partial"}
+    assert tables == {migrations.TABLE, "meta", "roots", "mounts", "audio", "segments", "files", "partial", "fingerprints"}
     assert migrations.applied(db) == migrations.names() and migrations.pending(db) == []
     assert migrations.migrate(db) == []
     db.close()
@@ -387,3 +387,55 @@ def test_db_copy_sqlite_to_postgres_keeps_everything(pg_url: str, tmp_path: Path
         assert [r.name for r in ix.roots()] == [f"{os.uname().nodename}:{tmp_path / 'lib'}"]
         check_consistent(ix)
     assert "both the source and the destination" in one_line_error("db", "copy", pg_url, pg_url, "--replace")
+
+
+def test_an_older_index_gets_extension_words_and_header_facts_for_the_files_this_machine_sees(
+    pg_url: str, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import audiogen as ag
+    from modelkit import register_tiny
+
+    from audiofind.audio import decode
+    from audiofind.store import NameQuery
+
+    register_tiny()
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    ag.write_audio(here / "hi.wav", ag.chirp(300, 900, 1.0, sr=96000, channels=2), sr=96000, codec="pcm_s24le")
+    ag.write_audio(here / "kick.mp3", ag.sine(55, 0.6))
+    ag.write_audio(here / "changed.flac", ag.noise(0.7, seed=4))
+    ag.write_audio(there / "far.flac", ag.noise(0.8, seed=3))  # on this disk, but a root only another host mounts
+    monkeypatch.setenv("AUDIOFIND_HOST", "other-host")
+    cli("index", there, "-w", "tiny", "--db", pg_url)
+    monkeypatch.setenv("AUDIOFIND_HOST", "this-host")
+    cli("index", here, "-w", "tiny", "--db", pg_url)
+    # As an index made before m006: names without the extension, no fact columns, no fingerprints.
+    db = connect(pg_url)
+    db.execute("UPDATE files SET words = ARRAY['', '', ''], n_words = 0, terms = ''::tsvector WHERE status = 'ok'")
+    db.execute("ALTER TABLE audio DROP COLUMN container, DROP COLUMN codec, DROP COLUMN bits")
+    db.execute("DROP TABLE fingerprints")
+    db.execute("DELETE FROM _audiofind_migrations WHERE name IN ('m006_extension_words', 'm007_audio_facts', 'm008_fingerprints')")
+    db.close()
+    os.utime(here / "changed.flac", ns=(1, 1))  # not the file that was indexed any more
+    probed: list = []
+    real_probe = decode.probe
+    with monkeypatch.context() as mp:  # the upgrade: headers only, nothing decoded, nothing embedded
+        for name in ("stream_audio", "load_audio", "iter_windows"):
+            mp.setattr(decode, name, lambda *a, **k: pytest.fail("the migration decoded audio"))
+        mp.setattr(decode, "probe", lambda path, count=True: probed.append((Path(path).name, count)) or real_probe(path, count))
+        with open_store(pg_url) as ix:
+            assert migrations.pending(ix.db) == []  # type: ignore[attr-defined]
+            hits = {h.path.rsplit("/", 1)[-1].rsplit(":", 1)[-1]: h for h in ix.search(np.ones(32), 10, exact=True)}
+            assert {n for n, _ in probed} == {"hi.wav", "kick.mp3"} and not any(c for _, c in probed)
+            facts = lambda h: (h.format, h.codec, h.sample_rate, h.bits, h.channels)
+            assert facts(hits["hi.wav"]) == ("wav", "pcm_s24le", 96000, 24, 2)
+            assert facts(hits["kick.mp3"]) == ("mp3", "mp3", 44100, None, 1)
+            assert facts(hits["changed.flac"]) == (None, None, 44100, None, 1)  # rate and channels were always kept
+            assert facts(hits["far.flac"]) == (None, None, 44100, None, 1)  # not read from a root mounted elsewhere
+            assert hits["far.flac"].path == f"other-host:{there}:far.flac"  # shown by its root's name here
+            assert not hits["far.flac"].available and hits["hi.wav"].available
+            assert [Path(h.path).name for h in ix.search_names(NameQuery(words=["mp3"]), 10)] == ["kick.mp3"]
+            found = ix.search_names(NameQuery(words=["kick", "hi"], excluded=["mp3"]), 10)
+            assert [Path(h.path).name for h in found] == ["hi.wav"]
+            assert ix.fingerprints(h.hash for h in hits.values()) == {}

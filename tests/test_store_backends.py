@@ -282,6 +282,60 @@ def test_search_filters(index: Store, tmp_path: Path, monkeypatch: pytest.Monkey
     assert sorted(Path(h.path).name for h in names) == sorted(expected)
 
 
+def test_hits_carry_their_facts_and_filter_on_them(index: Store, tmp_path: Path) -> None:
+    one = np.ones((1, D))
+    lib, gone = tmp_path / "lib", tmp_path / "unplugged"  # gone: a root that is not there now
+    lib.mkdir()
+    index.add_file(FileRow(str(lib / "a.wav"), str(lib), 1, 1, "a"),
+                   AudioRow("a", 1.0, 96000, 2, "wav", "pcm_s24le", 24), [(0.0, 1.0)], one)  # fmt: skip
+    # a long recording: committed a chunk at a time, finished by add_file with what the decoder read
+    index.add_segments("b", str(lib / "b.mp3"), AudioRow("b", 5.0, 44100, 1, "mp3", "mp3", None), [(0.0, 5.0)], one)
+    index.add_file(FileRow(str(lib / "b.mp3"), str(lib), 1, 1, "b"),
+                   AudioRow("b", 9.0, 44100, 1, "mp3", "mp3", None), [(4.0, 9.0)], one)  # fmt: skip
+    index.add_file(FileRow(str(gone / "c.wav"), str(gone), 1, 1, "c"), AudioRow("c", 1.0, 48000, 1), [(0.0, 1.0)], one)
+    facts = lambda h: (h.format, h.codec, h.sample_rate, h.bits, h.channels, h.available)
+    expected = {"a.wav": ("wav", "pcm_s24le", 96000, 24, 2, True), "b.mp3": ("mp3", "mp3", 44100, None, 1, True),
+                "c.wav": (None, None, 48000, None, 1, False)}  # fmt: skip
+    for exact in (None, True):
+        assert {Path(h.path).name: facts(h) for h in index.search(np.ones(D), 10, exact=exact)} == expected
+    named = index.search_names(NameQuery(words=["a", "b", "c"]), 10)  # the names' hits carry them too
+    assert {Path(h.path).name: facts(h) for h in named} == expected
+    assert index.search(np.ones(D), 10)[0].duration in (1.0, 9.0)
+    paths = frozenset({str(lib / "b.mp3"), str(gone / "c.wav"), str(lib / "never.wav")})
+    for filters, names in [(Filters(min_rate=48000), {"a.wav", "c.wav"}), (Filters(min_rate=96001), set()),
+                           (Filters(channels=1), {"b.mp3", "c.wav"}), (Filters(channels=2, min_rate=44100), {"a.wav"}),
+                           (Filters(paths=paths), {"b.mp3", "c.wav"}), (Filters(paths=frozenset()), set()),
+                           (Filters(paths=paths, channels=1, min_rate=48000), {"c.wav"})]:  # fmt: skip
+        assert not filters.is_empty()
+        for exact in (None, True):
+            assert {Path(h.path).name for h in index.search(np.ones(D), 10, filters, exact=exact)} == names, filters
+        assert {Path(h.path).name for h in index.search_names(NameQuery(words=["a", "b", "c"]), 10, filters)} == names
+    gone.mkdir()  # plugged in again: available from the next search on
+    assert all(h.available for h in index.search(np.ones(D), 10))
+
+
+def test_fingerprints_are_stored_with_their_content_and_go_with_it(index: Store, tmp_path: Path) -> None:
+    fp = bytes(range(256)) * 3
+    audio = lambda h: AudioRow(h, 1.0, 44100, 1, "wav", "pcm_s16le", 16, fingerprint=fp + h.encode())
+    index.add_file(FileRow(str(tmp_path / "a.wav"), str(tmp_path), 1, 1, "a"), audio("a"), [(0.0, 1.0)], np.ones((1, D)))
+    index.add_file(FileRow(str(tmp_path / "b.wav"), str(tmp_path), 1, 1, "b"), AudioRow("b", 1.0, 44100, 1),
+                   [(0.0, 1.0)], np.ones((1, D)))  # fmt: skip
+    index.add_segments("L", str(tmp_path / "l.wav"), AudioRow("L", 1.0, 44100, 1), [(0.0, 1.0)], np.ones((1, D)))
+    assert index.fingerprints(["a", "b", "L", "nope"]) == {"a": fp + b"a"}
+    index.add_file(FileRow(str(tmp_path / "l.wav"), str(tmp_path), 1, 1, "L"), audio("L"), [(1.0, 2.0)], np.ones((1, D)))
+    index.set_fingerprints({"b": b"\x00\xff" * 10, "gone": b"x"})  # a content no longer stored is skipped
+    assert index.fingerprints(["a", "b", "L", "gone"]) == {"a": fp + b"a", "b": b"\x00\xff" * 10, "L": fp + b"L"}
+    index.set_fingerprints({"b": b"new"})  # made again: replaced
+    assert index.fingerprints(["b"]) == {"b": b"new"}
+    add(index, tmp_path / "a-copy.wav", "a")
+    index.remove_files([tmp_path / "a.wav"])
+    assert index.fingerprints(["a"]) == {"a": fp + b"a"}  # its copy keeps the content
+    index.remove_files([tmp_path / "a-copy.wav", tmp_path / "b.wav"])  # collected with their contents
+    assert index.fingerprints(["a", "b", "L"]) == {"L": fp + b"L"}
+    index.reset()
+    assert index.fingerprints(["L"]) == {}
+
+
 def test_empty_and_unbound_indexes_return_nothing(store: Store) -> None:
     assert store.search(np.ones(D)) == [] and store.search_names(NameQuery(words=["x"]), 5) == []
     store.bind_model(BINDING)
@@ -442,8 +496,8 @@ def test_stats(index: Store, tmp_path: Path) -> None:
     assert s.model == BINDING and s.schema_version >= 5 and not s.quantised
     assert s.path == index.location and s.size_bytes > 0
     assert s.last_update == pytest.approx(time.time(), abs=60)
-    assert set(s.as_dict()) == {"path", "size_bytes", "schema_version", "model", "sha256", "roots", "files", "ok",
-                                "failed", "segments", "audio_hours", "last_update", "failures"}  # fmt: skip
+    assert set(s.as_dict()) == {"path", "size_bytes", "schema_version", "model", "sha256", "precision", "roots", "files", "ok",
+                                "failed", "segments", "audio_hours", "last_update", "failures", "warnings"}  # fmt: skip
 
 
 def test_roots_are_named_counted_and_mounted_here(index: Store, tmp_path: Path) -> None:

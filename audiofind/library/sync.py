@@ -9,16 +9,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from audiofind.audio import decode
 from audiofind.audio.formats import AUDIO_EXTS, extension
-from audiofind.audio.tags import read_tags
 from audiofind.errors import DeviceError, UsageError, WeightsError
-from audiofind.library.pipeline import Pipeline, Remote, Work, reason_of
+from audiofind.library.claims import add_copy, embed, fail
+from audiofind.library.pipeline import Remote, Work, reason_of
+from audiofind.library.report import Event, Report
 from audiofind.library.walk import Walk, absolute, check_roots, readable, root_of, walk, walk_only
 from audiofind.model.encoder import Encoder, load_for_index
 from audiofind.paths import hash_file
@@ -32,51 +33,6 @@ log = logging.getLogger(__name__)
 # One run removes at most this share of a root's indexed files (when more than PRUNE_MIN) without --prune.
 PRUNE_SHARE = 0.25
 PRUNE_MIN = 20
-
-
-@dataclass
-class Report:
-    """What one sync did; the JSON summary of `index` is this plus timing.
-
-    seen = embedded + reused + moved + skipped + failed + changing, unless the run was stopped.
-    """
-
-    seen: int = 0  # audio files found under the available roots
-    embedded: int = 0
-    skipped: int = 0
-    moved: int = 0
-    removed: int = 0
-    failed: int = 0
-    reused: int = 0  # new paths whose content was already indexed (copies): no embedding needed
-    changing: int = 0  # changed while being read (still being written): indexed once they settle
-    kept: int = 0  # gone from disk but kept: under an unavailable root, or too many at once (see --prune)
-    unavailable: list[str] = field(default_factory=list)  # roots missing, empty or unreadable: their files kept
-    segments: int = 0
-    audio_seconds: float = 0.0  # of the files this run embedded (copies too), summed as `status` sums it
-    truncated: int = 0  # of those, files that hold less audio than their header declares (indexed with a warning)
-    windows_kept: int = 0  # of long recordings this run did not finish (stopped): committed, continued next time
-    seconds_kept: float = 0.0  # the audio those windows cover
-    seconds: float = 0.0
-    device: str = ""
-    model: str = ""
-    stopped: bool = False
-
-    def as_dict(self) -> dict:
-        """Plain dict for JSON output."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Event:
-    """One change made to the index, reported as it happens (index prints failures, watch prints all)."""
-
-    event: str  # embedded | moved | removed | failed | reused | changing | unavailable | kept
-    path: str
-    source: str | None = None  # the old path of a move
-    reason: str | None = None
-    segments: int = 0
-    duration: float = 0.0
-    count: int = 0  # unavailable, kept: how many indexed files were kept
 
 
 def binding(encoder: Encoder, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS) -> ModelBinding:
@@ -170,7 +126,7 @@ def sync(
     works = _sort_out(index, survey, report, emit, stop)
     # 3. Embed: short files first, so one long recording never holds up the rest of a library.
     if works and not stopped():
-        _embed(index, encoder, works, report, emit, progress, stop, decoders, cluster)
+        embed(index, encoder, works, report, emit, progress, stop, decoders, cluster)
     # 4. Remove what vanished (within the prune guard), and leave the index ready for reads.
     if stopped():
         report.stopped = True
@@ -264,7 +220,7 @@ def _sort_out(
             break
         except Exception as e:
             reason = f"cannot read: {e.strerror or e}" if isinstance(e, OSError) else reason_of(e)
-            _fail(index, work, reason, report, emit)
+            fail(index, work, reason, report, emit)
             continue
         sources = by_hash.get(work.hash)
         if sources and work.path not in survey.known:
@@ -276,7 +232,7 @@ def _sort_out(
         elif work.hash in to_embed:
             to_embed[work.hash].copies.append(work)
         elif index.has_audio(work.hash):
-            _add_copy(index, work, report, emit)
+            add_copy(index, work, report, emit)
         else:
             to_embed[work.hash] = work
     return sorted(to_embed.values(), key=lambda w: (w.size, w.path))
@@ -310,70 +266,3 @@ def _finish(index: Store, survey: Survey, prune: bool, whole: bool, report: Repo
         elif prune:
             index.forget_root(root)
     index.optimize()  # ready for fast reads: one read for the next cold search (SQLite), ANN index (PostgreSQL)
-
-
-def _embed(
-    index: Store,
-    encoder: Encoder,
-    works: list[Work],
-    report: Report,
-    emit: Callable[[Event], None],
-    progress: Callable[[float, float], None] | None,
-    stop: threading.Event | None,
-    decoders: int | None,
-    cluster: Remote | None = None,
-) -> None:
-    """Run the embedder over works (here, or on the cluster), turning its outcomes into report counts and events."""
-    bytes_total = sum(w.size for w in works)
-
-    def done(outcome: str, work: Work, segments: int, duration: float, reason: str | None) -> None:
-        if outcome == "embedded":
-            report.embedded += 1
-            report.segments += segments
-            report.audio_seconds += duration  # the audio added, counted as status counts it: per file
-            report.truncated += reason is not None
-            emit(Event("embedded", work.path, reason=reason, segments=segments, duration=duration))
-            for copy in work.copies:
-                if _add_copy(index, copy, report, emit):
-                    report.audio_seconds += duration
-        elif outcome == "changing":
-            report.changing += 1 + len(work.copies)
-            for w in (work, *work.copies):
-                emit(Event("changing", w.path, reason=reason))
-        else:
-            for w in (work, *work.copies):
-                _fail(index, w, reason or "failed", report, emit)
-
-    def seconds(audio: float, bytes_done: float) -> None:
-        if progress:  # the share done is measured in bytes: known for every file before it is decoded
-            progress(audio, min(1.0, bytes_done / bytes_total) if bytes_total else 0.0)
-
-    if decoders is None:
-        decoders = 1 if encoder.device.type == "cpu" else 4
-    embedder = Pipeline(index, encoder, done, stop)
-    if cluster is not None:
-        cluster.run(embedder, works, seconds)
-    else:
-        embedder.run(works, decoders, seconds)
-    report.windows_kept, report.seconds_kept = embedder.unfinished()
-
-
-def _add_copy(index: Store, work: Work, report: Report, emit: Callable[[Event], None]) -> bool:
-    """A path whose content is already indexed: store the row, reusing the vectors; False if it failed."""
-    try:
-        tags = read_tags(Path(work.path))
-    except Exception as e:
-        _fail(index, work, reason_of(e), report, emit)
-        return False
-    # dict(): FileRow.tags is a dict[str, str | list[str]], which (invariant) a dict[str, list[str]] is not
-    index.add_file(FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, dict(tags)))
-    report.reused += 1
-    emit(Event("reused", work.path))
-    return True
-
-
-def _fail(index: Store, work: Work, reason: str, report: Report, emit: Callable[[Event], None]) -> None:
-    index.record_failure(work.path, work.root, work.size, work.mtime_ns, reason)
-    report.failed += 1
-    emit(Event("failed", work.path, reason=reason))
-

@@ -72,8 +72,15 @@ def dump(db: Db, places: Places, binding: ModelBinding | None, roots: list[RootR
 
 
 def _contents(db: Db, hashes: list[str], dim: int) -> list[Content]:
-    audio = db.execute("SELECT hash, duration, sample_rate, channels FROM audio WHERE hash = ANY(%s)", (hashes,))
-    facts = {h: AudioRow(h, d, r, c) for h, d, r, c in audio}
+    audio = db.execute(
+        "SELECT a.hash, a.duration, a.sample_rate, a.channels, a.container, a.codec, a.bits, p.print FROM audio a "
+        "LEFT JOIN fingerprints p ON p.hash = a.hash WHERE a.hash = ANY(%s)",
+        (hashes,),
+    )
+    facts = {
+        h: AudioRow(h, d, r, c, container, codec, bits, None if fp is None else bytes(fp))
+        for h, d, r, c, container, codec, bits, fp in audio
+    }
     sql = 'SELECT hash, start, "end", embedding FROM segments WHERE hash = ANY(%s) ORDER BY hash, start, id'
     spans: dict[str, list[tuple[float, float]]] = {h: [] for h in hashes}
     vectors: dict[str, list[np.ndarray]] = {h: [] for h in hashes}
@@ -117,11 +124,15 @@ def _named(name: str, host: str, mount: str | None) -> tuple[str, str | None]:
 
 
 def _load_contents(db: Db, dim: int, contents: list[Content]) -> None:
-    """Audio rows, then every segment with its vector exactly as given: two binary COPYs."""
-    with db.copy("COPY audio (hash, duration, sample_rate, channels) FROM STDIN (FORMAT BINARY)",
-                 ["text", "float8", "int4", "int4"]) as copy:  # fmt: skip
+    """Audio rows and their fingerprints, then every segment with its vector exactly as given: binary COPYs."""
+    with db.copy("COPY audio (hash, duration, sample_rate, channels, container, codec, bits) FROM STDIN (FORMAT BINARY)",
+                 ["text", "float8", "int4", "int4", "text", "text", "int4"]) as copy:  # fmt: skip
         for c in contents:
-            copy.write_row((c.audio.hash, float(c.audio.duration), int(c.audio.sample_rate), int(c.audio.channels)))
+            copy.write_row((c.audio.hash, *rows.audio_values(c.audio)))
+    with db.copy("COPY fingerprints (hash, print) FROM STDIN (FORMAT BINARY)", ["text", "bytea"]) as copy:
+        for c in contents:
+            if c.audio.fingerprint is not None:
+                copy.write_row((c.audio.hash, bytes(c.audio.fingerprint)))
     hashes = [c.audio.hash for c in contents for _ in c.segments]
     spans = [s for c in contents for s in c.segments]
     v = np.concatenate([np.asarray(c.vectors, np.float32).reshape(-1, dim) for c in contents])

@@ -6,6 +6,7 @@ claims); a path is turned into (root, path below it) by roots.Places, and back.
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def add_segments(
     root, rel = places.locate(path) or place(places, path)
     rows.lock_content(db, hash)
     if not db.one("SELECT 1 FROM audio WHERE hash = %s", (hash,)):
-        rows.add_audio(db, AudioRow(hash, audio.duration, audio.sample_rate, audio.channels))
+        rows.add_audio(db, replace(audio, hash=hash))
         db.execute("INSERT INTO partial (hash, root_id, relpath) VALUES (%s, %s, %s)", (hash, root.id, rel))
     elif not rows.is_partial(db, hash):
         raise ValueError(f"Content {hash} is complete already; it takes no more segments.")
@@ -108,12 +109,13 @@ def add(
                 f"Content {row.hash} needs its AudioRow, segments and vectors (its last ones if unfinished)."
             )
         if ended:
-            sql = "UPDATE audio SET duration = %s, sample_rate = %s, channels = %s WHERE hash = %s"
-            db.execute(sql, (float(audio.duration), int(audio.sample_rate), int(audio.channels), row.hash))
+            rows.set_facts(db, replace(audio, hash=row.hash))
             db.execute("DELETE FROM partial WHERE hash = %s", (row.hash,))
         else:
             rows.add_audio(db, audio)
         rows.add_segments(db, binding, row.hash, segments, vectors, facts)
+    if audio is not None and audio.fingerprint is not None:  # with the content, in the same transaction
+        rows.set_fingerprints(db, {row.hash: audio.fingerprint})
     rows.upsert(db, root, rel, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", row.error, row.tags))
     if binding is not None:
         rows.freeze_centre(db, binding.dim, facts)

@@ -24,7 +24,8 @@ def conditions(filters: Filters | None, places: Places) -> tuple[str, list]:
     """SQL conditions on files f joined with audio a (each starting with AND), and their parameters."""
     if filters is None or filters.is_empty():
         return "", []
-    conds, params = [], []
+    conds: list[str] = []
+    params: list = []
     if filters.under:
         places.reload()  # a folder is matched against every root known now
         at = spots(filters.under, places)
@@ -48,6 +49,17 @@ def conditions(filters: Filters | None, places: Places) -> tuple[str, list]:
     if filters.max_duration is not None:
         conds.append("a.duration <= %s")
         params.append(float(filters.max_duration))
+    if filters.paths is not None:
+        places.reload()  # once: a path under no root is looked for no further
+        located = [found for p in sorted(filters.paths) if (found := places.locate(p, again=False))]
+        conds.append("(f.root_id, f.relpath) IN (SELECT * FROM unnest(%s::int[], %s::text[]))")
+        params += [[r.id for r, _ in located], [rel for _, rel in located]]
+    if filters.min_rate is not None:
+        conds.append("a.sample_rate >= %s")
+        params.append(int(filters.min_rate))
+    if filters.channels is not None:
+        conds.append("a.channels = %s")
+        params.append(int(filters.channels))
     for key, value in (filters.tags or {}).items():
         # folded holds every tag as a list of case-folded strings: containment is "any element matches".
         conds.append("f.folded @> %s")

@@ -9,6 +9,7 @@ same order, ties going to the file indexed first.
 """
 
 from audiofind.store.postgres.connection import Db
+from audiofind.store.postgres.hits import HIT_COLUMNS, hit
 from audiofind.store.postgres.roots import Places
 from audiofind.store.records import Hit, NameQuery, norm_path
 from audiofind.store.words import Doc, bm25, file_words, idf, phrase, stems
@@ -69,7 +70,7 @@ def ranked(db: Db, places: Places, q: NameQuery, limit: int, cond: str = "", par
     if expr is None or limit <= 0:
         return []
     sql = (
-        "SELECT f.id, f.root_id, f.relpath, f.hash, f.tags, a.duration, f.words FROM files f "
+        f"SELECT f.id, f.words, {HIT_COLUMNS} FROM files f "
         f"JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok' AND f.terms @@ %s::tsquery{cond}"
     )
     found = db.execute(sql, [expr, *(params or [])]).fetchall()
@@ -81,12 +82,9 @@ def ranked(db: Db, places: Places, q: NameQuery, limit: int, cond: str = "", par
     hit_sql = "SELECT count(*) FROM files WHERE status = 'ok' AND terms @@ %s::tsquery"
     idfs = [idf(rows, db.value(hit_sql, (tsquery(p),)) if p else 0) for p in phrases]
     avgdl = tokens / rows
-    scored = sorted(((bm25(doc(w), phrases, idfs, avgdl), i, r, rel, h, t, d) for i, r, rel, h, t, d, w in found),
-                    key=lambda x: (-x[0], x[1]))  # fmt: skip
-    return [
-        Hit(places.path(r, rel), score, 0.0, float(d), float(d), dict(sorted(t.items())), h)
-        for score, _, r, rel, h, t, d in scored[:limit]
-    ]
+    scored = sorted(((bm25(doc(w), phrases, idfs, avgdl), i, row) for i, w, *row in found), key=lambda x: (-x[0], x[1]))
+    seen: dict[int, bool] = {}  # root id -> whether it is there now
+    return [hit(places, tuple(row), score, None, None, seen) for score, _, row in scored[:limit]]
 
 
 def holding(db: Db, places: Places, terms: list[str], paths: list[str]) -> dict[str, list[str]]:

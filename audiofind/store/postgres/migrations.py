@@ -10,7 +10,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from audiofind.errors import SchemaMismatch
+from audiofind.store.postgres import facts, fulltext
 from audiofind.store.postgres.connection import Db, key
+from audiofind.store.postgres.roots import Places
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,27 @@ def m005_partial(db: Db) -> None:
             relpath text NOT NULL
         )"""
     )
+
+
+@migration
+def m006_extension_words(db: Db) -> None:
+    """Names index again, now that a file's extension is one of its words (`-mp3` leaves MP3s out)."""
+    fulltext.refill(db, Places(db))
+
+
+@migration
+def m007_audio_facts(db: Db) -> None:
+    """Each content's container, codec and bit depth, read from the header of one of its files this machine sees
+    (nothing embedded)."""
+    db.execute("ALTER TABLE audio ADD COLUMN container text, ADD COLUMN codec text, ADD COLUMN bits integer")
+    facts.fill(db, Places(db))
+
+
+@migration
+def m008_fingerprints(db: Db) -> None:
+    """Acoustic fingerprints of contents, for duplicates: stored with each content as it is indexed, and for older
+    contents by the first `duplicates` run (decoding, no embedding)."""
+    db.execute("CREATE TABLE fingerprints (hash text PRIMARY KEY REFERENCES audio(hash), print bytea NOT NULL)")
 
 
 def names() -> list[str]:

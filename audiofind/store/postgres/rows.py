@@ -88,7 +88,8 @@ def lock_and_read(db: Db, hash: str) -> tuple[dict, tuple[bool, bool]]:
             "SELECT EXISTS (SELECT 1 FROM audio WHERE hash = %s), EXISTS (SELECT 1 FROM partial WHERE hash = %s)",
             (hash, hash),
         )
-    return dict(facts.fetchall()), found.fetchone()
+    stored, unfinished = found.fetchone() or (False, False)
+    return dict(facts.fetchall()), (bool(stored), bool(unfinished))
 
 
 def is_partial(db: Db, hash: str) -> bool:
@@ -103,9 +104,46 @@ def has_audio(db: Db, hash: str) -> bool:
 
 
 def add_audio(db: Db, audio: AudioRow) -> None:
-    """The audio row of a new content (its segments follow)."""
-    sql = "INSERT INTO audio (hash, duration, sample_rate, channels) VALUES (%s, %s, %s, %s)"
-    db.execute(sql, (audio.hash, float(audio.duration), int(audio.sample_rate), int(audio.channels)))
+    """The audio row of a new content (its segments follow), with what the decoder read of its header."""
+    sql = (
+        "INSERT INTO audio (hash, duration, sample_rate, channels, container, codec, bits) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    )
+    db.execute(sql, (audio.hash, *audio_values(audio)))
+
+
+def set_facts(db: Db, audio: AudioRow) -> None:
+    """Record what the decoder read of a content that was begun before (duration, rate, channels, format)."""
+    sql = (
+        "UPDATE audio SET duration = %s, sample_rate = %s, channels = %s, container = %s, codec = %s, bits = %s "
+        "WHERE hash = %s"
+    )
+    db.execute(sql, (*audio_values(audio), audio.hash))
+
+
+def audio_values(audio: AudioRow) -> tuple[float, int, int, str | None, str | None, int | None]:
+    """(duration, sample_rate, channels, container, codec, bits) of an AudioRow, as the columns take them."""
+    bits = None if audio.bits is None else int(audio.bits)
+    facts = (audio.container or None, audio.codec or None, bits)
+    return (float(audio.duration), int(audio.sample_rate), int(audio.channels), *facts)
+
+
+def fingerprints(db: Db, hashes: Iterable[str]) -> dict[str, bytes]:
+    """The stored acoustic fingerprints of those of hashes that have one."""
+    sql = "SELECT hash, print FROM fingerprints WHERE hash = ANY(%s)"
+    return {h: bytes(b) for h, b in db.execute(sql, (list(hashes),))}
+
+
+def set_fingerprints(db: Db, prints: dict[str, bytes]) -> None:
+    """Store fingerprints of stored contents, each under its content's lock (a content no longer stored is
+    skipped: a collector may have taken it meanwhile)."""
+    sql = (
+        "INSERT INTO fingerprints (hash, print) SELECT %s, %s WHERE EXISTS (SELECT 1 FROM audio WHERE hash = %s) "
+        "ON CONFLICT (hash) DO UPDATE SET print = excluded.print"
+    )
+    for h in sorted(prints):  # in order, so two writers never wait on each other
+        lock_content(db, h)
+    db.executemany(sql, [(h, bytes(p), h) for h, p in sorted(prints.items())])
 
 
 def bits(codes: np.ndarray, dim: int) -> list[Bit]:
@@ -186,7 +224,7 @@ def remove(db: Db, places: list[tuple[int, str]]) -> int:
 
 
 def collect(db: Db, hashes: Iterable[str]) -> None:
-    """Drop the audio, segments and vectors of hashes that no file and no unfinished content references."""
+    """Drop the audio, segments, vectors and fingerprints of hashes no file and no unfinished content references."""
     wanted = sorted(set(hashes))
     for h in wanted:  # in order, so two collectors never wait on each other
         lock_content(db, h)
@@ -198,6 +236,7 @@ def collect(db: Db, hashes: Iterable[str]) -> None:
     if not orphans:
         return
     n = db.execute("DELETE FROM segments WHERE hash = ANY(%s)", (orphans,)).rowcount
+    db.execute("DELETE FROM fingerprints WHERE hash = ANY(%s)", (orphans,))
     db.execute("DELETE FROM audio WHERE hash = ANY(%s)", (orphans,))
     log.debug("dropped %d unreferenced contents (%d segments)", len(orphans), n)
 

@@ -9,6 +9,7 @@ Two ways to candidates, both re-scored with the SQLite backend's arithmetic (sto
 """
 
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from audiofind.store import vectors as vec
 from audiofind.store.postgres import rows
 from audiofind.store.postgres.connection import Db, key
 from audiofind.store.postgres.filters import conditions
+from audiofind.store.postgres.hits import HIT_COLUMNS, hit
 from audiofind.store.postgres.roots import Places
 from audiofind.store.records import Filters, Hit, ModelBinding
 
@@ -51,7 +53,7 @@ def search(
         "WHERE oid = to_regclass(%s)"
     )
     where_index, where_table = f"{db.schema}.{INDEX}", f"{db.schema}.segments"
-    facts = dict(db.execute(sql, (where_index, where_table)).fetchall())  # binding, centre, index, size: one trip
+    facts: dict[str, Any] = dict(db.execute(sql, (where_index, where_table)).fetchall())  # binding, centre, index, size: one trip
     binding = ModelBinding.from_meta(facts)
     if k <= 0 or binding is None:
         return []
@@ -138,18 +140,15 @@ def _rank(db: Db, places: Places, found: Fetched, q: np.ndarray, k: int, cond: s
     ids = np.array(sorted(found), dtype=np.int64)
     if not len(ids):
         return []
+    seen: dict[int, bool] = {}  # root id -> whether it is there now
     scores = ranking.best_scores(np.stack([found[int(i)][3] for i in ids]), q)
 
     def segments_of(block: np.ndarray) -> dict[int, tuple[str, float, float]]:
         return {int(i): found[int(i)][:3] for i in block}
 
-    def files_of(hashes: list[str]) -> list[tuple[str, str, dict, float]]:
-        sql = (
-            "SELECT f.root_id, f.relpath, f.hash, f.tags, a.duration FROM files f JOIN audio a ON a.hash = f.hash "
-            f"WHERE f.status = 'ok' AND f.hash = ANY(%s){cond}"
-        )
-        got = db.execute(sql, [hashes, *params]).fetchall()
-        return [(places.path(r, rel), h, rows.sorted_tags(t), d) for r, rel, h, t, d in got]
+    def files_of(hashes: list[str]) -> list[Hit]:
+        sql = f"SELECT {HIT_COLUMNS} FROM files f JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok' AND f.hash = ANY(%s){cond}"
+        return [hit(places, row, 0.0, None, None, seen) for row in db.execute(sql, [hashes, *params])]
 
     return ranking.rank_files(ids, scores, k, segments_of, files_of)
 

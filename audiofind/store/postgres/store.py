@@ -184,7 +184,7 @@ class PostgresStore:
     def reset(self) -> None:
         """Delete every file, root, segment and vector, and the model binding (the vector columns stay, for the next
         bind to keep or change)."""
-        tables = "files, partial, segments, audio, mounts, roots, meta"
+        tables = "files, partial, fingerprints, segments, audio, mounts, roots, meta"
         with self.transaction():
             if search.owner(self.db):  # at once, and no dead rows left for the next writer to wade through
                 self.db.execute(f"TRUNCATE {tables}")
@@ -289,6 +289,15 @@ class PostgresStore:
         mount are never removed from here. How many were stored."""
         with self.transaction():
             return files.remove(self.db, self.places, paths)
+
+    def fingerprints(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """The stored acoustic fingerprints of those contents that have one."""
+        return rows.fingerprints(self.db, hashes)
+
+    def set_fingerprints(self, prints: dict[str, bytes]) -> None:
+        """Store fingerprints of stored contents (one no longer stored is skipped), in one transaction."""
+        with self.transaction():
+            rows.set_fingerprints(self.db, prints)
 
     def optimize(self) -> None:
         """Code what was stored before the centre was seen, and build the HNSW index once it is worth having."""

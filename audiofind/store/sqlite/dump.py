@@ -46,11 +46,15 @@ def dump(conn: apsw.Connection, binding: ModelBinding | None, roots: list[RootRo
 
 
 def _content(conn: apsw.Connection, hash: str, dim: int) -> Content:
-    duration, rate, channels = conn.execute(  # type: ignore[misc]
-        "SELECT duration, sample_rate, channels FROM audio WHERE hash = ?", (hash,)
+    row: Any = conn.execute(
+        "SELECT a.duration, a.sample_rate, a.channels, a.container, a.codec, a.bits, p.print FROM audio a "
+        "LEFT JOIN fingerprints p ON p.hash = a.hash WHERE a.hash = ?",
+        (hash,),
     ).fetchone()
+    duration, rate, channels, container, codec, bits, fp = row
     spans, v = files.segment_vectors(conn, hash, dim)
-    return Content(AudioRow(hash, duration, rate, channels), spans, v)
+    audio = AudioRow(hash, duration, rate, channels, container, codec, bits, None if fp is None else bytes(fp))
+    return Content(audio, spans, v)
 
 
 def _place(path: str, root: str) -> tuple[str, str]:
@@ -79,6 +83,8 @@ def load(conn: apsw.Connection, portion: Portion) -> None:
         if binding is None or v.shape != (len(c.segments), binding.dim) or not np.all(np.isfinite(v)):
             raise ValueError(f"Content {c.audio.hash} does not fit this index: vectors {v.shape}.")
         files.add_audio(conn, c.audio)
+        if c.audio.fingerprint is not None:
+            conn.execute("INSERT INTO fingerprints (hash, print) VALUES (?, ?)", (c.audio.hash, bytes(c.audio.fingerprint)))
         codes = vec.binary_codes(v, np.frombuffer(centre, np.float32)) if isinstance(centre, bytes) else None
         for i, (start, end) in enumerate(c.segments):
             code = codes[i].tobytes() if codes is not None else None

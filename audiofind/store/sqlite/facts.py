@@ -6,16 +6,10 @@ modification time): no audio is decoded and nothing is embedded. A content none 
 """
 
 import logging
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import apsw
 
-from audiofind.errors import DecodeError
-
-if TYPE_CHECKING:
-    from audiofind.audio.decode import AudioInfo
+from audiofind.store.headers import read
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +33,3 @@ def fill(conn: apsw.Connection) -> int:
             done.add(str(hash))
     log.info("read the facts of %d contents from their headers (%d files tried)", len(done), tried)
     return len(done)
-
-
-def read(path: str, size: int, mtime_ns: int) -> "AudioInfo | None":
-    """The header facts of the file at path if it is still the file that was indexed, else None."""
-    from audiofind.audio import decode  # PyAV: loaded only when an old index is upgraded
-
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-        return None
-    try:
-        return decode.probe(Path(path), count=False)
-    except DecodeError as e:
-        log.debug("no facts for %s: %s", path, e)
-        return None
