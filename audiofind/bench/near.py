@@ -19,7 +19,7 @@ from audiofind.audio import decode
 from audiofind.audio.formats import extension
 from audiofind.errors import DecodeError, UsageError
 from audiofind.library.walk import walk
-from audiofind.model.encoder import Encoder
+from audiofind.model.embedder import Embedder
 from audiofind.search.duplicates import whole_file_vectors
 
 KINDS = ("flac", "mp3", "48k", "trim_start", "trim_end")
@@ -109,7 +109,7 @@ def source_files(folder: Path, limit: int) -> list[np.ndarray]:
     return out
 
 
-def measure(encoder: Encoder, sounds: list[np.ndarray], tmp: Path) -> NearReport:
+def measure(encoder: Embedder, sounds: list[np.ndarray], tmp: Path) -> NearReport:
     """Write each sound's copies under tmp, index them all with the encoder, and compare as `duplicates` does."""
     from audiofind.library.sync import prepare, sync
     from audiofind.store import open_store

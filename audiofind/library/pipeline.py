@@ -24,7 +24,7 @@ from audiofind.audio import decode
 from audiofind.audio.tags import read_tags
 from audiofind.errors import DecodeError
 from audiofind.library.walk import signature
-from audiofind.model.encoder import Encoder
+from audiofind.model.embedder import Embedder
 from audiofind.store import AudioRow, FileRow, Store
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Pipeline:
     def __init__(
         self,
         index: Store,
-        encoder: Encoder,
+        encoder: Embedder,
         on_done: Callable[[str, Work, int, float, str | None], None],
         stop: threading.Event | None = None,
     ) -> None:
@@ -121,7 +121,7 @@ class Pipeline:
         progress gets (audio seconds embedded, bytes of the files done so far, counting in-flight files pro rata).
         """
         ahead = max(QUEUE_WINDOWS, self.gather)  # decoders stay a gathering ahead of the model
-        for msg in decode_ahead(works, self.window, self.hop, self.stop, decoders, ahead):
+        for msg in decode_ahead(works, self.window, self.hop, self.stop, decoders, ahead, self.encoder.sample_rate):
             if self._stopped():
                 return  # windows not committed are simply done again next time
             work = msg[1]
@@ -282,9 +282,10 @@ class Pipeline:
 
 def decode_ahead(
     works: list[Work], window: float, hop: float, stop: threading.Event | None, decoders: int = 1,
-    ahead: int = QUEUE_WINDOWS,
+    ahead: int = QUEUE_WINDOWS, rate: int = decode.SAMPLE_RATE,
 ) -> Iterator[Message]:
-    """(kind, work, payload) messages: start (AudioInfo), window (a decode.Window)..., then end or error (exception).
+    """(kind, work, payload) messages: start (AudioInfo), window (a decode.Window at `rate`, the encoder's)..., then
+    end or error (exception).
 
     Messages of different files may interleave when several threads decode. Any exception while decoding one file
     becomes that file's error message; the thread goes on with the next file.
@@ -304,7 +305,7 @@ def decode_ahead(
                     return
                 try:
                     q.put(("start", work, decode.probe(Path(work.path))))
-                    for w in decode.iter_windows(Path(work.path), window, hop):
+                    for w in decode.iter_windows(Path(work.path), window, hop, rate):
                         if finished.is_set():
                             return
                         q.put(("window", work, w))

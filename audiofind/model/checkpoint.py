@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from safetensors import SafetensorError, safe_open
 
 from audiofind.errors import UnsafeCheckpoint, WeightsError
+from audiofind.model.family import Family
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made: reading metadata (every search) needs none
     import torch
@@ -219,12 +220,13 @@ def json_or_none(text: str | None, path: Path) -> dict | None:
 
 
 def write(tensors: "dict[str, torch.Tensor]", out: Path, name: str, sha256: str, source: Source,
-           config: dict | None = None, card: dict | None = None) -> Path:
-    """Write tensors and our metadata to a safetensors file, atomically."""
+           config: dict | None = None, card: dict | None = None, family: Family = "audioclip") -> Path:
+    """Write tensors and our metadata (the model family among it) to a safetensors file, atomically."""
     from safetensors.torch import save_file
 
     metadata = {
         "format": FORMAT,
+        "family": family,
         "name": name,
         "source": source,
         "source_sha256": sha256,
