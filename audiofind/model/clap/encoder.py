@@ -25,6 +25,7 @@ from audiofind.errors import UsageError, WeightsError
 from audiofind.model import weights
 from audiofind.model.clap import frontend
 from audiofind.model.clap.bpe import BPETokenizer, load_tokenizer
+from audiofind.model.clap.query import encode_texts
 from audiofind.model.clap.config import CLAPConfig
 from audiofind.model.clap.htsat import HTSAT
 from audiofind.model.clap.model import projection
@@ -160,7 +161,7 @@ class ClapEncoder:
         """Captions -> (B, dim) float32 unit vectors; captions of equal token count share a forward pass."""
         if self.text is None:
             raise RuntimeError("this encoder was loaded without its text tower")
-        ids, mask = self.tokenizer().encode(list(texts))
+        ids, mask = encode_texts(self.tokenizer(), texts)
         lengths = mask.sum(axis=1).tolist()
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode(), precision_scope(self.precision, self.device):

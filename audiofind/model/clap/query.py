@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from audiofind.errors import UsageError
 from audiofind.model.clap.bpe import BPETokenizer, load_tokenizer
 from audiofind.model.clap.textnp import RobertaTower, load_text_tower
 
@@ -25,8 +26,15 @@ class ClapTextModel:
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """Captions -> (B, dim) float32 unit vectors, equal to ClapEncoder.embed_text within 1e-5."""
-        ids, mask = self.tokenizer.encode(list(texts))
-        return self.tower.embed_text(ids, mask)
+        return self.tower.embed_text(*encode_texts(self.tokenizer, texts))
+
+
+def encode_texts(tokenizer: BPETokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """tokenizer.encode, with an empty or blank caption refused as a UsageError (as an empty query always was)."""
+    try:
+        return tokenizer.encode(list(texts))
+    except ValueError as e:
+        raise UsageError(f"Cannot embed that caption: {e}.") from None
 
 
 def load_text_model(weights_file: Path, tokenizer: Path, heads: int | None = None, context_length: int = 77) -> ClapTextModel:
