@@ -14,7 +14,6 @@ import audiogen
 import numpy as np
 import pytest
 import torch
-from clapkit import CLAP_CLI, VOCAB, published_checkpoint, tiny_state_dict
 from modelkit import register_tiny
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
@@ -31,6 +30,7 @@ from audiofind.search.embedding import encoder_for, query_encoder
 from audiofind.serve.app import create_app
 from audiofind.serve.library import Library
 from audiofind.store import open_store
+from clapkit import CLAP_CLI, VOCAB, published_checkpoint, tiny_state_dict
 
 runner = CliRunner()
 NAME = "clap-tiny"

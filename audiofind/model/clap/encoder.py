@@ -25,10 +25,10 @@ from audiofind.errors import UsageError, WeightsError
 from audiofind.model import weights
 from audiofind.model.clap import frontend
 from audiofind.model.clap.bpe import BPETokenizer, load_tokenizer
-from audiofind.model.clap.query import encode_texts
 from audiofind.model.clap.config import CLAPConfig
 from audiofind.model.clap.htsat import HTSAT
 from audiofind.model.clap.model import projection
+from audiofind.model.clap.query import encode_texts
 from audiofind.model.clap.roberta import Roberta
 from audiofind.model.embedder import default_batch_sizes, exact_batches
 from audiofind.model.family import check_tokenizer, tokenizer_dir
