@@ -5,6 +5,7 @@ recipe (refgen/weights_recipe.py), so the tests run where ../shared is absent.
 """
 
 import importlib.util
+import zipfile
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -87,5 +88,20 @@ def published_checkpoint(path: Path, cfg: CLAPConfig = CLAP_CLI, prefix: bool = 
     junk = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}
     sd = {("module." if prefix else "") + k: v for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"epoch": 45, "name": "synthetic", "state_dict": sd, "optimizer": junk}, path)
+    # numpy numbers in the training state, as the published file holds them, pickled under numpy 1's module path
+    torch.save({"epoch": np.int64(45), "name": "synthetic", "state_dict": sd, "optimizer": junk,
+                "val_loss": np.float64(0.25)}, path)  # fmt: skip
+    return as_numpy_1(path)
+
+
+def as_numpy_1(path: Path) -> Path:
+    """Rewrite a torch zip checkpoint so its numpy numbers name numpy 1's module (numpy.core.multiarray.scalar)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+            out.writestr(info, data)
+    tmp.replace(path)
     return path

@@ -173,12 +173,27 @@ def _not_a_checkpoint(path: Path) -> WeightsError:
     return WeightsError(f"{path} {what}, not {kind}." if what else f"{path} is not {kind}.")
 
 
+def numpy_scalar_globals() -> list:
+    """What a pickled numpy number needs beside the weights-only defaults: LAION-CLAP's published checkpoint holds
+    some in its training state, pickled by numpy 1 as numpy.core.multiarray.scalar (numpy 2 writes numpy._core).
+    Each of these builds a number from a dtype and its bytes; none can run code."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover (numpy 1)
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]  # every numeric dtype's class
+    names = ["numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"]
+    return [scalar, *((scalar, name) for name in names), np.dtype, *dtypes]
+
+
 def load_pt(path: Path) -> dict:
     """Unpickle a torch checkpoint without running code, and find its state dict."""
     import torch
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(numpy_scalar_globals()):
             # A raw pickle draws a protocol warning on its way to being refused; the error says enough.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # mmap needs the zip format of torch >= 1.6; older files are read into memory.
