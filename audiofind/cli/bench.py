@@ -182,7 +182,7 @@ def near_cmd(
 
 # ---------------------------------------------------------------- bench speed
 
-PARTS = ("model", "indexing", "reindex", "query", "names", "cold", "serve", "training")
+PARTS = ("model", "families", "indexing", "reindex", "query", "names", "cold", "serve", "training")
 
 
 @dataclass(frozen=True)
@@ -253,10 +253,12 @@ def speed(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Measure encoding (beside the reference AudioCLIP), indexing, re-indexing, search latency and training here."""
+    """Measure encoding (beside the reference AudioCLIP, and both model families side by side), indexing,
+    re-indexing, search latency and training here."""
     from audiofind.bench import speed as bench
     from audiofind.device import PRECISIONS, check_precision, resolve_device
     from audiofind.errors import UsageError
+    from audiofind.model.weights import resolve
 
     parts = set(only or PARTS)
     if parts - set(PARTS):
@@ -265,12 +267,24 @@ def speed(
     precisions = tuple(precision or (PRECISIONS if dev.type == "cuda" else ("fp32",)))
     for p in precisions:
         check_precision(p, dev)
+    needs_model = bool(parts & {"model", "indexing", "query", "serve"}) and not synthetic
+    family = resolve(weights).family if needs_model else "audioclip"
+    if family == "clap":  # bf16 is AudioCLIP's (the ResNeXt autocast); CLAP runs in fp32 or tf32
+        precisions = tuple(p for p in precisions if p != "bf16") or ("fp32",)
     machine = bench.machine(dev)
     say = (lambda msg: None) if json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
     figures: list[bench.Figure] = []
-    if "model" in parts:
+    if "model" in parts and family == "clap":
+        say("model: skipped; it times AudioCLIP beside its reference (the families part times both models)…")
+    elif "model" in parts:
         say("model: encode audio and text, beside the reference…")
         figures += bench.model_speed(weights, str(dev), synthetic, precisions[0])
+    if "families" in parts:
+        from audiofind.bench import families
+
+        say("families: one 10 s window through each family's audio tower (random full-size weights)…")
+        for key, value in families.window_speed(str(dev)).items():
+            figures.append(bench.Figure(key, families.LABELS[key], value, "s"))
     encoder = bench.bench_encoder(weights, str(dev), synthetic, precisions[0]) if parts & {"indexing", "query", "serve"} else None
     if "indexing" in parts and encoder is not None:  # (it is: loaded above for indexing)
         say("indexing: decode-only, model-only, end to end…")
@@ -297,6 +311,8 @@ def speed(
 
         say("cold search: a fresh process per query on a 100k-segment index, beside `import torch`…")
         figures.append(bench.Figure("cold_search_100k_s", "cold search, 100k segments (a new process)", coldstart.cold_search_bench(), "s"))
+        figures.append(bench.Figure("cold_search_clap_100k_s", "cold search of a CLAP index, 100k segments (a new process)",
+                                    coldstart.cold_search_bench(family="clap"), "s"))
         figures.append(bench.Figure("import_torch_s", "python -c 'import torch' (for comparison)", coldstart.import_torch_seconds(), "s"))
     if "serve" in parts:
         from audiofind.bench.serve import serve_speed
