@@ -47,16 +47,26 @@ def resolve_device(spec: str = "auto") -> torch.device:
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-def check_precision(precision: str, device: torch.device) -> str:
-    """The precision if this device can honour it, else DeviceError: tf32 and bf16 are for CUDA only."""
+def check_precision(precision: str, device: torch.device, cpu: tuple[str, list[str]] | None = None) -> str:
+    """The precision if this device can honour it, else DeviceError: tf32 is for CUDA; bf16 for CUDA and for CPUs
+    with AVX-512-BF16 or AMX (cpu: describe_cpu()'s answer, looked up when not given)."""
     if precision not in PRECISIONS:
         raise DeviceError(f"Unknown precision {precision!r}; use {', '.join(PRECISIONS)}.")
-    if precision != "fp32" and device.type != "cuda":
+    if precision == "fp32" or device.type == "cuda":
+        return precision
+    if precision == "bf16" and device.type == "cpu":
+        name, extensions = cpu or describe_cpu()
+        if set(extensions) & set(BF16_EXTENSIONS):
+            return precision
+        has = ", ".join(extensions) or "none of AVX2, AVX-512, AVX-512-BF16, AMX"
         raise DeviceError(
-            f"Precision {precision!r} is for CUDA devices; on {device.type} audiofind computes in fp32 only "
-            "(its embeddings match the reference there, and the fp32 path is the fast one)."
+            f"Precision 'bf16' needs a CUDA GPU or a CPU with {' or '.join(BF16_EXTENSIONS)}; this CPU ({name}) has "
+            f"{has}. Use fp32 (the default)."
         )
-    return precision
+    raise DeviceError(
+        f"Precision {precision!r} is for CUDA devices{' and CPUs with AVX-512-BF16 or AMX' if precision == 'bf16' else ''}; "
+        f"on {device.type} audiofind computes in fp32 only (its embeddings match the reference there)."
+    )
 
 
 def _tf32_flags() -> list[tuple[object, str]]:
@@ -99,6 +109,7 @@ def precision_scope(precision: str, device: torch.device, autocast: bool = False
 
 # /proc/cpuinfo flags of the vector extensions that decide CPU speed, as people name them.
 CPU_EXTENSIONS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512-BF16", "amx_tile": "AMX"}
+BF16_EXTENSIONS = ("AVX-512-BF16", "AMX")  # bfloat16 dot products in hardware: where bf16 can pay on a CPU
 
 
 def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:

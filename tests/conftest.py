@@ -28,3 +28,22 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """One intra-op thread: on a busy 2-core machine, two spinning OpenMP threads make training runs 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def clotho_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six sounds a TINY model can tell apart in the Clotho layout (trainkit.make_clotho), shared read-only."""
+    from trainkit import make_clotho
+
+    return make_clotho(tmp_path_factory.mktemp("clotho"))

@@ -5,6 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from audiofind.model.audioclip import AudioCLIP
 from audiofind.model.config import TINY, AudioCLIPConfig
@@ -40,3 +41,10 @@ def register_tiny(name: str = "tiny") -> str:
 
     weights.save_model(synthetic_state_dict(TINY), name, TINY.to_dict(), {"note": "synthetic test weights"})
     return name
+
+
+def count_forwards(model: nn.Module) -> list[tuple[int, int]]:
+    """(rows, samples) of every forward pass the audio tower runs from now on."""
+    calls: list[tuple[int, int]] = []
+    model.register_forward_hook(lambda _m, args, _out: calls.append((args[0].shape[0], args[0].shape[-1])))
+    return calls

@@ -67,6 +67,15 @@ def test_model_speed_runs_the_reference_beside_ours() -> None:
         assert figures[key].unit == "s"
 
 
+def test_model_speed_times_bf16_beside_the_reference_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiofind import device
+
+    monkeypatch.setattr(device, "describe_cpu", lambda: ("Test CPU", ["AVX-512", "AVX-512-BF16"]))
+    figures = {f.key: f for f in bench.model_speed(None, "cpu", synthetic=True, repeat=1, cfg=TINY, also=("bf16",))}
+    assert [k for k in figures if "bf16" in k] == ["audio_5s_bf16_s", "audio_20s_bf16_s"]
+    assert figures["audio_20s_bf16_s"].reference and figures["audio_20s_bf16_s"].value > 0
+
+
 def test_side_by_side_keeps_each_fastest_run(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     clock = iter([0.0, 5.0, 5.0, 7.0, 7.0, 10.0, 10.0, 14.0])  # (start, end) of a, b, a, b: a 5 then 3, b 2 then 4
@@ -117,6 +126,12 @@ def test_unknown_part_is_one_line() -> None:
     assert result.exit_code == 2 and "reindx" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_reduced_precision_on_cpu_is_one_line() -> None:
-    result = runner.invoke(app, ["bench", "speed", "--only", "model", "--device", "cpu", "--precision", "bf16"])
+def test_reduced_precision_on_cpu_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiofind import device
+
+    result = runner.invoke(app, ["bench", "speed", "--only", "model", "--device", "cpu", "--precision", "tf32"])
     assert result.exit_code == 2 and "for CUDA devices" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    monkeypatch.setattr(device, "describe_cpu", lambda: ("Old CPU", ["AVX2"]))
+    result = runner.invoke(app, ["bench", "speed", "--only", "model", "--device", "cpu", "--precision", "bf16"])
+    assert result.exit_code == 2 and "this CPU (Old CPU) has AVX2" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from audiofind.cli import app
 from audiofind.errors import DatasetError
-from audiofind.eval import clotho
+from audiofind.eval import clotho, clotho_csv
 from audiofind.eval.metrics import jackknife_ci, ranks_from_scores, retrieval_metrics, summarize
+from audiofind.train import data
 
 CLOTHO = Path(__file__).parent / "data" / "clotho"
 OFFICIAL = {"R1": 0.031579, "R5": 0.109474, "R10": 0.188325, "mAP10": 0.067934}
@@ -39,7 +40,7 @@ def make_layout(root: Path, n_clips: int, split: str = "evaluation") -> Path:
             w.writeframes(np.zeros(80 + i, dtype=np.int16).tobytes())
         rows.append([name] + [f"clip {i} caption {k}" for k in range(5)])
     with (root / f"clotho_captions_{split}.csv").open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([clotho.GT_HEADER, *rows])
+        csv.writer(f).writerows([clotho_csv.GT_HEADER, *rows])
     return root
 
 
@@ -278,6 +279,42 @@ def test_malformed_row_names_its_line(tmp_path: Path):
         f.write("broken.wav,only one caption\n")
     with pytest.raises(DatasetError, match=r"line 5: expected 6 fields"):
         clotho.load_split(tmp_path, need_audio=False)
+
+
+# A row appended to a 3-clip layout (line 5): what the benchmark raises, and what fine-tuning skips it with (None: kept).
+ROWS = [
+    ("broken.wav,only one caption", "expected 6 fields (file_name and 5 captions), found 2.",
+     "expected a file name and 5 captions, found 2 fields."),
+    (",a,b,c,d,e", "the file name is empty.", "the file name is empty."),
+    ("x.wav,,,,,", "clip 'x.wav' has an empty caption.", "x.wav has no caption."),
+    ("x.wav,a,,c,d,e", "clip 'x.wav' has an empty caption.", None),
+    ('"clip 00, take.wav",a,b,c,d,e', "clip 'clip 00, take.wav' is listed twice (first on row 1).", None),
+    ("gone.wav,a,b,c,d,e", None, "gone.wav is not in {audio}."),
+    (" , ,,,, ", "the file name is empty.", None),
+    ("", None, None),
+]
+
+
+@pytest.mark.parametrize(("row", "strict", "lenient"), ROWS)
+def test_one_captions_parser_strict_for_the_benchmark_lenient_for_training(
+        tmp_path: Path, row: str, strict: str | None, lenient: str | None) -> None:
+    make_layout(tmp_path, 3)
+    (tmp_path / "evaluation" / "x.wav").write_bytes((tmp_path / "evaluation" / "clip 01, take.wav").read_bytes())
+    csv_path = tmp_path / "clotho_captions_evaluation.csv"
+    with csv_path.open("a", encoding="utf-8") as f:
+        f.write(row + "\n")
+    if strict:
+        with pytest.raises(DatasetError) as raised:
+            clotho.load_split(tmp_path, need_audio=False)
+        assert str(raised.value) == f"{csv_path} line 5: {strict}"
+    else:
+        assert len(clotho.load_split(tmp_path, need_audio=False).files) == 3 + bool(row)
+    clips = data.read_clotho(tmp_path, "evaluation")
+    if lenient:
+        assert clips.problems == (f"{csv_path.name} line 5: {lenient.format(audio=tmp_path / 'evaluation')}",)
+        assert len(clips) == 3
+    else:
+        assert clips.problems == () and len(clips) == 3 + (row.strip(" ,") != "")
 
 
 def test_bad_header_is_refused(tmp_path: Path):

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import py7zr
 import pytest
-from tests.test_weights import Server
 from typer.testing import CliRunner
 
 from audiofind import paths
@@ -17,6 +16,7 @@ from audiofind.cli import app
 from audiofind.errors import ChecksumError, DatasetError, DownloadError
 from audiofind.eval import clotho
 from audiofind.train import data, datasets
+from httpkit import Server
 
 runner = CliRunner()
 HEADER = ["file_name"] + [f"caption_{i}" for i in range(1, 6)]
@@ -91,8 +91,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     publish(s, s.manifest, s.published)  # type: ignore[attr-defined]
     monkeypatch.setenv("AUDIOFIND_DATA_MANIFEST", str(s.manifest))  # type: ignore[attr-defined]
     yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    s.close()
 
 
 def cli(*args: str):  # type: ignore[no-untyped-def]
@@ -191,3 +190,29 @@ def test_bad_manifest_and_split_are_one_line(server: Server, tmp_path: Path, mon
     monkeypatch.setenv("AUDIOFIND_DATA_MANIFEST", str(tmp_path / "absent.tsv"))
     assert "absent.tsv" in cli().stderr
     assert cli("--split", "test").exit_code == 2
+
+
+def test_help_shows_the_splits_as_they_are_typed():
+    done = runner.invoke(app, ["data", "download", "clotho", "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0 and "Split." not in done.stdout
+    assert "development|validation|evaluation|all|dcase2022-eval" in done.stdout
+
+
+@pytest.mark.parametrize(("args", "manifest", "code"), [
+    (["--split", "test"], None, 2),  # not a split
+    (["--split"], None, 2),  # no value
+    (["--bogus"], None, 2),
+    ([], "absent.tsv", 1),  # the library's DatasetError
+    (["--split", "validation"], "damaged", 1),  # a ChecksumError in the middle of the download
+])
+def test_errors_are_one_line_that_begins_like_every_other_command(
+        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], manifest: str | None,
+        code: int):
+    if manifest == "damaged":
+        server.files["clotho_captions_validation.csv"] = b"not what the manifest says"
+    elif manifest:
+        monkeypatch.setenv("AUDIOFIND_DATA_MANIFEST", str(tmp_path / manifest))
+    done = cli("--to", str(tmp_path / "clotho"), *args)
+    lines = done.stderr.strip().splitlines()
+    assert done.exit_code == code and len(lines) == 1 and lines[0].startswith("error: "), done.output
+    assert "Traceback" not in done.output

@@ -83,7 +83,7 @@ def test_embed_reports_a_bad_file_and_prints_the_rest(tmp_path: Path) -> None:
         (["embed", "-t", "hi", "--device", "tpu"], 2, "tpu"),
         (["embed", "-t", "hi"], 1, "audiofind weights download audioclip-full"),
         (["embed"], 2, "Nothing to embed"),
-        (["embed", "-t", "hi", "--device", "cpu", "--precision", "bf16"], 2, "for CUDA devices"),
+        (["embed", "-t", "hi", "--device", "cpu", "--precision", "tf32"], 2, "for CUDA devices"),
         (["embed", "-t", "hi", "--precision", "fp16"], 2, "Unknown precision 'fp16'"),
     ],
 )

@@ -10,7 +10,7 @@ import audiogen
 import numpy as np
 import pytest
 import torch
-from modelkit import DATA, register_tiny, synthetic_model, synthetic_state_dict
+from modelkit import DATA, count_forwards, register_tiny, synthetic_model, synthetic_state_dict
 from torch import nn
 
 from audiofind.audio import decode
@@ -38,13 +38,6 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def batch_norms(module: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
-
-
-def count_forwards(model: nn.Module) -> list[tuple[int, int]]:
-    """(rows, samples) of every forward pass the audio tower runs from now on."""
-    calls: list[tuple[int, int]] = []
-    model.register_forward_hook(lambda _m, args, _out: calls.append((args[0].shape[0], args[0].shape[-1])))
-    return calls
 
 
 def test_loading_for_inference_folds_batch_norm() -> None:
@@ -154,11 +147,15 @@ def test_captions_share_forward_passes_and_keep_every_bit(packed: bool) -> None:
     assert all(np.array_equal(together[i], enc.embed_text([c])[0]) for i, c in enumerate(CAPTIONS))
 
 
-def test_precision_other_than_fp32_is_refused_off_cuda() -> None:
+def test_precision_other_than_fp32_is_refused_off_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiofind import device
+
     name = register_tiny()
-    for precision in ("tf32", "bf16"):
-        with pytest.raises(DeviceError, match="for CUDA devices"):
-            load_encoder(name, "cpu", ["audio"], precision=precision)
+    with pytest.raises(DeviceError, match="for CUDA devices"):
+        load_encoder(name, "cpu", ["audio"], precision="tf32")
+    monkeypatch.setattr(device, "describe_cpu", lambda: ("Old CPU", ["AVX2", "AVX-512"]))  # bf16 wants the hardware
+    with pytest.raises(DeviceError, match="needs a CUDA GPU or a CPU with AVX-512-BF16 or AMX"):
+        load_encoder(name, "cpu", ["audio"], precision="bf16")
     with pytest.raises(DeviceError, match="Unknown precision 'fp16'"):
         load_encoder(name, "cpu", ["audio"], precision="fp16")
 

@@ -14,9 +14,9 @@ from audiofind.audio import names
 from audiofind.cli import app
 from audiofind.errors import DatasetError
 from audiofind.train import data
-from test_loss import one_thread  # noqa: F401  (autouse: one intra-op thread here too)
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
 # Six sounds a tiny model can tell apart, each named the way sound designers name files (UCS-like ids, CamelCase).
 KINDS = [
     ("Electronic/Beeps", "BEEPHigh_Pitched Tone", lambda k: audiogen.sine(2500 + 300 * k, 1.0)),

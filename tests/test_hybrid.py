@@ -323,7 +323,7 @@ def test_tags_are_searchable_and_follow_their_file(tmp_path: Path) -> None:
 def test_names_follow_watch(tmp_path: Path) -> None:
     from audiofind.model.encoder import load_encoder
     from audiofind.search import search
-    from test_watch import Watching, tone
+    from watchkit import Watching, tone
 
     register_tiny()
     encoder = load_encoder("tiny", "cpu", towers=["audio"])

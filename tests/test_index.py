@@ -312,14 +312,22 @@ def test_like_puts_the_file_itself_first_among_its_copies(tiny: str, tmp_path: P
         assert run("search", "--like", path, "--paths", "-k", "3").splitlines()[0] == str(path)
 
 
-def test_precision_is_asked_per_command_and_kept_by_the_index(tiny: str, library: tuple[Path, dict], audiofind_home: Path) -> None:
+def test_precision_is_asked_per_command_and_kept_by_the_index(
+    tiny: str, library: tuple[Path, dict], audiofind_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audiofind import device
+
+    monkeypatch.setattr(device, "describe_cpu", lambda: ("Test CPU", ["AVX2", "AVX-512"]))  # no bfloat16 here
     root, files = library
     index_json(root, "-w", tiny)
     db = audiofind_home / "index.db"
-    for args in (["index", root, "--device", "cpu", "--precision", "bf16"], ["watch", root, "--device", "cpu", "--precision", "tf32"],
-                 ["serve", "--device", "cpu", "--precision", "bf16", "--no-open", "--port", "0"]):  # fmt: skip
+    for args, needle in (
+        (["index", root, "--device", "cpu", "--precision", "bf16"], "this CPU (Test CPU) has AVX2, AVX-512"),
+        (["watch", root, "--device", "cpu", "--precision", "tf32"], "is for CUDA devices"),
+        (["serve", "--device", "cpu", "--precision", "bf16", "--no-open", "--port", "0"], "needs a CUDA GPU or a CPU with"),
+    ):
         result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == 2 and "is for CUDA devices" in result.stderr, (args, result.output)
+        assert result.exit_code == 2 and needle in result.stderr, (args, result.output)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     # An index built in bf16 on a GPU, then opened on a CPU: kept as it is, and each command says why it stops.
     conn = apsw.Connection(str(db))

@@ -9,7 +9,7 @@ import audiogen
 import numpy as np
 import pytest
 import torch
-from modelkit import synthetic_model
+from modelkit import count_forwards, synthetic_model
 
 from audiofind.audio import decode
 from audiofind.library import pipeline
@@ -18,7 +18,6 @@ from audiofind.model.config import TINY
 from audiofind.model.encoder import Encoder, from_model
 from audiofind.model.inference import prepare_for_inference
 from audiofind.store.sqlite.store import SqliteStore
-from test_encoder import count_forwards
 
 
 @dataclass

@@ -20,30 +20,15 @@ from modelkit import synthetic_state_dict
 from safetensors.torch import load_file, save_file
 
 from audiofind.model.audio import FBSP
-from audiofind.model.audioclip import AudioCLIP
 from audiofind.model.config import TINY
 from audiofind.model.tokenizer import tokenize
-from audiofind.train.finetune import TrainConfig, _forward_loss
+from audiofind.train.config import TrainConfig
 from audiofind.train.loss import PairForward, contrastive_loss, fbsp_penalty, rescale_fbsp_grads
+from audiofind.train.step import step_loss
+from trainkit import float64_model, grads
 
 CAPTIONS = ["a dog barks", "rain on a tin roof", "a high pitched beep", "a car passes by on a wet road"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, two spinning OpenMP threads make these runs 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def float64_model(state: dict[str, torch.Tensor]) -> AudioCLIP:
-    """TINY in float64 and eval mode, with the trainer's frozen (empty) fbsp bias."""
-    model = AudioCLIP(TINY).double()
-    model.load_state_dict(state)
-    model.audio.fbsp.bias.requires_grad_(False)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grad_case() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -55,11 +40,6 @@ def grad_case() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     audio[:, :, ::2] *= torch.linspace(0.1, 1.0, len(CAPTIONS), dtype=torch.float64)[:, None, None]  # not all alike
     tokens = tokenize(CAPTIONS)
     return state, audio, tokens[:, : int(tokens.argmax(-1).max()) + 1].contiguous()
-
-
-def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter's gradient by name (frozen ones have none)."""
-    return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
 def symmetric_ce(logits: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -114,12 +94,12 @@ def test_step_loss_is_smoothed_cross_entropy_plus_the_weighted_fbsp_regulariser(
     # each term moves the loss far beyond float64 rounding, so dropping either one fails below
     assert abs(symmetric_ce(logits, 0.25) - symmetric_ce(logits, 0.0)).item() > 1e-3 and 3.0 * penalty.item() > 1e-3
 
-    got = _forward_loss(PairForward(model), audio, tokens, cfg, nullcontext())
+    got = step_loss(PairForward(model), audio, tokens, cfg, nullcontext())
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     wanted = torch.autograd.grad(expected, params, retain_graph=True)  # eval mode shares the cached fbsp projection
     for name, want, have in zip(names, wanted, torch.autograd.grad(got, params)):
-        torch.testing.assert_close(have, want, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(have, want, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ---------------------------------------------------------------- two ranks
@@ -134,9 +114,10 @@ WORKER = inspect.cleandoc("""
     import torch.distributed as dist
     from safetensors.torch import load_file, save_file
     from torch.nn.parallel import DistributedDataParallel as DDP
+    from audiofind.train.config import TrainConfig
     from audiofind.train.loss import PairForward
-    from audiofind.train.finetune import TrainConfig, _forward_loss
-    from test_loss import float64_model, grads
+    from audiofind.train.step import step_loss
+    from trainkit import float64_model, grads
     torch.set_num_threads(1)
     case, port, rank, world = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=timedelta(seconds=120))
@@ -145,7 +126,7 @@ WORKER = inspect.cleandoc("""
     batch = load_file(case / "batch.safetensors")
     mine = slice(rank * len(batch["audio"]) // world, (rank + 1) * len(batch["audio"]) // world)
     step_model = DDP(PairForward(model))
-    _forward_loss(step_model, batch["audio"][mine], batch["tokens"][mine], TrainConfig(), nullcontext()).backward()
+    step_loss(step_model, batch["audio"][mine], batch["tokens"][mine], TrainConfig(), nullcontext()).backward()
     save_file(grads(model), case / f"rank{rank}.safetensors")
     dist.destroy_process_group()
 """)
@@ -170,7 +151,7 @@ def test_two_ranks_give_the_gradient_of_one_process_on_their_concatenated_batch(
              for r in (0, 1)]
     try:
         model = float64_model(state)  # meanwhile, one process on all four pairs
-        _forward_loss(PairForward(model), audio, tokens, TrainConfig(), nullcontext()).backward()
+        step_loss(PairForward(model), audio, tokens, TrainConfig(), nullcontext()).backward()
         expected = grads(model)
         assert len(expected) > 20 and max(g.abs().max().item() for g in expected.values()) > 1e-2
         for worker in ranks:
@@ -184,4 +165,4 @@ def test_two_ranks_give_the_gradient_of_one_process_on_their_concatenated_batch(
         got = load_file(tmp_path / f"rank{rank}.safetensors")
         assert got.keys() == expected.keys()
         for key, want in expected.items():
-            torch.testing.assert_close(got[key], want, rtol=0, atol=1e-6, msg=lambda m: f"rank {rank}, {key}: {m}")
+            torch.testing.assert_close(got[key], want, rtol=0, atol=1e-6, msg=lambda m, rank=rank, key=key: f"rank {rank}, {key}: {m}")

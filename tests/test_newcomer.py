@@ -17,10 +17,9 @@ from audiofind.cli import app
 from audiofind.model import weights
 from audiofind.model.config import TINY
 from audiofind.train import finetune as train
-from test_loss import one_thread  # noqa: F401  (autouse: one intra-op thread here too)
-from test_train import make_clotho
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(*args: str, env: dict[str, str] | None = None):
@@ -40,11 +39,6 @@ def sounds(tmp_path: Path) -> Path:
     folder.mkdir()
     audiogen.write_audio(folder / "hum.wav", audiogen.sine(110, 0.5))
     return folder
-
-
-@pytest.fixture(scope="module")
-def clotho_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clotho(tmp_path_factory.mktemp("clotho"))
 
 
 def indexed_model(result) -> str:

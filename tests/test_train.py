@@ -4,13 +4,13 @@ Every run uses the TINY config on a made-up Clotho-layout dataset of six disting
 0.3 s crops, so a few dozen steps take seconds on a CPU.
 """
 
-import csv
 import inspect
 import json
-import math
 import os
+import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import audiogen
@@ -21,65 +21,21 @@ from modelkit import synthetic_model, synthetic_state_dict
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import killkit
 from audiofind.cli import app
 from audiofind.errors import DatasetError, UsageError
 from audiofind.model import weights
 from audiofind.model.config import TINY, AudioCLIPConfig
-from audiofind.train import data
-from audiofind.train.finetune import TrainConfig, average_state_dicts, best_epochs, finetune, lr_at, train_throughput
+from audiofind.train import data, runfolder
+from audiofind.train.config import TrainConfig
+from audiofind.train.finetune import finetune, lr_at
 from audiofind.train.loss import fbsp_penalty
-from test_loss import one_thread  # noqa: F401  (autouse: one intra-op thread here too)
+from audiofind.train.runfolder import average_state_dicts, best_epochs, trim_log
+from audiofind.train.step import train_throughput
+from trainkit import CHANCE_MAP10, quick, register_init
 
-# Six sounds a tiny model can tell apart; variant k changes pitch, seed or level a little.
-SOUNDS = [
-    ("beep", lambda k: audiogen.sine(2500 + 300 * k, 1.0),
-     ["a high pitched beep", "a shrill electronic tone", "a high beep sounds", "a piercing whistle tone", "a thin high note"]),
-    ("hum", lambda k: audiogen.sine(90 + 15 * k, 1.0),
-     ["a low hum", "a deep humming drone", "low rumble of a motor", "a bass hum", "a dull low drone"]),
-    ("noise", lambda k: audiogen.noise(1.0, seed=int(10 * k)),
-     ["white noise hissing", "static hiss", "loud hiss of noise", "rushing noise like wind", "a noisy hiss"]),
-    ("sweep", lambda k: audiogen.chirp(200, 4000 + 500 * k, 1.0),
-     ["a rising sweep", "a tone sweeping upward", "pitch goes up quickly", "a rising siren", "an upward glide"]),
-    ("buzz", lambda k: audiogen.square(180 + 20 * k, 1.0),
-     ["an electric buzz", "a harsh buzzing sound", "a buzzer going off", "a raspy square wave buzz", "buzzing"]),
-    ("quiet", lambda k: audiogen.sine(1000, 1.0, amp=0.001 * (k + 1)),
-     ["near silence", "almost nothing can be heard", "a very quiet room", "silence", "faint quiet"]),
-]
-CHANCE_MAP10 = sum(1 / r for r in range(1, len(SOUNDS) + 1)) / len(SOUNDS)  # random ranking of 6 clips: 0.408
-
-
-def make_clotho(root: Path) -> Path:
-    """Clotho layout: three variants of each sound for development, one in between for validation."""
-    for split, variants in (("development", (0, 1, 2)), ("validation", (0.5,))):
-        (root / split).mkdir(parents=True)
-        with open(root / f"clotho_captions_{split}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["file_name"] + [f"caption_{i}" for i in range(1, 6)])
-            for name, make, captions in SOUNDS:
-                for k in variants:
-                    audiogen.write_audio(root / split / f"{name}_{k:g}.wav", make(k))
-                    w.writerow([f"{name}_{k:g}.wav", *captions])
-    return root
-
-
-def register_init(name: str = "tiny-init") -> str:
-    """TINY recipe weights as a local model; the audio-text logit scale starts at 10, not 100, so a few steps show."""
-    sd = synthetic_state_dict(TINY)
-    sd["logit_scale_at"] = torch.tensor(math.log(10.0))
-    weights.save_model(sd, name, TINY.to_dict(), {"description": "TINY recipe weights for tests"})
-    return name
-
-
-def quick(tmp: Path, clotho: Path, **changes) -> TrainConfig:
-    """A seconds-long recipe: TINY crops, a high learning rate, no worker processes."""
-    base = dict(name="tuned", clotho=clotho, init="tiny-init", out=tmp / "run", epochs=2, lr=3e-3, warmup_steps=1,
-                crop_seconds=0.3, workers=0, average_top=2)
-    return TrainConfig(**(base | changes))
-
-
-@pytest.fixture(scope="module")
-def clotho_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clotho(tmp_path_factory.mktemp("clotho"))
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
 
 
 @pytest.fixture
@@ -209,7 +165,8 @@ def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path, 
         import os, sys
         from pathlib import Path
         from safetensors.torch import save_file
-        from audiofind.train.finetune import TrainConfig, finetune
+        from audiofind.train.config import TrainConfig
+        from audiofind.train.finetune import finetune
         out = Path(sys.argv[2])
         cfg = TrainConfig(name="ddp", clotho=Path(sys.argv[1]), init="tiny-init", out=out, batch=4, lr=3e-3,
                           warmup_steps=1, crop_seconds=0.3, workers=0, max_steps=2)
@@ -232,12 +189,97 @@ def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path, 
     assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2  # both ranks' dropout generators, for an exact resume
 
 
+# ---------------------------------------------------------------- killed at any moment (issue 20)
+
+
+def test_a_run_killed_at_any_file_operation_resumes_to_the_same_end(tmp_path: Path, clotho_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL at every file operation of the epochs' ends and of the run's end (killkit.py), then --resume.
+
+    --resume continues from the last epoch whose checkpoint is whole; a run killed before its first checkpoint is
+    whole has nothing to resume and starts again. Either way it ends with the files, weights, metrics log and card
+    of a run that was never killed.
+    """
+    def home(root: Path) -> Path:
+        monkeypatch.setenv("AUDIOFIND_HOME", str(root / "home"))
+        register_init()
+        return root
+
+    trace = tmp_path / "operations.txt"
+    assert killkit.run(home(tmp_path / "whole"), clotho_dir, trace=trace) == 0
+    operations = trace.read_text().splitlines()
+    assert [op for op in operations if not op.endswith(" step")] == [
+        "write run/metrics.jsonl", "write run/metrics.jsonl baseline",
+        # epoch 1's end: the checkpoint first, since the snapshot and the log line can be made again from it
+        "replace run/checkpoint.pt", "replace run/best/epoch-001.safetensors", "write run/metrics.jsonl epoch",
+        # epoch 2's end: epoch 2 scores best, so its snapshot replaces epoch 1's
+        "replace run/checkpoint.pt", "replace run/best/epoch-002.safetensors", "unlink run/best/epoch-001.safetensors",
+        "write run/metrics.jsonl epoch",
+        # the run's end: the average of the best epochs registered, its card, the last log line
+        "replace home/weights/tuned.safetensors", "write run/card.json", "write run/metrics.jsonl final",
+    ]
+    expected = killkit.outcome(tmp_path / "whole")
+    first = operations.index("replace run/checkpoint.pt")
+    points = [(n, way) for n, op in enumerate(operations, 1) if n > first and " step" not in op
+              for way in killkit.ways_to_kill(op)]
+    assert len(points) == 15
+    for n, way in points:
+        root = home(tmp_path / f"{n}-{way}")
+        assert killkit.run(root, clotho_dir, (n, way)) == -signal.SIGKILL, (n, way)
+        whole = operations[: n - 1].count("replace run/checkpoint.pt")  # epochs whose checkpoint was renamed in
+        assert whole or not list((root / "run" / "best").glob("*.safetensors")), "a snapshot without its checkpoint"
+        resume = ["finetune", "--out", str(root / "run"), "--resume", "--workers", "0", "--json"]
+        if whole:
+            assert torch.load(root / "run" / "checkpoint.pt", weights_only=True)["step"] == 3 * whole
+            done = runner.invoke(app, resume)
+        else:
+            refused = runner.invoke(app, resume)
+            assert refused.exit_code == 2 and "Nothing to resume" in refused.stderr, refused.output
+            done = runner.invoke(app, killkit.command(root, clotho_dir))
+        assert done.exit_code == 0 and json.loads(done.stdout)["finished"], (n, way, done.output)
+        assert killkit.outcome(root) == expected, (n, way, operations[n - 1])
+
+
 # ---------------------------------------------------------------- small pure pieces
 
 
 def test_learning_rate_warms_up_linearly_then_holds() -> None:
     cfg = TrainConfig(lr=1e-5, warmup_steps=4)
     assert [lr_at(s, cfg) for s in range(6)] == pytest.approx([2.5e-6, 5e-6, 7.5e-6, 1e-5, 1e-5, 1e-5])
+
+
+def test_resuming_cuts_the_log_back_to_the_checkpoint(tmp_path: Path) -> None:
+    records = [{"kind": "baseline", "step": 0}, *({"kind": "step", "step": s} for s in (1, 2, 3)),
+               {"kind": "epoch", "epoch": 1, "step": 3}, {"kind": "step", "step": 4}]
+    log = tmp_path / "metrics.jsonl"
+    whole = "".join(json.dumps(r) + "\n" for r in records)
+    log.write_text(whole + '{"kind": "st')  # a line cut short
+    assert trim_log(log, 3, epoch=1) and log.read_text() == whole[: whole.index('{"kind": "step", "step": 4}')]
+    log.write_text(whole + json.dumps({"kind": "final", "step": 4}) + "\n")
+    assert not trim_log(log, 4, epoch=2) and log.read_text() == whole  # the run's end writes its line again
+    log.write_text(whole[: whole.index('{"kind": "epoch"')] + '{"kind": "epoch", "epoch": 1, "step": 3}')
+    assert not trim_log(log, 3, epoch=1)  # the epoch's line was cut short: start() writes it again
+
+
+def test_resuming_mends_what_a_kill_left_after_the_checkpoint(tmp_path: Path) -> None:
+    """Killed after epoch 2's checkpoint: no snapshot or log line for it yet, temporaries half written."""
+    out = tmp_path / "run"
+    (out / "best").mkdir(parents=True)
+    for tmp in (out / "checkpoint.pt.tmp", out / "best" / "epoch-002.tmp"):
+        tmp.write_bytes(b"half a file")
+    runfolder.save_snapshot(out, 1, {"w": torch.zeros(3)})
+    history = [{"epoch": 1, "step": 3, "mAP10": 0.2}, {"epoch": 2, "step": 6, "mAP10": 0.5}]
+    records = [{"kind": "step", "step": s} for s in (1, 2, 3)] + [{"kind": "epoch", **history[0]}]
+    records += [{"kind": "step", "step": s} for s in (4, 5, 6)]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    runfolder.start(out, {"step": 6, "history": history, "model": {"w": torch.arange(3.0)}}, average_top=1)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "best", "best/epoch-002.safetensors", "metrics.jsonl"]  # epoch 2 is rebuilt, epoch 1 no longer the best
+    assert torch.equal(load_file(out / "best" / "epoch-002.safetensors")["w"], torch.arange(3.0))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == records + [{"kind": "epoch", **history[1]}]
+    runfolder.start(out, None, average_top=1)  # a fresh run keeps nothing of an old one
+    assert (out / "metrics.jsonl").read_text() == "" and not list((out / "best").iterdir())
 
 
 def test_best_epochs_and_their_average() -> None:
@@ -403,8 +445,27 @@ def test_cli_defaults_are_the_recipe() -> None:
 
     command = typer.main.get_command(app).commands["finetune"]
     defaults = {p.name: p.default for p in command.params}
-    for f in TrainConfig.__dataclass_fields__.values():
-        assert defaults[f.name] == f.default, f.name
+    recipe = TrainConfig()
+    for name in TrainConfig.__dataclass_fields__:
+        assert defaults[name] == getattr(recipe, name), name
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 1), (2, 2), (3, 3), (64, 4)])
+def test_default_workers_are_no_more_than_the_cores(monkeypatch: pytest.MonkeyPatch, cores: int, workers: int) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))  # what the DataLoader counts too
+    assert TrainConfig().workers == workers
+    assert TrainConfig(workers=7).workers == 7  # asked for, not a default
+
+
+def test_the_default_loader_starts_without_a_warning(tmp_path: Path) -> None:
+    """PyTorch warns when a loader has more workers than cores; the default never does (issue 21)."""
+    clip = audiogen.write_audio(tmp_path / "a.wav", audiogen.noise(0.3))
+    clips = data.ClipSet("t", tuple(data.Clip(clip, (f"c{i}",)) for i in range(4)))
+    loader, order = data.pair_loader(data.PairDataset(clips, crop_seconds=0.1, seed=0), TrainConfig().workers)
+    order.set(data.epoch_batches(4, 0, seed=0, batch=2), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the DataLoader's "suggested max number of worker" warning fails the test
+        assert sum(len(b["tokens"]) for b in loader) == 4
 
 
 def test_train_throughput_reports_speed_and_memory() -> None:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -27,34 +26,16 @@ from audiofind.library import watch as watch_module
 from audiofind.library.folders import Folders
 from audiofind.library.observers import changes, snapshot
 from audiofind.library.sync import Event, Report, prepare, sync, walk
-from audiofind.library.watch import BURST_WAIT, Watcher, watch
+from audiofind.library.watch import BURST_WAIT, Watcher
 from audiofind.model.encoder import Encoder, load_encoder
 from audiofind.search.embedding import search_like
 from audiofind.store import FileRow
 from audiofind.store.sqlite import connection
 from audiofind.store.sqlite.store import SqliteStore
+from watchkit import DEADLINE, SETTLE, Watching, tone, wait_until
 
-SETTLE = 0.2
 SLOW_SETTLE = 0.5  # for slow writes: a pause four times shorter than this is never taken for the end
-# Seconds any awaited result may take before the test fails. Generous: the machine may be busy, and a wait ends as
-# soon as its result is there, so a long deadline costs nothing when things work.
-DEADLINE = 120.0
 runner = CliRunner()
-
-
-def wait_until(check: Callable[[], object], what: str, deadline: float = DEADLINE) -> object:
-    """Poll until check() is truthy; fail naming `what` after the deadline."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def tone(path: Path, freq: float, seconds: float = 0.5) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return audiogen.write_audio(path, audiogen.sine(freq, seconds))
 
 
 def write_slowly(path: Path, data: bytes, chunks: int = 8) -> None:
@@ -78,46 +59,6 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
         mp.setenv("AUDIOFIND_HOME", str(tmp_path_factory.mktemp("home")))
         register_tiny()
         return load_encoder("tiny", "cpu", towers=["audio"])  # loaded now: later tests have other homes
-
-
-class Watching:
-    """watch() on a thread of its own, with every event it reports; stops and re-raises its error on exit."""
-
-    def __init__(self, db: Path, encoder: Encoder, roots: list[Path], **options) -> None:
-        self.db, self.encoder, self.roots, self.options = db, encoder, roots, {"settle": SETTLE, **options}
-        self.events: list[Event] = []
-        self.stop, self.ready = threading.Event(), threading.Event()
-        self.error: BaseException | None = None
-
-    def __enter__(self) -> "Watching":
-        self.index = SqliteStore.open(self.db)
-        prepare(self.index, self.encoder)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        wait_until(lambda: self.ready.is_set() or self.error, "the first sync")
-        self.initial = len(self.events)  # what the first sync reported; the rest comes from watching
-        return self
-
-    def _run(self) -> None:
-        try:
-            watch(self.index, self.encoder, self.roots, on_event=self.events.append, stop=self.stop,
-                  on_ready=self.ready.set, **self.options)  # fmt: skip
-        except BaseException as e:  # handed to the test thread
-            self.error = e
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(DEADLINE)
-        self.index.close()
-        assert not self.thread.is_alive(), "watch did not stop"
-        if self.error:
-            raise self.error
-
-    def of(self, kind: str, path: Path | None = None) -> list[Event]:
-        return [e for e in list(self.events) if e.event == kind and (path is None or e.path == str(path))]
-
-    def wait(self, kind: str, path: Path | None = None, n: int = 1) -> list[Event]:
-        return wait_until(lambda: len(self.of(kind, path)) >= n and self.of(kind, path), f"{n} {kind} {path or ''}")
 
 
 def test_new_file_is_embedded(tmp_path: Path, encoder: Encoder) -> None:

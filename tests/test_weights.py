@@ -2,10 +2,8 @@
 
 import builtins
 import hashlib
-import http.server
 import json
 import pickle
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ from audiofind.errors import (
 )
 from audiofind.model import checkpoint as ckpt
 from audiofind.model import weights
+from httpkit import Server
 
 KEPT = {
     "audio.conv1.weight", "audio.bn1.weight", "audio.bn1.running_mean", "audio.fbsp.fb", "audio.window",
@@ -65,45 +64,6 @@ def checkpoint(tmp_path: Path) -> Path:
     path.parent.mkdir()
     torch.save(fake_state_dict(), path)
     return path
-
-
-class Server:
-    """A file server on 127.0.0.1 that honours Range, and can cut a response half-way or ignore Range."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[str | None] = []  # the Range header of each request
-        self.cut = False
-        self.ignore_range = False
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests.append(self.headers.get("Range"))
-                data = server.files.get(self.path.lstrip("/"))
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                rng = self.headers.get("Range")
-                if rng and not server.ignore_range:
-                    start = int(rng.removeprefix("bytes=").split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                self.wfile.write(body[: len(body) // 2] if server.cut else body)
-                self.close_connection = True
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
 
 @pytest.fixture

@@ -145,9 +145,9 @@ def _noise(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def model_speed(weights_name: str | None, device: str, synthetic: bool = False, precision: str = "fp32",
-                repeat: int = 5, cfg: AudioCLIPConfig = FULL_SIZE) -> list[Figure]:
+                repeat: int = 5, cfg: AudioCLIPConfig = FULL_SIZE, also: tuple[str, ...] = ()) -> list[Figure]:
     """Audio (5 s and 20 s clips) and text (1 and 64 captions) encode times beside the reference's, weights load;
-    cfg sizes the synthetic model (tests pass a tiny one)."""
+    cfg sizes the synthetic model (tests pass a tiny one); `also`: more precisions to time the audio clips in."""
     enc, ref, ref_text_tower, load_s = _twins(weights_name, device, synthetic, precision, cfg)
     dev = enc.device
     figures = []
@@ -157,6 +157,11 @@ def model_speed(weights_name: str | None, device: str, synthetic: bool = False, 
             x = torch.from_numpy(clip)[None, None].to(dev)
             t = side_by_side({"ours": partial(enc.embed_audio, [clip]), "ref": partial(ref, x)}, dev, repeat)
             figures.append(Figure(f"audio_{seconds}s_s", f"encode a {seconds} s clip", t["ours"], "s", t["ref"]))
+            for other in also:  # each against the reference again, in the same interleaved run
+                mine = replace(enc, precision=other)
+                t = side_by_side({"ours": partial(mine.embed_audio, [clip]), "ref": partial(ref, x)}, dev, repeat)
+                label = f"encode a {seconds} s clip, {other}"
+                figures.append(Figure(f"audio_{seconds}s_{other}_s", label, t["ours"], "s", t["ref"]))
         for captions in (SAMPLE_CAPTIONS[:1], (SAMPLE_CAPTIONS * 16)[:64]):
             ref_text = partial(_reference_text, ref_text_tower, captions, dev)
             t = side_by_side({"ours": partial(enc.embed_text, captions), "ref": ref_text}, dev, repeat * 2 if len(captions) == 1 else 2)
@@ -267,7 +272,8 @@ def indexing_figures(encoder: Loaded, precisions: tuple[str, ...] = ("fp32",), l
             enc = replace(encoder, precision=precision)
             for kind, (_, seconds) in libraries.items():
                 r = indexing_speed(enc, made[kind])
-                name, key = ("long recordings" if seconds else "sample library") + (f", {precision}" if cuda else ""), f"{kind}_{precision}"
+                named = cuda or len(precisions) > 1
+                name, key = ("long recordings" if seconds else "sample library") + (f", {precision}" if named else ""), f"{kind}_{precision}"
                 base = "decode" if cuda else "model"
                 figures += [
                     Figure(f"{key}_decode_x", f"decode only, {name}", r["decode_x"], "x real time"),
@@ -277,7 +283,7 @@ def indexing_figures(encoder: Loaded, precisions: tuple[str, ...] = ("fp32",), l
                 ]
                 if cuda:
                     figures.append(Figure(f"{key}_gpu_peak_bytes", f"GPU memory peak, {name}", r["gpu_peak_bytes"], "bytes"))
-            if cuda and precision != "fp32":
+            if precision != "fp32":
                 n, _ = libraries["samples"]
                 rng = np.random.default_rng(1)
                 rel, same = precision_drift(encoder, [library_clip(i, s, rng) for i, s in enumerate(library_lengths(n, 0.0))], precision)
@@ -354,9 +360,9 @@ def query_speed(encoder: Loaded, sizes: tuple[int, ...] = (10_000, 100_000), per
 
 def training_speed(device: str = "auto", batch: int = 6, crop_seconds: float = 20.0, steps: int = 3) -> dict[str, float]:
     """Fine-tuning throughput at full size (clips per second) and peak memory."""
-    from audiofind.train import finetune as train
+    from audiofind.train.step import train_throughput
 
-    result = train.train_throughput(AudioCLIPConfig(), device, batch=batch, crop_seconds=crop_seconds, steps=steps)
+    result = train_throughput(AudioCLIPConfig(), device, batch=batch, crop_seconds=crop_seconds, steps=steps)
     return {"train_clips_per_s": float(result["clips_per_s"]), "train_peak_memory_bytes": float(result["peak_memory_mb"]) * 2**20}
 
 

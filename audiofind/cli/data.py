@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +17,9 @@ download_app = sub_app("Download a dataset, check it and unpack it.")
 data_app.add_typer(download_app, name="download")
 
 
-class Split(str, Enum):
+class Split(StrEnum):
+    """The --split values; StrEnum, so help and errors show them as they are typed."""
+
     development = "development"
     validation = "validation"
     evaluation = "evaluation"

@@ -6,15 +6,13 @@ import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, app, console, err_console, json_text
-
-if TYPE_CHECKING:  # train imports torch; --help must not
-    from audiofind.train.finetune import TrainConfig
+from audiofind.train.config import DTYPE_ALIASES, TrainConfig, default_workers  # torch-free, unlike the loop
 
 # Defaults repeat TrainConfig's so that --help never imports torch; a test keeps the two equal.
 
@@ -58,7 +56,8 @@ def finetune(
                          "CPU), fp32, tf32 (float32 on TF32 tensor cores) or bf16 (mixed precision).")] = "auto",
     dtype: Annotated[str | None, typer.Option(hidden=True, help="Old name of --precision: auto, float32, bfloat16 or "
                                                                 "float16.")] = None,
-    workers: Annotated[int, typer.Option(help="Decoding processes per training process.")] = 4,
+    workers: Annotated[int, typer.Option(help="Decoding processes per training process (by default 4, or fewer "
+                                              "on a machine with fewer cores).")] = default_workers(),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run of --name (or --out) exactly.")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every this many steps.")] = 500,
     max_steps: Annotated[int | None, typer.Option(show_default=False,
@@ -70,7 +69,6 @@ def finetune(
     Several GPUs: torchrun --nproc_per_node=N -m audiofind finetune ...
     """
     from audiofind.errors import UsageError
-    from audiofind.train.finetune import DTYPE_ALIASES, TrainConfig
     from audiofind.train.finetune import finetune as run
 
     if dtype is not None:  # kept so that old scripts run: each old value means what it did
@@ -121,13 +119,13 @@ def finetune(
             console.print(f"  {label:<6} {_scores(scores)}", highlight=False)
 
 
-def _resume_command(cfg: "TrainConfig") -> str:
+def _resume_command(cfg: TrainConfig) -> str:
     """The exact command that continues this run."""
     again = f"--out {shlex.quote(str(cfg.out))}" if cfg.out else f"--name {shlex.quote(cfg.name)}"
     return f"audiofind finetune {again} --resume"
 
 
-def _interrupted(cfg: "TrainConfig") -> str:
+def _interrupted(cfg: TrainConfig) -> str:
     """What Ctrl-C left behind, and how to go on."""
     from audiofind import paths
 

@@ -125,7 +125,7 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     rows = [
         ("index", data["path"]),
         ("size", f"{data['size_bytes'] / 2**20:.1f} MiB"),
-        ("model", f"{data['model']} (sha256 {(data['sha256'] or '')[:12]}…)" if data["model"] else "none yet"),
+        ("model", f"{data['model']} (sha256 {(data['sha256'] or '')[:12]}…, {data['precision']})" if data["model"] else "none yet"),
         ("folders", "\n".join(data["roots"]) or "-"),
         ("files", f"{data['files']} ({data['ok']} indexed, {data['failed']} failed)"),
         ("segments", str(data["segments"])),

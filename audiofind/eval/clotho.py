@@ -1,4 +1,4 @@
-"""The Clotho v2 benchmark: read a split, embed clips and captions, rank, and read or write submissions.
+"""The Clotho v2 benchmark: load a split, embed clips and captions, rank, and read or write submissions.
 
 The protocol is DCASE 2022 Task 6b's: every caption is a query with exactly one relevant clip (the one it
 describes), all clips of the split are ranked by cosine similarity, and the metrics of `audiofind.metrics` score
@@ -7,32 +7,27 @@ as the official script does, with repeated captions taken in file order so each 
 Besides the three Clotho splits, `dcase2022-eval` is the challenge's own retrieval set (1000 clips, 500 queries),
 published without its ground truth: it is ranked and written out as a submission, and scored only where a copy
 of its captions file names each query's clip. Any clips with captions (a `CaptionSet`) go through the same code.
+The dataset's own CSV files are read in clotho_csv.py.
 """
 
 import csv
-import io
 import logging
 import os
-import re
 import zipfile
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from audiofind.errors import DatasetError, UsageError
+from audiofind.eval.clotho_csv import CHALLENGE, CHALLENGE_QUERIES, read_challenge, read_ground_truth, reading_csv
 from audiofind.eval.metrics import CUTOFF, BenchResult, ranks_from_scores, summarize, top_k
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("evaluation", "validation", "development")
-CHALLENGE = "dcase2022-eval"  # DCASE 2022 Task 6b's evaluation set, laid out as DIR/dcase2022-eval/*.wav
-CHALLENGE_QUERIES, CHALLENGE_CLIPS = "retrieval_captions.csv", "retrieval_audio_metadata.csv"
-N_CAPTIONS = 5  # per clip in every Clotho v2 split
-GT_HEADER = ["file_name"] + [f"caption_{i}" for i in range(1, N_CAPTIONS + 1)]
 SUBMISSION_HEADER = ["caption"] + [f"file_name_{i}" for i in range(1, CUTOFF + 1)]
 AUDIO_BATCH = 32  # clips per embed_audio call: progress and the cache advance in these steps
 TEXT_BATCH = 256
@@ -87,111 +82,9 @@ def captions_csv(split: str) -> str:
     return CHALLENGE_QUERIES if split == CHALLENGE else f"clotho_captions_{split}.csv"
 
 
-@contextmanager
-def reading_csv(path: Path, missing: str) -> Iterator[None]:
-    """Turn each way that reading a CSV can fail into one DatasetError sentence (`missing` for no file)."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise DatasetError(missing) from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from e
-    except csv.Error as e:
-        raise DatasetError(f"{path} is not a readable CSV: {e}.") from e
-    except OSError as e:
-        raise DatasetError(f"Cannot read {path}: {e.strerror or e}.") from e
-
-
 def _check_split(split: str) -> None:
     if split not in (*SPLITS, CHALLENGE):
         raise UsageError(f"Unknown Clotho split {split!r}; use {', '.join(SPLITS)} or {CHALLENGE}.")
-
-
-def _read_ground_truth(path: Path) -> tuple[list[str], list[str], list[int]]:
-    """File names, captions and caption-to-file indices from a clotho_captions_*.csv, checked row by row."""
-    files: list[str] = []
-    captions: list[str] = []
-    caption_file: list[int] = []
-    seen: dict[str, int] = {}
-    missing = f"No {path.name} in {path.parent}; point DIR at the folder the Clotho archives unpack into."
-    with reading_csv(path, missing):
-        # utf-8-sig: a CSV re-saved by a spreadsheet often starts with a byte-order mark.
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise DatasetError(f"{path} is empty; expected a header {','.join(GT_HEADER)}.")
-            if [h.strip() for h in header] != GT_HEADER:
-                expected, found = ",".join(GT_HEADER), ",".join(header)
-                raise DatasetError(f"{path} line 1: expected the header {expected}, found {found}.")
-            for row in reader:
-                where = f"{path} line {reader.line_num}"
-                if not row:
-                    continue  # a blank line, as a trailing newline pair leaves
-                if len(row) != len(GT_HEADER):
-                    raise DatasetError(
-                        f"{where}: expected {len(GT_HEADER)} fields (file_name and 5 captions), found {len(row)}."
-                    )
-                name, caps = row[0].strip(), row[1:]
-                if not name:
-                    raise DatasetError(f"{where}: the file name is empty.")
-                if name in seen:
-                    raise DatasetError(f"{where}: clip {name!r} is listed twice (first on row {seen[name] + 1}).")
-                if any(not c.strip() for c in caps):
-                    raise DatasetError(f"{where}: clip {name!r} has an empty caption.")
-                seen[name] = len(files)
-                caption_file.extend([len(files)] * N_CAPTIONS)
-                files.append(name)
-                captions.extend(caps)
-    if not files:
-        raise DatasetError(f"{path} has a header but no clips.")
-    return files, captions, caption_file
-
-
-def _column(path: Path, name: str, required: bool = True) -> list[str] | None:
-    """One column of a CSV with a header, every value non-empty; None if it is absent and not required."""
-    with reading_csv(path, f"No {path.name} in {path.parent}; get it with: audiofind data download clotho --split {CHALLENGE}"):
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")  # Clotho's metadata CSVs are Latin-1
-        reader = csv.reader(io.StringIO(text, newline=""))
-        header = [h.strip() for h in next(reader, [])]
-        if name not in header:
-            if not required:
-                return None
-            raise DatasetError(f"{path} line 1: expected a column {name!r}, found {','.join(header) or 'nothing'}.")
-        at, values = header.index(name), []
-        for row in reader:
-            if not row:
-                continue
-            if len(row) <= at or not row[at].strip():
-                raise DatasetError(f"{path} line {reader.line_num}: the {name} is empty.")
-            values.append(row[at].strip() if name == "file_name" else row[at])
-    if not values:
-        raise DatasetError(f"{path} has a header but no rows.")
-    return values
-
-
-def _archived_name(name: str) -> str:
-    """The name a clip has in the challenge archive: a colon, which Windows forbids, became an underscore."""
-    return re.sub(r"\s*:\s*", "_", name)
-
-
-def _read_challenge(root: Path) -> tuple[list[str], list[str], list[int] | None]:
-    """Clip names from the set's metadata CSV and its queries; their clips only where a file_name column names them."""
-    files = [_archived_name(n) for n in _column(root / CHALLENGE_CLIPS, "file_name") or []]
-    queries = root / CHALLENGE_QUERIES
-    captions = _column(queries, "caption") or []
-    truth = _column(queries, "file_name", required=False)
-    if truth is None:
-        return files, captions, None
-    where = {name: i for i, name in enumerate(files)}
-    for row, name in enumerate(truth, start=2):
-        if _archived_name(name) not in where:
-            raise DatasetError(f"{queries} line {row}: clip {name!r} is not in {CHALLENGE_CLIPS}.")
-    return files, captions, [where[_archived_name(n)] for n in truth]
 
 
 def _check_audio(split: ClothoSplit) -> None:
@@ -221,9 +114,9 @@ def load_split(root: Path, split: str = "evaluation", need_audio: bool = True) -
     if not root.is_dir():
         raise DatasetError(f"No folder {root}.")
     if split == CHALLENGE:
-        files, captions, caption_file = _read_challenge(root)
+        files, captions, caption_file = read_challenge(root)
     else:
-        files, captions, caption_file = _read_ground_truth(root / captions_csv(split))
+        files, captions, caption_file = read_ground_truth(root / captions_csv(split))
     result = ClothoSplit(root=root, split=split, files=files, captions=captions, caption_file=caption_file)
     if need_audio:
         _check_audio(result)
@@ -318,9 +211,9 @@ def score_submission(split: ClothoSplit, submission: list[tuple[str, list[str]]]
         relevant = split.files[caption_file[q]]
         # Not in the list means "not in the top ten": rank CUTOFF + 1 scores zero on every metric.
         ranks[q] = names.index(relevant) + 1 if relevant in names[:CUTOFF] else CUTOFF + 1
-    for q in np.flatnonzero(ranks == 0):
-        caption = split.captions[q]
-        clip = split.files[caption_file[q]]
+    for unanswered in np.flatnonzero(ranks == 0):
+        caption = split.captions[unanswered]
+        clip = split.files[caption_file[unanswered]]
         raise DatasetError(f"The submission has no row for caption {caption!r} (clip {clip!r}).")
     return summarize(ranks)
 

@@ -106,8 +106,9 @@ def _load(bound: ModelBinding | None, weights: str | None, device: str, precisio
     except DeviceError:
         if precision is None and chosen != "fp32":  # the user asked for nothing: say where the precision came from
             raise DeviceError(
-                f"This index holds {chosen} embeddings, which need a CUDA device: add to it with --device cuda, or "
-                f"rebuild it in fp32 with --rebuild --precision fp32."
+                f"This index holds {chosen} embeddings, which need a CUDA device"
+                f"{' or a CPU with AVX-512-BF16 or AMX' if chosen == 'bf16' else ''}: add to it with --device cuda, "
+                f"or rebuild it in fp32 with --rebuild --precision fp32."
             ) from None
         raise
 

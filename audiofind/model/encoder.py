@@ -17,7 +17,7 @@ from audiofind.model.audio import AudioEncoder
 from audiofind.model.audioclip import AudioCLIP
 from audiofind.model.config import AudioCLIPConfig
 from audiofind.model.embedder import TEXT_BATCH, default_batch_sizes, exact_batches
-from audiofind.model.inference import prepare_for_inference, prepare_text_for_inference
+from audiofind.model.inference import prepare_for_inference, prepare_text_for_inference, to_bfloat16
 from audiofind.model.load import from_state_dict
 from audiofind.model.text import TextEncoder
 from audiofind.model.tokenizer import tokenize
@@ -42,7 +42,8 @@ class Encoder:
     identity (name, sha256, dim) costs nothing: an unchanged library re-indexes without loading it.
 
     batch_size: clips of equal length per forward pass (1: one at a time); text_batch_size: captions per forward
-    pass (see embed_text); precision: fp32, tf32 or bf16 (the last two on CUDA, see device.precision_scope).
+    pass (see embed_text); precision: fp32, tf32 or bf16 (bf16 on CUDA by autocast, on a CPU with AVX-512-BF16 or AMX
+    by a bfloat16 copy of the prepared audio tower; see device.check_precision).
     """
 
     name: str
@@ -55,6 +56,7 @@ class Encoder:
     batch_size: int = 1
     text_batch_size: int = 1
     precision: str = "fp32"
+    _bf16: AudioEncoder | None = None  # the CPU's bfloat16 copy of the audio tower, made on first use
     family: ClassVar[str] = "audioclip"
 
     @property
@@ -114,13 +116,18 @@ class Encoder:
 
     def embed_audio(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Mono int16-range float32 sample arrays at 44.1 kHz -> (B, dim) float32, unnormalised."""
-        if self.audio is None:
+        tower = self.audio
+        if tower is None:
             raise RuntimeError("this encoder was loaded without its audio tower")
+        if self.precision == "bf16" and self.device.type == "cpu":
+            if self._bf16 is None:
+                self._bf16 = to_bfloat16(tower)
+            tower = self._bf16
         out = np.zeros((len(clips), self.dim), dtype=np.float32)
         with torch.inference_mode(), precision_scope(self.precision, self.device, autocast=True):
             for idx in exact_batches([len(c) for c in clips], self.batch_size):
                 x = torch.from_numpy(np.stack([np.asarray(clips[i], dtype=np.float32) for i in idx]))
-                emb = self.audio(x.to(self.device)[:, None, :])
+                emb = tower(x.to(self.device)[:, None, :])
                 out[idx] = emb.float().cpu().numpy()
         return out
 

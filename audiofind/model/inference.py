@@ -12,6 +12,7 @@ train() and is never saved or moved: training and checkpoints keep the modules a
 """
 
 from collections.abc import Iterator
+from copy import deepcopy
 
 import torch
 from torch import Tensor, nn
@@ -127,6 +128,30 @@ def prepare_for_inference(model: AudioEncoder, fuse: bool = True) -> AudioEncode
     # Module.to takes memory_format (torch's documentation) but none of its stub's overloads does
     model = fold_batch_norm(model.eval()).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return fuse_for_cpu(model) if fuse and can_fuse(model.conv1.weight) else model
+
+
+def to_bfloat16(model: AudioEncoder) -> AudioEncoder:
+    """A copy of a tower prepared for inference whose convolutions run in bfloat16 (a CPU with AVX-512-BF16 or AMX
+    does their dot products in hardware). The spectrogram before them and the projection after stay float32:
+    decibels of quiet bins, and the sums that make the embedding, need the precision."""
+    if not model.folded:
+        raise RuntimeError("Prepare the tower for inference first: only a folded tower runs in bfloat16.")
+    with torch.inference_mode(False):  # a copy made during a search must still be an ordinary model
+        # Weights laid out for oneDNN are opaque (no storage to copy), and the filter bank's cache may be an inference
+        # tensor (no version counter to copy): the copy makes both again when first run.
+        skip: dict[int, object] = {id(m.laid_out): None for m in model.modules() if isinstance(m, FusedConv) and m.laid_out}
+        skip[id(model.fbsp._cache)] = None
+        copy = deepcopy(model, memo=skip)
+        for module in copy.modules():
+            if isinstance(module, FusedConv):
+                module.weight = nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
+                if module.bias is not None:
+                    module.bias = nn.Parameter(module.bias.detach().to(torch.bfloat16), requires_grad=False)
+                module.laid_out = None
+            elif isinstance(module, nn.Conv2d):
+                module.to(torch.bfloat16)
+    copy.compute_dtype = torch.bfloat16
+    return copy
 
 
 class PackedLinear(nn.Module):

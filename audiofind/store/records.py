@@ -171,6 +171,7 @@ class Stats:
             "schema_version": self.schema_version,
             "model": self.model.name if self.model else None,
             "sha256": self.model.sha256 if self.model else None,
+            "precision": self.model.precision if self.model else None,
             "roots": [r.path for r in self.roots],
             "files": self.files,
             "ok": self.ok,

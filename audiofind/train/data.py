@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from audiofind.audio import formats, names
 from audiofind.audio.decode import SAMPLE_RATE, load_audio, load_crop
 from audiofind.errors import DatasetError, DecodeError
-from audiofind.eval.clotho import GT_HEADER, CaptionSet, reading_csv
+from audiofind.eval.clotho import CaptionSet
+from audiofind.eval.clotho_csv import GT_HEADER, caption_rows, reading_csv
 from audiofind.model.tokenizer import get_tokenizer, tokenize
 from audiofind.store import open_store
 
@@ -91,26 +92,25 @@ def read_clotho(root: Path, split: str) -> ClipSet:
     """clotho_captions_<split>.csv and <split>/ under root; rows that do not fit or name a missing file are skipped."""
     root = _folder(root, "--clotho")
     csv_path, audio_dir = root / f"clotho_captions_{split}.csv", root / split
+    missing = f"No {csv_path.name} in {root}; point --clotho at the folder the Clotho archives unpack into."
     if not csv_path.is_file():
-        raise DatasetError(f"No {csv_path.name} in {root}; point --clotho at the folder the Clotho archives unpack into.")
+        raise DatasetError(missing)
     if not audio_dir.is_dir():
         raise DatasetError(f"No folder {audio_dir}; unpack the Clotho {split} audio beside {csv_path.name}.")
-    rows = _rows(csv_path)
-    header = next(rows, (1, []))[1]
-    if header != GT_HEADER:
-        raise DatasetError(f"{csv_path} line 1: expected the header {','.join(GT_HEADER)}, found {','.join(header)}.")
     clips, problems = [], []
-    for line, row in rows:
-        where = f"{csv_path.name} line {line}"
-        captions = tuple(c for c in row[1:] if c)
-        if len(row) != len(GT_HEADER):
-            problems.append(f"{where}: expected a file name and {len(GT_HEADER) - 1} captions, found {len(row)} fields.")
-        elif not row[0] or not captions:
-            problems.append(f"{where}: the file name is empty." if not row[0] else f"{where}: {row[0]} has no caption.")
-        elif not (audio_dir / row[0]).is_file():
-            problems.append(f"{where}: {row[0]} is not in {audio_dir}.")
+    for row in caption_rows(csv_path, missing):  # the parser `bench clotho` uses; here bad rows are only skipped
+        if row.blank:
+            continue
+        where, name = f"{csv_path.name} line {row.line}", row.name
+        captions = tuple(c.strip() for c in row.captions if c.strip())
+        if not row.complete:
+            problems.append(f"{where}: expected a file name and {len(GT_HEADER) - 1} captions, found {len(row.cells)} fields.")
+        elif not name or not captions:
+            problems.append(f"{where}: the file name is empty." if not name else f"{where}: {name} has no caption.")
+        elif not (audio_dir / name).is_file():
+            problems.append(f"{where}: {name} is not in {audio_dir}.")
         else:
-            clips.append(Clip(audio_dir / row[0], captions))
+            clips.append(Clip(audio_dir / name, captions))
     return _finish(f"Clotho {split}", clips, problems, csv_path)
 
 
@@ -277,7 +277,8 @@ def load_sources(
         train.append(read_clotho(clotho, "development"))
         val = val or read_clotho(clotho, "validation")
     if audiocaps is not None:
-        train.append(read_audiocaps(audiocaps, "train"))
+        if (found := read_audiocaps(audiocaps, "train")) is not None:  # None only where the split has no CSV: not train
+            train.append(found)
         val = val or read_audiocaps(audiocaps, "validation")
     if captions is not None:
         train.append(read_captions(captions))
@@ -296,7 +297,9 @@ def load_sources(
 
 def epoch_batches(n_clips: int, epoch: int, seed: int, batch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """This rank's clip indices for one epoch, in batches of batch // world; every rank gets as many batches."""
-    sampler = DistributedSampler(range(n_clips), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    clips = TensorDataset(torch.arange(n_clips))  # the sampler only counts them
+    sampler: DistributedSampler[int] = DistributedSampler(clips, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                                          drop_last=True)
     sampler.set_epoch(epoch)
     indices = list(sampler)
     per_rank = batch // world
@@ -316,7 +319,7 @@ class PairDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, str, list[str]]:
         epoch, index = key
-        unreadable = []
+        unreadable: list[str] = []
         for k in range(MAX_SUBSTITUTES):
             i = (index + k) % len(self.clips)  # an unreadable clip is replaced by the next, the same way every time
             clip = self.clips[i]

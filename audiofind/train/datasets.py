@@ -22,7 +22,7 @@ import py7zr
 
 from audiofind import paths
 from audiofind.errors import ChecksumError, DatasetError, UsageError
-from audiofind.eval import clotho
+from audiofind.eval import clotho, clotho_csv
 from audiofind.model.download import fetch
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ MANIFEST = "clotho-v2.1-files.tsv"
 MANIFEST_ENV = "AUDIOFIND_DATA_MANIFEST"
 COLUMNS = ["subset", "file", "url", "md5"]
 CLOTHO = ("development", "validation", "evaluation")  # what --split all fetches
-CHOICES = (*CLOTHO, "all", clotho.CHALLENGE)
+CHOICES = (*CLOTHO, "all", clotho_csv.CHALLENGE)
 SUBSETS = {  # our split -> the manifest's subsets (aac-datasets' names)
     "development": ("dev",), "validation": ("val",), "evaluation": ("eval",),
-    clotho.CHALLENGE: ("dcase_t2a_audio", "dcase_t2a_captions"),
+    clotho_csv.CHALLENGE: ("dcase_t2a_audio", "dcase_t2a_captions"),
 }
 MARKER = ".audiofind-unpacked"  # holds the md5 of the archive the folder was unpacked from
 
@@ -84,7 +84,7 @@ def manifest_path() -> Path:
 def read_manifest(path: Path | None = None) -> list[Remote]:
     """The manifest's rows, each checked: four tab-separated fields, a plain file name, a 32-digit md5."""
     path = path or manifest_path()
-    with clotho.reading_csv(path, f"The data manifest {path} does not exist."):
+    with clotho_csv.reading_csv(path, f"The data manifest {path} does not exist."):
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.reader(f, delimiter="\t")
             if (header := next(reader, None)) != COLUMNS:
