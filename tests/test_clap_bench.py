@@ -3,11 +3,10 @@ CLAP index (a fresh process with the numpy tower and a tokenizer of RoBERTa's si
 
 from pathlib import Path
 
-from clapkit import CLAP_CLI, CLAP_TINY
-
 from audiofind.bench import coldstart, families
 from audiofind.model.clap.bpe import load_tokenizer
 from audiofind.model.config import TINY
+from clapkit import CLAP_CLI, CLAP_TINY
 
 
 def test_window_speed_times_both_families() -> None:

@@ -133,7 +133,7 @@ def test_a_clap_import_without_its_tokenizer_is_one_line(tmp_path: Path) -> None
 
 
 def test_download_fetches_checkpoint_and_tokenizer_checked_and_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_weights import Server, sha
+    from httpkit import Server, sha
 
     ckpt = published_checkpoint(tmp_path / "630k.pt")
     server = Server()
@@ -306,3 +306,30 @@ def test_bench_captions_scores_a_clap_model(home: Home, tmp_path: Path) -> None:
     csv.write_text("\n".join(rows) + "\n")
     result = json.loads(cli("bench", "captions", csv, "-w", NAME, "--json"))
     assert result["n_clips"] == 3 and result["n_queries"] == 4 and 0 <= result["R1"] <= 1
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+def test_finetune_trains_clap_and_registers_it_with_its_tokenizer(home: Home, tmp_path: Path) -> None:
+    from trainkit import make_clotho
+
+    clotho = make_clotho(tmp_path / "clotho")
+    args = ["finetune", "--clotho", clotho, "--init", NAME, "--name", "clap-tuned", "--out", tmp_path / "run",
+            "--epochs", "1", "--batch", "6", "--workers", "0", "--lr", "1e-3", "--warmup-steps", "1",
+            "--average-top", "1", "--json"]  # fmt: skip
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["finished"] and summary["step"] == 3 and summary["baseline"] and summary["validation"]
+    assert any("fbsp" in note for note in summary["notes"]) and "--fbsp-weight does not apply" in result.stderr
+    assert any("crops are 10 s" in note for note in summary["notes"])
+    models = {m["name"]: m for m in json.loads(cli("weights", "list", "--json"))}
+    assert models["clap-tuned"]["family"] == "clap" and models["clap-tuned"]["status"] == "fine-tuned"
+    tuned, start = load_encoder("clap-tuned", "cpu"), load_encoder(NAME, "cpu")
+    texts = ["a rising sweep", "white noise hissing"]
+    assert np.abs(tuned.embed_text(texts) - start.embed_text(texts)).max() > 1e-4  # it trained
+    rows = cli("embed", home.files["tone.wav"], "-t", "a low hum", "-w", "clap-tuned", "--json").splitlines()
+    assert [json.loads(r)["kind"] for r in rows] == ["audio", "text"]
+    cli("weights", "remove", "clap-tuned")
+    assert not (Path(os.environ["AUDIOFIND_HOME"]) / "weights" / "clap-tuned.tokenizer").exists()

@@ -27,7 +27,7 @@ from audiofind.model.clap import frontend
 from audiofind.model.clap.bpe import BPETokenizer, load_tokenizer
 from audiofind.model.clap.config import CLAPConfig
 from audiofind.model.clap.htsat import HTSAT
-from audiofind.model.clap.model import projection
+from audiofind.model.clap.model import CLAP, projection
 from audiofind.model.clap.query import encode_texts
 from audiofind.model.clap.roberta import Roberta
 from audiofind.model.embedder import default_batch_sizes, exact_batches
@@ -60,6 +60,16 @@ class TextTower(nn.Module):
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         return F.normalize(self.text_projection(self.text_branch(ids, mask)), dim=-1)
+
+
+def share_towers(model: CLAP) -> tuple[AudioTower, TextTower]:
+    """The towers of a whole CLAP as AudioTower and TextTower, sharing its modules (fine-tuning validates with them)."""
+    audio, text = AudioTower.__new__(AudioTower), TextTower.__new__(TextTower)
+    nn.Module.__init__(audio)
+    nn.Module.__init__(text)
+    audio.audio_branch, audio.audio_projection = model.audio_branch, model.audio_projection
+    text.text_branch, text.text_projection = model.text_branch, model.text_projection
+    return audio, text
 
 
 def clip_windows(clip: np.ndarray, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS) -> list[np.ndarray]:
