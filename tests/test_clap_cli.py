@@ -22,6 +22,7 @@ from audiofind.audio import decode
 from audiofind.cli import app
 from audiofind.library.sync import Event, indexing_encoder
 from audiofind.library.watch import watch
+from audiofind.model.clap import frontend
 from audiofind.model.clap.encoder import clip_windows
 from audiofind.model.clap.model import CLAP, from_state_dict, inference_state_dict
 from audiofind.model.encoder import load_encoder
@@ -187,6 +188,12 @@ def test_the_index_holds_each_window_as_the_model_embeds_it_at_48_khz(home: Home
         bounds, got = index.segment_vectors(row.hash)
     assert bounds == [(0.0, 10.0), (2.0, 12.0)]  # 10 s windows every 5 s, the last ending at the end
     assert np.abs(got - want).max() < 1e-6
+    tone = decode.load_audio(home.files["tone.wav"], rate=48000)  # 1 s: one window, repeat-padded to 10 s
+    with torch.inference_mode():
+        want = model.embed_audio(torch.from_numpy(frontend.prepare(tone / np.float32(32768)))[None]).numpy()
+    with open_store(home.db) as index:
+        bounds, got = index.segment_vectors(index.get_file(str(home.files["tone.wav"])).hash)
+    assert bounds == [(0.0, 1.0)] and np.abs(got - want).max() < 1e-6
 
 
 def test_search_in_every_mode(home: Home) -> None:
@@ -304,8 +311,18 @@ def test_bench_captions_scores_a_clap_model(home: Home, tmp_path: Path) -> None:
         (home.files["rain.wav"], "rain on a roof"), (home.files["tone.wav"], "a pure tone"),
         (home.files["long sweep.flac"], "a rising sweep"), (home.files["long sweep.flac"], "a siren")]]  # fmt: skip
     csv.write_text("\n".join(rows) + "\n")
-    result = json.loads(cli("bench", "captions", csv, "-w", NAME, "--json"))
+    submission = tmp_path / "ranked.csv"
+    result = json.loads(cli("bench", "captions", csv, "-w", NAME, "--json", "--write-submission", submission))
     assert result["n_clips"] == 3 and result["n_queries"] == 4 and 0 <= result["R1"] <= 1
+    # Each caption's ranking is the one the whole-file vectors `embed` prints give (decoded at 48 kHz).
+    clips = [home.files[n] for n in ("rain.wav", "tone.wav", "long sweep.flac")]
+    captions = ["rain on a roof", "a pure tone", "a rising sweep", "a siren"]
+    args = [*clips, *[a for c in captions for a in ("-t", c)], "-w", NAME, "--json"]
+    rows = [json.loads(line) for line in cli("embed", *args).splitlines()]
+    a = np.asarray([r["embedding"] for r in rows[:3]])
+    t = np.asarray([r["embedding"] for r in rows[3:]])
+    ranked = [line.split(",")[1:4] for line in submission.read_text().splitlines()[1:]]
+    assert ranked == [[str(clips[j]) for j in np.argsort(-(t[q] @ a.T), kind="stable")] for q in range(4)]
 
 
 # ---------------------------------------------------------------- fine-tuning

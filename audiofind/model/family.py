@@ -7,7 +7,7 @@ with audiofind: it lives in a folder beside the model's safetensors file, `<name
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 from audiofind.errors import WeightsError
 
@@ -41,7 +41,7 @@ def family_of(metadata: dict[str, str]) -> Family:
     family = metadata.get("family") or "audioclip"
     if family not in FAMILIES:
         raise WeightsError(f"The weights record the model family {family!r}, which this audiofind does not know.")
-    return cast(Family, family)
+    return family
 
 
 def tokenizer_dir(weights_file: Path) -> Path:

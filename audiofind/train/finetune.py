@@ -23,7 +23,6 @@ from audiofind.device import resolve_device
 from audiofind.errors import DatasetError, UsageError
 from audiofind.model import weights
 from audiofind.model.audioclip import AudioCLIP
-from audiofind.model.clap import frontend
 from audiofind.model.clap.config import CLAPConfig
 from audiofind.model.clap.model import CLAP
 from audiofind.model.config import AudioCLIPConfig
@@ -226,12 +225,9 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
 
 def _pairs(run: Run) -> tuple[data.PairDataset, Callable[[list], dict]]:
     """The training pairs and how a batch of them is stacked, as the model's family takes them."""
-    if run.tokenizer is None:
-        return data.PairDataset(run.train_set, run.cfg.crop_seconds, run.cfg.seed), data.collate
-    dataset = data.PairDataset(run.train_set, frontend.WINDOW_SECONDS, run.cfg.seed, frontend.SAMPLE_RATE,
-                               clap.window_crop)  # fmt: skip
-    context = run.model_cfg.text.context_length if isinstance(run.model_cfg, CLAPConfig) else 77
-    return dataset, clap.ClapCollate(run.tokenizer, context)
+    if isinstance(run.model, CLAP) and run.tokenizer is not None:
+        return clap.pairs(run.train_set, run.cfg.seed, run.tokenizer, run.model.cfg)
+    return data.PairDataset(run.train_set, run.cfg.crop_seconds, run.cfg.seed), data.collate
 
 
 def _check_new_run(out: Path, name: str) -> None:
