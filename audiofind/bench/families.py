@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from audiofind.bench.speed import side_by_side
-from audiofind.device import resolve_device
+from audiofind.device import keep_freed_memory, resolve_device
 from audiofind.model import checkpoint
 from audiofind.model.clap.bpe import SPECIAL_TOKENS, bytes_to_unicode
 from audiofind.model.clap.config import CLAPConfig
@@ -55,6 +55,9 @@ def window_speed(device: str = "auto", repeat: int = 3, audioclip: AudioCLIPConf
     """Fastest wall seconds to embed one 10 s window with each family's audio tower, interleaved, on the device
     (full size unless configurations are given: tests pass tiny ones)."""
     dev = resolve_device(device)
+    if dev.type == "cpu":  # as load_encoder sets a CPU up for either family
+        torch.set_flush_denormal(True)
+        keep_freed_memory()
     encoders = {"audioclip": synthetic_audioclip(dev, audioclip), "clap": synthetic_clap(dev, clap)}
     calls: dict[str, Callable[[], object]] = {name: partial(enc.embed_audio, [noise(WINDOW_SECONDS, enc.sample_rate)]) for name, enc in encoders.items()}
     best = side_by_side(calls, dev, repeat)
