@@ -1,11 +1,15 @@
 """Shared test set-up: every test gets its own AUDIOFIND_HOME and no network beyond 127.0.0.1."""
 
+import logging
+import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +51,31 @@ def clotho_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trainkit import make_clotho
 
     return make_clotho(tmp_path_factory.mktemp("clotho"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray cluster for the whole session (2 CPUs, no dashboard); yields its address for other processes.
+
+    Its workers import this checkout's audiofind, and cannot open paths under a folder named `workers-cannot-read`
+    (tests/raysite/sitecustomize.py), like the nodes of a cluster that do not mount the library. Without Ray a test
+    that needs it skips, but fails in CI (CI=true), where `.[test]` installs Ray.
+    """
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Ray is not installed: the test extra brings it (pip install -e '.[test]').")
+        pytest.skip("Ray is not installed (pip install 'audiofind[ray]').")
+    before = os.environ.get("PYTHONPATH")
+    # The cluster's processes (and so every worker of every job on it) start with this PYTHONPATH; only they.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests" / "raysite"), *filter(None, [before])])
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

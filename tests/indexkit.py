@@ -52,6 +52,7 @@ def snapshot(db: Path) -> dict:
             "segments": q('SELECT hash, start, "end", code FROM segments'),
             "vectors": vectors,
             "partial": q("SELECT hash, path FROM partial"),
+            "fingerprints": q("SELECT hash, print FROM fingerprints"),
             "roots": q("SELECT path FROM roots"),
             # segments_version counts commits, which an interrupted run and its resume split differently.
             "meta": q("SELECT key, value FROM meta WHERE key != 'segments_version'"),

@@ -135,3 +135,15 @@ def test_reduced_precision_on_cpu_is_one_line(monkeypatch: pytest.MonkeyPatch) -
     result = runner.invoke(app, ["bench", "speed", "--only", "model", "--device", "cpu", "--precision", "bf16"])
     assert result.exit_code == 2 and "this CPU (Old CPU) has AVX2" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_duplicates_part_times_grouping_fingerprints(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiofind.bench import prints
+
+    asked: list[int] = []
+    real = prints.grouping_speed
+    monkeypatch.setattr(prints, "grouping_speed", lambda n: asked.append(n) or real(2000))  # 100k is not a test
+    result = runner.invoke(app, ["bench", "speed", "--only", "duplicates", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert asked == [100_000] and data["group_100k_prints_s"] > 0 and data["group_100k_copies_found"] > 0.9

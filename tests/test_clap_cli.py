@@ -27,7 +27,6 @@ from audiofind.model.clap import frontend
 from audiofind.model.clap.encoder import clip_windows
 from audiofind.model.clap.model import CLAP, from_state_dict, inference_state_dict
 from audiofind.model.encoder import load_encoder
-from audiofind.search.duplicates import whole_file_vectors
 from audiofind.search.embedding import encoder_for, query_encoder
 from audiofind.serve.app import create_app
 from audiofind.serve.library import Library
@@ -253,19 +252,27 @@ def test_an_index_of_one_family_refuses_the_other_in_one_line(home: Home, tmp_pa
 # ---------------------------------------------------------------- embed, duplicates, watch, serve, bench
 
 
-def test_embed_gives_the_whole_file_vector_duplicates_uses(home: Home) -> None:
+def test_embed_gives_the_unit_mean_of_the_index_windows(home: Home) -> None:
     path = home.files["long sweep.flac"]
     rows = [json.loads(line) for line in cli("embed", path, "-t", "a rising sweep", "-w", NAME, "--json").splitlines()]
     vector = np.asarray(rows[0]["embedding"], dtype=np.float32)
     with open_store(home.db) as index:
-        whole = whole_file_vectors(index, [index.get_file(str(path)).hash])[0]
-    assert np.abs(vector - whole).max() < 1e-6 and abs(np.linalg.norm(vector) - 1) < 1e-6
+        _, windows = index.segment_vectors(index.get_file(str(path)).hash)
+    whole = windows.mean(axis=0) / np.linalg.norm(windows.mean(axis=0))
+    assert len(windows) == 2 and np.abs(vector - whole).max() < 1e-6 and abs(np.linalg.norm(vector) - 1) < 1e-6
     assert rows[1]["kind"] == "text" and len(rows[1]["embedding"]) == CLAP_CLI.embed_dim
     assert "empty" in one_line("embed", "-t", "", "-w", NAME, code=2)
 
 
-def test_duplicates_of_a_clap_index(home: Home) -> None:
-    groups = json.loads(cli("duplicates", "--db", home.db, "--json", "--near", "0.001"))  # random weights: all sit close
+def test_duplicates_of_a_clap_index_use_fingerprints_taken_at_44_1_khz(home: Home) -> None:
+    from audiofind.audio.fingerprint import MAX_SECONDS, fingerprint
+
+    with open_store(home.db) as index:  # stored by the indexer, which decoded at 48 kHz for the model
+        stored = index.fingerprints([index.get_file(str(p)).hash for p in home.files.values()])
+        for path in home.files.values():
+            want = fingerprint(decode.load_audio(path, max_seconds=MAX_SECONDS)).to_bytes()
+            assert stored[index.get_file(str(path)).hash] == want, path.name
+    groups = json.loads(cli("duplicates", "--db", home.db, "--json"))
     kinds = {g["kind"]: {Path(p).name for p in g["paths"]} for g in groups}
     assert kinds["exact"] == {"rain.wav", "rain copy.wav"}
     assert kinds["near"] == {"rain.wav", "rain copy.wav", "rain.flac"}

@@ -92,9 +92,31 @@ def test_every_encodable_format_decodes(tmp_path: Path, ext: str) -> None:
 
 def test_probe_reads_metadata_without_resampling(tmp_path: Path) -> None:
     x = (ag.sine(300, 1.5, sr=22050, channels=2) * 32767).astype(np.int16)
-    assert probe(ag.write_int16_wav(tmp_path / "a.wav", x, sr=22050)) == AudioInfo(1.5, 22050, 2, "pcm_s16le")
+    assert probe(ag.write_int16_wav(tmp_path / "a.wav", x, sr=22050)) == AudioInfo(1.5, 22050, 2, "pcm_s16le", "wav", 16)
     info = probe(ag.write_audio(tmp_path / "a.mp3", ag.chirp(200, 2000, 2.0)))
     assert info.codec == "mp3" and info.channels == 1 and abs(info.duration - 2.0) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "container", "codec", "bits"),
+    [
+        ("a.wav", {"codec": "pcm_s24le"}, "wav", "pcm_s24le", 24),
+        ("a.wav", {"codec": "pcm_f32le"}, "wav", "pcm_f32le", 32),
+        ("a.wav", {"codec": "pcm_u8"}, "wav", "pcm_u8", 8),
+        ("a.aiff", {"codec": "pcm_s24be"}, "aiff", "pcm_s24be", 24),
+        ("a.flac", {}, "flac", "flac", 16),
+        ("a.flac", {"sample_fmt": "s32"}, "flac", "flac", 24),  # FFmpeg's FLAC encoder writes 24 bits from s32
+        ("a.mka", {}, "matroska", "flac", 16),
+        ("a.m4a", {"codec": "alac", "sample_fmt": "s32p"}, "m4a", "alac", 24),
+        ("a.m4a", {}, "m4a", "aac", None),
+        ("a.mp3", {}, "mp3", "mp3", None),
+        ("a.ogg", {}, "ogg", "vorbis", None),
+    ],
+)
+def test_probe_reads_container_codec_and_bit_depth(tmp_path: Path, name: str, options: dict, container: str, codec: str,
+                                                   bits: int | None) -> None:  # fmt: skip
+    info = probe(ag.write_audio(tmp_path / name, ag.chirp(200, 2000, 0.5, channels=2), **options), count=False)
+    assert (info.container, info.codec, info.bits, info.channels) == (container, codec, bits, 2)
 
 
 # -- streaming and windows ----------------------------------------------------------------------------------

@@ -1,21 +1,27 @@
-"""`audiofind duplicates`: exact copies by hash, near copies by whole-file vectors, wasted bytes; nothing deleted."""
+"""`audiofind duplicates`: exact copies by hash, near copies by acoustic fingerprint, wasted bytes; nothing deleted."""
 
 import json
 import shutil
 from pathlib import Path
 
+import apsw
 import audiogen
 import numpy as np
-from modelkit import register_tiny
+import pytest
+from modelkit import register_tiny, synthetic_state_dict
 from typer.testing import CliRunner
 
+from audiofind.audio import decode
+from audiofind.audio.fingerprint import fingerprint
+from audiofind.bench import prints
 from audiofind.cli import app
+from audiofind.model import weights
+from audiofind.model.config import TINY
+from audiofind.search import duplicates
+from audiofind.store.sqlite.store import SqliteStore
 
 runner = CliRunner()
 SR = audiogen.SAMPLE_RATE
-# The synthetic tiny model puts every vector in a narrow cone (different generated sounds sit 5e-4 to 4e-3 apart,
-# transcoded copies under 2e-5), so these tests pass their own threshold; the default is for the real model.
-TINY_NEAR = 1e-4
 
 
 def run(*args: object, code: int = 0) -> str:
@@ -24,54 +30,120 @@ def run(*args: object, code: int = 0) -> str:
     return result.stdout
 
 
-def resampled(x: np.ndarray, sr: int) -> np.ndarray:
-    t = np.linspace(0, x.shape[-1] - 1, int(x.shape[-1] * sr / SR))
-    return np.stack([np.interp(t, np.arange(x.shape[-1]), c) for c in x]).astype(np.float32)
+def register_other(name: str = "tiny-b") -> str:
+    """A second tiny model: the same architecture, every weight scaled, so its vectors are another model's."""
+    state = {k: v * 1.5 if v.is_floating_point() else v for k, v in synthetic_state_dict(TINY).items()}
+    weights.save_model(state, name, TINY.to_dict(), {"note": "synthetic test weights, another model"})
+    return name
 
 
-def test_transcoded_copies_group_and_exact_copies_waste_bytes(tmp_path: Path) -> None:
-    register_tiny()
+@pytest.fixture
+def library(tmp_path: Path) -> tuple[Path, list[set[str]]]:
+    """Three recordings, each with copies a library gathers (another codec, rate, gain, a trim), one byte-for-byte
+    copy, and two sounds that are alike but not the same recording (tones a semitone apart)."""
     root = tmp_path / "lib"
     root.mkdir()
-    tone, sweep, hiss = audiogen.sine(440, 3.0), audiogen.chirp(300, 3000, 3.0), audiogen.noise(3.0, seed=1)
-    tones = [audiogen.write_audio(root / "tone.wav", tone), audiogen.write_audio(root / "tone.flac", tone),
-             audiogen.write_audio(root / "tone.mp3", tone),
-             audiogen.write_audio(root / "tone 48k.wav", resampled(tone, 48000), sr=48000)]  # fmt: skip
-    sweeps = [audiogen.write_audio(root / "sweep.wav", sweep), audiogen.write_audio(root / "sweep.flac", sweep)]
-    hisses = [audiogen.write_audio(root / "hiss.wav", hiss), Path(shutil.copy(root / "hiss.wav", root / "hiss copy.wav"))]
+    burst = audiogen.noise(2.0, seed=3, amp=0.4)[0]
+    sweep = audiogen.chirp(300, 3000, 2.5, amp=0.4)[0]
+    knock = prints.knocks(np.array([0.3, 0.9, 1.6]), 2.2, 700.0, seed=5)
+    expected = []
+    for name, x in {"burst": burst, "sweep": sweep, "knock": knock}.items():
+        files = [
+            prints.write(root / f"{name}.wav", x),
+            prints.write(root / f"{name}.mp3", x, bit_rate=128_000),
+            prints.write(root / f"{name} 48k.wav", prints.resample(x, 48000), rate=48000),
+            prints.write(root / f"{name} quieter.flac", x * 0.5),
+            prints.write(root / f"{name} trimmed.wav", x[int(0.5 * SR) :]),
+        ]
+        expected.append({str(p) for p in files})
+    shutil.copy(root / "burst.wav", root / "burst copy.wav")  # exact: the same bytes
+    expected[0].add(str(root / "burst copy.wav"))
+    prints.write(root / "A4.wav", prints.tone(440.0, 2.0, 3))
+    prints.write(root / "A#4.wav", prints.tone(466.16, 2.0, 3))
+    return root, expected
+
+
+def near_groups(db: Path | None = None) -> list[set[str]]:
+    args = ["duplicates", "--json", *(["--db", db] if db else [])]
+    groups = json.loads(run(*args))
+    return sorted(({*g["paths"]} for g in groups if g["kind"] == "near"), key=sorted)
+
+
+def test_copies_group_by_fingerprint_whatever_the_model(library: tuple[Path, list[set[str]]], tmp_path: Path) -> None:
+    root, expected = library
+    register_tiny("tiny")
     run("index", root, "-w", "tiny")
-    groups = json.loads(run("duplicates", "--json", "--near", TINY_NEAR))
-    by_paths = {frozenset(g["paths"]): g for g in groups}
-    assert set(by_paths) == {frozenset(map(str, tones)), frozenset(map(str, sweeps)), frozenset(map(str, hisses))}
-    exact = by_paths[frozenset(map(str, hisses))]
-    size = hisses[0].stat().st_size
-    assert exact == {"kind": "exact", "paths": sorted(map(str, hisses)), "bytes": 2 * size, "wasted": size}
-    near = by_paths[frozenset(map(str, tones))]
-    sizes = [p.stat().st_size for p in tones]
-    assert near["kind"] == "near" and near["bytes"] == sum(sizes) and near["wasted"] == sum(sizes) - max(sizes)
-    assert all(p.exists() for p in tones + sweeps + hisses)  # it never deletes
+    groups = json.loads(run("duplicates", "--json"))
+    exact = [g for g in groups if g["kind"] == "exact"]
+    size = (root / "burst.wav").stat().st_size
+    assert exact == [{"kind": "exact", "paths": sorted([str(root / "burst copy.wav"), str(root / "burst.wav")]),
+                      "bytes": 2 * size, "wasted": size}]  # fmt: skip
+    # Every copy kind with its source; the two tones a semitone apart in no group.
+    assert near_groups() == sorted(expected, key=sorted)
+    near = next(g for g in groups if g["kind"] == "near" and str(root / "sweep.wav") in g["paths"])
+    sizes = [Path(p).stat().st_size for p in near["paths"]]
+    assert near["bytes"] == sum(sizes) and near["wasted"] == sum(sizes) - max(sizes)
+    assert all(Path(p).exists() for g in expected for p in g)  # it never deletes
+    # Another model (or none: fingerprints use no model): the same groups.
+    register_other("tiny-b")
+    run("index", root, "-w", "tiny-b", "--db", tmp_path / "b.db")
+    assert near_groups(tmp_path / "b.db") == near_groups()
     # Under a folder only; and with --near 0 only exact copies remain.
     assert json.loads(run("duplicates", root / "nowhere", "--json")) == []
     assert [g["kind"] for g in json.loads(run("duplicates", root, "--json", "--near", 0))] == ["exact"]
-    assert "hiss copy.wav" in run("duplicates", "--near", TINY_NEAR)
+    assert "burst copy.wav" in run("duplicates")
+    result = runner.invoke(app, ["duplicates", "--near", "2"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_bench_near_measures_copies_against_different_sounds(tmp_path: Path) -> None:
+def test_fingerprints_are_made_at_index_time_from_the_windows(tmp_path: Path) -> None:
     register_tiny()
-    report = json.loads(run("bench", "near", "-w", "tiny", "--device", "cpu", "--json"))
-    assert set(report) == {"sounds", "copies", "different", "suggested"} and report["sounds"] == 8
-    copies = report["copies"]
-    assert set(copies) == {"flac", "mp3", "48k", "trim_start", "trim_end"}
-    assert copies["flac"] < 1e-6 < copies["mp3"]  # lossless: the very samples again; lossy: not quite
-    assert report["different"] > 0
-    worst = max(copies.values())
-    if worst < report["different"]:
-        assert worst < report["suggested"] < report["different"]
-    else:  # the synthetic model's narrow cone: nothing separates them, and it says so
-        assert report["suggested"] is None
+    root = tmp_path / "lib"
+    root.mkdir()
+    long = audiogen.write_audio(root / "long.wav", audiogen.noise(23.0, seed=2, amp=0.3))  # 4 overlapping windows
+    short = audiogen.write_audio(root / "short.wav", audiogen.chirp(200, 900, 1.5))
+    run("index", root, "-w", "tiny")
+    with SqliteStore.open(_default_db()) as index:
+        rows = {Path(r.path).name: r.hash for r in index.files_under([root])}
+        stored = index.fingerprints(rows.values())
+    for path in (long, short):  # the windows fed whole-file samples, not their overlaps twice
+        assert stored[rows[path.name]] == fingerprint(decode.load_audio(path, max_seconds=60.0)).to_bytes()
+
+
+def _default_db() -> Path:
+    from audiofind.paths import default_db
+
+    return default_db()
+
+
+def test_an_index_without_fingerprints_gets_them_on_its_first_run(library: tuple[Path, list[set[str]]]) -> None:
+    root, expected = library
+    register_tiny()
+    run("index", root, "-w", "tiny")
+    conn = apsw.Connection(str(_default_db()))  # as an index made before fingerprints were
+    conn.execute("DELETE FROM fingerprints")
+    conn.close()
+    seen: list[tuple[str, int, int]] = []
+    with SqliteStore.open(_default_db()) as index:
+        groups = duplicates.find(index, progress=lambda what, done, total: seen.append((what, done, total)))
+        assert len(index.fingerprints(h for h in {r.hash for r in index.files_under([root])} if h)) == 17
+    assert sorted(({*g.paths} for g in groups if g.kind == "near"), key=sorted) == sorted(expected, key=sorted)
+    made = [s for s in seen if s[0] == "fingerprints"]
+    assert made[-1] == ("fingerprints", 17, 17)  # 18 files, one an exact copy: 17 contents, each decoded once
+
+
+def test_bench_near_measures_copies_against_different_sounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    few = {k: v for k, v in prints.generated_sounds().items() if k in ("white noise 1", "sweep up", "gesture take 1", "gesture take 2")}
+    assert len(few) == 4, sorted(prints.generated_sounds())
+    monkeypatch.setattr(prints, "generated_sounds", lambda: few)
+    report = json.loads(run("bench", "near", "--json"))
+    assert list(report)[:4] == ["sounds", "copies", "different", "suggested"] and report["sounds"] == 4
+    assert set(report["copies"]) == set(prints.KINDS) - {"source"}
+    assert min(report["copies"].values()) > duplicates.NEAR > report["different"]
+    assert min(report["copies"].values()) > report["suggested"] > report["different"]
     (tmp_path / "one").mkdir()
     audiogen.write_audio(tmp_path / "one" / "a.wav", audiogen.sine(440, 1.0))
-    result = runner.invoke(app, ["bench", "near", str(tmp_path / "one"), "-w", "tiny"])
+    result = runner.invoke(app, ["bench", "near", str(tmp_path / "one")])
     assert result.exit_code == 2 and "fewer than two readable audio files" in result.stderr
-    result = runner.invoke(app, ["bench", "near", str(tmp_path / "nope"), "-w", "tiny"])
+    result = runner.invoke(app, ["bench", "near", str(tmp_path / "nope"), "-w", "tiny"])  # -w: accepted, unused
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope'} is not a folder."

@@ -7,90 +7,30 @@ import json
 import re
 import shutil
 import wave
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import audiogen
 import av
 import numpy as np
 import pytest
-from modelkit import register_tiny
 from starlette.testclient import TestClient
-from typer.testing import CliRunner
 
-from audiofind.cli import app as cli
+import servekit
 from audiofind.serve import peaks
-from audiofind.serve.app import create_app
 from audiofind.serve.guard import host_allowed
-from audiofind.serve.library import Library
-
-runner = CliRunner()
-TOKEN = "test-token-0123456789"
-BASE = "http://127.0.0.1:8765"
-
-
-def cli_run(*args: object) -> str:
-    result = runner.invoke(cli, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.stdout
-
-
-@dataclass
-class Served:
-    root: Path
-    db: Path
-    files: dict[str, Path]
-    library: Library
-    client: TestClient  # carries the token
-
-    def id(self, name: str) -> int:
-        with self.library.borrow() as index:
-            return index.file_ids([str(self.files[name])])[str(self.files[name])][0]
-
-    def reindex(self) -> None:
-        cli_run("index", self.root, "--db", self.db, "-w", "tiny")
-
-
-def make_library(root: Path) -> dict[str, Path]:
-    (root / "tones").mkdir(parents=True)
-    files = {
-        "tone.wav": audiogen.write_audio(root / "tones" / "tone.wav", audiogen.sine(440, 1.5)),
-        "long.flac": audiogen.write_audio(root / "long.flac", audiogen.chirp(200, 3000, 16.0)),
-        "sweep.aiff": audiogen.write_audio(root / "sweep.aiff", audiogen.chirp(300, 6000, 2.5, channels=2)),
-        "noise.mp3": audiogen.write_audio(root / "noise.mp3", audiogen.noise(1.0, seed=2)),
-        "float.wav": audiogen.write_audio(root / "float.wav", audiogen.square(110, 1.0), codec="pcm_f32le"),
-        "take.wv": audiogen.write_audio(root / "take.wv", audiogen.chirp(500, 1500, 1.2)),  # seeks land before the frame
-    }
-    return files
+from servekit import BASE, TOKEN, Served, cli_run
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A library and its index, built once at `live` and kept as a copy (mtimes and all) to restore for each test."""
-    live = tmp_path_factory.getbasetemp() / "serve-live"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUDIOFIND_HOME", str(tmp_path_factory.mktemp("serve-home")))
-        register_tiny()
-        make_library(live / "Sounds")
-        cli_run("index", live / "Sounds", "--db", live / "index.db", "-w", "tiny")
-    saved = tmp_path_factory.mktemp("serve-pristine") / "copy"
-    shutil.copytree(live, saved, symlinks=True)
-    return live, saved
+    return servekit.build(tmp_path_factory)
 
 
 @pytest.fixture
-def served(pristine: tuple[Path, Path]) -> Served:
-    live, saved = pristine
-    shutil.rmtree(live)
-    shutil.copytree(saved, live, symlinks=True)  # copy2 keeps mtimes: the index still matches every file
-    register_tiny()
-    root = live / "Sounds"
-    files = {p.name: p for p in root.rglob("*") if p.is_file()}
-    library = Library.open(live / "index.db")
-    client = TestClient(create_app(library, TOKEN, "127.0.0.1", 8765), base_url=BASE, headers={"Authorization": f"Bearer {TOKEN}"})
-    yield Served(root, live / "index.db", files, library, client)
-    client.close()
-    library.close()
+def served(pristine: tuple[Path, Path]) -> Iterator[Served]:
+    with servekit.serving(pristine) as served:
+        yield served
 
 
 def test_search_and_like_answer_what_the_cli_prints(served: Served) -> None:
@@ -203,7 +143,7 @@ def test_peaks_follow_the_sound_and_copies_reuse_them(served: Served) -> None:
     assert again["hash"] == body["hash"] and again["peaks"] == [0.125] * peaks.BUCKETS
 
 
-ROUTES = ["/", "/api/search?q=x", "/api/like?id=1", "/api/audio/1", "/api/peaks/1", "/api/status"]
+ROUTES = ["/", "/api/search?q=x", "/api/like?id=1", "/api/audio/1", "/api/region/1?start=0&end=0.5", "/api/peaks/1", "/api/status"]
 
 
 def test_every_route_needs_the_token(served: Served) -> None:

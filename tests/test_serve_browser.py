@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import audiogen
 import numpy as np
@@ -49,28 +50,34 @@ def free_port() -> int:
 
 
 def make_library(root: Path) -> dict[str, Path]:
-    """Long enough files that matching segments start inside them; one AIFF, which the server transcodes."""
+    """A small library as it comes: several rates, depths and channel counts, long enough that matching segments
+    start inside the files, one AIFF and one 24-bit WAV (which the server transcodes), and a copy in another folder."""
     sr = audiogen.SAMPLE_RATE
     rng = np.random.default_rng(7)
 
     def shaped(x: np.ndarray, envelope: np.ndarray) -> np.ndarray:  # waveforms worth looking at in the screenshot
         return (x * envelope[None, : x.shape[1]]).astype(np.float32)
 
-    def t(seconds: float) -> np.ndarray:
-        return np.arange(round(seconds * sr)) / sr
+    def t(seconds: float, rate: int = sr) -> np.ndarray:
+        return np.arange(round(seconds * rate)) / rate
 
-    steps = lambda seconds, every: np.repeat(rng.uniform(0.1, 1.0, int(seconds / every) + 1), round(every * sr))
-    files = {
-        "rain on a tin roof.flac": shaped(audiogen.noise(24.0, seed=1), 0.5 + 0.4 * steps(24.0, 0.1)),
-        "door creak, slow.aiff": shaped(audiogen.chirp(150, 900, 16.0, channels=2), np.sin(np.pi * t(16.0) / 4) ** 2),
-        "forest birds at dawn.wav": shaped(audiogen.chirp(2000, 6000, 20.0), steps(20.0, 0.4) * 0.9),
-        "warm pad.wav": shaped(audiogen.square(110, 12.0), 0.6 * (1 - np.exp(-t(12.0) / 3))),
-    }
-    folders = ["Field Recordings", "Foley/Doors", "Field Recordings/Forest", "Synth"]
+    steps = lambda seconds, every, rate=sr: np.repeat(rng.uniform(0.1, 1.0, int(seconds / every) + 1), round(every * rate))
+    files = {  # name: (folder, samples, rate, writer options)
+        "rain on a tin roof.flac": ("Field Recordings", shaped(audiogen.noise(24.0, sr=48000, channels=2, seed=1),
+                                    0.5 + 0.4 * steps(24.0, 0.1, 48000)), 48000, {"sample_fmt": "s32"}),
+        "door creak, slow.aiff": ("Foley/Doors", shaped(audiogen.chirp(150, 900, 16.0, channels=2), np.sin(np.pi * t(16.0) / 4) ** 2), sr, {}),
+        "forest birds at dawn.wav": ("Field Recordings/Forest", shaped(audiogen.chirp(2000, 6000, 20.0, sr=48000),
+                                     steps(20.0, 0.4, 48000) * 0.9), 48000, {"codec": "pcm_s24le"}),
+        "warm pad.wav": ("Synth", shaped(audiogen.square(110, 12.0), 0.6 * (1 - np.exp(-t(12.0) / 3))), sr, {}),
+        "thunder, distant.mp3": ("Field Recordings/Weather", shaped(audiogen.noise(30.0, channels=2, seed=5),
+                                 0.05 + 0.6 * np.exp(-((t(30.0) - 12) ** 2) / 8)), sr, {}),
+    }  # fmt: skip
     out = {}
-    for (name, samples), folder in zip(files.items(), folders):
+    for name, (folder, samples, rate, options) in files.items():
         (root / folder).mkdir(parents=True, exist_ok=True)
-        out[name] = audiogen.write_audio(root / folder / name, samples)
+        out[name] = audiogen.write_audio(root / folder / name, samples, sr=rate, **options)
+    (root / "Archive").mkdir()
+    shutil.copy2(out["rain on a tin roof.flac"], root / "Archive" / "rain on a tin roof.flac")  # one row, two files
     return out
 
 
@@ -159,7 +166,7 @@ def test_search_play_next_and_more_like_this_in_chromium(library: Library, tmp_p
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            context = browser.new_context(viewport={"width": 1280, "height": 340})
+            context = browser.new_context(viewport={"width": 1180, "height": 560})
             context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.base)
             page = context.new_page()
             page.goto(server.url)
@@ -181,6 +188,8 @@ def test_search_play_next_and_more_like_this_in_chromium(library: Library, tmp_p
             page.keyboard.press("ArrowDown")
             _wait_playing(page, second["id"], float(second["start"]))
             page.wait_for_function(DRAWN)  # every row's waveform came from /api/peaks
+            page.locator("tr.hit details.copies summary").first.click()  # the copy folded into the rain's row
+            page.wait_for_timeout(600)  # the playhead moves on a little
             page.screenshot(path=str(tmp_path / "serve.png"))
             if os.environ.get("AUDIOFIND_SCREENSHOT"):  # how docs/serve.png is made
                 shutil.copy(tmp_path / "serve.png", os.environ["AUDIOFIND_SCREENSHOT"])
@@ -191,19 +200,19 @@ def test_search_play_next_and_more_like_this_in_chromium(library: Library, tmp_p
             # clicking a waveform plays from there: the AIFF is transcoded, and seeking still works
             aiff = next(i for i in range(rows.count()) if hit(i)["path"].endswith(".aiff"))
             page.evaluate("window.played = []")
-            rows.nth(aiff).locator("canvas").click(position={"x": 180, "y": 17})  # 3/4 of the way
+            canvas = rows.nth(aiff).locator("canvas")
+            canvas.click(position={"x": 0.75 * canvas.bounding_box()["width"], "y": 17})  # 3/4 of the way
             _wait_playing(page, hit(aiff)["id"], 0.74 * float(hit(aiff)["duration"]))
             page.keyboard.press("Space")
             page.wait_for_function("document.getElementById('player').paused")
 
-            # copy the path; drag carries the file:// URL and, for Chromium, a DownloadURL of the original file
+            # copy the path; with the whole file selected (dragged past both ends of the waveform), a drag carries
+            # the file:// URL and, for Chromium, a DownloadURL of the original file
             rows.nth(0).locator("button.copy").click()
             assert page.evaluate("navigator.clipboard.readText()") == first["path"]
-            dragged = page.evaluate(
-                """() => { const dt = new DataTransfer();
-                   document.querySelector('tr.hit').dispatchEvent(new DragEvent('dragstart', {dataTransfer: dt, bubbles: true}));
-                   return [dt.getData('text/uri-list'), dt.getData('text/plain'), dt.getData('DownloadURL')]; }"""
-            )
+            _select(page, 0, 0.0, 1.1)
+            page.keyboard.press("Space")  # selecting plays: stop it
+            dragged = _drag(page, 0)
             assert dragged[0] == Path(first["path"]).as_uri() and dragged[1] == first["path"]
             mime, name, download = dragged[2].split(":", 2)
             assert name == Path(first["path"]).name and mime.startswith("audio/")
@@ -244,3 +253,196 @@ def _wait_playing(page, file_id: str, at_least: float) -> None:  # type: ignore[
     )
     heard = page.evaluate("id => window.played.filter(([i]) => i === id).map(([, t]) => t)", file_id)
     assert heard and min(heard) >= at_least - 0.05, (file_id, at_least, heard[:5])
+
+
+def _select(page, row: int, a: float, b: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Drag with the mouse across row's waveform from fraction a to fraction b of its width (b past an end clamps);
+    the selection the page took, from its download link."""
+    box = page.locator("tr.hit").nth(row).locator("canvas").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + a * box["width"], y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + (a + b) / 2 * box["width"], y, steps=4)
+    page.mouse.move(box["x"] + b * box["width"], y, steps=4)
+    page.mouse.up()
+    href = page.locator("tr.hit").nth(row).locator("a.download").get_attribute("href")
+    query = dict(p.split("=", 1) for p in href.split("?", 1)[1].split("&"))
+    return {"start": float(query["start"]), "end": float(query["end"])}
+
+
+def _drag(page, row: int) -> list[str]:  # type: ignore[no-untyped-def]
+    """What a drag of row's handle carries: text/uri-list, text/plain and DownloadURL."""
+    return page.evaluate(
+        """i => { const dt = new DataTransfer();
+           document.querySelectorAll('tr.hit')[i].querySelector('.grip')
+             .dispatchEvent(new DragEvent('dragstart', {dataTransfer: dt, bubbles: true}));
+           return [dt.getData('text/uri-list'), dt.getData('text/plain'), dt.getData('DownloadURL')]; }""",
+        row,
+    )
+
+
+@pytest.fixture(scope="module")
+def browser_page(library: Library):  # type: ignore[no-untyped-def]
+    """One server for the module, and a function that opens a fresh page at a viewport: (server, open_page)."""
+    from playwright.sync_api import sync_playwright
+
+    server = start(["--port", str(free_port()), "--no-open"], library)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+
+            def open_page(width: int = 1180, height: int = 560, **query: str):  # type: ignore[no-untyped-def]
+                page = browser.new_context(viewport={"width": width, "height": height}).new_page()
+                page.responses = []  # type: ignore[attr-defined]
+                page.on("response", lambda r: page.responses.append((r.url, r.status)))  # type: ignore[attr-defined]
+                page.goto(server.url + "".join(f"&{k}={quote_plus(v)}" for k, v in query.items()))
+                return page
+
+            yield server, open_page
+            browser.close()
+    finally:
+        stop(server, signal.SIGINT)
+
+
+@needs_chromium
+def test_a_selected_region_is_what_downloads_and_drags_out(browser_page, library: Library, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from audiofind.audio import region
+    from wavkit import decoded, samples
+
+    server, open_page = browser_page
+    page = open_page(q=QUERY)
+    page.wait_for_selector("tr.hit")
+    rows = page.locator("tr.hit")
+    i = next(n for n in range(rows.count()) if rows.nth(n).get_attribute("data-name") == "rain on a tin roof.flac")
+    row = rows.nth(i)
+    source = Path(row.get_attribute("data-path"))
+    # before any choice the selection is the matching segment
+    href = row.locator("a.download").get_attribute("href")
+    assert f"start={row.get_attribute('data-start')}&end={row.get_attribute('data-end')}" in href
+    page.evaluate(RECORD)
+    sel = _select(page, i, 0.25, 0.5)
+    duration = float(row.get_attribute("data-duration"))
+    assert sel["start"] == pytest.approx(0.25 * duration, abs=0.2) and sel["end"] == pytest.approx(0.5 * duration, abs=0.2)
+    _wait_playing(page, row.get_attribute("data-id"), sel["start"])  # a selection plays from its start
+    assert page.locator("#selection").inner_text().startswith(f"{int(sel['start'] // 60)}:")
+    page.keyboard.press("Space")
+
+    # the download button: exactly that region of the file, in its own rate (48 kHz), depth (24-bit) and channels
+    with page.expect_download() as d:
+        row.locator("a.download").click()
+    saved = tmp_path / d.value.suggested_filename
+    d.value.save_as(saved)
+    assert saved.name == region.default_name(source, sel["start"], sel["end"])
+    fmt, got = samples(saved.read_bytes())
+    assert (fmt["rate"], fmt["channels"], fmt["bits"]) == (48000, 2, 24)
+    first, frames = round(sel["start"] * 48000), round(sel["end"] * 48000) - round(sel["start"] * 48000)
+    assert len(got) == frames
+    fade = round(region.FADE_SECONDS * 48000)
+    assert np.array_equal(got[fade:-fade], decoded(source, "s24")[first + fade : first + frames - fade])
+
+    # the drag handle carries the same region (Chromium's DownloadURL), not the whole file
+    uri, text, download = _drag(page, i)
+    mime, name, url = download.split(":", 2)
+    assert (mime, name, uri, text) == ("audio/wav", saved.name, url, str(source))
+    status, body = get(url)
+    assert status == 200 and np.array_equal(samples(body)[1], got)
+
+
+@needs_chromium
+def test_loop_volume_and_the_time_readout(browser_page) -> None:  # type: ignore[no-untyped-def]
+    server, open_page = browser_page
+    page = open_page(q=QUERY)
+    page.wait_for_selector("tr.hit")
+    page.keyboard.press("l")
+    assert page.is_checked("#loop")
+    page.evaluate("v => { const r = document.getElementById('volume'); r.value = v; r.dispatchEvent(new Event('input')); }", "0.35")
+    assert page.evaluate("document.getElementById('player').volume") == pytest.approx(0.35)
+    sel = _select(page, 1, 0.40, 0.45)  # a short selection, looped
+    page.evaluate(RECORD)
+    page.wait_for_function(
+        "end => window.played.some(([, t]) => t > end - 0.3) && window.played.slice(-1)[0][1] < end - 0.2",
+        arg=sel["end"], timeout=20_000,
+    )  # it reached the end and came back round
+    heard = [t for _, t in page.evaluate("window.played")]
+    assert max(heard) < sel["end"] + 0.3 and min(heard) >= sel["start"] - 0.05
+    page.wait_for_function(  # the readout follows the playhead
+        """start => { const p = document.getElementById('player'), [m, s] = document.getElementById('position').textContent.split(':');
+                      return p.currentTime > start + 0.4 && Math.abs(60 * m + parseFloat(s) - p.currentTime) < 0.2; }""",
+        arg=sel["start"], timeout=10_000,
+    )  # fmt: skip
+    assert page.evaluate("localStorage.getItem('audiofind.volume')") == "0.35"
+
+
+@needs_chromium
+def test_sorting_by_each_column(browser_page) -> None:  # type: ignore[no-untyped-def]
+    server, open_page = browser_page
+    page = open_page(q=QUERY)
+    page.wait_for_selector("tr.hit")
+    shown = lambda key: page.evaluate(f"[...document.querySelectorAll('tr.hit')].map(r => r.dataset.{key})")
+    ranks = [int(r) for r in shown("rank")]
+    assert ranks == sorted(ranks)
+    for key, first_order, number in [("name", 1, False), ("folder", 1, False), ("duration", 1, True), ("rate", -1, True),
+                                     ("score", -1, True), ("rank", 1, True)]:  # fmt: skip
+        for order in (first_order, -first_order):  # a second click reverses
+            page.click(f"th button[data-sort={key}]")
+            values = [float(v) if number else v.casefold() for v in shown(key)]
+            assert values == sorted(values, reverse=order < 0), (key, order, values)
+            th = page.locator(f"th:has(button[data-sort={key}])")
+            assert th.get_attribute("aria-sort") == ("ascending" if order > 0 else "descending")
+    # the keys follow the order shown: Down selects the row shown below the selected one
+    page.click("th button[data-sort=duration]")
+    ids = shown("id")
+    at = ids.index(page.locator("tr.hit.selected").get_attribute("data-id"))
+    page.keyboard.press("ArrowDown")
+    assert page.locator("tr.hit.selected").get_attribute("data-id") == ids[min(at + 1, len(ids) - 1)]
+
+
+@needs_chromium
+def test_the_mode_selector_searches_by_names_alone(browser_page, library: Library) -> None:  # type: ignore[no-untyped-def]
+    server, open_page = browser_page
+    page = open_page()
+    page.fill("input[name=q]", "door")
+    page.select_option("select[name=mode]", "text")
+    page.press("input[name=q]", "Enter")
+    page.wait_for_selector("tr.hit")
+    assert "mode=text" in page.url and page.input_value("select[name=mode]") == "text"
+    names = page.evaluate("[...document.querySelectorAll('tr.hit')].map(r => r.dataset.name)")
+    assert names == ["door creak, slow.aiff"]  # by name alone: no other file is named door
+    page.select_option("select[name=mode]", "audio")
+    page.press("input[name=q]", "Enter")
+    page.wait_for_url(re.compile(r".*mode=audio"))
+    page.wait_for_selector("tr.hit")
+    assert page.locator("tr.hit").count() == len(library.files)  # by sound every file has a place
+
+
+@needs_chromium
+def test_the_page_fits_800_px_with_a_visible_segment_and_no_401(browser_page, library: Library) -> None:  # type: ignore[no-untyped-def]
+    server, open_page = browser_page
+    page = open_page(800, 600, q=QUERY)
+    page.wait_for_selector("tr.hit")
+    page.wait_for_function(DRAWN)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800
+    for row in range(page.locator("tr.hit").count()):  # everything a row offers is on screen
+        for part in ("button.play", "a.like", "button.copy", "a.download", ".grip", "canvas"):
+            box = page.locator("tr.hit").nth(row).locator(part).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 800, (row, part)
+    # the matching segment is highlighted across the waveform's whole height, at least 6 px wide, and so is a region
+    # of a few pixels (as a 10 s match in a 15-minute recording would be)
+    width = page.locator("tr.hit").nth(0).locator("canvas").bounding_box()["width"]
+    sel = _select(page, 0, 0.5, 0.5 + 4 / width)  # the shortest drag that selects
+    assert (sel["end"] - sel["start"]) / float(page.locator("tr.hit").nth(0).get_attribute("data-duration")) * width < 4.5
+    page.keyboard.press("Space")  # stop it, so no playhead is drawn
+    page.wait_for_function("document.getElementById('player').paused")
+    marks = page.evaluate(MARKS)
+    assert marks and all(w >= 6 and full for w, full in marks), marks
+    assert page.evaluate("fetch('/favicon.ico').then(r => r.status)") == 200  # as a browser asks: without the token
+    assert not [r for r in page.responses if r[1] == 401], page.responses
+
+
+# Per row: the CSS width of the selection drawn on the canvas (columns whose top pixel is fully painted) and whether
+# each of those columns is painted from top to bottom.
+MARKS = """() => [...document.querySelectorAll('tr.hit canvas')].map(c => {
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, w = c.width, h = c.height;
+  const painted = (x, y) => d[4 * (y * w + x) + 3] === 255;
+  const cols = [...Array(w).keys()].filter(x => painted(x, 0));
+  return [cols.length * c.clientWidth / w, cols.every(x => [...Array(h).keys()].every(y => painted(x, y)))]; })"""

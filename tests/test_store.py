@@ -26,7 +26,7 @@ from audiofind.store.sqlite.store import SqliteStore
 
 D = 16
 BINDING = ModelBinding("tiny", "ab" * 32, D, 5.0, 2.5)
-TABLES = {migrations.TABLE, "meta", "audio", "segments", "files", "roots", "partial", "codes_cache",
+TABLES = {migrations.TABLE, "meta", "audio", "segments", "files", "roots", "partial", "codes_cache", "fingerprints",
           "file_words", "file_words_config", "file_words_content", "file_words_data", "file_words_docsize", "file_words_idx"}
 
 

@@ -9,6 +9,7 @@ any rate.
 
 import functools
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class AudioInfo:
     sample_rate: int  # of the file, before resampling
     channels: int  # of the file, before down-mixing
     codec: str  # FFmpeg's canonical codec name: "pcm_s16le", "flac", "mp3", "aac", ...
+    container: str = ""  # the demuxer's name: "wav", "flac", "mp3", "aiff", "ogg", "mp4", "m4a", "matroska", ...
+    bits: int | None = None  # bit depth of PCM and lossless codecs (a float format's too: 32, 64); None when lossy
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing ndarray fields has no single truth value
@@ -114,10 +117,16 @@ def _declared_seconds(container: av.container.InputContainer, stream: AudioStrea
     return None
 
 
-def probe(path: Path) -> AudioInfo:
-    """Container and stream metadata of an audio file, without decoding it."""
+def probe(path: Path, count: bool = True) -> AudioInfo:
+    """Container and stream metadata of an audio file, without decoding it.
+
+    A container that declares no duration has its packets' durations added up, unless count is False (headers
+    only: the duration is then 0.0).
+    """
     with _open(path) as (container, stream):
         duration = _declared_seconds(container, stream)
+        if duration is None and not count:
+            duration = 0.0
         if duration is None:  # streamed formats declare nothing: add up packet durations (demux only, no decode)
             try:
                 ticks = sum(p.duration or 0 for p in container.demux(stream))
@@ -125,7 +134,35 @@ def probe(path: Path) -> AudioInfo:
                 raise DecodeError(path, f"corrupt data: {e.strerror or e}") from e
             duration = float(ticks * stream.time_base) if stream.time_base else 0.0
         ctx = stream.codec_context
-        return AudioInfo(duration, ctx.sample_rate, ctx.channels, codec=ctx.codec.canonical_name)
+        name = _container_name(container.format.name, path)
+        return AudioInfo(duration, ctx.sample_rate, ctx.channels, ctx.codec.canonical_name, name, _bits(ctx))
+
+
+def _container_name(names: str, path: Path) -> str:
+    """One demuxer name: of "mov,mp4,m4a,3gp,3g2,mj2", the one the file's extension names, else the first."""
+    choices = names.split(",")
+    ext = Path(path).suffix.lower().lstrip(".")
+    return ext if ext in choices else choices[0]
+
+
+_PCM = re.compile(r"pcm_[suf](\d+)(?:[lb]e)?(?:_planar)?")
+
+
+def _bits(ctx: av.audio.codeccontext.AudioCodecContext) -> int | None:
+    """The stream's bit depth, from its header: PCM by codec name, FLAC and ALAC by their own header, other lossless
+    codecs by the sample format they decode to; None for lossy codecs (their decoders give float)."""
+    name, extra = ctx.codec.canonical_name, bytes(ctx.extradata or b"")
+    if m := _PCM.fullmatch(name):
+        return int(m[1])
+    if name == "flac":
+        info = extra[8:] if extra.startswith(b"fLaC") else extra  # Matroska keeps the marker and a block header
+        if len(info) >= 14:  # STREAMINFO: 80 bits of sizes, 20 of rate, 3 of channels, then 5 of bits - 1
+            return (((info[12] & 1) << 4) | (info[13] >> 4)) + 1
+    if name == "alac" and len(extra) >= 18:  # the 'alac' atom: 12 bytes of header, frame length, version, depth
+        return extra[17]
+    if ctx.codec.lossy and not ctx.codec.lossless:
+        return None
+    return ctx.format.bytes * 8 if ctx.format is not None else None
 
 
 def _to_mono(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:

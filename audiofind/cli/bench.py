@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -149,40 +150,42 @@ def _item_progress(description: str) -> Iterator[Callable[[int, int], None]]:
 
 @bench_app.command("near")
 def near_cmd(
-    folder: Annotated[Path | None, typer.Argument(help="Real sounds to copy (default: generated ones).", show_default=False)] = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
+    folder: Annotated[Path | None, typer.Argument(help="Real recordings to copy beside the generated sounds.", show_default=False)] = None,
+    weights: Annotated[str | None, typer.Option("--weights", "-w", hidden=True, help="Accepted for old scripts: fingerprints use no model.")] = None,
+    device: Annotated[str, typer.Option("--device", hidden=True, help="Accepted for old scripts: fingerprints use no model.")] = "auto",
     limit: Annotated[int, typer.Option("--limit", min=2, help="At most this many sounds from FOLDER.")] = 40,
     json_out: JsonOpt = False,
 ) -> None:
-    """How far transcoded and trimmed copies sit from their sound, against different sounds: the measure behind
-    `duplicates --near`, for the model given."""
-    from audiofind.bench import near as nearcopies
+    """How alike the fingerprints of a sound's copies (codecs, rates, gain, trims) are, against different sounds:
+    the measure behind `duplicates --near`, on generated sounds and on the recordings in FOLDER."""
+    from audiofind.audio.printmatch import NEAR
+    from audiofind.bench import prints
     from audiofind.bench import speed as bench
-    from audiofind.model.encoder import load_encoder
-    from audiofind.search import duplicates
 
-    sounds = nearcopies.source_files(folder, limit) if folder else nearcopies.generated_sounds()
-    encoder = load_encoder(weights, device, ["audio"])
+    sounds, parts = prints.library_sounds(folder, limit) if folder else (prints.generated_sounds(), None)
     with bench.scratch_dir() as tmp:
-        report = nearcopies.measure(encoder, sounds, Path(tmp))
+        report = prints.measure(sounds, Path(tmp), parts)
     if json_out:
         typer.echo(json_text(report.as_dict()))
         return
-    table = Table("copies of a sound", "largest cosine distance")
-    for kind, d in report.copies.items():
-        table.add_row(kind, f"{d:.2e}")
-    table.add_row("[bold]different sounds[/] (smallest)", f"{report.different:.2e}")
+    table = Table("copies of a sound", "lowest similarity", "whose")
+    for kind, score in report.copies.items():
+        table.add_row(kind, f"{score:.2f}", escape(report.worst.get(kind, "")))
+    table.add_row("[bold]different sounds[/] (highest)", f"{report.different:.2f}", escape(" / ".join(report.closest)))
     console.print(table)
+    for part, found in report.parts.items():
+        low = min(found["copies"].values())
+        console.print(f"{part}: {found['sounds']} sounds, worst copy {low:.2f}, closest different {found['different']:.2f}")
     if report.suggested is None:
-        console.print(f"{report.sounds} sounds: some copy sits farther than two different sounds; no threshold separates them.")
+        console.print(f"{report.sounds} sounds: some copy scores below two different sounds; no threshold separates them.")
     else:
-        console.print(f"{report.sounds} sounds ({encoder.name}): --near {report.suggested:.2g} separates them (default {duplicates.NEAR:g}).")
+        console.print(f"{report.sounds} sounds: --near {report.suggested:.2f} separates them (default {NEAR:g}); "
+                      f"{report.ms_per_file:.1f} ms and {report.bytes_per_second:.0f} bytes a second of audio.")  # fmt: skip
 
 
 # ---------------------------------------------------------------- bench speed
 
-PARTS = ("model", "families", "indexing", "reindex", "query", "names", "cold", "serve", "training")
+PARTS = ("model", "families", "indexing", "reindex", "query", "names", "cold", "serve", "training", "duplicates", "ray")
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,8 @@ def targets(device: str, extensions: list[str]) -> list[tuple[str, Target]]:
         ("serve_search_100k_s", Target("< 100 ms", at_most=0.1)),
         ("serve_page_50_s", Target("< 1 s", at_most=1.0)),
         ("serve_first_byte_transcoded_s", Target("< 200 ms", at_most=0.2)),
+        ("group_100k_prints_s", Target("< 1 min", at_most=60.0)),
+        ("ray_overhead", Target("< 20% (2 CPUs)", at_most=0.2)),
     ]
 
 
@@ -252,6 +257,11 @@ def speed(
         list[str] | None,
         typer.Option("--precision", metavar="P", help="fp32, tf32 or bf16 (repeatable; default fp32, and all three on CUDA)."),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS", help="Index the same files here and on this Ray cluster (local: one started "
+                     "here, on all its CPUs and GPUs) and compare; alone, the only part run."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure encoding (beside the reference AudioCLIP, and both model families side by side), indexing,
@@ -263,7 +273,9 @@ def speed(
     from audiofind.errors import UsageError, WeightsError
     from audiofind.model.weights import resolve
 
-    parts = set(only or PARTS)
+    parts = set(only or (["ray"] if ray else [p for p in PARTS if p != "ray"]))
+    if "ray" in parts and not ray:
+        raise UsageError("The ray part needs --ray ADDRESS (local: a cluster started on this machine).")
     if parts - set(PARTS):
         raise UsageError(f"Unknown part(s) {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}.")
     dev = resolve_device(device)
@@ -329,6 +341,19 @@ def speed(
                   "serve_first_byte_transcoded_s": "serve: first byte, transcoded", "serve_first_byte_seek_s": "serve: first byte after a seek"}  # fmt: skip
         for key, value in serve_speed(encoder or bench.bench_encoder(weights, str(dev), synthetic, precisions[0])).items():
             figures.append(bench.Figure(key, labels.get(key, key), value, "s"))
+    if "duplicates" in parts:
+        from audiofind.bench import prints
+
+        say("duplicates: grouping 100,000 synthetic fingerprints…")
+        found = prints.grouping_speed(100_000)
+        figures.append(bench.Figure("group_100k_prints_s", "group 100k fingerprints (duplicates)", found["seconds"], "s"))
+        share = found["found"] / max(found["planted"], 1)
+        figures.append(bench.Figure("group_100k_copies_found", "planted copies found among them", share, "%"))
+    if "ray" in parts and ray:
+        from audiofind.bench.cluster import ray_figures
+
+        say(f"ray: one library indexed here and on the Ray cluster at {ray}…")
+        figures += ray_figures(weights, ray, device, precisions[0], synthetic, say=say)
     if "training" in parts:
         say("training throughput…")
         train = bench.training_speed(str(dev))

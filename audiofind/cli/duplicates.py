@@ -6,27 +6,36 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from audiofind.cli.common import DbOpt, JsonOpt, app, console
-from audiofind.search.duplicates import NEAR
+from audiofind.audio.printmatch import NEAR
+from audiofind.cli.common import DbOpt, JsonOpt, app, console, err_console
 
 
 @app.command()
 def duplicates(
     paths: Annotated[list[Path] | None, typer.Argument(help="Only files under these folders (default: the whole index).", show_default=False)] = None,
-    near: Annotated[float, typer.Option("--near", min=0, max=2, help="Cosine distance under which two different files count as the same sound; 0 lists exact copies only.")] = NEAR,
+    near: Annotated[float, typer.Option("--near", min=0, max=1, help="Fingerprint similarity (0-1) at or above which two different files count as one recording; 0 lists exact copies only.")] = NEAR,
     json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
-    """List groups of copies: exact (same content) and near (same sound, other format or trim), with wasted bytes."""
+    """List groups of copies: exact (same content) and near (same recording, other format, rate, gain or trim), with
+    wasted bytes."""
     from audiofind.search.duplicates import find
-    from audiofind.store import (
-        open_store,  # no torch: the vectors are in the index already
-    )
+    from audiofind.store import open_store  # no torch: fingerprints need no model
 
-    with open_store(db) as index:
-        groups = find(index, [p.expanduser() for p in paths or []], near)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with open_store(db) as index, Progress(*columns, console=err_console, transient=True,
+                                           disable=not err_console.is_terminal) as bar:  # fmt: skip
+        tasks: dict[str, TaskID] = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:  # fingerprints of contents indexed before they were made, then comparisons
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        groups = find(index, [p.expanduser() for p in paths or []], near, progress)
     if json_out:
         typer.echo(json.dumps([g.as_dict() for g in groups], ensure_ascii=False))
         return

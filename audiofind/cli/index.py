@@ -1,8 +1,9 @@
 """`audiofind index` and `audiofind status`: build the index and show what it holds."""
 
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -23,10 +24,35 @@ from audiofind.cli.common import (
 )
 from audiofind.errors import UsageError
 
+if TYPE_CHECKING:
+    from audiofind.library.cluster import Cluster
+
 ExtOpt = Annotated[
     list[str] | None,
     typer.Option("--ext", help="Only these extensions (repeatable, e.g. --ext wav --ext flac); default: every common audio format."),
 ]
+# index and watch take these two (watch for its syncs): decoding and embedding on a Ray cluster, decisions and commits here.
+RayOpt = Annotated[
+    str | None,
+    typer.Option("--ray", metavar="ADDRESS", help="Decode and embed on a Ray cluster: auto (the one this machine belongs to), "
+                 "HOST:PORT, ray://HOST:10001, or local (one started here, on all its CPUs and GPUs). Needs the extra: pip install 'audiofind\\[ray]'."),
+]
+RaySharedOpt = Annotated[
+    bool,
+    typer.Option("--ray-shared-paths", help="With --ray: every node mounts the library at the same path, so workers read "
+                 "the files themselves (by default this machine sends them their bytes)."),
+]
+
+
+def open_cluster(address: str | None, shared_paths: bool, device: str) -> "Cluster | None":
+    """The Ray cluster --ray names, joined or started (None without --ray); Ray is imported only here."""
+    if address is None:
+        if shared_paths:
+            raise UsageError("--ray-shared-paths goes with --ray ADDRESS.")
+        return None
+    from audiofind.library.cluster import connect
+
+    return connect(address, shared_paths, device)
 
 
 @app.command("index")
@@ -41,6 +67,8 @@ def index_cmd(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again files that failed before, even if unchanged.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Remove indexed files that are gone even when a whole folder, or over a quarter of one, is.")] = False,
     ext: ExtOpt = None,
+    ray: RayOpt = None,
+    ray_shared_paths: RaySharedOpt = False,
 ) -> None:
     """Add the audio files under PATHS to the index; re-running only touches what changed."""
     from audiofind.audio.formats import AUDIO_EXTS
@@ -48,7 +76,7 @@ def index_cmd(
     from audiofind.library.sync import Event, load_checked, prepare, sync
     from audiofind.library.walk import absolute
     from audiofind.paths import default_db
-    from audiofind.store import open_store
+    from audiofind.store import open_store, peek_model
 
     exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS
     db_path = db or default_db()
@@ -57,43 +85,48 @@ def index_cmd(
         for root in roots:
             if not root.is_dir():
                 raise UsageError(f"{root} is not a folder.")
-    encoder = load_checked(db_path, weights, device, precision)  # before anything is written: a broken model changes nothing
-    index = open_store(db_path, create=True)  # a read-only index is refused here, in its own words
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with index, index.writer_lock(), Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
-        task = bar.add_task("rebuilding" if rebuild else "indexing", total=None, audio="")
-        started = datetime.now()
-        files_done = 0
+    cluster = open_cluster(ray, ray_shared_paths, device)
+    with cluster or nullcontext():
+        # Before anything is written: a broken model, or a cluster with no room for it, changes nothing.
+        encoder = cluster.start(peek_model(db_path), weights, precision) if cluster else load_checked(db_path, weights, device, precision)
+        index = open_store(db_path, create=True)  # a read-only index is refused here, in its own words
+        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        with index, index.writer_lock(), Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+            task = bar.add_task("rebuilding" if rebuild else "indexing", total=None, audio="")
+            started = datetime.now()
+            files_done = 0
 
-        piped = not err_console.is_terminal  # a log file or a pipe: one line per file as it commits, not a bar
+            piped = not err_console.is_terminal  # a log file or a pipe: one line per file as it commits, not a bar
 
-        def on_event(e: Event) -> None:
-            nonlocal files_done
-            files_done += 1
-            if e.event in ("failed", "unavailable", "kept", "changing"):
-                style = "yellow" if e.event == "failed" else "cyan"
-                err_console.print(f"[{style}]{e.event}[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False, soft_wrap=True)
-            elif piped:
-                err_console.print(f"{e.event} {escape(e.path)}", highlight=False, soft_wrap=True)
+            def on_event(e: Event) -> None:
+                nonlocal files_done
+                files_done += 1
+                if e.event in ("failed", "unavailable", "kept", "changing"):
+                    style = "yellow" if e.event == "failed" else "cyan"
+                    err_console.print(f"[{style}]{e.event}[/] {escape(e.path)}: {escape(e.reason or '')}", highlight=False, soft_wrap=True)
+                elif piped:
+                    err_console.print(f"{e.event} {escape(e.path)}", highlight=False, soft_wrap=True)
 
-        def progress(done: float, share: float) -> None:
-            rate = done / max((datetime.now() - started).total_seconds(), 1e-6)
-            text = f"{files_done} files, {duration(done)} audio, {rate:.1f}x real time"
-            bar.update(task, completed=share * 100, total=100, audio=text)  # time left follows the share done
+            def progress(done: float, share: float) -> None:
+                rate = done / max((datetime.now() - started).total_seconds(), 1e-6)
+                text = f"{files_done} files, {duration(done)} audio, {rate:.1f}x real time"
+                if cluster:
+                    text += f", {cluster.working} actor{'s' if cluster.working != 1 else ''} working"
+                bar.update(task, completed=share * 100, total=100, audio=text)  # time left follows the share done
 
-        try:
-            if rebuild:
-                report = rebuild_index(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
-                                       progress=progress, prune=prune)
-            else:
-                prepare(index, encoder)
-                report = sync(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
-                              progress=progress, prune=prune)
-        except KeyboardInterrupt:
-            kept = "the current index is unchanged and the rebuild continues" if rebuild else f"the {files_done} file(s) finished in this run are kept, and the next run continues"
-            err_console.print(
-                f"interrupted: {kept} where it stopped when you run the same command again.", highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+            try:
+                if rebuild:
+                    report = rebuild_index(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
+                                           progress=progress, prune=prune, cluster=cluster)
+                else:
+                    prepare(index, encoder)
+                    report = sync(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
+                                  progress=progress, prune=prune, cluster=cluster)
+            except KeyboardInterrupt:
+                kept = "the current index is unchanged and the rebuild continues" if rebuild else f"the {files_done} file(s) finished in this run are kept, and the next run continues"
+                err_console.print(
+                    f"interrupted: {kept} where it stopped when you run the same command again.", highlight=False, soft_wrap=True)
+                raise typer.Exit(130) from None
     with open_store(db_path) as index:
         failed_before = index.stats().failed - report.failed
     if json_out:

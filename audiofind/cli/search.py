@@ -1,14 +1,17 @@
 """`audiofind search`: find sounds by description or by example."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, json_text
+from audiofind.cli.common import DbOpt, DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console, json_text
 from audiofind.errors import UsageError
+
+if TYPE_CHECKING:
+    from audiofind.store import Hit
 
 
 def _time(seconds: float) -> str:
@@ -30,6 +33,9 @@ def search(
     min_duration: Annotated[float | None, typer.Option("--min-duration", min=0, help="Only files at least this long (s).")] = None,
     max_duration: Annotated[float | None, typer.Option("--max-duration", min=0, help="Only files at most this long (s).")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only files with this tag, KEY=VALUE (repeatable).")] = None,
+    min_rate: Annotated[int | None, typer.Option("--min-rate", min=1, metavar="HZ", help="Only files sampled at least this fast (Hz).")] = None,
+    channels: Annotated[int | None, typer.Option("--channels", min=1, help="Only files with this many channels.")] = None,
+    export_to: Annotated[Path | None, typer.Option("--export", metavar="DIR", help="Also write each result's matching segment into DIR as a WAV in its own format.")] = None,
     db: DbOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
@@ -51,23 +57,54 @@ def search(
         raise UsageError("--like searches by sound alone; it takes neither --mode text nor --not.")
     if json_out and paths_out:
         raise UsageError("Choose one of --json and --paths.")
-    filters = read_filters(under, ext or (), min_duration, max_duration, tag or ())
+    filters = read_filters(under, ext or (), min_duration, max_duration, tag or (), min_rate, channels)
     with open_store(db) as index:
         encoder = query_encoder(index, weights, device)  # loads nothing until a query needs a tower
         # the model is used only if the mode searches by sound
         found = search(index, query, like=like, k=k, filters=filters, mode=mode, not_=not_, model=encoder)
     hits = [f.hit for f in found]
+    exported = _export(hits, export_to) if export_to is not None else {}
     if json_out:
-        typer.echo(json_text([f.as_dict() for f in found]))
+        extra = lambda h: {"export": exported.get(h.path)} if export_to is not None else {}
+        typer.echo(json_text([f.as_dict() | extra(f.hit) for f in found]))
     elif paths_out:
         for h in hits:
             typer.echo(h.path)
     else:
-        table = Table("#", "score", "file", "time", "duration", "why", "tags")
+        table = Table("#", "score", "file", "time", "duration", "rate/bits/ch", "why", "tags")
         for rank, f in enumerate(found, 1):
             h = f.hit
             span = f"{_time(h.start)}–{_time(h.end)}" if h.end - h.start < h.duration - 1e-6 else ""
             link = f"[link=file://{escape(h.path)}]{escape(h.path)}[/link]"
             tags_text = ", ".join(f"{k}={v}" for k, v in shown_tags(h.tags or {}).items())
-            table.add_row(str(rank), f"{h.score:.3f}", link, span, _time(h.duration), f.why.text(), escape(tags_text))
+            table.add_row(str(rank), f"{h.score:.3f}", link, span, _time(h.duration), facts(h), f.why.text(), escape(tags_text))
         console.print(table if hits else "No matching sounds.")
+    if export_to is not None:
+        err_console.print(f"Wrote {sum(1 for p in exported.values() if p)} of {len(hits)} segments to {escape(str(export_to))}.")
+        if not all(exported.values()):
+            raise typer.Exit(1)
+
+
+def facts(h: "Hit") -> str:
+    """Rate, bits and channels in a few characters: 48k/24/2, 44.1k/-/2 for a lossy file, blank where unknown."""
+    if h.sample_rate is None or h.channels is None:
+        return ""
+    rate = f"{h.sample_rate / 1000:g}k"
+    return f"{rate}/{h.bits if h.bits is not None else '-'}/{h.channels}"
+
+
+def _export(hits: "list[Hit]", folder: Path) -> dict[str, str | None]:
+    """Write each hit's matching segment into folder; path -> the WAV written, or None (with a warning) if it failed."""
+    from audiofind.audio import region
+    from audiofind.errors import AudiofindError
+
+    written: dict[str, str | None] = {}
+    for h in hits:
+        try:
+            cut = region.plan(Path(h.path), h.start, h.end)
+            out = region.unused(folder.expanduser() / region.default_name(h.path, cut.start, cut.end))
+            written[h.path] = str(region.write(cut, out))
+        except (AudiofindError, OSError) as e:
+            err_console.print(f"[yellow]warning:[/] not exported: {escape(str(e))}", highlight=False)
+            written[h.path] = None
+    return written

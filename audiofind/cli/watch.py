@@ -2,6 +2,7 @@
 
 import signal
 import threading
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -20,6 +21,7 @@ from audiofind.cli.common import (
     err_console,
     json_text,
 )
+from audiofind.cli.index import RayOpt, RaySharedOpt, open_cluster
 
 if TYPE_CHECKING:
     from audiofind.library.sync import Event
@@ -71,11 +73,13 @@ def watch_cmd(
     json_out: JsonOpt = False,
     polling: Annotated[bool, typer.Option("--polling", help="Poll instead of OS events (network drives and other file systems without events).")] = False,
     settle: Annotated[float, typer.Option("--settle", metavar="SECONDS", help="Index a file once its size and mtime have not changed for this long.")] = 1.0,
+    ray: RayOpt = None,
+    ray_shared_paths: RaySharedOpt = False,
 ) -> None:
     """Index PATHS, then keep the index in step with every change under them until Ctrl-C."""
     from audiofind.library.sync import Event, check_roots, indexing_encoder, prepare
     from audiofind.library.watch import watch
-    from audiofind.store import open_store
+    from audiofind.store import open_store, peek_model
 
     def on_event(e: Event) -> None:
         if json_out:
@@ -89,17 +93,21 @@ def watch_cmd(
 
     stop = threading.Event()
     check_roots(paths)
+    cluster = open_cluster(ray, ray_shared_paths, device)  # before our signal handlers: Ray's start sets its own
     previous = {}
     if threading.current_thread() is threading.main_thread():  # only the main thread may set signal handlers
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        with open_store(db, create=True) as index, index.writer_lock():
-            encoder = indexing_encoder(index, weights, device, precision)
-            if not stop.is_set():  # else Ctrl-C or SIGTERM came while the model loaded
-                prepare(index, encoder)
-                watch(index, encoder, paths, settle=settle, polling=polling, on_event=on_event, stop=stop,
-                      on_ready=on_ready)  # fmt: skip
+        with cluster or nullcontext():
+            # A cluster out of reach, or without room for the model, leaves the index untouched: started first.
+            remote = cluster.start(peek_model(db), weights, precision) if cluster else None
+            with open_store(db, create=True) as index, index.writer_lock():
+                encoder = remote if remote is not None else indexing_encoder(index, weights, device, precision)
+                if not stop.is_set():  # else Ctrl-C or SIGTERM came while the model loaded
+                    prepare(index, encoder)
+                    watch(index, encoder, paths, settle=settle, polling=polling, on_event=on_event, stop=stop,
+                          on_ready=on_ready, cluster=cluster)  # fmt: skip
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -13,19 +13,23 @@ import logging
 import math
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from audiofind.audio import decode
+from audiofind.audio import fingerprint as fingerprints
+from audiofind.audio.fingerprint import MAX_SAMPLES, Fingerprinter
 from audiofind.audio.tags import read_tags
 from audiofind.errors import DecodeError
 from audiofind.library.walk import signature
-from audiofind.model.embedder import Embedder
 from audiofind.store import AudioRow, FileRow, Store
+
+if TYPE_CHECKING:  # decoding workers of a cluster import this module for decode_ahead, and need no torch
+    from audiofind.model.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ class Work:
 Message = (
     tuple[Literal["start"], Work, decode.AudioInfo]
     | tuple[Literal["window"], Work, decode.Window]
-    | tuple[Literal["end"], Work, None]
+    | tuple[Literal["end"], Work, bytes | None]
     | tuple[Literal["error"], Work, BaseException]
 )
 Slot = list[np.ndarray | None]  # [a window's vector], None until the model has run on it
@@ -67,19 +71,12 @@ class _InFlight:
     skip: int
     received: int = 0
     bounds: list[tuple[float, float]] = field(default_factory=list)  # windows not committed yet
-    slots: list[Slot] = field(default_factory=list)  # one per window in bounds
+    slots: list[list] = field(default_factory=list)  # one [vector or None] per window in bounds
     ended: bool = False
     failed: bool = False
-
-
-_Waiting = tuple[_InFlight, Slot, np.ndarray]  # a window waiting for the model: its file, its slot, its samples
-
-
-def _embedded(slots: list[Slot]) -> list[np.ndarray]:
-    """The vectors in slots that are all filled: a window is committed only once the model has run on it."""
-    vectors = [s[0] for s in slots if s[0] is not None]
-    assert len(vectors) == len(slots), "a window was committed before the model ran on it"
-    return vectors
+    printer: Fingerprinter = field(default_factory=Fingerprinter)  # its acoustic fingerprint, fed as windows come
+    fed: int = 0  # samples fed to the printer (windows overlap: only what is past this is new)
+    printed: bytes | None = None  # its fingerprint, made where it was decoded (a cluster's worker)
 
 
 def reason_of(e: BaseException) -> str:
@@ -89,20 +86,55 @@ def reason_of(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".strip().rstrip(":")
 
 
+def embed_windows(encoder: "Embedder", clips: Sequence[np.ndarray]) -> list[np.ndarray | Exception]:
+    """A vector per clip from one model call (the encoder batches equal lengths); if that call raises, each clip
+    alone, so that an exception belongs to the one clip (and file) that caused it."""
+    try:
+        return list(encoder.embed_audio(clips))
+    except Exception as e:
+        if len(clips) == 1:
+            return [e]
+    out: list[np.ndarray | Exception] = []
+    for clip in clips:
+        try:
+            out.append(encoder.embed_audio([clip])[0])
+        except Exception as e:
+            out.append(e)
+    return out
+
+
+def _embedded(slots: list[Slot]) -> list[np.ndarray]:
+    """The vectors in slots that are all filled: a window is committed only once the model has run on it."""
+    vectors = [s[0] for s in slots if s[0] is not None]
+    assert len(vectors) == len(slots), "a window was committed before the model ran on it"
+    return vectors
+
+
+class Remote(Protocol):
+    """Somewhere else to decode and embed (library/cluster.py: a Ray cluster). `run` feeds the pipeline each file's
+    start, windows (embedded) and end or error, in order, and returns when every work is done or the pipeline is
+    stopped; the pipeline commits as in a local run."""
+
+    def run(self, pipeline: "Pipeline", works: list[Work], progress: Callable[[float, float], None] | None) -> None:
+        """Decode and embed works elsewhere, feeding pipeline."""
+        ...
+
+
 class Pipeline:
     """Embeds a list of files into an index, reporting through the callbacks; `run` returns when all are done."""
 
     def __init__(
         self,
         index: Store,
-        encoder: Embedder,
+        encoder: "Embedder",
         on_done: Callable[[str, Work, int, float, str | None], None],
         stop: threading.Event | None = None,
     ) -> None:
         self.index, self.encoder, self.stop = index, encoder, stop
         self.on_done = on_done  # (outcome, work, segments, duration, reason): embedded | failed | changing
         self.files: dict[str, _InFlight] = {}
-        self.batch: list[_Waiting] = []
+        self.finished: set[str] = set()  # committed, failed or changing: a message repeated for one of them is dropped
+        self.batch: list[tuple[_InFlight, list, np.ndarray]] = []  # windows waiting for the model
         size = encoder.audio_batch
         self.gather = size * GATHER_BATCHES if size > 1 else 1  # the most windows that wait
         bound = index.model()
@@ -112,7 +144,8 @@ class Pipeline:
         self.audio_seconds = 0.0
         self.bytes_done = 0  # of the files finished (committed, failed or changing)
 
-    def _stopped(self) -> bool:
+    def stopped(self) -> bool:
+        """Whether the run was asked to stop (what is committed stays; the rest is done next time)."""
         return self.stop is not None and self.stop.is_set()
 
     def run(self, works: list[Work], decoders: int, progress: Callable[[float, float], None] | None = None) -> None:
@@ -121,31 +154,71 @@ class Pipeline:
         progress gets (audio seconds embedded, bytes of the files done so far, counting in-flight files pro rata).
         """
         ahead = max(QUEUE_WINDOWS, self.gather)  # decoders stay a gathering ahead of the model
-        for msg in decode_ahead(works, self.window, self.hop, self.stop, decoders, ahead, self.encoder.sample_rate):
-            if self._stopped():
+        rate = self.encoder.sample_rate  # decoded at the model's own rate
+        for kind, work, payload in decode_ahead(works, self.window, self.hop, self.stop, decoders, ahead, rate):
+            if self.stopped():
                 return  # windows not committed are simply done again next time
-            work = msg[1]
-            if msg[0] == "start":
-                skip = self.index.partial_segments(work.hash)
-                if skip:
-                    log.info("%s: continuing after %d committed windows", work.path, skip)
-                self.files[work.path] = _InFlight(work, msg[2], skip)
-                continue
-            pending = self.files.get(work.path)
-            if pending is None:
-                continue  # already failed (its model call raised): the rest of its messages are dropped
-            if msg[0] == "window":
-                self._window(pending, msg[2])
-                if progress:
-                    progress(self.audio_seconds, self.bytes_done + self._in_flight())
-            elif msg[0] == "error":
-                self._fail(pending, msg[2])
-            elif msg[0] == "end":
-                pending.ended = True
-                self._commit_ready()
-        if not self._stopped():
+            if kind == "start":
+                self.start(work, payload)  # type: ignore[arg-type]
+            elif kind == "window":
+                if self.take_window(work, payload) and progress:  # type: ignore[arg-type]
+                    self.tell(progress)
+            elif kind == "error":
+                self.error(work, payload)  # type: ignore[arg-type]
+            elif kind == "end":  # with the fingerprint where the model's rate is not the fingerprint's
+                self.end(work, payload)  # type: ignore[arg-type]
+        if not self.stopped():
             self._embed_batch()
             self._commit_ready()
+
+    # What a file's decoding says, in its order: start, window..., then end or error. `run` says it for local
+    # decoding; a Remote says it for files decoded and embedded elsewhere, each window with its vector.
+
+    def resume_point(self, work: Work) -> int:
+        """How many leading windows of work an earlier, interrupted run committed: a remote decoder starts after them."""
+        return self.index.partial_segments(work.hash)
+
+    def start(self, work: Work, info: decode.AudioInfo, resume_at: int | None = None) -> None:
+        """work's decoding began. resume_at: the window its windows start at (the decoder skipped those committed
+        before, see resume_point); None: every window comes, and those committed before are dropped here."""
+        if work.path in self.files or work.path in self.finished:
+            return  # said again (a retried remote task): the file is under way or done
+        skip = self.resume_point(work) if resume_at is None else resume_at
+        if skip:
+            log.info("%s: continuing after %d committed windows", work.path, skip)
+        self.files[work.path] = _InFlight(work, info, skip, received=0 if resume_at is None else resume_at)
+
+    def take_window(self, work: Work, w: decode.Window, embedded: "np.ndarray | str | None" = None,
+                  index: int | None = None) -> bool:  # fmt: skip
+        """The next window of a started file: its samples, to embed here, or with `embedded` its vector (or the
+        reason the model failed on it) from elsewhere; `index`, its place in the file, drops a window said twice
+        (and fails the file if one before it never came). False if the window was not taken."""
+        pending = self.files.get(work.path)
+        if pending is None or (index is not None and index < pending.received):
+            return False  # the file failed, or the window was said before
+        if index is not None and index > pending.received:  # never, unless a sender skipped a window
+            self._fail(pending, f"window {pending.received + 1} of the file was lost before window {index + 1}")
+            return False
+        self._window(pending, w, embedded)
+        return True
+
+    def error(self, work: Work, e: BaseException | str) -> None:
+        """work cannot be decoded (or an exception, or a reason given elsewhere, ended it): it fails alone."""
+        pending = self.files.get(work.path)
+        if pending is not None:
+            self._fail(pending, e)
+
+    def end(self, work: Work, fingerprint: bytes | None = None) -> None:
+        """work's last window was said (with its fingerprint, where it was decoded elsewhere)."""
+        pending = self.files.get(work.path)
+        if pending is not None:
+            pending.ended = True
+            pending.printed = fingerprint
+            self._commit_ready()
+
+    def tell(self, progress: Callable[[float, float], None]) -> None:
+        """Report (audio seconds embedded, bytes of the files done, counting in-flight files pro rata)."""
+        progress(self.audio_seconds, self.bytes_done + self._in_flight())
 
     def _in_flight(self) -> float:
         """Bytes of the files under way, in proportion to how far through them the windows are."""
@@ -155,30 +228,37 @@ class Pipeline:
                 share += p.work.size * min(1.0, p.bounds[-1][1] / p.info.duration)
         return share
 
-    def _window(self, pending: _InFlight, w: decode.Window) -> None:
+    def _window(self, pending: _InFlight, w: decode.Window, embedded: "np.ndarray | str | None" = None) -> None:
         pending.received += 1
+        first = round(w.start * decode.SAMPLE_RATE)
+        at_rate = self.encoder.sample_rate == fingerprints.SAMPLE_RATE  # else the decoder fingerprints (decode_ahead)
+        if at_rate and len(w.samples) and pending.fed < MAX_SAMPLES and first + len(w.samples) > pending.fed:
+            pending.printer.feed(w.samples[max(0, pending.fed - first) :])
+            pending.fed = first + len(w.samples)
         if pending.received <= pending.skip:
             return  # committed by an earlier run: decoded again only to reach the windows after it
         last_end = pending.bounds[-1][1] if pending.bounds else 0.0
         self.audio_seconds += w.end - max(w.start, last_end)  # seconds not counted before
-        slot: Slot = [None]
+        slot: list = [None]
         pending.bounds.append((w.start, w.end))
         pending.slots.append(slot)
+        if embedded is not None:  # embedded elsewhere
+            self._place(pending, slot, embedded)
+            self._commit_ready()
+            return
         self.batch.append((pending, slot, w.samples))
         if len(self.batch) >= self.gather:  # one window on CPU; a gathering of batches on a GPU, across files
             self._embed_batch(final=False)
             self._commit_ready()
 
-    def _ready(self) -> list[_Waiting]:
+    def _ready(self) -> list[tuple[_InFlight, list, np.ndarray]]:
         """The waiting windows to run now that the gathering is full: every full batch of one length, then the
         lengths fewest windows share, until at most half a gathering waits (for more of its length: a long
         recording's 10 s windows keep coming, a clip's own length rarely does)."""
-        size = self.encoder.audio_batch
-        groups: dict[int, list[_Waiting]] = {}  # samples a window -> its windows
+        size, groups = self.encoder.audio_batch, {}
         for item in self.batch:
             groups.setdefault(len(item[2]), []).append(item)
-        run: list[_Waiting] = []
-        rest: list[list[_Waiting]] = []
+        run, rest = [], []
         for group in groups.values():
             full = len(group) // size * size
             run += group[:full]
@@ -203,26 +283,22 @@ class Pipeline:
             self.batch = []
         if not items:
             return
-        try:
-            out: list[np.ndarray | BaseException] = list(self.encoder.embed_audio([s for _, _, s in items]))
-        except Exception as e:
-            out = [e] if len(items) == 1 else [self._embed_one(s) for _, _, s in items]
-        for (pending, slot, _), v in zip(items, out):
-            if pending.failed:
-                continue
+        for (pending, slot, _), v in zip(items, embed_windows(self.encoder, [s for _, _, s in items])):
+            self._place(pending, slot, v)
+
+    def _place(self, pending: _InFlight, slot: list, v: "np.ndarray | BaseException | str") -> None:
+        """Put a window's vector in its slot; an exception (or a reason from elsewhere) or a vector that is not
+        finite, or all zeros, fails the window's file instead."""
+        if pending.failed:
+            return
+        if isinstance(v, BaseException | str):
             if isinstance(v, BaseException):
                 log.debug("embedding %s failed", pending.work.path, exc_info=v)
-                self._fail(pending, v)
-            elif not (np.all(np.isfinite(v)) and np.any(v)):
-                self._fail(pending, DecodeError(pending.work.path, "the model gave a non-finite or zero embedding"))
-            else:
-                slot[0] = v
-
-    def _embed_one(self, samples: np.ndarray) -> np.ndarray | Exception:
-        try:
-            return self.encoder.embed_audio([samples])[0]
-        except Exception as e:
-            return e
+            self._fail(pending, v)
+        elif not (np.all(np.isfinite(v)) and np.any(v)):
+            self._fail(pending, DecodeError(pending.work.path, "the model gave a non-finite or zero embedding"))
+        else:
+            slot[0] = v
 
     def _commit_ready(self) -> None:
         """Commit finished files whole, and a chunk of every long file that has one embedded."""
@@ -235,7 +311,7 @@ class Pipeline:
 
     def _commit_chunk(self, pending: _InFlight, n: int) -> None:
         work, bounds = pending.work, pending.bounds[:n]
-        audio = AudioRow(work.hash, bounds[-1][1], pending.info.sample_rate, pending.info.channels)
+        audio = _audio_row(work.hash, bounds[-1][1], pending.info)
         vectors = np.stack(_embedded(pending.slots[:n]))
         self.index.add_segments(work.hash, work.path, audio, bounds, vectors)
         pending.bounds, pending.slots = pending.bounds[n:], pending.slots[n:]
@@ -244,6 +320,7 @@ class Pipeline:
     def _commit(self, pending: _InFlight) -> None:
         work = pending.work
         del self.files[work.path]
+        self.finished.add(work.path)
         if signature(work.path) != (work.size, work.mtime_ns):
             self._changing(pending)
             return
@@ -254,7 +331,9 @@ class Pipeline:
             self._fail(pending, e)
             return
         duration = pending.bounds[-1][1] if pending.bounds else self.index.partial_duration(work.hash)
-        audio = AudioRow(work.hash, duration, pending.info.sample_rate, pending.info.channels)
+        # Its fingerprint, for duplicates, is stored with it; made here from the windows, or where it was decoded.
+        printed = pending.printed or (pending.printer.finish().to_bytes() if pending.fed else None)
+        audio = replace(_audio_row(work.hash, duration, pending.info), fingerprint=printed)
         vectors = np.stack(_embedded(pending.slots)) if pending.slots else np.zeros((0, self.encoder.dim), np.float32)
         # dict(): FileRow.tags is a dict[str, str | list[str]], which (invariant) a dict[str, list[str]] is not
         row = FileRow(work.path, work.root, work.size, work.mtime_ns, work.hash, "ok", None, dict(tags))
@@ -263,21 +342,35 @@ class Pipeline:
         self.on_done("embedded", work, pending.skip + len(pending.bounds), duration, None)
 
     def _changing(self, pending: _InFlight) -> None:
+        self.finished.add(pending.work.path)
         self.index.drop_partials(paths=[pending.work.path])
         self.bytes_done += pending.work.size
         self.on_done("changing", pending.work, 0, 0.0, "changed while being read; it is indexed once it settles")
 
-    def _fail(self, pending: _InFlight, e: BaseException) -> None:
+    def _fail(self, pending: _InFlight, e: BaseException | str) -> None:
         """Fail one file (a file that changed meanwhile is 'changing' instead: a recorder is still writing it)."""
         pending.failed = True
         self.files.pop(pending.work.path, None)
+        self.finished.add(pending.work.path)
         self.batch = [b for b in self.batch if b[0] is not pending]
         if signature(pending.work.path) != (pending.work.size, pending.work.mtime_ns):
             self._changing(pending)
             return
         self.index.drop_partials(paths=[pending.work.path])
         self.bytes_done += pending.work.size
-        self.on_done("failed", pending.work, 0, 0.0, reason_of(e))
+        self.on_done("failed", pending.work, 0, 0.0, e if isinstance(e, str) else reason_of(e))
+
+
+def _audio_row(hash: str, duration: float, info: decode.AudioInfo) -> AudioRow:
+    """What the index records of a content: its duration and what the decoder read of its header."""
+    return AudioRow(hash, duration, info.sample_rate, info.channels, info.container, info.codec, info.bits)
+
+
+def head_fingerprint(path: Path) -> bytes:
+    """The fingerprint of a file's first minute decoded at the fingerprint's own rate: for a model that takes another
+    rate (CLAP's 48 kHz), whose windows cannot feed it. Decoding a minute again costs little beside the model."""
+    samples = decode.load_audio(path, max_seconds=fingerprints.MAX_SECONDS, rate=fingerprints.SAMPLE_RATE)
+    return fingerprints.fingerprint(samples).to_bytes()
 
 
 def decode_ahead(
@@ -309,7 +402,7 @@ def decode_ahead(
                         if finished.is_set():
                             return
                         q.put(("window", work, w))
-                    q.put(("end", work, None))
+                    q.put(("end", work, head_fingerprint(Path(work.path)) if rate != fingerprints.SAMPLE_RATE else None))
                 except Exception as e:
                     if not isinstance(e, DecodeError):
                         log.debug("decoding %s failed", work.path, exc_info=e)

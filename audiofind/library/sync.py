@@ -18,7 +18,7 @@ from audiofind.audio import decode
 from audiofind.audio.formats import AUDIO_EXTS, extension
 from audiofind.audio.tags import read_tags
 from audiofind.errors import DeviceError, UsageError, WeightsError
-from audiofind.library.pipeline import Pipeline, Work, reason_of
+from audiofind.library.pipeline import Pipeline, Remote, Work, reason_of
 from audiofind.library.walk import Walk, absolute, check_roots, readable, root_of, walk, walk_only
 from audiofind.model.embedder import Embedder
 from audiofind.model.encoder import load_for_index
@@ -26,7 +26,7 @@ from audiofind.paths import hash_file
 from audiofind.store import FileRow, ModelBinding, Store, peek_model
 from audiofind.store.records import folder_prefix
 
-__all__ = ["Event", "Report", "binding", "check_roots", "indexing_encoder", "prepare", "sync", "walk"]
+__all__ = ["Event", "Report", "binding", "check_embeds", "check_roots", "indexing_encoder", "prepare", "sync", "walk"]
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,15 @@ def load_checked(db: Path | str, weights: str | None, device: str, precision: st
     """The audio encoder for indexing db (as indexing_encoder chooses it), loaded and tried on a short clip before
     anything is written."""
     encoder = _load(peek_model(db), weights, device, precision)
+    check_embeds(encoder)
+    return encoder
+
+
+def check_embeds(encoder: Embedder) -> None:
+    """Try the encoder on half a second of noise at its own rate: WeightsError if it gives non-finite embeddings."""
     probe = np.random.default_rng(0).standard_normal(encoder.sample_rate // 2).astype(np.float32) * 3000
     if not np.all(np.isfinite(encoder.embed_audio([probe]))):
         raise WeightsError(f"Model '{encoder.name}' gives non-finite embeddings; its checkpoint is damaged.")
-    return encoder
 
 
 def _load(bound: ModelBinding | None, weights: str | None, device: str, precision: str | None) -> Embedder:
@@ -138,11 +143,13 @@ def sync(
     stop: threading.Event | None = None,
     decoders: int | None = None,
     prune: bool = False,
+    cluster: Remote | None = None,
 ) -> Report:
     """Make the index hold exactly the audio files under `roots` (or, with `only`, just those paths).
 
     A root named in `only` is looked at in full, with a full walk's protections. `decoders` decoding threads feed
-    the model (default: 1 on CPU, where the model needs the cores, else 4).
+    the model (default: 1 on CPU, where the model needs the cores, else 4); with `cluster`, the files to embed are
+    decoded and embedded there instead (library/cluster.py), and committed here all the same.
     """
     started = time.monotonic()
     roots = absolute(roots)
@@ -161,7 +168,7 @@ def sync(
     works = _sort_out(index, survey, report, emit, stop)
     # 3. Embed: short files first, so one long recording never holds up the rest of a library.
     if works and not stopped():
-        _embed(index, encoder, works, report, emit, progress, stop, decoders)
+        _embed(index, encoder, works, report, emit, progress, stop, decoders, cluster)
     # 4. Remove what vanished (within the prune guard), and leave the index ready for reads.
     if stopped():
         report.stopped = True
@@ -312,8 +319,9 @@ def _embed(
     progress: Callable[[float, float], None] | None,
     stop: threading.Event | None,
     decoders: int | None,
+    cluster: Remote | None = None,
 ) -> None:
-    """Run the embedder over works, turning its outcomes into report counts and events."""
+    """Run the embedder over works (here, or on the cluster), turning its outcomes into report counts and events."""
     bytes_total = sum(w.size for w in works)
 
     def done(outcome: str, work: Work, segments: int, duration: float, reason: str | None) -> None:
@@ -339,7 +347,10 @@ def _embed(
     if decoders is None:
         decoders = 1 if encoder.device.type == "cpu" else 4
     embedder = Pipeline(index, encoder, done, stop)
-    embedder.run(works, decoders, seconds)
+    if cluster is not None:
+        cluster.run(embedder, works, seconds)
+    else:
+        embedder.run(works, decoders, seconds)
     report.audio_seconds = embedder.audio_seconds
 
 

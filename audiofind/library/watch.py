@@ -29,6 +29,7 @@ from audiofind.audio.formats import AUDIO_EXTS
 from audiofind.errors import AudiofindError, IndexBusy, UsageError
 from audiofind.library.folders import Folders
 from audiofind.library.observers import Messages, OSObserver, Poller, Watch
+from audiofind.library.pipeline import Remote
 from audiofind.library.settle import Settler
 from audiofind.library.sync import Event, Report, check_roots, sync
 from audiofind.model.embedder import Embedder
@@ -57,12 +58,14 @@ def watch(
     on_event: Callable[[Event], None] | None = None,
     stop: threading.Event,
     on_ready: Callable[[], None] | None = None,
+    cluster: Remote | None = None,
 ) -> None:
-    """Sync the roots, then keep the index in step with every change under them until `stop` is set."""
+    """Sync the roots, then keep the index in step with every change under them until `stop` is set (every sync
+    embedding on `cluster` if given)."""
     if settle < 0:
         raise UsageError(f"--settle must be zero or more seconds, got {settle:g}.")
     roots = check_roots(roots)
-    w = Watcher(index, encoder, roots, settle, polling, exts, on_event or (lambda e: None), stop)
+    w = Watcher(index, encoder, roots, settle, polling, exts, on_event or (lambda e: None), stop, cluster)
     w.run(on_ready)
 
 
@@ -71,8 +74,9 @@ class Watcher:
     thread but for the observer's queue; tests drive it step by step with start(), collect() and tick()."""
 
     def __init__(self, index: Store, encoder: Embedder, roots: list[Path], settle: float, polling: bool,
-                 exts: frozenset[str], emit: Callable[[Event], None], stop: threading.Event) -> None:  # fmt: skip
-        self.index, self.encoder, self.roots, self.settle = index, encoder, roots, settle
+                 exts: frozenset[str], emit: Callable[[Event], None], stop: threading.Event,
+                 cluster: Remote | None = None) -> None:  # fmt: skip
+        self.index, self.encoder, self.roots, self.settle, self.cluster = index, encoder, roots, settle, cluster
         self.exts, self.emit, self.stop = exts, emit, stop
         self.clock: Callable[[], float] = time.monotonic  # tests drive a fake one
         # Not a SimpleQueue: on Python 3.11 its get(timeout) blocks forever when a signal handler (Ctrl-C, SIGTERM)
@@ -296,7 +300,7 @@ class Watcher:
         """One sync call; None (and a later retry time) when the database was busy or a root just vanished."""
         try:
             report = sync(self.index, self.encoder, roots, exts=self.exts, only=only, on_event=self._on_sync_event,
-                          stop=self.stop)  # fmt: skip
+                          stop=self.stop, cluster=self.cluster)  # fmt: skip
         except IndexBusy as e:
             # A moment of contention is routine; only one that lasts deserves a warning.
             level = logging.WARNING if self.backoff >= BUSY_RETRY[1] else logging.INFO

@@ -177,7 +177,7 @@ class AudioEncoder(nn.Module):
         self.dropout = nn.Dropout(0.0)  # fine-tuning sets p; identity in eval
         self.fc = nn.Linear(inplanes, embed_dim)
         self.folded = False  # batch norm folded into the convolutions (model/inference.py): inference only
-        self.compute_dtype = torch.float32  # of the convolutions: bfloat16 in a copy made by inference.to_bfloat16
+        self.compute_dtype: torch.dtype | None = None  # of the convolutions (None: the input's); inference.to_bfloat16
 
     def train(self, mode: bool = True) -> Self:
         """As nn.Module.train, but a folded tower has no batch norm left to train and refuses."""
@@ -214,7 +214,11 @@ class AudioEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         assert x.dim() in (2, 3), f"expected (B, C, N) or (B, N) samples, got shape {tuple(x.shape)}"
         b = x.shape[0]
-        f = self.features(self.spectrogram(x).to(self.compute_dtype)).float()  # (B*C, channels)
+        image = self.spectrogram(x)
+        if self.compute_dtype is not None:  # a bfloat16 copy: the convolutions in it, the sums after in float32
+            image = image.to(self.compute_dtype)
+        f = self.features(image)  # (B*C, channels)
+        f = f.float() if self.compute_dtype is not None else f
         f = f.reshape(b, -1, f.shape[-1]).sum(dim=1)  # channels are summed, not averaged (spec a.8)
         return self._by_row(self.fc, self.dropout(f))
 

@@ -1,26 +1,33 @@
-"""Copies in a library: exact ones (the same content hash) and near ones (the same sound in another format, bit rate,
-sample rate, or trimmed by a few milliseconds: whole-file vectors closer than a threshold). Never deletes anything.
+"""Copies in a library: exact ones (the same content hash) and near ones (the same recording in another codec, sample
+rate, channel count, gain, or trimmed by up to a second: acoustic fingerprints alike). Never deletes anything.
 
-A file's whole-file vector is the unit mean of its segment vectors, already in the index, so nothing is embedded.
+Near copies are found by fingerprint (audio.fingerprint, compared by audio.printmatch, grouped by search.copies),
+not by the model: a model's vectors say "sounds like the same kind of thing", a fingerprint "is the same
+recording", and the grouping is the same whichever model built the index, or none. Each content's fingerprint is
+made when it is indexed; contents indexed before that get theirs on the first run here (decoding, no model).
 A group's `wasted` bytes are what keeping only its largest file would free.
 """
 
+import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
-from audiofind.errors import UsageError
+from audiofind.audio.printmatch import NEAR
+from audiofind.errors import DecodeError, StorageError, UsageError
+from audiofind.search.copies import group
 from audiofind.store import Store
-from audiofind.store import vectors as vec
 
-NEAR = 0.02  # cosine distance; see the README's duplicates section for how it was measured
-BLOCK = 2048  # contents compared at a time: bounded memory on large libraries
+log = logging.getLogger(__name__)
+
+FILL_BATCH = 64  # fingerprints made before they are stored: a stopped fill keeps what it made
+
+Progress = Callable[[str, int, int], None]  # (what: "fingerprints" | "comparisons", done, total)
 
 
 @dataclass(frozen=True)
 class Group:
-    """Files holding the same sound: exactly (same hash) or nearly (close whole-file vectors)."""
+    """Files holding the same recording: exactly (same hash) or nearly (fingerprints alike)."""
 
     kind: str  # "exact" | "near"
     paths: list[str]
@@ -32,13 +39,19 @@ class Group:
         return asdict(self)
 
 
-def find(index: Store, paths: list[Path] | list[str] | None = None, near: float | None = NEAR) -> list[Group]:
+def find(
+    index: Store,
+    paths: list[Path] | list[str] | None = None,
+    near: float | None = NEAR,
+    progress: Progress | None = None,
+) -> list[Group]:
     """Exact and near copies among the ok files under paths (the whole index when none), largest waste first.
 
-    near is the cosine distance under which two contents count as one sound; 0 or None lists exact copies only.
+    near is the fingerprint similarity (0 to 1) at or above which two contents count as one recording; 0 or None
+    lists exact copies only. progress gets the fingerprints made for contents that had none, then comparisons.
     """
-    if near is not None and not 0 <= near < 2:
-        raise UsageError(f"--near is a cosine distance from 0 to 2, got {near:g}.")
+    if near is not None and not 0 <= near <= 1:
+        raise UsageError(f"--near is a fingerprint similarity from 0 to 1, got {near:g}.")
     rows = index.files_under(paths or [r.path for r in index.roots()])
     by_hash: dict[str, list[tuple[str, int]]] = {}
     for r in rows:
@@ -46,40 +59,43 @@ def find(index: Store, paths: list[Path] | list[str] | None = None, near: float 
             by_hash.setdefault(r.hash, []).append((r.path, r.size))
     groups = [_group("exact", files) for files in by_hash.values() if len(files) > 1]
     if near:  # 0 (or None): exact copies only
-        for hashes in _near_sets(index, list(by_hash), near):
+        prints = fingerprints(index, by_hash, progress)
+        step = (lambda done, total: progress("comparisons", done, total)) if progress else None
+        for hashes in group(prints, near, step):
             groups.append(_group("near", [f for h in hashes for f in by_hash[h]]))
     return sorted(groups, key=lambda g: (-g.wasted, g.kind, g.paths))
 
 
-def whole_file_vectors(index: Store, hashes: list[str]) -> np.ndarray:
-    """Each content's unit mean segment vector, (len(hashes), D)."""
-    means = [index.segment_vectors(h)[1].mean(axis=0) for h in hashes]
-    return vec.normalize(np.stack(means)) if means else np.zeros((0, 0), np.float32)
+def fingerprints(index: Store, by_hash: dict[str, list[tuple[str, int]]], progress: Progress | None = None) -> dict[str, bytes]:
+    """The fingerprint of each content, made (and stored, where the index can be written) for those without one from
+    the first of its files that decodes; a content none of whose files can be read now is left out."""
+    from audiofind.audio import decode
+    from audiofind.audio.fingerprint import MAX_SECONDS, fingerprint
+
+    prints = index.fingerprints(by_hash)
+    missing = [h for h in by_hash if h not in prints]
+    made: dict[str, bytes] = {}
+    for done, h in enumerate(missing, 1):
+        for path, _ in by_hash[h]:
+            try:
+                made[h] = fingerprint(decode.load_audio(Path(path), max_seconds=MAX_SECONDS)).to_bytes()
+                break
+            except (DecodeError, OSError) as e:  # offline, moved or changed since: another copy may do
+                log.info("cannot fingerprint %s: %s", path, e)
+        if len(made) >= FILL_BATCH or done == len(missing):
+            _keep(index, made)
+            prints |= made
+            made = {}
+        if progress:
+            progress("fingerprints", done, len(missing))
+    return prints
 
 
-def _near_sets(index: Store, hashes: list[str], near: float) -> list[list[str]]:
-    """Sets of two or more contents linked by cosine distance under near (transitively: a union-find)."""
-    if len(hashes) < 2:
-        return []
-    v = whole_file_vectors(index, hashes)
-    parent = list(range(len(hashes)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for start in range(0, len(v), BLOCK):
-        close = np.argwhere(1.0 - v[start : start + BLOCK] @ v.T < near)
-        for i, j in close:
-            a, b = root(int(i) + start), root(int(j))
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    sets: dict[int, list[str]] = {}
-    for i, h in enumerate(hashes):
-        sets.setdefault(root(i), []).append(h)
-    return [s for s in sets.values() if len(s) > 1]
+def _keep(index: Store, made: dict[str, bytes]) -> None:
+    try:
+        index.set_fingerprints(made)
+    except StorageError as e:  # a read-only index: the fingerprints are used this time, made again next time
+        log.info("fingerprints not stored: %s", e)
 
 
 def _group(kind: str, files: list[tuple[str, int]]) -> Group:

@@ -13,9 +13,15 @@ def read_filters(
     min_duration: float | None = None,
     max_duration: float | None = None,
     tags: Iterable[str] = (),
+    min_rate: int | None = None,
+    channels: int | None = None,
 ) -> Filters:
     """Filters as typed: a folder that exists, extensions with or without a dot (or "wav, flac"), durations in
-    seconds, KEY=VALUE tags; UsageError naming what is wrong."""
+    seconds, KEY=VALUE tags, a lowest sample rate in Hz, a channel count; UsageError naming what is wrong."""
+    if min_rate is not None and min_rate <= 0:
+        raise UsageError(f"The lowest sample rate is in Hz, more than zero (got {min_rate}).")
+    if channels is not None and channels <= 0:
+        raise UsageError(f"The number of channels must be 1 or more (got {channels}).")
     if under is not None and not Path(under).expanduser().is_dir():
         raise UsageError(f"under {under}: no such folder.")
     if (min_duration is not None and min_duration < 0) or (max_duration is not None and max_duration < 0):
@@ -35,4 +41,6 @@ def read_filters(
         min_duration=min_duration,
         max_duration=max_duration,
         tags=wanted or None,
+        min_rate=min_rate,
+        channels=channels,
     )

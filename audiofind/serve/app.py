@@ -1,7 +1,8 @@
 """The web application: the page, its JSON API, audio and waveform peaks, behind the Host and token guard.
 
-Routes (a public interface): GET / (the page), /api/search, /api/like, /api/audio/{id}, /api/peaks/{id},
-/api/status, and /static/ (the page's own assets). Handlers are plain functions run in Starlette's thread pool.
+Routes (a public interface): GET / (the page), /api/search, /api/like, /api/audio/{id}, /api/region/{id},
+/api/peaks/{id}, /api/status, and /static/ and /favicon.ico (the page's own assets, the only ones without the token).
+Handlers are plain functions run in Starlette's thread pool.
 """
 
 import os
@@ -13,10 +14,11 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from audiofind.audio import region
 from audiofind.errors import AudiofindError, DecodeError, UsageError
 from audiofind.serve import files, page, params, peaks, ranges, transcode
 from audiofind.serve.guard import Guard
@@ -73,6 +75,20 @@ def create_app(
         headers["Content-Disposition"] = _disposition(Path(entry.path).stem + ".wav")
         return ranges.respond(request, wav.size, body, "audio/wav", f'"{entry.hash}-wav"', headers)
 
+    def region_of(request: Request) -> Response:
+        entry, checked = _servable(library, request)
+        if entry is None or checked is None:
+            return _error(404, "No such file in the index, or it changed or disappeared since it was indexed.")
+        start, end = params.span(request.query_params.getlist)
+        try:
+            cut = region.plan(Path(entry.path), start, end)
+        except DecodeError as e:
+            return _error(404, str(e))
+        name = region.default_name(entry.path, cut.start, cut.end)
+        headers = {"Content-Length": str(cut.size), "Cache-Control": "private, no-cache",
+                   "Content-Disposition": _disposition(name, "attachment")}  # fmt: skip
+        return StreamingResponse(region.wav_bytes(cut), 200, headers, "audio/wav")
+
     def peaks_of(request: Request) -> Response:
         entry, checked = _servable(library, request)
         if entry is None or checked is None:
@@ -83,6 +99,9 @@ def create_app(
     def status(request: Request) -> Response:
         return JSONResponse(library.status())
 
+    def favicon(request: Request) -> Response:
+        return FileResponse(ASSETS / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
+
     def home(request: Request) -> Response:
         return HTMLResponse(page.render(library, request.query_params, token), headers={"Content-Security-Policy": page.CSP})
 
@@ -91,8 +110,10 @@ def create_app(
         Route("/api/search", sync(search)),
         Route("/api/like", sync(like)),
         Route("/api/audio/{id:int}", sync(audio)),
+        Route("/api/region/{id:int}", sync(region_of)),
         Route("/api/peaks/{id:int}", sync(peaks_of)),
         Route("/api/status", sync(status)),
+        Route("/favicon.ico", favicon),
         Mount("/static", StaticFiles(directory=ASSETS)),
     ]
     return Starlette(
@@ -113,8 +134,8 @@ def _servable(library: Library, request: Request) -> tuple[FileEntry | None, os.
     return entry, files.check(entry) if entry else None
 
 
-def _disposition(name: str) -> str:
-    return f"inline; filename*=UTF-8''{quote(Path(name).name)}"
+def _disposition(name: str, how: str = "inline") -> str:
+    return f"{how}; filename*=UTF-8''{quote(Path(name).name)}"
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PUBLIC_PREFIX = "/static/"  # the page's own CSS and JavaScript: nothing from the library
+PUBLIC_PATHS = {"/favicon.ico"}  # asked for by browsers without the token; the page's own icon
 WILDCARDS = {"0.0.0.0", "::", ""}
 HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -96,7 +97,7 @@ class Guard:
     def _refusal(self, scope: Scope) -> Response | None:
         if not host_allowed(Headers(scope=scope).get("host"), self.host, self.port):
             return _refuse(scope, 403, "This server only answers requests for its own address.")
-        if scope["path"].startswith(PUBLIC_PREFIX):
+        if scope["path"].startswith(PUBLIC_PREFIX) or scope["path"] in PUBLIC_PATHS:
             return None
         token = given_token(scope)
         if token is None:

@@ -28,7 +28,8 @@ class Params:
 
 
 def parse(get: Get) -> Params:
-    """Read q, like, k, mode and the filters (under, ext, min_duration, max_duration, tag); UsageError on bad values."""
+    """Read q, like, k, mode and the filters (under, ext, min_duration, max_duration, tag, min_rate, channels);
+    UsageError on bad values."""
     last = lambda name: next((v.strip() for v in reversed(get(name)) if v.strip()), None)
     k = _number(text, "k", int) if (text := last("k")) else DEFAULT_K
     if not 1 <= k <= MAX_K:
@@ -37,7 +38,9 @@ def parse(get: Get) -> Params:
     lo = _number(text, "min_duration", float) if (text := last("min_duration")) else None
     hi = _number(text, "max_duration", float) if (text := last("max_duration")) else None
     tags = [t for t in get("tag") if t.strip()]  # an empty form field is no filter
-    filters = read_filters(last("under"), get("ext"), lo, hi, tags)
+    rate = int(_number(last("min_rate"), "min_rate", int)) if last("min_rate") else None
+    channels = int(_number(last("channels"), "channels", int)) if last("channels") else None
+    filters = read_filters(last("under"), get("ext"), lo, hi, tags, rate, channels)
     mode = last("mode") or "hybrid"
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
@@ -49,3 +52,12 @@ def _number(text: str, name: str, kind: type[Number]) -> Number:
         return kind(text)
     except ValueError:
         raise UsageError(f"{name} must be a {'whole ' if kind is int else ''}number, got {text!r}.") from None
+
+
+def span(get: Get) -> tuple[float, float]:
+    """The start and end (seconds) a region asks for; UsageError if either is missing or not a number."""
+    values = [next((v.strip() for v in reversed(get(name)) if v.strip()), None) for name in ("start", "end")]
+    if None in values:
+        raise UsageError("Give start and end, the region in seconds.")
+    start, end = (_number(v, name, float) for v, name in zip(values, ("start", "end")))
+    return float(start), float(end)

@@ -10,6 +10,8 @@ The guarantees every backend keeps:
 - A long recording is committed a chunk at a time (`add_segments`), hidden from search until `add_file` ends it,
   and resumed from `partial_segments` after an interruption.
 - Vectors are stored unit-length as float32, with the model binding that made them; another model is refused.
+- Each content keeps the facts its AudioRow brings (container, codec, rate, bit depth, channels), and every Hit
+  carries them (None where an older index could not read them) with `available`: whether its root is there now.
 - Writes fail with the typed errors of `audiofind.errors` (StorageError, IndexBusy, SchemaMismatch), each one
   sentence that says what to do; nothing committed before is lost.
 """
@@ -139,8 +141,8 @@ class Store(Protocol):
         segments: list[tuple[float, float]] | None = None,
         vectors: np.ndarray | None = None,
     ) -> None:
-        """Store one ok file in one transaction; audio, segments and vectors (N, D) are used only if its content is
-        new (or ends an unfinished one)."""
+        """Store one ok file in one transaction; audio (with its fingerprint, when it has one), segments and vectors
+        (N, D) are used only if its content is new (or ends an unfinished one)."""
         ...
 
     def drop_partials(self, keep: Iterable[str] = (), paths: Iterable[str] | None = None) -> int:
@@ -157,6 +159,14 @@ class Store(Protocol):
 
     def remove_files(self, paths: Iterable[Path | str]) -> int:
         """Forget these files, and the vectors no remaining file shares; how many were stored."""
+        ...
+
+    def fingerprints(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """The stored acoustic fingerprints (audio.fingerprint) of those contents that have one."""
+        ...
+
+    def set_fingerprints(self, prints: dict[str, bytes]) -> None:
+        """Store fingerprints of stored contents (a content no longer stored is skipped), in one transaction."""
         ...
 
     def optimize(self) -> None:

@@ -65,6 +65,10 @@ class AudioRow:
     duration: float  # seconds
     sample_rate: int
     channels: int
+    container: str | None = None  # the demuxer's name ("wav", "flac", "mp3", "m4a"...); None where never read
+    codec: str | None = None  # FFmpeg's codec name ("pcm_s24le", "flac", "mp3"...)
+    bits: int | None = None  # bit depth of PCM and lossless codecs; None for lossy ones, or where never read
+    fingerprint: bytes | None = field(default=None, repr=False)  # audio.fingerprint's, stored with the content
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,13 @@ class Hit:
     duration: float
     tags: dict[str, str | list[str]]
     hash: str
+    # The file's facts, as its header said when it was indexed (None where an older index could not read them).
+    format: str | None = None  # the container: "wav", "flac", "mp3", "m4a"...
+    codec: str | None = None
+    sample_rate: int | None = None
+    bits: int | None = None  # None for lossy codecs
+    channels: int | None = None
+    available: bool = True  # whether the file's root folder is there now (an unplugged drive's is not)
 
 
 @dataclass(frozen=True)
@@ -112,15 +123,13 @@ class Filters:
     max_duration: float | None = None
     tags: dict[str, str] | None = None  # lower-case key -> value; every one must match, ignoring case
     paths: frozenset[str] | None = None  # only these files (a query's "phrase" holders, say)
+    min_rate: int | None = None  # sample rate, Hz
+    channels: int | None = None  # exactly this many
 
     def is_empty(self) -> bool:
         """True if nothing is filtered out."""
-        return (
-            not (self.under or self.exts or self.tags)
-            and self.paths is None
-            and self.min_duration is None
-            and self.max_duration is None
-        )
+        bounds = (self.paths, self.min_duration, self.max_duration, self.min_rate, self.channels)
+        return not (self.under or self.exts or self.tags) and all(b is None for b in bounds)
 
 
 @dataclass(frozen=True)

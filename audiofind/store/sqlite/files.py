@@ -6,6 +6,7 @@ are the rowids of the vec0 `vectors` table, written together with them.
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,7 +15,7 @@ import apsw
 import numpy as np
 
 from audiofind.store import vectors as vec
-from audiofind.store.records import AudioRow, FileRow, ModelBinding, folder_prefix, norm_path
+from audiofind.store.records import AudioRow, FileRow, Hit, ModelBinding, folder_prefix, norm_path
 from audiofind.store.sqlite import meta
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,31 @@ def has_audio(conn: apsw.Connection, hash: str) -> bool:
 
 def add_audio(conn: apsw.Connection, audio: AudioRow) -> None:
     """The audio row of a new content (its segments follow)."""
-    sql = "INSERT INTO audio (hash, duration, sample_rate, channels) VALUES (?, ?, ?, ?)"
-    conn.execute(sql, (audio.hash, float(audio.duration), int(audio.sample_rate), int(audio.channels)))
+    sql = "INSERT INTO audio (hash, duration, sample_rate, channels, container, codec, bits) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    conn.execute(sql, (audio.hash, float(audio.duration), int(audio.sample_rate), int(audio.channels), *_facts(audio)))
+
+
+def set_facts(conn: apsw.Connection, audio: AudioRow) -> None:
+    """Record what the decoder read of a content that was begun before (duration, rate, channels, format)."""
+    sql = "UPDATE audio SET duration = ?, sample_rate = ?, channels = ?, container = ?, codec = ?, bits = ? WHERE hash = ?"
+    conn.execute(sql, (float(audio.duration), int(audio.sample_rate), int(audio.channels), *_facts(audio), audio.hash))
+
+
+def _facts(audio: AudioRow) -> tuple[str | None, str | None, int | None]:
+    return audio.container or None, audio.codec or None, None if audio.bits is None else int(audio.bits)
+
+
+# What a search returns of each file, for hit() to read.
+HIT_COLUMNS = "f.path, f.hash, f.tags, a.duration, a.container, a.codec, a.sample_rate, a.bits, a.channels, f.root"
+
+
+def hit(row: tuple, score: float, start: float | None, end: float | None, roots: dict[str, bool]) -> Hit:
+    """The Hit of a row of HIT_COLUMNS (start and end None: the whole file); roots caches which roots are there."""
+    path, hash, tags, duration, container, codec, rate, bits, channels, root = row
+    if root not in roots:
+        roots[root] = os.path.isdir(root)
+    whole = (0.0, float(duration)) if start is None or end is None else (start, end)
+    return Hit(path, score, *whole, float(duration), json.loads(tags), hash, container, codec, rate, bits, channels, roots[root])
 
 
 def add_segments(
@@ -112,6 +136,7 @@ def collect(conn: apsw.Connection, hashes: Iterable[str]) -> None:
     ids = [i for (i,) in conn.execute("SELECT id FROM segments WHERE hash IN (SELECT value FROM json_each(?))", among)]
     conn.executemany("DELETE FROM vectors WHERE rowid = ?", ((i,) for i in ids))
     conn.execute("DELETE FROM segments WHERE hash IN (SELECT value FROM json_each(?))", among)
+    conn.execute("DELETE FROM fingerprints WHERE hash IN (SELECT value FROM json_each(?))", among)
     conn.execute("DELETE FROM audio WHERE hash IN (SELECT value FROM json_each(?))", among)
     meta.touched(conn)
     log.debug("dropped %d unreferenced contents (%d segments)", len(orphans), len(ids))

@@ -54,6 +54,12 @@ def conditions(filters: Filters | None, roots: list[str]) -> tuple[str, list]:
     if filters.paths is not None:
         conds.append("f.path IN (SELECT value FROM json_each(?))")
         params.append(json_list(sorted(filters.paths)))
+    if filters.min_rate is not None:
+        conds.append("a.sample_rate >= ?")
+        params.append(int(filters.min_rate))
+    if filters.channels is not None:
+        conds.append("a.channels = ?")
+        params.append(int(filters.channels))
     for key, value in (filters.tags or {}).items():
         # A tag value is a string or, as mutagen often gives, a list of strings: any element may match.
         conds.append(

@@ -15,6 +15,7 @@ import apsw
 from audiofind.audio.formats import extension
 from audiofind.audio.names import words
 from audiofind.store.records import Hit, NameQuery, norm_path
+from audiofind.store.sqlite.files import HIT_COLUMNS, hit
 
 TABLE = "file_words"
 # The tags that say what a sound is or where it comes from; dates, track numbers, encoders and copyright do not.
@@ -101,11 +102,12 @@ def ranked(conn: apsw.Connection, q: NameQuery, limit: int, cond: str = "", para
     if not cond:  # FTS5 ranks and cuts alone, before any join: 3x faster when a word is in thousands of files
         pick += f" ORDER BY bm25({TABLE}), rowid LIMIT {int(limit)}"
     sql = (
-        f"SELECT f.path, f.hash, f.tags, a.duration, m.score FROM ({pick}) m JOIN files f ON f.id = m.id "
+        f"SELECT {HIT_COLUMNS}, m.score FROM ({pick}) m JOIN files f ON f.id = m.id "
         f"JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok'{cond} ORDER BY m.score, m.id LIMIT ?"
     )
     found = conn.execute(sql, [expr, *(params or []), int(limit)]).fetchall()
-    return [Hit(path, -float(bm25), 0.0, float(d), float(d), json.loads(tags), h) for path, h, tags, d, bm25 in found]
+    roots: dict[str, bool] = {}
+    return [hit(row[:-1], -float(row[-1]), None, None, roots) for row in found]
 
 
 def holding(conn: apsw.Connection, terms: list[str], paths: list[str]) -> dict[str, list[str]]:

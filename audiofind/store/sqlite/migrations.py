@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import apsw
 
 from audiofind.errors import IndexBusy, SchemaMismatch
-from audiofind.store.sqlite import fulltext
+from audiofind.store.sqlite import facts, fulltext
 from audiofind.store.sqlite.connection import storage_error
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,23 @@ def m007_file_words(conn: apsw.Connection) -> None:
 def m008_extension_words(conn: apsw.Connection) -> None:
     """Names index again, now that a file's extension is one of its words (`-mp3` leaves MP3s out)."""
     fulltext.refill(conn)
+
+
+@migration
+def m009_audio_facts(conn: apsw.Connection) -> None:
+    """Each content's container, codec and bit depth, read from the header of one of its files (nothing embedded)."""
+    for column in ("container TEXT", "codec TEXT", "bits INTEGER"):
+        conn.execute(f"ALTER TABLE audio ADD COLUMN {column}")
+    facts.fill(conn)
+
+
+@migration
+def m010_fingerprints(conn: apsw.Connection) -> None:
+    """Acoustic fingerprints of contents, for duplicates: filled at index time, and for older contents by the first
+    `duplicates` run (decoding, no embedding)."""
+    conn.execute(
+        "CREATE TABLE fingerprints (hash TEXT PRIMARY KEY REFERENCES audio(hash), print BLOB NOT NULL)"
+    )
 
 
 def names() -> list[str]:

@@ -130,6 +130,7 @@ def score_segments(conn: apsw.Connection, ids: list[int] | np.ndarray, q: np.nda
 def _rank(conn: apsw.Connection, ids: np.ndarray, scores: np.ndarray, k: int, cond: str, params: list) -> list[Hit]:
     """Group scored segments by file: walk segments best first until k files (copies included) pass the filters."""
     order = np.argsort(-scores, kind="stable")
+    roots: dict[str, bool] = {}  # root -> whether it is there now
     seen: set[str] = set()
     hits: list[Hit] = []
     for start in range(0, len(order), 256):
@@ -146,12 +147,12 @@ def _rank(conn: apsw.Connection, ids: np.ndarray, scores: np.ndarray, k: int, co
                 seen.add(hash)
                 best[hash] = (float(scores[i]), s, e)
         sql = (
-            "SELECT f.path, f.hash, f.tags, a.duration FROM files f JOIN audio a ON a.hash = f.hash "
+            f"SELECT {files.HIT_COLUMNS} FROM files f JOIN audio a ON a.hash = f.hash "
             f"WHERE f.status = 'ok' AND f.hash IN (SELECT value FROM json_each(?)){cond}"
         )
-        for path, hash, tags, duration in conn.execute(sql, [json.dumps(list(best)), *params]):
-            score, s, e = best[hash]
-            hits.append(Hit(path, score, s, e, duration, json.loads(tags), hash))
+        for row in conn.execute(sql, [json.dumps(list(best)), *params]):
+            score, s, e = best[row[1]]
+            hits.append(files.hit(row, score, s, e, roots))
         # Every later segment scores no higher, so k files in hand are the k best.
         if len(hits) >= k:
             break

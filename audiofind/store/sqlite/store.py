@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Self
 
@@ -152,7 +153,7 @@ class SqliteStore:
     def reset(self) -> None:
         """Delete every file, root, segment and vector, and the model binding."""
         with self.transaction():
-            for table in ("files", "partial", "segments", "audio", "roots", "meta", "codes_cache"):
+            for table in ("files", "partial", "fingerprints", "segments", "audio", "roots", "meta", "codes_cache"):
                 self.conn.execute(f"DELETE FROM {table}")
             self.conn.execute("DROP TABLE IF EXISTS vectors")
         log.info("reset %s", self.path)
@@ -211,7 +212,7 @@ class SqliteStore:
         with self.transaction():
             binding = self._bound()
             if not self.conn.execute("SELECT 1 FROM audio WHERE hash = ?", (hash,)).fetchone():
-                files.add_audio(self.conn, AudioRow(hash, audio.duration, audio.sample_rate, audio.channels))
+                files.add_audio(self.conn, replace(audio, hash=hash))
                 self.conn.execute("INSERT INTO partial (hash, path) VALUES (?, ?)", (hash, norm_path(path)))
             elif not files.is_partial(self.conn, hash):
                 raise ValueError(f"Content {hash} is complete already; it takes no more segments.")
@@ -233,8 +234,7 @@ class SqliteStore:
                 if audio is None or segments is None or vectors is None:
                     raise ValueError(f"Content {row.hash} is unfinished: add_file needs its last segments.")
                 files.add_segments(self.conn, self._bound(), row.hash, segments, vectors)
-                sql = "UPDATE audio SET duration = ?, sample_rate = ?, channels = ? WHERE hash = ?"
-                self.conn.execute(sql, (float(audio.duration), int(audio.sample_rate), int(audio.channels), row.hash))
+                files.set_facts(self.conn, replace(audio, hash=row.hash))
                 self.conn.execute("DELETE FROM partial WHERE hash = ?", (row.hash,))
                 meta.touched(self.conn)  # its segments become searchable
             elif not files.has_audio(self.conn, row.hash):
@@ -243,6 +243,8 @@ class SqliteStore:
                     raise ValueError(f"New content {row.hash} needs its AudioRow, segments and vectors.")
                 files.add_audio(self.conn, audio)
                 files.add_segments(self.conn, binding, row.hash, segments, vectors)
+            if audio is not None and audio.fingerprint is not None:  # with the content, in the same transaction
+                self.set_fingerprints({row.hash: audio.fingerprint})
             files.upsert(self.conn, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", None, row.tags))
             binding = self.model()
             if binding is not None and files.freeze_centre(self.conn, binding.dim):
@@ -280,6 +282,17 @@ class SqliteStore:
         """Forget these files, dropping vectors no remaining file shares; returns how many were stored."""
         with self.transaction():
             return files.remove(self.conn, [norm_path(p) for p in paths])
+
+    def fingerprints(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """The stored acoustic fingerprints of those contents that have one."""
+        sql = "SELECT hash, print FROM fingerprints WHERE hash IN (SELECT value FROM json_each(?))"
+        return {h: bytes(b) for h, b in self.conn.execute(sql, (json_list(hashes),))}
+
+    def set_fingerprints(self, prints: dict[str, bytes]) -> None:
+        """Store fingerprints of stored contents (one no longer stored is skipped), in one transaction."""
+        sql = "INSERT OR REPLACE INTO fingerprints (hash, print) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM audio WHERE hash = ?1)"
+        with self.transaction():
+            self.conn.executemany(sql, list(prints.items()))
 
     def optimize(self) -> None:
         """Save the assembled binary codes for the current segments: one read for the next cold search."""
