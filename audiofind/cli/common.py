@@ -4,7 +4,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
@@ -161,9 +160,11 @@ def _root(
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
+# Text, not a Path: a Path folds the // of postgresql://user@host/db into one slash.
 DbOpt = Annotated[
-    Path | None,
-    typer.Option("--db", envvar="AUDIOFIND_DB", help="Index database file (default: in the user data folder)."),
+    str | None,
+    typer.Option("--db", envvar="AUDIOFIND_DB", metavar="PATH|URL",
+                 help="The index: an SQLite file (default: in the user data folder) or a postgresql:// URL."),
 ]
 WeightsOpt = Annotated[
     str | None,

@@ -69,22 +69,26 @@ def index_cmd(
     ext: ExtOpt = None,
     ray: RayOpt = None,
     ray_shared_paths: RaySharedOpt = False,
+    root_name: Annotated[str | None, typer.Option("--root-name", metavar="NAME", help="In a shared (PostgreSQL) index, call the folder NAME, the same on every machine that mounts it (default: HOST:/absolute/path).")] = None,
 ) -> None:
     """Add the audio files under PATHS to the index; re-running only touches what changed."""
     from audiofind.audio.formats import AUDIO_EXTS
     from audiofind.library.rebuild import rebuild as rebuild_index
     from audiofind.library.sync import Event, load_checked, prepare, sync
     from audiofind.library.walk import absolute
-    from audiofind.paths import default_db
-    from audiofind.store import open_store, peek_model
+    from audiofind.store import check_writable, is_url, open_store, peek_model
+    from audiofind.store.location import resolve
 
     exts = frozenset(e.lower().lstrip(".") for e in ext) if ext else AUDIO_EXTS
-    db_path = db or default_db()
+    db_path = resolve(db)
     roots = absolute(paths)
-    if not Path(db_path).exists():  # nothing indexed yet: a root that is not a folder is a typo, not a drive
+    if root_name is not None and (len(roots) != 1 or not is_url(db_path)):
+        raise UsageError("--root-name names one folder (give exactly one PATH) of a shared index (--db postgresql://...); an SQLite index names its folders by their paths.")
+    if is_url(db_path) or not Path(db_path).exists():  # nothing indexed here yet: a root that is not a folder is a typo
         for root in roots:
             if not root.is_dir():
                 raise UsageError(f"{root} is not a folder.")
+    check_writable(db_path)  # a server role that can only read is refused before the model loads
     cluster = open_cluster(ray, ray_shared_paths, device)
     with cluster or nullcontext():
         # Before anything is written: a broken model, or a cluster with no room for it, changes nothing.
@@ -114,6 +118,8 @@ def index_cmd(
                     text += f", {cluster.working} actor{'s' if cluster.working != 1 else ''} working"
                 bar.update(task, completed=share * 100, total=100, audio=text)  # time left follows the share done
 
+            if root_name is not None:
+                index.mount_root(roots[0], root_name)  # before any file under it is written
             try:
                 if rebuild:
                     report = rebuild_index(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,

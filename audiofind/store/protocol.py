@@ -10,13 +10,16 @@ The guarantees every backend keeps:
 - A long recording is committed a chunk at a time (`add_segments`), hidden from search until `add_file` ends it,
   and resumed from `partial_segments` after an interruption.
 - Vectors are stored unit-length as float32, with the model binding that made them; another model is refused.
-- Each content keeps the facts its AudioRow brings (container, codec, rate, bit depth, channels), and every Hit
-  carries them (None where an older index could not read them) with `available`: whether its root is there now.
-- Writes fail with the typed errors of `audiofind.errors` (StorageError, IndexBusy, SchemaMismatch), each one
-  sentence that says what to do; nothing committed before is lost.
+- Each content keeps the facts its AudioRow brings (container, codec, rate, bit depth, channels, fingerprint), and
+  every Hit carries them (None where an older index could not read them) with `available`: whether its root is
+  there now.
+- Writes fail with the typed errors of `audiofind.errors` (StorageError, IndexBusy, SchemaMismatch) or
+  ConnectionLost below, each one sentence that says what to do; nothing committed before is lost.
+- Paths are absolute and local to this machine; a file under a root this machine does not mount is `NAME:relpath`
+  (see records.RootRow), found by search, never removed by this machine.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import Protocol, Self
 
 import numpy as np
 
+from audiofind.errors import StorageError
 from audiofind.store.records import (
     AudioRow,
     FileEntry,
@@ -32,9 +36,15 @@ from audiofind.store.records import (
     Hit,
     ModelBinding,
     NameQuery,
+    Portion,
     RootRow,
     Stats,
 )  # fmt: skip
+
+
+class ConnectionLost(StorageError):
+    """The server went away in the middle of a write (restarted, or the network dropped): what was committed is
+    kept, the write in flight is not, and running the same command again continues where it stopped."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,15 @@ class Store(Protocol):
     def writer_lock(self) -> AbstractContextManager[None]:
         """Hold the right to write for the duration (IndexBusy if another writer holds it); a backend whose writers
         share the index (features.shared_writers) only checks that this role may write."""
+        ...
+
+    def claim(self, hash: str, wait: bool = False) -> bool:
+        """Take the right to embed this content: True if this writer should embed it, False if another live writer
+        is embedding it now (with wait, block until it is done, then True). A writer that dies drops its claims."""
+        ...
+
+    def release(self, hash: str) -> None:
+        """Give a claim back (after the content is stored, or given up); releasing an unheld claim does nothing."""
         ...
 
     def transaction(self) -> AbstractContextManager[None]:
@@ -199,6 +218,12 @@ class Store(Protocol):
 
     # ---- roots, status, rebuilds
 
+    def mount_root(self, root: Path | str, name: str | None = None) -> str:
+        """Say that the folder root is, on this machine, the root called name (default: the name this machine gave it
+        before, else `HOST:/absolute/path`); returns the name. Writers call it before adding files under root.
+        UsageError for a name the backend cannot keep (SQLite names roots by their path)."""
+        ...
+
     def touch_root(self, root: Path | str) -> None:
         """Record that root has just been indexed."""
         ...
@@ -208,11 +233,20 @@ class Store(Protocol):
         ...
 
     def roots(self) -> list[RootRow]:
-        """The indexed folders, by path."""
+        """The indexed folders, by path, each with its name, whether this machine mounts it and its file count."""
         ...
 
     def stats(self) -> Stats:
         """Counts, sizes and failures for `audiofind status`."""
+        ...
+
+    def dump(self, batch: int = 512) -> Iterator[Portion]:
+        """Everything this index holds, in portions for another store's load (`db copy`): the binding, code centre and
+        roots first, then the complete contents, then the files; unfinished contents are left out."""
+        ...
+
+    def load(self, portion: Portion) -> None:
+        """Add a portion of another index (dump) to this empty one as it is: vectors bit for bit, file ids kept."""
         ...
 
     def staging(self) -> "Store":

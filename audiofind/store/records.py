@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 BINDING_KEYS = ("model_name", "model_sha256", "dim", "window", "hop", "precision")
 
 
@@ -73,10 +75,50 @@ class AudioRow:
 
 @dataclass(frozen=True)
 class RootRow:
-    """A folder the user indexed."""
+    """A folder the user indexed.
 
-    path: str
+    A shared index names each root (`HOST:/absolute/path` unless `index --root-name` chose another) and stores its
+    files below it, so every machine finds them under its own mount point. On a machine that does not mount a root,
+    path is `NAME:` and its files' paths are `NAME:relative/path`: searchable, not playable. An SQLite index names
+    roots by their path.
+    """
+
+    path: str  # where it is on this machine, or `NAME:` when it is not mounted here
     last_indexed_at: float | None
+    name: str = ""  # the name every machine knows it by ("" before it has one: the path)
+    local: bool = True  # mounted on this machine
+    files: int = 0  # stored files under it, ok or failed
+
+
+@dataclass(frozen=True)
+class Content:
+    """One complete audio content with its segments and unit vectors, as `db copy` moves it (bit for bit)."""
+
+    audio: AudioRow
+    segments: list[tuple[float, float]]  # (start, end) seconds, in time order
+    vectors: np.ndarray  # (N, D) float32, unit rows exactly as stored
+
+
+@dataclass(frozen=True)
+class PlacedFile:
+    """A stored file as `db copy` moves it: its id, its root by name and its path below that root."""
+
+    id: int
+    root: str  # the root's name (an SQLite index: the root's path)
+    relpath: str  # below the root, '/'-separated ('' when the root is the file itself)
+    row: FileRow
+
+
+@dataclass(frozen=True)
+class Portion:
+    """A part of a whole index, as `Store.dump` gives it and `Store.load` takes it: the first portion carries the
+    model binding, the code centre and the roots; later ones contents, then files."""
+
+    binding: ModelBinding | None = None
+    centre: np.ndarray | None = None  # (D,) float32: the centre binary codes are taken around, once frozen
+    roots: list[RootRow] = field(default_factory=list)
+    contents: list[Content] = field(default_factory=list)
+    files: list[PlacedFile] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

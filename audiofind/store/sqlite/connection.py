@@ -2,14 +2,17 @@
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 import apsw
 import sqlite_vec
 
-from audiofind.errors import AudiofindError, IndexNotFound, StorageError
-from audiofind.store.sqlite import filters, fulltext
+from audiofind.errors import AudiofindError, IndexBusy, IndexNotFound, StorageError
+from audiofind.store.records import ModelBinding, norm_path
+from audiofind.store.sqlite import filters, fulltext, meta
 
 BUSY_TIMEOUT_MS = 5_000
 MMAP_BYTES = 1 << 32 if sys.maxsize > 1 << 32 else 0  # address space only; pages load on demand
@@ -110,6 +113,31 @@ def storage_error(path: Path | str, e: apsw.Error) -> AudiofindError:
     return StorageError(f"SQLite failed on the index {path} ({type(e).__name__}: {e}); {KEPT}.")
 
 
+def staging_path(db: Path | str) -> Path:
+    """Where a rebuild of db is built."""
+    return Path(f"{norm_path(db)}.rebuild")
+
+
+def remove_files(path: Path) -> None:
+    """Delete an SQLite file and its -wal and -shm companions."""
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        p.unlink(missing_ok=True)
+
+
+def peek_model(db: Path | str) -> ModelBinding | None:
+    """The model an existing index was built with, read without migrating or creating anything (None if none)."""
+    path = Path(norm_path(db))
+    if not path.is_file():
+        return None
+    conn = connect(path, create=False)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+            return None
+        return meta.binding(conn)
+    finally:
+        conn.close()
+
+
 if sys.platform == "win32":
     import msvcrt
 
@@ -127,3 +155,45 @@ else:
 
     def unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextmanager
+def writer_lock(db: Path | str) -> Iterator[None]:
+    """Hold the OS lock on <db>.lock for the duration; IndexBusy if another writer holds it."""
+    db = Path(norm_path(db))
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        f = open(f"{db}.lock", "a+b")  # noqa: SIM115  (closed below, after the lock is released)
+    except OSError as e:
+        raise StorageError(
+            f"Cannot open the lock file {db}.lock: {e.strerror or e}; make the folder {db.parent} writable."
+        ) from e
+    with f:
+        f.seek(0)  # msvcrt locks bytes from the current position
+        try:
+            lock(f.fileno())
+        except OSError as e:
+            raise IndexBusy(
+                f"Another audiofind process is already writing to {db}; wait for it to finish or use another --db."
+            ) from e
+        try:
+            yield
+        finally:
+            unlock(f.fileno())
+
+
+def check_writable(db: Path | str) -> None:
+    """Refuse, in the words opening it for writing would use, an index file this user cannot write or another
+    writer holds; for a file not made yet, a folder it cannot be made in. Creates nothing but the lock file of an
+    existing index."""
+    db = Path(norm_path(db))
+    if db.exists():
+        conn = connect(db, create=True)  # read-only file or folder: refused here
+        conn.close()
+        with writer_lock(db):
+            return
+    folder = next((p for p in db.parents if p.exists()), db.anchor)
+    if os.path.isdir(db):
+        raise IndexNotFound(f"{db} is a folder, not an index file; give --db a file, such as {db / 'index.db'}.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"Cannot create the index {db}: {folder} is not writable for this user; give --db another file.")

@@ -5,28 +5,22 @@ below its root (top down), its name and its text tags, one column each. SQL trig
 calling the SQL function `file_words(path, root, tags, part)` that `connection.connect` registers on every
 connection, so every write path (index, watch, moves, copies, changes, deletions, --rebuild) updates it with no
 bookkeeping in Python. FTS5's porter tokenizer stems English at both ends (`creaks` finds `creak`); BM25 ranks.
+`store.words` holds the words of each column (shared with the PostgreSQL backend).
 """
 
 import json
-from pathlib import PurePath
 
 import apsw
 
-from audiofind.audio.formats import extension
 from audiofind.audio.names import words
 from audiofind.store.records import Hit, NameQuery, norm_path
 from audiofind.store.sqlite.files import HIT_COLUMNS, hit
+from audiofind.store.words import COLUMNS, TOKENIZER, file_words
 
 TABLE = "file_words"
-# The tags that say what a sound is or where it comes from; dates, track numbers, encoders and copyright do not.
-TEXT_TAGS = ("title", "description", "comment", "genre", "artist", "album", "albumartist", "composer", "keywords",
-             "originator")  # fmt: skip
-
-# Three columns, so a phrase never runs from a folder into the name or from the name into a tag.
-COLUMNS = ("folders", "name", "tags")
 _VALUES = ", ".join(f"file_words(new.path, new.root, new.tags, {i})" for i in range(len(COLUMNS)))
 SCHEMA = f"""
-CREATE VIRTUAL TABLE {TABLE} USING fts5({", ".join(COLUMNS)}, tokenize='porter unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE {TABLE} USING fts5({", ".join(COLUMNS)}, tokenize='{TOKENIZER[0]} {" ".join(TOKENIZER[1])}');
 CREATE TRIGGER {TABLE}_insert AFTER INSERT ON files WHEN new.status = 'ok' BEGIN
     INSERT INTO {TABLE} (rowid, {", ".join(COLUMNS)}) VALUES (new.id, {_VALUES});
 END;
@@ -38,28 +32,6 @@ CREATE TRIGGER {TABLE}_delete AFTER DELETE ON files BEGIN
     DELETE FROM {TABLE} WHERE rowid = old.id;
 END;
 """
-
-
-def file_words(path: str, root: str, tags_json: str | None, part: int) -> str:
-    """One column of a file's words: 0 its folders below root (top down), 1 its name, 2 its text tags."""
-    try:
-        parts = PurePath(path).relative_to(root).parts or (PurePath(path).name,)  # () when root is the file
-    except ValueError:
-        parts = (PurePath(path).name,)
-    if part == 0:
-        texts = list(parts[:-1])
-    elif part == 1:
-        texts = [parts[-1], extension(parts[-1])]  # the extension is a word too: -mp3 leaves MP3s out
-    else:
-        try:
-            tags = json.loads(tags_json or "{}")
-        except ValueError:
-            tags = {}
-        texts = []
-        for key in TEXT_TAGS:
-            value = tags.get(key) if isinstance(tags, dict) else None
-            texts += [value] if isinstance(value, str) else [str(v) for v in value or []]
-    return " ".join(w for text in texts for w in words(text))
 
 
 def register(conn: apsw.Connection) -> None:

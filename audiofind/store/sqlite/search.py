@@ -11,6 +11,7 @@ import os
 import apsw
 import numpy as np
 
+from audiofind.store import ranking
 from audiofind.store import vectors as vec
 from audiofind.store.records import Filters, Hit, ModelBinding
 from audiofind.store.sqlite import files, meta
@@ -120,41 +121,25 @@ def score_segments(conn: apsw.Connection, ids: list[int] | np.ndarray, q: np.nda
     for start in range(0, len(ids), 4096):  # bounded memory on exact scans of big indexes
         f, v = files.fetch_vectors(conn, ids[start : start + 4096], dim)
         found.append(f)
-        # einsum, not `@`: waking BLAS threads for so small a product costs ~10 ms on a busy 2-core machine.
-        scores.append(np.clip(np.einsum("md,qd->mq", v, q), -1, 1).max(axis=1, initial=-1.0))  # (M, Q) -> (M,)
+        scores.append(ranking.best_scores(v, q))  # (M,)
     if not found:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(found), np.concatenate(scores)
 
 
 def _rank(conn: apsw.Connection, ids: np.ndarray, scores: np.ndarray, k: int, cond: str, params: list) -> list[Hit]:
-    """Group scored segments by file: walk segments best first until k files (copies included) pass the filters."""
-    order = np.argsort(-scores, kind="stable")
+    """Group scored segments by file (ranking.rank_files), looking segments and files up here."""
     roots: dict[str, bool] = {}  # root -> whether it is there now
-    seen: set[str] = set()
-    hits: list[Hit] = []
-    for start in range(0, len(order), 256):
-        block = order[start : start + 256]
-        rows = conn.execute(
-            'SELECT id, hash, start, "end" FROM segments WHERE id IN (SELECT value FROM json_each(?))',
-            (ids_json(ids[block]),),
-        )
-        segment = {r[0]: r[1:] for r in rows}
-        best: dict[str, tuple[float, float, float]] = {}  # hash -> (score, start, end), best first
-        for i in block:
-            hash, s, e = segment.get(int(ids[i]), (None, 0.0, 0.0))
-            if hash is not None and hash not in seen:
-                seen.add(hash)
-                best[hash] = (float(scores[i]), s, e)
+
+    def segments_of(block: np.ndarray) -> dict[int, tuple[str, float, float]]:
+        sql = 'SELECT id, hash, start, "end" FROM segments WHERE id IN (SELECT value FROM json_each(?))'
+        return {r[0]: r[1:] for r in conn.execute(sql, (ids_json(block),))}
+
+    def files_of(hashes: list[str]) -> list[Hit]:
         sql = (
             f"SELECT {files.HIT_COLUMNS} FROM files f JOIN audio a ON a.hash = f.hash "
             f"WHERE f.status = 'ok' AND f.hash IN (SELECT value FROM json_each(?)){cond}"
         )
-        for row in conn.execute(sql, [json.dumps(list(best)), *params]):
-            score, s, e = best[row[1]]
-            hits.append(files.hit(row, score, s, e, roots))
-        # Every later segment scores no higher, so k files in hand are the k best.
-        if len(hits) >= k:
-            break
-    hits.sort(key=lambda h: (-h.score, h.path))
-    return hits[:k]
+        return [files.hit(row, 0.0, None, None, roots) for row in conn.execute(sql, [json.dumps(hashes), *params])]
+
+    return ranking.rank_files(ids, scores, k, segments_of, files_of)

@@ -18,7 +18,7 @@ from typing import Self
 import apsw
 import numpy as np
 
-from audiofind.errors import IndexBusy, IndexNotFound, ModelMismatch, StorageError
+from audiofind.errors import IndexNotFound, ModelMismatch, StorageError, UsageError
 from audiofind.store.protocol import Features
 from audiofind.store.records import (
     BINDING_KEYS,
@@ -29,12 +29,13 @@ from audiofind.store.records import (
     Hit,
     ModelBinding,
     NameQuery,
+    Portion,
     RootRow,
     Stats,
     norm_path,
 )  # fmt: skip
-from audiofind.store.sqlite import files, fulltext, meta, migrations, search
-from audiofind.store.sqlite.connection import connect, lock, storage_error, unlock
+from audiofind.store.sqlite import dump, files, fulltext, meta, migrations, search
+from audiofind.store.sqlite.connection import connect, remove_files, staging_path, storage_error, writer_lock
 from audiofind.store.sqlite.filters import conditions, json_list
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,13 @@ class SqliteStore:
     def writer_lock(self) -> AbstractContextManager[None]:
         """Hold the OS lock on <db>.lock for the duration; IndexBusy if another writer holds it."""
         return writer_lock(self.path)
+
+    def claim(self, hash: str, wait: bool = False) -> bool:
+        """Always True: one writer at a time (writer_lock) embeds everything it needs."""
+        return True
+
+    def release(self, hash: str) -> None:
+        """Nothing to give back: claims are not kept."""
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -329,6 +337,16 @@ class SqliteStore:
 
     # ---- roots, status, rebuilds
 
+    def mount_root(self, root: Path | str, name: str | None = None) -> str:
+        """An SQLite index names a root by its path: that is the name; UsageError for any other."""
+        path = norm_path(root)
+        if name is not None and name != path:
+            raise UsageError(
+                f"An SQLite index names its folders by their path, so {path} cannot be called {name!r}; "
+                "--root-name needs a shared index (--db postgresql://...)."
+            )
+        return path
+
     def touch_root(self, root: Path | str) -> None:
         """Record that root has just been indexed."""
         with self.transaction():
@@ -344,8 +362,9 @@ class SqliteStore:
             self.conn.execute("DELETE FROM roots WHERE path = ?", (norm_path(root),))
 
     def roots(self) -> list[RootRow]:
-        """The indexed folders, by path."""
-        return [RootRow(*r) for r in self.conn.execute("SELECT path, last_indexed_at FROM roots ORDER BY path")]
+        """The indexed folders, by path: each named by its path, mounted here, with its file count."""
+        sql = "SELECT path, last_indexed_at, (SELECT count(*) FROM files f WHERE f.root = r.path) FROM roots r ORDER BY path"
+        return [RootRow(path, at, path, True, n) for path, at, n in self.conn.execute(sql)]
 
     def stats(self) -> Stats:
         """Counts, sizes and failures for `audiofind status`."""
@@ -370,13 +389,25 @@ class SqliteStore:
             quantised="centre" in meta.read(self.conn),
         )
 
+    def dump(self, batch: int = 512) -> Iterator[Portion]:
+        """Everything this index holds, in portions (see dump.dump), read in one snapshot."""
+        with self.reading():
+            yield from dump.dump(self.conn, self.model(), self.roots(), batch)
+
+    def load(self, portion: Portion) -> None:
+        """Add a portion of another index to this one as it is (see dump.load)."""
+        with self.transaction():
+            if portion.binding is not None:
+                self.bind_model(portion.binding)
+            dump.load(self.conn, portion)
+
     def staging(self) -> "SqliteStore":
         """The file a rebuild of this index is built in, `<db>.rebuild`: new, or what an interrupted rebuild left."""
         return SqliteStore.open(staging_path(self.path), create=True)
 
     def discard_staging(self) -> None:
         """Delete an unfinished rebuild's file."""
-        _remove(staging_path(self.path))
+        remove_files(staging_path(self.path))
 
     def replace_with(self, staged: "SqliteStore") -> None:
         """Rename the finished rebuild over this index, once this index's write-ahead log is empty (else its pages
@@ -393,52 +424,3 @@ class SqliteStore:
             time.sleep(0.1)
         self.close()
         os.replace(staged.path, self.path)
-
-
-def staging_path(db: Path | str) -> Path:
-    """Where a rebuild of db is built."""
-    return Path(f"{norm_path(db)}.rebuild")
-
-
-def _remove(path: Path) -> None:
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        p.unlink(missing_ok=True)
-
-
-def peek_model(db: Path | str) -> ModelBinding | None:
-    """The model an existing index was built with, read without migrating or creating anything (None if none)."""
-    path = Path(norm_path(db))
-    if not path.is_file():
-        return None
-    conn = connect(path, create=False)
-    try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
-            return None
-        return meta.binding(conn)
-    finally:
-        conn.close()
-
-
-@contextmanager
-def writer_lock(db: Path | str) -> Iterator[None]:
-    """Hold the OS lock on <db>.lock for the duration; IndexBusy if another writer holds it."""
-    db = Path(norm_path(db))
-    try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        f = open(f"{db}.lock", "a+b")  # noqa: SIM115  (closed below, after the lock is released)
-    except OSError as e:
-        raise StorageError(
-            f"Cannot open the lock file {db}.lock: {e.strerror or e}; make the folder {db.parent} writable."
-        ) from e
-    with f:
-        f.seek(0)  # msvcrt locks bytes from the current position
-        try:
-            lock(f.fileno())
-        except OSError as e:
-            raise IndexBusy(
-                f"Another audiofind process is already writing to {db}; wait for it to finish or use another --db."
-            ) from e
-        try:
-            yield
-        finally:
-            unlock(f.fileno())
