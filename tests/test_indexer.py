@@ -147,7 +147,7 @@ def test_a_long_recording_through_the_batched_path_keeps_memory_bounded(tmp_path
     def gone() -> None:
         live[0] -= 1
 
-    def windows(_path, window, hop):  # type: ignore[no-untyped-def]
+    def windows(_path, window, hop, rate=decode.SAMPLE_RATE):  # type: ignore[no-untyped-def]
         for k in range(math.floor((hours * 3600 - window) / hop) + 1):
             samples = np.full(decode.N_WINDOW, k % 7 + 1, np.float32)
             weakref.finalize(samples, gone)

@@ -2,7 +2,9 @@
 
 The model's input convention (spec a.1): 44100 Hz, amplitudes in [-32768, 32767] (librosa's [-1, 1] floats
 times 32768). Channels are down-mixed here by their arithmetic mean, so this module is the one place that
-decides the channel policy.
+decides the channel policy. Every function takes `rate`, the sample rate to resample to: AudioCLIP's 44100 by
+default, 48000 for CLAP (an encoder's `sample_rate`); the samples and the windows' seconds are the same rule at
+any rate.
 """
 
 import functools
@@ -51,11 +53,11 @@ class AudioInfo:
 class Window:
     start: float  # seconds
     end: float  # seconds
-    samples: np.ndarray = field(repr=False)  # (N,) float32, int16 range, N = round((end - start) * SAMPLE_RATE)
+    samples: np.ndarray = field(repr=False)  # (N,) float32, int16 range, N = round((end - start) * rate)
 
 
-def _n_samples(seconds: float, name: str) -> int:
-    n = round(seconds * SAMPLE_RATE)
+def _n_samples(seconds: float, name: str, rate: int = SAMPLE_RATE) -> int:
+    n = round(seconds * rate)
     if n <= 0:
         raise UsageError(f"The {name} must be longer than zero seconds (got {seconds}).")
     return n
@@ -207,8 +209,8 @@ class _NonFinite(Exception):
     """A decoded frame holds NaN or infinite samples (float WAV, AIFF-C or CAF can store them)."""
 
 
-def _decode(path: Path, max_samples: int | None = None) -> Iterator[np.ndarray]:
-    """Mono float32 int16-range pieces of any length at SAMPLE_RATE; checks the whole file once it ends."""
+def _decode(path: Path, max_samples: int | None = None, rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+    """Mono float32 int16-range pieces of any length at `rate`; checks the whole file once it ends."""
     path = Path(path)
     with _open(path) as (container, stream):
         declared = _declared_seconds(container, stream)
@@ -240,7 +242,7 @@ def _decode(path: Path, max_samples: int | None = None) -> Iterator[np.ndarray]:
                             for x in _to_mono(resampler.resample(None)):
                                 done += len(x)
                                 yield x
-                        resampler, setup = av.AudioResampler(format="fltp", layout=frame.layout, rate=SAMPLE_RATE), key
+                        resampler, setup = av.AudioResampler(format="fltp", layout=frame.layout, rate=rate), key
                     for x in _to_mono(resampler.resample(frame)):
                         done += len(x)
                         yield x
@@ -253,11 +255,11 @@ def _decode(path: Path, max_samples: int | None = None) -> Iterator[np.ndarray]:
         except ValueError as e:  # PyAV refuses frames it cannot describe (e.g. an unknown sample format)
             raise DecodeError(path, f"unsupported audio data: {e}") from e
         except _NonFinite:
-            raise DecodeError(path, f"corrupt data: NaN or infinite samples near {done / SAMPLE_RATE:.1f} s") from None
+            raise DecodeError(path, f"corrupt data: NaN or infinite samples near {done / rate:.1f} s") from None
 
         if max_samples is not None and done >= max_samples:
             return  # stopped early on purpose: the rest of the file was not judged
-        seconds = done / SAMPLE_RATE
+        seconds = done / rate
         complete = declared is None or seconds >= TRUNCATED_RATIO * declared
         trusted = declared is not None and container.format.name not in _GUESSED_DURATION_FORMATS
         if bad > max(BAD_PACKETS_TOLERATED, BAD_PACKET_RATIO * packets):
@@ -273,16 +275,16 @@ def _decode(path: Path, max_samples: int | None = None) -> Iterator[np.ndarray]:
         if broken or bad:
             log.warning("%s: kept %.1f s of audio despite %d bad packets %s", path, seconds, bad, broken or "")
 
-def stream_audio(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[np.ndarray]:
-    """Decode path chunk by chunk: (n,) float32 int16-range mono at 44.1 kHz; every chunk but the last is full.
+def stream_audio(path: Path, chunk_seconds: float = CHUNK_SECONDS, rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+    """Decode path chunk by chunk: (n,) float32 int16-range mono at `rate`; every chunk but the last is full.
 
     Memory stays at about one chunk whatever the file's length. A damaged file raises DecodeError, possibly
     after some chunks were yielded (truncation shows only at the end), so callers should discard partial results.
     """
-    n = _n_samples(chunk_seconds, "chunk")
+    n = _n_samples(chunk_seconds, "chunk", rate)
     pieces: list[np.ndarray] = []
     held = 0
-    for x in _decode(path):
+    for x in _decode(path, rate=rate):
         pieces.append(x)
         held += len(x)
         if held >= n:
@@ -294,33 +296,35 @@ def stream_audio(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[n
         yield np.concatenate(pieces)
 
 
-def load_audio(path: Path, max_seconds: float | None = None) -> np.ndarray:
-    """The whole file (or its first max_seconds) as one (N,) float32 int16-range mono array at 44.1 kHz."""
-    limit = None if max_seconds is None else _n_samples(max_seconds, "duration limit")
-    pieces = list(_decode(path, max_samples=limit))
+def load_audio(path: Path, max_seconds: float | None = None, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The whole file (or its first max_seconds) as one (N,) float32 int16-range mono array at `rate`."""
+    limit = None if max_seconds is None else _n_samples(max_seconds, "duration limit", rate)
+    pieces = list(_decode(path, max_samples=limit, rate=rate))
     return np.concatenate(pieces)[:limit]
 
 
-def load_crop(path: Path, n: int, rng: np.random.Generator) -> np.ndarray:
+def load_crop(path: Path, n: int, rng: np.random.Generator, rate: int = SAMPLE_RATE) -> np.ndarray:
     """A random n-sample crop (zeros appended to a shorter file), decoded only up to the crop's end and held alone:
     the crop pad_or_crop(load_audio(path), n, rng) takes wherever the container states the length exactly."""
-    total = round(probe(path).duration * SAMPLE_RATE)
+    total = round(probe(path).duration * rate)
     if total <= n:
-        return pad_or_crop(load_audio(path), n, rng)
+        return pad_or_crop(load_audio(path, rate=rate), n, rng)
     start = int(rng.integers(0, total - n + 1))
     kept, seen = [], 0
-    for x in _decode(path, max_samples=start + n):
+    for x in _decode(path, max_samples=start + n, rate=rate):
         if seen + len(x) > start:
             kept.append(x[max(0, start - seen) :])
         seen += len(x)
     if seen < start + n:  # shorter than its container says (an MP3's estimate): crop what is really there
-        return pad_or_crop(load_audio(path), n, rng)
+        return pad_or_crop(load_audio(path, rate=rate), n, rng)
     return pad_or_crop(np.concatenate(kept)[:n], n)
 
 
-def window_bounds(n_samples: int, window: float = WINDOW_SECONDS, hop: float = HOP_SECONDS) -> list[tuple[int, int]]:
+def window_bounds(
+    n_samples: int, window: float = WINDOW_SECONDS, hop: float = HOP_SECONDS, rate: int = SAMPLE_RATE
+) -> list[tuple[int, int]]:
     """The segmenting rule, in samples: windows every hop, the last one ending at the end; short files whole."""
-    w, h = _n_samples(window, "window"), _n_samples(hop, "hop")
+    w, h = _n_samples(window, "window", rate), _n_samples(hop, "hop", rate)
     if n_samples <= 0:
         return []
     if n_samples <= w:
@@ -331,17 +335,19 @@ def window_bounds(n_samples: int, window: float = WINDOW_SECONDS, hop: float = H
     return bounds
 
 
-def iter_windows(path: Path, window: float = WINDOW_SECONDS, hop: float = HOP_SECONDS) -> Iterator[Window]:
+def iter_windows(
+    path: Path, window: float = WINDOW_SECONDS, hop: float = HOP_SECONDS, rate: int = SAMPLE_RATE
+) -> Iterator[Window]:
     """Stream the windows of window_bounds over a file without decoding it whole (buffer: one window + one chunk)."""
-    w, h = _n_samples(window, "window"), _n_samples(hop, "hop")
+    w, h = _n_samples(window, "window", rate), _n_samples(hop, "hop", rate)
     buf, buf_start = np.zeros(0, dtype=np.float32), 0  # buf holds samples [buf_start, total)
     total = next_start = last_end = 0
-    for chunk in stream_audio(path):
+    for chunk in stream_audio(path, rate=rate):
         buf = np.concatenate([buf, chunk])
         total += len(chunk)
         while next_start + w <= total:
             i = next_start - buf_start
-            yield Window(next_start / SAMPLE_RATE, (next_start + w) / SAMPLE_RATE, buf[i : i + w].copy())
+            yield Window(next_start / rate, (next_start + w) / rate, buf[i : i + w].copy())
             last_end, next_start = next_start + w, next_start + h
         # the tail window [total - w, total] may still need the last w samples
         keep_from = min(next_start, total - w)
@@ -349,7 +355,7 @@ def iter_windows(path: Path, window: float = WINDOW_SECONDS, hop: float = HOP_SE
             buf, buf_start = buf[keep_from - buf_start :], keep_from
     if total and last_end < total:
         start = max(0, total - w)
-        yield Window(start / SAMPLE_RATE, total / SAMPLE_RATE, buf[start - buf_start :].copy())
+        yield Window(start / rate, total / rate, buf[start - buf_start :].copy())
 
 
 def pad_or_crop(x: np.ndarray, n: int, rng: np.random.Generator | None = None) -> np.ndarray:

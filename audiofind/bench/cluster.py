@@ -15,7 +15,8 @@ from audiofind.library.cluster import Cluster, connect
 from audiofind.library.sync import Report, prepare, sync
 from audiofind.model import checkpoint, weights
 from audiofind.model.config import AudioCLIPConfig
-from audiofind.model.encoder import Encoder, load_encoder
+from audiofind.model.embedder import Embedder
+from audiofind.model.encoder import load_encoder
 from audiofind.model.load import build
 from audiofind.store import open_store
 
@@ -39,7 +40,7 @@ def synthetic_checkpoint(folder: Path, cfg: AudioCLIPConfig) -> Path:
     return checkpoint.write(tensors, folder / "synthetic.safetensors", "synthetic", checkpoint.content_sha256(tensors), "imported", config)
 
 
-def _index(db: Path, encoder: Encoder, root: Path, cluster: Cluster | None) -> Report:
+def _index(db: Path, encoder: Embedder, root: Path, cluster: Cluster | None) -> Report:
     with open_store(db, create=True) as index:
         prepare(index, encoder)
         return sync(index, encoder, [root], cluster=cluster)

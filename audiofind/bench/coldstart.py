@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from audiofind.errors import AudiofindError
 
 if TYPE_CHECKING:
+    from audiofind.model.clap.config import CLAPConfig
     from audiofind.model.config import AudioCLIPConfig
 
 QUERY = "rain on a tin roof"
@@ -90,14 +91,28 @@ def write_synthetic_text_model(home: Path, cfg: "AudioCLIPConfig | None" = None)
     return checkpoint.write(tensors, out, SYNTHETIC, SYNTHETIC_SHA, "imported", cfg.to_dict())
 
 
-def cold_search_bench(segments: int = 100_000, repeat: int = 3, cfg: "AudioCLIPConfig | None" = None) -> float:
+def cold_search_bench(segments: int = 100_000, repeat: int = 3, cfg: "AudioCLIPConfig | CLAPConfig | None" = None,
+                      family: str = "audioclip") -> float:
     """Least wall seconds of a cold `audiofind search` on a synthetic index of this many segments, with a random
-    text tower of the published size (or cfg's), in a fresh process on this machine."""
+    text tower of the family's published size (or cfg's), in a fresh process on this machine."""
     from audiofind.bench.speed import bench_search
 
     with tempfile.TemporaryDirectory(prefix="audiofind-cold-") as tmp:
         home, db = Path(tmp) / "home", Path(tmp) / "index.db"
-        write_synthetic_text_model(home, cfg)
-        bench_search(db, segments, dim=cfg.embed_dim if cfg else 1024, timing=False)
+        if family == "clap":
+            from audiofind.bench.families import write_synthetic_clap_text_model
+            from audiofind.model.clap.config import CLAPConfig
+
+            clap = cfg if isinstance(cfg, CLAPConfig) else None
+            out = home / "weights" / f"{SYNTHETIC}.safetensors"
+            write_synthetic_clap_text_model(out, SYNTHETIC, SYNTHETIC_SHA, clap)
+            dim = clap.embed_dim if clap else CLAPConfig().embed_dim
+        else:
+            from audiofind.model.config import AudioCLIPConfig
+
+            audioclip = cfg if isinstance(cfg, AudioCLIPConfig) else None
+            write_synthetic_text_model(home, audioclip)
+            dim = audioclip.embed_dim if audioclip else 1024
+        bench_search(db, segments, dim=dim, timing=False)
         env = {k: v for k, v in os.environ.items() if k not in ("AUDIOFIND_WEIGHTS", "AUDIOFIND_DB")}
         return cold_search_seconds(db, env={**env, "AUDIOFIND_HOME": str(home)}, repeat=repeat)

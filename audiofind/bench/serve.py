@@ -15,7 +15,7 @@ import numpy as np
 
 from audiofind.audio import decode
 from audiofind.bench import speed as bench
-from audiofind.model.encoder import Encoder
+from audiofind.model.embedder import Embedder
 from audiofind.serve import transcode
 from audiofind.serve.app import create_app
 from audiofind.serve.guard import new_token
@@ -26,7 +26,7 @@ from audiofind.store import AudioRow, FileRow, ModelBinding, open_store
 BROWSER_CONNECTIONS = 6  # what a browser opens to one host
 
 
-def serve_speed(encoder: Encoder, segments: int = 100_000, page: int = 50, seconds: float = 20.0) -> dict[str, float]:
+def serve_speed(encoder: Embedder, segments: int = 100_000, page: int = 50, seconds: float = 20.0) -> dict[str, float]:
     """Seconds: a warm search through serve's library at `segments`, a page of `page` results and their peaks, and
     the first decoded byte of a transcoded (24-bit WAV) file, from its start and after a seek."""
     out: dict[str, float] = {}

@@ -22,7 +22,9 @@ import torch
 from audiofind.audio import decode
 from audiofind.bench.reference import ReferenceAudio, reference_audio, reference_encode_text
 from audiofind.device import describe_cpu, resolve_device
+from audiofind.errors import UsageError
 from audiofind.model import weights
+from audiofind.model.clap.encoder import ClapEncoder
 from audiofind.model.config import AudioCLIPConfig
 from audiofind.model.encoder import Encoder, default_batch_sizes, from_model, load_encoder
 from audiofind.model.load import build, from_state_dict
@@ -38,6 +40,7 @@ SAMPLE_CAPTIONS = [
 
 
 FULL_SIZE = AudioCLIPConfig()  # the published model's sizes
+Loaded = Encoder | ClapEncoder  # what load_encoder gives: either family's encoder (dataclasses both)
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def _encoder_from_state(state: dict[str, torch.Tensor], cfg: AudioCLIPConfig, de
                       text_batch_size=text_batch)
 
 
-def bench_encoder(weights_name: str | None, device: str, synthetic: bool = False, precision: str = "fp32") -> Encoder:
+def bench_encoder(weights_name: str | None, device: str, synthetic: bool = False, precision: str = "fp32") -> Loaded:
     """Both towers of the named model, ready for inference, or with synthetic=True of a random full-size one (the
     same speed, no download)."""
     if not synthetic:
@@ -120,8 +123,12 @@ def _twins(weights_name: str | None, device: str, synthetic: bool, precision: st
         ref_state = {k: v.clone() for k, v in state.items()}  # nothing shared with ours
     else:
         start = time.perf_counter()
-        enc = load_encoder(weights_name, device, ["audio", "text"], precision=precision)
+        loaded = load_encoder(weights_name, device, ["audio", "text"], precision=precision)
         load_s = time.perf_counter() - start
+        if not isinstance(loaded, Encoder):
+            raise UsageError(f"The model part of bench speed times AudioCLIP beside its reference; '{loaded.name}' is "
+                             "a CLAP model: time it with --only families (both families, side by side).")  # fmt: skip
+        enc = loaded
         ref_state = weights.read_state_dict(weights.resolve(weights_name), ["audio", "text"])
     ref_text = from_state_dict(ref_state, enc.config, ["text"]).to(dev)
     assert isinstance(ref_text, TextEncoder)
@@ -166,12 +173,12 @@ def model_speed(weights_name: str | None, device: str, synthetic: bool = False, 
     return figures
 
 
-def decode_speed(files: list[Path]) -> float:
-    """Decode-only throughput in audio seconds per wall second (windows cut as the indexer cuts them)."""
+def decode_speed(files: list[Path], rate: int = decode.SAMPLE_RATE) -> float:
+    """Decode-only throughput in audio seconds per wall second (windows cut as the indexer cuts them, at `rate`)."""
     start, audio = time.perf_counter(), 0.0
     for f in files:
         end = 0.0
-        for w in decode.iter_windows(f):
+        for w in decode.iter_windows(f, rate=rate):
             end = w.end
         audio += end
     return audio / (time.perf_counter() - start)
@@ -221,14 +228,14 @@ def library_lengths(n: int, seconds: float) -> list[float]:
     return [seconds or 0.5 + 9.0 * i / n for i in range(n)]
 
 
-def indexing_speed(encoder: Encoder, files: list[Path]) -> dict[str, float]:
+def indexing_speed(encoder: Loaded, files: list[Path]) -> dict[str, float]:
     """Decode-only, model-only and end-to-end indexing throughput of a folder of files (make_library) in audio
     seconds per wall second (model-only embeds every window, decoded beforehand), and on CUDA the GPU memory peak."""
     from audiofind.library.sync import prepare, sync
     from audiofind.store import open_store
 
-    decode_rate = decode_speed(files)
-    windows = [w.samples for f in files for w in decode.iter_windows(f)]
+    decode_rate = decode_speed(files, encoder.sample_rate)
+    windows = [w.samples for f in files for w in decode.iter_windows(f, rate=encoder.sample_rate)]
     audio_s = sum(decode.probe(f).duration for f in files)
     encoder.embed_audio(windows[:1])  # warm-up
     if encoder.device.type == "cuda":
@@ -243,7 +250,7 @@ def indexing_speed(encoder: Encoder, files: list[Path]) -> dict[str, float]:
     return out
 
 
-def precision_drift(encoder: Encoder, clips: list[np.ndarray], precision: str) -> tuple[float, float]:
+def precision_drift(encoder: Loaded, clips: list[np.ndarray], precision: str) -> tuple[float, float]:
     """How far `precision` moves embeddings from fp32 (the fixture's rel measure, worst clip) and the share of
     clips whose top-10 neighbours among the others stay the same."""
     exact = replace(encoder, precision="fp32").embed_audio(clips)
@@ -253,7 +260,7 @@ def precision_drift(encoder: Encoder, clips: list[np.ndarray], precision: str) -
     return float(np.abs(a - b).max() / np.abs(b).max()), float(np.mean([set(x) == set(y) for x, y in zip(*tops)]))
 
 
-def indexing_figures(encoder: Encoder, precisions: tuple[str, ...] = ("fp32",), libraries: dict | None = None) -> list[Figure]:
+def indexing_figures(encoder: Loaded, precisions: tuple[str, ...] = ("fp32",), libraries: dict | None = None) -> list[Figure]:
     """indexing_speed of long recordings and of a sample library (LIBRARIES, or `libraries`) at each precision;
     the end-to-end share of decode-only on CUDA (of model-only on CPU); how far bf16 and tf32 move embeddings."""
     cuda = encoder.device.type == "cuda"
@@ -329,7 +336,7 @@ def synthetic_identity(dim: int = 1024) -> Encoder:
     return Encoder("synthetic", "0" * 64, AudioCLIPConfig(cfg.audio, cfg.text, dim), torch.device("cpu"))
 
 
-def query_speed(encoder: Encoder, sizes: tuple[int, ...] = (10_000, 100_000), per_file: int = 10) -> dict[str, float]:
+def query_speed(encoder: Loaded, sizes: tuple[int, ...] = (10_000, 100_000), per_file: int = 10) -> dict[str, float]:
     """Warm query latency (text encode + vector search + grouping), in seconds, at each index size in segments."""
     from audiofind.library.sync import prepare
     from audiofind.store import AudioRow, FileRow, open_store, vectors

@@ -187,7 +187,8 @@ def near_cmd(
 
 # ---------------------------------------------------------------- bench speed
 
-PARTS = ("model", "indexing", "reindex", "query", "names", "cold", "serve", "training", "duplicates", "ray", "postgres")
+PARTS = ("model", "families", "indexing", "reindex", "query", "names", "cold", "serve", "training", "duplicates", "ray",
+         "postgres")
 
 
 @dataclass(frozen=True)
@@ -273,10 +274,14 @@ def speed(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Measure encoding (beside the reference AudioCLIP), indexing, re-indexing, search latency and training here."""
+    """Measure encoding (beside the reference AudioCLIP, and both model families side by side), indexing,
+    re-indexing, search latency and training here."""
+    import contextlib
+
     from audiofind.bench import speed as bench
     from audiofind.device import BF16_EXTENSIONS, PRECISIONS, check_precision, describe_cpu, resolve_device
-    from audiofind.errors import UsageError
+    from audiofind.errors import UsageError, WeightsError
+    from audiofind.model.weights import resolve
 
     parts = set(only or (["ray"] if ray else [p for p in PARTS if p not in ("ray", "postgres")] + (["postgres"] if postgres else [])))
     if "ray" in parts and not ray:
@@ -288,13 +293,27 @@ def speed(
     precisions = tuple(precision or (PRECISIONS if dev.type == "cuda" else ("fp32", "bf16") if cpu_bf16 else ("fp32",)))
     for p in precisions:
         check_precision(p, dev)
+    family = "audioclip"
+    if parts & {"model", "indexing", "query", "serve"} and not synthetic:
+        with contextlib.suppress(WeightsError):  # each part that needs the model says so in its own words
+            family = resolve(weights).family
+    if family == "clap":  # bf16 is AudioCLIP's (the ResNeXt autocast); CLAP runs in fp32 or tf32
+        precisions = tuple(p for p in precisions if p != "bf16") or ("fp32",)
     machine = bench.machine(dev)
     say = (lambda msg: None) if json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
     figures: list[bench.Figure] = []
-    if "model" in parts:
+    if "model" in parts and family == "clap":
+        say("model: skipped; it times AudioCLIP beside its reference (the families part times both models)…")
+    elif "model" in parts:
         say("model: encode audio and text, beside the reference…")
         also = precisions[1:] if dev.type == "cpu" else ()  # CUDA's precisions show in the indexing figures
         figures += bench.model_speed(weights, str(dev), synthetic, precisions[0], also=also)
+    if "families" in parts:
+        from audiofind.bench import families
+
+        say("families: one 10 s window through each family's audio tower (random full-size weights)…")
+        for key, value in families.window_speed(str(dev)).items():
+            figures.append(bench.Figure(key, families.LABELS[key], value, "s"))
     encoder = bench.bench_encoder(weights, str(dev), synthetic, precisions[0]) if parts & {"indexing", "query", "serve"} else None
     if "indexing" in parts and encoder is not None:  # (it is: loaded above for indexing)
         say("indexing: decode-only, model-only, end to end…")
@@ -321,6 +340,8 @@ def speed(
 
         say("cold search: a fresh process per query on a 100k-segment index, beside `import torch`…")
         figures.append(bench.Figure("cold_search_100k_s", "cold search, 100k segments (a new process)", coldstart.cold_search_bench(), "s"))
+        figures.append(bench.Figure("cold_search_clap_100k_s", "cold search of a CLAP index, 100k segments (a new process)",
+                                    coldstart.cold_search_bench(family="clap"), "s"))
         figures.append(bench.Figure("import_torch_s", "python -c 'import torch' (for comparison)", coldstart.import_torch_seconds(), "s"))
     if "serve" in parts:
         from audiofind.bench.serve import serve_speed

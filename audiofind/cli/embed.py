@@ -7,7 +7,7 @@ import typer
 from rich.table import Table
 
 from audiofind.cli.common import DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, app, console, json_text
-from audiofind.errors import DecodeError, UsageError
+from audiofind.errors import DecodeError, UsageError, WeightsError
 
 # A whole-clip embedding needs memory in proportion to the clip (about 1.5 GB a minute at full size).
 MAX_SECONDS = 300
@@ -22,21 +22,29 @@ def embed(
     precision: PrecisionOpt = "fp32",
     json_out: JsonOpt = False,
 ) -> None:
-    """Print the embedding of each AUDIO file and each --text caption (unnormalised, as the reference returns them)."""
+    """Print the embedding of each AUDIO file and each --text caption, as the model's reference returns them
+    (AudioCLIP's unnormalised; CLAP's unit vectors, a file longer than 10 s the unit mean of its 10 s windows')."""
     from audiofind.audio import decode
     from audiofind.device import check_precision, resolve_device
     from audiofind.model.encoder import load_encoder
+    from audiofind.model.family import SAMPLE_RATES
+    from audiofind.model.weights import Resolved, resolve
 
     audio, text = audio or [], text or []
     precision = precision or "fp32"  # (never None here: None means "the index's own" to the commands that have one)
     if not audio and not text:
         raise UsageError("Nothing to embed: give audio files and/or --text captions.")
     check_precision(precision, resolve_device(device))  # before any decoding
+    try:  # the model's family says the rate to decode at (no torch yet)
+        resolved: Resolved | None = resolve(weights)
+    except WeightsError:  # said when the model loads: each file's own problem comes first, as it always has
+        resolved = None
+    rate = SAMPLE_RATES[resolved.family] if resolved else decode.SAMPLE_RATE
     clips, names, failed = [], [], 0
     for path in audio:
         try:
-            clip = decode.load_audio(path, max_seconds=MAX_SECONDS + 1)
-            if len(clip) > MAX_SECONDS * decode.SAMPLE_RATE:
+            clip = decode.load_audio(path, max_seconds=MAX_SECONDS + 1, rate=rate)
+            if len(clip) > MAX_SECONDS * rate:
                 raise DecodeError(path, f"longer than {MAX_SECONDS // 60} min; embed takes whole clips, so index long recordings (10 s windows) instead")
             clips.append(clip)
             names.append(str(path))
@@ -46,7 +54,7 @@ def embed(
     towers = (["audio"] if clips else []) + (["text"] if text else [])
     rows: list[tuple[str, str, list[float]]] = []
     if towers:
-        enc = load_encoder(weights, device, towers, precision=precision)
+        enc = load_encoder(resolved or weights, device, towers, precision=precision)
         if clips:
             rows += [(n, "audio", e.tolist()) for n, e in zip(names, enc.embed_audio(clips))]
         if text:

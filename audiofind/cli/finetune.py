@@ -94,8 +94,10 @@ def finetune(
         "finished": result.finished, "step": result.step, "total_steps": result.total_steps,
         "best_epochs": result.best_epochs, "validation": result.final, "skipped_rows": len(result.problems),
         "unreadable_files": len(result.unreadable), "history": result.history, "baseline": result.baseline,
-        "thin_files": len(result.thin),
+        "thin_files": len(result.thin), "notes": list(result.notes),
     }
+    for note in result.notes:  # what of the recipe does not apply to this model's family
+        err_console.print(note, highlight=False, soft_wrap=True)
     if json_out:
         typer.echo(json_text(summary))
         return

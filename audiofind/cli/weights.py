@@ -38,9 +38,9 @@ def list_(json_out: JsonOpt = False) -> None:
         rows = [asdict(m) | {"path": str(m.path) if m.path else None, "status": _status(m)} for m in models]
         typer.echo(json_text(rows))
         return
-    table = Table("name", "status", "size", "description")
+    table = Table("name", "family", "status", "size", "description")
     for m in models:
-        table.add_row(m.name, _status(m), _size(m.size), m.description)
+        table.add_row(m.name, m.family, _status(m), _size(m.size), m.description)
     console.print(table)
 
 
@@ -62,13 +62,14 @@ def download(
 def import_(
     path: Annotated[Path, typer.Argument(help="A .pt or .safetensors checkpoint.")],
     name: Annotated[str | None, typer.Option("--name", help="Name to register it under (default: the file name).")] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", metavar="DIR", help="For a CLAP checkpoint: the folder holding RoBERTa's vocab.json and merges.txt.")] = None,
 ) -> None:
-    """Convert a checkpoint you already have into a local model."""
+    """Convert a checkpoint you already have (AudioCLIP, or LAION-CLAP with --tokenizer) into a local model."""
     from audiofind.errors import UsageError
     from audiofind.model.weights import chosen_model, import_checkpoint
 
     with byte_progress(f"Hashing {path.name}") as progress:
-        out = import_checkpoint(path, name=name, progress=progress)
+        out = import_checkpoint(path, name=name, progress=progress, tokenizer=tokenizer)
     console.print(f"Imported '{out.stem}' as {out}", soft_wrap=True, highlight=False)
     try:
         default = chosen_model() == out.stem

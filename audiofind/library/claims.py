@@ -20,7 +20,7 @@ from pathlib import Path
 from audiofind.audio.tags import read_tags
 from audiofind.library.pipeline import Pipeline, Remote, Work, reason_of
 from audiofind.library.report import Event, Report
-from audiofind.model.encoder import Encoder
+from audiofind.model.embedder import Embedder
 from audiofind.store import FileRow, Store
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ CLAIM_BATCH = 256  # contents claimed at a time by a writer that shares the inde
 
 def embed(
     index: Store,
-    encoder: Encoder,
+    encoder: Embedder,
     works: list[Work],
     report: Report,
     emit: Callable[[Event], None],

@@ -33,7 +33,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from audiofind.library.pipeline import CHUNK_SECONDS, GATHER_BATCHES, Pipeline, 
 from audiofind.library.workers import FAULT_ENV, Embedder
 from audiofind.model.encoder import Encoder
 from audiofind.store import ModelBinding
+
+if TYPE_CHECKING:
+    from audiofind.model.clap.encoder import ClapEncoder
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +174,7 @@ class Cluster:
         return Plan("cpu", actors, max(1, cpus - held))
 
     def start(self, bound: ModelBinding | None, weights_name: str | None, precision: str | None,
-              actors: int | None = None) -> Encoder:  # fmt: skip
+              actors: int | None = None) -> "Encoder | ClapEncoder":  # fmt: skip
         """Start the actors (all the cluster has room for, or at most `actors`) on the model an index built with
         `bound` takes (as sync.indexing_encoder chooses it) and wait for one to be ready; returns the encoder's
         identity for the driver (it loads no model here)."""

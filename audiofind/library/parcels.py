@@ -151,7 +151,8 @@ class Dispatch:
                 parcel.data += refs
             if parcel.works:
                 parcel.gen = self.decode.remote(parcel.sources, self.pipeline.window, self.pipeline.hop,
-                                                self.cluster.piece, *parcel.data)  # fmt: skip
+                                                self.cluster.piece, *parcel.data,
+                                                rate=self.pipeline.encoder.sample_rate)  # fmt: skip
                 self.parcels.append(parcel)
 
     def _wait(self) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from audiofind.audio import decode
+from audiofind.audio import fingerprint as fingerprints
 from audiofind.audio.fingerprint import MAX_SAMPLES, Fingerprinter
 from audiofind.audio.tags import read_tags
 from audiofind.errors import DecodeError
@@ -28,7 +29,7 @@ from audiofind.library.walk import signature
 from audiofind.store import AudioRow, FileRow, Store
 
 if TYPE_CHECKING:  # decoding workers of a cluster import this module for decode_ahead, and need no torch
-    from audiofind.model.encoder import Encoder
+    from audiofind.model.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,10 @@ QUEUE_WINDOWS = 16  # decoded windows waiting for the model: bounds memory whate
 # A batching encoder (a GPU's) sees pending windows of this many batches at once, gathered across files, so that
 # windows of equal length (long recordings' 10 s windows, clips that share a length) meet and fill batches.
 GATHER_BATCHES = 4
-CHUNK_SECONDS = 60.0
+CHUNK_SECONDS = 60.0  # a long recording commits its windows about this much audio at a time
 # A file whose decoded audio ends this much short of what its header declares is truncated (VBR estimates of MP3
 # durations are off by a few percent; a file cut short misses seconds).
-TRUNCATED_SECONDS, TRUNCATED_SHARE = 0.5, 0.05  # a long recording commits its windows about this much audio at a time
+TRUNCATED_SECONDS, TRUNCATED_SHARE = 0.5, 0.05
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Work:
 Message = (
     tuple[Literal["start"], Work, decode.AudioInfo]
     | tuple[Literal["window"], Work, decode.Window]
-    | tuple[Literal["end"], Work, None]
+    | tuple[Literal["end"], Work, bytes | None]
     | tuple[Literal["error"], Work, BaseException]
 )
 Slot = list[np.ndarray | None]  # [a window's vector], None until the model has run on it
@@ -91,7 +92,7 @@ def reason_of(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".strip().rstrip(":")
 
 
-def embed_windows(encoder: "Encoder", clips: Sequence[np.ndarray]) -> list[np.ndarray | Exception]:
+def embed_windows(encoder: "Embedder", clips: Sequence[np.ndarray]) -> list[np.ndarray | Exception]:
     """A vector per clip from one model call (the encoder batches equal lengths); if that call raises, each clip
     alone, so that an exception belongs to the one clip (and file) that caused it."""
     try:
@@ -131,7 +132,7 @@ class Pipeline:
     def __init__(
         self,
         index: Store,
-        encoder: "Encoder",
+        encoder: "Embedder",
         on_done: Callable[[str, Work, int, float, str | None], None],
         stop: threading.Event | None = None,
     ) -> None:
@@ -164,7 +165,8 @@ class Pipeline:
         progress gets (audio seconds embedded, bytes of the files done so far, counting in-flight files pro rata).
         """
         ahead = max(QUEUE_WINDOWS, self.gather)  # decoders stay a gathering ahead of the model
-        for kind, work, payload in decode_ahead(works, self.window, self.hop, self.stop, decoders, ahead):
+        rate = self.encoder.sample_rate  # decoded at the model's own rate
+        for kind, work, payload in decode_ahead(works, self.window, self.hop, self.stop, decoders, ahead, rate):
             if self.stopped():
                 return  # windows not committed are simply done again next time
             if kind == "start":
@@ -174,8 +176,8 @@ class Pipeline:
                     self.tell(progress)
             elif kind == "error":
                 self.error(work, payload)  # type: ignore[arg-type]
-            elif kind == "end":
-                self.end(work)
+            elif kind == "end":  # with the fingerprint where the model's rate is not the fingerprint's
+                self.end(work, payload)  # type: ignore[arg-type]
         if not self.stopped():
             self._embed_batch()
             self._commit_ready()
@@ -240,7 +242,8 @@ class Pipeline:
     def _window(self, pending: _InFlight, w: decode.Window, embedded: "np.ndarray | str | None" = None) -> None:
         pending.received += 1
         first = round(w.start * decode.SAMPLE_RATE)
-        if len(w.samples) and pending.fed < MAX_SAMPLES and first + len(w.samples) > pending.fed:
+        at_rate = self.encoder.sample_rate == fingerprints.SAMPLE_RATE  # else the decoder fingerprints (decode_ahead)
+        if at_rate and len(w.samples) and pending.fed < MAX_SAMPLES and first + len(w.samples) > pending.fed:
             pending.printer.feed(w.samples[max(0, pending.fed - first) :])
             pending.fed = first + len(w.samples)
         if pending.received <= pending.skip:
@@ -386,11 +389,19 @@ def _audio_row(hash: str, duration: float, info: decode.AudioInfo) -> AudioRow:
     return AudioRow(hash, duration, info.sample_rate, info.channels, info.container, info.codec, info.bits)
 
 
+def head_fingerprint(path: Path) -> bytes:
+    """The fingerprint of a file's first minute decoded at the fingerprint's own rate: for a model that takes another
+    rate (CLAP's 48 kHz), whose windows cannot feed it. Decoding a minute again costs little beside the model."""
+    samples = decode.load_audio(path, max_seconds=fingerprints.MAX_SECONDS, rate=fingerprints.SAMPLE_RATE)
+    return fingerprints.fingerprint(samples).to_bytes()
+
+
 def decode_ahead(
     works: list[Work], window: float, hop: float, stop: threading.Event | None, decoders: int = 1,
-    ahead: int = QUEUE_WINDOWS,
+    ahead: int = QUEUE_WINDOWS, rate: int = decode.SAMPLE_RATE,
 ) -> Iterator[Message]:
-    """(kind, work, payload) messages: start (AudioInfo), window (a decode.Window)..., then end or error (exception).
+    """(kind, work, payload) messages: start (AudioInfo), window (a decode.Window at `rate`, the encoder's)..., then
+    end or error (exception).
 
     Messages of different files may interleave when several threads decode. Any exception while decoding one file
     becomes that file's error message; the thread goes on with the next file.
@@ -410,11 +421,11 @@ def decode_ahead(
                     return
                 try:
                     q.put(("start", work, decode.probe(Path(work.path))))
-                    for w in decode.iter_windows(Path(work.path), window, hop):
+                    for w in decode.iter_windows(Path(work.path), window, hop, rate):
                         if finished.is_set():
                             return
                         q.put(("window", work, w))
-                    q.put(("end", work, None))
+                    q.put(("end", work, head_fingerprint(Path(work.path)) if rate != fingerprints.SAMPLE_RATE else None))
                 except Exception as e:
                     if not isinstance(e, DecodeError):
                         log.debug("decoding %s failed", work.path, exc_info=e)

@@ -15,13 +15,13 @@ from pathlib import Path
 from audiofind.errors import RebuildIncomplete
 from audiofind.library.sync import PRUNE_MIN, PRUNE_SHARE, Report, binding, prepare, sync
 from audiofind.library.walk import absolute, readable
-from audiofind.model.encoder import Encoder
+from audiofind.model.embedder import Embedder
 from audiofind.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def rebuild(index: Store, encoder: Encoder, roots: Iterable[Path], *, prune: bool = False, **kwargs) -> Report:
+def rebuild(index: Store, encoder: Embedder, roots: Iterable[Path], *, prune: bool = False, **kwargs) -> Report:
     """Embed every root of index (plus roots) into its staging store with encoder, then swap it in; closes index
     when it swaps. See the module doc."""
     known = [Path(r.path) for r in index.roots()]

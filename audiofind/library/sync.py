@@ -21,7 +21,8 @@ from audiofind.library.claims import add_copy, embed, fail
 from audiofind.library.pipeline import Remote, Work, reason_of
 from audiofind.library.report import Event, Report
 from audiofind.library.walk import Walk, absolute, check_roots, readable, root_of, walk, walk_only
-from audiofind.model.encoder import Encoder, load_for_index
+from audiofind.model.embedder import Embedder
+from audiofind.model.encoder import load_for_index
 from audiofind.paths import hash_file
 from audiofind.store import FileRow, ModelBinding, Store, peek_model
 from audiofind.store.records import folder_prefix
@@ -35,19 +36,19 @@ PRUNE_SHARE = 0.25
 PRUNE_MIN = 20
 
 
-def binding(encoder: Encoder, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS) -> ModelBinding:
+def binding(encoder: Embedder, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS) -> ModelBinding:
     """The identity an index records for the vectors this encoder makes."""
     precision = getattr(encoder, "precision", "fp32")  # how the audio tower computes: part of the vectors' identity
     return ModelBinding(encoder.name, encoder.sha256, encoder.dim, window, hop, precision)
 
 
-def indexing_encoder(index: Store, weights: str | None, device: str, precision: str | None = None) -> Encoder:
+def indexing_encoder(index: Store, weights: str | None, device: str, precision: str | None = None) -> Embedder:
     """The audio encoder to index with: --weights if given, else the model that built the index, else the default;
     --precision if given, else the index's own."""
     return _load(index.model(), weights, device, precision)
 
 
-def load_checked(db: Path | str, weights: str | None, device: str, precision: str | None = None) -> Encoder:
+def load_checked(db: Path | str, weights: str | None, device: str, precision: str | None = None) -> Embedder:
     """The audio encoder for indexing db (as indexing_encoder chooses it), loaded and tried on a short clip before
     anything is written."""
     encoder = _load(peek_model(db), weights, device, precision)
@@ -55,14 +56,14 @@ def load_checked(db: Path | str, weights: str | None, device: str, precision: st
     return encoder
 
 
-def check_embeds(encoder: Encoder) -> None:
-    """Try the encoder on half a second of noise: WeightsError if it gives non-finite embeddings."""
-    probe = np.random.default_rng(0).standard_normal(decode.SAMPLE_RATE // 2).astype(np.float32) * 3000
+def check_embeds(encoder: Embedder) -> None:
+    """Try the encoder on half a second of noise at its own rate: WeightsError if it gives non-finite embeddings."""
+    probe = np.random.default_rng(0).standard_normal(encoder.sample_rate // 2).astype(np.float32) * 3000
     if not np.all(np.isfinite(encoder.embed_audio([probe]))):
         raise WeightsError(f"Model '{encoder.name}' gives non-finite embeddings; its checkpoint is damaged.")
 
 
-def _load(bound: ModelBinding | None, weights: str | None, device: str, precision: str | None) -> Encoder:
+def _load(bound: ModelBinding | None, weights: str | None, device: str, precision: str | None) -> Embedder:
     chosen = precision or (bound.precision if bound else "fp32")
     try:
         return load_for_index(bound.name if bound else None, weights, device, ["audio"], precision=chosen)
@@ -76,7 +77,7 @@ def _load(bound: ModelBinding | None, weights: str | None, device: str, precisio
         raise
 
 
-def prepare(index: Store, encoder: Encoder) -> None:
+def prepare(index: Store, encoder: Embedder) -> None:
     """Bind an empty index to the encoder's model; refuse another model."""
     if index.model() is None:
         index.bind_model(binding(encoder))
@@ -90,7 +91,7 @@ def _under(path: str, folder: Path) -> bool:
 
 def sync(
     index: Store,
-    encoder: Encoder,
+    encoder: Embedder,
     roots: Iterable[Path],
     *,
     exts: frozenset[str] = AUDIO_EXTS,

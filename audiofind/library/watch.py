@@ -32,7 +32,7 @@ from audiofind.library.observers import Messages, OSObserver, Poller, Watch
 from audiofind.library.pipeline import Remote
 from audiofind.library.settle import Settler
 from audiofind.library.sync import Event, Report, check_roots, sync
-from audiofind.model.encoder import Encoder
+from audiofind.model.embedder import Embedder
 from audiofind.store import Store
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ LIMIT_HINT = (
 
 def watch(
     index: Store,
-    encoder: Encoder,
+    encoder: Embedder,
     roots: Iterable[Path],
     *,
     settle: float = SETTLE_SECONDS,
@@ -73,7 +73,7 @@ class Watcher:
     """One watch session: what is watched, and the loop that feeds settled changes to sync. It lives on the caller's
     thread but for the observer's queue; tests drive it step by step with start(), collect() and tick()."""
 
-    def __init__(self, index: Store, encoder: Encoder, roots: list[Path], settle: float, polling: bool,
+    def __init__(self, index: Store, encoder: Embedder, roots: list[Path], settle: float, polling: bool,
                  exts: frozenset[str], emit: Callable[[Event], None], stop: threading.Event,
                  cluster: Remote | None = None) -> None:  # fmt: skip
         self.index, self.encoder, self.roots, self.settle, self.cluster = index, encoder, roots, settle, cluster

@@ -55,7 +55,8 @@ class Source:
     pieces: int | None = None  # None: read the path itself (every node mounts the library at the same path)
 
 
-def decode_parcel(sources: list[Source], window: float, hop: float, piece: int, *data: np.ndarray) -> Iterator[list]:
+def decode_parcel(sources: list[Source], window: float, hop: float, piece: int, *data: np.ndarray,
+                  rate: int = SAMPLE_RATE) -> Iterator[list]:
     """A Ray generator: the parcel's messages in pieces, each two objects: a header (a list of ("start", i, info),
     ("window", i, k, start, end), ("end", i, fingerprint) and ("error", i, reason) for file i of the parcel, window k
     of its file),
@@ -79,7 +80,7 @@ def decode_parcel(sources: list[Source], window: float, hop: float, piece: int, 
         header: list = []
         samples: list[np.ndarray] = []
         yielded = 0
-        for kind, work, payload in decode_ahead(works, window, hop, None):
+        for kind, work, payload in decode_ahead(works, window, hop, None, rate=rate):  # at the model's rate
             i = which[work.path]
             if kind == "start":
                 header.append(("start", i, payload))
@@ -87,14 +88,15 @@ def decode_parcel(sources: list[Source], window: float, hop: float, piece: int, 
                 assert isinstance(payload, Window)
                 k, counts[i] = counts[i], counts[i] + 1
                 first = round(payload.start * SAMPLE_RATE)
-                if fed[i] < MAX_SAMPLES and first + len(payload.samples) > fed[i]:  # overlaps fed once
+                if rate == SAMPLE_RATE and fed[i] < MAX_SAMPLES and first + len(payload.samples) > fed[i]:  # overlaps fed once
                     printers[i].feed(payload.samples[max(0, fed[i] - first) :])
                     fed[i] = first + len(payload.samples)
                 if k >= sources[i].skip:
                     header.append(("window", i, k, payload.start, payload.end))
                     samples.append(payload.samples)
             elif kind == "end":
-                header.append(("end", i, printers[i].finish().to_bytes()))
+                # decode_ahead fingerprints a file itself where the model's rate is not the fingerprint's
+                header.append(("end", i, payload if isinstance(payload, bytes) else printers[i].finish().to_bytes()))
             else:
                 header.append(("error", i, reason_of(payload)))  # type: ignore[arg-type]
             if len(samples) >= piece or (kind in ("end", "error") and i == len(works) - 1):  # full, or the last
@@ -129,7 +131,9 @@ class Embedder:
         import ray
         import torch
 
+        from audiofind.model.checkpoint import read_metadata
         from audiofind.model.encoder import load_encoder
+        from audiofind.model.family import family_of
         from audiofind.model.weights import Resolved
 
         if self.encoder is None:
@@ -141,7 +145,9 @@ class Embedder:
             with tempfile.TemporaryDirectory(prefix="audiofind-model-") as tmp:
                 path = Path(tmp) / f"{name}.safetensors"
                 path.write_bytes(ray.get(checkpoint[0]).data)
-                self.encoder = load_encoder(Resolved(name, path, sha256, config, None), device, ["audio"], precision=precision)
+                family = family_of(read_metadata(path))  # the file says which model it is
+                resolved = Resolved(name, path, sha256, config, None, family)
+                self.encoder = load_encoder(resolved, device, ["audio"], precision=precision)
         return self.encoder
 
     def ready(self, checkpoint: list) -> str:

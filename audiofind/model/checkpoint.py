@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from safetensors import SafetensorError, safe_open
 
 from audiofind.errors import UnsafeCheckpoint, WeightsError
+from audiofind.model.family import Family
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made: reading metadata (every search) needs none
     import torch
@@ -172,12 +173,27 @@ def _not_a_checkpoint(path: Path) -> WeightsError:
     return WeightsError(f"{path} {what}, not {kind}." if what else f"{path} is not {kind}.")
 
 
+def numpy_scalar_globals() -> list:
+    """What a pickled numpy number needs beside the weights-only defaults: LAION-CLAP's published checkpoint holds
+    some in its training state, pickled by numpy 1 as numpy.core.multiarray.scalar (numpy 2 writes numpy._core).
+    Each of these builds a number from a dtype and its bytes; none can run code."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover (numpy 1)
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]  # every numeric dtype's class
+    names = ["numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"]
+    return [scalar, *((scalar, name) for name in names), np.dtype, *dtypes]
+
+
 def load_pt(path: Path) -> dict:
     """Unpickle a torch checkpoint without running code, and find its state dict."""
     import torch
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(numpy_scalar_globals()):
             # A raw pickle draws a protocol warning on its way to being refused; the error says enough.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # mmap needs the zip format of torch >= 1.6; older files are read into memory.
@@ -219,12 +235,13 @@ def json_or_none(text: str | None, path: Path) -> dict | None:
 
 
 def write(tensors: "dict[str, torch.Tensor]", out: Path, name: str, sha256: str, source: Source,
-           config: dict | None = None, card: dict | None = None) -> Path:
-    """Write tensors and our metadata to a safetensors file, atomically."""
+           config: dict | None = None, card: dict | None = None, family: Family = "audioclip") -> Path:
+    """Write tensors and our metadata (the model family among it) to a safetensors file, atomically."""
     from safetensors.torch import save_file
 
     metadata = {
         "format": FORMAT,
+        "family": family,
         "name": name,
         "source": source,
         "source_sha256": sha256,

@@ -4,7 +4,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -16,10 +16,16 @@ from audiofind.model import weights
 from audiofind.model.audio import AudioEncoder
 from audiofind.model.audioclip import AudioCLIP
 from audiofind.model.config import AudioCLIPConfig
+from audiofind.model.embedder import TEXT_BATCH, default_batch_sizes, exact_batches
 from audiofind.model.inference import prepare_for_inference, prepare_text_for_inference, to_bfloat16
 from audiofind.model.load import from_state_dict
 from audiofind.model.text import TextEncoder
 from audiofind.model.tokenizer import tokenize
+
+if TYPE_CHECKING:
+    from audiofind.model.clap.encoder import ClapEncoder
+
+__all__ = ["Encoder", "TEXT_BATCH", "default_batch_sizes", "exact_batches", "from_model", "load_encoder", "load_for_index"]
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +33,6 @@ log = logging.getLogger(__name__)
 # equal length (the 10 s windows of long recordings, clips that happen to share a length) share a forward pass, at
 # most `batch_size` of them, and every row gets the same bits whatever the batch size (tests/test_encoder.py).
 # Captions of equal length share a forward pass too where the text tower is packed for the CPU (see embed_text).
-GPU_AUDIO_BATCH = 8
-TEXT_BATCH = 64
 TEXT_BUCKET = 8
 
 
@@ -53,6 +57,7 @@ class Encoder:
     text_batch_size: int = 1
     precision: str = "fp32"
     _bf16: AudioEncoder | None = None  # the CPU's bfloat16 copy of the audio tower, made on first use
+    family: ClassVar[str] = "audioclip"
 
     @property
     def audio(self) -> AudioEncoder | None:
@@ -81,6 +86,11 @@ class Encoder:
     def dim(self) -> int:
         """Embedding size (1024 for the published models)."""
         return self.config.embed_dim
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate audio is decoded at for this model: 44100."""
+        return decode.SAMPLE_RATE
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """Captions -> (B, dim) float32, unnormalised as the reference returns them."""
@@ -132,23 +142,6 @@ class Encoder:
         return out
 
 
-def exact_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
-    """Item indices grouped by equal length, in batches of at most `size`: ceil(n / size) per group, no padding."""
-    by_length: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        by_length.setdefault(n, []).append(i)
-    return [idx[s : s + size] for idx in by_length.values() for s in range(0, len(idx), size)]
-
-
-def default_batch_sizes(device: torch.device) -> tuple[int, int]:
-    """(audio, text) batch sizes worth having on this device. Audio batches pay on a GPU, not on a CPU (a 10 s
-    window already fills the cores); captions share the reading of the text weights, their cost on a CPU, where
-    the packed tower batches them unpadded (without oneDNN it would pad, so one at a time)."""
-    if device.type == "cuda":
-        return GPU_AUDIO_BATCH, TEXT_BATCH
-    return 1, TEXT_BATCH if device.type == "cpu" and torch.backends.mkldnn.is_available() else 1
-
-
 def load_encoder(
     weights_name: "str | None | weights.Resolved" = None,
     device: str = "auto",
@@ -156,9 +149,10 @@ def load_encoder(
     lazy: bool = False,
     precision: str = "fp32",
     batch_size: int | None = None,
-) -> Encoder:
+) -> "Encoder | ClapEncoder":
     """Resolve weights by name or path and load the requested towers for inference on the device (on first use if
-    lazy), prepared by model/inference.py (batch norm folded, oneDNN on CPU). batch_size None: the device's default."""
+    lazy), prepared by model/inference.py (batch norm folded, oneDNN on CPU). batch_size None: the device's default.
+    The weights' family decides the encoder: a CLAP model gives a ClapEncoder (model/clap/encoder.py)."""
     dev = resolve_device(device)
     check_precision(precision, dev)
     if dev.type == "cpu":
@@ -167,6 +161,10 @@ def load_encoder(
         torch.set_flush_denormal(True)
         keep_freed_memory()
     resolved = weights_name if isinstance(weights_name, weights.Resolved) else weights.resolve(weights_name)
+    if resolved.family == "clap":
+        from audiofind.model.clap.encoder import load_clap_encoder
+
+        return load_clap_encoder(resolved, dev, towers, lazy, precision, batch_size)
     cfg = AudioCLIPConfig.from_dict(resolved.config) if resolved.config else AudioCLIPConfig()
 
     def load(tower: str) -> nn.Module:
@@ -189,7 +187,7 @@ def load_encoder(
 
 
 def load_for_index(index_model: str | None, weights_name: str | None, device: str, towers: Iterable[str],
-                   precision: str = "fp32") -> Encoder:
+                   precision: str = "fp32") -> "Encoder | ClapEncoder":
     """The encoder of weights.resolve_for_index's choice; loads lazily."""
     resolved = weights.resolve_for_index(index_model, weights_name)
     return load_encoder(resolved, device, towers, lazy=True, precision=precision)

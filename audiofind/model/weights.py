@@ -1,12 +1,12 @@
-"""Checkpoints: the manifest, checked and resumable downloads, one-time conversion to safetensors, resolving --weights.
+"""Checkpoints: checked and resumable downloads, one-time conversion to safetensors, resolving --weights.
 
-Published AudioCLIP checkpoints are pickled torch state dicts. They are unpickled exactly once, with
-`weights_only=True`, and rewritten as `<weights_dir>/<name>.safetensors` holding only what audiofind uses
-(the audio and text towers and `logit_scale_at`), so later runs read tensors without running any pickle.
+Published checkpoints of both families (AudioCLIP, LAION-CLAP) are pickled torch state dicts. They are unpickled
+exactly once, with `weights_only=True`, and rewritten as `<weights_dir>/<name>.safetensors` holding only what
+audiofind uses (the audio and text towers and the audio-text logit scale), with the model's family in its metadata,
+so later runs read tensors without running any pickle. A CLAP model's tokenizer files sit beside it
+(model/family.py). The manifest and the list of models are model/registry.py's.
 """
 
-import importlib.resources
-import json
 import logging
 import os
 import re
@@ -14,142 +14,63 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
 
 from audiofind import paths
 from audiofind.errors import ChecksumError, DownloadError, UnknownModelError, UsageError, WeightsError, WeightsNotFound
 from audiofind.model import checkpoint
+from audiofind.model.convert import convert, fetch_tokenizer, install_tokenizer
+from audiofind.model.family import CLAP_TOWER_PREFIXES, Family, check_tokenizer, family_of, tokenizer_dir
+from audiofind.model.registry import (
+    DEFAULT_MODEL,
+    NAME,
+    ModelInfo,
+    Progress,
+    Source,
+    available_models,
+    check_name,
+    chosen_model,
+    default_model,
+    file_sha256,
+    load_card,
+    local_files,
+    local_path,
+    names,
+    registered,
+    registered_family,
+)
 
 if TYPE_CHECKING:  # only the loaders make tensors; resolving a model (every search) needs no torch
     import torch
 
+__all__ = [
+    "DEFAULT_MODEL", "ModelInfo", "Removed", "Resolved", "available_models", "check_name", "chosen_model",
+    "default_model", "download", "import_checkpoint", "load_card", "read_state_dict", "remove", "resolve",
+    "resolve_for_index", "save_model",
+]  # fmt: skip
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "audioclip-full"  # used when the manifest names no default
 TOWERS = ("audio", "text", "visual", "scale")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-Progress = Callable[[int, int], None]
-Source = Literal["registered", "imported", "finetuned"]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model audiofind knows about: a manifest entry and/or a local safetensors file."""
-
-    name: str
-    description: str
-    size: int | None  # bytes of the download for registered models, of the local file otherwise
-    sha256: str | None  # identity of the weights (sha256 of the original checkpoint)
-    url: str | None
-    licence: str | None
-    path: Path | None  # the local safetensors file, if present
-    source: Source
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """Weights ready to load: a safetensors file and the identity an index records."""
+    """Weights ready to load: a safetensors file, the identity an index records, and the model's family."""
 
     name: str
     path: Path
     sha256: str
-    config: dict | None  # model sizes saved by fine-tuning; None means the published sizes
+    config: dict | None  # model sizes saved by fine-tuning (or read from a small CLAP); None means the published sizes
     card: dict | None
+    family: Family = "audioclip"
 
-
-# ---------------------------------------------------------------- manifest
-
-
-def _manifest_path() -> Path | None:
-    override = os.environ.get("AUDIOFIND_MANIFEST")
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"AUDIOFIND_MANIFEST points to {path}, which does not exist.")
-        return path
-    packaged = importlib.resources.files("audiofind") / "assets" / "manifest.json"
-    if packaged.is_file():
-        return Path(str(packaged))
-    # A source checkout has no packaged copy: the wheel build copies weights/manifest.json in.
-    repo = Path(__file__).resolve().parent.parent / "weights" / "manifest.json"
-    return repo if repo.is_file() else None
-
-
-def _manifest() -> dict:
-    path = _manifest_path()
-    if path is None:
-        log.warning("no weights manifest found; only local models are available")
-        return {"default": DEFAULT_MODEL, "models": []}
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"The weights manifest {path} cannot be read: {e}.") from e
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("models", []), list):
-        raise WeightsError(f"The weights manifest {path} has no list of models.")
-    return manifest
-
-
-def _registered() -> dict[str, dict]:
-    return {entry["name"]: entry for entry in _manifest().get("models", [])}
-
-
-def default_model() -> str:
-    """The manifest's default model: the one `weights download` fetches without NAME."""
-    return _manifest().get("default") or DEFAULT_MODEL
-
-
-def chosen_model() -> str:
-    """The model commands use without --weights: the default if installed, else the only model installed."""
-    default, installed = default_model(), [p.stem for p in _local_files()]
-    if default in installed or not installed:
-        return default  # with nothing installed, resolve says how to get it
-    if len(installed) == 1:
-        return installed[0]
-    raise UsageError(
-        f"Several models are installed ({', '.join(installed)}) and the default '{default}' is not among them; "
-        "pick one with --weights NAME or by setting AUDIOFIND_WEIGHTS=NAME."
-    )
-
-
-# ---------------------------------------------------------------- hashing and files
-
-
-def _file_sha256(path: Path, progress: Progress | None = None) -> str:
-    """sha256 of a user's file, remembered by (path, size, mtime) so 537 MB is hashed once."""
-    path = path.resolve()
-    stat = path.stat()
-    book = paths.weights_dir() / "hashes.json"
-    try:
-        known = json.loads(book.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    entry = known.get(str(path))
-    if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
-        return entry["sha256"]
-    sha = paths.hash_file(path, progress=progress)
-    known[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
-    try:
-        book.parent.mkdir(parents=True, exist_ok=True)
-        tmp = book.with_suffix(".tmp")
-        tmp.write_text(json.dumps(known, indent=1), encoding="utf-8")
-        os.replace(tmp, book)
-    except OSError as e:
-        log.warning("could not remember the sha256 of %s: %s", path, e)
-    return sha
-
-
-def _local(name: str) -> Path:
-    return paths.weights_dir() / f"{name}.safetensors"
-
-
-def check_name(name: str) -> str:
-    """The name itself if it can name a local model file; UsageError otherwise."""
-    if not _NAME.fullmatch(name):
-        raise UsageError(f"{name!r} is not a valid model name; use letters, digits, '.', '_' and '-'.")
-    return name
+    @property
+    def tokenizer(self) -> Path:
+        """A CLAP model's tokenizer folder (vocab.json, merges.txt), checked; WeightsError if it is not there."""
+        return check_tokenizer(tokenizer_dir(self.path), " Import the model again with --tokenizer DIR.")
 
 
 def _resolved(path: Path, fallback_sha: Callable[[], str]) -> Resolved:
@@ -160,6 +81,7 @@ def _resolved(path: Path, fallback_sha: Callable[[], str]) -> Resolved:
         sha256=meta.get("source_sha256") or fallback_sha(),
         config=checkpoint.json_or_none(meta.get("config"), path),
         card=checkpoint.json_or_none(meta.get("card"), path),
+        family=family_of(meta),
     )
 
 
@@ -168,18 +90,21 @@ def _resolved(path: Path, fallback_sha: Callable[[], str]) -> Resolved:
 
 def download(name: str, progress: Progress | None = None) -> Path:
     """Fetch a registered model (resuming a partial download), check its sha256, convert it; returns the safetensors."""
-    out = _local(check_name(name))
+    out = local_path(check_name(name))
     if out.exists():
         return out
-    entry = _registered().get(name)
+    entry = registered().get(name)
     if entry is None:
-        raise UnknownModelError(f"Unknown model '{name}'; registered models: {', '.join(_registered()) or 'none'}.")
+        raise UnknownModelError(f"Unknown model '{name}'; registered models: {', '.join(registered()) or 'none'}.")
     if not entry.get("url"):
         raise DownloadError(f"Model '{name}' has no download URL in the manifest.")
     folder = paths.weights_dir()
     pt = folder / Path(entry["file"]).name
     part = pt.with_name(pt.name + ".part")
     folder.mkdir(parents=True, exist_ok=True)
+    family = registered_family(entry)
+    if family == "clap":  # the tokenizer first: a few hundred kB, and the model is complete only with it
+        fetch_tokenizer(name, entry.get("tokenizer") or [], out, progress)
     expected = entry.get("sha256")
     if pt.exists() and expected and paths.hash_file(pt) != expected:
         pt.unlink()  # a stale file from another release: fetch again
@@ -199,9 +124,12 @@ def download(name: str, progress: Progress | None = None) -> Path:
                 "the file was deleted, run the same command to try again."
             )
         os.replace(part, pt)
-    tensors = checkpoint.select(checkpoint.load_pt(pt), pt)
-    checkpoint.write(tensors, out, name, expected or paths.hash_file(pt), "registered")
-    del tensors
+    converted = convert(checkpoint.load_pt(pt), pt)
+    if converted.family != family:
+        raise WeightsError(f"{pt.name} holds a {converted.family} model, but the manifest says '{name}' is {family}.")
+    checkpoint.write(converted.tensors, out, name, expected or paths.hash_file(pt), "registered", converted.config,
+                     family=converted.family)
+    del converted
     pt.unlink()  # keep one copy on disk; the safetensors file is all later runs read
     return out
 
@@ -209,24 +137,31 @@ def download(name: str, progress: Progress | None = None) -> Path:
 # ---------------------------------------------------------------- importing, saving, removing
 
 
-def import_checkpoint(path: Path, name: str | None = None, progress: Progress | None = None) -> Path:
-    """Convert a .pt or .safetensors checkpoint into a local model; returns its safetensors file."""
+def import_checkpoint(path: Path, name: str | None = None, progress: Progress | None = None,
+                      tokenizer: Path | None = None) -> Path:
+    """Convert a .pt or .safetensors checkpoint of either family into a local model; returns its safetensors file.
+
+    A CLAP checkpoint needs its tokenizer: `tokenizer`, a folder holding vocab.json and merges.txt (for a
+    .safetensors file, the `.tokenizer` folder beside it serves too).
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"There is no checkpoint file at {path}.")
+    if tokenizer is not None:  # before hashing a large file: a wrong folder is told at once
+        tokenizer = check_tokenizer(Path(tokenizer).expanduser())
     is_st = path.suffix == ".safetensors"
     meta = checkpoint.read_metadata(path) if is_st else {}
-    sha = meta.get("source_sha256") or _file_sha256(path, progress)
-    registered = _registered()
-    by_sha = next((n for n, e in registered.items() if e.get("sha256") == sha), None)
+    sha = meta.get("source_sha256") or file_sha256(path, progress)
+    entries = registered()
+    by_sha = next((n for n, e in entries.items() if e.get("sha256") == sha), None)
     if name is None:
         name = by_sha or re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-") or "imported"
-    entry = registered.get(check_name(name))
+    entry = entries.get(check_name(name))
     if entry and entry.get("sha256") and entry["sha256"] != sha:
         raise ChecksumError(
             f"{path} has sha256 {sha}, but the registered model '{name}' has {entry['sha256']}; import it under another name."
         )
-    out = _local(name)
+    out = local_path(name)
     if out.exists():
         if checkpoint.read_metadata(out).get("source_sha256") == sha:
             return out
@@ -234,20 +169,37 @@ def import_checkpoint(path: Path, name: str | None = None, progress: Progress | 
     if is_st:
         with safe_open(path, framework="pt") as f:
             # SIM118 is wrong here: a safetensors handle is no dict, it has keys() but cannot be iterated
-            tensors = checkpoint.select({k: f.get_tensor(k) for k in f.keys()}, path)  # noqa: SIM118
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     else:
-        tensors = checkpoint.select(checkpoint.load_pt(path), path)
+        state = checkpoint.load_pt(path)
+    converted = convert(state, path, checkpoint.json_or_none(meta.get("config"), path))
+    del state
+    if converted.family == "clap":
+        hint = " Give it with --tokenizer DIR: a folder holding RoBERTa's vocab.json and merges.txt (laion/clap-htsat-unfused)."
+        if tokenizer is None and not (is_st and tokenizer_dir(path).is_dir()):
+            raise WeightsError(f"{path} is a CLAP checkpoint, which needs its tokenizer.{hint}")
+        install_tokenizer(tokenizer or check_tokenizer(tokenizer_dir(path), hint), out)
+    elif tokenizer is not None:
+        raise UsageError(f"{path} is an AudioCLIP checkpoint, whose tokenizer ships with audiofind; leave out --tokenizer.")
     source: Source = "registered" if entry else ("finetuned" if meta.get("source") == "finetuned" else "imported")
     card = checkpoint.json_or_none(meta.get("card"), path) or ({"description": f"Imported from {path.name}."} if not entry else None)
-    return checkpoint.write(tensors, out, name, sha, source, checkpoint.json_or_none(meta.get("config"), path), card)
+    return checkpoint.write(converted.tensors, out, name, sha, source, converted.config, card, converted.family)
 
 
-def save_model(state_dict: "dict[str, torch.Tensor]", name: str, config: dict, card: dict) -> Path:
-    """Write fine-tuned weights as a local model; its identity is the sha256 of the tensors written."""
-    if check_name(name) in _registered():
+def save_model(state_dict: "dict[str, torch.Tensor]", name: str, config: dict, card: dict,
+               tokenizer: Path | None = None) -> Path:
+    """Write fine-tuned weights of either family as a local model; its identity is the sha256 of the tensors written.
+    A CLAP model takes its tokenizer folder (its starting model's, Resolved.tokenizer)."""
+    if check_name(name) in registered():
         raise UsageError(f"'{name}' is a registered model name; pick another name for a fine-tuned model.")
-    tensors = checkpoint.select(state_dict, f"The state dict for '{name}'")
-    return checkpoint.write(tensors, _local(name), name, checkpoint.content_sha256(tensors), "finetuned", config, card)
+    converted = convert(state_dict, f"The state dict for '{name}'", config)
+    out = local_path(name)
+    if converted.family == "clap":
+        if tokenizer is None:
+            raise WeightsError(f"The CLAP model '{name}' needs its tokenizer folder to be saved.")
+        install_tokenizer(tokenizer, out)
+    sha = checkpoint.content_sha256(converted.tensors)
+    return checkpoint.write(converted.tensors, out, name, sha, "finetuned", config, card, converted.family)
 
 
 @dataclass(frozen=True)
@@ -284,8 +236,8 @@ def _bytes(path: Path) -> int:
 
 def remove(name: str, keep_runs: bool = False) -> Removed:
     """Delete a local model, any partial download of it and, unless keep_runs, the run that fine-tuned it."""
-    entry = _registered().get(check_name(name))
-    targets = [_local(name)]
+    entry = registered().get(check_name(name))
+    targets = [local_path(name), tokenizer_dir(local_path(name))]
     if entry and entry.get("file"):
         pt = paths.weights_dir() / Path(entry["file"]).name
         targets += [pt, pt.with_name(pt.name + ".part")]
@@ -294,9 +246,12 @@ def remove(name: str, keep_runs: bool = False) -> Removed:
     if not existing and (run is None or keep_runs):
         if entry:
             raise WeightsNotFound(f"Model '{name}' is not downloaded, so there is nothing to remove.")
-        raise UnknownModelError(f"Unknown model '{name}'; available models: {', '.join(_names()) or 'none'}.")
+        raise UnknownModelError(f"Unknown model '{name}'; available models: {', '.join(names()) or 'none'}.")
     for p in existing:
-        p.unlink()
+        if p.is_dir():  # a CLAP model's tokenizer folder
+            shutil.rmtree(p)
+        else:
+            p.unlink()
         log.info("removed %s", p)
     run_bytes = sum(_bytes(p) for p in _run_entries(run)) if run else 0
     if run and not keep_runs:
@@ -315,37 +270,6 @@ def remove(name: str, keep_runs: bool = False) -> Removed:
 # ---------------------------------------------------------------- listing and resolving
 
 
-def _local_files() -> list[Path]:
-    folder = paths.weights_dir()
-    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-
-
-def _names() -> list[str]:
-    return list(dict.fromkeys([*_registered(), *(p.stem for p in _local_files())]))
-
-
-def available_models() -> list[ModelInfo]:
-    """Every registered model (downloaded or not) and every local model, registered ones first."""
-    models, registered = [], _registered()
-    for name, e in registered.items():
-        local = _local(name)
-        models.append(ModelInfo(name, e.get("description", ""), e.get("size"), e.get("sha256"), e.get("url"),
-                                e.get("licence"), local if local.exists() else None, "registered"))
-    for path in _local_files():
-        if path.stem in registered:
-            continue
-        try:
-            meta = checkpoint.read_metadata(path)
-            card = checkpoint.json_or_none(meta.get("card"), path) or {}
-        except WeightsError as e:
-            log.warning("skipping %s", e)
-            continue
-        source: Source = "finetuned" if meta.get("source") == "finetuned" else "imported"
-        models.append(ModelInfo(path.stem, card.get("description", ""), path.stat().st_size,
-                                meta.get("source_sha256"), None, card.get("licence"), path, source))
-    return models
-
-
 def resolve_for_index(index_model: str | None, weights: str | Path | None) -> Resolved:
     """--weights if given, else the model that built the index, else the default (resolve's choice)."""
     if weights or not index_model:
@@ -362,38 +286,44 @@ def resolve_for_index(index_model: str | None, weights: str | Path | None) -> Re
 def resolve(weights: str | Path | None) -> Resolved:
     """Turn a --weights value (None, a model name, or a .pt/.safetensors path) into a safetensors file to load."""
     spec = str(weights) if weights else chosen_model()
-    registered = _registered()
-    if _NAME.fullmatch(spec):
-        local = _local(spec)
+    entries = registered()
+    if NAME.fullmatch(spec):
+        local = local_path(spec)
         if local.exists():
-            return _resolved(local, lambda: _file_sha256(local))
-        if spec in registered:
+            return _resolved(local, lambda: file_sha256(local))
+        if spec in entries:
             raise WeightsNotFound(f"Model '{spec}' is not downloaded yet; run: audiofind weights download {spec} "
                                   "(or, with a checkpoint file you already have: audiofind weights import PATH)")
     path = Path(spec).expanduser()
     if not path.is_file():
         raise UnknownModelError(
-            f"Unknown model '{spec}': not a model name or an existing file; available models: {', '.join(_names()) or 'none'}."
+            f"Unknown model '{spec}': not a model name or an existing file; available models: {', '.join(names()) or 'none'}."
         )
     if path.suffix == ".safetensors":
-        return _resolved(path, lambda: _file_sha256(path))
-    sha = _file_sha256(path)
-    name = next((n for n, e in registered.items() if e.get("sha256") == sha), None)
-    for local in _local_files():
+        return _resolved(path, lambda: file_sha256(path))
+    sha = file_sha256(path)
+    name = next((n for n, e in entries.items() if e.get("sha256") == sha), None)
+    for local in local_files():
         try:
             if checkpoint.read_metadata(local).get("source_sha256") == sha:
                 return _resolved(local, lambda: sha)
         except WeightsError as e:
             log.warning("skipping %s", e)
     # A registered checkpoint fetched by hand becomes that model; any other .pt is cached by its sha256.
-    out = _local(name) if name else paths.weights_dir() / "converted" / f"{sha}.safetensors"
+    out = local_path(name) if name else paths.weights_dir() / "converted" / f"{sha}.safetensors"
     if not out.exists():
-        checkpoint.write(checkpoint.select(checkpoint.load_pt(path), path), out, name or path.stem, sha, "registered" if name else "imported")
+        converted = convert(checkpoint.load_pt(path), path)
+        if converted.family == "clap":  # its tokenizer is not in the file: only an import can say where it is
+            raise WeightsError(f"{path} is a CLAP checkpoint; import it once with its tokenizer: "
+                               f"audiofind weights import {path} --tokenizer DIR")  # fmt: skip
+        checkpoint.write(converted.tensors, out, name or path.stem, sha, "registered" if name else "imported")
     return _resolved(out, lambda: sha)
 
 
 def read_state_dict(resolved: Resolved, towers: Iterable[str] = ("audio", "text", "scale")) -> "dict[str, torch.Tensor]":
     """Read only the requested towers' tensors from the safetensors file (the others are never read)."""
+    if resolved.family == "clap":
+        return _read_clap(resolved, towers)
     wanted = set(towers)
     if unknown := wanted - set(TOWERS):
         raise ValueError(f"unknown towers {sorted(unknown)}; use {TOWERS}")
@@ -410,10 +340,13 @@ def read_state_dict(resolved: Resolved, towers: Iterable[str] = ("audio", "text"
         raise WeightsError(f"{resolved.path} is not a readable safetensors file: {e}.") from e
 
 
-def load_card(name_or_path: str | Path) -> dict | None:
-    """The model card of a local model name or a safetensors file, if it has one."""
-    spec = str(name_or_path)
-    path = _local(spec) if _NAME.fullmatch(spec) and _local(spec).exists() else Path(spec).expanduser()
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    return checkpoint.json_or_none(checkpoint.read_metadata(path).get("card"), path)
+def _read_clap(resolved: Resolved, towers: Iterable[str]) -> "dict[str, torch.Tensor]":
+    """A CLAP model's tensors of the requested towers, under CLAP's keys."""
+    if unknown := set(towers) - set(CLAP_TOWER_PREFIXES):
+        raise ValueError(f"unknown towers {sorted(unknown)}; use {tuple(CLAP_TOWER_PREFIXES)}")
+    prefixes = tuple(p for tower in towers for p in CLAP_TOWER_PREFIXES[tower])
+    try:
+        with safe_open(resolved.path, framework="pt", device="cpu") as f:
+            return {key: f.get_tensor(key) for key in f.keys() if key.startswith(prefixes)}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{resolved.path} is not a readable safetensors file: {e}.") from e

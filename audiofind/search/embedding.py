@@ -1,8 +1,9 @@
 """The sound side of search: a description through the text tower, or an example file's own segment vectors.
 
 A command-line search is one query in a fresh process, so its start-up is its latency. Nothing here imports torch
-until a query needs it: a description is embedded by the numpy text tower (audiofind.model.textnp), and --like on an
-indexed, unchanged file reuses the index's own vectors, so neither loads torch or any model file but the text tower.
+until a query needs it: a description is embedded by the numpy text tower of the index's model family
+(audiofind.model.textnp for AudioCLIP, audiofind.model.clap.query for CLAP), and --like on an indexed, unchanged file
+reuses the index's own vectors, so neither loads torch or any model file but the text tower.
 """
 
 import os
@@ -17,7 +18,8 @@ from audiofind.errors import IndexNotFound, UsageError
 from audiofind.store import Filters, Hit, ModelBinding, Store
 
 if TYPE_CHECKING:
-    from audiofind.model.encoder import Encoder
+    from audiofind.model.clap.query import ClapTextModel
+    from audiofind.model.embedder import Embedder
     from audiofind.model.textnp import TextTower
 
 NUMPY_DEVICES = ("auto", "cpu")  # "auto" too: starting CUDA takes longer than the whole query on the CPU
@@ -46,7 +48,7 @@ def _check(index: Store, bound: ModelBinding, name: str, sha256: str, dim: int) 
     index.check_model(ModelBinding(name, sha256, dim, bound.window, bound.hop, bound.precision))
 
 
-def encoder_for(index: Store, weights: str | None, device: str, precision: str = "fp32") -> "Encoder":
+def encoder_for(index: Store, weights: str | None, device: str, precision: str = "fp32") -> "Embedder":
     """The torch encoder of the model that built the index (or --weights, refused if it is another model); loads
     lazily. For a warm process (serve); a one-off query takes query_encoder."""
     from audiofind.model.encoder import load_for_index
@@ -67,8 +69,8 @@ class QueryEncoder:
     weights: str | None = None
     device: str = "auto"
     precision: str = "fp32"  # of the torch towers (CUDA only but fp32); the numpy text tower is fp32
-    _tower: "TextTower | None" = None
-    _encoder: "Encoder | None" = None
+    _tower: "TextTower | ClapTextModel | None" = None
+    _encoder: "Embedder | None" = None
 
     @property
     def dim(self) -> int:
@@ -85,17 +87,31 @@ class QueryEncoder:
 
             bound = _bound(self.index)
             resolved = resolve_for_index(bound.name, self.weights)
-            heads = ((resolved.config or {}).get("text") or {}).get("heads")
-            tower = load_text_tower(resolved.path, heads)
+            text = (resolved.config or {}).get("text") or {}
+            if resolved.family == "clap":
+                from audiofind.model.clap.query import load_text_model
+
+                tower: TextTower | ClapTextModel = load_text_model(
+                    resolved.path, resolved.tokenizer, text.get("heads"), text.get("context_length", 77))
+            else:
+                tower = load_text_tower(resolved.path, text.get("heads"))
             _check(self.index, bound, resolved.name, resolved.sha256, tower.dim)
             self._tower = tower
         return self._tower.embed_text(texts)
 
     def embed_audio(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        """Mono 44.1 kHz clips -> (B, dim) float32, unnormalised, on the torch audio tower."""
+        """Mono clips at sample_rate -> (B, dim) float32, on the torch audio tower."""
         return self.torch().embed_audio(clips)
 
-    def torch(self) -> "Encoder":
+    @property
+    def sample_rate(self) -> int:
+        """The rate the index's model takes audio at (44100 AudioCLIP, 48000 CLAP), known without loading it."""
+        from audiofind.model.family import SAMPLE_RATES
+        from audiofind.model.weights import resolve_for_index
+
+        return SAMPLE_RATES[resolve_for_index(_bound(self.index).name, self.weights).family]
+
+    def torch(self) -> "Embedder":
         """The torch encoder, loaded (and checked against the index) on first use."""
         if self._encoder is None:
             self._encoder = encoder_for(self.index, self.weights, self.device, self.precision)
@@ -145,5 +161,6 @@ def example_vectors(index: Store, encoder: QueryModel, path: Path) -> np.ndarray
 
     bound = index.model()
     window, hop = (bound.window, bound.hop) if bound else (decode.WINDOW_SECONDS, decode.HOP_SECONDS)
-    embedded = [encoder.embed_audio([w.samples])[0] for w in decode.iter_windows(Path(path), window, hop)]
+    rate: int = getattr(encoder, "sample_rate", decode.SAMPLE_RATE)  # the model's own, as the index decoded at
+    embedded = [encoder.embed_audio([w.samples])[0] for w in decode.iter_windows(Path(path), window, hop, rate)]
     return np.stack(embedded)

@@ -10,7 +10,7 @@ resumed run starts.
 
 import csv
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,13 +306,20 @@ def epoch_batches(n_clips: int, epoch: int, seed: int, batch: int, rank: int = 0
     return [indices[i : i + per_rank] for i in range(0, len(indices) - per_rank + 1, per_rank)]
 
 
-class PairDataset(Dataset):
-    """Item (epoch, i): clip i cropped at random with one of its captions, both drawn from (seed, epoch, i)."""
+Crop = Callable[[Path, int, np.random.Generator, int], np.ndarray]  # (path, samples, rng, rate) -> the crop
 
-    def __init__(self, clips: ClipSet, crop_seconds: float, seed: int) -> None:
+
+class PairDataset(Dataset):
+    """Item (epoch, i): clip i cropped at random with one of its captions, both drawn from (seed, epoch, i).
+
+    rate and crop are the model family's: AudioCLIP's 44.1 kHz and load_crop by default (CLAP's in train/clap.py).
+    """
+
+    def __init__(self, clips: ClipSet, crop_seconds: float, seed: int, rate: int = SAMPLE_RATE,
+                 crop: Crop = load_crop) -> None:
         self.clips = clips.clips
-        self.n_samples = round(crop_seconds * SAMPLE_RATE)
-        self.seed = seed
+        self.n_samples = round(crop_seconds * rate)
+        self.seed, self.rate, self.crop = seed, rate, crop
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -326,7 +333,7 @@ class PairDataset(Dataset):
             rng = np.random.default_rng([self.seed, epoch, i])
             caption = clip.captions[int(rng.integers(len(clip.captions)))]
             try:
-                return load_crop(clip.path, self.n_samples, rng), caption, unreadable
+                return self.crop(clip.path, self.n_samples, rng, self.rate), caption, unreadable
             except DecodeError as e:
                 unreadable.append(str(e))
         raise DatasetError(f"{MAX_SUBSTITUTES} clips in a row could not be decoded, the last one: {unreadable[-1]}")
@@ -357,13 +364,14 @@ class EpochBatches:
         return len(self.batches)
 
 
-def pair_loader(dataset: PairDataset, workers: int, pin: bool = False) -> tuple[DataLoader, EpochBatches]:
+def pair_loader(dataset: PairDataset, workers: int, pin: bool = False,
+                collate_fn: Callable[[list], dict] = collate) -> tuple[DataLoader, EpochBatches]:
     """One loader for a whole run, decoding (epoch, index) items in `workers` processes that live across epochs
     (starting them costs a second each, and each rebuilds its caches), and the sampler to set per epoch."""
     get_tokenizer()  # built here once, so forked workers inherit it instead of each building it
     order = EpochBatches()
     # A generator of its own, so making this loader never draws from the global RNG that dropout uses.
-    loader = DataLoader(dataset, batch_sampler=order, collate_fn=collate, num_workers=workers, pin_memory=pin,
+    loader = DataLoader(dataset, batch_sampler=order, collate_fn=collate_fn, num_workers=workers, pin_memory=pin,
                         generator=torch.Generator(), persistent_workers=workers > 0)  # fmt: skip
     return loader, order
 
@@ -371,15 +379,15 @@ def pair_loader(dataset: PairDataset, workers: int, pin: bool = False) -> tuple[
 class AudioFiles(Dataset):
     """Item i: (i, the first max_seconds of clip i) or (i, the reason it cannot be decoded)."""
 
-    def __init__(self, paths: list[Path], max_seconds: float) -> None:
-        self.paths, self.max_seconds = paths, max_seconds
+    def __init__(self, paths: list[Path], max_seconds: float, rate: int = SAMPLE_RATE) -> None:
+        self.paths, self.max_seconds, self.rate = paths, max_seconds, rate
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | str]:
         try:
-            return i, load_audio(self.paths[i], max_seconds=self.max_seconds)
+            return i, load_audio(self.paths[i], max_seconds=self.max_seconds, rate=self.rate)
         except DecodeError as e:
             return i, str(e)
 
@@ -388,7 +396,7 @@ def _as_is(item: object) -> object:
     return item
 
 
-def file_loader(paths: list[Path], max_seconds: float, workers: int) -> DataLoader:
-    """Whole clips (up to max_seconds) one at a time, decoded in worker processes."""
-    return DataLoader(AudioFiles(paths, max_seconds), batch_size=None, collate_fn=_as_is, num_workers=workers,
+def file_loader(paths: list[Path], max_seconds: float, workers: int, rate: int = SAMPLE_RATE) -> DataLoader:
+    """Whole clips (up to max_seconds) one at a time, decoded at `rate` in worker processes."""
+    return DataLoader(AudioFiles(paths, max_seconds, rate), batch_size=None, collate_fn=_as_is, num_workers=workers,
                       generator=torch.Generator())

@@ -1,4 +1,5 @@
-"""Fine-tuning AudioCLIP on captioned audio, nanoGPT style: config, setup, data, model, optimizer, loop, teardown.
+"""Fine-tuning AudioCLIP or CLAP on captioned audio, nanoGPT style: config, setup, data, model, optimizer, loop,
+teardown. The model's family decides its forward, its crops and its tokenizer (CLAP's: train/clap.py).
 
 It runs alone on the CPU or one GPU, or under `torchrun --nproc_per_node=N -m audiofind finetune ...` with the same
 code: the environment decides. Only rank 0 logs, reports progress and writes files. A run's folder (runfolder.py)
@@ -22,9 +23,11 @@ from audiofind.device import resolve_device
 from audiofind.errors import DatasetError, UsageError
 from audiofind.model import weights
 from audiofind.model.audioclip import AudioCLIP
+from audiofind.model.clap.config import CLAPConfig
+from audiofind.model.clap.model import CLAP
 from audiofind.model.config import AudioCLIPConfig
 from audiofind.model.load import from_state_dict
-from audiofind.train import data, runfolder
+from audiofind.train import clap, data, runfolder
 from audiofind.train.config import TrainConfig, check_config, config_dict, resumed_config
 from audiofind.train.loss import PairForward
 from audiofind.train.step import amp_context, apply_gradients, float32_matmuls, prepare_for_training, step_loss
@@ -48,9 +51,10 @@ class TrainResult:
     final: dict | None  # validation metrics of the averaged model
     problems: tuple[str, ...]  # data rows and files skipped when reading the sources
     unreadable: tuple[str, ...]  # files that failed to decode during training (replaced by the next clip)
-    model: AudioCLIP = field(repr=False)
+    model: AudioCLIP | CLAP = field(repr=False)
     baseline: dict | None = None  # validation metrics of the starting weights, before any step
     thin: tuple[str, ...] = ()  # library files left out because their names and tags say too little
+    notes: tuple[str, ...] = ()  # what of the recipe does not apply to this model (CLAP: the fbsp regulariser)
 
 
 @dataclass
@@ -77,13 +81,18 @@ class Run:
     train_set: data.ClipSet
     val_set: data.ClipSet
     steps_per_epoch: int
-    model_cfg: AudioCLIPConfig
-    base: dict  # name and sha256 of the starting weights
-    model: AudioCLIP  # the unwrapped model: what is saved
+    model_cfg: AudioCLIPConfig | CLAPConfig
+    base: dict  # name and sha256 of the starting weights, and a CLAP model's tokenizer folder
+    model: AudioCLIP | CLAP  # the unwrapped model: what is saved
     step_model: torch.nn.Module  # what steps: PairForward, under DDP on several ranks
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     on_metrics: Callable[[dict], None] | None
+
+    @property
+    def tokenizer(self) -> Path | None:
+        """A CLAP model's tokenizer folder (its starting model's), None for AudioCLIP."""
+        return Path(self.base["tokenizer"]) if self.base.get("tokenizer") else None
 
     @property
     def is_main(self) -> bool:
@@ -144,7 +153,6 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     # ---- data: every rank reads the same lists; batches come from (seed, epoch) alone
     train_set, val_set = data.load_sources(cfg.clotho, cfg.audiocaps, cfg.captions, cfg.val_fraction, cfg.seed,
                                            cfg.library, cfg.db)
-    dataset = data.PairDataset(train_set, cfg.crop_seconds, cfg.seed)
     steps_per_epoch = len(data.epoch_batches(len(train_set), 0, cfg.seed, cfg.batch, rank, world)) // cfg.accum
     if steps_per_epoch == 0:
         raise DatasetError(f"{len(train_set)} training clips do not fill one step of {cfg.batch} x {cfg.accum} pairs; "
@@ -152,9 +160,13 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
 
     # ---- model: the checkpoint's when resuming, else the init weights
     model_cfg, base, model = _starting_model(cfg, ckpt, out, rank, world)
-    prepare_for_training(model, cfg.dropout)
+    notes = clap.notes(cfg) if isinstance(model, CLAP) else []
+    for note in notes:
+        log.warning("%s", note)
+    if isinstance(model, AudioCLIP):
+        prepare_for_training(model, cfg.dropout)
     model.to(device).train()
-    step_model: torch.nn.Module = PairForward(model)
+    step_model: torch.nn.Module = PairForward(model) if isinstance(model, AudioCLIP) else clap.ClapPairForward(model, cfg.dropout)
     if world > 1:
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -169,6 +181,7 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         torch.manual_seed(cfg.seed + rank)  # dropout differs between ranks
     run = Run(cfg, rank, world, device, amp, out, train_set, val_set, steps_per_epoch, model_cfg, base, model,
               step_model, optimizer, scaler, on_metrics)
+    dataset, collate_fn = _pairs(run)
     if run.is_main:
         runfolder.start(out, ckpt, cfg.average_top)
 
@@ -179,7 +192,7 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
 
     # ---- the loop
     last = time.perf_counter()
-    loader, order = data.pair_loader(dataset, cfg.workers, pin=device.type == "cuda")
+    loader, order = data.pair_loader(dataset, cfg.workers, pin=device.type == "cuda", collate_fn=collate_fn)
     while state.step < run.total_steps and (cfg.max_steps is None or state.step < cfg.max_steps):
         epoch, first = divmod(state.step, steps_per_epoch)
         batches = data.epoch_batches(len(train_set), epoch, cfg.seed, cfg.batch, rank, world)
@@ -207,7 +220,14 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
                 break
 
     # ---- teardown: rank 0 averages the best epochs, scores the average and registers it
-    return _teardown(run, state)
+    return replace(_teardown(run, state), notes=tuple(notes))
+
+
+def _pairs(run: Run) -> tuple[data.PairDataset, Callable[[list], dict]]:
+    """The training pairs and how a batch of them is stacked, as the model's family takes them."""
+    if isinstance(run.model, CLAP) and run.tokenizer is not None:
+        return clap.pairs(run.train_set, run.cfg.seed, run.tokenizer, run.model.cfg)
+    return data.PairDataset(run.train_set, run.cfg.crop_seconds, run.cfg.seed), data.collate
 
 
 def _check_new_run(out: Path, name: str) -> None:
@@ -222,8 +242,11 @@ def _check_new_run(out: Path, name: str) -> None:
 
 
 def _starting_model(cfg: TrainConfig, ckpt: dict | None, out: Path, rank: int,
-                    world: int) -> tuple[AudioCLIPConfig, dict, AudioCLIP]:
+                    world: int) -> tuple[AudioCLIPConfig | CLAPConfig, dict, AudioCLIP | CLAP]:
     """(its config, the base weights' name and sha256, the model): the checkpoint's, else the init weights'."""
+    if ckpt and ckpt["base"].get("tokenizer"):  # a CLAP run
+        model = clap.whole_model(ckpt["model"], ckpt["model_config"], str(out / runfolder.CHECKPOINT))
+        return model.cfg, ckpt["base"], model
     if ckpt:
         model_cfg = AudioCLIPConfig.from_dict(ckpt["model_config"])
         return model_cfg, ckpt["base"], _whole_model(ckpt["model"], model_cfg, str(out / runfolder.CHECKPOINT))
@@ -232,6 +255,9 @@ def _starting_model(cfg: TrainConfig, ckpt: dict | None, out: Path, rank: int,
     resolved = weights.resolve(cfg.init)
     if world > 1 and rank == 0:
         dist.barrier()
+    if resolved.family == "clap":
+        clap_cfg, clap_model = clap.start_model(resolved)
+        return clap_cfg, {"name": resolved.name, "sha256": resolved.sha256, "tokenizer": str(resolved.tokenizer)}, clap_model
     model_cfg = AudioCLIPConfig.from_dict(resolved.config) if resolved.config else AudioCLIPConfig()
     base = {"name": resolved.name, "sha256": resolved.sha256}
     return model_cfg, base, _whole_model(weights.read_state_dict(resolved), model_cfg, f"Model '{resolved.name}'")
@@ -320,7 +346,8 @@ def _rng_states(device: torch.device, world: int) -> list[dict]:
 def _validation_scores(run: Run, rank: int, world: int) -> dict:
     """The model's validation metrics, without the list of clips that could not be decoded."""
     cfg = run.cfg
-    scores = score_validation(run.model, run.val_set, run.device, run.amp, cfg.workers, cfg.val_seconds, rank, world)
+    scores = score_validation(run.model, run.val_set, run.device, run.amp, cfg.workers, cfg.val_seconds, rank, world,
+                              run.tokenizer)
     return {k: v for k, v in scores.items() if k != "unreadable"}
 
 
@@ -349,7 +376,7 @@ def _teardown(run: Run, state: RunState) -> TrainResult:
     final = _validation_scores(run, 0, 1)
     card = _card(run, result, final)
     model_state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
-    path = weights.save_model(model_state, run.cfg.name, run.model_cfg.to_dict(), card)
+    path = weights.save_model(model_state, run.cfg.name, run.model_cfg.to_dict(), card, run.tokenizer)
     runfolder.write_card(run.out, card)
     _record(run, {"kind": "final", "step": state.step, "epochs": result.best_epochs, **final})
     return replace(result, path=path, final=final)
@@ -359,7 +386,7 @@ def _card(run: Run, result: TrainResult, final: dict) -> dict:
     """The model card: the base weights, the recipe, the data and the validation scores before and after."""
     train_set, val_set = run.train_set, run.val_set
     return {
-        "description": f"AudioCLIP fine-tuned on {train_set.name} from {run.base['name']}.",
+        "description": f"{'CLAP' if run.tokenizer else 'AudioCLIP'} fine-tuned on {train_set.name} from {run.base['name']}.",
         "base": run.base, "recipe": config_dict(run.cfg), "model_config": run.model_cfg.to_dict(),
         "data": {"train": train_set.name, "train_clips": len(train_set), "left_out_thin_names": len(train_set.thin),
                  "validation": val_set.name,
@@ -367,4 +394,5 @@ def _card(run: Run, result: TrainResult, final: dict) -> dict:
                  "unreadable_files": len(result.unreadable)},
         "validation": {"averaged_epochs": result.best_epochs, "before": result.baseline, "final": final,
                        "history": result.history},
+        "not_applied": clap.notes(run.cfg) if run.tokenizer else [],
     }

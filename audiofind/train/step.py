@@ -48,7 +48,7 @@ def float32_matmuls(precision: str) -> Iterator[None]:
 
 
 def prepare_for_training(model: AudioCLIP, dropout: float) -> None:
-    """Set the recipe's dropout and freeze what takes no part in training."""
+    """Set the recipe's dropout and freeze what takes no part in training (AudioCLIP; CLAP's is train/clap.py's)."""
     model.audio.dropout.p = model.text_dropout.p = dropout
     model.audio.fbsp.bias.requires_grad_(False)  # empty and never used: DDP would wait for its gradient forever
 
@@ -61,11 +61,13 @@ def step_loss(step_model: torch.nn.Module, audio: torch.Tensor, tokens: torch.Te
     return contrastive_loss(gather_batch(a), gather_batch(t), scale, cfg.label_smoothing) + cfg.fbsp_weight * penalty
 
 
-def apply_gradients(model: AudioCLIP, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+def apply_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     grad_clip: float = 0.0) -> None:
-    """The update from the accumulated gradients: unscale, rescale the fbsp ones, clip, step, and clear them."""
+    """The update from the accumulated gradients: unscale, rescale the fbsp ones (AudioCLIP's), clip, step, and
+    clear them."""
     scaler.unscale_(optimizer)
-    rescale_fbsp_grads(model.audio.fbsp)
+    if isinstance(model, AudioCLIP):
+        rescale_fbsp_grads(model.audio.fbsp)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
     scaler.step(optimizer)

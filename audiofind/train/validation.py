@@ -2,6 +2,7 @@
 
 import logging
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,6 +11,8 @@ import torch.distributed as dist
 from audiofind.errors import DatasetError
 from audiofind.eval.metrics import ranks_from_scores, summarize
 from audiofind.model.audioclip import AudioCLIP
+from audiofind.model.clap.model import CLAP
+from audiofind.model.embedder import Embedder
 from audiofind.model.encoder import from_model
 from audiofind.train import data
 
@@ -19,23 +22,30 @@ VAL_AUDIO_BATCH = 16
 
 
 @torch.no_grad()
-def score_validation(model: AudioCLIP, clips: data.ClipSet, device: torch.device,
+def score_validation(model: AudioCLIP | CLAP, clips: data.ClipSet, device: torch.device,
                      amp: AbstractContextManager | None = None, workers: int = 0, max_seconds: float = 30.0,
-                     rank: int = 0, world: int = 1) -> dict:
+                     rank: int = 0, world: int = 1, tokenizer: Path | None = None) -> dict:
     """R@1/5/10 and mAP@10 of text-to-audio retrieval, every caption a query (metrics.py, as `bench clotho`).
 
     Under torchrun each rank embeds its share of clips and captions and all ranks get the same result.
     Clips that cannot be decoded leave the ranking together with their captions (listed under "unreadable").
+    A CLAP model is scored as its encoder embeds (train/clap.py), with its tokenizer folder.
     """
     was_training = model.training
-    enc = from_model(model, model.cfg, device, "validation", "")
+    if isinstance(model, CLAP):
+        from audiofind.train.clap import validation_encoder
+
+        assert tokenizer is not None, "a CLAP model is validated with its tokenizer folder"
+        enc: Embedder = validation_encoder(model, device, tokenizer)
+    else:
+        enc = from_model(model, model.cfg, device, "validation", "")
     mine = list(range(rank, len(clips), world))
     queries = [(i, c) for i, clip in enumerate(clips.clips) for c in clip.captions]
     audio: dict[int, np.ndarray] = {}
     failed: dict[int, str] = {}
     with amp or nullcontext():
         pending: list[tuple[int, np.ndarray]] = []
-        for j, x in data.file_loader([clips.clips[i].path for i in mine], max_seconds, workers):
+        for j, x in data.file_loader([clips.clips[i].path for i in mine], max_seconds, workers, enc.sample_rate):
             if isinstance(x, str):
                 failed[mine[j]] = x
             else:
