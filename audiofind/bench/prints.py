@@ -120,7 +120,7 @@ def _shaped_noise(seconds: float, seed: int, power: float = 0.0, band: tuple[flo
 def tone(freq: float, seconds: float, partials: int = 1) -> np.ndarray:
     """A tone of `partials` harmonics falling as 1/k (1: a sine)."""
     t = _t(seconds)
-    return _finish(sum(np.sin(2 * np.pi * k * freq * t) / k for k in range(1, partials + 1)), 10.0)
+    return _finish(np.sum([np.sin(2 * np.pi * k * freq * t) / k for k in range(1, partials + 1)], axis=0), 10.0)
 
 
 def chirp(f0: float, f1: float, seconds: float) -> np.ndarray:
@@ -207,6 +207,7 @@ def write(path: Path, samples: np.ndarray, rate: int = SR, bit_rate: int | None 
         # Opus runs at 48 kHz only: PyAV resamples on the way in
         rate_out = rate if not spec.audio_rates or rate in spec.audio_rates else 48000
         stream = out.add_stream(encoder, rate=rate_out, layout=layout)
+        assert isinstance(stream, av.AudioStream)
         stream.codec_context.format = next(f for f in ("s16", "s16p", "fltp", "flt") if f in offered)
         if bit_rate:
             stream.codec_context.bit_rate = bit_rate
@@ -310,7 +311,7 @@ def measure(sounds: dict[str, np.ndarray], tmp: Path, parts: Mapping[str, str] |
     copies, worst, different, closest = _separation(prints, list(prints))
     by_part = {}
     for part in dict.fromkeys((parts or {}).values()):
-        names = [name for name in prints if parts[name] == part]
+        names = [name for name in prints if (parts or {})[name] == part]
         part_copies, _, part_different, part_closest = _separation(prints, names)
         by_part[part] = {
             "sounds": len(names),

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -29,7 +29,7 @@ def roots_cmd(ctx: typer.Context, db: DbOpt = None, json_out: JsonOpt = False) -
     with open_store(db) as index:
         found = index.roots()
     when = lambda t: datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else None
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": r.name or r.path, "path": r.path if r.local else None, "mounted": r.local, "files": r.files,
          "last_indexed": when(r.last_indexed_at)}
         for r in found

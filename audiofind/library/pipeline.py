@@ -266,7 +266,8 @@ class Pipeline:
         """The waiting windows to run now that the gathering is full: every full batch of one length, then the
         lengths fewest windows share, until at most half a gathering waits (for more of its length: a long
         recording's 10 s windows keep coming, a clip's own length rarely does)."""
-        size, groups = self.encoder.audio_batch, {}
+        size = self.encoder.audio_batch
+        groups: dict[int, list[tuple[_InFlight, list, np.ndarray]]] = {}
         for item in self.batch:
             groups.setdefault(len(item[2]), []).append(item)
         run, rest = [], []

@@ -38,8 +38,8 @@ def parse(get: Get) -> Params:
     lo = _number(text, "min_duration", float) if (text := last("min_duration")) else None
     hi = _number(text, "max_duration", float) if (text := last("max_duration")) else None
     tags = [t for t in get("tag") if t.strip()]  # an empty form field is no filter
-    rate = int(_number(last("min_rate"), "min_rate", int)) if last("min_rate") else None
-    channels = int(_number(last("channels"), "channels", int)) if last("channels") else None
+    rate = _number(text, "min_rate", int) if (text := last("min_rate")) else None
+    channels = _number(text, "channels", int) if (text := last("channels")) else None
     filters = read_filters(last("under"), get("ext"), lo, hi, tags, rate, channels)
     mode = last("mode") or "hybrid"
     if mode not in MODES:
@@ -57,7 +57,7 @@ def _number(text: str, name: str, kind: type[Number]) -> Number:
 def span(get: Get) -> tuple[float, float]:
     """The start and end (seconds) a region asks for; UsageError if either is missing or not a number."""
     values = [next((v.strip() for v in reversed(get(name)) if v.strip()), None) for name in ("start", "end")]
-    if None in values:
+    if values[0] is None or values[1] is None:
         raise UsageError("Give start and end, the region in seconds.")
-    start, end = (_number(v, name, float) for v, name in zip(values, ("start", "end")))
+    start, end = _number(values[0], "start", float), _number(values[1], "end", float)
     return float(start), float(end)

@@ -249,7 +249,7 @@ class Store(Protocol):
         """Add a portion of another index (dump) to this empty one as it is: vectors bit for bit, file ids kept."""
         ...
 
-    def staging(self) -> "Store":
+    def staging(self) -> Self:
         """The store a rebuild of this one is built in: empty, or what an interrupted rebuild left (to continue)."""
         ...
 
@@ -257,6 +257,6 @@ class Store(Protocol):
         """Throw away an unfinished rebuild."""
         ...
 
-    def replace_with(self, staged: "Store") -> None:
+    def replace_with(self, staged: Self) -> None:
         """Make a finished rebuild this index, atomically, and close it; readers see the old one or the new one."""
         ...

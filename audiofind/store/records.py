@@ -41,7 +41,7 @@ class ModelBinding:
             return None
         name, sha256, dim, window, hop = (meta[key] for key in BINDING_KEYS[:5])
         precision = str(meta.get("precision", "fp32"))
-        return cls(str(name), str(sha256), int(dim), float(window), float(hop), precision)  # type: ignore[arg-type]
+        return cls(str(name), str(sha256), int(dim), float(window), float(hop), precision)
 
 
 @dataclass(frozen=True)

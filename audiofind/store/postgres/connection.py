@@ -62,7 +62,7 @@ class Db:
     def execute(self, sql: str, params: Any = None, binary: bool = False) -> psycopg.Cursor:
         """Run one statement; its rows are fetched already (client-side cursor)."""
         try:
-            return self.conn.execute(sql, params, binary=binary)  # type: ignore[arg-type]
+            return self.conn.execute(sql, params, binary=binary)
         except psycopg.Error as e:
             raise storage_error(self, e) from e
 

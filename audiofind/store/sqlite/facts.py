@@ -26,7 +26,7 @@ def fill(conn: apsw.Connection) -> int:
         if hash in done:
             continue
         tried += 1
-        info = read(str(path), int(size), int(mtime_ns))  # type: ignore[arg-type]  # columns of known types
+        info = read(str(path), int(size), int(mtime_ns))  # columns of known types
         if info is not None:
             update = "UPDATE audio SET container = ?, codec = ?, bits = ? WHERE hash = ?"
             conn.execute(update, (info.container, info.codec, info.bits, hash))

@@ -27,7 +27,7 @@ _COLUMNS = "path, root, size, mtime_ns, hash, status, error, tags, indexed_at"
 def rows(conn: apsw.Connection, where: str, params: tuple | list) -> list[FileRow]:
     """FileRows matching an SQL condition on `files`."""
     sql = f"SELECT {_COLUMNS} FROM files WHERE {where}"
-    return [FileRow(*r[:7], tags=json.loads(r[7]), indexed_at=r[8]) for r in conn.execute(sql, params)]
+    return [FileRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in conn.execute(sql, params)]
 
 
 def under(conn: apsw.Connection, roots: Iterable[Path | str]) -> list[FileRow]:

@@ -36,7 +36,8 @@ def conditions(filters: Filters | None, roots: list[str]) -> tuple[str, list]:
     """
     if filters is None or filters.is_empty():
         return "", []
-    conds, params = [], []
+    conds: list[str] = []
+    params: list[str | int | float] = []
     if filters.under:
         folders = under_folders(filters.under, roots)
         conds.append("(" + " OR ".join("f.path = ? OR substr(f.path, 1, ?) = ?" for _ in folders) + ")")

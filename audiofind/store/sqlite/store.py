@@ -254,8 +254,8 @@ class SqliteStore:
             if audio is not None and audio.fingerprint is not None:  # with the content, in the same transaction
                 self.set_fingerprints({row.hash: audio.fingerprint})
             files.upsert(self.conn, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", row.error, row.tags))
-            binding = self.model()
-            if binding is not None and files.freeze_centre(self.conn, binding.dim):
+            bound = self.model()
+            if bound is not None and files.freeze_centre(self.conn, bound.dim):
                 log.info("froze the code centre of %s", self.path)
 
     def drop_partials(self, keep: Iterable[str] = (), paths: Iterable[str] | None = None) -> int:
