@@ -293,7 +293,8 @@ def test_bench_compares_a_local_run_with_a_cluster_run(ray_cluster: str) -> None
 def test_a_window_or_a_file_said_twice_is_committed_once(tmp_path: Path) -> None:
     """What a cluster tells the pipeline may come twice (a retried task): each window and each file counts once."""
     from audiofind.audio import decode
-    from audiofind.library.pipeline import Pipeline, Work
+    from audiofind.library.decoding import Work
+    from audiofind.library.pipeline import Pipeline
 
     path = audiogen.write_audio(tmp_path / "long.wav", audiogen.sine(440, 70.0))
     st = path.stat()

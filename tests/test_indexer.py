@@ -12,7 +12,7 @@ import torch
 from modelkit import count_forwards, synthetic_model
 
 from audiofind.audio import decode
-from audiofind.library import pipeline
+from audiofind.library import decoding, pipeline
 from audiofind.library.sync import Event, prepare, sync, walk
 from audiofind.model.config import TINY
 from audiofind.model.encoder import Encoder, from_model
@@ -173,7 +173,7 @@ def test_a_long_recording_through_the_batched_path_keeps_memory_bounded(tmp_path
         assert len(index.segment_vectors(index.files_under([path.parent])[0].hash)[0]) == 2159
     gathering = 8 * pipeline.GATHER_BATCHES
     assert sum(encoder.forwards) == 2159 and max(encoder.forwards) == gathering  # the batched path, gathered
-    assert most[0] <= max(pipeline.QUEUE_WINDOWS, gathering) + gathering + 2, most[0]
+    assert most[0] <= max(decoding.QUEUE_WINDOWS, gathering) + gathering + 2, most[0]
 
 
 def test_a_lone_window_waits_behind_clips_for_more_of_its_length(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import apsw
 import numpy as np
 import pytest
 
-from audiofind.bench.speed import bench_search
+from audiofind.bench.synthetic_search import bench_search
 from audiofind.errors import IndexBusy, IndexNotFound, SchemaMismatch, StorageError, UsageError
 from audiofind.store import AudioRow, FileRow, Filters, ModelBinding
 from audiofind.store import vectors as vec

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from audiofind.model.config import AudioCLIPConfig
 
 QUERY = "rain on a tin roof"
-SYNTHETIC = "synthetic"  # the model name and all-zero sha256 that bench.bench_search binds its index to
+SYNTHETIC = "synthetic"  # the model name and all-zero sha256 that synthetic_search.bench_search binds its index to
 SYNTHETIC_SHA = "0" * 64
 
 
@@ -79,7 +79,7 @@ def cold_search_seconds(
 
 def write_synthetic_text_model(home: Path, cfg: "AudioCLIPConfig | None" = None) -> Path:
     """A text tower with random weights (full size unless cfg says otherwise), installed in AUDIOFIND_HOME=home
-    as the model bench.bench_search binds its index to: a cold search costs with it what it costs with real weights."""
+    as the model synthetic_search.bench_search binds its index to: a cold search costs with it what it costs with real weights."""
     from audiofind.model import checkpoint
     from audiofind.model.config import AudioCLIPConfig
     from audiofind.model.load import build
@@ -95,7 +95,7 @@ def cold_search_bench(segments: int = 100_000, repeat: int = 3, cfg: "AudioCLIPC
                       family: str = "audioclip") -> float:
     """Least wall seconds of a cold `audiofind search` on a synthetic index of this many segments, with a random
     text tower of the family's published size (or cfg's), in a fresh process on this machine."""
-    from audiofind.bench.speed import bench_search
+    from audiofind.bench.synthetic_search import bench_search
 
     with tempfile.TemporaryDirectory(prefix="audiofind-cold-") as tmp:
         home, db = Path(tmp) / "home", Path(tmp) / "index.db"

@@ -15,6 +15,7 @@ import numpy as np
 
 from audiofind.audio import decode
 from audiofind.bench import speed as bench
+from audiofind.bench.synthetic_search import bench_search
 from audiofind.model.embedder import Embedder
 from audiofind.serve import transcode
 from audiofind.serve.app import create_app
@@ -32,7 +33,7 @@ def serve_speed(encoder: Embedder, segments: int = 100_000, page: int = 50, seco
     out: dict[str, float] = {}
     with bench.scratch_dir() as tmp:
         tmp = Path(tmp)
-        bench.bench_search(tmp / "big.db", segments, encoder.dim, queries=1, timing=False)
+        bench_search(tmp / "big.db", segments, encoder.dim, queries=1, timing=False)
         with Library(tmp / "big.db", encoder) as library:
             captions = iter(bench.SAMPLE_CAPTIONS * 10)
             run = lambda: library.search(next(captions), 20)

@@ -4,7 +4,6 @@ import contextlib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import fnmatch
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from audiofind.bench.targets import targets
 from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console, json_text, sub_app
 
 if TYPE_CHECKING:  # importing these at run time would pull in numpy before --help
@@ -191,53 +191,6 @@ PARTS = ("model", "families", "indexing", "reindex", "query", "names", "cold", "
          "postgres")
 
 
-@dataclass(frozen=True)
-class Target:
-    """A goal: `ratio` bounds value / reference (measured in the same run), `at_most` and `at_least` the value."""
-
-    text: str
-    ratio: float | None = None
-    at_most: float | None = None
-    at_least: float | None = None
-
-    def met(self, value: float, reference: float | None) -> bool:
-        """Whether a figure reaches this goal."""
-        if self.ratio is not None:
-            return reference is not None and value <= self.ratio * reference
-        if self.at_most is not None:
-            return value <= self.at_most
-        return self.at_least is None or value >= self.at_least
-
-
-def targets(device: str, extensions: list[str]) -> list[tuple[str, Target]]:
-    """The goals of issues 10 and 13 for figure keys (shell patterns) on this device and CPU."""
-    if device.startswith("cuda"):
-        return [
-            ("long_*_end_to_end_x", Target("≥ 2000x", at_least=2000.0)),
-            ("*_share_of_decode", Target("≥ 70%", at_least=0.7)),
-            ("text_*_s", Target("≤ 0.33x ref", ratio=0.33)),
-        ]
-    avx512 = "AVX-512" in extensions
-    return [
-        ("audio_5s_s", Target("≤ 0.67x ref", ratio=0.67)),
-        ("audio_20s_s", Target("≤ 0.5x ref (AVX-512)", ratio=0.5) if avx512 else Target("≤ 0.7x ref (AVX2)", ratio=0.7)),
-        ("audio_20s_bf16_s", Target("≤ 0.3x ref (bf16)", ratio=0.3)),
-        ("text_*_s", Target("≤ 0.33x ref", ratio=0.33)),
-        ("*_share_of_model", Target("≥ 80%", at_least=0.8)),
-        ("reindex_10k_s", Target("< 5 s", at_most=5.0)),
-        ("query_*_s", Target("< 50 ms", at_most=0.05)),
-        ("hybrid_adds_*_s", Target("< 10 ms", at_most=0.01)),
-        ("cold_search_100k_s", Target("< 1.0 s", at_most=1.0)),
-        ("serve_search_100k_s", Target("< 100 ms", at_most=0.1)),
-        ("serve_page_50_s", Target("< 1 s", at_most=1.0)),
-        ("serve_first_byte_transcoded_s", Target("< 200 ms", at_most=0.2)),
-        ("group_100k_prints_s", Target("< 1 min", at_most=60.0)),
-        ("pg_query_1000k_s", Target("< 50 ms", at_most=0.05)),
-        ("pg_load_segments_per_s_*", Target("≥ 5,000/s", at_least=5000.0)),
-        ("ray_overhead", Target("< 20% (2 CPUs)", at_most=0.2)),
-    ]
-
-
 def _fmt(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
@@ -402,12 +355,13 @@ def _postgres_figures(url: str | None, say: Callable[[str], None]) -> list:
     """The PostgreSQL backend beside SQLite (bench.postgres), on url or on a server started here for it."""
     from audiofind.bench import postgres as pg
     from audiofind.bench import speed as bench
+    from audiofind.store.postgres.server import scratch_server
 
     labels = {"load_segments_per_s": ("bulk insert (binary COPY)", "segments/s"), "query_ms": ("warm query", "s"),
               "query_p90_ms": ("warm query, 90th percentile", "s"), "recall_at_10": ("recall@10 against exact", "%"),
               "optimize_s": ("build the HNSW index", "s")}  # fmt: skip
     with contextlib.ExitStack() as stack, bench.scratch_dir() as tmp:
-        target = url or stack.enter_context(pg.scratch_server())
+        target = url or stack.enter_context(scratch_server())
         say("postgres: 100k and 1M synthetic segments, SQLite at 100k beside it, two writers…")
         found = pg.postgres_speed(target, sqlite=str(Path(tmp) / "beside.db"), progress=say)
     figures = []

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from audiofind.audio.tags import read_tags
-from audiofind.library.pipeline import Pipeline, Remote, Work, reason_of
+from audiofind.library.decoding import Work
+from audiofind.library.pipeline import Pipeline, Remote, reason_of
 from audiofind.library.report import Event, Report
 from audiofind.model.embedder import Embedder
 from audiofind.store import FileRow, Store

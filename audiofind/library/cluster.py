@@ -7,7 +7,7 @@ and back-pressure:
 
 - The files to embed (short first) are packed into parcels: a few dozen short files, or one long recording (see
   library/parcels.py, which runs one sync's worth). Each parcel is one decoding task on a CPU (workers.decode_parcel,
-  a Ray generator running pipeline.decode_ahead) that streams its messages back in pieces: a small header (start,
+  a Ray generator running decoding.decode_ahead) that streams its messages back in pieces: a small header (start,
   window, end, error) and, as a separate object, the samples of its windows. Long recordings travel as windows, a
   piece of a few dozen at a time, never whole.
 - The driver reads the headers and hands each piece's samples, by reference, to the embedding actor with the least
@@ -39,8 +39,9 @@ import numpy as np
 
 from audiofind.audio import decode
 from audiofind.errors import AudiofindError
+from audiofind.library.decoding import Work
 from audiofind.library.parcels import Dispatch
-from audiofind.library.pipeline import CHUNK_SECONDS, GATHER_BATCHES, Pipeline, Work, reason_of
+from audiofind.library.pipeline import CHUNK_SECONDS, GATHER_BATCHES, Pipeline, reason_of
 from audiofind.library.workers import FAULT_ENV, Embedder
 from audiofind.model.encoder import Encoder
 from audiofind.store import ModelBinding

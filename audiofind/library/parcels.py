@@ -18,7 +18,8 @@ import numpy as np
 
 from audiofind.audio import decode
 from audiofind.errors import DecodeError
-from audiofind.library.pipeline import Pipeline, Work, reason_of
+from audiofind.library.decoding import Work
+from audiofind.library.pipeline import Pipeline, reason_of
 from audiofind.library.workers import Source, decode_parcel, die_here, fault_point
 
 PARCEL_FILES = 32

@@ -18,7 +18,8 @@ from audiofind.audio import decode
 from audiofind.audio.formats import AUDIO_EXTS, extension
 from audiofind.errors import DeviceError, UsageError, WeightsError
 from audiofind.library.claims import add_copy, embed, fail
-from audiofind.library.pipeline import Remote, Work, reason_of
+from audiofind.library.decoding import Work
+from audiofind.library.pipeline import Remote, reason_of
 from audiofind.library.report import Event, Report
 from audiofind.library.walk import Walk, absolute, check_roots, readable, root_of, walk, walk_only
 from audiofind.model.embedder import Embedder

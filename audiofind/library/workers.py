@@ -2,7 +2,7 @@
 parcel of files, and the embedding actor that holds the model.
 
 Plain Python, no Ray: the driver wraps these with `ray.remote`, so a worker imports this module and the decoding
-code it calls. Decoding is pipeline.decode_ahead's, embedding pipeline.embed_windows on an encoder made by
+code it calls. Decoding is decoding.decode_ahead's, embedding pipeline.embed_windows on an encoder made by
 load_encoder: the very code of a local run, so a file fails with the same reason and a window gets the same vector.
 """
 
@@ -18,7 +18,8 @@ import numpy as np
 
 from audiofind.audio.decode import SAMPLE_RATE, Window
 from audiofind.audio.fingerprint import MAX_SAMPLES, Fingerprinter
-from audiofind.library.pipeline import Work, decode_ahead, embed_windows, reason_of
+from audiofind.library.decoding import Work, decode_ahead
+from audiofind.library.pipeline import embed_windows, reason_of
 
 # Faults for tests, injected where they would happen in the field: "who:n:marker" items separated by ";" make the
 # n-th step of `who` (decode: piece yielded by a decoding task, actor: batch embedded, driver: file finished) kill

@@ -184,3 +184,12 @@ class Places:
             return found[0]
         with self.db.transaction():
             return self.mount(folder, None)
+
+
+def copy_roots(db: Db, source: str) -> None:
+    """Give this schema the roots of another (by name) and every machine's mount of them: a rebuild keeps both."""
+    db.execute(f"INSERT INTO roots (name) SELECT name FROM {source}.roots ON CONFLICT (name) DO NOTHING")
+    db.execute(
+        f"INSERT INTO mounts (root_id, host, path) SELECT s.id, m.host, m.path FROM {source}.mounts m "
+        f"JOIN {source}.roots r ON r.id = m.root_id JOIN roots s ON s.name = r.name ON CONFLICT DO NOTHING"
+    )

@@ -19,7 +19,7 @@ from audiofind.store import vectors as vec
 from audiofind.store.postgres import fulltext
 from audiofind.store.postgres.connection import Db, key
 from audiofind.store.postgres.roots import Places, Root
-from audiofind.store.records import AudioRow, FileRow, ModelBinding
+from audiofind.store.records import BINDING_KEYS, AudioRow, FileRow, ModelBinding
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,25 @@ def file_rows(db: Db, places: Places, where: str, params: tuple | list = ()) -> 
 def meta(db: Db) -> dict[str, object]:
     """Every key and value of the meta table."""
     return dict(db.execute("SELECT key, value FROM meta").fetchall())
+
+
+def bind(db: Db, binding: ModelBinding) -> None:
+    """Record the model on an index with no vectors (the vector columns made or remade for its dimension)."""
+    bind_vectors(db, binding.dim)
+    db.execute("DELETE FROM meta")
+    values = [(k, Jsonb(v)) for k, v in zip(BINDING_KEYS, binding.values())]
+    db.executemany("INSERT INTO meta (key, value) VALUES (%s, %s)", values)
+
+
+def clear(db: Db, truncate: bool) -> None:
+    """Delete every file, root, segment and vector and the binding; TRUNCATE (at once, and no dead rows left for the
+    next writer to wade through) where this session owns the tables."""
+    tables = "files, partial, fingerprints, segments, audio, mounts, roots, meta"
+    if truncate:
+        db.execute(f"TRUNCATE {tables}")
+    else:
+        for table in tables.split(", "):
+            db.execute(f"DELETE FROM {table}")
 
 
 def centre(db: Db, facts: dict | None = None) -> np.ndarray | None:

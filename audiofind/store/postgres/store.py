@@ -21,10 +21,9 @@ from audiofind.errors import IndexBusy, IndexNotFound, ModelMismatch, StorageErr
 from audiofind.store.postgres import dump, files, fulltext, migrations, rows, search
 from audiofind.store.postgres.connection import SCHEMA, STAGING, Db, connect, key
 from audiofind.store.postgres.filters import conditions
-from audiofind.store.postgres.roots import Places
+from audiofind.store.postgres.roots import Places, copy_roots
 from audiofind.store.protocol import Features
 from audiofind.store.records import (
-    BINDING_KEYS,
     AudioRow,
     FileEntry,
     FileRow,
@@ -166,10 +165,7 @@ class PostgresStore:
                 return
             if current is not None and self.db.one("SELECT 1 FROM audio LIMIT 1"):
                 raise self._mismatch(current, binding)
-            rows.bind_vectors(self.db, binding.dim)
-            self.db.execute("DELETE FROM meta")
-            values = [(k, Jsonb(v)) for k, v in zip(BINDING_KEYS, binding.values())]
-            self.db.executemany("INSERT INTO meta (key, value) VALUES (%s, %s)", values)
+            rows.bind(self.db, binding)
         log.info("bound %s to model %s (%d-d)", self.location, binding.name, binding.dim)
 
     def check_model(self, binding: ModelBinding) -> None:
@@ -184,13 +180,8 @@ class PostgresStore:
     def reset(self) -> None:
         """Delete every file, root, segment and vector, and the model binding (the vector columns stay, for the next
         bind to keep or change)."""
-        tables = "files, partial, fingerprints, segments, audio, mounts, roots, meta"
         with self.transaction():
-            if search.owner(self.db):  # at once, and no dead rows left for the next writer to wade through
-                self.db.execute(f"TRUNCATE {tables}")
-            else:
-                for table in tables.split(", "):
-                    self.db.execute(f"DELETE FROM {table}")
+            rows.clear(self.db, truncate=search.owner(self.db))
             search.drop_index(self.db)  # rebuilt when the new content is large enough (a bulk load is faster without)
         self.places.reload()
         log.info("reset %s", self.location)
@@ -392,11 +383,7 @@ class PostgresStore:
         """The schema a rebuild of this index is built in: new, or what an interrupted rebuild left."""
         staged = PostgresStore.open(self.url, create=True, schema=STAGING)
         with staged.transaction():  # the same roots, by name and mount: a rebuild keeps every machine's names
-            staged.db.execute(f"INSERT INTO roots (name) SELECT name FROM {SCHEMA}.roots ON CONFLICT (name) DO NOTHING")
-            staged.db.execute(
-                f"INSERT INTO mounts (root_id, host, path) SELECT s.id, m.host, m.path FROM {SCHEMA}.mounts m "
-                f"JOIN {SCHEMA}.roots r ON r.id = m.root_id JOIN roots s ON s.name = r.name ON CONFLICT DO NOTHING"
-            )
+            copy_roots(staged.db, SCHEMA)
         staged.places.reload()
         return staged
 

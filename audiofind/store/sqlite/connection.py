@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,8 @@ from audiofind.store.sqlite import filters, fulltext, meta
 BUSY_TIMEOUT_MS = 5_000
 MMAP_BYTES = 1 << 32 if sys.maxsize > 1 << 32 else 0  # address space only; pages load on demand
 KEPT = "everything indexed so far is kept"
+
+SWAP_WAIT = 30.0  # seconds to wait for readers of the old index to let its write-ahead log be emptied
 
 
 def connect(path: Path | str, create: bool = True) -> apsw.Connection:
@@ -116,6 +119,19 @@ def storage_error(path: Path | str, e: apsw.Error) -> AudiofindError:
 def staging_path(db: Path | str) -> Path:
     """Where a rebuild of db is built."""
     return Path(f"{norm_path(db)}.rebuild")
+
+
+def empty_log(conn: apsw.Connection, path: Path, staged: Path) -> None:
+    """Checkpoint the index's write-ahead log until it is empty, so a rebuilt file can be renamed over it (else the
+    log's pages would apply to the new file); StorageError if readers keep it busy past SWAP_WAIT."""
+    deadline = time.monotonic() + SWAP_WAIT
+    while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise StorageError(
+                f"Readers keep {path} busy, so the rebuilt index could not replace it; it is ready at {staged}: run "
+                "the same command again when searches have finished."
+            )
+        time.sleep(0.1)
 
 
 def remove_files(path: Path) -> None:

@@ -175,3 +175,19 @@ def freeze_centre(conn: apsw.Connection, dim: int) -> bool:
     conn.execute("INSERT INTO meta (key, value) VALUES ('centre', ?)", (centre.tobytes(),))
     meta.touched(conn)
     return True
+
+
+def counts(conn: apsw.Connection) -> dict:
+    """What `status` counts of the files and contents stored, with the failures and warnings by path."""
+    one = lambda sql: conn.execute(sql).fetchone()[0]
+    listed = lambda status: list(conn.execute(f"SELECT path, error FROM files WHERE {status} ORDER BY path"))
+    return {
+        "files": one("SELECT count(*) FROM files"),
+        "ok": one("SELECT count(*) FROM files WHERE status = 'ok'"),
+        "failed": one("SELECT count(*) FROM files WHERE status = 'failed'"),
+        "audio": one("SELECT count(*) FROM audio"),
+        "segments": one("SELECT count(*) FROM segments"),
+        "audio_seconds": one("SELECT coalesce(sum(a.duration), 0.0) FROM files f JOIN audio a ON a.hash = f.hash"),
+        "failures": listed("status = 'failed'"),
+        "warnings": listed("status = 'ok' AND error IS NOT NULL"),
+    }

@@ -18,10 +18,9 @@ from typing import Self
 import apsw
 import numpy as np
 
-from audiofind.errors import IndexNotFound, ModelMismatch, StorageError, UsageError
+from audiofind.errors import IndexNotFound, ModelMismatch, UsageError
 from audiofind.store.protocol import Features
 from audiofind.store.records import (
-    BINDING_KEYS,
     AudioRow,
     FileEntry,
     FileRow,
@@ -35,15 +34,18 @@ from audiofind.store.records import (
     norm_path,
 )  # fmt: skip
 from audiofind.store.sqlite import dump, files, fulltext, meta, migrations, search
-from audiofind.store.sqlite.connection import connect, remove_files, staging_path, storage_error, writer_lock
+from audiofind.store.sqlite.connection import (
+    connect,
+    empty_log,
+    remove_files,
+    staging_path,
+    storage_error,
+    writer_lock,
+)
 from audiofind.store.sqlite.filters import conditions, json_list
 
 log = logging.getLogger(__name__)
 
-# vec0 reads a whole chunk to return one row: 16 vectors a chunk keeps re-scoring 1000 candidates near 15 ms at
-# 100k x 1024, where the default 1024 costs ~290 ms; brute-force KNN speed is the same.
-CHUNK_SIZE = 16
-SWAP_WAIT = 30.0  # seconds to wait for readers of the old index to let its write-ahead log be emptied
 FEATURES = Features(shared_writers=False, swap_file=True)
 
 
@@ -140,13 +142,7 @@ class SqliteStore:
                 return
             if current is not None and self.conn.execute("SELECT 1 FROM audio LIMIT 1").fetchone():
                 raise self._mismatch(current, binding)
-            self.conn.execute("DROP TABLE IF EXISTS vectors")
-            self.conn.execute(
-                f"CREATE VIRTUAL TABLE vectors USING vec0("
-                f"embedding float[{int(binding.dim)}] distance_metric=cosine, chunk_size={CHUNK_SIZE})"
-            )
-            self.conn.execute("DELETE FROM meta")
-            self.conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", zip(BINDING_KEYS, binding.values()))
+            meta.bind(self.conn, binding)
         log.info("bound %s to model %s (%d-d)", self.path, binding.name, binding.dim)
 
     def check_model(self, binding: ModelBinding) -> None:
@@ -378,14 +374,7 @@ class SqliteStore:
             schema_version=migrations.version(self.conn),
             model=self.model(),
             roots=self.roots(),
-            files=one("SELECT count(*) FROM files"),
-            ok=one("SELECT count(*) FROM files WHERE status = 'ok'"),
-            failed=one("SELECT count(*) FROM files WHERE status = 'failed'"),
-            audio=one("SELECT count(*) FROM audio"),
-            segments=one("SELECT count(*) FROM segments"),
-            audio_seconds=one("SELECT coalesce(sum(a.duration), 0.0) FROM files f JOIN audio a ON a.hash = f.hash"),
-            failures=list(self.conn.execute("SELECT path, error FROM files WHERE status = 'failed' ORDER BY path")),
-            warnings=list(self.conn.execute("SELECT path, error FROM files WHERE status = 'ok' AND error IS NOT NULL ORDER BY path")),
+            **files.counts(self.conn),
             last_update=max(last) if last else None,
             quantised="centre" in meta.read(self.conn),
         )
@@ -415,13 +404,6 @@ class SqliteStore:
         would apply to the new file); staged is closed. Readers see the old file or the new one, never a mix."""
         staged.conn.execute("PRAGMA journal_mode=DELETE").fetchall()  # one self-contained file, ready to be renamed
         staged.close()
-        deadline = time.monotonic() + SWAP_WAIT
-        while self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
-            if time.monotonic() > deadline:
-                raise StorageError(
-                    f"Readers keep {self.path} busy, so the rebuilt index could not replace it; it is ready at "
-                    f"{staged.path}: run the same command again when searches have finished."
-                )
-            time.sleep(0.1)
+        empty_log(self.conn, self.path, staged.path)
         self.close()
         os.replace(staged.path, self.path)
