@@ -35,7 +35,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
             raise DeviceError(f"Device {spec!r} was asked for, but CUDA is not available on this machine.")
         index = device.index or 0
         if index >= torch.cuda.device_count():
-            raise DeviceError(f"Device {spec!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
+            raise DeviceError(
+                f"Device {spec!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
         return torch.device("cuda", index)
     if device.type == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):

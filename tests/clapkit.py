@@ -77,7 +77,9 @@ TRAINING_ONLY = {  # what the published file holds beside the inference keys (sh
 }  # fmt: skip
 
 
-def published_checkpoint(path: Path, cfg: CLAPConfig = CLAP_CLI, prefix: bool = True, position_ids: bool = True) -> Path:
+def published_checkpoint(
+    path: Path, cfg: CLAPConfig = CLAP_CLI, prefix: bool = True, position_ids: bool = True
+) -> Path:
     """The recipe's weights for cfg saved as the published `630k-audioset-best.pt` is laid out: {"state_dict":
     {"module." + key: tensor}} with the computed buffers and training-only tensors, beside epoch and optimizer state."""
     state = tiny_state_dict(cfg)
@@ -85,7 +87,10 @@ def published_checkpoint(path: Path, cfg: CLAPConfig = CLAP_CLI, prefix: bool = 
     state |= {k: torch.zeros(s) for k, s in TRAINING_ONLY.items()}
     if position_ids:
         state[POSITION_IDS] = torch.arange(cfg.text.max_positions)[None]
-    junk = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}
+    junk = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(4)}},
+        "param_groups": [{"lr": 1e-4, "params": [0]}],
+    }
     sd = {("module." if prefix else "") + k: v for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     # numpy numbers in the training state, as the published file holds them, pickled under numpy 1's module path

@@ -40,9 +40,32 @@ with torch.device("meta"):
 
 def command(root: Path, clotho: Path) -> list[str]:
     """The seconds-long run the kills interrupt: two epochs of three steps, the best epoch kept (so one is pruned)."""
-    return ["finetune", "--clotho", str(clotho), "--init", "tiny-init", "--name", "tuned", "--out", str(root / "run"),
-            "--epochs", "2", "--lr", "3e-3", "--warmup-steps", "1", "--crop-seconds", "0.3", "--workers", "0",
-            "--average-top", "1", "--seed", "1", "--json"]  # seed 1: epoch 2 beats epoch 1, whose snapshot goes
+    return [
+        "finetune",
+        "--clotho",
+        str(clotho),
+        "--init",
+        "tiny-init",
+        "--name",
+        "tuned",
+        "--out",
+        str(root / "run"),
+        "--epochs",
+        "2",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "1",
+        "--crop-seconds",
+        "0.3",
+        "--workers",
+        "0",
+        "--average-top",
+        "1",
+        "--seed",
+        "1",
+        "--json",
+    ]  # seed 1: epoch 2 beats epoch 1, whose snapshot goes
 
 
 def ways_to_kill(operation: str) -> list[str]:
@@ -92,8 +115,12 @@ class _Watch:
 
     def __init__(self, root: Path, kill: tuple[int, str] | None, trace: Path | None) -> None:
         self.root, self.kill, self.trace, self.count = root, kill, trace, 0
-        self.real: dict[str, Callable[..., Any]] = {"open": io.open, "replace": os.replace, "unlink": os.unlink,
-                                                   "truncate": os.truncate}
+        self.real: dict[str, Callable[..., Any]] = {
+            "open": io.open,
+            "replace": os.replace,
+            "unlink": os.unlink,
+            "truncate": os.truncate,
+        }
 
     def install(self) -> None:
         real = self.real
@@ -169,4 +196,3 @@ def _halve(path: Path) -> None:
     size = path.stat().st_size
     with io.FileIO(path, "r+") as f:
         f.truncate(size // 2)
-

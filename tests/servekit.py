@@ -52,7 +52,9 @@ def make_library(root: Path) -> dict[str, Path]:
         "sweep.aiff": audiogen.write_audio(root / "sweep.aiff", audiogen.chirp(300, 6000, 2.5, channels=2)),
         "noise.mp3": audiogen.write_audio(root / "noise.mp3", audiogen.noise(1.0, seed=2)),
         "float.wav": audiogen.write_audio(root / "float.wav", audiogen.square(110, 1.0), codec="pcm_f32le"),
-        "take.wv": audiogen.write_audio(root / "take.wv", audiogen.chirp(500, 1500, 1.2)),  # seeks land before the frame
+        "take.wv": audiogen.write_audio(
+            root / "take.wv", audiogen.chirp(500, 1500, 1.2)
+        ),  # seeks land before the frame
     }
     return files
 
@@ -80,7 +82,9 @@ def serving(pristine: tuple[Path, Path]) -> Iterator[Served]:
     root = live / "Sounds"
     files = {p.name: p for p in root.rglob("*") if p.is_file()}
     library = Library.open(live / "index.db")
-    client = TestClient(create_app(library, TOKEN, "127.0.0.1", 8765), base_url=BASE, headers={"Authorization": f"Bearer {TOKEN}"})
+    client = TestClient(
+        create_app(library, TOKEN, "127.0.0.1", 8765), base_url=BASE, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     try:
         yield Served(root, live / "index.db", files, library, client)
     finally:

@@ -146,7 +146,9 @@ def test_dependencies_point_one_way() -> None:
             if name.startswith(package):
                 offenders += [f"{name} -> {d}" for d in deps if d.startswith(forbidden)]
         if name.startswith(runtime):
-            offenders += [f"{name} -> {d} (runtime code never imports bench)" for d in deps if d.startswith("audiofind.bench")]
+            offenders += [
+                f"{name} -> {d} (runtime code never imports bench)" for d in deps if d.startswith("audiofind.bench")
+            ]
         if name.startswith("audiofind.store"):
             torch = [n for n in ast.walk(TREES[name]) if isinstance(n, ast.Import | ast.ImportFrom)
                      and any(a.name.split(".")[0] == "torch" for a in n.names) or getattr(n, "module", None) == "torch"]  # fmt: skip

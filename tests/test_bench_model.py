@@ -41,7 +41,9 @@ def make_clotho(root: Path) -> Path:
 def test_bench_clotho_ranks_like_embed(tmp_path: Path) -> None:
     weights.save_model(synthetic_state_dict(AudioCLIPConfig()), "full", AudioCLIPConfig().to_dict(), {})
     root = make_clotho(tmp_path / "clotho")
-    result = runner.invoke(app, ["bench", "clotho", str(root), "-w", "full", "--json", "--write-submission", str(tmp_path / "sub.csv")])
+    result = runner.invoke(
+        app, ["bench", "clotho", str(root), "-w", "full", "--json", "--write-submission", str(tmp_path / "sub.csv")]
+    )
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)
     assert {"R1", "R5", "R10", "mAP10"} <= set(scores) and scores["n_queries"] == 30
@@ -82,7 +84,20 @@ def test_bench_captions_ranks_like_embed(tmp_path: Path) -> None:
     result = runner.invoke(app, ["bench", "captions", str(pairs), "-w", name, "--json", "--write-submission", str(sub)])
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)
-    clotho_keys = {"split", "source", "n_clips", "R1", "R5", "R10", "mAP10", "R1_ci", "R5_ci", "R10_ci", "mAP10_ci", "n_queries"}
+    clotho_keys = {
+        "split",
+        "source",
+        "n_clips",
+        "R1",
+        "R5",
+        "R10",
+        "mAP10",
+        "R1_ci",
+        "R5_ci",
+        "R10_ci",
+        "mAP10_ci",
+        "n_queries",
+    }
     assert set(scores) == clotho_keys and scores["n_queries"] == 12 and scores["n_clips"] == 6
     assert "Skipped 1 bad rows" in result.stderr
 

@@ -37,7 +37,9 @@ def test_names_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
     from audiofind.store.sqlite import fulltext as text
 
     figures = namespeed.names_speed(files=1200, dim=32, repeat=1)
-    assert list(figures) == ["hybrid_adds_1k_s", "text_query_1k_s", "fts_fill_1k_s"] and all(v >= 0 for v in figures.values())
+    assert list(figures) == ["hybrid_adds_1k_s", "text_query_1k_s", "fts_fill_1k_s"] and all(
+        v >= 0 for v in figures.values()
+    )
     assert figures["fts_fill_1k_s"] > 0 and figures["text_query_1k_s"] > 0
     with pytest.raises(RuntimeError, match="indexed 0 of 1200 files"):  # a fill that fills nothing is not timed
         monkeypatch.setattr(text, "create", lambda conn: conn.execute(text.SCHEMA))
@@ -81,7 +83,9 @@ def test_side_by_side_keeps_each_fastest_run(monkeypatch: pytest.MonkeyPatch) ->
     calls: list[str] = []
     clock = iter([0.0, 5.0, 5.0, 7.0, 7.0, 10.0, 10.0, 14.0])  # (start, end) of a, b, a, b: a 5 then 3, b 2 then 4
     monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
-    best = bench.side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), repeat=2)
+    best = bench.side_by_side(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), repeat=2
+    )
     assert calls == ["a", "b", "a", "b", "a", "b"]  # one warm-up round, then interleaved
     assert best == {"a": 3.0, "b": 2.0}
 
@@ -131,7 +135,9 @@ def test_reduced_precision_on_cpu_is_one_line(monkeypatch: pytest.MonkeyPatch) -
     from audiofind import device
 
     result = runner.invoke(app, ["bench", "speed", "--only", "model", "--device", "cpu", "--precision", "tf32"])
-    assert result.exit_code == 2 and "for CUDA devices" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        result.exit_code == 2 and "for CUDA devices" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    )
     monkeypatch.setattr(device, "describe_cpu", lambda: ("Old CPU", ["AVX2"]))
     result = runner.invoke(app, ["bench", "speed", "--only", "model", "--device", "cpu", "--precision", "bf16"])
     assert result.exit_code == 2 and "this CPU (Old CPU) has AVX2" in result.stderr

@@ -133,7 +133,9 @@ def test_a_clap_import_without_its_tokenizer_is_one_line(tmp_path: Path) -> None
     assert "AudioCLIP checkpoint" in one_line("weights", "import", audioclip, "--tokenizer", VOCAB, code=2)
 
 
-def test_download_fetches_checkpoint_and_tokenizer_checked_and_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_fetches_checkpoint_and_tokenizer_checked_and_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from httpkit import Server
 
     sha = lambda data: hashlib.sha256(data).hexdigest()
@@ -145,8 +147,16 @@ def test_download_fetches_checkpoint_and_tokenizer_checked_and_resumable(tmp_pat
     server.files |= data
     tokenizer = [{"file": f, "url": f"{server.url}/{f}", "size": len(data[f]), "sha256": sha(data[f])}
                  for f in ("vocab.json", "merges.txt")]  # fmt: skip
-    entry = {"name": "clap-small", "family": "clap", "file": "630k.pt", "url": f"{server.url}/630k.pt",
-             "size": len(data["630k.pt"]), "sha256": sha(data["630k.pt"]), "licence": "CC0-1.0", "tokenizer": tokenizer}
+    entry = {
+        "name": "clap-small",
+        "family": "clap",
+        "file": "630k.pt",
+        "url": f"{server.url}/630k.pt",
+        "size": len(data["630k.pt"]),
+        "sha256": sha(data["630k.pt"]),
+        "licence": "CC0-1.0",
+        "tokenizer": tokenizer,
+    }
     bad = entry | {"name": "clap-bad", "tokenizer": [tokenizer[0], tokenizer[1] | {"sha256": "0" * 64}]}
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"default": "clap-small", "models": [entry, bad]}))
@@ -168,7 +178,10 @@ def test_download_fetches_checkpoint_and_tokenizer_checked_and_resumable(tmp_pat
         assert not (weights_dir / "clap-bad.safetensors").exists()
         assert not (weights_dir / "clap-bad.tokenizer" / "merges.txt").exists()
         cli("weights", "remove", "clap-small")
-        assert not (weights_dir / "clap-small.tokenizer").exists() and not (weights_dir / "clap-small.safetensors").exists()
+        assert (
+            not (weights_dir / "clap-small.tokenizer").exists()
+            and not (weights_dir / "clap-small.safetensors").exists()
+        )
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
@@ -202,9 +215,13 @@ def test_search_in_every_mode(home: Home) -> None:
     for mode in ("hybrid", "audio", "text"):
         hits = json.loads(cli("search", "rain", "--mode", mode, "--db", home.db, "--json"))
         assert hits, mode
-    names = [Path(h["path"]).name for h in json.loads(cli("search", "rain", "--mode", "text", "--db", home.db, "--json"))]
+    names = [
+        Path(h["path"]).name for h in json.loads(cli("search", "rain", "--mode", "text", "--db", home.db, "--json"))
+    ]
     assert set(names) == {"rain.wav", "rain copy.wav", "rain.flac"}
-    away = json.loads(cli("search", "a hiss", "--not", "a pure tone", "--mode", "audio", "--db", home.db, "--json", "-k", "5"))
+    away = json.loads(
+        cli("search", "a hiss", "--not", "a pure tone", "--mode", "audio", "--db", home.db, "--json", "-k", "5")
+    )
     plain = json.loads(cli("search", "a hiss", "--mode", "audio", "--db", home.db, "--json", "-k", "5"))
     assert len(away) == len(plain) == 5 and [h["score"] for h in away] != [h["score"] for h in plain]
 
@@ -228,7 +245,9 @@ def test_like_finds_the_file_itself_and_embeds_a_new_one_at_48_khz(home: Home, t
 
 
 def test_a_cold_search_of_a_clap_index_imports_no_torch(home: Home) -> None:
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])
+    }
     argv = [sys.executable, "-X", "importtime", "-m", "audiofind", "search", "rain", "--db", str(home.db), "--json"]
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -288,8 +307,12 @@ def test_watch_embeds_a_new_file(home: Home, tmp_path: Path) -> None:
         from audiofind.library.sync import prepare
 
         prepare(index, encoder)
-        thread = threading.Thread(target=watch, args=(index, encoder, [root]), daemon=True,
-                                  kwargs={"on_event": events.append, "stop": stop, "on_ready": ready.set, "settle": 0.2})
+        thread = threading.Thread(
+            target=watch,
+            args=(index, encoder, [root]),
+            daemon=True,
+            kwargs={"on_event": events.append, "stop": stop, "on_ready": ready.set, "settle": 0.2},
+        )
         thread.start()
         assert ready.wait(120)
         new = audiogen.write_audio(root / "new.wav", audiogen.sine(660, 0.7))

@@ -125,8 +125,12 @@ def test_cli_table_shows_the_metrics():
 def test_jackknife_matches_a_literal_leave_one_out_on_the_baseline():
     split = clotho.load_split(CLOTHO, need_audio=False)
     rows = clotho.read_submission(CLOTHO / "baseline_submission.csv")
-    ranks = np.array([names.index(split.files[f]) + 1 if split.files[f] in names else 11
-                      for (_, names), f in zip(rows, split.caption_file)])
+    ranks = np.array(
+        [
+            names.index(split.files[f]) + 1 if split.files[f] in names else 11
+            for (_, names), f in zip(rows, split.caption_file)
+        ]
+    )
     values = np.where(ranks <= 10, 1.0 / ranks, 0.0)  # per-query AP@10
     # astropy's jackknife_stats(values, np.mean, 0.95), which the official script calls, written out longhand.
     n = len(values)
@@ -150,13 +154,15 @@ def test_metrics_on_hand_made_ranks():
 
 
 def test_ranks_from_scores_breaks_ties_by_clip_order_and_sinks_nan():
-    scores = np.array([
-        [0.1, 0.9, 0.5],  # relevant 2: one clip above
-        [0.5, 0.5, 0.5],  # relevant 1: tied with clip 0, which comes first
-        [0.5, 0.5, 0.5],  # relevant 0: first of the tie
-        [np.nan, 0.2, 0.3],  # relevant 0 is NaN: last
-        [0.0, np.nan, 0.3],  # a NaN elsewhere never ranks above
-    ])
+    scores = np.array(
+        [
+            [0.1, 0.9, 0.5],  # relevant 2: one clip above
+            [0.5, 0.5, 0.5],  # relevant 1: tied with clip 0, which comes first
+            [0.5, 0.5, 0.5],  # relevant 0: first of the tie
+            [np.nan, 0.2, 0.3],  # relevant 0 is NaN: last
+            [0.0, np.nan, 0.3],  # a NaN elsewhere never ranks above
+        ]
+    )
     ranks = ranks_from_scores(scores, np.array([2, 1, 0, 0, 0]))
     assert ranks.tolist() == [2, 2, 1, 3, 2]
 
@@ -283,8 +289,11 @@ def test_malformed_row_names_its_line(tmp_path: Path):
 
 # A row appended to a 3-clip layout (line 5): what the benchmark raises, and what fine-tuning skips it with (None: kept).
 ROWS = [
-    ("broken.wav,only one caption", "expected 6 fields (file_name and 5 captions), found 2.",
-     "expected a file name and 5 captions, found 2 fields."),
+    (
+        "broken.wav,only one caption",
+        "expected 6 fields (file_name and 5 captions), found 2.",
+        "expected a file name and 5 captions, found 2 fields.",
+    ),
     (",a,b,c,d,e", "the file name is empty.", "the file name is empty."),
     ("x.wav,,,,,", "clip 'x.wav' has an empty caption.", "x.wav has no caption."),
     ("x.wav,a,,c,d,e", "clip 'x.wav' has an empty caption.", None),
@@ -297,7 +306,8 @@ ROWS = [
 
 @pytest.mark.parametrize(("row", "strict", "lenient"), ROWS)
 def test_one_captions_parser_strict_for_the_benchmark_lenient_for_training(
-        tmp_path: Path, row: str, strict: str | None, lenient: str | None) -> None:
+    tmp_path: Path, row: str, strict: str | None, lenient: str | None
+) -> None:
     make_layout(tmp_path, 3)
     (tmp_path / "evaluation" / "x.wav").write_bytes((tmp_path / "evaluation" / "clip 01, take.wav").read_bytes())
     csv_path = tmp_path / "clotho_captions_evaluation.csv"
@@ -399,8 +409,21 @@ def test_cli_model_run_writes_a_submission_and_caches(
     fake.load_encoder = load_encoder  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "audiofind.model.encoder", fake)
     out = tmp_path / "run.csv"
-    res = runner.invoke(app, ["bench", "clotho", str(tmp_path / "data"), "-w", "tiny", "--device", "cpu",
-                              "--write-submission", str(out), "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "clotho",
+            str(tmp_path / "data"),
+            "-w",
+            "tiny",
+            "--device",
+            "cpu",
+            "--write-submission",
+            str(out),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     run = json.loads(res.stdout)
     assert asked == [("tiny", "cpu")] and run["source"] == "fake"
@@ -428,8 +451,9 @@ def make_challenge(root: Path, n_clips: int = 6, truth: bool = False) -> Path:
         csv.writer(f).writerows([["file_name", "keywords"], *[[n, "caf\xe9"] for n in listed]])
     queries = [(f"clip {i} caption {k}", listed[i]) for i in range(3) for k in range(2)]
     with (root / "retrieval_captions.csv").open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([["caption", "file_name"] if truth else ["caption"],
-                                 *[[c, n] if truth else [c] for c, n in queries]])
+        csv.writer(f).writerows(
+            [["caption", "file_name"] if truth else ["caption"], *[[c, n] if truth else [c] for c, n in queries]]
+        )
     return root
 
 

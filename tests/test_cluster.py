@@ -92,7 +92,9 @@ def test_a_ray_run_gives_the_index_a_local_run_gives(ray_cluster: str, indexed: 
     assert status(ray) == status(indexed.db)
     check_consistent(ray)
     like = str(indexed.root / "long" / "take 1.wav")
-    searches = [runner.invoke(app, ["search", "--like", like, "--db", str(db), "--json"]).stdout for db in (indexed.db, ray)]
+    searches = [
+        runner.invoke(app, ["search", "--like", like, "--db", str(db), "--json"]).stdout for db in (indexed.db, ray)
+    ]
     assert searches[0] == searches[1] and json.loads(searches[0])[0]["path"] == like
 
 
@@ -147,7 +149,9 @@ def test_a_dead_actor_and_a_dead_decoding_worker_lose_nothing_and_commit_nothing
     assert snapshot(tmp_path / "ray.db") == snapshot(indexed.db)
 
 
-def test_a_long_recording_begun_by_an_interrupted_run_is_finished_on_the_cluster(ray_cluster: str, tmp_path: Path) -> None:
+def test_a_long_recording_begun_by_an_interrupted_run_is_finished_on_the_cluster(
+    ray_cluster: str, tmp_path: Path
+) -> None:
     root = tmp_path / "lib"
     root.mkdir()
     audiogen.write_audio(root / "long.flac", audiogen.chirp(100, 3000, 73.0))  # 14 windows
@@ -168,13 +172,29 @@ def test_a_long_recording_begun_by_an_interrupted_run_is_finished_on_the_cluster
     assert snapshot(ray) == snapshot(local)
 
 
-def test_an_unreachable_cluster_is_one_line_and_exit_1_and_the_index_untouched(ray_cluster: str, tmp_path: Path) -> None:
+def test_an_unreachable_cluster_is_one_line_and_exit_1_and_the_index_untouched(
+    ray_cluster: str, tmp_path: Path
+) -> None:
     (tmp_path / "lib").mkdir()
     audiogen.write_audio(tmp_path / "lib" / "a.wav", audiogen.sine(440, 0.5))
     db = tmp_path / "i.db"
     started = time.monotonic()
-    command = [sys.executable, "-m", "audiofind", "index", str(tmp_path / "lib"), "--db", str(db), "-w", "tiny", "--ray", "127.0.0.1:1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    command = [
+        sys.executable,
+        "-m",
+        "audiofind",
+        "index",
+        str(tmp_path / "lib"),
+        "--db",
+        str(db),
+        "-w",
+        "tiny",
+        "--ray",
+        "127.0.0.1:1",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     assert done.returncode == 1 and not done.stdout
     assert done.stderr == "error: Cannot reach the Ray cluster at 127.0.0.1:1: Connection refused.\n"
     assert time.monotonic() - started < 60 and not db.exists()
@@ -184,15 +204,34 @@ def test_a_cluster_without_room_for_an_actor_is_one_line_and_exit_1(ray_cluster:
     (tmp_path / "lib").mkdir()
     audiogen.write_audio(tmp_path / "lib" / "a.wav", audiogen.sine(440, 0.5))
     db = tmp_path / "i.db"
-    result = runner.invoke(app, ["index", str(tmp_path / "lib"), "--db", str(db), "-w", "tiny", "--ray", "local", "--device", "cuda"])
+    result = runner.invoke(
+        app, ["index", str(tmp_path / "lib"), "--db", str(db), "-w", "tiny", "--ray", "local", "--device", "cuda"]
+    )
     assert result.exit_code == 1 and not db.exists()
-    assert result.stderr == "error: The Ray cluster at local has no GPU: no room for an embedding actor on --device cuda.\n"
+    assert (
+        result.stderr
+        == "error: The Ray cluster at local has no GPU: no room for an embedding actor on --device cuda.\n"
+    )
 
 
-def test_a_sigkilled_driver_leaves_an_index_the_next_run_finishes(ray_cluster: str, indexed: Indexed, tmp_path: Path) -> None:
+def test_a_sigkilled_driver_leaves_an_index_the_next_run_finishes(
+    ray_cluster: str, indexed: Indexed, tmp_path: Path
+) -> None:
     db, marker = tmp_path / "i.db", tmp_path / "driver killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AUDIOFIND_RAY_FAULT": f"driver:5:{marker}"}
-    command = [sys.executable, "-m", "audiofind", "index", str(indexed.root), "--db", str(db), "-w", "tiny", "--ray", ray_cluster]
+    command = [
+        sys.executable,
+        "-m",
+        "audiofind",
+        "index",
+        str(indexed.root),
+        "--db",
+        str(db),
+        "-w",
+        "tiny",
+        "--ray",
+        ray_cluster,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert done.returncode == -9 and marker.exists(), done.stderr  # killed once its 5th file was committed
     check_consistent(db)
@@ -254,7 +293,9 @@ def test_an_actor_per_gpu_or_else_per_node_with_its_cores(ray_cluster: str) -> N
     plan = cluster_module.Cluster(FakeRay({"CPU": 56, "GPU": 3}, nodes), "x", False, "cpu", False)._plan()
     assert plan.device == "cpu" and [(o["num_cpus"], t) for o, t in plan.actors] == [(15, 16), (7, 8), (31, 32)]
     assert plan.decoders == 3  # a core a node
-    plan = cluster_module.Cluster(FakeRay({"CPU": 3}, [node("4", 1), node("5", 2), node("6", 4, alive=False)]), "x", False, "auto", False)._plan()
+    plan = cluster_module.Cluster(
+        FakeRay({"CPU": 3}, [node("4", 1), node("5", 2), node("6", 4, alive=False)]), "x", False, "auto", False
+    )._plan()
     assert [(o["num_cpus"], t) for o, t in plan.actors] == [(0, 1), (1, 2)] and plan.decoders == 2
     with pytest.raises(ClusterError, match="no GPU"):
         cluster_module.Cluster(FakeRay({"CPU": 4}, [node("7", 4)]), "x", False, "cuda", False)._plan()
@@ -285,7 +326,14 @@ def test_bench_compares_a_local_run_with_a_cluster_run(ray_cluster: str) -> None
     from audiofind.model.config import TINY
 
     figures = {f.key: f for f in ray_figures(None, "local", synthetic=True, cfg=TINY, libraries=[(3, 4.0)], repeat=1)}
-    assert set(figures) == {"ray_here_s", "ray_cluster_s", "ray_overhead", "ray_start_s", "ray_load_s", "ray_overhead_with_start"}
+    assert set(figures) == {
+        "ray_here_s",
+        "ray_cluster_s",
+        "ray_overhead",
+        "ray_start_s",
+        "ray_load_s",
+        "ray_overhead_with_start",
+    }
     assert figures["ray_cluster_s"].label == "index on the cluster (--ray local, 1 actor)"
     assert figures["ray_overhead"].value == figures["ray_cluster_s"].value / figures["ray_here_s"].value - 1
 
@@ -329,7 +377,9 @@ def test_a_window_or_a_file_said_twice_is_committed_once(tmp_path: Path) -> None
         assert other.path not in committing.files and not store.partial_segments(other.hash)
 
 
-def test_a_sync_stopped_on_the_cluster_leaves_the_rest_to_the_next(ray_cluster: str, indexed: Indexed, tmp_path: Path) -> None:
+def test_a_sync_stopped_on_the_cluster_leaves_the_rest_to_the_next(
+    ray_cluster: str, indexed: Indexed, tmp_path: Path
+) -> None:
     """watch's Ctrl-C or SIGTERM in the middle of a sync: decoding tasks are cancelled, the actors stay for the next."""
     stop = threading.Event()
     with connect("local") as cluster, SqliteStore.open(tmp_path / "ray.db") as store:

@@ -51,8 +51,11 @@ def md5(b: bytes) -> str:
     return hashlib.md5(b).hexdigest()
 
 
-CLIPS = {"development": ["rain on a roof.wav", "door, creaking.wav", "dog.wav"],
-         "validation": ["birds.wav", "sea.wav"], "evaluation": ["train.wav", "bell.wav"]}
+CLIPS = {
+    "development": ["rain on a roof.wav", "door, creaking.wav", "dog.wav"],
+    "validation": ["birds.wav", "sea.wav"],
+    "evaluation": ["train.wav", "bell.wav"],
+}
 SUBSET = {"development": "dev", "validation": "val", "evaluation": "eval"}
 
 
@@ -63,12 +66,18 @@ def published() -> dict[str, tuple[str, bytes]]:
         rows = [HEADER, *[[n] + [f"{n[:-4]} caption {k}" for k in range(5)] for n in names]]
         files[f"clotho_audio_{split}.7z"] = (SUBSET[split], archive(split, names))
         files[f"clotho_captions_{split}.csv"] = (SUBSET[split], csv_bytes(rows))
-        files[f"clotho_metadata_{split}.csv"] = (SUBSET[split], csv_bytes([["file_name", "keywords"], *[[n, "x"] for n in names]]))
+        files[f"clotho_metadata_{split}.csv"] = (
+            SUBSET[split],
+            csv_bytes([["file_name", "keywords"], *[[n, "x"] for n in names]]),
+        )
     challenge = ["a hum.wav", "Intersection Wet_Metro Pass.wav", "a click.wav"]  # the archive's names, no colon
     files["retrieval_audio.7z"] = ("dcase_t2a_audio", archive("test", challenge))
     listed = ["a hum.wav", "Intersection Wet : Metro Pass.wav", "a click.wav"]
     files["retrieval_audio_metadata.csv"] = ("dcase_t2a_audio", csv_bytes([["file_name"], *[[n] for n in listed]]))
-    files["retrieval_captions.csv"] = ("dcase_t2a_captions", csv_bytes([["caption"], ["a low hum"], ["cars pass in the wet"]]))
+    files["retrieval_captions.csv"] = (
+        "dcase_t2a_captions",
+        csv_bytes([["caption"], ["a low hum"], ["cars pass in the wet"]]),
+    )
     return files
 
 
@@ -103,7 +112,8 @@ def test_all_splits_land_in_the_layout_bench_and_finetune_read(server: Server):
     assert done.exit_code == 0, done.output
     root = paths.data_dir() / "clotho"  # the default folder, under AUDIOFIND_HOME here
     assert sorted(p.name for p in root.iterdir()) == sorted(
-        [f"clotho_{kind}_{s}.csv" for s in CLIPS for kind in ("captions", "metadata")] + list(CLIPS))
+        [f"clotho_{kind}_{s}.csv" for s in CLIPS for kind in ("captions", "metadata")] + list(CLIPS)
+    )
     for split, names in CLIPS.items():
         assert sorted(p.name for p in (root / split).glob("*.wav")) == sorted(names)
         assert clotho.load_split(root, split).files == names  # what bench clotho reads
@@ -176,7 +186,10 @@ def test_challenge_set_for_bench_clotho(server: Server, tmp_path: Path):
     _, reports = datasets.download_clotho(tmp_path, "dcase2022-eval")
     assert (reports[0].clips, reports[0].captions) == (3, 2)
     assert sorted(p.name for p in (tmp_path / "dcase2022-eval").glob("*.wav")) == [
-        "Intersection Wet_Metro Pass.wav", "a click.wav", "a hum.wav"]
+        "Intersection Wet_Metro Pass.wav",
+        "a click.wav",
+        "a hum.wav",
+    ]
     split = clotho.load_split(tmp_path, "dcase2022-eval")
     assert split.captions == ["a low hum", "cars pass in the wet"] and split.caption_file is None
 
@@ -198,16 +211,19 @@ def test_help_shows_the_splits_as_they_are_typed():
     assert "development|validation|evaluation|all|dcase2022-eval" in done.stdout
 
 
-@pytest.mark.parametrize(("args", "manifest", "code"), [
-    (["--split", "test"], None, 2),  # not a split
-    (["--split"], None, 2),  # no value
-    (["--bogus"], None, 2),
-    ([], "absent.tsv", 1),  # the library's DatasetError
-    (["--split", "validation"], "damaged", 1),  # a ChecksumError in the middle of the download
-])
+@pytest.mark.parametrize(
+    ("args", "manifest", "code"),
+    [
+        (["--split", "test"], None, 2),  # not a split
+        (["--split"], None, 2),  # no value
+        (["--bogus"], None, 2),
+        ([], "absent.tsv", 1),  # the library's DatasetError
+        (["--split", "validation"], "damaged", 1),  # a ChecksumError in the middle of the download
+    ],
+)
 def test_errors_are_one_line_that_begins_like_every_other_command(
-        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], manifest: str | None,
-        code: int):
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], manifest: str | None, code: int
+):
     if manifest == "damaged":
         server.files["clotho_captions_validation.csv"] = b"not what the manifest says"
     elif manifest:

@@ -92,7 +92,9 @@ def test_every_encodable_format_decodes(tmp_path: Path, ext: str) -> None:
 
 def test_probe_reads_metadata_without_resampling(tmp_path: Path) -> None:
     x = (ag.sine(300, 1.5, sr=22050, channels=2) * 32767).astype(np.int16)
-    assert probe(ag.write_int16_wav(tmp_path / "a.wav", x, sr=22050)) == AudioInfo(1.5, 22050, 2, "pcm_s16le", "wav", 16)
+    assert probe(ag.write_int16_wav(tmp_path / "a.wav", x, sr=22050)) == AudioInfo(
+        1.5, 22050, 2, "pcm_s16le", "wav", 16
+    )
     info = probe(ag.write_audio(tmp_path / "a.mp3", ag.chirp(200, 2000, 2.0)))
     assert info.codec == "mp3" and info.channels == 1 and abs(info.duration - 2.0) < 0.05
 

@@ -71,4 +71,6 @@ def test_help_shows_what_to_type_not_type_names() -> None:
         assert not re.search(r"<(bool|str|int|float|path|Path|list\[\w+\])>", result.stdout), (name, result.stdout)
     search = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "200"}).stdout
     assert "-k      N" in search or " N " in search
-    assert [line for line in search.splitlines() if "--json" in line][0].split("--json")[1].split()[0] == "Machine-readable"
+    assert [line for line in search.splitlines() if "--json" in line][0].split("--json")[1].split()[
+        0
+    ] == "Machine-readable"

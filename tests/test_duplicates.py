@@ -133,7 +133,11 @@ def test_an_index_without_fingerprints_gets_them_on_its_first_run(library: tuple
 
 
 def test_bench_near_measures_copies_against_different_sounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    few = {k: v for k, v in prints.generated_sounds().items() if k in ("white noise 1", "sweep up", "gesture take 1", "gesture take 2")}
+    few = {
+        k: v
+        for k, v in prints.generated_sounds().items()
+        if k in ("white noise 1", "sweep up", "gesture take 1", "gesture take 2")
+    }
     assert len(few) == 4, sorted(prints.generated_sounds())
     monkeypatch.setattr(prints, "generated_sounds", lambda: few)
     report = json.loads(run("bench", "near", "--json"))

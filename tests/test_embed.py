@@ -56,7 +56,22 @@ def test_embed_is_deterministic_whatever_the_batch(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     files = [write_wav(tmp_path / f"{i}.wav", rng.normal(0, 4000, 20000 + 3000 * i)) for i in range(3)]
     alone = runner.invoke(app, ["embed", str(files[1]), "-w", name, "--json", "-t", "rain on a tin roof"])
-    mixed = runner.invoke(app, ["embed", *map(str, files), "-w", name, "--json", "-t", "x", "-t", "rain on a tin roof", "-t", "a much longer caption about a slowly creaking door"])
+    mixed = runner.invoke(
+        app,
+        [
+            "embed",
+            *map(str, files),
+            "-w",
+            name,
+            "--json",
+            "-t",
+            "x",
+            "-t",
+            "rain on a tin roof",
+            "-t",
+            "a much longer caption about a slowly creaking door",
+        ],
+    )
     a = [json.loads(line) for line in alone.stdout.splitlines()]
     m = {r["input"]: r["embedding"] for r in map(json.loads, mixed.stdout.splitlines())}
     assert a[0]["embedding"] == m[str(files[1])]  # bitwise: JSON floats round-trip exactly

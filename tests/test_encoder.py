@@ -26,7 +26,9 @@ REF = np.load(DATA / "public_reference.npz")
 
 def on_cuda(test):  # type: ignore[no-untyped-def]
     """Mark a test requires_cuda and skip it where no CUDA device is present."""
-    return pytest.mark.requires_cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
+    return pytest.mark.requires_cuda(
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test)
+    )
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -119,7 +121,9 @@ def test_full_size_rows_are_bitwise_the_same_in_any_batch() -> None:
         for b in (2, 5, 8):
             assert torch.equal(audio(x[:b]), alone[:b]), f"batch of {b}"
     text = from_state_dict(synthetic_state_dict(AudioCLIPConfig()), towers=["text"])
-    enc = from_model(text, AudioCLIPConfig(), torch.device("cpu"), "synthetic", "0" * 64, prepare=True, text_batch_size=64)
+    enc = from_model(
+        text, AudioCLIPConfig(), torch.device("cpu"), "synthetic", "0" * 64, prepare=True, text_batch_size=64
+    )
     captions = [str(c) for c in REF["caption_texts"]] * 2  # 12 captions of 7 lengths, twice
     assert np.array_equal(enc.embed_text(captions), np.stack([enc.embed_text([c])[0] for c in captions]))
 
@@ -176,11 +180,21 @@ def test_precision_scope_sets_and_restores_tf32() -> None:
 
 # --- on a CUDA device (.ci/device-check) ---
 
+
 def full_encoder(device: str, precision: str = "fp32", batch_size: int = 1) -> Encoder:
     """The fixture's full-size weights prepared for inference on device, as load_encoder prepares them."""
     model = from_state_dict(synthetic_state_dict(AudioCLIPConfig())).to(device)
-    return from_model(model, AudioCLIPConfig(), torch.device(device), "synthetic", "0" * 64, prepare=True, batch_size=batch_size,
-                      text_batch_size=64 if batch_size > 1 else 1, precision=precision)
+    return from_model(
+        model,
+        AudioCLIPConfig(),
+        torch.device(device),
+        "synthetic",
+        "0" * 64,
+        prepare=True,
+        batch_size=batch_size,
+        text_batch_size=64 if batch_size > 1 else 1,
+        precision=precision,
+    )
 
 
 def generated_library(n: int = 48) -> list[np.ndarray]:
@@ -213,7 +227,10 @@ def test_cuda_fp32_matches_the_cpu_on_the_fixture() -> None:
     clips = [REF[f"audio__{n}"][0].astype(np.float32) for n in REF["audio_names"]]
     captions = [str(c) for c in REF["caption_texts"]]
     cpu, gpu = full_encoder("cpu"), full_encoder("cuda", "fp32")
-    for a, b in ((cpu.embed_audio(clips), gpu.embed_audio(clips)), (cpu.embed_text(captions), gpu.embed_text(captions))):
+    for a, b in (
+        (cpu.embed_audio(clips), gpu.embed_audio(clips)),
+        (cpu.embed_text(captions), gpu.embed_text(captions)),
+    ):
         assert rel(b, a) < 1e-4
     for name, emb in zip(REF["audio_names"], gpu.embed_audio(clips)):
         assert rel(emb, REF[f"audio_emb_f64__{name}"][0]) < 5e-5

@@ -37,7 +37,15 @@ def columns(conn: apsw.Connection, table: str) -> list[str]:
 
 def test_a_new_index_has_the_fact_columns(tmp_path: Path) -> None:
     with SqliteStore.open(tmp_path / "index.db") as ix:
-        assert columns(ix.conn, "audio") == ["hash", "duration", "sample_rate", "channels", "container", "codec", "bits"]
+        assert columns(ix.conn, "audio") == [
+            "hash",
+            "duration",
+            "sample_rate",
+            "channels",
+            "container",
+            "codec",
+            "bits",
+        ]
         assert "m009_audio_facts" in migrations.names()
 
 
@@ -48,7 +56,9 @@ def test_the_store_keeps_the_facts_of_whole_and_chunked_contents(tmp_path: Path)
         ix.add_file(FileRow(str(tmp_path / "a.wav"), str(tmp_path), 1, 1, "a"), AudioRow("a", 1.0, 96000, 2, "wav", "pcm_s24le", 24),
                     [(0.0, 1.0)], one)  # fmt: skip
         # a long recording: committed a chunk at a time, finished by add_file with what the decoder read
-        ix.add_segments("b", str(tmp_path / "b.mp3"), AudioRow("b", 5.0, 44100, 1, "mp3", "mp3", None), [(0.0, 5.0)], one)
+        ix.add_segments(
+            "b", str(tmp_path / "b.mp3"), AudioRow("b", 5.0, 44100, 1, "mp3", "mp3", None), [(0.0, 5.0)], one
+        )
         ix.add_file(FileRow(str(tmp_path / "b.mp3"), str(tmp_path), 1, 1, "b"), AudioRow("b", 9.0, 44100, 1, "mp3", "mp3", None),
                     [(4.0, 9.0)], one)  # fmt: skip
         ix.add_file(FileRow("/nowhere/c.wav", "/nowhere", 1, 1, "c"), AudioRow("c", 1.0, 48000, 1), [(0.0, 1.0)], one)
@@ -77,7 +87,10 @@ def test_an_older_index_gets_its_facts_from_the_headers_alone(tmp_path: Path, mo
     (lib / "z copy.wav").write_bytes((lib / "a first.wav").read_bytes())  # the same content, found second
     db = tmp_path / "index.db"
     assert runner.invoke(app, ["index", str(lib), "--db", str(db), "-w", "tiny"]).exit_code == 0
-    fresh = {Path(h["path"]).name: [h[k] for k in KEYS] for h in cli("search", "x", "-k", 10, "--mode", "audio", "-w", "tiny", "--json", "--db", db)}
+    fresh = {
+        Path(h["path"]).name: [h[k] for k in KEYS]
+        for h in cli("search", "x", "-k", 10, "--mode", "audio", "-w", "tiny", "--json", "--db", db)
+    }
     assert fresh["hi.wav"] == ["wav", "pcm_s24le", 96000, 24, 2] and fresh["kick.mp3"] == ["mp3", "mp3", 44100, None, 1]
     # As an index made before m009: no fact columns, the migration not recorded.
     conn = apsw.Connection(str(db))
@@ -98,7 +111,10 @@ def test_an_older_index_gets_its_facts_from_the_headers_alone(tmp_path: Path, mo
         with open_store(db) as ix:
             assert ix.stats().segments == segments and "m009_audio_facts" in migrations.applied(ix.conn)  # type: ignore[attr-defined]
     assert probed and not any(probed)  # never counting packets either
-    now = {Path(h["path"]).name: [h[k] for k in KEYS] for h in cli("search", "x", "-k", 10, "--mode", "audio", "-w", "tiny", "--json", "--db", db)}
+    now = {
+        Path(h["path"]).name: [h[k] for k in KEYS]
+        for h in cli("search", "x", "-k", 10, "--mode", "audio", "-w", "tiny", "--json", "--db", db)
+    }
     assert now["hi.wav"] == fresh["hi.wav"] and now["kick.mp3"] == fresh["kick.mp3"]
     assert now["a first.wav"] == now["z copy.wav"] == ["wav", "pcm_s16le", 44100, 16, 1]  # read from the copy
     assert now["gone.flac"] == now["changed.flac"] == [None, None, 44100, None, 1]  # rate and channels were always kept

@@ -70,7 +70,9 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-u
     (root / "d1" / "s3.wav").unlink()
     _noise_wav(root / "long" / "c.wav", 8.0, seed=22)
     _noise_wav(root / "new" / "n.wav", 0.6, seed=23)
-    audiogen.write_truncated(root / "new" / "bad.flac", audiogen.write_audio(tmp_path / "src.flac", audiogen.sine(440, 3.0)))
+    audiogen.write_truncated(
+        root / "new" / "bad.flac", audiogen.write_audio(tmp_path / "src.flac", audiogen.sine(440, 3.0))
+    )
     shutil.copy(root / "new" / "n.wav", root / "new" / "n-copy.wav")  # a copy met in the same run
     return tmp_path, root, enc, state_a
 

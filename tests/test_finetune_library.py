@@ -46,7 +46,6 @@ def make_library(root: Path) -> Path:
     return root
 
 
-
 @pytest.fixture
 def indexed(tmp_path: Path) -> tuple[Path, Path, str]:
     """(library, index file, model name): the library indexed with TINY weights."""
@@ -73,11 +72,34 @@ def test_library_captions_hold_out_a_seeded_tenth(indexed: tuple[Path, Path, str
     assert again == val and other != val  # the held-out files follow the seed, and only the seed
 
 
-def test_finetune_library_scores_held_out_files_before_and_after(indexed: tuple[Path, Path, str], tmp_path: Path) -> None:
+def test_finetune_library_scores_held_out_files_before_and_after(
+    indexed: tuple[Path, Path, str], tmp_path: Path
+) -> None:
     _, db, name = indexed
-    args = ["finetune", "--library", "--db", str(db), "--init", name, "--name", "mine", "--epochs", "3",
-            "--lr", "3e-3", "--warmup-steps", "1", "--crop-seconds", "0.3", "--workers", "0", "--average-top", "2",
-            "--out", str(tmp_path / "run")]
+    args = [
+        "finetune",
+        "--library",
+        "--db",
+        str(db),
+        "--init",
+        name,
+        "--name",
+        "mine",
+        "--epochs",
+        "3",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "1",
+        "--crop-seconds",
+        "0.3",
+        "--workers",
+        "0",
+        "--average-top",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     done = runner.invoke(app, args)
     assert done.exit_code == 0, done.output
     lines = done.stdout.splitlines()

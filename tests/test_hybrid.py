@@ -83,7 +83,9 @@ def test_audio_mode_is_exactly_the_sound_ranking(library: Path) -> None:
     results = found(library, "door creak", "--mode", "audio")
     with open_store(None) as index:
         before = search_text(index, query_encoder(index, None, "cpu"), "door creak", 50)
-    assert [(r["path"], r["score"], r["start"], r["end"]) for r in results] == [(h.path, h.score, h.start, h.end) for h in before]
+    assert [(r["path"], r["score"], r["start"], r["end"]) for r in results] == [
+        (h.path, h.score, h.start, h.end) for h in before
+    ]
     assert [r["why"]["audio_rank"] for r in results] == list(range(1, len(before) + 1))
 
 
@@ -248,7 +250,9 @@ def test_bad_mode_is_a_usage_error(library: Path) -> None:
 def in_step(index: SqliteStore) -> bool:
     """The full-text index holds one row for each ok file and nothing else."""
     one = lambda sql: index.conn.execute(sql).fetchall()
-    return one("SELECT rowid FROM file_words ORDER BY rowid") == one("SELECT id FROM files WHERE status = 'ok' ORDER BY id")
+    return one("SELECT rowid FROM file_words ORDER BY rowid") == one(
+        "SELECT id FROM files WHERE status = 'ok' ORDER BY id"
+    )
 
 
 def test_names_follow_moves_copies_changes_deletions_and_rebuild(library: Path) -> None:
@@ -271,7 +275,9 @@ def test_names_follow_moves_copies_changes_deletions_and_rebuild(library: Path) 
     run("index", library, "-w", "tiny")
     assert text("gust") == set() and text("breeze") == {"Ambience/Breeze_Copy.wav"}
     run("index", "--rebuild", library, "-w", "tiny")
-    assert text("breeze") == {"Ambience/Breeze_Copy.wav"} and text("kick 808") == {f"Percussion/{Path(n).name}" for n in KICK_808}
+    assert text("breeze") == {"Ambience/Breeze_Copy.wav"} and text("kick 808") == {
+        f"Percussion/{Path(n).name}" for n in KICK_808
+    }
 
 
 def test_an_index_of_the_previous_schema_fills_its_names_without_embedding(library: Path) -> None:
@@ -308,7 +314,12 @@ def test_tags_are_searchable_and_follow_their_file(tmp_path: Path) -> None:
 
     with SqliteStore.open(tmp_path / "index.db") as index:
         index.bind_model(ModelBinding("m", "0" * 64, 4, 5.0, 2.5))
-        tags = {"title": ["Café door"], "description": ["Barn hinge, slow"], "date": ["1999"], "keywords": ["wood", "old"]}
+        tags = {
+            "title": ["Café door"],
+            "description": ["Barn hinge, slow"],
+            "date": ["1999"],
+            "keywords": ["wood", "old"],
+        }
         row = FileRow(str(tmp_path / "a" / "take1.wav"), str(tmp_path), 10, 1, "h1", tags=tags)
         index.add_file(row, AudioRow("h1", 1.0, 44100, 1), [(0.0, 1.0)], np.ones((1, 4), np.float32))
         top = lambda q: [f.hit.path for f in search(index, q, mode="text")]

@@ -43,7 +43,11 @@ def put(writer, path: Path, *args, **kwargs) -> Path:  # type: ignore[no-untyped
 def make_library(root: Path) -> dict[str, list[Path]]:
     """Several formats and channel counts, nested folders, spaces and accents, broken and hidden files."""
     good = [
-        put(audiogen.write_audio, root / "Field Recordings" / "Forêt d'été" / "birds 01.flac", audiogen.chirp(800, 4000, 2.0, channels=2)),
+        put(
+            audiogen.write_audio,
+            root / "Field Recordings" / "Forêt d'été" / "birds 01.flac",
+            audiogen.chirp(800, 4000, 2.0, channels=2),
+        ),
         put(audiogen.write_audio, root / "drums" / "kick.wav", audiogen.sine(60, 0.4, sr=22050), sr=22050),
         put(audiogen.write_audio, root / "synth" / "pad.mp3", audiogen.square(220, 1.5)),
         put(audiogen.write_audio, root / "synth" / "lead.ogg", audiogen.sine(1320, 1.0, channels=2)),
@@ -52,7 +56,11 @@ def make_library(root: Path) -> dict[str, list[Path]]:
     ]
     broken = [
         put(audiogen.write_empty, root / "broken" / "empty.wav"),
-        put(audiogen.write_truncated, root / "broken" / "cut.flac", put(audiogen.write_audio, root.parent / "src.flac", audiogen.sine(500, 3.0))),
+        put(
+            audiogen.write_truncated,
+            root / "broken" / "cut.flac",
+            put(audiogen.write_audio, root.parent / "src.flac", audiogen.sine(500, 3.0)),
+        ),
         put(audiogen.write_not_audio, root / "broken" / "notes.wav"),
     ]
     put(audiogen.write_audio, root / ".hidden" / "secret.wav", audiogen.sine(100, 0.5))
@@ -140,14 +148,21 @@ def test_search_filters_and_formats(tiny: str, library: tuple[Path, dict]) -> No
     assert len(everything) == len(files["good"])
     scores = [h["score"] for h in everything]
     assert scores == sorted(scores, reverse=True)
-    assert {h["path"] for h in json.loads(run("search", "x", "--json", "--ext", "wav"))} == {str(files["good"][1]), str(files["good"][5])}
-    assert {h["path"] for h in json.loads(run("search", "x", "--json", "--under", root / "synth"))} == {str(p) for p in files["good"][2:4]}
+    assert {h["path"] for h in json.loads(run("search", "x", "--json", "--ext", "wav"))} == {
+        str(files["good"][1]),
+        str(files["good"][5]),
+    }
+    assert {h["path"] for h in json.loads(run("search", "x", "--json", "--under", root / "synth"))} == {
+        str(p) for p in files["good"][2:4]
+    }
     assert {h["path"] for h in json.loads(run("search", "x", "--json", "--tag", "genre=ambience"))} == {str(birds)}
     long_only = json.loads(run("search", "x", "--json", "--min-duration", "1.4"))
     assert long_only and all(h["duration"] >= 1.4 for h in long_only)
     short_only = json.loads(run("search", "x", "--json", "--max-duration", "0.9"))
     assert short_only and all(h["duration"] <= 0.9 for h in short_only)
-    assert run("search", "x", "--paths", "-k", "2", "--mode", "audio").splitlines() == [h["path"] for h in everything[:2]]
+    assert run("search", "x", "--paths", "-k", "2", "--mode", "audio").splitlines() == [
+        h["path"] for h in everything[:2]
+    ]
     table = run("search", "a bird sings", "-k", "3")
     assert "score" in table
 
@@ -259,16 +274,26 @@ def test_full_size_end_to_end_excerpt_finds_its_place(tmp_path: Path) -> None:
 
     weights.save_model(synthetic_state_dict(AudioCLIPConfig()), "full", AudioCLIPConfig().to_dict(), {})
     root = tmp_path / "lib"
-    sections = [audiogen.sine(300, 10.0), audiogen.noise(10.0, seed=1, amp=0.2), audiogen.chirp(500, 4000, 10.0), audiogen.square(90, 10.0, amp=0.3)]
+    sections = [
+        audiogen.sine(300, 10.0),
+        audiogen.noise(10.0, seed=1, amp=0.2),
+        audiogen.chirp(500, 4000, 10.0),
+        audiogen.square(90, 10.0, amp=0.3),
+    ]
     recording = np.concatenate(sections, axis=1)  # 40 s
     long = put(audiogen.write_audio, root / "walk.flac", recording)
-    short = [put(audiogen.write_audio, root / f"{n}.wav", s) for n, s in (("beep", audiogen.sine(2000, 1.0)), ("hiss", audiogen.noise(2.0, seed=9)))]
+    short = [
+        put(audiogen.write_audio, root / f"{n}.wav", s)
+        for n, s in (("beep", audiogen.sine(2000, 1.0)), ("hiss", audiogen.noise(2.0, seed=9)))
+    ]
     report = index_json(root, "-w", "full")
     assert report["embedded"] == 3 and report["segments"] == 7 + 2  # 40 s: windows at 0, 5, ..., 30
     for path in [long, *short]:
         assert json.loads(run("search", "--like", path, "--json"))[0]["path"] == str(path)
     start = 22.5
-    excerpt = put(audiogen.write_audio, tmp_path / "excerpt.flac", recording[:, int(start * SR) : int((start + 10) * SR)])
+    excerpt = put(
+        audiogen.write_audio, tmp_path / "excerpt.flac", recording[:, int(start * SR) : int((start + 10) * SR)]
+    )
     hit = json.loads(run("search", "--like", excerpt, "--json"))[0]
     assert hit["path"] == str(long)
     overlap = min(hit["end"], start + 10) - max(hit["start"], start)
@@ -335,7 +360,10 @@ def test_precision_is_asked_per_command_and_kept_by_the_index(
     for args, needle in (
         (["index", root, "--device", "cpu", "--precision", "bf16"], "this CPU (Test CPU) has AVX2, AVX-512"),
         (["watch", root, "--device", "cpu", "--precision", "tf32"], "is for CUDA devices"),
-        (["serve", "--device", "cpu", "--precision", "bf16", "--no-open", "--port", "0"], "needs a CUDA GPU or a CPU with"),
+        (
+            ["serve", "--device", "cpu", "--precision", "bf16", "--no-open", "--port", "0"],
+            "needs a CUDA GPU or a CPU with",
+        ),
     ):
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 2 and needle in result.stderr, (args, result.output)
@@ -348,7 +376,9 @@ def test_precision_is_asked_per_command_and_kept_by_the_index(
     assert result.exit_code == 2 and "This index holds bf16 embeddings, which need a CUDA device" in result.stderr
     for args in (["index", root, "--precision", "fp32"], ["watch", root, "--precision", "fp32"]):
         result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == 1 and "This index holds bf16 embeddings; you asked for fp32" in result.stderr, result.output
+        assert result.exit_code == 1 and "This index holds bf16 embeddings; you asked for fp32" in result.stderr, (
+            result.output
+        )
     with SqliteStore.open(db) as index:
         assert index.model().precision == "bf16" and index.stats().files == len(files["good"]) + len(files["broken"])
     assert run("search", "rain", "-k", "1", "--paths").strip()  # queries embed in fp32 whatever the index holds
@@ -379,7 +409,9 @@ def test_ctrl_c_stops_between_windows_and_says_what_it_kept(
 
     root = tmp_path / "lib"
     put(audiogen.write_audio, root / "a short one.wav", audiogen.sine(330, 1.0))
-    long = put(audiogen.write_int16_wav, root / "long take.wav", (audiogen.noise(150.0, seed=5)[0] * 9000).astype(np.int16))
+    long = put(
+        audiogen.write_int16_wav, root / "long take.wav", (audiogen.noise(150.0, seed=5)[0] * 9000).astype(np.int16)
+    )
     windows = len(decode.window_bounds(150 * SR))
     calls = 0  # of the long take's windows
     real = Encoder.embed_audio

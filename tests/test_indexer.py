@@ -137,7 +137,9 @@ def test_gpu_batching_through_the_indexer_wastes_nothing(tmp_path: Path) -> None
     assert snapshots[0] == snapshots[1]  # bitwise: an embedding never depends on what else was waiting
 
 
-def test_a_long_recording_through_the_batched_path_keeps_memory_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_recording_through_the_batched_path_keeps_memory_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three hours of 10 s windows (stand-ins, not decoded audio) through a batching encoder: the windows alive at
     once stay within the decode queue and one gathering, whatever the length."""
     (tmp_path / "lib").mkdir()

@@ -58,7 +58,9 @@ def test_its_hits_carry_the_facts_its_files_still_give(legacy_db: Path) -> None:
     for mode in ("audio", "text"):
         for hit in cli("search", "door creak", "-w", "tiny", "-k", 5, "--mode", mode, "--json", "--db", legacy_db):
             assert isinstance(hit, dict) and hit["available"] is root.is_dir()
-            assert isinstance(hit["sample_rate"], int) and isinstance(hit["channels"], int)  # kept since the first schema
+            assert isinstance(hit["sample_rate"], int) and isinstance(
+                hit["channels"], int
+            )  # kept since the first schema
             if hit["codec"] is None:  # the migration could not read the file: unknown, not guessed
                 assert hit["format"] is None and hit["bits"] is None
             else:

@@ -45,8 +45,9 @@ def grad_case() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
 def symmetric_ce(logits: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     """Spec (d) for one pair of modalities: CE over the rows plus CE over the columns, matches on the diagonal."""
     target = torch.arange(len(logits))
-    return (F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-            + F.cross_entropy(logits.T, target, label_smoothing=label_smoothing))
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing) + F.cross_entropy(
+        logits.T, target, label_smoothing=label_smoothing
+    )
 
 
 # ---------------------------------------------------------------- the pieces
@@ -147,8 +148,10 @@ def test_two_ranks_give_the_gradient_of_one_process_on_their_concatenated_batch(
     # This process holds the rendezvous store, on a port the kernel picked, and the two ranks meet there.
     store = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     args = [sys.executable, str(tmp_path / "worker.py"), str(tmp_path), str(store.port)]
-    ranks = [subprocess.Popen(args + [str(r), "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in (0, 1)]
+    ranks = [
+        subprocess.Popen(args + [str(r), "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in (0, 1)
+    ]
     try:
         model = float64_model(state)  # meanwhile, one process on all four pairs
         step_loss(PairForward(model), audio, tokens, TrainConfig(), nullcontext()).backward()
@@ -165,4 +168,6 @@ def test_two_ranks_give_the_gradient_of_one_process_on_their_concatenated_batch(
         got = load_file(tmp_path / f"rank{rank}.safetensors")
         assert got.keys() == expected.keys()
         for key, want in expected.items():
-            torch.testing.assert_close(got[key], want, rtol=0, atol=1e-6, msg=lambda m, rank=rank, key=key: f"rank {rank}, {key}: {m}")
+            torch.testing.assert_close(
+                got[key], want, rtol=0, atol=1e-6, msg=lambda m, rank=rank, key=key: f"rank {rank}, {key}: {m}"
+            )

@@ -65,7 +65,11 @@ def test_text_matches_reference(full: AudioCLIP, prepared: bool) -> None:
     tokens = tokenize(captions)
     assert torch.equal(tokens, torch.from_numpy(REF["text_tokens"]))
     n = int(tokens.argmax(-1).max()) + 1
-    text = prepare_text_for_inference(from_state_dict(synthetic_state_dict(AudioCLIPConfig()), towers=["text"])) if prepared else full
+    text = (
+        prepare_text_for_inference(from_state_dict(synthetic_state_dict(AudioCLIPConfig()), towers=["text"]))
+        if prepared
+        else full
+    )
     with torch.inference_mode():
         trimmed = text.encode_text(tokens[:, :n]).numpy()
         whole = text.encode_text(tokens).numpy()
@@ -76,7 +80,10 @@ def test_text_matches_reference(full: AudioCLIP, prepared: bool) -> None:
 
 def test_parameter_counts_match_spec(full: AudioCLIP) -> None:
     assert sum(p.numel() for p in full.audio.parameters()) == 32_104_771
-    assert sum(p.numel() for n, p in full.named_parameters() if not n.startswith("audio.") and n != "logit_scale_at") == 63_690_240
+    assert (
+        sum(p.numel() for n, p in full.named_parameters() if not n.startswith("audio.") and n != "logit_scale_at")
+        == 63_690_240
+    )
 
 
 def test_window_is_scipy_blackmanharris() -> None:
@@ -87,7 +94,10 @@ def test_window_is_scipy_blackmanharris() -> None:
     np.testing.assert_allclose(w.numpy(), weights_recipe.blackmanharris_periodic(1654), atol=1e-7)
 
 
-@pytest.mark.parametrize("n,frames", [(13230, 22), (1000, 1), (220500, 392), (882000, 1571), (88200, 156), (132300, 234), (1654, 1), (1655, 2)])
+@pytest.mark.parametrize(
+    "n,frames",
+    [(13230, 22), (1000, 1), (220500, 392), (882000, 1571), (88200, 156), (132300, 234), (1654, 1), (1655, 2)],
+)
 def test_frame_count_examples_from_spec(n: int, frames: int) -> None:
     assert frame_count(n, 1654, 561) == frames
 
@@ -105,7 +115,12 @@ def test_framing_centres_the_zeros() -> None:
 def test_fbsp_at_init_is_a_plain_dft() -> None:
     # m = 0 gives a flat envelope, so each filter is sqrt(fb) * exp(-i fc t) / sqrt(n_fft).
     k = 1025
-    re, im = fbsp_filters(torch.zeros(k, dtype=torch.float64), torch.ones(k, dtype=torch.float64), torch.arange(k, dtype=torch.float64), 2048)
+    re, im = fbsp_filters(
+        torch.zeros(k, dtype=torch.float64),
+        torch.ones(k, dtype=torch.float64),
+        torch.arange(k, dtype=torch.float64),
+        2048,
+    )
     t = math.pi * torch.linspace(-1, 1, 2048, dtype=torch.float64) + 1e-8
     np.testing.assert_allclose(re[5].numpy(), (torch.cos(5 * t) / math.sqrt(2048)).numpy(), atol=1e-12)
     np.testing.assert_allclose(im[5].numpy(), (-torch.sin(5 * t) / math.sqrt(2048)).numpy(), atol=1e-12)
@@ -131,7 +146,9 @@ def test_tiny_model_edge_lengths_and_levels() -> None:
             e = model.encode_audio(torch.from_numpy(rng.normal(0, 3000, (1, 1, n)).astype(np.float32)))
             assert e.shape == (1, 32) and torch.isfinite(e).all()
         silence = model.encode_audio(torch.zeros(1, 1, 44100))  # digital silence is a DC level, not zeros
-        clipped = model.encode_audio(torch.full((1, 1, 44100), 32767.0).index_fill_(-1, torch.arange(0, 44100, 2), -32768.0))
+        clipped = model.encode_audio(
+            torch.full((1, 1, 44100), 32767.0).index_fill_(-1, torch.arange(0, 44100, 2), -32768.0)
+        )
     assert torch.isfinite(silence).all() and torch.isfinite(clipped).all()
 
 

@@ -5,18 +5,21 @@ import pytest
 from audiofind.audio.names import is_thin, real_words, words
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("DOORWood_Creak Slow Old Barn_JD_01.wav", "door wood creak slow old barn jd 01"),  # UCS CatID, then CamelCase
-    ("Kick808", "kick 808"),
-    ("ThunderHeavy-Distant.v2.final", "thunder heavy distant v 2 final"),
-    ("rain_on-tin.roof  (take 3)", "rain on tin roof take 3"),
-    ("Café ÉTÉ Straße", "cafe ete strasse"),  # accents and case folded
-    ("AMBUrbn_CityTraffic", "amb urbn city traffic"),
-    ("snare.hit.01.AIF", "snare hit 01"),  # an audio extension is not a word...
-    ("notes.txt", "notes txt"),  # ...any other is
-    ("鳥の声_02", "鳥の声 02"),  # letters without case stay one word
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("DOORWood_Creak Slow Old Barn_JD_01.wav", "door wood creak slow old barn jd 01"),  # UCS CatID, then CamelCase
+        ("Kick808", "kick 808"),
+        ("ThunderHeavy-Distant.v2.final", "thunder heavy distant v 2 final"),
+        ("rain_on-tin.roof  (take 3)", "rain on tin roof take 3"),
+        ("Café ÉTÉ Straße", "cafe ete strasse"),  # accents and case folded
+        ("AMBUrbn_CityTraffic", "amb urbn city traffic"),
+        ("snare.hit.01.AIF", "snare hit 01"),  # an audio extension is not a word...
+        ("notes.txt", "notes txt"),  # ...any other is
+        ("鳥の声_02", "鳥の声 02"),  # letters without case stay one word
+        ("", ""),
+    ],
+)
 def test_words(name: str, expected: str) -> None:
     assert " ".join(words(name)) == expected
 

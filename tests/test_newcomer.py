@@ -48,8 +48,24 @@ def indexed_model(result) -> str:
 
 def quick_finetune(clotho: Path, *extra: str) -> list[str]:
     """A seconds-long fine-tuning command on TINY weights (pass --init or set AUDIOFIND_WEIGHTS)."""
-    return ["finetune", "--clotho", str(clotho), "--epochs", "1", "--lr", "3e-3", "--warmup-steps", "1",
-            "--crop-seconds", "0.3", "--workers", "0", "--average-top", "1", *extra]
+    return [
+        "finetune",
+        "--clotho",
+        str(clotho),
+        "--epochs",
+        "1",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "1",
+        "--crop-seconds",
+        "0.3",
+        "--workers",
+        "0",
+        "--average-top",
+        "1",
+        *extra,
+    ]
 
 
 # ---------------------------------------------------------------- which model, without --weights
@@ -72,12 +88,17 @@ def test_several_models_and_no_default_name_them_and_the_ways_to_choose(tmp_path
     second = tmp_path / "second.safetensors"
     weights.save_model(*_tiny("second-src")).rename(second)
     imported = run("weights", "import", str(second))
-    assert imported.stdout.splitlines()[-1] == ("Use it with: audiofind index FOLDER --weights second "
-                                                "(or set AUDIOFIND_WEIGHTS=second for every command)")
+    assert imported.stdout.splitlines()[-1] == (
+        "Use it with: audiofind index FOLDER --weights second (or set AUDIOFIND_WEIGHTS=second for every command)"
+    )
     line = one_line_error(run("index", str(sounds), "--db", str(tmp_path / "a.db")))
     assert "(first, second)" in line and "--weights NAME" in line and "AUDIOFIND_WEIGHTS" in line
-    assert indexed_model(run("index", str(sounds), "--db", str(tmp_path / "b.db"), "--json",
-                             env={"AUDIOFIND_WEIGHTS": "second"})) == "second"
+    assert (
+        indexed_model(
+            run("index", str(sounds), "--db", str(tmp_path / "b.db"), "--json", env={"AUDIOFIND_WEIGHTS": "second"})
+        )
+        == "second"
+    )
 
 
 def test_weights_download_offline_names_weights_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,8 +116,9 @@ def test_weights_download_offline_names_weights_import(tmp_path: Path, monkeypat
 
 def test_finetune_init_honours_audiofind_weights(tmp_path: Path, clotho_dir: Path) -> None:
     register_tiny("tiny")  # the only model: without the variable it would be used
-    line = one_line_error(run(*quick_finetune(clotho_dir, "--out", str(tmp_path / "run")),
-                              env={"AUDIOFIND_WEIGHTS": "not-a-model"}))
+    line = one_line_error(
+        run(*quick_finetune(clotho_dir, "--out", str(tmp_path / "run")), env={"AUDIOFIND_WEIGHTS": "not-a-model"})
+    )
     assert "Unknown model 'not-a-model'" in line
 
 
@@ -118,7 +140,8 @@ def test_a_text_file_given_to_weights_import_is_called_a_text_file(tmp_path: Pat
 
 
 def test_ctrl_c_in_finetune_prints_the_resume_command_and_exits_130(
-        tmp_path: Path, clotho_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, clotho_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     register_tiny("tiny")
     real = train.lr_at
 
@@ -141,7 +164,8 @@ def test_ctrl_c_in_finetune_prints_the_resume_command_and_exits_130(
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(
-        tmp_path: Path, clotho_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, clotho_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     register_tiny("tiny")
 
     def interrupt(step: int, cfg: train.TrainConfig) -> float:
@@ -150,18 +174,29 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(
     monkeypatch.setattr(train, "lr_at", interrupt)
     stopped = run(*quick_finetune(clotho_dir, "--out", str(tmp_path / "run")))
     assert stopped.exit_code == 130, stopped.output
-    assert stopped.stderr.strip().splitlines()[-1] == ("Interrupted before the first checkpoint, so there is nothing "
-                                                       "to resume; run the same command to start again.")
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "Interrupted before the first checkpoint, so there is nothing to resume; run the same command to start again."
+    )
 
 
-@pytest.mark.parametrize(("flag", "value", "precision", "matmuls"), [
-    ("--precision", "tf32", "tf32", "tf32"),
-    ("--precision", "fp32", "fp32", "ieee"),
-    ("--dtype", "float32", "fp32", "ieee"),  # the old name and its old values still work
-    ("--dtype", "bfloat16", "bf16", None),
-])
-def test_finetune_precision(tmp_path: Path, clotho_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                            flag: str, value: str, precision: str, matmuls: str | None) -> None:
+@pytest.mark.parametrize(
+    ("flag", "value", "precision", "matmuls"),
+    [
+        ("--precision", "tf32", "tf32", "tf32"),
+        ("--precision", "fp32", "fp32", "ieee"),
+        ("--dtype", "float32", "fp32", "ieee"),  # the old name and its old values still work
+        ("--dtype", "bfloat16", "bf16", None),
+    ],
+)
+def test_finetune_precision(
+    tmp_path: Path,
+    clotho_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flag: str,
+    value: str,
+    precision: str,
+    matmuls: str | None,
+) -> None:
     register_tiny("tiny")
     before = torch.backends.cuda.matmul.fp32_precision
     seen, real = [], train.lr_at
@@ -209,7 +244,10 @@ def test_weights_remove_keep_runs_keeps_it_and_says_so() -> None:
     (folder / paths.RUN_CHECKPOINT).write_bytes(b"x" * 2_000_000)
     kept = run("weights", "remove", "kept", "--keep-runs")
     assert kept.exit_code == 0, kept.output
-    assert kept.stdout.splitlines() == ["Removed kept.", f"Kept its training run {folder} (2 MB), as --keep-runs asked."]
+    assert kept.stdout.splitlines() == [
+        "Removed kept.",
+        f"Kept its training run {folder} (2 MB), as --keep-runs asked.",
+    ]
     assert (folder / paths.RUN_CHECKPOINT).is_file()
     # Asked again without --keep-runs, the run left behind goes too.
     again = run("weights", "remove", "kept")

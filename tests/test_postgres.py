@@ -71,7 +71,17 @@ def test_a_blank_database_gets_exactly_the_schema_once(pg_url: str) -> None:
         ix.close()
     db = connect(pg_url)
     tables = {t for (t,) in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'audiofind'")}
-    assert tables == {migrations.TABLE, "meta", "roots", "mounts", "audio", "segments", "files", "partial", "fingerprints"}
+    assert tables == {
+        migrations.TABLE,
+        "meta",
+        "roots",
+        "mounts",
+        "audio",
+        "segments",
+        "files",
+        "partial",
+        "fingerprints",
+    }
     assert migrations.applied(db) == migrations.names() and migrations.pending(db) == []
     assert migrations.migrate(db) == []
     db.close()
@@ -415,7 +425,9 @@ def test_an_older_index_gets_extension_words_and_header_facts_for_the_files_this
     db.execute("UPDATE files SET words = ARRAY['', '', ''], n_words = 0, terms = ''::tsvector WHERE status = 'ok'")
     db.execute("ALTER TABLE audio DROP COLUMN container, DROP COLUMN codec, DROP COLUMN bits")
     db.execute("DROP TABLE fingerprints")
-    db.execute("DELETE FROM _audiofind_migrations WHERE name IN ('m006_extension_words', 'm007_audio_facts', 'm008_fingerprints')")
+    db.execute(
+        "DELETE FROM _audiofind_migrations WHERE name IN ('m006_extension_words', 'm007_audio_facts', 'm008_fingerprints')"
+    )
     db.close()
     os.utime(here / "changed.flac", ns=(1, 1))  # not the file that was indexed any more
     probed: list = []
@@ -423,7 +435,9 @@ def test_an_older_index_gets_extension_words_and_header_facts_for_the_files_this
     with monkeypatch.context() as mp:  # the upgrade: headers only, nothing decoded, nothing embedded
         for name in ("stream_audio", "load_audio", "iter_windows"):
             mp.setattr(decode, name, lambda *a, **k: pytest.fail("the migration decoded audio"))
-        mp.setattr(decode, "probe", lambda path, count=True: probed.append((Path(path).name, count)) or real_probe(path, count))
+        mp.setattr(
+            decode, "probe", lambda path, count=True: probed.append((Path(path).name, count)) or real_probe(path, count)
+        )
         with open_store(pg_url) as ix:
             assert migrations.pending(ix.db) == []  # type: ignore[attr-defined]
             hits = {h.path.rsplit("/", 1)[-1].rsplit(":", 1)[-1]: h for h in ix.search(np.ones(32), 10, exact=True)}

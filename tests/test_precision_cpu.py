@@ -65,7 +65,10 @@ def test_bf16_search_results_agree_with_fp32(full_size, tmp_path: Path) -> None:
         with SqliteStore.open(tmp_path / f"{precision}.db") as index:
             prepare(index, enc)
             sync(index, enc, [root])
-            queries = [*full_size.embed_text(CAPTIONS), *full_size.embed_audio([audiogen.noise(2.0, seed=99)[0] * 32768])]
+            queries = [
+                *full_size.embed_text(CAPTIONS),
+                *full_size.embed_audio([audiogen.noise(2.0, seed=99)[0] * 32768]),
+            ]
             found[precision] = [index.search(q, 10, exact=True) for q in queries]
     overlaps, moved_by = [], 0.0
     for exact, moved in zip(found["fp32"], found["bf16"], strict=True):

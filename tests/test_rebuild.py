@@ -82,7 +82,9 @@ def test_rebuild_killed_half_way_keeps_the_old_index_and_resumes(tmp_path: Path,
     # The model's check clip is call 1; files 1-3 commit, then the process dies at the model call of the 4th.
     argv = ["index", "--rebuild", str(b / "sub"), "--db", str(db), "-w", tiny]
     code = KILLER.format(tests=str(Path(__file__).parent), at=5, argv=argv)
-    child = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, "AUDIOFIND_HOME": str(audiofind_home)})
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, "AUDIOFIND_HOME": str(audiofind_home)}
+    )
     assert child.returncode == -signal.SIGKILL
     assert snapshot(db) == before  # search and status still read the old index, untouched
     with SqliteStore.open(staging_path(db)) as stage:
@@ -112,7 +114,6 @@ def test_rebuild_waits_for_an_unplugged_root(tmp_path: Path) -> None:
     assert snapshot(db)["files"] == before["files"]
 
 
-
 def test_a_folder_of_every_kind_of_bad_file(tmp_path: Path) -> None:
     """Exit 0, each bad file named once with its reason, every good file searchable."""
     tiny = register_tiny()
@@ -125,7 +126,9 @@ def test_a_folder_of_every_kind_of_bad_file(tmp_path: Path) -> None:
         "inf.wav": audiogen.write_float_wav(root / "inf.wav", np.full(4410, np.inf, np.float32)),
         "empty.wav": audiogen.write_empty(root / "empty.wav"),
         "notes.wav": audiogen.write_not_audio(root / "notes.wav"),
-        "cut.flac": audiogen.write_truncated(root / "cut.flac", audiogen.write_audio(tmp_path / "s.flac", audiogen.sine(300, 3.0))),
+        "cut.flac": audiogen.write_truncated(
+            root / "cut.flac", audiogen.write_audio(tmp_path / "s.flac", audiogen.sine(300, 3.0))
+        ),
     }
     result = runner.invoke(app, ["index", str(root), "--db", str(tmp_path / "i.db"), "-w", tiny])
     assert result.exit_code == 0, result.output

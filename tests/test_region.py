@@ -41,7 +41,9 @@ SIGNAL = ag.chirp(200, 3000, 5.0, channels=2)  # 5 s: a region from 3 s on makes
         ("lossy.ogg", {}, "f32", 3),
     ],
 )
-def test_a_region_is_exactly_that_span_in_the_files_own_format(tmp_path: Path, name: str, options: dict, kind: str, tag: int) -> None:
+def test_a_region_is_exactly_that_span_in_the_files_own_format(
+    tmp_path: Path, name: str, options: dict, kind: str, tag: int
+) -> None:
     source = ag.write_audio(tmp_path / name, SIGNAL, sr=48000 if "s24" in name else 44100, **options)
     cut = region.plan(source, 3.1, 3.7)
     rate = 48000 if "s24" in name else 44100
@@ -57,7 +59,10 @@ def test_a_region_is_exactly_that_span_in_the_files_own_format(tmp_path: Path, n
     # the fades: from almost nothing at the cut up to the signal, never louder than it
     centre = 128 if kind == "u8" else 0
     loud = np.abs(want.astype(float) - centre).max()
-    assert np.abs(got[0].astype(float) - centre).max() < 0.01 * loud and np.abs(got[-1].astype(float) - centre).max() < 0.01 * loud
+    assert (
+        np.abs(got[0].astype(float) - centre).max() < 0.01 * loud
+        and np.abs(got[-1].astype(float) - centre).max() < 0.01 * loud
+    )
     assert np.all(np.abs(got[:fade].astype(float) - centre) <= np.abs(want[:fade].astype(float) - centre) + 1)
 
 
@@ -82,7 +87,9 @@ def test_the_bext_chunk_says_where_it_came_from(tmp_path: Path) -> None:
     assert str(source) in description and "1.250 s to 2.500 s" in description
     low, high, version = struct.unpack("<IIH", bext[338:348])
     assert (low | high << 32, version) == (55125, 1)  # 1.25 s at 44.1 kHz
-    assert b"audiofind" in bext[256:288] and str(source).encode() in bext[602:]  # originator; the full path in the history
+    assert (
+        b"audiofind" in bext[256:288] and str(source).encode() in bext[602:]
+    )  # originator; the full path in the history
     with av.open(str(out)) as c:  # FFmpeg reads it back as BWF, at the source's depth
         assert c.metadata["time_reference"] == "55125" and c.streams.audio[0].codec_context.codec.name == "pcm_s24le"
     # a region of a region counts from the first source's start
@@ -96,7 +103,9 @@ def test_the_bext_chunk_says_where_it_came_from(tmp_path: Path) -> None:
     assert text.startswith("...") and text.endswith("b/name.wav from 1.000 s to 2.000 s")
 
 
-def test_a_seek_that_lands_past_the_region_reads_from_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_seek_that_lands_past_the_region_reads_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = ag.write_audio(tmp_path / "a.wav", SIGNAL)
     real_open = av.open
 

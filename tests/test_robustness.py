@@ -23,7 +23,6 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-
 def noise_wav(path: Path, seconds: float, seed: int, sr: int = 44100) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return audiogen.write_int16_wav(path, (audiogen.noise(seconds, sr=sr, seed=seed) * 9000).astype(np.int16), sr)
@@ -94,7 +93,10 @@ def test_a_model_failure_or_non_finite_embedding_fails_only_its_file(tmp_path: P
     enc.embed_audio = embed_audio  # type: ignore[method-assign]
     report, events = indexed(tmp_path / "i.db", root, enc)
     failed = {Path(e.path).name: e.reason for e in events if e.event == "failed"}
-    assert failed == {"f2.wav": "RuntimeError: injected model fault", "f3.wav": "the model gave a non-finite or zero embedding"}
+    assert failed == {
+        "f2.wav": "RuntimeError: injected model fault",
+        "f3.wav": "the model gave a non-finite or zero embedding",
+    }
     assert report.embedded == 2 and adds_up(report)
     check_consistent(tmp_path / "i.db")
 
@@ -176,7 +178,9 @@ def test_a_long_recording_resumes_inside_the_file(tmp_path: Path) -> None:
     with SqliteStore.open(db) as index:
         assert index.get_file(root / "short.wav") is not None, "the short file waited behind the long one"
         assert index.get_file(long) is None  # hidden from search until complete
-        done = index.conn.execute("SELECT count(*) FROM segments WHERE hash IN (SELECT hash FROM partial)").fetchone()[0]
+        done = index.conn.execute("SELECT count(*) FROM segments WHERE hash IN (SELECT hash FROM partial)").fetchone()[
+            0
+        ]
     chunk = pipeline.CHUNK_SECONDS / decode.HOP_SECONDS
     assert 2 * windows // 3 - chunk <= done < 2 * windows // 3
     resumed = counting(tiny_encoder())

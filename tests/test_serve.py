@@ -37,8 +37,16 @@ def test_search_and_like_answer_what_the_cli_prints(served: Served) -> None:
     for query, filters, cli_filters in [
         ("a bright tone", {}, []),
         ("noise", {"k": "2"}, ["-k", "2"]),
-        ("a sweep", {"ext": ["wav", "aiff"], "min_duration": "1.2"}, ["--ext", "wav", "--ext", "aiff", "--min-duration", "1.2"]),
-        ("long", {"max_duration": "3", "under": str(served.root / "tones")}, ["--max-duration", "3", "--under", served.root / "tones"]),
+        (
+            "a sweep",
+            {"ext": ["wav", "aiff"], "min_duration": "1.2"},
+            ["--ext", "wav", "--ext", "aiff", "--min-duration", "1.2"],
+        ),
+        (
+            "long",
+            {"max_duration": "3", "under": str(served.root / "tones")},
+            ["--max-duration", "3", "--under", served.root / "tones"],
+        ),
     ]:
         got = served.client.get("/api/search", params={"q": query, **filters}).json()
         want = json.loads(cli_run("search", query, "--json", "--db", served.db, *cli_filters))
@@ -124,7 +132,9 @@ def test_browser_formats_are_served_untouched(served: Served) -> None:
 
 
 def test_peaks_follow_the_sound_and_copies_reuse_them(served: Served) -> None:
-    audiogen.write_audio(served.root / "steps.wav", np.concatenate([audiogen.sine(300, 1.0, amp=0.8), audiogen.silence(1.0)], axis=1))
+    audiogen.write_audio(
+        served.root / "steps.wav", np.concatenate([audiogen.sine(300, 1.0, amp=0.8), audiogen.silence(1.0)], axis=1)
+    )
     served.reindex()
     served.files["steps.wav"] = served.root / "steps.wav"
     body = served.client.get(f"/api/peaks/{served.id('steps.wav')}").json()
@@ -143,7 +153,15 @@ def test_peaks_follow_the_sound_and_copies_reuse_them(served: Served) -> None:
     assert again["hash"] == body["hash"] and again["peaks"] == [0.125] * peaks.BUCKETS
 
 
-ROUTES = ["/", "/api/search?q=x", "/api/like?id=1", "/api/audio/1", "/api/region/1?start=0&end=0.5", "/api/peaks/1", "/api/status"]
+ROUTES = [
+    "/",
+    "/api/search?q=x",
+    "/api/like?id=1",
+    "/api/audio/1",
+    "/api/region/1?start=0&end=0.5",
+    "/api/peaks/1",
+    "/api/status",
+]
 
 
 def test_every_route_needs_the_token(served: Served) -> None:
@@ -166,7 +184,9 @@ def test_foreign_hosts_are_refused_and_no_cors(served: Served) -> None:
     assert served.client.get("/api/status", headers={"Host": "localhost:8765"}).status_code == 200
     r = served.client.get("/api/status", headers={"Origin": "http://evil.example"})
     assert r.status_code == 200 and not any(h.startswith("access-control-") for h in r.headers)
-    pre = served.client.options("/api/status", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
+    pre = served.client.options(
+        "/api/status", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}
+    )
     assert pre.status_code >= 400 and "access-control-allow-origin" not in pre.headers
     assert host_allowed("[::1]:8765", "::1", 8765) and not host_allowed("[::1]:8765", "127.0.0.1", 8765)
     assert host_allowed("192.168.1.20:80", "0.0.0.0", 80) and not host_allowed("rebind.example:80", "0.0.0.0", 80)
@@ -235,5 +255,10 @@ def test_speed_measures_what_bench_speed_reports(served: Served) -> None:
     from audiofind.bench.serve import serve_speed
 
     result = serve_speed(served.library.encoder.torch(), segments=300, page=3, seconds=1.0)
-    assert set(result) == {"serve_search_0k_s", "serve_page_3_s", "serve_first_byte_transcoded_s", "serve_first_byte_seek_s"}
+    assert set(result) == {
+        "serve_search_0k_s",
+        "serve_page_3_s",
+        "serve_first_byte_transcoded_s",
+        "serve_first_byte_seek_s",
+    }
     assert all(0 < v < 60 for v in result.values())

@@ -29,7 +29,8 @@ ARGS = [
     "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required", "--mute-audio",
 ]  # fmt: skip
 needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)"
+    not CHROMIUM.exists(),
+    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)",
 )
 QUERY = "rain on a tin roof"
 
@@ -61,7 +62,9 @@ def make_library(root: Path) -> dict[str, Path]:
     def t(seconds: float, rate: int = sr) -> np.ndarray:
         return np.arange(round(seconds * rate)) / rate
 
-    steps = lambda seconds, every, rate=sr: np.repeat(rng.uniform(0.1, 1.0, int(seconds / every) + 1), round(every * rate))
+    steps = lambda seconds, every, rate=sr: np.repeat(
+        rng.uniform(0.1, 1.0, int(seconds / every) + 1), round(every * rate)
+    )
     files = {  # name: (folder, samples, rate, writer options)
         "rain on a tin roof.flac": ("Field Recordings", shaped(audiogen.noise(24.0, sr=48000, channels=2, seed=1),
                                     0.5 + 0.4 * steps(24.0, 0.1, 48000)), 48000, {"sample_fmt": "s32"}),
@@ -85,7 +88,10 @@ def start(args: list[str], library: "Library") -> Server:
     """Run `audiofind serve ARGS` on the library's index and wait for the first line with http:// in it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "audiofind", "serve", "--db", str(library.db), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"AUDIOFIND_HOME": str(library.home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"AUDIOFIND_HOME": str(library.home)},
     )
     lines: queue.Queue[str] = queue.Queue()
     errors: queue.Queue[str] = queue.Queue()
@@ -155,7 +161,10 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = CliRunner().invoke(cli, ["serve", "--db", str(tmp_path / "none.db"), "--port", str(port), "--no-open"])
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: Cannot listen on 127.0.0.1 port {port}") and len(result.stderr.splitlines()) == 1
+    assert (
+        result.stderr.startswith(f"error: Cannot listen on 127.0.0.1 port {port}")
+        and len(result.stderr.splitlines()) == 1
+    )
 
 
 @needs_chromium
@@ -322,7 +331,9 @@ def test_a_selected_region_is_what_downloads_and_drags_out(browser_page, library
     page.evaluate(RECORD)
     sel = _select(page, i, 0.25, 0.5)
     duration = float(row.get_attribute("data-duration"))
-    assert sel["start"] == pytest.approx(0.25 * duration, abs=0.2) and sel["end"] == pytest.approx(0.5 * duration, abs=0.2)
+    assert sel["start"] == pytest.approx(0.25 * duration, abs=0.2) and sel["end"] == pytest.approx(
+        0.5 * duration, abs=0.2
+    )
     _wait_playing(page, row.get_attribute("data-id"), sel["start"])  # a selection plays from its start
     assert page.locator("#selection").inner_text().startswith(f"{int(sel['start'] // 60)}:")
     page.keyboard.press("Space")
@@ -355,13 +366,17 @@ def test_loop_volume_and_the_time_readout(browser_page) -> None:  # type: ignore
     page.wait_for_selector("tr.hit")
     page.keyboard.press("l")
     assert page.is_checked("#loop")
-    page.evaluate("v => { const r = document.getElementById('volume'); r.value = v; r.dispatchEvent(new Event('input')); }", "0.35")
+    page.evaluate(
+        "v => { const r = document.getElementById('volume'); r.value = v; r.dispatchEvent(new Event('input')); }",
+        "0.35",
+    )
     assert page.evaluate("document.getElementById('player').volume") == pytest.approx(0.35)
     sel = _select(page, 1, 0.40, 0.45)  # a short selection, looped
     page.evaluate(RECORD)
     page.wait_for_function(
         "end => window.played.some(([, t]) => t > end - 0.3) && window.played.slice(-1)[0][1] < end - 0.2",
-        arg=sel["end"], timeout=20_000,
+        arg=sel["end"],
+        timeout=20_000,
     )  # it reached the end and came back round
     heard = [t for _, t in page.evaluate("window.played")]
     assert max(heard) < sel["end"] + 0.3 and min(heard) >= sel["start"] - 0.05
@@ -430,7 +445,9 @@ def test_the_page_fits_800_px_with_a_visible_segment_and_no_401(browser_page, li
     # of a few pixels (as a 10 s match in a 15-minute recording would be)
     width = page.locator("tr.hit").nth(0).locator("canvas").bounding_box()["width"]
     sel = _select(page, 0, 0.5, 0.5 + 4 / width)  # the shortest drag that selects
-    assert (sel["end"] - sel["start"]) / float(page.locator("tr.hit").nth(0).get_attribute("data-duration")) * width < 4.5
+    assert (sel["end"] - sel["start"]) / float(
+        page.locator("tr.hit").nth(0).get_attribute("data-duration")
+    ) * width < 4.5
     page.keyboard.press("Space")  # stop it, so no playhead is drawn
     page.wait_for_function("document.getElementById('player').paused")
     marks = page.evaluate(MARKS)

@@ -109,7 +109,9 @@ def test_search_json_carries_the_facts_and_the_filters_work(served: Served) -> N
     got = {Path(h["path"]).name: h for h in served.client.get("/api/search", params={"q": "x", "k": 50}).json()}
     assert {name: tuple(h[k] for k in keys) for name, h in got.items()} == FACTS
     assert all(h["available"] is True for h in got.values())
-    audiogen.write_audio(served.root / "hi.wav", audiogen.sine(500, 1.0, sr=48000, channels=2), sr=48000, codec="pcm_s24le")
+    audiogen.write_audio(
+        served.root / "hi.wav", audiogen.sine(500, 1.0, sr=48000, channels=2), sr=48000, codec="pcm_s24le"
+    )
     served.reindex()
     for params, cli_args, names in [
         ({"min_rate": "48000"}, ["--min-rate", "48000"], {"hi.wav"}),
@@ -166,7 +168,9 @@ def test_files_under_a_root_that_is_gone_are_greyed_and_not_playable(served: Ser
     assert len(api) == 6 and all(h["available"] is False for h in api)
     html = served.client.get("/", params={"q": "x", "k": 50}).text
     rows = rows_of(html)
-    assert len(rows) == 6 and all('class="hit offline" draggable="false"' in r and "disabled>▶" in r for r in rows.values())
+    assert len(rows) == 6 and all(
+        'class="hit offline" draggable="false"' in r and "disabled>▶" in r for r in rows.values()
+    )
     away.rename(served.root)
     html = served.client.get("/", params={"q": "x", "k": 50}).text
     assert "offline" not in html.split("<tbody>")[1]

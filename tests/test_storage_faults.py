@@ -84,9 +84,16 @@ def check_sound(db: Path) -> None:
     with SqliteStore.open(db, create=False) as ix:
         one = lambda sql: ix.conn.execute(sql).fetchone()[0]
         assert one("PRAGMA integrity_check") == "ok"
-        assert one("SELECT count(*) FROM files f LEFT JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok' AND a.hash IS NULL") == 0
+        assert (
+            one(
+                "SELECT count(*) FROM files f LEFT JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok' AND a.hash IS NULL"
+            )
+            == 0
+        )
         assert one("SELECT count(*) FROM audio a WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.hash = a.hash)") == 0
-        assert one("SELECT count(*) FROM audio a WHERE NOT EXISTS (SELECT 1 FROM segments s WHERE s.hash = a.hash)") == 0
+        assert (
+            one("SELECT count(*) FROM audio a WHERE NOT EXISTS (SELECT 1 FROM segments s WHERE s.hash = a.hash)") == 0
+        )
         assert one("SELECT count(*) FROM segments") == one("SELECT count(*) FROM vectors")
         assert one("SELECT count(*) FROM segments s LEFT JOIN vectors v ON v.rowid = s.id WHERE v.rowid IS NULL") == 0
 
@@ -277,9 +284,14 @@ def test_a_wrong_db_is_one_line_and_left_alone(
         expected = f"error: {db} is not an audiofind index (it is not an SQLite database); give --db another file."
     elif kind == "damaged":
         _, db = request.getfixturevalue("indexed")
-        with SqliteStore.open(db) as ix:  # damage the page of a table read on opening, past the schema SQLite checks first
+        with SqliteStore.open(
+            db
+        ) as ix:  # damage the page of a table read on opening, past the schema SQLite checks first
             sql = "SELECT rootpage FROM sqlite_master WHERE name = ?"
-            page, size = ix.conn.execute(sql, (migrations.TABLE,)).fetchone()[0], ix.conn.execute("PRAGMA page_size").fetchone()[0]
+            page, size = (
+                ix.conn.execute(sql, (migrations.TABLE,)).fetchone()[0],
+                ix.conn.execute("PRAGMA page_size").fetchone()[0],
+            )
         data = bytearray(db.read_bytes())
         data[(page - 1) * size : page * size] = b"\xff" * size
         db.write_bytes(bytes(data))
@@ -292,9 +304,13 @@ def test_a_wrong_db_is_one_line_and_left_alone(
             f"error: The index {db} was written by a newer audiofind (unknown migrations: m999_from_the_future); "
             "upgrade audiofind to use it."
         )
-    state = lambda: sorted(p.name for p in db.iterdir()) if db.is_dir() else (snapshot(db) if kind == "newer" else db.read_bytes())
+    state = lambda: (
+        sorted(p.name for p in db.iterdir()) if db.is_dir() else (snapshot(db) if kind == "newer" else db.read_bytes())
+    )
     before = state()
-    args = {"index": ["index", root, "-w", tiny], "search": ["search", "a tone", "-w", tiny], "status": ["status"]}[command]
+    args = {"index": ["index", root, "-w", tiny], "search": ["search", "a tone", "-w", tiny], "status": ["status"]}[
+        command
+    ]
     code, _, err = cli(*args, "--db", db)
     assert one_error_line(code, err) == expected
     assert state() == before

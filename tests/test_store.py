@@ -26,8 +26,23 @@ from audiofind.store.sqlite.store import SqliteStore
 
 D = 16
 BINDING = ModelBinding("tiny", "ab" * 32, D, 5.0, 2.5)
-TABLES = {migrations.TABLE, "meta", "audio", "segments", "files", "roots", "partial", "codes_cache", "fingerprints",
-          "file_words", "file_words_config", "file_words_content", "file_words_data", "file_words_docsize", "file_words_idx"}
+TABLES = {
+    migrations.TABLE,
+    "meta",
+    "audio",
+    "segments",
+    "files",
+    "roots",
+    "partial",
+    "codes_cache",
+    "fingerprints",
+    "file_words",
+    "file_words_config",
+    "file_words_content",
+    "file_words_data",
+    "file_words_docsize",
+    "file_words_idx",
+}
 
 
 def user_tables(conn: apsw.Connection) -> set[str]:
@@ -42,7 +57,9 @@ def index(tmp_path: Path):
         yield ix
 
 
-def add(ix: SqliteStore, path: Path, hash: str, vectors: np.ndarray | None = None, duration: float = 10.0, tags=None) -> None:
+def add(
+    ix: SqliteStore, path: Path, hash: str, vectors: np.ndarray | None = None, duration: float = 10.0, tags=None
+) -> None:
     """Store path with content hash; new content gets one segment per vector row, 2.5 s apart."""
     spans = [(2.5 * i, 2.5 * i + 5.0) for i in range(len(vectors))] if vectors is not None else None
     audio = AudioRow(hash, duration, 44100, 2) if vectors is not None else None
@@ -140,7 +157,9 @@ def test_bind_check_and_refuse_another_model(index: SqliteStore, tmp_path: Path)
         with pytest.raises(SchemaMismatch) as e:
             call(other)
         message = str(e.value)
-        assert message.startswith("This index was built with model 'tiny' (sha256 abababababab...); you asked for 'finetuned'.")
+        assert message.startswith(
+            "This index was built with model 'tiny' (sha256 abababababab...); you asked for 'finetuned'."
+        )
         assert f"Rebuild it with: audiofind index --rebuild -w finetuned --db {index.path} {tmp_path}" in message
     with pytest.raises(SchemaMismatch, match="5 s windows every 2.5 s; you asked for 10 s windows every 5 s"):
         index.check_model(ModelBinding("tiny", BINDING.sha256, D, 10.0, 5.0))
@@ -169,7 +188,12 @@ def test_copies_share_content_and_orphans_are_collected(index: SqliteStore, tmp_
     add(index, tmp_path / "a.wav", "h1", v, tags={"artist": "X"})
     assert index.has_audio("h1") and not index.has_audio("h2")
     add(index, tmp_path / "copy.wav", "h1")  # a copy: no audio, segments or vectors needed
-    assert (count(index, "files"), count(index, "audio"), count(index, "segments"), count(index, "vectors")) == (2, 1, 3, 3)
+    assert (count(index, "files"), count(index, "audio"), count(index, "segments"), count(index, "vectors")) == (
+        2,
+        1,
+        3,
+        3,
+    )
     row = index.get_file(tmp_path / "a.wav")
     assert row is not None and (row.hash, row.status, row.tags, row.size) == ("h1", "ok", {"artist": "X"}, 100)
     assert row.indexed_at is not None and index.get_file(tmp_path / "nope.wav") is None
@@ -182,7 +206,12 @@ def test_copies_share_content_and_orphans_are_collected(index: SqliteStore, tmp_
     index.move_file(tmp_path / "copy.wav", tmp_path / "moved.wav", tmp_path, 100, 2)
     assert index.get_file(tmp_path / "copy.wav") is None and index.get_file(tmp_path / "moved.wav").hash == "h1"
     assert index.remove_files([tmp_path / "moved.wav"]) == 1
-    assert (count(index, "files"), count(index, "audio"), count(index, "segments"), count(index, "vectors")) == (0, 0, 0, 0)
+    assert (count(index, "files"), count(index, "audio"), count(index, "segments"), count(index, "vectors")) == (
+        0,
+        0,
+        0,
+        0,
+    )
     with pytest.raises(ValueError, match="not in the index"):
         index.move_file(tmp_path / "ghost.wav", tmp_path / "x.wav", tmp_path, 1, 1)
 
@@ -203,7 +232,9 @@ def test_changed_content_and_failures_drop_the_old_vectors(index: SqliteStore, t
     assert index.get_file(tmp_path / "b.wav") is None  # refused writes leave nothing
 
 
-def test_a_failed_write_is_undone_alone_and_sqlite_errors_become_storage_errors(index: SqliteStore, tmp_path: Path) -> None:
+def test_a_failed_write_is_undone_alone_and_sqlite_errors_become_storage_errors(
+    index: SqliteStore, tmp_path: Path
+) -> None:
     add(index, tmp_path / "a.wav", "h1", np.ones((1, D)))
     add(index, tmp_path / "b.wav", "h2", np.ones((1, D)))
     with pytest.raises(ValueError, match="not in the index"):  # fails after replacing b.wav: all of it undone
@@ -215,7 +246,9 @@ def test_a_failed_write_is_undone_alone_and_sqlite_errors_become_storage_errors(
             index.move_file(tmp_path / "ghost.wav", tmp_path / "a.wav", tmp_path, 1, 1)
         add(index, tmp_path / "d.wav", "h4", np.ones((1, D)))
     assert [Path(r.path).name for r in index.files_under([tmp_path])] == ["a.wav", "b.wav", "c.wav", "d.wav"]
-    with pytest.raises(StorageError, match=r"\(ConstraintError: CHECK constraint failed.*; everything indexed so far is kept\.$"):
+    with pytest.raises(
+        StorageError, match=r"\(ConstraintError: CHECK constraint failed.*; everything indexed so far is kept\.$"
+    ):
         with index.transaction():
             index.remove_files([tmp_path / "d.wav"])
             index.conn.execute("UPDATE files SET status = 'odd'")
@@ -226,7 +259,11 @@ def test_files_under_roots(index: SqliteStore, tmp_path: Path) -> None:
     for name in ("music/a.wav", "music/sub/b.wav", "musicals/c.wav", "sfx/d.wav"):
         add(index, tmp_path / name, name, np.ones((1, D)))
     rows = index.files_under([tmp_path / "music", tmp_path / "sfx" / "d.wav"])
-    assert [Path(r.path).relative_to(tmp_path).as_posix() for r in rows] == ["music/a.wav", "music/sub/b.wav", "sfx/d.wav"]
+    assert [Path(r.path).relative_to(tmp_path).as_posix() for r in rows] == [
+        "music/a.wav",
+        "music/sub/b.wav",
+        "sfx/d.wav",
+    ]
     assert index.files_under([]) == []
 
 
@@ -307,13 +344,17 @@ def test_under_matches_the_folder_as_given_and_as_resolved(index: SqliteStore, t
     (tmp / "a").symlink_to(tmp / "disk" / "a")  # root a is indexed through this link
     (tmp / "b").symlink_to(tmp / "disk" / "b")  # root disk/b by its real path, searched through this link
     (tmp / "disk" / "b" / "foley").symlink_to(tmp / "elsewhere")  # a linked folder inside root disk/b
-    for i, path in enumerate([tmp / "a" / "rain" / "r.wav", tmp / "disk" / "b" / "b.wav", tmp / "disk" / "b" / "foley" / "f.wav"]):
+    for i, path in enumerate(
+        [tmp / "a" / "rain" / "r.wav", tmp / "disk" / "b" / "b.wav", tmp / "disk" / "b" / "foley" / "f.wav"]
+    ):
         add(index, path, f"h{i}", np.eye(D)[[i]])
     index.touch_root(tmp / "a")
     index.touch_root(tmp / "disk" / "b")
     found = lambda under: sorted(Path(h.path).name for h in index.search(np.ones(D), 10, Filters(under=under)))
     assert found(tmp / "a") == found(tmp / "a" / "rain") == ["r.wav"]  # as given: stored as walked
-    assert found(tmp / "disk" / "a") == found(tmp / "disk" / "a" / "rain") == ["r.wav"]  # the real folder of a linked root
+    assert (
+        found(tmp / "disk" / "a") == found(tmp / "disk" / "a" / "rain") == ["r.wav"]
+    )  # the real folder of a linked root
     assert found(tmp / "b") == ["b.wav", "f.wav"]  # as resolved
     assert found(tmp / "disk" / "b" / "foley") == ["f.wav"]  # as given, though it resolves outside every root
     assert found(tmp / "disk") == ["b.wav", "f.wav", "r.wav"]  # a folder holding the real folder of a linked root
@@ -343,8 +384,12 @@ def test_search_under_through_a_symlink_in_the_cli(tmp_path: Path) -> None:
         return result.stdout.splitlines()
 
     run("index", tmp / "lib", "-w", tiny)  # through the link: paths are stored as walked
-    assert run("search", "x", "--paths", "--under", tmp / "lib" / "foley", "-w", tiny) == [str(tmp / "lib" / "foley" / "f.wav")]
-    assert run("search", "x", "--paths", "--under", tmp / "disk" / "lib" / "rain", "-w", tiny) == [str(tmp / "lib" / "rain" / "r.wav")]
+    assert run("search", "x", "--paths", "--under", tmp / "lib" / "foley", "-w", tiny) == [
+        str(tmp / "lib" / "foley" / "f.wav")
+    ]
+    assert run("search", "x", "--paths", "--under", tmp / "disk" / "lib" / "rain", "-w", tiny) == [
+        str(tmp / "lib" / "rain" / "r.wav")
+    ]
 
 
 def test_empty_and_unbound_indexes_return_nothing(tmp_path: Path) -> None:
@@ -526,7 +571,12 @@ def test_sigkill_leaves_a_sound_database_of_complete_files(tmp_path: Path, mode:
             spans, vectors = ix.segment_vectors(r.hash)
             assert len(spans) == 1 + i % 5 and vectors.shape == (1 + i % 5, 16)
         assert count(ix, "segments") == count(ix, "vectors") == sum(1 + i % 5 for i in range(n))
-        ix.add_file(FileRow(str(root / "after.wav"), str(root), 1, 1, "new"), AudioRow("new", 1.0, 44100, 1), [(0.0, 1.0)], np.ones((1, 16)))
+        ix.add_file(
+            FileRow(str(root / "after.wav"), str(root), 1, 1, "new"),
+            AudioRow("new", 1.0, 44100, 1),
+            [(0.0, 1.0)],
+            np.ones((1, 16)),
+        )
 
 
 def test_stats(index: SqliteStore, tmp_path: Path) -> None:
@@ -565,7 +615,10 @@ def test_results_show_list_tags_joined_and_hide_writer_tags() -> None:
     from audiofind.audio.tags import shown_tags
     from audiofind.search.filters import read_filters
 
-    assert shown_tags({"artist": ["A", "B"], "encoder": "Lavf60", "genre": "rain"}) == {"artist": "A; B", "genre": "rain"}
+    assert shown_tags({"artist": ["A", "B"], "encoder": "Lavf60", "genre": "rain"}) == {
+        "artist": "A; B",
+        "genre": "rain",
+    }
     f = read_filters(None, ["WAV, .flac"], 1.0, 2.0, ["Genre=Rain"])
     assert f.exts == frozenset({"wav", "flac"}) and f.tags == {"genre": "Rain"}
     with pytest.raises(UsageError, match="KEY=VALUE"):

@@ -317,12 +317,16 @@ def test_hits_carry_their_facts_and_filter_on_them(index: Store, tmp_path: Path)
 def test_fingerprints_are_stored_with_their_content_and_go_with_it(index: Store, tmp_path: Path) -> None:
     fp = bytes(range(256)) * 3
     audio = lambda h: AudioRow(h, 1.0, 44100, 1, "wav", "pcm_s16le", 16, fingerprint=fp + h.encode())
-    index.add_file(FileRow(str(tmp_path / "a.wav"), str(tmp_path), 1, 1, "a"), audio("a"), [(0.0, 1.0)], np.ones((1, D)))
+    index.add_file(
+        FileRow(str(tmp_path / "a.wav"), str(tmp_path), 1, 1, "a"), audio("a"), [(0.0, 1.0)], np.ones((1, D))
+    )
     index.add_file(FileRow(str(tmp_path / "b.wav"), str(tmp_path), 1, 1, "b"), AudioRow("b", 1.0, 44100, 1),
                    [(0.0, 1.0)], np.ones((1, D)))  # fmt: skip
     index.add_segments("L", str(tmp_path / "l.wav"), AudioRow("L", 1.0, 44100, 1), [(0.0, 1.0)], np.ones((1, D)))
     assert index.fingerprints(["a", "b", "L", "nope"]) == {"a": fp + b"a"}
-    index.add_file(FileRow(str(tmp_path / "l.wav"), str(tmp_path), 1, 1, "L"), audio("L"), [(1.0, 2.0)], np.ones((1, D)))
+    index.add_file(
+        FileRow(str(tmp_path / "l.wav"), str(tmp_path), 1, 1, "L"), audio("L"), [(1.0, 2.0)], np.ones((1, D))
+    )
     index.set_fingerprints({"b": b"\x00\xff" * 10, "gone": b"x"})  # a content no longer stored is skipped
     assert index.fingerprints(["a", "b", "L", "gone"]) == {"a": fp + b"a", "b": b"\x00\xff" * 10, "L": fp + b"L"}
     index.set_fingerprints({"b": b"new"})  # made again: replaced

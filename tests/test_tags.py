@@ -38,11 +38,26 @@ def bext(description: bytes, originator: bytes) -> bytes:
 
 FMT = chunk(b"fmt ", struct.pack("<HHIIHH", 1, 1, 44100, 88200, 2, 16))
 DATA = chunk(b"data", bytes(882))
-INFO = info((b"INAM", b"Door creak"), (b"IART", "Björk".encode("latin-1")), (b"ICMT", b"Recorded at night"),
-            (b"IGNR", b"Foley"), (b"ICRD", b"2024-01-02"), (b"IKEY", b"door; creak;wood"), (b"IENG", b"  "),
-            (b"ISFT", b"Reaper"), (b"ZZZZ", b"unknown"))
-INFO_TAGS = {"title": ["Door creak"], "artist": ["Björk"], "comment": ["Recorded at night"], "genre": ["Foley"],
-             "date": ["2024-01-02"], "keywords": ["door", "creak", "wood"], "encoder": ["Reaper"]}
+INFO = info(
+    (b"INAM", b"Door creak"),
+    (b"IART", "Björk".encode("latin-1")),
+    (b"ICMT", b"Recorded at night"),
+    (b"IGNR", b"Foley"),
+    (b"ICRD", b"2024-01-02"),
+    (b"IKEY", b"door; creak;wood"),
+    (b"IENG", b"  "),
+    (b"ISFT", b"Reaper"),
+    (b"ZZZZ", b"unknown"),
+)
+INFO_TAGS = {
+    "title": ["Door creak"],
+    "artist": ["Björk"],
+    "comment": ["Recorded at night"],
+    "genre": ["Foley"],
+    "date": ["2024-01-02"],
+    "keywords": ["door", "creak", "wood"],
+    "encoder": ["Reaper"],
+}
 BEXT_TAGS = {"description": ["Old oak door, slow open"], "originator": ["Zoom F8"]}
 
 
@@ -69,14 +84,26 @@ def test_rf64_finds_chunks_after_a_data_chunk_sized_in_ds64(tmp_path: Path) -> N
 
 
 def _id3_frames() -> list:
-    return [TIT2(encoding=3, text=["Gulls"]), TPE1(encoding=3, text=["A", "B"]), TCON(encoding=3, text=["(17)"]),
-            COMM(encoding=3, lang="eng", desc="", text=["windy"]), TDRC(encoding=3, text=["2024-05-06"]),
-            TXXX(encoding=3, desc="Mood", text=["calm"]), COMM(encoding=3, lang="eng", desc="iTunNORM", text=["00 01"]),
-            APIC(encoding=3, mime="image/png", type=3, desc="cover", data=b"\x89PNG" + bytes(64))]
+    return [
+        TIT2(encoding=3, text=["Gulls"]),
+        TPE1(encoding=3, text=["A", "B"]),
+        TCON(encoding=3, text=["(17)"]),
+        COMM(encoding=3, lang="eng", desc="", text=["windy"]),
+        TDRC(encoding=3, text=["2024-05-06"]),
+        TXXX(encoding=3, desc="Mood", text=["calm"]),
+        COMM(encoding=3, lang="eng", desc="iTunNORM", text=["00 01"]),
+        APIC(encoding=3, mime="image/png", type=3, desc="cover", data=b"\x89PNG" + bytes(64)),
+    ]
 
 
-ID3_TAGS = {"title": ["Gulls"], "artist": ["A", "B"], "genre": ["Rock"], "comment": ["windy"],
-            "date": ["2024-05-06"], "mood": ["calm"]}
+ID3_TAGS = {
+    "title": ["Gulls"],
+    "artist": ["A", "B"],
+    "genre": ["Rock"],
+    "comment": ["windy"],
+    "date": ["2024-05-06"],
+    "mood": ["calm"],
+}
 
 
 @pytest.mark.parametrize("ext,kind", [("wav", WAVE), ("aiff", AIFF)])
@@ -86,8 +113,10 @@ def test_id3_inside_wav_and_aiff(tmp_path: Path, ext: str, kind: type) -> None:
         write(path, riff(FMT, DATA, info((b"IART", b"B"), (b"IART", b"C"))))
     else:  # with AIFF's own text chunks after the sound
         aiff = audiogen.write_audio(path, audiogen.sine(440, 0.1)).read_bytes()
-        text = b"".join(cid + struct.pack(">I", len(t)) + t + b"\0" * (len(t) & 1)
-                        for cid, t in ((b"NAME", b"Gulls at dawn"), (b"AUTH", b"C"), (b"ANNO", b"windy"), (b"(c) ", b"me")))
+        text = b"".join(
+            cid + struct.pack(">I", len(t)) + t + b"\0" * (len(t) & 1)
+            for cid, t in ((b"NAME", b"Gulls at dawn"), (b"AUTH", b"C"), (b"ANNO", b"windy"), (b"(c) ", b"me"))
+        )
         write(path, b"FORM" + struct.pack(">I", len(aiff) - 8 + len(text)) + aiff[8:] + text)
     audio = kind(path)
     audio.add_tags()
@@ -114,8 +143,13 @@ def test_vorbis_comments_and_apev2(tmp_path: Path, ext: str) -> None:
     f.save()
     tags = read_tags(path)
     assert tags.pop("encoder")[0].startswith("Lavf")  # FFmpeg's own
-    assert tags == {"title": ["Gulls"], "artist": ["A", "B"], "description": ["Gulls over the pier"],
-                    "location": ["Brighton"], "keywords": ["sea", "wind"]}
+    assert tags == {
+        "title": ["Gulls"],
+        "artist": ["A", "B"],
+        "description": ["Gulls over the pier"],
+        "location": ["Brighton"],
+        "keywords": ["sea", "wind"],
+    }
 
 
 def test_mp4_atoms(tmp_path: Path) -> None:
@@ -128,8 +162,14 @@ def test_mp4_atoms(tmp_path: Path) -> None:
     f.save()
     tags = read_tags(path)
     assert tags.pop("encoder")[0].startswith("Lavf")
-    assert tags == {"title": ["Gulls"], "artist": ["A", "B"], "genre": ["Ambience"], "tracknumber": ["3/10"],
-                    "bpm": ["120"], "mood": ["calm"]}
+    assert tags == {
+        "title": ["Gulls"],
+        "artist": ["A", "B"],
+        "genre": ["Ambience"],
+        "tracknumber": ["3/10"],
+        "bpm": ["120"],
+        "mood": ["calm"],
+    }
 
 
 def test_asf_attributes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,7 +43,11 @@ def fixture_rel(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[TextTower, TextEncoder]:
     """The fixture's full-size text tower (recipe weights), as a safetensors file for numpy and as torch."""
-    keys = [(k, s) for k, s in weights_recipe.read_keys_tsv(str(DATA / "audioclip-keys.tsv")) if checkpoint.tower_or_none(k) == "text"]
+    keys = [
+        (k, s)
+        for k, s in weights_recipe.read_keys_tsv(str(DATA / "audioclip-keys.tsv"))
+        if checkpoint.tower_or_none(k) == "text"
+    ]
     state = weights_recipe.build_state_dict(keys)  # each tensor seeded by its own key: the same as in the full recipe
     path = tmp_path_factory.mktemp("textnp") / "text.safetensors"
     save_file(state, path)
@@ -76,7 +80,9 @@ def test_fixture_captions_at_full_size(full: tuple[TextTower, TextEncoder]) -> N
     assert rel_to_norm(tower.encode(tokens), got) < TOLERANCE
 
 
-@pytest.mark.parametrize("stride", [pytest.param(50, id="every-50th"), pytest.param(1, id="all", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "stride", [pytest.param(50, id="every-50th"), pytest.param(1, id="all", marks=pytest.mark.slow)]
+)
 def test_clotho_evaluation_captions_at_full_size(full: tuple[TextTower, TextEncoder], stride: int) -> None:
     tower, model = full
     captions = load_split(DATA / "clotho", need_audio=False).captions

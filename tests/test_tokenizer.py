@@ -59,8 +59,22 @@ def test_ascii_skips_ftfy_only_where_ftfy_changes_nothing() -> None:
     import ftfy
 
     rng = random.Random(0)
-    tricky = ["rock &amp;amp;amp; roll", "a &lt;b&gt; c", "tab\there", "line\r\nbreak", "nul\x00byte", "esc\x1b[31mred",
-              "del\x7f", "form\x0cfeed", "<b>bold</b> ; # % $", "café", "cafÃ©", "“quoted”", "ﬁne", "ｗｉｄｅ"]
+    tricky = [
+        "rock &amp;amp;amp; roll",
+        "a &lt;b&gt; c",
+        "tab\there",
+        "line\r\nbreak",
+        "nul\x00byte",
+        "esc\x1b[31mred",
+        "del\x7f",
+        "form\x0cfeed",
+        "<b>bold</b> ; # % $",
+        "café",
+        "cafÃ©",
+        "“quoted”",
+        "ﬁne",
+        "ｗｉｄｅ",
+    ]
     printable = [chr(c) for c in range(32, 127)] + ["\t", "\n", "\r", "\x00", "\x1b", "\x7f"]
     randoms = ["".join(rng.choices(printable, k=rng.randint(0, 40))) for _ in range(3000)]
     for text in tricky + randoms:

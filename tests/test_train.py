@@ -124,8 +124,9 @@ def test_a_second_run_needs_resume_and_resume_needs_a_run(tmp_path: Path, clotho
         finetune(quick(tmp_path, clotho_dir, name="tiny-init", out=tmp_path / "third"))
 
 
-def test_each_step_trains_on_the_smoothed_loss_plus_the_weighted_regulariser(tmp_path: Path, clotho_dir: Path,
-                                                                             init: str) -> None:
+def test_each_step_trains_on_the_smoothed_loss_plus_the_weighted_regulariser(
+    tmp_path: Path, clotho_dir: Path, init: str
+) -> None:
     """The loop trains on spec (d) with the recipe's smoothing and regulariser weight, not only the loss function.
 
     Each run logs its first step's loss on the same batch and dropout draws: it moves with label_smoothing, and by
@@ -153,15 +154,19 @@ def test_one_step_at_full_size(tmp_path: Path, clotho_dir: Path, audiofind_home:
     result = finetune(quick(tmp_path, clotho_dir, init="full-init", batch=2, crop_seconds=1.0, lr=1e-5, max_steps=1))
     assert result.step == 1 and result.model.cfg == full
     # logit_scale_at starts at ln 100, where the [1, 100] clamp passes no gradient (as in the reference)
-    moved = {k: not torch.equal(v, before[k]) for k, v in result.model.named_parameters()
-             if v.requires_grad and k != "logit_scale_at"}
+    moved = {
+        k: not torch.equal(v, before[k])
+        for k, v in result.model.named_parameters()
+        if v.requires_grad and k != "logit_scale_at"
+    }
     assert len(moved) > 300
     assert all(moved.values()), [k for k, m in moved.items() if not m][:5]
 
 
 def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path, clotho_dir: Path, init: str) -> None:
     script = tmp_path / "ddp.py"
-    script.write_text(inspect.cleandoc("""
+    script.write_text(
+        inspect.cleandoc("""
         import os, sys
         from pathlib import Path
         from safetensors.torch import save_file
@@ -174,9 +179,18 @@ def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path, 
         assert result.step == 2
         state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
         save_file(state, out / f"rank{os.environ['RANK']}.safetensors")
-    """))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           str(clotho_dir), str(tmp_path / "run")]
+    """)
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(clotho_dir),
+        str(tmp_path / "run"),
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
@@ -192,14 +206,16 @@ def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path, 
 # ---------------------------------------------------------------- killed at any moment (issue 20)
 
 
-def test_a_run_killed_at_any_file_operation_resumes_to_the_same_end(tmp_path: Path, clotho_dir: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_killed_at_any_file_operation_resumes_to_the_same_end(
+    tmp_path: Path, clotho_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGKILL at every file operation of the epochs' ends and of the run's end (killkit.py), then --resume.
 
     --resume continues from the last epoch whose checkpoint is whole; a run killed before its first checkpoint is
     whole has nothing to resume and starts again. Either way it ends with the files, weights, metrics log and card
     of a run that was never killed.
     """
+
     def home(root: Path) -> Path:
         monkeypatch.setenv("AUDIOFIND_HOME", str(root / "home"))
         register_init()
@@ -209,19 +225,30 @@ def test_a_run_killed_at_any_file_operation_resumes_to_the_same_end(tmp_path: Pa
     assert killkit.run(home(tmp_path / "whole"), clotho_dir, trace=trace) == 0
     operations = trace.read_text().splitlines()
     assert [op for op in operations if not op.endswith(" step")] == [
-        "write run/metrics.jsonl", "write run/metrics.jsonl baseline",
+        "write run/metrics.jsonl",
+        "write run/metrics.jsonl baseline",
         # epoch 1's end: the checkpoint first, since the snapshot and the log line can be made again from it
-        "replace run/checkpoint.pt", "replace run/best/epoch-001.safetensors", "write run/metrics.jsonl epoch",
+        "replace run/checkpoint.pt",
+        "replace run/best/epoch-001.safetensors",
+        "write run/metrics.jsonl epoch",
         # epoch 2's end: epoch 2 scores best, so its snapshot replaces epoch 1's
-        "replace run/checkpoint.pt", "replace run/best/epoch-002.safetensors", "unlink run/best/epoch-001.safetensors",
+        "replace run/checkpoint.pt",
+        "replace run/best/epoch-002.safetensors",
+        "unlink run/best/epoch-001.safetensors",
         "write run/metrics.jsonl epoch",
         # the run's end: the average of the best epochs registered, its card, the last log line
-        "replace home/weights/tuned.safetensors", "write run/card.json", "write run/metrics.jsonl final",
+        "replace home/weights/tuned.safetensors",
+        "write run/card.json",
+        "write run/metrics.jsonl final",
     ]
     expected = killkit.outcome(tmp_path / "whole")
     first = operations.index("replace run/checkpoint.pt")
-    points = [(n, way) for n, op in enumerate(operations, 1) if n > first and " step" not in op
-              for way in killkit.ways_to_kill(op)]
+    points = [
+        (n, way)
+        for n, op in enumerate(operations, 1)
+        if n > first and " step" not in op
+        for way in killkit.ways_to_kill(op)
+    ]
     assert len(points) == 15
     for n, way in points:
         root = home(tmp_path / f"{n}-{way}")
@@ -249,8 +276,12 @@ def test_learning_rate_warms_up_linearly_then_holds() -> None:
 
 
 def test_resuming_cuts_the_log_back_to_the_checkpoint(tmp_path: Path) -> None:
-    records = [{"kind": "baseline", "step": 0}, *({"kind": "step", "step": s} for s in (1, 2, 3)),
-               {"kind": "epoch", "epoch": 1, "step": 3}, {"kind": "step", "step": 4}]
+    records = [
+        {"kind": "baseline", "step": 0},
+        *({"kind": "step", "step": s} for s in (1, 2, 3)),
+        {"kind": "epoch", "epoch": 1, "step": 3},
+        {"kind": "step", "step": 4},
+    ]
     log = tmp_path / "metrics.jsonl"
     whole = "".join(json.dumps(r) + "\n" for r in records)
     log.write_text(whole + '{"kind": "st')  # a line cut short
@@ -274,7 +305,10 @@ def test_resuming_mends_what_a_kill_left_after_the_checkpoint(tmp_path: Path) ->
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     runfolder.start(out, {"step": 6, "history": history, "model": {"w": torch.arange(3.0)}}, average_top=1)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
-        "best", "best/epoch-002.safetensors", "metrics.jsonl"]  # epoch 2 is rebuilt, epoch 1 no longer the best
+        "best",
+        "best/epoch-002.safetensors",
+        "metrics.jsonl",
+    ]  # epoch 2 is rebuilt, epoch 1 no longer the best
     assert torch.equal(load_file(out / "best" / "epoch-002.safetensors")["w"], torch.arange(3.0))
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == records + [{"kind": "epoch", **history[1]}]
@@ -286,7 +320,10 @@ def test_best_epochs_and_their_average() -> None:
     history = [{"epoch": e, "mAP10": s} for e, s in enumerate([0.1, 0.5, 0.3, 0.5, 0.2, 0.4, 0.05], start=1)]
     assert best_epochs(history, 5) == [2, 4, 6, 3, 5]  # ties to the earlier epoch
     assert best_epochs(history[:2], 5) == [2, 1]
-    states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(7)}, {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(9)}]
+    states = [
+        {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(7)},
+        {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(9)},
+    ]
     avg = average_state_dicts(states)
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and avg["n"].item() == 7 and avg["w"].dtype == torch.float32
 
@@ -401,8 +438,28 @@ def test_missing_or_broken_sources_are_one_sentence(tmp_path: Path) -> None:
 
 def test_cli_finetunes_and_the_model_works_with_weights(tmp_path: Path, clotho_dir: Path, init: str) -> None:
     runner = CliRunner()
-    args = ["finetune", "--clotho", str(clotho_dir), "--init", init, "--epochs", "2", "--name", "mine", "--lr", "3e-3",
-            "--warmup-steps", "1", "--crop-seconds", "0.3", "--workers", "0", "--out", str(tmp_path / "run"), "--json"]
+    args = [
+        "finetune",
+        "--clotho",
+        str(clotho_dir),
+        "--init",
+        init,
+        "--epochs",
+        "2",
+        "--name",
+        "mine",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "1",
+        "--crop-seconds",
+        "0.3",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+    ]
     done = runner.invoke(app, args)
     assert done.exit_code == 0, done.output
     summary = json.loads(done.stdout)
@@ -433,8 +490,25 @@ def test_cli_reports_skipped_rows_and_refuses_bad_input(tmp_path: Path, init: st
         audiogen.write_audio(tmp_path / f"s{i}.wav", audiogen.sine(200 * (i + 1), 0.5))
     rows = "".join(f"s{i}.wav,tone number {i}\n" for i in range(6)) + "s9.wav,missing\njust one field\n"
     (tmp_path / "pairs.csv").write_text(rows)
-    args = ["finetune", "--captions", str(tmp_path / "pairs.csv"), "--init", init, "--batch", "2", "--max-steps", "1",
-            "--crop-seconds", "0.3", "--workers", "0", "--val-fraction", "0.3", "--out", str(tmp_path / "run")]
+    args = [
+        "finetune",
+        "--captions",
+        str(tmp_path / "pairs.csv"),
+        "--init",
+        init,
+        "--batch",
+        "2",
+        "--max-steps",
+        "1",
+        "--crop-seconds",
+        "0.3",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0.3",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     done = runner.invoke(app, args)
     assert done.exit_code == 0, done.output
     assert "Skipped 2 bad rows" in done.stderr and "--resume" in done.stdout

@@ -606,7 +606,9 @@ def assert_consistent(db: Path) -> None:
     """The database is whole and every stored file has all its segments and vectors."""
     conn = connection.connect(db, create=False)
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    incomplete = "SELECT count(*) FROM files f WHERE status = 'ok' AND NOT EXISTS (SELECT 1 FROM segments WHERE hash = f.hash)"
+    incomplete = (
+        "SELECT count(*) FROM files f WHERE status = 'ok' AND NOT EXISTS (SELECT 1 FROM segments WHERE hash = f.hash)"
+    )
     assert conn.execute(incomplete).fetchone() == (0,)  # every stored file has all it needs
     count = "SELECT (SELECT count(*) FROM segments), (SELECT count(*) FROM vectors)"
     ((segments, vectors),) = conn.execute(count).fetchall()

@@ -30,21 +30,43 @@ from audiofind.model import weights
 from httpkit import Server
 
 KEPT = {
-    "audio.conv1.weight", "audio.bn1.weight", "audio.bn1.running_mean", "audio.fbsp.fb", "audio.window",
-    "audio.fc.weight", "token_embedding.weight", "positional_embedding", "transformer.resblocks.0.attn.in_proj_weight",
-    "ln_final.weight", "text_projection", "logit_scale_at",
+    "audio.conv1.weight",
+    "audio.bn1.weight",
+    "audio.bn1.running_mean",
+    "audio.fbsp.fb",
+    "audio.window",
+    "audio.fc.weight",
+    "token_embedding.weight",
+    "positional_embedding",
+    "transformer.resblocks.0.attn.in_proj_weight",
+    "ln_final.weight",
+    "text_projection",
+    "logit_scale_at",
 }
-TEXT = {"token_embedding.weight", "positional_embedding", "transformer.resblocks.0.attn.in_proj_weight",
-        "ln_final.weight", "text_projection"}
+TEXT = {
+    "token_embedding.weight",
+    "positional_embedding",
+    "transformer.resblocks.0.attn.in_proj_weight",
+    "ln_final.weight",
+    "text_projection",
+}
 
 
 def fake_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     shapes = {
-        "audio.conv1.weight": (4, 1, 3, 3), "audio.bn1.weight": (4,), "audio.bn1.running_mean": (4,),
-        "audio.fbsp.fb": (4,), "audio.window": (8,), "audio.fc.weight": (3, 4), "token_embedding.weight": (10, 4),
-        "positional_embedding": (5, 4), "transformer.resblocks.0.attn.in_proj_weight": (12, 4),
-        "ln_final.weight": (4,), "text_projection": (4, 3), "visual.conv1.weight": (2, 3, 3, 3),
+        "audio.conv1.weight": (4, 1, 3, 3),
+        "audio.bn1.weight": (4,),
+        "audio.bn1.running_mean": (4,),
+        "audio.fbsp.fb": (4,),
+        "audio.window": (8,),
+        "audio.fc.weight": (3, 4),
+        "token_embedding.weight": (10, 4),
+        "positional_embedding": (5, 4),
+        "transformer.resblocks.0.attn.in_proj_weight": (12, 4),
+        "ln_final.weight": (4,),
+        "text_projection": (4, 3),
+        "visual.conv1.weight": (2, 3, 3, 3),
     }
     sd = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
     sd["audio.bn1.num_batches_tracked"] = torch.tensor(7)
@@ -182,8 +204,16 @@ def test_import_pt_variants_and_safetensors(server: Server, checkpoint: Path, tm
     assert metadata_of(weights.import_checkpoint(path, name="copy"))["source_sha256"] == digest
 
     sources = {m.name: m.source for m in weights.available_models()}
-    assert sources == {"tiny": "registered", "tiny-bad": "registered", "gone": "registered", "copy": "imported",
-                       "foreign": "imported", "legacy": "imported", "mine": "imported", "wrapped": "imported"}
+    assert sources == {
+        "tiny": "registered",
+        "tiny-bad": "registered",
+        "gone": "registered",
+        "copy": "imported",
+        "foreign": "imported",
+        "legacy": "imported",
+        "mine": "imported",
+        "wrapped": "imported",
+    }
 
 
 def _saved(path: Path, obj: object) -> Path:
@@ -231,8 +261,10 @@ def test_available_models(server: Server):
 def test_resolve_names_and_messages(server: Server):
     with pytest.raises(WeightsNotFound) as e:
         weights.resolve(None)  # the manifest's default
-    assert str(e.value) == ("Model 'tiny' is not downloaded yet; run: audiofind weights download tiny "
-                            "(or, with a checkpoint file you already have: audiofind weights import PATH)")
+    assert str(e.value) == (
+        "Model 'tiny' is not downloaded yet; run: audiofind weights download tiny "
+        "(or, with a checkpoint file you already have: audiofind weights import PATH)"
+    )
     with pytest.raises(UnknownModelError) as e:
         weights.resolve("nope")
     assert "'nope'" in str(e.value) and "tiny, tiny-bad, gone" in str(e.value)
@@ -417,7 +449,10 @@ def test_half_precision_checkpoints_are_widened_at_import(tmp_path: Path, dtype:
 def test_a_non_float_tensor_is_refused_at_import(tmp_path: Path) -> None:
     sd = fake_state_dict()
     sd["audio.fc.weight"] = sd["audio.fc.weight"].to(torch.int64)
-    for path in (_saved(tmp_path / "ints.pt", sd), _tiny_safetensors(tmp_path / "ints.safetensors", torch.float32, "audio.fc.weight")):
+    for path in (
+        _saved(tmp_path / "ints.pt", sd),
+        _tiny_safetensors(tmp_path / "ints.safetensors", torch.float32, "audio.fc.weight"),
+    ):
         result = runner.invoke(app, ["weights", "import", str(path)])
         line = one_line_error(result)
         assert result.exit_code == 1
@@ -426,7 +461,9 @@ def test_a_non_float_tensor_is_refused_at_import(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("dtype,bad_key", [(torch.float16, None), (torch.float32, "text_projection")])
-def test_a_registered_file_of_the_wrong_dtype_is_refused_at_load(tmp_path: Path, dtype: torch.dtype, bad_key: str | None) -> None:
+def test_a_registered_file_of_the_wrong_dtype_is_refused_at_load(
+    tmp_path: Path, dtype: torch.dtype, bad_key: str | None
+) -> None:
     # Written straight into the weights folder, as an older audiofind or a hand copy would leave it.
     paths.weights_dir().mkdir(parents=True)
     _tiny_safetensors(paths.weights_dir() / "raw.safetensors", dtype, bad_key)

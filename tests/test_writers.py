@@ -109,7 +109,9 @@ def test_two_writers_over_overlapping_folders_embed_each_content_once(pg_server,
         assert report["seen"] == n and report["embedded"] + report["reused"] + report["skipped"] == n, report
     # The index is the one a single writer makes.
     reference = new_database(pg_server)
-    result = CliRunner().invoke(app, ["index", str(lib / "a"), str(lib / "b"), str(lib / "c"), "--db", reference, "-w", "tiny", "--json"])
+    result = CliRunner().invoke(
+        app, ["index", str(lib / "a"), str(lib / "b"), str(lib / "c"), "--db", reference, "-w", "tiny", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["embedded"] == CONTENTS
     shared, single = comparable(pg_url), comparable(reference)
@@ -124,7 +126,9 @@ def test_a_writer_killed_mid_file_leaves_nothing_partial_and_the_next_run_comple
                                                                                          tmp_path: Path) -> None:  # fmt: skip
     folder = library / "b"
     long = folder / "long.wav"
-    killed = writer(pg_url, [folder], tmp_path, "killed", AUDIOFIND_TEST_CHUNK_SECONDS="10", AUDIOFIND_TEST_KILL_AT_CHUNK="1")
+    killed = writer(
+        pg_url, [folder], tmp_path, "killed", AUDIOFIND_TEST_CHUNK_SECONDS="10", AUDIOFIND_TEST_KILL_AT_CHUNK="1"
+    )
     killed.communicate(timeout=300)
     assert killed.returncode == -9  # SIGKILLed right after the long file's first chunk was committed
     assert windows(tmp_path, "killed") == 3 + 2  # the short files (first), then the long file's first chunk

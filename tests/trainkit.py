@@ -16,18 +16,42 @@ from audiofind.train.config import TrainConfig
 
 # Six sounds a tiny model can tell apart; variant k changes pitch, seed or level a little.
 SOUNDS = [
-    ("beep", lambda k: audiogen.sine(2500 + 300 * k, 1.0),
-     ["a high pitched beep", "a shrill electronic tone", "a high beep sounds", "a piercing whistle tone", "a thin high note"]),
-    ("hum", lambda k: audiogen.sine(90 + 15 * k, 1.0),
-     ["a low hum", "a deep humming drone", "low rumble of a motor", "a bass hum", "a dull low drone"]),
-    ("noise", lambda k: audiogen.noise(1.0, seed=int(10 * k)),
-     ["white noise hissing", "static hiss", "loud hiss of noise", "rushing noise like wind", "a noisy hiss"]),
-    ("sweep", lambda k: audiogen.chirp(200, 4000 + 500 * k, 1.0),
-     ["a rising sweep", "a tone sweeping upward", "pitch goes up quickly", "a rising siren", "an upward glide"]),
-    ("buzz", lambda k: audiogen.square(180 + 20 * k, 1.0),
-     ["an electric buzz", "a harsh buzzing sound", "a buzzer going off", "a raspy square wave buzz", "buzzing"]),
-    ("quiet", lambda k: audiogen.sine(1000, 1.0, amp=0.001 * (k + 1)),
-     ["near silence", "almost nothing can be heard", "a very quiet room", "silence", "faint quiet"]),
+    (
+        "beep",
+        lambda k: audiogen.sine(2500 + 300 * k, 1.0),
+        [
+            "a high pitched beep",
+            "a shrill electronic tone",
+            "a high beep sounds",
+            "a piercing whistle tone",
+            "a thin high note",
+        ],
+    ),
+    (
+        "hum",
+        lambda k: audiogen.sine(90 + 15 * k, 1.0),
+        ["a low hum", "a deep humming drone", "low rumble of a motor", "a bass hum", "a dull low drone"],
+    ),
+    (
+        "noise",
+        lambda k: audiogen.noise(1.0, seed=int(10 * k)),
+        ["white noise hissing", "static hiss", "loud hiss of noise", "rushing noise like wind", "a noisy hiss"],
+    ),
+    (
+        "sweep",
+        lambda k: audiogen.chirp(200, 4000 + 500 * k, 1.0),
+        ["a rising sweep", "a tone sweeping upward", "pitch goes up quickly", "a rising siren", "an upward glide"],
+    ),
+    (
+        "buzz",
+        lambda k: audiogen.square(180 + 20 * k, 1.0),
+        ["an electric buzz", "a harsh buzzing sound", "a buzzer going off", "a raspy square wave buzz", "buzzing"],
+    ),
+    (
+        "quiet",
+        lambda k: audiogen.sine(1000, 1.0, amp=0.001 * (k + 1)),
+        ["near silence", "almost nothing can be heard", "a very quiet room", "silence", "faint quiet"],
+    ),
 ]
 CHANCE_MAP10 = sum(1 / r for r in range(1, len(SOUNDS) + 1)) / len(SOUNDS)  # random ranking of 6 clips: 0.408
 
@@ -56,8 +80,18 @@ def register_init(name: str = "tiny-init") -> str:
 
 def quick(tmp: Path, clotho: Path, **changes) -> TrainConfig:  # type: ignore[no-untyped-def]
     """A seconds-long recipe: TINY crops, a high learning rate, no worker processes."""
-    base = dict(name="tuned", clotho=clotho, init="tiny-init", out=tmp / "run", epochs=2, lr=3e-3, warmup_steps=1,
-                crop_seconds=0.3, workers=0, average_top=2)
+    base = dict(
+        name="tuned",
+        clotho=clotho,
+        init="tiny-init",
+        out=tmp / "run",
+        epochs=2,
+        lr=3e-3,
+        warmup_steps=1,
+        crop_seconds=0.3,
+        workers=0,
+        average_top=2,
+    )
     return TrainConfig(**(base | changes))
 
 

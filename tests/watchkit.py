@@ -34,7 +34,6 @@ def tone(path: Path, freq: float, seconds: float = 0.5) -> Path:
     return audiogen.write_audio(path, audiogen.sine(freq, seconds))
 
 
-
 class Watching:
     """watch() on a thread of its own, with every event it reports; stops and re-raises its error on exit."""
 

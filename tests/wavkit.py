@@ -42,5 +42,7 @@ def samples(data: bytes) -> tuple[dict[str, int], np.ndarray]:
         x = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         x = np.where(x >= 1 << 23, x - (1 << 24), x)
     else:
-        x = np.frombuffer(raw, {(1, 8): "<u1", (1, 16): "<i2", (1, 32): "<i4", (3, 32): "<f4", (3, 64): "<f8"}[(tag, bits)])
+        x = np.frombuffer(
+            raw, {(1, 8): "<u1", (1, 16): "<i2", (1, 32): "<i4", (3, 32): "<f4", (3, 64): "<f8"}[(tag, bits)]
+        )
     return {"tag": tag, "channels": channels, "rate": rate, "bits": bits, "align": align}, x.reshape(-1, channels)

@@ -275,6 +275,7 @@ def _decode(path: Path, max_samples: int | None = None, rate: int = SAMPLE_RATE)
         if broken or bad:
             log.warning("%s: kept %.1f s of audio despite %d bad packets %s", path, seconds, bad, broken or "")
 
+
 def stream_audio(path: Path, chunk_seconds: float = CHUNK_SECONDS, rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """Decode path chunk by chunk: (n,) float32 int16-range mono at `rate`; every chunk but the last is full.
 

@@ -244,5 +244,3 @@ class Fingerprinter:
 def load(fp: "Fingerprint | bytes") -> Fingerprint:
     """A fingerprint, from its stored bytes if need be."""
     return fp if isinstance(fp, Fingerprint) else Fingerprint.from_bytes(fp)
-
-

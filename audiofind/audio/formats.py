@@ -3,7 +3,27 @@
 import os
 
 AUDIO_EXTS = frozenset(
-    ["wav", "wave", "flac", "mp3", "ogg", "oga", "opus", "m4a", "mp4", "aac", "aif", "aiff", "aifc", "caf", "w64", "wv", "mka", "webm", "wma"]
+    [
+        "wav",
+        "wave",
+        "flac",
+        "mp3",
+        "ogg",
+        "oga",
+        "opus",
+        "m4a",
+        "mp4",
+        "aac",
+        "aif",
+        "aiff",
+        "aifc",
+        "caf",
+        "w64",
+        "wv",
+        "mka",
+        "webm",
+        "wma",
+    ]
 )
 # Formats browsers play as they are (served untouched); every other indexed format is transcoded for a page.
 # WAV is here by extension only: 24-bit and float WAV still need transcoding, which the server decides per file.

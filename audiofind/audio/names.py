@@ -15,8 +15,10 @@ from audiofind.audio import formats
 
 # An upper-case run before a capitalised word (DOOR|Wood), a capitalised or lower-case word, an upper-case run,
 # a run of digits. Letters without case (CJK, Arabic) count as lower case, so they stay whole words.
-_WORD = regex.compile(r"[\p{Lu}\p{Lt}]+(?=[\p{Lu}\p{Lt}][\p{Ll}\p{Lm}\p{Lo}])|[\p{Lu}\p{Lt}]?[\p{Ll}\p{Lm}\p{Lo}]+"
-                      r"|[\p{Lu}\p{Lt}]+|\p{Nd}+")
+_WORD = regex.compile(
+    r"[\p{Lu}\p{Lt}]+(?=[\p{Lu}\p{Lt}][\p{Ll}\p{Lm}\p{Lo}])|[\p{Lu}\p{Lt}]?[\p{Ll}\p{Lm}\p{Lo}]+"
+    r"|[\p{Lu}\p{Lt}]+|\p{Nd}+"
+)
 # Words of a name that say which recording, not what it sounds like (take 3, tk2, v2 -> v 2, final, alt).
 TAKE_MARKERS = frozenset({"take", "tk", "ver", "version", "final", "alt", "copy"})
 MIN_WORDS = 2  # a caption with fewer real words says too little to learn from or to score

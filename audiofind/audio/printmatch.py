@@ -23,6 +23,7 @@ PEAK_PRIOR = 8.0  # the peak share counts n / (n + 8) of the score when both fil
 # scored 0.44 (a 0.1 s noise burst through Opus), the closest two different sounds 0.26 (two takes of one gesture).
 NEAR = 0.35
 
+
 def _pairs(sorted_b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every (i, j) with lo[i] <= j < hi[i]: indices into the queries and into sorted_b."""
     n = hi - lo
@@ -160,5 +161,3 @@ def linked(a: "Fingerprint | bytes", b: "Fingerprint | bytes", threshold: float 
         if inside and votes / inside * cover >= threshold and _score(a, b, int(off)) >= threshold:
             return True
     return threshold <= 0.0
-
-

@@ -147,7 +147,9 @@ def plan(path: Path | str, start: float, end: float) -> Region:
     region = Region(path, first, last - first, rate, info.channels, kind, fade if first > 0 else 0,
                     fade if total is None or last < total else 0, reference + first)  # fmt: skip
     if region.size > RIFF_LIMIT:
-        raise UsageError(f"A {end - start:g} s region of this file is over 4 GiB, more than a WAV file holds; choose a shorter one.")
+        raise UsageError(
+            f"A {end - start:g} s region of this file is over 4 GiB, more than a WAV file holds; choose a shorter one."
+        )
     return region
 
 
@@ -286,14 +288,20 @@ def _decoded(region: Region, seek: bool = True) -> Iterator[np.ndarray]:
             resampler = None
             for frame in _frames(container, stream, region.path):
                 if pos is None:
-                    landed = None if frame.pts is None or frame.time_base is None else round((float(frame.pts * frame.time_base) - base) * rate)
+                    landed = (
+                        None
+                        if frame.pts is None or frame.time_base is None
+                        else round((float(frame.pts * frame.time_base) - base) * rate)
+                    )
                     if landed is None or landed > first:
                         restart = True
                         break
                     pos = landed
                 have = (frame.format.name.rstrip("p"), frame.sample_rate, len(frame.layout.channels))
                 if have != (DECODED[region.kind], rate, region.channels):  # planar or packed alike; else convert
-                    resampler = resampler or av.AudioResampler(format=DECODED[region.kind], layout=stream.codec_context.layout, rate=rate)
+                    resampler = resampler or av.AudioResampler(
+                        format=DECODED[region.kind], layout=stream.codec_context.layout, rate=rate
+                    )
                     frames = resampler.resample(frame)
                 else:
                     frames = [frame]
@@ -309,7 +317,9 @@ def _decoded(region: Region, seek: bool = True) -> Iterator[np.ndarray]:
         yield from _decoded(region, seek=False)
 
 
-def _frames(container: av.container.InputContainer, stream: av.audio.stream.AudioStream, path: Path) -> Iterator[av.AudioFrame]:
+def _frames(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream, path: Path
+) -> Iterator[av.AudioFrame]:
     for packet in container.demux(stream):
         try:
             yield from packet.decode()

@@ -37,7 +37,9 @@ def synthetic_checkpoint(folder: Path, cfg: AudioCLIPConfig) -> Path:
     """Random weights of this size as a safetensors file (the same speed as real ones, no download)."""
     tensors = checkpoint.select(build(cfg).state_dict(), "synthetic weights")
     config = None if cfg == AudioCLIPConfig() else cfg.to_dict()
-    return checkpoint.write(tensors, folder / "synthetic.safetensors", "synthetic", checkpoint.content_sha256(tensors), "imported", config)
+    return checkpoint.write(
+        tensors, folder / "synthetic.safetensors", "synthetic", checkpoint.content_sha256(tensors), "imported", config
+    )
 
 
 def _index(db: Path, encoder: Embedder, root: Path, cluster: Cluster | None) -> Report:
@@ -86,15 +88,25 @@ def _figures(here: Run, there: Run, actors: int, cuda: bool, address: str, one: 
     figures = [
         Figure("ray_here_s", f"index here, {audio / 60:.1f} min of audio", here.report.seconds, "s"),
         Figure("ray_cluster_s", f"index on the cluster ({on})", there.report.seconds, "s"),
-        Figure("ray_overhead", "the cluster's time over the local one", there.report.seconds / here.report.seconds - 1, "%"),
+        Figure(
+            "ray_overhead", "the cluster's time over the local one", there.report.seconds / here.report.seconds - 1, "%"
+        ),
         Figure("ray_start_s", "join the cluster, load the model in its actors", there.ready_s, "s"),
         Figure("ray_load_s", "load the model here", here.ready_s, "s"),
-        Figure("ray_overhead_with_start", "the same, counting the start and the load",
-               (there.report.seconds + there.ready_s) / (here.report.seconds + here.ready_s) - 1, "%"),  # fmt: skip
+        Figure(
+            "ray_overhead_with_start",
+            "the same, counting the start and the load",
+            (there.report.seconds + there.ready_s) / (here.report.seconds + here.ready_s) - 1,
+            "%",
+        ),  # fmt: skip
     ]
     if cuda:
         per_gpu = audio / there.report.seconds / actors
-        figures.append(Figure("ray_per_gpu_all_x", f"audio hours per hour per GPU, {actors} GPUs", per_gpu, "x real time"))
+        figures.append(
+            Figure("ray_per_gpu_all_x", f"audio hours per hour per GPU, {actors} GPUs", per_gpu, "x real time")
+        )
         if one is not None:
-            figures.append(Figure("ray_per_gpu_1_x", "audio hours per hour per GPU, 1 GPU", audio / one.seconds, "x real time"))
+            figures.append(
+                Figure("ray_per_gpu_1_x", "audio hours per hour per GPU, 1 GPU", audio / one.seconds, "x real time")
+            )
     return figures

@@ -48,7 +48,9 @@ def time_command(argv: list[str], env: Mapping[str, str] | None = None, repeat: 
         runs.append(time.perf_counter() - start)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise AudiofindError(f"The timed command `python {shlex.join(argv[1:])}` failed (exit {done.returncode}): {last}")
+            raise AudiofindError(
+                f"The timed command `python {shlex.join(argv[1:])}` failed (exit {done.returncode}): {last}"
+            )
     return Timing(runs)
 
 
@@ -67,7 +69,11 @@ def search_argv(db: Path | str, query: str = QUERY, weights: str | None = None) 
 
 
 def cold_search_seconds(
-    db: Path | str, query: str = QUERY, weights: str | None = None, env: Mapping[str, str] | None = None, repeat: int = 3
+    db: Path | str,
+    query: str = QUERY,
+    weights: str | None = None,
+    env: Mapping[str, str] | None = None,
+    repeat: int = 3,
 ) -> float:
     """Least wall time of `audiofind search QUERY --db DB` in a fresh process of this audiofind (env: the child's
     environment, e.g. a scratch AUDIOFIND_HOME holding the index's model; default this one's)."""
@@ -91,8 +97,12 @@ def write_synthetic_text_model(home: Path, cfg: "AudioCLIPConfig | None" = None)
     return checkpoint.write(tensors, out, SYNTHETIC, SYNTHETIC_SHA, "imported", cfg.to_dict())
 
 
-def cold_search_bench(segments: int = 100_000, repeat: int = 3, cfg: "AudioCLIPConfig | CLAPConfig | None" = None,
-                      family: str = "audioclip") -> float:
+def cold_search_bench(
+    segments: int = 100_000,
+    repeat: int = 3,
+    cfg: "AudioCLIPConfig | CLAPConfig | None" = None,
+    family: str = "audioclip",
+) -> float:
     """Least wall seconds of a cold `audiofind search` on a synthetic index of this many segments, with a random
     text tower of the family's published size (or cfg's), in a fresh process on this machine."""
     from audiofind.bench.synthetic_search import bench_search

@@ -35,7 +35,9 @@ def synthetic_audioclip(dev: torch.device, cfg: AudioCLIPConfig | None = None) -
     """AudioCLIP's audio tower at full size (or cfg's) with random weights, prepared as load_encoder prepares it."""
     cfg = cfg or AudioCLIPConfig()
     model = build(cfg, ["audio"]).to(dev)
-    return from_model(model, cfg, dev, "synthetic-audioclip", "0" * 64, prepare=True, batch_size=default_batch_sizes(dev)[0])
+    return from_model(
+        model, cfg, dev, "synthetic-audioclip", "0" * 64, prepare=True, batch_size=default_batch_sizes(dev)[0]
+    )
 
 
 def synthetic_clap(dev: torch.device, cfg: CLAPConfig | None = None) -> Embedder:
@@ -50,8 +52,9 @@ def noise(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(round(seconds * rate)) * 3000).astype(np.float32)
 
 
-def window_speed(device: str = "auto", repeat: int = 3, audioclip: AudioCLIPConfig | None = None,
-                 clap: CLAPConfig | None = None) -> dict[str, float]:
+def window_speed(
+    device: str = "auto", repeat: int = 3, audioclip: AudioCLIPConfig | None = None, clap: CLAPConfig | None = None
+) -> dict[str, float]:
     """Fastest wall seconds to embed one 10 s window with each family's audio tower, interleaved, on the device
     (full size unless configurations are given: tests pass tiny ones)."""
     dev = resolve_device(device)
@@ -59,7 +62,9 @@ def window_speed(device: str = "auto", repeat: int = 3, audioclip: AudioCLIPConf
         torch.set_flush_denormal(True)
         keep_freed_memory()
     encoders = {"audioclip": synthetic_audioclip(dev, audioclip), "clap": synthetic_clap(dev, clap)}
-    calls: dict[str, Callable[[], object]] = {name: partial(enc.embed_audio, [noise(WINDOW_SECONDS, enc.sample_rate)]) for name, enc in encoders.items()}
+    calls: dict[str, Callable[[], object]] = {
+        name: partial(enc.embed_audio, [noise(WINDOW_SECONDS, enc.sample_rate)]) for name, enc in encoders.items()
+    }
     best = side_by_side(calls, dev, repeat)
     return {f"window_{name}_s": seconds for name, seconds in best.items()}
 
@@ -85,7 +90,9 @@ def write_synthetic_tokenizer(folder: Path, merges: int = 50_000, seed: int = 0)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {t: i for i, t in enumerate(tokens)} | {"<mask>": len(tokens)}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in pairs) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in pairs) + "\n", encoding="utf-8"
+    )
     return folder
 
 

@@ -23,11 +23,22 @@ CATEGORIES = ("DOORWood", "DOORMetal", "FOLYFeet", "RAINRoof", "WINDGust", "DRUM
               "VEHCar", "MACHMotor") + tuple(f"CAT{i:02d}Misc" for i in range(30))  # fmt: skip
 WORDS: tuple[str, ...] = ("creak", "slow", "old", "barn", "slam", "gravel", "tin", "heavy", "light", "distant", "close", "wet", "dry",
          "808", "squeak", "metal", "wood", "loop", "soft", "hard", "gust", "drip", "pass", "idle")  # fmt: skip
-WORDS += tuple(a + b + c for a in ("ba", "ko", "ri", "tu", "me") for b in ("lon", "var", "sek", "dim", "pau")
-               for c in ("a", "o", "is", "um", "et", "ix", "or", "an", "el", "uz", "ep", "ot", "ak", "in", "us", "ra"))[: 400 - 24]
+WORDS += tuple(
+    a + b + c
+    for a in ("ba", "ko", "ri", "tu", "me")
+    for b in ("lon", "var", "sek", "dim", "pau")
+    for c in ("a", "o", "is", "um", "et", "ix", "or", "an", "el", "uz", "ep", "ot", "ak", "in", "us", "ra")
+)[: 400 - 24]
 FOLDERS = ("Foley/Doors", "Foley/Doors", "Foley/Footsteps/Gravel", "Ambience/Rain", "Ambience/Wind", "Drums/Kicks",
            "Ambience/Forest", "Water/Drips", "Vehicles", "Machines") + tuple(f"Library/Pack {i:02d}" for i in range(30))  # fmt: skip
-QUERIES = ("door creak", "kick 808", "rain on a tin roof", "footsteps gravel", "wind gust distant", '"creak slow" -metal')
+QUERIES = (
+    "door creak",
+    "kick 808",
+    "rain on a tin roof",
+    "footsteps gravel",
+    "wind gust distant",
+    '"creak slow" -metal',
+)
 
 
 class _FixedQueries:
@@ -55,7 +66,9 @@ def names_index(path: Path, files: int, dim: int, seed: int = 0) -> None:
                     picked = rng.choice(len(WORDS), 3, replace=False)
                     words = "_".join(WORDS[w].capitalize() for w in picked)
                     name = f"{CATEGORIES[f % len(CATEGORIES)]}_{words}_{f % 97:02d}.wav"
-                    tags: dict[str, str | list[str]] = {"title": f"{WORDS[picked[0]]} {WORDS[picked[1]]}"} if f % 3 == 0 else {}
+                    tags: dict[str, str | list[str]] = (
+                        {"title": f"{WORDS[picked[0]]} {WORDS[picked[1]]}"} if f % 3 == 0 else {}
+                    )
                     h = f"{f:064x}"
                     row = FileRow(f"/bench/{FOLDERS[f % len(CATEGORIES)]}/{f:06d} {name}", "/bench", 1, 1, h, tags=tags)
                     index.add_file(row, AudioRow(h, 10.0, 44100, 1), [(0.0, 10.0)], data[f : f + 1])
@@ -89,4 +102,3 @@ def names_speed(files: int = 100_000, dim: int = 1024, repeat: int = 3) -> dict[
     if filled != files:  # the measurement means nothing if the fill did not index every file
         raise RuntimeError(f"the full-text fill indexed {filled} of {files} files")
     return out
-

@@ -50,8 +50,22 @@ def reference_encode_text(model: TextEncoder, tokens: Tensor) -> Tensor:
         assert isinstance(block, ResidualAttentionBlock)
         attn, h = block.attn, block.ln_1(x)
         y, _ = F.multi_head_attention_forward(
-            h, h, h, x.shape[-1], attn.heads, attn.in_proj_weight, attn.in_proj_bias, None, None, False, 0.0,
-            attn.out_proj.weight, attn.out_proj.bias, training=False, need_weights=False, attn_mask=mask,
+            h,
+            h,
+            h,
+            x.shape[-1],
+            attn.heads,
+            attn.in_proj_weight,
+            attn.in_proj_bias,
+            None,
+            None,
+            False,
+            0.0,
+            attn.out_proj.weight,
+            attn.out_proj.bias,
+            training=False,
+            need_weights=False,
+            attn_mask=mask,
         )
         x = x + y
         x = x + block.mlp(block.ln_2(x))

@@ -67,7 +67,9 @@ def _page_index(folder: Path, dim: int, n: int, seconds: float) -> tuple[Path, i
             st, h = path.stat(), f"{i:064x}"
             length = seconds if path != wav24 else 60.0
             row = FileRow(str(path), str(folder / "library"), st.st_size, st.st_mtime_ns, h)
-            index.add_file(row, AudioRow(h, length, decode.SAMPLE_RATE, 1), [(0.0, length)], rng.standard_normal((1, dim)))
+            index.add_file(
+                row, AudioRow(h, length, decode.SAMPLE_RATE, 1), [(0.0, length)], rng.standard_normal((1, dim))
+            )
         file_id = index.file_ids([str(wav24)])[str(wav24)][0]
     return folder / "page.db", int(file_id)
 
@@ -79,7 +81,9 @@ def _running(library: Library, peaks_dir: Path) -> Iterator[tuple[str, str]]:
     port, token = sock.getsockname()[1], new_token()
     import uvicorn
 
-    server = Server(uvicorn.Config(create_app(library, token, "127.0.0.1", port, peaks_dir), log_level="warning", lifespan="off"))
+    server = Server(
+        uvicorn.Config(create_app(library, token, "127.0.0.1", port, peaks_dir), log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

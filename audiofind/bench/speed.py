@@ -57,7 +57,13 @@ class Figure:
 def machine(device: torch.device) -> dict:
     """What the figures were measured on: the CPU's model and vector extensions, threads, torch, the GPU if used."""
     cpu, extensions = describe_cpu()
-    out = {"cpu": cpu, "extensions": extensions, "threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
+    out = {
+        "cpu": cpu,
+        "extensions": extensions,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         out["gpu"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
@@ -97,11 +103,22 @@ def peak_memory(device: torch.device) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
 
 
-def _encoder_from_state(state: dict[str, torch.Tensor], cfg: AudioCLIPConfig, dev: torch.device, precision: str) -> Encoder:
+def _encoder_from_state(
+    state: dict[str, torch.Tensor], cfg: AudioCLIPConfig, dev: torch.device, precision: str
+) -> Encoder:
     model = from_state_dict(state, cfg).to(dev)
     audio_batch, text_batch = default_batch_sizes(dev)
-    return from_model(model, cfg, dev, "synthetic", "0" * 64, prepare=True, precision=precision, batch_size=audio_batch,
-                      text_batch_size=text_batch)
+    return from_model(
+        model,
+        cfg,
+        dev,
+        "synthetic",
+        "0" * 64,
+        prepare=True,
+        precision=precision,
+        batch_size=audio_batch,
+        text_batch_size=text_batch,
+    )
 
 
 def bench_encoder(weights_name: str | None, device: str, synthetic: bool = False, precision: str = "fp32") -> Loaded:
@@ -113,8 +130,9 @@ def bench_encoder(weights_name: str | None, device: str, synthetic: bool = False
     return _encoder_from_state(build(cfg).state_dict(), cfg, resolve_device(device), precision)
 
 
-def _twins(weights_name: str | None, device: str, synthetic: bool, precision: str,
-           cfg: AudioCLIPConfig) -> tuple[Encoder, ReferenceAudio, TextEncoder, float | None]:
+def _twins(
+    weights_name: str | None, device: str, synthetic: bool, precision: str, cfg: AudioCLIPConfig
+) -> tuple[Encoder, ReferenceAudio, TextEncoder, float | None]:
     """Our encoder, the reference's audio and text towers on the same weights, our load time (real weights only)."""
     dev = resolve_device(device)
     if synthetic:
@@ -144,8 +162,15 @@ def _noise(seconds: float, seed: int = 0) -> np.ndarray:
     return (rng.standard_normal(int(seconds * decode.SAMPLE_RATE)) * 3000).astype(np.float32)
 
 
-def model_speed(weights_name: str | None, device: str, synthetic: bool = False, precision: str = "fp32",
-                repeat: int = 5, cfg: AudioCLIPConfig = FULL_SIZE, also: tuple[str, ...] = ()) -> list[Figure]:
+def model_speed(
+    weights_name: str | None,
+    device: str,
+    synthetic: bool = False,
+    precision: str = "fp32",
+    repeat: int = 5,
+    cfg: AudioCLIPConfig = FULL_SIZE,
+    also: tuple[str, ...] = (),
+) -> list[Figure]:
     """Audio (5 s and 20 s clips) and text (1 and 64 captions) encode times beside the reference's, weights load;
     cfg sizes the synthetic model (tests pass a tiny one); `also`: more precisions to time the audio clips in."""
     enc, ref, ref_text_tower, load_s = _twins(weights_name, device, synthetic, precision, cfg)
@@ -164,7 +189,11 @@ def model_speed(weights_name: str | None, device: str, synthetic: bool = False, 
                 figures.append(Figure(f"audio_{seconds}s_{other}_s", label, t["ours"], "s", t["ref"]))
         for captions in (SAMPLE_CAPTIONS[:1], (SAMPLE_CAPTIONS * 16)[:64]):
             ref_text = partial(_reference_text, ref_text_tower, captions, dev)
-            t = side_by_side({"ours": partial(enc.embed_text, captions), "ref": ref_text}, dev, repeat * 2 if len(captions) == 1 else 2)
+            t = side_by_side(
+                {"ours": partial(enc.embed_text, captions), "ref": ref_text},
+                dev,
+                repeat * 2 if len(captions) == 1 else 2,
+            )
             label = "encode one caption" if len(captions) == 1 else f"encode {len(captions)} captions"
             figures.append(Figure(f"text_{len(captions)}_s", label, t["ours"], "s", t["ref"]))
     if load_s is not None:
@@ -260,7 +289,9 @@ def precision_drift(encoder: Loaded, clips: list[np.ndarray], precision: str) ->
     return float(np.abs(a - b).max() / np.abs(b).max()), float(np.mean([set(x) == set(y) for x, y in zip(*tops)]))
 
 
-def indexing_figures(encoder: Loaded, precisions: tuple[str, ...] = ("fp32",), libraries: dict | None = None) -> list[Figure]:
+def indexing_figures(
+    encoder: Loaded, precisions: tuple[str, ...] = ("fp32",), libraries: dict | None = None
+) -> list[Figure]:
     """indexing_speed of long recordings and of a sample library (LIBRARIES, or `libraries`) at each precision;
     the end-to-end share of decode-only on CUDA (of model-only on CPU); how far bf16 and tf32 move embeddings."""
     cuda = encoder.device.type == "cuda"
@@ -273,20 +304,32 @@ def indexing_figures(encoder: Loaded, precisions: tuple[str, ...] = ("fp32",), l
             for kind, (_, seconds) in libraries.items():
                 r = indexing_speed(enc, made[kind])
                 named = cuda or len(precisions) > 1
-                name, key = ("long recordings" if seconds else "sample library") + (f", {precision}" if named else ""), f"{kind}_{precision}"
+                name, key = (
+                    ("long recordings" if seconds else "sample library") + (f", {precision}" if named else ""),
+                    f"{kind}_{precision}",
+                )
                 base = "decode" if cuda else "model"
                 figures += [
                     Figure(f"{key}_decode_x", f"decode only, {name}", r["decode_x"], "x real time"),
                     Figure(f"{key}_model_x", f"model only, {name}", r["model_x"], "x real time"),
                     Figure(f"{key}_end_to_end_x", f"end to end, {name}", r["end_to_end_x"], "x real time"),
-                    Figure(f"{key}_share_of_{base}", f"end to end / {base} only, {name}", r["end_to_end_x"] / r[f"{base}_x"], "%"),
+                    Figure(
+                        f"{key}_share_of_{base}",
+                        f"end to end / {base} only, {name}",
+                        r["end_to_end_x"] / r[f"{base}_x"],
+                        "%",
+                    ),
                 ]
                 if cuda:
-                    figures.append(Figure(f"{key}_gpu_peak_bytes", f"GPU memory peak, {name}", r["gpu_peak_bytes"], "bytes"))
+                    figures.append(
+                        Figure(f"{key}_gpu_peak_bytes", f"GPU memory peak, {name}", r["gpu_peak_bytes"], "bytes")
+                    )
             if precision != "fp32":
                 n, _ = libraries["samples"]
                 rng = np.random.default_rng(1)
-                rel, same = precision_drift(encoder, [library_clip(i, s, rng) for i, s in enumerate(library_lengths(n, 0.0))], precision)
+                rel, same = precision_drift(
+                    encoder, [library_clip(i, s, rng) for i, s in enumerate(library_lengths(n, 0.0))], precision
+                )
                 figures += [
                     Figure(f"{precision}_drift_rel", f"{precision} vs fp32, worst embedding", rel, "rel"),
                     Figure(f"{precision}_top10_same", f"{precision} vs fp32, clips with the same top-10", same, "%"),
@@ -321,7 +364,12 @@ def reindex_speed(n_files: int = 10_000, dim: int = 1024) -> float:
                     st = path.stat()
                     h = hash_file(path)
                     row = FileRow(str(path), str(lib), st.st_size, st.st_mtime_ns, h, "ok", None, {})
-                    index.add_file(row, AudioRow(h, 64 / decode.SAMPLE_RATE, decode.SAMPLE_RATE, 1), [(0.0, 0.001)], rng.standard_normal((1, dim)))
+                    index.add_file(
+                        row,
+                        AudioRow(h, 64 / decode.SAMPLE_RATE, decode.SAMPLE_RATE, 1),
+                        [(0.0, 0.001)],
+                        rng.standard_normal((1, dim)),
+                    )
             start = time.perf_counter()
             report = sync(index, enc, [lib])
             elapsed = time.perf_counter() - start
@@ -351,16 +399,26 @@ def query_speed(encoder: Loaded, sizes: tuple[int, ...] = (10_000, 100_000), per
                     h = f"{f:064x}"
                     seg = [(5.0 * j, 5.0 * j + 10.0) for j in range(per_file)]
                     row = FileRow(f"/bench/{f:06d}.wav", "/bench", 1, 1, h, "ok", None, {})
-                    index.add_file(row, AudioRow(h, 5.0 * per_file + 5, decode.SAMPLE_RATE, 1), seg, data.vectors[f * per_file : (f + 1) * per_file])
+                    index.add_file(
+                        row,
+                        AudioRow(h, 5.0 * per_file + 5, decode.SAMPLE_RATE, 1),
+                        seg,
+                        data.vectors[f * per_file : (f + 1) * per_file],
+                    )
             queries = iter(SAMPLE_CAPTIONS * 10)
             run = lambda queries=queries: index.search(encoder.embed_text([next(queries)]), 20)
             out[f"query_{size // 1000}k_s"] = timed(run, encoder.device, repeat=7)
     return out
 
 
-def training_speed(device: str = "auto", batch: int = 6, crop_seconds: float = 20.0, steps: int = 3) -> dict[str, float]:
+def training_speed(
+    device: str = "auto", batch: int = 6, crop_seconds: float = 20.0, steps: int = 3
+) -> dict[str, float]:
     """Fine-tuning throughput at full size (clips per second) and peak memory."""
     from audiofind.train.step import train_throughput
 
     result = train_throughput(AudioCLIPConfig(), device, batch=batch, crop_seconds=crop_seconds, steps=steps)
-    return {"train_clips_per_s": float(result["clips_per_s"]), "train_peak_memory_bytes": float(result["peak_memory_mb"]) * 2**20}
+    return {
+        "train_clips_per_s": float(result["clips_per_s"]),
+        "train_peak_memory_bytes": float(result["peak_memory_mb"]) * 2**20,
+    }

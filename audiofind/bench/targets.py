@@ -33,7 +33,10 @@ def targets(device: str, extensions: list[str]) -> list[tuple[str, Target]]:
     avx512 = "AVX-512" in extensions
     return [
         ("audio_5s_s", Target("≤ 0.67x ref", ratio=0.67)),
-        ("audio_20s_s", Target("≤ 0.5x ref (AVX-512)", ratio=0.5) if avx512 else Target("≤ 0.7x ref (AVX2)", ratio=0.7)),
+        (
+            "audio_20s_s",
+            Target("≤ 0.5x ref (AVX-512)", ratio=0.5) if avx512 else Target("≤ 0.7x ref (AVX2)", ratio=0.7),
+        ),
         ("audio_20s_bf16_s", Target("≤ 0.3x ref (bf16)", ratio=0.3)),
         ("text_*_s", Target("≤ 0.33x ref", ratio=0.33)),
         ("*_share_of_model", Target("≥ 80%", at_least=0.8)),

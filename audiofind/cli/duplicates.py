@@ -15,8 +15,19 @@ from audiofind.cli.common import DbOpt, JsonOpt, app, console, err_console
 
 @app.command()
 def duplicates(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Only files under these folders (default: the whole index).", show_default=False)] = None,
-    near: Annotated[float, typer.Option("--near", min=0, max=1, help="Fingerprint similarity (0-1) at or above which two different files count as one recording; 0 lists exact copies only.")] = NEAR,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Only files under these folders (default: the whole index).", show_default=False),
+    ] = None,
+    near: Annotated[
+        float,
+        typer.Option(
+            "--near",
+            min=0,
+            max=1,
+            help="Fingerprint similarity (0-1) at or above which two different files count as one recording; 0 lists exact copies only.",
+        ),
+    ] = NEAR,
     json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:

@@ -45,7 +45,10 @@ def embed(
         try:
             clip = decode.load_audio(path, max_seconds=MAX_SECONDS + 1, rate=rate)
             if len(clip) > MAX_SECONDS * rate:
-                raise DecodeError(path, f"longer than {MAX_SECONDS // 60} min; embed takes whole clips, so index long recordings (10 s windows) instead")
+                raise DecodeError(
+                    path,
+                    f"longer than {MAX_SECONDS // 60} min; embed takes whole clips, so index long recordings (10 s windows) instead",
+                )
             clips.append(clip)
             names.append(str(path))
         except DecodeError as e:

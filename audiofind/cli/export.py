@@ -31,9 +31,17 @@ def seconds(text: str, name: str) -> float:
 @app.command()
 def export(
     path: Annotated[Path, typer.Argument(help="The audio file to take a region of (it is only read).")],
-    start: Annotated[str, typer.Option("--start", help="Where the region begins: seconds (415.5) or M:SS (6:55.5).", show_default=False)],
+    start: Annotated[
+        str,
+        typer.Option("--start", help="Where the region begins: seconds (415.5) or M:SS (6:55.5).", show_default=False),
+    ],
     end: Annotated[str, typer.Option("--end", help="Where it ends, written as --start.", show_default=False)],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="The WAV to write (default: 'NAME START-END.wav' here, numbered if taken).")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--output", help="The WAV to write (default: 'NAME START-END.wav' here, numbered if taken)."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Write a region of PATH as a WAV in its own sample rate, bit depth and channels (BWF, with where it came from)."""

@@ -57,9 +57,7 @@ def map_cmd(
 
 
 @roots_app.command("unmap")
-def unmap_cmd(
-    name: Annotated[str, typer.Argument(help="The root's name.", show_default=False)],
-) -> None:
+def unmap_cmd(name: Annotated[str, typer.Argument(help="The root's name.", show_default=False)]) -> None:
     """Forget where this machine has the root NAME (its files show as NAME:path again, unless indexed here)."""
     from audiofind.store import rootmap
 

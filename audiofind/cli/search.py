@@ -21,21 +21,51 @@ def _time(seconds: float) -> str:
 
 @app.command()
 def search(
-    query: Annotated[str | None, typer.Argument(help="What it sounds like, e.g. 'rain on a tin roof'; -word leaves out files named with it, \"a phrase\" must appear in a name as written.", show_default=False)] = None,
-    mode: Annotated[str, typer.Option("--mode", help="hybrid: sound and names fused; audio: sound alone; text: names and tags alone (no model).")] = "hybrid",
-    not_: Annotated[str | None, typer.Option("--not", help="Move the sound query away from this description.", show_default=False)] = None,
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help="What it sounds like, e.g. 'rain on a tin roof'; -word leaves out files named with it, \"a phrase\" must appear in a name as written.",
+            show_default=False,
+        ),
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode", help="hybrid: sound and names fused; audio: sound alone; text: names and tags alone (no model)."
+        ),
+    ] = "hybrid",
+    not_: Annotated[
+        str | None, typer.Option("--not", help="Move the sound query away from this description.", show_default=False)
+    ] = None,
     like: Annotated[Path | None, typer.Option("--like", help="Search by example: sounds like this audio file.")] = None,
     k: Annotated[int, typer.Option("-k", "--limit", min=1, help="How many files to show.")] = 20,
     json_out: JsonOpt = False,
     paths_out: Annotated[bool, typer.Option("--paths", help="One path per line, for pipes.")] = False,
     under: Annotated[Path | None, typer.Option("--under", help="Only files under this folder.")] = None,
     ext: Annotated[list[str] | None, typer.Option("--ext", help="Only these extensions (repeatable).")] = None,
-    min_duration: Annotated[float | None, typer.Option("--min-duration", min=0, help="Only files at least this long (s).")] = None,
-    max_duration: Annotated[float | None, typer.Option("--max-duration", min=0, help="Only files at most this long (s).")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="Only files with this tag, KEY=VALUE (repeatable).")] = None,
-    min_rate: Annotated[int | None, typer.Option("--min-rate", min=1, metavar="HZ", help="Only files sampled at least this fast (Hz).")] = None,
-    channels: Annotated[int | None, typer.Option("--channels", min=1, help="Only files with this many channels.")] = None,
-    export_to: Annotated[Path | None, typer.Option("--export", metavar="DIR", help="Also write each result's matching segment into DIR as a WAV in its own format.")] = None,
+    min_duration: Annotated[
+        float | None, typer.Option("--min-duration", min=0, help="Only files at least this long (s).")
+    ] = None,
+    max_duration: Annotated[
+        float | None, typer.Option("--max-duration", min=0, help="Only files at most this long (s).")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Only files with this tag, KEY=VALUE (repeatable).")
+    ] = None,
+    min_rate: Annotated[
+        int | None, typer.Option("--min-rate", min=1, metavar="HZ", help="Only files sampled at least this fast (Hz).")
+    ] = None,
+    channels: Annotated[
+        int | None, typer.Option("--channels", min=1, help="Only files with this many channels.")
+    ] = None,
+    export_to: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            metavar="DIR",
+            help="Also write each result's matching segment into DIR as a WAV in its own format.",
+        ),
+    ] = None,
     db: DbOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
@@ -77,10 +107,14 @@ def search(
             span = f"{_time(h.start)}–{_time(h.end)}" if h.end - h.start < h.duration - 1e-6 else ""
             link = f"[link=file://{escape(h.path)}]{escape(h.path)}[/link]"
             tags_text = ", ".join(f"{k}={v}" for k, v in shown_tags(h.tags or {}).items())
-            table.add_row(str(rank), f"{h.score:.3f}", link, span, _time(h.duration), facts(h), f.why.text(), escape(tags_text))
+            table.add_row(
+                str(rank), f"{h.score:.3f}", link, span, _time(h.duration), facts(h), f.why.text(), escape(tags_text)
+            )
         console.print(table if hits else "No matching sounds.")
     if export_to is not None:
-        err_console.print(f"Wrote {sum(1 for p in exported.values() if p)} of {len(hits)} segments to {escape(str(export_to))}.")
+        err_console.print(
+            f"Wrote {sum(1 for p in exported.values() if p)} of {len(hits)} segments to {escape(str(export_to))}."
+        )
         if not all(exported.values()):
             raise typer.Exit(1)
 

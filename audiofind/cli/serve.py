@@ -13,7 +13,10 @@ def serve(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but 127.0.0.1 opens your library to the network.")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Address to listen on; anything but 127.0.0.1 opens your library to the network."),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8765,
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open the page in the web browser.")] = True,
 ) -> None:

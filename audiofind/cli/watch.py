@@ -71,8 +71,18 @@ def watch_cmd(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
-    polling: Annotated[bool, typer.Option("--polling", help="Poll instead of OS events (network drives and other file systems without events).")] = False,
-    settle: Annotated[float, typer.Option("--settle", metavar="SECONDS", help="Index a file once its size and mtime have not changed for this long.")] = 1.0,
+    polling: Annotated[
+        bool,
+        typer.Option(
+            "--polling", help="Poll instead of OS events (network drives and other file systems without events)."
+        ),
+    ] = False,
+    settle: Annotated[
+        float,
+        typer.Option(
+            "--settle", metavar="SECONDS", help="Index a file once its size and mtime have not changed for this long."
+        ),
+    ] = 1.0,
     ray: RayOpt = None,
     ray_shared_paths: RaySharedOpt = False,
 ) -> None:
@@ -113,4 +123,3 @@ def watch_cmd(
             signal.signal(sig, handler)
     # The index is closed and complete; what follows is the interpreter's own teardown (seconds, with torch loaded).
     err_console.print("stopped", highlight=False)
-

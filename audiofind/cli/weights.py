@@ -46,7 +46,13 @@ def list_(json_out: JsonOpt = False) -> None:
 
 @weights_app.command()
 def download(
-    name: Annotated[str | None, typer.Argument(help="A registered model name (default: the default model; see: audiofind weights list).", show_default=False)] = None,
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help="A registered model name (default: the default model; see: audiofind weights list).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Download a registered model (the default one without NAME), check its sha256 and convert it to safetensors."""
     from audiofind.model.weights import default_model
@@ -61,8 +67,17 @@ def download(
 @weights_app.command("import")
 def import_(
     path: Annotated[Path, typer.Argument(help="A .pt or .safetensors checkpoint.")],
-    name: Annotated[str | None, typer.Option("--name", help="Name to register it under (default: the file name).")] = None,
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", metavar="DIR", help="For a CLAP checkpoint: the folder holding RoBERTa's vocab.json and merges.txt.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Name to register it under (default: the file name).")
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer",
+            metavar="DIR",
+            help="For a CLAP checkpoint: the folder holding RoBERTa's vocab.json and merges.txt.",
+        ),
+    ] = None,
 ) -> None:
     """Convert a checkpoint you already have (AudioCLIP, or LAION-CLAP with --tokenizer) into a local model."""
     from audiofind.errors import UsageError
@@ -78,14 +93,20 @@ def import_(
     if default:
         console.print("Commands use it when no --weights is given: audiofind index FOLDER", highlight=False)
     else:
-        console.print(f"Use it with: audiofind index FOLDER --weights {out.stem} "
-                      f"(or set AUDIOFIND_WEIGHTS={out.stem} for every command)", highlight=False, soft_wrap=True)
+        console.print(
+            f"Use it with: audiofind index FOLDER --weights {out.stem} "
+            f"(or set AUDIOFIND_WEIGHTS={out.stem} for every command)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @weights_app.command()
 def remove(
     name: Annotated[str, typer.Argument(help="A downloaded, imported or fine-tuned model.")],
-    keep_runs: Annotated[bool, typer.Option("--keep-runs", help="Keep the folder of the run that fine-tuned it.")] = False,
+    keep_runs: Annotated[
+        bool, typer.Option("--keep-runs", help="Keep the folder of the run that fine-tuned it.")
+    ] = False,
 ) -> None:
     """Delete a local model, any partial download of it, and the training run that fine-tuned it."""
     from audiofind.model.weights import remove as delete

@@ -111,7 +111,9 @@ def read_ground_truth(path: Path) -> tuple[list[str], list[str], list[int]]:
 
 def read_column(path: Path, name: str, required: bool = True) -> list[str] | None:
     """One column of a CSV with a header, every value non-empty; None if it is absent and not required."""
-    with reading_csv(path, f"No {path.name} in {path.parent}; get it with: audiofind data download clotho --split {CHALLENGE}"):
+    with reading_csv(
+        path, f"No {path.name} in {path.parent}; get it with: audiofind data download clotho --split {CHALLENGE}"
+    ):
         raw = path.read_bytes()
         try:
             text = raw.decode("utf-8-sig")

@@ -68,7 +68,9 @@ def connect(address: str, shared_paths: bool = False, device: str = "auto") -> "
     except ImportError:
         raise ClusterError("--ray needs Ray on this machine: pip install 'audiofind[ray]'.") from None
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ClusterError(f"--device {device} is not for a Ray cluster: use auto (its GPUs if it has any), cpu or cuda.")
+        raise ClusterError(
+            f"--device {device} is not for a Ray cluster: use auto (its GPUs if it has any), cpu or cuda."
+        )
     owned = not ray.is_initialized()
     if owned:
         if address not in ("local", "auto"):
@@ -158,7 +160,9 @@ class Cluster:
         total = ray.cluster_resources()
         gpus, cpus = int(total.get("GPU", 0)), int(total.get("CPU", 0))
         if self.device.startswith("cuda") and not gpus:
-            raise ClusterError(f"The Ray cluster at {self.address} has no GPU: no room for an embedding actor on --device {self.device}.")
+            raise ClusterError(
+                f"The Ray cluster at {self.address} has no GPU: no room for an embedding actor on --device {self.device}."
+            )
         if gpus and self.device != "cpu":
             return Plan("cuda", [({"num_gpus": 1, "num_cpus": 1}, 0)] * gpus, max(1, cpus - gpus))
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

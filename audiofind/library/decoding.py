@@ -49,8 +49,13 @@ def head_fingerprint(path: Path) -> bytes:
 
 
 def decode_ahead(
-    works: list[Work], window: float, hop: float, stop: threading.Event | None, decoders: int = 1,
-    ahead: int = QUEUE_WINDOWS, rate: int = decode.SAMPLE_RATE,
+    works: list[Work],
+    window: float,
+    hop: float,
+    stop: threading.Event | None,
+    decoders: int = 1,
+    ahead: int = QUEUE_WINDOWS,
+    rate: int = decode.SAMPLE_RATE,
 ) -> Iterator[Message]:
     """(kind, work, payload) messages: start (AudioInfo), window (a decode.Window at `rate`, the encoder's)..., then
     end or error (exception).
@@ -77,7 +82,9 @@ def decode_ahead(
                         if finished.is_set():
                             return
                         q.put(("window", work, w))
-                    q.put(("end", work, head_fingerprint(Path(work.path)) if rate != fingerprints.SAMPLE_RATE else None))
+                    q.put(
+                        ("end", work, head_fingerprint(Path(work.path)) if rate != fingerprints.SAMPLE_RATE else None)
+                    )
                 except Exception as e:
                     if not isinstance(e, DecodeError):
                         log.debug("decoding %s failed", work.path, exc_info=e)

@@ -143,7 +143,11 @@ class Dispatch:
                 try:
                     refs = [self.ray.put(np.frombuffer(b, np.uint8)) for b in _read(work.path)]
                 except OSError as e:  # gone or unreadable since it was hashed: say it as decoding would
-                    why = "file not found" if isinstance(e, FileNotFoundError) else f"cannot read the file: {e.strerror or e}"
+                    why = (
+                        "file not found"
+                        if isinstance(e, FileNotFoundError)
+                        else f"cannot read the file: {e.strerror or e}"
+                    )
                     self.pipeline.start(work, _NO_INFO, skip)
                     self.pipeline.error(work, DecodeError(work.path, why))
                     continue
@@ -159,7 +163,9 @@ class Dispatch:
     def _wait(self) -> None:
         """Until a decoding task has its next object, an actor a result or is ready (or a tick passes)."""
         room = len(self.waiting) < 2 * CALLS_PER_ACTOR * max(1, len(self.cluster.busy))
-        refs = [p.gen for p in self.parcels if room and not p.exhausted] + list(self.calls) + list(self.cluster.starting)
+        refs = (
+            [p.gen for p in self.parcels if room and not p.exhausted] + list(self.calls) + list(self.cluster.starting)
+        )
         if not refs:
             return
         ready, _ = self.ray.wait(refs, num_returns=1, timeout=TICK)

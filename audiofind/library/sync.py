@@ -240,7 +240,9 @@ def _sort_out(
     return sorted(to_embed.values(), key=lambda w: (w.size, w.path))
 
 
-def _finish(index: Store, survey: Survey, prune: bool, whole: bool, report: Report, emit: Callable[[Event], None]) -> None:
+def _finish(
+    index: Store, survey: Survey, prune: bool, whole: bool, report: Report, emit: Callable[[Event], None]
+) -> None:
     """Whatever vanished and was not a move goes, with vectors nobody else uses; but a root that would lose more than
     a quarter of its files at once keeps them until --prune: a half-mounted share looks like that."""
     vanished = survey.vanished

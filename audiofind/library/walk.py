@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FolderId = tuple[int, int]  # (st_dev, st_ino)
 
+
 def walk_folders(
     top: Path | str,
     seen: dict[FolderId, str],
@@ -92,7 +93,9 @@ def readable(root: Path) -> bool:
 
 
 def walk(
-    roots: Iterable[Path], exts: frozenset[str] = AUDIO_EXTS, found: Walk | None = None,
+    roots: Iterable[Path],
+    exts: frozenset[str] = AUDIO_EXTS,
+    found: Walk | None = None,
     seen: dict[FolderId, str] | None = None,
 ) -> Iterator[tuple[Path, Path, os.stat_result]]:
     """(root, file, stat) for every audio file under the roots, folders walked as folders.walk_folders does."""

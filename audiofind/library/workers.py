@@ -56,8 +56,9 @@ class Source:
     pieces: int | None = None  # None: read the path itself (every node mounts the library at the same path)
 
 
-def decode_parcel(sources: list[Source], window: float, hop: float, piece: int, *data: np.ndarray,
-                  rate: int = SAMPLE_RATE) -> Iterator[list]:
+def decode_parcel(
+    sources: list[Source], window: float, hop: float, piece: int, *data: np.ndarray, rate: int = SAMPLE_RATE
+) -> Iterator[list]:
     """A Ray generator: the parcel's messages in pieces, each two objects: a header (a list of ("start", i, info),
     ("window", i, k, start, end), ("end", i, fingerprint) and ("error", i, reason) for file i of the parcel, window k
     of its file),
@@ -89,7 +90,9 @@ def decode_parcel(sources: list[Source], window: float, hop: float, piece: int, 
                 assert isinstance(payload, Window)
                 k, counts[i] = counts[i], counts[i] + 1
                 first = round(payload.start * SAMPLE_RATE)
-                if rate == SAMPLE_RATE and fed[i] < MAX_SAMPLES and first + len(payload.samples) > fed[i]:  # overlaps fed once
+                if (
+                    rate == SAMPLE_RATE and fed[i] < MAX_SAMPLES and first + len(payload.samples) > fed[i]
+                ):  # overlaps fed once
                     printers[i].feed(payload.samples[max(0, fed[i] - first) :])
                     fed[i] = first + len(payload.samples)
                 if k >= sources[i].skip:

@@ -52,7 +52,9 @@ def tower_of(key: str) -> str:
 def is_used(key: str, shape: Iterable[int], origin: object) -> bool:
     """Whether audiofind needs this tensor: audio and text towers plus the audio-text logit scale."""
     if (tower := tower_or_none(key)) is None:
-        raise WeightsError(f"{origin} holds {key!r}, which belongs to no AudioCLIP tower; it is not an AudioCLIP checkpoint.")
+        raise WeightsError(
+            f"{origin} holds {key!r}, which belongs to no AudioCLIP tower; it is not an AudioCLIP checkpoint."
+        )
     if key == "logit_scale_at":
         return True
     if tower not in ("audio", "text") or key.endswith(".num_batches_tracked"):
@@ -234,8 +236,16 @@ def json_or_none(text: str | None, path: Path) -> dict | None:
         raise WeightsError(f"{path} has metadata that is not valid JSON: {e}.") from e
 
 
-def write(tensors: "dict[str, torch.Tensor]", out: Path, name: str, sha256: str, source: Source,
-           config: dict | None = None, card: dict | None = None, family: Family = "audioclip") -> Path:
+def write(
+    tensors: "dict[str, torch.Tensor]",
+    out: Path,
+    name: str,
+    sha256: str,
+    source: Source,
+    config: dict | None = None,
+    card: dict | None = None,
+    family: Family = "audioclip",
+) -> Path:
     """Write tensors and our metadata (the model family among it) to a safetensors file, atomically."""
     from safetensors.torch import save_file
 

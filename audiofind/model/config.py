@@ -55,7 +55,9 @@ class AudioCLIPConfig:
 
 # Small enough to run in milliseconds, same code paths as the full model.
 TINY = AudioCLIPConfig(
-    audio=AudioConfig(n_fft=256, hop_length=100, win_length=200, layers=(1, 1, 1, 1), base_width=8, groups=2, width_per_group=16),
+    audio=AudioConfig(
+        n_fft=256, hop_length=100, win_length=200, layers=(1, 1, 1, 1), base_width=8, groups=2, width_per_group=16
+    ),
     text=TextConfig(width=32, heads=2, layers=2),
     embed_dim=32,
 )

@@ -18,7 +18,9 @@ TIMEOUT_S = 60
 Progress = Callable[[int, int], None]
 
 
-def fetch(name: str, url: str, part: Path, size: int | None, progress: Progress | None, algorithm: str = "sha256") -> str:
+def fetch(
+    name: str, url: str, part: Path, size: int | None, progress: Progress | None, algorithm: str = "sha256"
+) -> str:
     """Stream url into part, resuming what is there; returns the hex digest (sha256, md5, ...) of the whole file."""
     done = part.stat().st_size if part.exists() else 0
     if size is not None and done > size:
@@ -32,8 +34,10 @@ def fetch(name: str, url: str, part: Path, size: int | None, progress: Progress 
     headers = {"User-Agent": "audiofind"} | ({"Range": f"bytes={done}-"} if done else {})
     total = size
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S) as response, \
-                open(part, "ab") as out:
+        with (
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S) as response,
+            open(part, "ab") as out,
+        ):
             length = response.headers.get("Content-Length")
             if done and response.status == 206:
                 if not (response.headers.get("Content-Range") or "").startswith(f"bytes {done}-"):

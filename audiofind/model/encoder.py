@@ -25,7 +25,15 @@ from audiofind.model.tokenizer import tokenize
 if TYPE_CHECKING:
     from audiofind.model.clap.encoder import ClapEncoder
 
-__all__ = ["Encoder", "TEXT_BATCH", "default_batch_sizes", "exact_batches", "from_model", "load_encoder", "load_for_index"]
+__all__ = [
+    "Encoder",
+    "TEXT_BATCH",
+    "default_batch_sizes",
+    "exact_batches",
+    "from_model",
+    "load_encoder",
+    "load_for_index",
+]
 
 log = logging.getLogger(__name__)
 
@@ -178,23 +186,39 @@ def load_encoder(
         return model
 
     audio_batch, text_batch = default_batch_sizes(dev)
-    enc = Encoder(resolved.name, resolved.sha256, cfg, dev, loader=load, batch_size=batch_size or audio_batch,
-                  text_batch_size=text_batch, precision=precision)
+    enc = Encoder(
+        resolved.name,
+        resolved.sha256,
+        cfg,
+        dev,
+        loader=load,
+        batch_size=batch_size or audio_batch,
+        text_batch_size=text_batch,
+        precision=precision,
+    )
     if not lazy:
         for tower in towers:
             getattr(enc, tower)
     return enc
 
 
-def load_for_index(index_model: str | None, weights_name: str | None, device: str, towers: Iterable[str],
-                   precision: str = "fp32") -> "Encoder | ClapEncoder":
+def load_for_index(
+    index_model: str | None, weights_name: str | None, device: str, towers: Iterable[str], precision: str = "fp32"
+) -> "Encoder | ClapEncoder":
     """The encoder of weights.resolve_for_index's choice; loads lazily."""
     resolved = weights.resolve_for_index(index_model, weights_name)
     return load_encoder(resolved, device, towers, lazy=True, precision=precision)
 
 
-def from_model(model: nn.Module, cfg: AudioCLIPConfig, device: torch.device, name: str, sha256: str, prepare: bool = False,
-               **options: Any) -> Encoder:
+def from_model(
+    model: nn.Module,
+    cfg: AudioCLIPConfig,
+    device: torch.device,
+    name: str,
+    sha256: str,
+    prepare: bool = False,
+    **options: Any,
+) -> Encoder:
     """Wrap an already-built module (AudioCLIP, AudioEncoder or TextEncoder) as an Encoder. It is used as it is (a
     model in training keeps its batch norm) unless prepare=True makes its towers inference-only as load_encoder
     does. options are Encoder fields (batch_size, precision)."""

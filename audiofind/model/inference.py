@@ -81,7 +81,9 @@ class FusedConv(nn.Module):
         weight = self.laid_out[1]
         if add is None:
             return _MKLDNN._convolution_pointwise(x, weight, self.bias, *self.args, self.attr, [], "")
-        return _MKLDNN._convolution_pointwise.binary(x, add, weight, self.bias, *self.args, "add", None, self.attr, [], "")
+        return _MKLDNN._convolution_pointwise.binary(
+            x, add, weight, self.bias, *self.args, "add", None, self.attr, [], ""
+        )
 
 
 def _conv(module: nn.Module) -> nn.Conv2d:
@@ -94,7 +96,9 @@ class FusedBottleneck(nn.Module):
 
     def __init__(self, block: Bottleneck) -> None:
         super().__init__()
-        self.conv1, self.conv2, self.conv3 = (FusedConv(conv, "relu") for conv in (block.conv1, block.conv2, block.conv3))
+        self.conv1, self.conv2, self.conv3 = (
+            FusedConv(conv, "relu") for conv in (block.conv1, block.conv2, block.conv3)
+        )
         self.downsample = None if block.downsample is None else FusedConv(_conv(block.downsample[0]), "none")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -119,7 +123,11 @@ def fuse_for_cpu(model: AudioEncoder) -> AudioEncoder:
             stage[j] = FusedBottleneck(block)
     for i in range(1, 6):
         att = getattr(model, f"att{i}")
-        att.conv_depth, att.conv_point, att.gate = FusedConv(att.conv_depth, "none"), FusedConv(att.conv_point, "sigmoid"), nn.Identity()
+        att.conv_depth, att.conv_point, att.gate = (
+            FusedConv(att.conv_depth, "none"),
+            FusedConv(att.conv_point, "sigmoid"),
+            nn.Identity(),
+        )
     return model
 
 
@@ -139,7 +147,9 @@ def to_bfloat16(model: AudioEncoder) -> AudioEncoder:
     with torch.inference_mode(False):  # a copy made during a search must still be an ordinary model
         # Weights laid out for oneDNN are opaque (no storage to copy), and the filter bank's cache may be an inference
         # tensor (no version counter to copy): the copy makes both again when first run.
-        skip: dict[int, object] = {id(m.laid_out): None for m in model.modules() if isinstance(m, FusedConv) and m.laid_out}
+        skip: dict[int, object] = {
+            id(m.laid_out): None for m in model.modules() if isinstance(m, FusedConv) and m.laid_out
+        }
         skip[id(model.fbsp._cache)] = None
         copy = deepcopy(model, memo=skip)
         for module in copy.modules():

@@ -38,7 +38,10 @@ def _summary(keys: list[str], n: int = 3) -> str:
 
 
 def from_state_dict(
-    state_dict: dict[str, Tensor], cfg: AudioCLIPConfig | None = None, towers: Iterable[str] = ("audio", "text"), source: str = "checkpoint"
+    state_dict: dict[str, Tensor],
+    cfg: AudioCLIPConfig | None = None,
+    towers: Iterable[str] = ("audio", "text"),
+    source: str = "checkpoint",
 ) -> nn.Module:
     """Load the requested towers from a checkpoint's state dict; keys that do not fit raise a one-line WeightsError."""
     cfg = cfg or AudioCLIPConfig()
@@ -49,12 +52,24 @@ def from_state_dict(
     given = {k: v for k, v in _local_keys(state_dict, model).items() if _tower(_global(k, model)) in built}
     missing = [k for k in own if k not in given and not is_optional_key(_global(k, model))]
     unexpected = [k for k in given if k not in own]
-    misshaped = [f"{k} {tuple(given[k].shape)} != {tuple(own[k].shape)}" for k in own if k in given and given[k].shape != own[k].shape]
-    problems = [f"missing {_summary(missing)}"] * bool(missing) + [f"unexpected {_summary(unexpected)}"] * bool(unexpected)
+    misshaped = [
+        f"{k} {tuple(given[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in given and given[k].shape != own[k].shape
+    ]
+    problems = [f"missing {_summary(missing)}"] * bool(missing) + [f"unexpected {_summary(unexpected)}"] * bool(
+        unexpected
+    )
     problems += [f"wrong shape {_summary(misshaped, 2)}"] * bool(misshaped)
     # assign=True would install a tensor of any dtype: a float16 one turns embeddings into NaN, an int one fails later.
-    misdtyped = [f"{k} {dtype_name(given[k].dtype)} != {dtype_name(own[k].dtype)}" for k in own if k in given and given[k].dtype != own[k].dtype]
-    problems += [f"wrong dtype {_summary(misdtyped, 2)} (audiofind weights import converts half-precision weights)"] * bool(misdtyped)
+    misdtyped = [
+        f"{k} {dtype_name(given[k].dtype)} != {dtype_name(own[k].dtype)}"
+        for k in own
+        if k in given and given[k].dtype != own[k].dtype
+    ]
+    problems += [
+        f"wrong dtype {_summary(misdtyped, 2)} (audiofind weights import converts half-precision weights)"
+    ] * bool(misdtyped)
     if problems:
         raise WeightsError(f"{source} does not fit the AudioCLIP model: " + "; ".join(problems) + ".")
     model.load_state_dict({k: v for k, v in given.items() if k in own}, strict=False, assign=True)

@@ -178,8 +178,19 @@ def available_models() -> list[ModelInfo]:
             log.warning("skipping %s", e)
             continue
         source: Source = "finetuned" if meta.get("source") == "finetuned" else "imported"
-        models.append(ModelInfo(path.stem, card.get("description", ""), path.stat().st_size,
-                                meta.get("source_sha256"), None, card.get("licence"), path, source, family))
+        models.append(
+            ModelInfo(
+                path.stem,
+                card.get("description", ""),
+                path.stat().st_size,
+                meta.get("source_sha256"),
+                None,
+                card.get("licence"),
+                path,
+                source,
+                family,
+            )
+        )
     return models
 
 

@@ -13,7 +13,9 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 whatever the input dtype, as CLIP does."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(
+            x.dtype
+        )
 
 
 class QuickGELU(nn.Module):
@@ -97,7 +99,9 @@ class TextEncoder(nn.Module):
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         """(B, L) int64 ids -> (B, embed_dim). L may be cut to the longest real sequence: the mask is causal."""
-        assert tokens.dim() == 2 and tokens.shape[1] <= self.text_cfg.context_length, f"bad token shape {tuple(tokens.shape)}"
+        assert tokens.dim() == 2 and tokens.shape[1] <= self.text_cfg.context_length, (
+            f"bad token shape {tuple(tokens.shape)}"
+        )
         n = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:n]
         x = self.ln_final(self.transformer(x))

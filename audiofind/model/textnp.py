@@ -184,7 +184,14 @@ def text_keys(keys: list[str]) -> list[str]:
     """Every key the text tower needs, for as many residual blocks as the file's keys have."""
     layers = len({k.split(".")[2] for k in keys if k.startswith("transformer.resblocks.")})
     blocks = [f"transformer.resblocks.{i}.{suffix}" for i in range(layers) for suffix in _BLOCK]
-    return ["token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias", "text_projection", *blocks]
+    return [
+        "token_embedding.weight",
+        "positional_embedding",
+        "ln_final.weight",
+        "ln_final.bias",
+        "text_projection",
+        *blocks,
+    ]
 
 
 def load_text_tower(path: Path, heads: int | None = None) -> TextTower:
@@ -194,21 +201,41 @@ def load_text_tower(path: Path, heads: int | None = None) -> TextTower:
     rows = lambda key: t[key].shape[0] if t[key].ndim == 2 else -1
     layers = sum(k.startswith("transformer.") for k in t) // len(_BLOCK)
     expected = {k: _BLOCK[k.split(".", 3)[3]](width) for k in t if k.startswith("transformer.")}
-    expected |= {"token_embedding.weight": (rows("token_embedding.weight"), width), "ln_final.weight": (width,),
-                 "positional_embedding": (rows("positional_embedding"), width), "ln_final.bias": (width,),
-                 "text_projection": (width, t["text_projection"].shape[-1] if t["text_projection"].ndim == 2 else -1)}
+    expected |= {
+        "token_embedding.weight": (rows("token_embedding.weight"), width),
+        "ln_final.weight": (width,),
+        "positional_embedding": (rows("positional_embedding"), width),
+        "ln_final.bias": (width,),
+        "text_projection": (width, t["text_projection"].shape[-1] if t["text_projection"].ndim == 2 else -1),
+    }
     if wrong := [f"{k} {t[k].shape} != {shape}" for k, shape in expected.items() if t[k].shape != shape]:
         raise WeightsError(f"{path} does not fit the AudioCLIP text tower: wrong shape {', '.join(wrong[:2])}.")
     heads = heads or max(1, width // 64)
     if layers == 0 or width % heads:
-        raise WeightsError(f"{path} does not fit the AudioCLIP text tower: {layers} blocks of width {width}, {heads} heads.")
+        raise WeightsError(
+            f"{path} does not fit the AudioCLIP text tower: {layers} blocks of width {width}, {heads} heads."
+        )
 
     def block(i: int) -> Block:
         get = lambda suffix: t[f"transformer.resblocks.{i}.{suffix}"]
-        return Block(get("attn.in_proj_weight"), get("attn.in_proj_bias"), get("attn.out_proj.weight"),
-                     get("attn.out_proj.bias"), (get("ln_1.weight"), get("ln_1.bias")), get("mlp.c_fc.weight"),
-                     get("mlp.c_fc.bias"), get("mlp.c_proj.weight"), get("mlp.c_proj.bias"),
-                     (get("ln_2.weight"), get("ln_2.bias")))
+        return Block(
+            get("attn.in_proj_weight"),
+            get("attn.in_proj_bias"),
+            get("attn.out_proj.weight"),
+            get("attn.out_proj.bias"),
+            (get("ln_1.weight"), get("ln_1.bias")),
+            get("mlp.c_fc.weight"),
+            get("mlp.c_fc.bias"),
+            get("mlp.c_proj.weight"),
+            get("mlp.c_proj.bias"),
+            (get("ln_2.weight"), get("ln_2.bias")),
+        )
 
-    return TextTower(t["token_embedding.weight"], t["positional_embedding"], [block(i) for i in range(layers)],
-                     (t["ln_final.weight"], t["ln_final.bias"]), t["text_projection"], heads)
+    return TextTower(
+        t["token_embedding.weight"],
+        t["positional_embedding"],
+        [block(i) for i in range(layers)],
+        (t["ln_final.weight"], t["ln_final.bias"]),
+        t["text_projection"],
+        heads,
+    )

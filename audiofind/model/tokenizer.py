@@ -22,8 +22,7 @@ N_MERGES = 49152 - 256 - 2  # 48894: CLIP uses only this many of the file's merg
 _SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 # Order matters: specials and contractions before letter runs; digits one at a time.
 _PATTERN = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-    regex.IGNORECASE,
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE
 )
 _WHITESPACE = regex.compile(r"\s+")
 

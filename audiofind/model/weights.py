@@ -127,8 +127,15 @@ def download(name: str, progress: Progress | None = None) -> Path:
     converted = convert(checkpoint.load_pt(pt), pt)
     if converted.family != family:
         raise WeightsError(f"{pt.name} holds a {converted.family} model, but the manifest says '{name}' is {family}.")
-    checkpoint.write(converted.tensors, out, name, expected or paths.hash_file(pt), "registered", converted.config,
-                     family=converted.family)
+    checkpoint.write(
+        converted.tensors,
+        out,
+        name,
+        expected or paths.hash_file(pt),
+        "registered",
+        converted.config,
+        family=converted.family,
+    )
     del converted
     pt.unlink()  # keep one copy on disk; the safetensors file is all later runs read
     return out
@@ -137,8 +144,9 @@ def download(name: str, progress: Progress | None = None) -> Path:
 # ---------------------------------------------------------------- importing, saving, removing
 
 
-def import_checkpoint(path: Path, name: str | None = None, progress: Progress | None = None,
-                      tokenizer: Path | None = None) -> Path:
+def import_checkpoint(
+    path: Path, name: str | None = None, progress: Progress | None = None, tokenizer: Path | None = None
+) -> Path:
     """Convert a .pt or .safetensors checkpoint of either family into a local model; returns its safetensors file.
 
     A CLAP checkpoint needs its tokenizer: `tokenizer`, a folder holding vocab.json and merges.txt (for a
@@ -180,14 +188,19 @@ def import_checkpoint(path: Path, name: str | None = None, progress: Progress | 
             raise WeightsError(f"{path} is a CLAP checkpoint, which needs its tokenizer.{hint}")
         install_tokenizer(tokenizer or check_tokenizer(tokenizer_dir(path), hint), out)
     elif tokenizer is not None:
-        raise UsageError(f"{path} is an AudioCLIP checkpoint, whose tokenizer ships with audiofind; leave out --tokenizer.")
+        raise UsageError(
+            f"{path} is an AudioCLIP checkpoint, whose tokenizer ships with audiofind; leave out --tokenizer."
+        )
     source: Source = "registered" if entry else ("finetuned" if meta.get("source") == "finetuned" else "imported")
-    card = checkpoint.json_or_none(meta.get("card"), path) or ({"description": f"Imported from {path.name}."} if not entry else None)
+    card = checkpoint.json_or_none(meta.get("card"), path) or (
+        {"description": f"Imported from {path.name}."} if not entry else None
+    )
     return checkpoint.write(converted.tensors, out, name, sha, source, converted.config, card, converted.family)
 
 
-def save_model(state_dict: "dict[str, torch.Tensor]", name: str, config: dict, card: dict,
-               tokenizer: Path | None = None) -> Path:
+def save_model(
+    state_dict: "dict[str, torch.Tensor]", name: str, config: dict, card: dict, tokenizer: Path | None = None
+) -> Path:
     """Write fine-tuned weights of either family as a local model; its identity is the sha256 of the tensors written.
     A CLAP model takes its tokenizer folder (its starting model's, Resolved.tokenizer)."""
     if check_name(name) in registered():
@@ -226,7 +239,13 @@ def _run_of(name: str) -> Path | None:
 
 
 def _run_entries(folder: Path) -> list[Path]:
-    names = (paths.RUN_CHECKPOINT, paths.RUN_CHECKPOINT + ".tmp", paths.RUN_METRICS, paths.RUN_CARD, paths.RUN_SNAPSHOTS)
+    names = (
+        paths.RUN_CHECKPOINT,
+        paths.RUN_CHECKPOINT + ".tmp",
+        paths.RUN_METRICS,
+        paths.RUN_CARD,
+        paths.RUN_SNAPSHOTS,
+    )
     return [folder / n for n in names if (folder / n).exists()]
 
 
@@ -292,8 +311,10 @@ def resolve(weights: str | Path | None) -> Resolved:
         if local.exists():
             return _resolved(local, lambda: file_sha256(local))
         if spec in entries:
-            raise WeightsNotFound(f"Model '{spec}' is not downloaded yet; run: audiofind weights download {spec} "
-                                  "(or, with a checkpoint file you already have: audiofind weights import PATH)")
+            raise WeightsNotFound(
+                f"Model '{spec}' is not downloaded yet; run: audiofind weights download {spec} "
+                "(or, with a checkpoint file you already have: audiofind weights import PATH)"
+            )
     path = Path(spec).expanduser()
     if not path.is_file():
         raise UnknownModelError(
@@ -320,7 +341,9 @@ def resolve(weights: str | Path | None) -> Resolved:
     return _resolved(out, lambda: sha)
 
 
-def read_state_dict(resolved: Resolved, towers: Iterable[str] = ("audio", "text", "scale")) -> "dict[str, torch.Tensor]":
+def read_state_dict(
+    resolved: Resolved, towers: Iterable[str] = ("audio", "text", "scale")
+) -> "dict[str, torch.Tensor]":
     """Read only the requested towers' tensors from the safetensors file (the others are never read)."""
     if resolved.family == "clap":
         return _read_clap(resolved, towers)
@@ -333,7 +356,10 @@ def read_state_dict(resolved: Resolved, towers: Iterable[str] = ("audio", "text"
             return {
                 key: f.get_tensor(key)
                 for key in f.keys()  # noqa: SIM118 (a safetensors handle has keys() but cannot be iterated)
-                if (checkpoint.tower_or_none(key) == "visual" or checkpoint.is_used(key, f.get_slice(key).get_shape(), resolved.path))
+                if (
+                    checkpoint.tower_or_none(key) == "visual"
+                    or checkpoint.is_used(key, f.get_slice(key).get_shape(), resolved.path)
+                )
                 and checkpoint.tower_or_none(key) in wanted
             }
     except (SafetensorError, OSError) as e:

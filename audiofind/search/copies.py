@@ -18,6 +18,7 @@ MAX_BUCKET = 256  # a hash shared by more files than this (a common tone) propos
 MIN_SHARED = 2  # hashes two files must share to be compared, or all of the smaller sketch (a steady tone has one)
 SMALL = 64  # points: a file this small is indexed under its point pairs too, as triplets are few
 
+
 def _mix(h: np.ndarray) -> np.ndarray:
     """A 64-bit scramble of each hash (splitmix64's finaliser), so that the smallest values are a fair sample."""
     h = (h.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)

@@ -66,7 +66,9 @@ def find(
     return sorted(groups, key=lambda g: (-g.wasted, g.kind, g.paths))
 
 
-def fingerprints(index: Store, by_hash: dict[str, list[tuple[str, int]]], progress: Progress | None = None) -> dict[str, bytes]:
+def fingerprints(
+    index: Store, by_hash: dict[str, list[tuple[str, int]]], progress: Progress | None = None
+) -> dict[str, bytes]:
     """The fingerprint of each content, made (and stored, where the index can be written) for those without one from
     the first of its files that decodes; a content none of whose files can be read now is left out."""
     from audiofind.audio import decode

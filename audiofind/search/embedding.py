@@ -92,7 +92,8 @@ class QueryEncoder:
                 from audiofind.model.clap.query import load_text_model
 
                 tower: TextTower | ClapTextModel = load_text_model(
-                    resolved.path, resolved.tokenizer, text.get("heads"), text.get("context_length", 77))
+                    resolved.path, resolved.tokenizer, text.get("heads"), text.get("context_length", 77)
+                )
             else:
                 tower = load_text_tower(resolved.path, text.get("heads"))
             _check(self.index, bound, resolved.name, resolved.sha256, tower.dim)
@@ -130,7 +131,9 @@ def query_encoder(index: Store, weights: str | None, device: str, precision: str
     return QueryEncoder(index, weights, device, precision)
 
 
-def search_text(index: Store, encoder: QueryModel, query: str, k: int = 20, filters: Filters | None = None) -> list[Hit]:
+def search_text(
+    index: Store, encoder: QueryModel, query: str, k: int = 20, filters: Filters | None = None
+) -> list[Hit]:
     """Files whose best segment matches the description, best first."""
     if not query or not query.strip():
         raise UsageError("The query is empty; describe the sound you are looking for, or use --like FILE.")
@@ -138,7 +141,9 @@ def search_text(index: Store, encoder: QueryModel, query: str, k: int = 20, filt
     return index.search(vector, k, filters)
 
 
-def search_like(index: Store, encoder: QueryModel, path: Path, k: int = 20, filters: Filters | None = None) -> list[Hit]:
+def search_like(
+    index: Store, encoder: QueryModel, path: Path, k: int = 20, filters: Filters | None = None
+) -> list[Hit]:
     """Files that sound like FILE: each scored by its best cosine with any of FILE's segments; FILE first of equals."""
     hits = index.search(example_vectors(index, encoder, path), k, filters)
     itself = os.path.abspath(path)
@@ -153,7 +158,13 @@ def example_vectors(index: Store, encoder: QueryModel, path: Path) -> np.ndarray
         st = os.stat(key)
     except OSError:
         st = None
-    if row is not None and row.status == "ok" and row.hash and st and (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns):
+    if (
+        row is not None
+        and row.status == "ok"
+        and row.hash
+        and st
+        and (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns)
+    ):
         _, vectors = index.segment_vectors(row.hash)
         if len(vectors):
             return vectors

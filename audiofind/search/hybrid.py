@@ -106,7 +106,9 @@ def rank_query(
     return found
 
 
-def like_file(index: Store, encoder: QueryModel, path: Path, k: int = 20, filters: Filters | None = None) -> list[Found]:
+def like_file(
+    index: Store, encoder: QueryModel, path: Path, k: int = 20, filters: Filters | None = None
+) -> list[Found]:
     """Files that sound like FILE (`search --like`), with why."""
     hits = search_like(index, encoder, path, k, filters)
     return [Found(h, Why(i, h.score, None, [], False)) for i, h in enumerate(hits, 1)]
@@ -131,7 +133,9 @@ def _audio_without(index: Store, encoder: QueryModel, query: str, not_: str | No
         n *= 4
 
 
-def _audio(index: Store, encoder: QueryModel, query: str, not_: str | None, n: int, filters: Filters | None) -> list[Hit]:
+def _audio(
+    index: Store, encoder: QueryModel, query: str, not_: str | None, n: int, filters: Filters | None
+) -> list[Hit]:
     from audiofind.store import vectors as vec
 
     if not_ is None:
@@ -151,6 +155,11 @@ def fuse(audio: list[Hit], names: list[Hit]) -> list[Hit]:
         score = sum(1.0 / (RRF_K + r) for r in ranks)
         hit = replace(a_rank[path][1] if path in a_rank else t_rank[path][1], score=score)
         # Ties (one ranking's place against the other's) go to the names, then the sound, then the path.
-        key = (-score, t_rank[path][0] if path in t_rank else 1 << 30, a_rank[path][0] if path in a_rank else 1 << 30, path)
+        key = (
+            -score,
+            t_rank[path][0] if path in t_rank else 1 << 30,
+            a_rank[path][0] if path in a_rank else 1 << 30,
+            path,
+        )
         fused.append((key, hit))
     return [hit for _, hit in sorted(fused, key=lambda x: x[0])]

@@ -11,7 +11,43 @@ from audiofind.store.records import NameQuery
 
 # Words that say nothing about a sound: a query of these alone has no content words.
 STOP_WORDS = frozenset(
-    ["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "in", "into", "is", "it", "its", "of", "off", "on", "onto", "or", "over", "that", "the", "their", "then", "there", "these", "this", "through", "to", "under", "up", "very", "was", "with"]
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "of",
+        "off",
+        "on",
+        "onto",
+        "or",
+        "over",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "this",
+        "through",
+        "to",
+        "under",
+        "up",
+        "very",
+        "was",
+        "with",
+    ]
 )
 _TOKEN = regex.compile(r'(-?)"([^"]*)"?|(-?)(\S+)')  # "a phrase", -"a phrase", -word, word
 

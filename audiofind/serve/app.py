@@ -60,7 +60,11 @@ def create_app(
             results = library.like(p.like, p.k, p.filters)
         except DecodeError as e:  # changed since indexing and no longer readable, or gone
             return _error(404, str(e))
-        return _error(404, f"No indexed file has id {p.like}.") if results is None else JSONResponse([r.as_dict() for r in results])
+        return (
+            _error(404, f"No indexed file has id {p.like}.")
+            if results is None
+            else JSONResponse([r.as_dict() for r in results])
+        )
 
     def audio(request: Request) -> Response:
         entry, checked = _servable(library, request)
@@ -100,10 +104,14 @@ def create_app(
         return JSONResponse(library.status())
 
     def favicon(request: Request) -> Response:
-        return FileResponse(ASSETS / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
+        return FileResponse(
+            ASSETS / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"}
+        )
 
     def home(request: Request) -> Response:
-        return HTMLResponse(page.render(library, request.query_params, token), headers={"Content-Security-Policy": page.CSP})
+        return HTMLResponse(
+            page.render(library, request.query_params, token), headers={"Content-Security-Policy": page.CSP}
+        )
 
     routes = [
         Route("/", sync(home)),

@@ -46,7 +46,10 @@ def read(path: str, checked: os.stat_result, start: int, end: int) -> Iterator[b
     with open(path, "rb") as f:
         now = os.fstat(f.fileno())
         if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) != (
-            checked.st_dev, checked.st_ino, checked.st_size, checked.st_mtime_ns,
+            checked.st_dev,
+            checked.st_ino,
+            checked.st_size,
+            checked.st_mtime_ns,
         ):
             return  # swapped between the check and the open: send nothing
         f.seek(start)

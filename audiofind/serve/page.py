@@ -26,7 +26,16 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-FILTERS = ("k", "under", "ext", "min_duration", "max_duration", "tag", "min_rate", "channels")  # kept by "more like this"
+FILTERS = (
+    "k",
+    "under",
+    "ext",
+    "min_duration",
+    "max_duration",
+    "tag",
+    "min_rate",
+    "channels",
+)  # kept by "more like this"
 MODES = (("hybrid", "sound and names"), ("audio", "sound only"), ("text", "names only"))
 RATES = (("", "any rate"), ("44100", "≥ 44.1 kHz"), ("48000", "≥ 48 kHz"), ("96000", "≥ 96 kHz"))
 CHANNELS = (("", "any channels"), ("1", "mono"), ("2", "stereo"))
@@ -67,7 +76,9 @@ def render(library: Library, query: QueryParams, token: str) -> str:
         message = '<p class="message">No matching sounds.</p>'
     else:
         message = f'<p class="message">{heading}</p>' if heading else ""
-    values = {name: escape(query.get(name, ""), quote=True) for name in ("q", "under", "min_duration", "max_duration", "tag")}
+    values = {
+        name: escape(query.get(name, ""), quote=True) for name in ("q", "under", "min_duration", "max_duration", "tag")
+    }
     return TEMPLATE.substitute(
         values,
         title=escape(f"{query.get('q')} · audiofind" if query.get("q") else "audiofind"),
@@ -117,7 +128,9 @@ def _table(results: list[Result], token: str, keep: list[tuple[str, str]]) -> st
     heads = []
     for cls, label, key, title in COLUMNS:
         inner = f'<button type="button" data-sort="{key}">{label}</button>' if key else label
-        extra = (' aria-sort="ascending"' if key == "rank" else "") + (f' title="{escape(title, quote=True)}"' if title else "")
+        extra = (' aria-sort="ascending"' if key == "rank" else "") + (
+            f' title="{escape(title, quote=True)}"' if title else ""
+        )
         heads.append(f'<th class="{cls}"{extra}>{inner}</th>')
     rows = "\n".join(_row(rank, r, copies, token, keep) for rank, (r, copies) in enumerate(fold(results), 1))
     return f'<table class="results"><colgroup>{cols}</colgroup><thead><tr>{"".join(heads)}</tr></thead><tbody>\n{rows}\n</tbody></table>'
@@ -147,7 +160,7 @@ def _row(rank: int, r: Result, copies: list[Result], token: str, keep: list[tupl
         f'<td class="wave"><canvas width="240" height="34" title="Click to play from here; drag to select a region"></canvas></td>'
         f'<td class="name"><button type="button" class="play" title="Play the selection (Space)"{" disabled" if offline else ""}>▶</button>'
         f'<span class="file" title="{escape(Path(h.path).name, quote=True)}">{escape(Path(h.path).name)}</span>'
-        f'{f" <span class=span>{span}</span>" if span else ""}{_copies(copies)}</td>'
+        f"{f' <span class=span>{span}</span>' if span else ''}{_copies(copies)}</td>"
         f'<td class="folder" title="{escape(os.path.dirname(h.path), quote=True)}">{escape(folder)}</td>'
         f'<td class="format">{escape(h.format or "?")}</td>'
         f'<td class="num rate">{_rate(h.sample_rate)}</td>'

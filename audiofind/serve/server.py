@@ -26,7 +26,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as e:
         sock.close()
-        raise UsageError(f"Cannot listen on {host} port {port}: {e.strerror or e}; choose another --port or --host.") from e
+        raise UsageError(
+            f"Cannot listen on {host} port {port}: {e.strerror or e}; choose another --port or --host."
+        ) from e
     return sock
 
 
@@ -58,7 +60,10 @@ def serve(library: Library, sock: socket.socket, host: str, on_ready: Callable[[
     port = sock.getsockname()[1]
     token = new_token()
     config = uvicorn.Config(
-        create_app(library, token, host, port), log_level="warning", access_log=False, lifespan="off",
+        create_app(library, token, host, port),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
         timeout_graceful_shutdown=GRACE_SECONDS,
     )
     server = Server(config)

@@ -45,8 +45,20 @@ class Wav:
         """The 44-byte canonical PCM WAV header (sizes capped at 4 GiB, which players read as 'to the end')."""
         data = min(self.frames * self.frame_bytes, 0xFFFFFFFF - 36)
         return struct.pack(
-            "<4sI4s4sIHHIIHH4sI", b"RIFF", data + 36, b"WAVE", b"fmt ", 16, 1, self.channels, self.rate,
-            self.rate * self.frame_bytes, self.frame_bytes, 16, b"data", data,
+            "<4sI4s4sIHHIIHH4sI",
+            b"RIFF",
+            data + 36,
+            b"WAVE",
+            b"fmt ",
+            16,
+            1,
+            self.channels,
+            self.rate,
+            self.rate * self.frame_bytes,
+            self.frame_bytes,
+            16,
+            b"data",
+            data,
         )
 
 
@@ -116,7 +128,9 @@ def _decoded(path: Path, wav: Wav, first: int, seek: bool = True) -> Iterator[by
             for frame in _frames(container, stream, path):
                 if pos is None:
                     pts, time_base = frame.pts, frame.time_base
-                    landed = None if pts is None or time_base is None else round((float(pts * time_base) - base) * wav.rate)
+                    landed = (
+                        None if pts is None or time_base is None else round((float(pts * time_base) - base) * wav.rate)
+                    )
                     if landed is None or landed > first:
                         restart = True  # landed past the frame asked for, or frames carry no time
                         break

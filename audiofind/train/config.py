@@ -13,7 +13,15 @@ from audiofind.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-RUNTIME_FIELDS = ("device", "precision", "workers", "resume", "checkpoint_every", "max_steps", "out")  # free on --resume
+RUNTIME_FIELDS = (
+    "device",
+    "precision",
+    "workers",
+    "resume",
+    "checkpoint_every",
+    "max_steps",
+    "out",
+)  # free on --resume
 PATH_FIELDS = ("clotho", "audiocaps", "captions", "db", "out")
 DTYPE_ALIASES = {"auto": "auto", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # the old --dtype values
 MAX_WORKERS = 4  # decoding keeps up with a GPU's training step at four processes
@@ -70,7 +78,9 @@ def config_dict(cfg: TrainConfig) -> dict:
 def config_from_dict(d: dict) -> TrainConfig:
     """Inverse of config_dict; unknown keys (from another version) are ignored."""
     known = {f.name for f in fields(TrainConfig)}
-    values: dict[str, Any] = {k: Path(v) if k in PATH_FIELDS and v is not None else v for k, v in d.items() if k in known}
+    values: dict[str, Any] = {
+        k: Path(v) if k in PATH_FIELDS and v is not None else v for k, v in d.items() if k in known
+    }
     return TrainConfig(**values)
 
 
@@ -80,7 +90,9 @@ def resumed_config(given: TrainConfig, saved: dict) -> TrainConfig:
     for f in fields(TrainConfig):
         value = getattr(given, f.name)
         if f.name not in RUNTIME_FIELDS + ("name",) and value not in (f.default, getattr(start, f.name)):
-            log.warning("resuming: --%s stays %r as the run started (%r ignored)", f.name, getattr(start, f.name), value)
+            log.warning(
+                "resuming: --%s stays %r as the run started (%r ignored)", f.name, getattr(start, f.name), value
+            )
     return replace(start, **{k: getattr(given, k) for k in RUNTIME_FIELDS})
 
 

@@ -84,7 +84,9 @@ def _finish(name: str, clips: list[Clip], problems: list[str], source: Path) -> 
     if not clips:
         first = f" The first problem: {problems[0]}" if problems else ""
         raise DatasetError(f"{source} gives no usable captioned clips.{first}")
-    log.info("%s: %d clips, %d captions, %d skipped", name, len(clips), sum(len(c.captions) for c in clips), len(problems))
+    log.info(
+        "%s: %d clips, %d captions, %d skipped", name, len(clips), sum(len(c.captions) for c in clips), len(problems)
+    )
     return ClipSet(name, tuple(clips), tuple(problems))
 
 
@@ -104,7 +106,9 @@ def read_clotho(root: Path, split: str) -> ClipSet:
         where, name = f"{csv_path.name} line {row.line}", row.name
         captions = tuple(c.strip() for c in row.captions if c.strip())
         if not row.complete:
-            problems.append(f"{where}: expected a file name and {len(GT_HEADER) - 1} captions, found {len(row.cells)} fields.")
+            problems.append(
+                f"{where}: expected a file name and {len(GT_HEADER) - 1} captions, found {len(row.cells)} fields."
+            )
         elif not name or not captions:
             problems.append(f"{where}: the file name is empty." if not name else f"{where}: {name} has no caption.")
         elif not (audio_dir / name).is_file():
@@ -120,7 +124,10 @@ def _audio_files(folders: list[Path]) -> dict[str, Path]:
     for folder in folders:
         if not folder.is_dir():
             continue
-        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTS), key=lambda p: AUDIO_EXTS.index(p.suffix.lower()))
+        files = sorted(
+            (p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTS),
+            key=lambda p: AUDIO_EXTS.index(p.suffix.lower()),
+        )
         for p in files:
             found.setdefault(p.stem, p)
     return found
@@ -129,7 +136,14 @@ def _audio_files(folders: list[Path]) -> dict[str, Path]:
 def _audiocaps_stems(audiocap_id: str, youtube_id: str, start: str) -> list[str]:
     """The names AudioCaps clips are saved under by the usual download tools, most specific first."""
     whole = start.split(".")[0]  # start_time is an integer in the official CSVs; AudioSet tools may write 30.0
-    return [audiocap_id, f"{youtube_id}_{start}", f"{youtube_id}_{whole}", f"Y{youtube_id}_{whole}", youtube_id, f"Y{youtube_id}"]
+    return [
+        audiocap_id,
+        f"{youtube_id}_{start}",
+        f"{youtube_id}_{whole}",
+        f"Y{youtube_id}_{whole}",
+        youtube_id,
+        f"Y{youtube_id}",
+    ]
 
 
 def _audiocaps_csv(root: Path, split: str) -> Path | None:
@@ -158,21 +172,30 @@ def read_audiocaps(root: Path, split: str = "train") -> ClipSet | None:
             raise DatasetError(f"No train.csv (audiocap_id,youtube_id,start_time,caption) in {root}.")
         return None
     name = AUDIOCAPS_SPLITS[split]
-    files = _audio_files([root / name, root / "audio" / name, root / "audio", root, csv_path.parent / name, csv_path.parent])
+    files = _audio_files(
+        [root / name, root / "audio" / name, root / "audio", root, csv_path.parent / name, csv_path.parent]
+    )
     rows = _rows(csv_path)
     header = next(rows, (1, []))[1]
     if header[:4] != AUDIOCAPS_HEADER:
-        raise DatasetError(f"{csv_path} line 1: expected the header {','.join(AUDIOCAPS_HEADER)}, found {','.join(header)}.")
+        raise DatasetError(
+            f"{csv_path} line 1: expected the header {','.join(AUDIOCAPS_HEADER)}, found {','.join(header)}."
+        )
     by_clip: dict[tuple[str, str], tuple[Path, list[str]]] = {}
     problems = []
     for line, row in rows:
         where = f"{csv_path.name} line {line}"
         if len(row) < 4:
-            problems.append(f"{where}: expected audiocap_id, youtube_id, start_time and a caption, found {len(row)} fields.")
+            problems.append(
+                f"{where}: expected audiocap_id, youtube_id, start_time and a caption, found {len(row)} fields."
+            )
             continue
         if empty := [name for name, cell in zip(AUDIOCAPS_HEADER, row) if not cell]:
-            problems.append(f"{where}: the {empty[0]} field is empty." if len(empty) == 1 else
-                            f"{where}: the fields {', '.join(empty)} are empty.")
+            problems.append(
+                f"{where}: the {empty[0]} field is empty."
+                if len(empty) == 1
+                else f"{where}: the fields {', '.join(empty)} are empty."
+            )
             continue
         audiocap_id, youtube_id, start, caption = row[:4]
         key = (youtube_id, start.split(".")[0])
@@ -236,8 +259,10 @@ def read_library(db: Path | None = None) -> ClipSet:
     if thin:
         log.info("left out %d files whose names and tags have fewer than %d real words", len(thin), names.MIN_WORDS)
     if not clips and thin:
-        raise DatasetError(f"All {len(thin)} usable files of the index have names with fewer than {names.MIN_WORDS} "
-                           "real words (numbers and take markers left out), so there is nothing to learn from.")
+        raise DatasetError(
+            f"All {len(thin)} usable files of the index have names with fewer than {names.MIN_WORDS} "
+            "real words (numbers and take markers left out), so there is nothing to learn from."
+        )
     result = _finish("library", clips, problems, Path(index.location))
     return ClipSet(result.name, result.clips, result.problems, tuple(thin))
 
@@ -259,8 +284,13 @@ def _hold_out(clips: tuple[Clip, ...], fraction: float, seed: int) -> tuple[tupl
 
 
 def load_sources(
-    clotho: Path | None, audiocaps: Path | None, captions: Path | None, val_fraction: float = 0.1, seed: int = 0,
-    library: bool = False, db: Path | None = None,
+    clotho: Path | None,
+    audiocaps: Path | None,
+    captions: Path | None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    library: bool = False,
+    db: Path | None = None,
 ) -> tuple[ClipSet, ClipSet]:
     """(train, validation): every source's training clips; validation held out from the library, else Clotho's,
     else AudioCaps', else held out from the user's captions."""
@@ -298,8 +328,9 @@ def load_sources(
 def epoch_batches(n_clips: int, epoch: int, seed: int, batch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """This rank's clip indices for one epoch, in batches of batch // world; every rank gets as many batches."""
     clips = TensorDataset(torch.arange(n_clips))  # the sampler only counts them
-    sampler: DistributedSampler[int] = DistributedSampler(clips, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                                          drop_last=True)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        clips, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
     sampler.set_epoch(epoch)
     indices = list(sampler)
     per_rank = batch // world
@@ -315,8 +346,9 @@ class PairDataset(Dataset):
     rate and crop are the model family's: AudioCLIP's 44.1 kHz and load_crop by default (CLAP's in train/clap.py).
     """
 
-    def __init__(self, clips: ClipSet, crop_seconds: float, seed: int, rate: int = SAMPLE_RATE,
-                 crop: Crop = load_crop) -> None:
+    def __init__(
+        self, clips: ClipSet, crop_seconds: float, seed: int, rate: int = SAMPLE_RATE, crop: Crop = load_crop
+    ) -> None:
         self.clips = clips.clips
         self.n_samples = round(crop_seconds * rate)
         self.seed, self.rate, self.crop = seed, rate, crop
@@ -364,8 +396,9 @@ class EpochBatches:
         return len(self.batches)
 
 
-def pair_loader(dataset: PairDataset, workers: int, pin: bool = False,
-                collate_fn: Callable[[list], dict] = collate) -> tuple[DataLoader, EpochBatches]:
+def pair_loader(
+    dataset: PairDataset, workers: int, pin: bool = False, collate_fn: Callable[[list], dict] = collate
+) -> tuple[DataLoader, EpochBatches]:
     """One loader for a whole run, decoding (epoch, index) items in `workers` processes that live across epochs
     (starting them costs a second each, and each rebuilds its caches), and the sampler to set per epoch."""
     get_tokenizer()  # built here once, so forked workers inherit it instead of each building it
@@ -398,5 +431,10 @@ def _as_is(item: object) -> object:
 
 def file_loader(paths: list[Path], max_seconds: float, workers: int, rate: int = SAMPLE_RATE) -> DataLoader:
     """Whole clips (up to max_seconds) one at a time, decoded at `rate` in worker processes."""
-    return DataLoader(AudioFiles(paths, max_seconds, rate), batch_size=None, collate_fn=_as_is, num_workers=workers,
-                      generator=torch.Generator())
+    return DataLoader(
+        AudioFiles(paths, max_seconds, rate),
+        batch_size=None,
+        collate_fn=_as_is,
+        num_workers=workers,
+        generator=torch.Generator(),
+    )

@@ -33,7 +33,9 @@ COLUMNS = ["subset", "file", "url", "md5"]
 CLOTHO = ("development", "validation", "evaluation")  # what --split all fetches
 CHOICES = (*CLOTHO, "all", clotho_csv.CHALLENGE)
 SUBSETS = {  # our split -> the manifest's subsets (aac-datasets' names)
-    "development": ("dev",), "validation": ("val",), "evaluation": ("eval",),
+    "development": ("dev",),
+    "validation": ("val",),
+    "evaluation": ("eval",),
     clotho_csv.CHALLENGE: ("dcase_t2a_audio", "dcase_t2a_captions"),
 }
 MARKER = ".audiofind-unpacked"  # holds the md5 of the archive the folder was unpacked from
@@ -105,8 +107,9 @@ def read_manifest(path: Path | None = None) -> list[Remote]:
     return rows
 
 
-def download_clotho(root: Path | None = None, split: str = "all", progress: Step | None = None
-                    ) -> tuple[Path, list[SplitReport]]:
+def download_clotho(
+    root: Path | None = None, split: str = "all", progress: Step | None = None
+) -> tuple[Path, list[SplitReport]]:
     """Fetch, check and unpack a split (or all three) into root; what is complete already is checked and skipped."""
     if split not in CHOICES:
         raise UsageError(f"Unknown split {split!r}; use {', '.join(CHOICES)}.")
@@ -126,8 +129,9 @@ def download_clotho(root: Path | None = None, split: str = "all", progress: Step
 def _prepare(root: Path, split: str, files: list[Remote], progress: Step | None) -> SplitReport:
     archives = [r for r in files if r.file.lower().endswith(".7z")]
     if len(archives) != 1:
-        raise DatasetError(f"The data manifest {manifest_path()} should list one .7z archive for {split}, "
-                           f"found {len(archives)}.")
+        raise DatasetError(
+            f"The data manifest {manifest_path()} should list one .7z archive for {split}, found {len(archives)}."
+        )
     archive, folder = archives[0], root / split
     fetched = [r.file for r in files if r is not archive and _fetch_checked(root, r, progress)]
     marker = folder / MARKER
@@ -163,8 +167,10 @@ def _fetch_checked(root: Path, remote: Remote, progress: Step | None) -> bool:
     actual = fetch(remote.file, remote.url, part, None, report, algorithm="md5")
     if actual != remote.md5:
         part.unlink(missing_ok=True)
-        raise ChecksumError(f"The download of {remote.file} has md5 {actual}, but {remote.md5} was expected; "
-                            "the file was deleted, run the same command to try again.")
+        raise ChecksumError(
+            f"The download of {remote.file} has md5 {actual}, but {remote.md5} was expected; "
+            "the file was deleted, run the same command to try again."
+        )
     os.replace(part, target)
     return True
 

@@ -112,8 +112,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr
 
 
-def finetune(cfg: TrainConfig, progress: Callable[[int, int], None] | None = None,
-             on_metrics: Callable[[dict], None] | None = None) -> TrainResult:
+def finetune(
+    cfg: TrainConfig,
+    progress: Callable[[int, int], None] | None = None,
+    on_metrics: Callable[[dict], None] | None = None,
+) -> TrainResult:
     """Fine-tune both towers and register the average of the best epochs as model `cfg.name`.
 
     progress(step, total_steps) follows the optimizer steps; on_metrics receives every record of the metrics
@@ -137,8 +140,14 @@ def finetune(cfg: TrainConfig, progress: Callable[[int, int], None] | None = Non
             dist.destroy_process_group()
 
 
-def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
-              progress: Callable[[int, int], None] | None, on_metrics: Callable[[dict], None] | None) -> TrainResult:
+def _finetune(
+    cfg: TrainConfig,
+    rank: int,
+    world: int,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None,
+    on_metrics: Callable[[dict], None] | None,
+) -> TrainResult:
     """The run itself, top to bottom: folder, data, model, optimizer, baseline, loop, teardown."""
     # ---- the run folder; on --resume the checkpoint's recipe wins and only runtime settings come from cfg
     out = Path(cfg.out or paths.run_dir(cfg.name)).expanduser()
@@ -151,12 +160,15 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     dtype, amp = amp_context(cfg.precision, device)
 
     # ---- data: every rank reads the same lists; batches come from (seed, epoch) alone
-    train_set, val_set = data.load_sources(cfg.clotho, cfg.audiocaps, cfg.captions, cfg.val_fraction, cfg.seed,
-                                           cfg.library, cfg.db)
+    train_set, val_set = data.load_sources(
+        cfg.clotho, cfg.audiocaps, cfg.captions, cfg.val_fraction, cfg.seed, cfg.library, cfg.db
+    )
     steps_per_epoch = len(data.epoch_batches(len(train_set), 0, cfg.seed, cfg.batch, rank, world)) // cfg.accum
     if steps_per_epoch == 0:
-        raise DatasetError(f"{len(train_set)} training clips do not fill one step of {cfg.batch} x {cfg.accum} pairs; "
-                           "lower --batch or --accum.")
+        raise DatasetError(
+            f"{len(train_set)} training clips do not fill one step of {cfg.batch} x {cfg.accum} pairs; "
+            "lower --batch or --accum."
+        )
 
     # ---- model: the checkpoint's when resuming, else the init weights
     model_cfg, base, model = _starting_model(cfg, ckpt, out, rank, world)
@@ -166,12 +178,20 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     if isinstance(model, AudioCLIP):
         prepare_for_training(model, cfg.dropout)
     model.to(device).train()
-    step_model: torch.nn.Module = PairForward(model) if isinstance(model, AudioCLIP) else clap.ClapPairForward(model, cfg.dropout)
+    step_model: torch.nn.Module = (
+        PairForward(model) if isinstance(model, AudioCLIP) else clap.ClapPairForward(model, cfg.dropout)
+    )
     if world > 1:
         step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
-    log.info("fine-tuning %d parameters on %s (%s), %d x %d steps", sum(p.numel() for p in params), device,
-             str(dtype).removeprefix("torch."), cfg.epochs, steps_per_epoch)
+    log.info(
+        "fine-tuning %d parameters on %s (%s), %d x %d steps",
+        sum(p.numel() for p in params),
+        device,
+        str(dtype).removeprefix("torch."),
+        cfg.epochs,
+        steps_per_epoch,
+    )
 
     # ---- optimizer, and the exact state of an interrupted run
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
@@ -179,8 +199,24 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     state = _resumed_state(ckpt, optimizer, scaler, cfg.seed, rank, world, device) if ckpt else RunState()
     if not ckpt:
         torch.manual_seed(cfg.seed + rank)  # dropout differs between ranks
-    run = Run(cfg, rank, world, device, amp, out, train_set, val_set, steps_per_epoch, model_cfg, base, model,
-              step_model, optimizer, scaler, on_metrics)
+    run = Run(
+        cfg,
+        rank,
+        world,
+        device,
+        amp,
+        out,
+        train_set,
+        val_set,
+        steps_per_epoch,
+        model_cfg,
+        base,
+        model,
+        step_model,
+        optimizer,
+        scaler,
+        on_metrics,
+    )
     dataset, collate_fn = _pairs(run)
     if run.is_main:
         runfolder.start(out, ckpt, cfg.average_top)
@@ -206,8 +242,17 @@ def _finetune(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             state.step += 1
             state.epoch_loss = [state.epoch_loss[0] + loss, state.epoch_loss[1] + 1]
             now = time.perf_counter()
-            _record(run, {"kind": "step", "step": state.step, "epoch": epoch + 1, "loss": loss, "lr": lr,
-                          "clips_per_s": cfg.batch * cfg.accum / max(now - last, 1e-9)})
+            _record(
+                run,
+                {
+                    "kind": "step",
+                    "step": state.step,
+                    "epoch": epoch + 1,
+                    "loss": loss,
+                    "lr": lr,
+                    "clips_per_s": cfg.batch * cfg.accum / max(now - last, 1e-9),
+                },
+            )
             last = now
             if progress:
                 progress(state.step, run.total_steps)
@@ -237,12 +282,15 @@ def _check_new_run(out: Path, name: str) -> None:
     weights.check_name(name)
     for m in weights.available_models():
         if m.name == name and (m.source == "registered" or m.path is not None):
-            raise UsageError(f"A model named '{name}' already exists; pick another --name or remove it first "
-                             f"(audiofind weights remove {name}).")
+            raise UsageError(
+                f"A model named '{name}' already exists; pick another --name or remove it first "
+                f"(audiofind weights remove {name})."
+            )
 
 
-def _starting_model(cfg: TrainConfig, ckpt: dict | None, out: Path, rank: int,
-                    world: int) -> tuple[AudioCLIPConfig | CLAPConfig, dict, AudioCLIP | CLAP]:
+def _starting_model(
+    cfg: TrainConfig, ckpt: dict | None, out: Path, rank: int, world: int
+) -> tuple[AudioCLIPConfig | CLAPConfig, dict, AudioCLIP | CLAP]:
     """(its config, the base weights' name and sha256, the model): the checkpoint's, else the init weights'."""
     if ckpt and ckpt["base"].get("tokenizer"):  # a CLAP run
         model = clap.whole_model(ckpt["model"], ckpt["model_config"], str(out / runfolder.CHECKPOINT))
@@ -257,7 +305,11 @@ def _starting_model(cfg: TrainConfig, ckpt: dict | None, out: Path, rank: int,
         dist.barrier()
     if resolved.family == "clap":
         clap_cfg, clap_model = clap.start_model(resolved)
-        return clap_cfg, {"name": resolved.name, "sha256": resolved.sha256, "tokenizer": str(resolved.tokenizer)}, clap_model
+        return (
+            clap_cfg,
+            {"name": resolved.name, "sha256": resolved.sha256, "tokenizer": str(resolved.tokenizer)},
+            clap_model,
+        )
     model_cfg = AudioCLIPConfig.from_dict(resolved.config) if resolved.config else AudioCLIPConfig()
     base = {"name": resolved.name, "sha256": resolved.sha256}
     return model_cfg, base, _whole_model(weights.read_state_dict(resolved), model_cfg, f"Model '{resolved.name}'")
@@ -270,8 +322,15 @@ def _whole_model(state: dict[str, torch.Tensor], model_cfg: AudioCLIPConfig, sou
     return model
 
 
-def _resumed_state(ckpt: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, seed: int, rank: int,
-                   world: int, device: torch.device) -> RunState:
+def _resumed_state(
+    ckpt: dict,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    seed: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> RunState:
     """Put the optimizer, the scaler and the random generators back as the checkpoint left them."""
     optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt["scaler"]:
@@ -308,8 +367,9 @@ def _train_step(run: Run, state: RunState, micro: Iterator[dict]) -> float:
 def _end_epoch(run: Run, state: RunState, epoch: int) -> None:
     """Score the epoch, then save: the checkpoint first, since the snapshot and the log line can be made from it."""
     scores = _validation_scores(run, run.rank, run.world)
-    state.history.append({"epoch": epoch, "step": state.step, "train_loss": state.epoch_loss[0] / state.epoch_loss[1],
-                          **scores})
+    state.history.append(
+        {"epoch": epoch, "step": state.step, "train_loss": state.epoch_loss[0] / state.epoch_loss[1], **scores}
+    )
     state.epoch_loss = [0.0, 0]
     _checkpoint(run, state)
     if run.is_main:
@@ -324,13 +384,23 @@ def _checkpoint(run: Run, state: RunState) -> None:
     """Everything an exact resume needs; gathering the random states is a collective, so every rank calls this."""
     rng = _rng_states(run.device, run.world)
     if run.is_main:
-        runfolder.save_checkpoint(run.out, {
-            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scaler": run.scaler.state_dict(), "step": state.step, "history": state.history,
-            "epoch_loss": state.epoch_loss, "unreadable": sorted(state.unreadable), "rng": rng,
-            "train_config": config_dict(run.cfg), "model_config": run.model_cfg.to_dict(), "base": run.base,
-            "baseline": state.baseline,
-        })
+        runfolder.save_checkpoint(
+            run.out,
+            {
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scaler": run.scaler.state_dict(),
+                "step": state.step,
+                "history": state.history,
+                "epoch_loss": state.epoch_loss,
+                "unreadable": sorted(state.unreadable),
+                "rng": rng,
+                "train_config": config_dict(run.cfg),
+                "model_config": run.model_cfg.to_dict(),
+                "base": run.base,
+                "baseline": state.baseline,
+            },
+        )
 
 
 def _rng_states(device: torch.device, world: int) -> list[dict]:
@@ -346,8 +416,9 @@ def _rng_states(device: torch.device, world: int) -> list[dict]:
 def _validation_scores(run: Run, rank: int, world: int) -> dict:
     """The model's validation metrics, without the list of clips that could not be decoded."""
     cfg = run.cfg
-    scores = score_validation(run.model, run.val_set, run.device, run.amp, cfg.workers, cfg.val_seconds, rank, world,
-                              run.tokenizer)
+    scores = score_validation(
+        run.model, run.val_set, run.device, run.amp, cfg.workers, cfg.val_seconds, rank, world, run.tokenizer
+    )
     return {k: v for k, v in scores.items() if k != "unreadable"}
 
 
@@ -366,10 +437,22 @@ def _teardown(run: Run, state: RunState) -> TrainResult:
         for buffer in run.model.buffers():  # every rank ends with rank 0's BatchNorm statistics, the ones saved
             dist.broadcast(buffer, 0)
         dist.barrier()
-    result = TrainResult(run.cfg.name, None, run.out, finished, state.step, run.total_steps, state.history,
-                         runfolder.best_epochs(state.history, run.cfg.average_top), None,
-                         run.train_set.problems + run.val_set.problems, tuple(sorted(state.unreadable)), run.model,
-                         state.baseline, run.train_set.thin)
+    result = TrainResult(
+        run.cfg.name,
+        None,
+        run.out,
+        finished,
+        state.step,
+        run.total_steps,
+        state.history,
+        runfolder.best_epochs(state.history, run.cfg.average_top),
+        None,
+        run.train_set.problems + run.val_set.problems,
+        tuple(sorted(state.unreadable)),
+        run.model,
+        state.baseline,
+        run.train_set.thin,
+    )
     if not (finished and run.is_main):
         return result
     run.model.load_state_dict(runfolder.average_snapshots(run.out, result.best_epochs))
@@ -387,12 +470,23 @@ def _card(run: Run, result: TrainResult, final: dict) -> dict:
     train_set, val_set = run.train_set, run.val_set
     return {
         "description": f"{'CLAP' if run.tokenizer else 'AudioCLIP'} fine-tuned on {train_set.name} from {run.base['name']}.",
-        "base": run.base, "recipe": config_dict(run.cfg), "model_config": run.model_cfg.to_dict(),
-        "data": {"train": train_set.name, "train_clips": len(train_set), "left_out_thin_names": len(train_set.thin),
-                 "validation": val_set.name,
-                 "validation_clips": len(val_set), "skipped_rows": len(result.problems),
-                 "unreadable_files": len(result.unreadable)},
-        "validation": {"averaged_epochs": result.best_epochs, "before": result.baseline, "final": final,
-                       "history": result.history},
+        "base": run.base,
+        "recipe": config_dict(run.cfg),
+        "model_config": run.model_cfg.to_dict(),
+        "data": {
+            "train": train_set.name,
+            "train_clips": len(train_set),
+            "left_out_thin_names": len(train_set.thin),
+            "validation": val_set.name,
+            "validation_clips": len(val_set),
+            "skipped_rows": len(result.problems),
+            "unreadable_files": len(result.unreadable),
+        },
+        "validation": {
+            "averaged_epochs": result.best_epochs,
+            "before": result.baseline,
+            "final": final,
+            "history": result.history,
+        },
         "not_applied": clap.notes(run.cfg) if run.tokenizer else [],
     }

@@ -53,16 +53,22 @@ def prepare_for_training(model: AudioCLIP, dropout: float) -> None:
     model.audio.fbsp.bias.requires_grad_(False)  # empty and never used: DDP would wait for its gradient forever
 
 
-def step_loss(step_model: torch.nn.Module, audio: torch.Tensor, tokens: torch.Tensor, cfg: TrainConfig,
-              amp: AbstractContextManager) -> torch.Tensor:
+def step_loss(
+    step_model: torch.nn.Module,
+    audio: torch.Tensor,
+    tokens: torch.Tensor,
+    cfg: TrainConfig,
+    amp: AbstractContextManager,
+) -> torch.Tensor:
     """One micro-batch: contrastive loss over the global batch plus the weighted fbsp regulariser."""
     with amp:
         a, t, scale, penalty = step_model(audio, tokens)  # (b, D), (b, D), (), ()
     return contrastive_loss(gather_batch(a), gather_batch(t), scale, cfg.label_smoothing) + cfg.fbsp_weight * penalty
 
 
-def apply_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    grad_clip: float = 0.0) -> None:
+def apply_gradients(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, grad_clip: float = 0.0
+) -> None:
     """The update from the accumulated gradients: unscale, rescale the fbsp ones (AudioCLIP's), clip, step, and
     clear them."""
     scaler.unscale_(optimizer)
@@ -75,8 +81,13 @@ def apply_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     optimizer.zero_grad(set_to_none=True)
 
 
-def train_throughput(model_cfg: AudioCLIPConfig, device: str | torch.device = "auto", batch: int = 6,
-                     crop_seconds: float = 20.0, steps: int = 3) -> dict:
+def train_throughput(
+    model_cfg: AudioCLIPConfig,
+    device: str | torch.device = "auto",
+    batch: int = 6,
+    crop_seconds: float = 20.0,
+    steps: int = 3,
+) -> dict:
     """Training speed on synthetic pairs with the fine-tuning step (one warm-up step, then `steps` timed ones)."""
     device = resolve_device(device) if isinstance(device, str) else device
     torch.manual_seed(0)
@@ -112,6 +123,14 @@ def train_throughput(model_cfg: AudioCLIPConfig, device: str | torch.device = "a
         peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda allocated"
     else:
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process rss"  # Linux: KiB
-    return {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "batch": batch, "crop_seconds": crop_seconds,
-            "steps": steps, "clips_per_s": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps,
-            "peak_memory_mb": peak, "memory_kind": kind}
+    return {
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch": batch,
+        "crop_seconds": crop_seconds,
+        "steps": steps,
+        "clips_per_s": batch * steps / seconds,
+        "ms_per_step": 1000 * seconds / steps,
+        "peak_memory_mb": peak,
+        "memory_kind": kind,
+    }

@@ -22,9 +22,17 @@ VAL_AUDIO_BATCH = 16
 
 
 @torch.no_grad()
-def score_validation(model: AudioCLIP | CLAP, clips: data.ClipSet, device: torch.device,
-                     amp: AbstractContextManager | None = None, workers: int = 0, max_seconds: float = 30.0,
-                     rank: int = 0, world: int = 1, tokenizer: Path | None = None) -> dict:
+def score_validation(
+    model: AudioCLIP | CLAP,
+    clips: data.ClipSet,
+    device: torch.device,
+    amp: AbstractContextManager | None = None,
+    workers: int = 0,
+    max_seconds: float = 30.0,
+    rank: int = 0,
+    world: int = 1,
+    tokenizer: Path | None = None,
+) -> dict:
     """R@1/5/10 and mAP@10 of text-to-audio retrieval, every caption a query (metrics.py, as `bench clotho`).
 
     Under torchrun each rank embeds its share of clips and captions and all ranks get the same result.

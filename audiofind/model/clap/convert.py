@@ -73,7 +73,9 @@ def _text_config(sd: dict[str, Tensor]) -> RobertaConfig:
 def infer_config(state_dict: dict[str, Tensor], origin: object = "checkpoint") -> CLAPConfig:
     """The sizes of the CLAP model a state dict (keys without 'module.') holds, read from its shapes."""
     try:
-        cfg = CLAPConfig(_audio_config(state_dict), _text_config(state_dict), state_dict["audio_projection.2.weight"].shape[0])
+        cfg = CLAPConfig(
+            _audio_config(state_dict), _text_config(state_dict), state_dict["audio_projection.2.weight"].shape[0]
+        )
     except (KeyError, IndexError) as e:
         raise WeightsError(f"{origin} looks like a CLAP checkpoint but lacks {e}; it is not a complete one.") from None
     return cfg

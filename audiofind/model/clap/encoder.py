@@ -72,7 +72,9 @@ def share_towers(model: CLAP) -> tuple[AudioTower, TextTower]:
     return audio, text
 
 
-def clip_windows(clip: np.ndarray, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS) -> list[np.ndarray]:
+def clip_windows(
+    clip: np.ndarray, window: float = decode.WINDOW_SECONDS, hop: float = decode.HOP_SECONDS
+) -> list[np.ndarray]:
     """A clip (int16-range float32 at 48 kHz) -> the (480000,) windows CLAP embeds, cut as the index cuts a file."""
     x = np.asarray(clip, dtype=np.float32) / np.float32(INT16_SCALE)
     bounds = decode.window_bounds(len(x), window, hop, frontend.SAMPLE_RATE)
@@ -212,8 +214,14 @@ def load_tower(state: dict[str, Tensor], cfg: CLAPConfig, tower: str, source: st
     return module.eval()
 
 
-def load_clap_encoder(resolved: weights.Resolved, dev: torch.device, towers: Iterable[str] = ("audio", "text"),
-                      lazy: bool = False, precision: str = "fp32", batch_size: int | None = None) -> ClapEncoder:
+def load_clap_encoder(
+    resolved: weights.Resolved,
+    dev: torch.device,
+    towers: Iterable[str] = ("audio", "text"),
+    lazy: bool = False,
+    precision: str = "fp32",
+    batch_size: int | None = None,
+) -> ClapEncoder:
     """The encoder of a resolved CLAP model on the device (load_encoder's CLAP half; it has set the device up)."""
     if precision == "bf16":
         raise UsageError("--precision bf16 is for AudioCLIP's ResNeXt; a CLAP model runs in fp32 (or tf32 on CUDA).")
@@ -227,8 +235,17 @@ def load_clap_encoder(resolved: weights.Resolved, dev: torch.device, towers: Ite
         return module
 
     audio_batch, text_batch = default_batch_sizes(dev)
-    enc = ClapEncoder(resolved.name, resolved.sha256, cfg, dev, tokenizer_dir(resolved.path), loader=load,
-                      batch_size=batch_size or audio_batch, text_batch_size=text_batch, precision=precision)
+    enc = ClapEncoder(
+        resolved.name,
+        resolved.sha256,
+        cfg,
+        dev,
+        tokenizer_dir(resolved.path),
+        loader=load,
+        batch_size=batch_size or audio_batch,
+        text_batch_size=text_batch,
+        precision=precision,
+    )
     if not lazy:
         for tower in towers:
             getattr(enc, tower)

@@ -37,6 +37,8 @@ def encode_texts(tokenizer: BPETokenizer, texts: Sequence[str]) -> tuple[np.ndar
         raise UsageError(f"Cannot embed that caption: {e}.") from None
 
 
-def load_text_model(weights_file: Path, tokenizer: Path, heads: int | None = None, context_length: int = 77) -> ClapTextModel:
+def load_text_model(
+    weights_file: Path, tokenizer: Path, heads: int | None = None, context_length: int = 77
+) -> ClapTextModel:
     """The text side of a CLAP safetensors file and its tokenizer folder (vocab.json, merges.txt)."""
     return ClapTextModel(load_tokenizer(tokenizer, context_length), load_text_tower(weights_file, heads))

@@ -29,7 +29,9 @@ def stats(db: Db, places: Places, binding: ModelBinding | None, roots: list[Root
     )
     seconds = db.value("SELECT coalesce(sum(a.duration), 0.0) FROM files f JOIN audio a ON a.hash = f.hash")
     failures = db.execute("SELECT root_id, relpath, error FROM files WHERE status = 'failed'").fetchall()
-    warned = db.execute("SELECT root_id, relpath, error FROM files WHERE status = 'ok' AND error IS NOT NULL").fetchall()
+    warned = db.execute(
+        "SELECT root_id, relpath, error FROM files WHERE status = 'ok' AND error IS NOT NULL"
+    ).fetchall()
     times = [t for t in (last, *(r.last_indexed_at for r in roots)) if t is not None]
     return Stats(
         path=db.location,

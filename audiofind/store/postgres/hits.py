@@ -6,7 +6,9 @@ from audiofind.store.postgres.roots import Places
 from audiofind.store.records import Hit
 
 # What a search selects of each file `f` and its content `a`, for hit() to read.
-HIT_COLUMNS = "f.root_id, f.relpath, f.hash, f.tags, a.duration, a.container, a.codec, a.sample_rate, a.bits, a.channels"
+HIT_COLUMNS = (
+    "f.root_id, f.relpath, f.hash, f.tags, a.duration, a.container, a.codec, a.sample_rate, a.bits, a.channels"
+)
 
 
 def hit(places: Places, row: tuple, score: float, start: float | None, end: float | None, seen: dict[int, bool]) -> Hit:

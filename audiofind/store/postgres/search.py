@@ -53,7 +53,9 @@ def search(
         "WHERE oid = to_regclass(%s)"
     )
     where_index, where_table = f"{db.schema}.{INDEX}", f"{db.schema}.segments"
-    facts: dict[str, Any] = dict(db.execute(sql, (where_index, where_table)).fetchall())  # binding, centre, index, size: one trip
+    facts: dict[str, Any] = dict(
+        db.execute(sql, (where_index, where_table)).fetchall()
+    )  # binding, centre, index, size: one trip
     binding = ModelBinding.from_meta(facts)
     if k <= 0 or binding is None:
         return []

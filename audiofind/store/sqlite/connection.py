@@ -35,7 +35,9 @@ def connect(path: Path | str, create: bool = True) -> apsw.Connection:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StorageError(f"Cannot create the folder {path.parent} for the index {path.name}: {e.strerror or e}.") from e
+            raise StorageError(
+                f"Cannot create the folder {path.parent} for the index {path.name}: {e.strerror or e}."
+            ) from e
     flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
     try:
         conn = _open(str(path), flags)
@@ -106,13 +108,19 @@ def storage_error(path: Path | str, e: apsw.Error) -> AudiofindError:
             "file) and run the same command again."
         )
     if isinstance(e, apsw.NotADBError):
-        return IndexNotFound(f"{path} is not an audiofind index (it is not an SQLite database); give --db another file.")
+        return IndexNotFound(
+            f"{path} is not an audiofind index (it is not an SQLite database); give --db another file."
+        )
     if isinstance(e, apsw.CorruptError):
         return StorageError(f"The index {path} is damaged ({e}); move it away and index your folders again.")
     if isinstance(e, apsw.CantOpenError | apsw.PermissionsError | apsw.AuthError):
-        return StorageError(f"Cannot open the index {path} ({e}); check that this user can read it and write to its folder.")
+        return StorageError(
+            f"Cannot open the index {path} ({e}); check that this user can read it and write to its folder."
+        )
     if isinstance(e, apsw.IOError):
-        return StorageError(f"Reading or writing {path} failed ({e}); check the disk and run the same command again: {KEPT}.")
+        return StorageError(
+            f"Reading or writing {path} failed ({e}); check the disk and run the same command again: {KEPT}."
+        )
     return StorageError(f"SQLite failed on the index {path} ({type(e).__name__}: {e}); {KEPT}.")
 
 
@@ -212,4 +220,6 @@ def check_writable(db: Path | str) -> None:
     if os.path.isdir(db):
         raise IndexNotFound(f"{db} is a folder, not an index file; give --db a file, such as {db / 'index.db'}.")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise StorageError(f"Cannot create the index {db}: {folder} is not writable for this user; give --db another file.")
+        raise StorageError(
+            f"Cannot create the index {db}: {folder} is not writable for this user; give --db another file."
+        )

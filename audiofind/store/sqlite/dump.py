@@ -84,7 +84,9 @@ def load(conn: apsw.Connection, portion: Portion) -> None:
             raise ValueError(f"Content {c.audio.hash} does not fit this index: vectors {v.shape}.")
         files.add_audio(conn, c.audio)
         if c.audio.fingerprint is not None:
-            conn.execute("INSERT INTO fingerprints (hash, print) VALUES (?, ?)", (c.audio.hash, bytes(c.audio.fingerprint)))
+            conn.execute(
+                "INSERT INTO fingerprints (hash, print) VALUES (?, ?)", (c.audio.hash, bytes(c.audio.fingerprint))
+            )
         codes = vec.binary_codes(v, np.frombuffer(centre, np.float32)) if isinstance(centre, bytes) else None
         for i, (start, end) in enumerate(c.segments):
             code = codes[i].tobytes() if codes is not None else None

@@ -27,7 +27,9 @@ _COLUMNS = "path, root, size, mtime_ns, hash, status, error, tags, indexed_at"
 def rows(conn: apsw.Connection, where: str, params: tuple | list) -> list[FileRow]:
     """FileRows matching an SQL condition on `files`."""
     sql = f"SELECT {_COLUMNS} FROM files WHERE {where}"
-    return [FileRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in conn.execute(sql, params)]
+    return [
+        FileRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in conn.execute(sql, params)
+    ]
 
 
 def under(conn: apsw.Connection, roots: Iterable[Path | str]) -> list[FileRow]:
@@ -55,7 +57,9 @@ def has_audio(conn: apsw.Connection, hash: str) -> bool:
 
 def add_audio(conn: apsw.Connection, audio: AudioRow) -> None:
     """The audio row of a new content (its segments follow)."""
-    sql = "INSERT INTO audio (hash, duration, sample_rate, channels, container, codec, bits) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    sql = (
+        "INSERT INTO audio (hash, duration, sample_rate, channels, container, codec, bits) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    )
     conn.execute(sql, (audio.hash, float(audio.duration), int(audio.sample_rate), int(audio.channels), *_facts(audio)))
 
 
@@ -79,7 +83,20 @@ def hit(row: tuple, score: float, start: float | None, end: float | None, roots:
     if root not in roots:
         roots[root] = os.path.isdir(root)
     whole = (0.0, float(duration)) if start is None or end is None else (start, end)
-    return Hit(path, score, *whole, float(duration), json.loads(tags), hash, container, codec, rate, bits, channels, roots[root])
+    return Hit(
+        path,
+        score,
+        *whole,
+        float(duration),
+        json.loads(tags),
+        hash,
+        container,
+        codec,
+        rate,
+        bits,
+        channels,
+        roots[root],
+    )
 
 
 def add_segments(

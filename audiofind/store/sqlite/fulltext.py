@@ -43,7 +43,9 @@ def create(conn: apsw.Connection) -> None:
     """Create the table and its triggers and fill it from the files already stored (no audio is read)."""
     conn.execute(SCHEMA)
     values = ", ".join(f"file_words(path, root, tags, {i})" for i in range(len(COLUMNS)))
-    conn.execute(f"INSERT INTO {TABLE} (rowid, {', '.join(COLUMNS)}) SELECT id, {values} FROM files WHERE status = 'ok'")
+    conn.execute(
+        f"INSERT INTO {TABLE} (rowid, {', '.join(COLUMNS)}) SELECT id, {values} FROM files WHERE status = 'ok'"
+    )
 
 
 # ---------------------------------------------------------------- queries

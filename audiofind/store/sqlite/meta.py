@@ -32,5 +32,7 @@ def bind(conn: apsw.Connection, binding: ModelBinding) -> None:
 
 def touched(conn: apsw.Connection) -> None:
     """Note that the searchable segments changed, so saved codes no longer describe them."""
-    sql = "INSERT INTO meta (key, value) VALUES ('segments_version', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1"
+    sql = (
+        "INSERT INTO meta (key, value) VALUES ('segments_version', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1"
+    )
     conn.execute(sql)

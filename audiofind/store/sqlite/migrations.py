@@ -165,9 +165,7 @@ def m009_audio_facts(conn: apsw.Connection) -> None:
 def m010_fingerprints(conn: apsw.Connection) -> None:
     """Acoustic fingerprints of contents, for duplicates: filled at index time, and for older contents by the first
     `duplicates` run (decoding, no embedding)."""
-    conn.execute(
-        "CREATE TABLE fingerprints (hash TEXT PRIMARY KEY REFERENCES audio(hash), print BLOB NOT NULL)"
-    )
+    conn.execute("CREATE TABLE fingerprints (hash TEXT PRIMARY KEY REFERENCES audio(hash), print BLOB NOT NULL)")
 
 
 def names() -> list[str]:

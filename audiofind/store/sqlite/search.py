@@ -115,7 +115,9 @@ def _segment_ids(conn: apsw.Connection, hashes: list[str] | None) -> list[int]:
     return [i for (i,) in conn.execute(sql, (json.dumps(hashes),))]
 
 
-def score_segments(conn: apsw.Connection, ids: list[int] | np.ndarray, q: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def score_segments(
+    conn: apsw.Connection, ids: list[int] | np.ndarray, q: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine of each segment to its closest query vector: (found ids (M,), scores (M,))."""
     found, scores = [], []
     for start in range(0, len(ids), 4096):  # bounded memory on exact scans of big indexes

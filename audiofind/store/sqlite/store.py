@@ -34,14 +34,7 @@ from audiofind.store.records import (
     norm_path,
 )  # fmt: skip
 from audiofind.store.sqlite import dump, files, fulltext, meta, migrations, search
-from audiofind.store.sqlite.connection import (
-    connect,
-    empty_log,
-    remove_files,
-    staging_path,
-    storage_error,
-    writer_lock,
-)
+from audiofind.store.sqlite.connection import connect, empty_log, remove_files, staging_path, storage_error, writer_lock
 from audiofind.store.sqlite.filters import conditions, json_list
 
 log = logging.getLogger(__name__)
@@ -249,7 +242,9 @@ class SqliteStore:
                 files.add_segments(self.conn, binding, row.hash, segments, vectors)
             if audio is not None and audio.fingerprint is not None:  # with the content, in the same transaction
                 self.set_fingerprints({row.hash: audio.fingerprint})
-            files.upsert(self.conn, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", row.error, row.tags))
+            files.upsert(
+                self.conn, FileRow(row.path, row.root, row.size, row.mtime_ns, row.hash, "ok", row.error, row.tags)
+            )
             bound = self.model()
             if bound is not None and files.freeze_centre(self.conn, bound.dim):
                 log.info("froze the code centre of %s", self.path)
@@ -262,7 +257,9 @@ class SqliteStore:
         drop = [h for h, p in found if h not in kept and (wanted is None or p in wanted)]
         if drop:
             with self.transaction():
-                self.conn.execute("DELETE FROM partial WHERE hash IN (SELECT value FROM json_each(?))", (json_list(drop),))
+                self.conn.execute(
+                    "DELETE FROM partial WHERE hash IN (SELECT value FROM json_each(?))", (json_list(drop),)
+                )
                 files.collect(self.conn, drop)
         return len(drop)
 
@@ -277,7 +274,9 @@ class SqliteStore:
         with self.transaction():
             if old_s != new_s:
                 files.remove(self.conn, [new_s])
-            sql = "UPDATE files SET path = ?, root = ?, size = ?, mtime_ns = ?, indexed_at = ? WHERE path = ? RETURNING 1"
+            sql = (
+                "UPDATE files SET path = ?, root = ?, size = ?, mtime_ns = ?, indexed_at = ? WHERE path = ? RETURNING 1"
+            )
             cur = self.conn.execute(sql, (new_s, norm_path(root), int(size), int(mtime_ns), time.time(), old_s))
             if not cur.fetchall():  # step RETURNING to the end: an open statement blocks the COMMIT
                 raise ValueError(f"{old_s} is not in the index.")
