@@ -26,7 +26,7 @@ from audiofind.cli import app
 from audiofind.errors import DatasetError, UsageError
 from audiofind.model import weights
 from audiofind.model.config import TINY, AudioCLIPConfig
-from audiofind.train import data, runfolder
+from audiofind.train import batches, data, runfolder
 from audiofind.train.config import TrainConfig
 from audiofind.train.finetune import finetune, lr_at
 from audiofind.train.loss import fbsp_penalty
@@ -332,10 +332,14 @@ def test_best_epochs_and_their_average() -> None:
 
 
 def test_epoch_batches_split_ranks_and_follow_the_seed() -> None:
-    one = data.epoch_batches(20, epoch=3, seed=1, batch=6)
-    assert one == data.epoch_batches(20, epoch=3, seed=1, batch=6) != data.epoch_batches(20, epoch=4, seed=1, batch=6)
+    one = batches.epoch_batches(20, epoch=3, seed=1, batch=6)
+    assert (
+        one
+        == batches.epoch_batches(20, epoch=3, seed=1, batch=6)
+        != batches.epoch_batches(20, epoch=4, seed=1, batch=6)
+    )
     assert len(one) == 3 and all(len(b) == 6 for b in one)
-    r0, r1 = (data.epoch_batches(20, 3, 1, 6, rank=r, world=2) for r in (0, 1))
+    r0, r1 = (batches.epoch_batches(20, 3, 1, 6, rank=r, world=2) for r in (0, 1))
     assert len(r0) == len(r1) and all(len(b) == 3 for b in r0 + r1)
     assert not {i for b in r0 for i in b} & {i for b in r1 for i in b}
 
@@ -344,18 +348,18 @@ def test_pairs_are_drawn_from_seed_epoch_and_clip(tmp_path: Path) -> None:
     good = audiogen.write_audio(tmp_path / "a.wav", audiogen.noise(2.0))
     bad = audiogen.write_not_audio(tmp_path / "b.wav")
     clips = data.ClipSet("t", (data.Clip(bad, ("x",)), data.Clip(good, ("one", "two", "three"))))
-    ds = data.PairDataset(clips, crop_seconds=0.5, seed=0)
+    ds = batches.PairDataset(clips, crop_seconds=0.5, seed=0)
     x, caption, unreadable = ds[(0, 1)]
     y, again, _ = ds[(0, 1)]
     assert x.shape == (22050,) and np.array_equal(x, y) and caption == again
     assert {ds[(e, 1)][1] for e in range(12)} == {"one", "two", "three"}
     z, _, unreadable = ds[(0, 0)]  # the unreadable clip is replaced by the next one, and reported
     assert len(unreadable) == 1 and "b.wav" in unreadable[0] and z.shape == (22050,)
-    batch = data.collate([ds[(0, 1)], ds[(1, 1)]])
+    batch = batches.collate([ds[(0, 1)], ds[(1, 1)]])
     assert batch["audio"].shape == (2, 1, 22050) and batch["tokens"].shape[0] == 2 and batch["tokens"].shape[1] < 77
 
 
-class _Pids(data.PairDataset):
+class _Pids(batches.PairDataset):
     """Notes which process decodes each item."""
 
     def __init__(self, clips: data.ClipSet, log: Path) -> None:
@@ -371,9 +375,9 @@ class _Pids(data.PairDataset):
 def test_one_loader_keeps_its_decoding_processes_across_epochs(tmp_path: Path) -> None:
     clip = audiogen.write_audio(tmp_path / "a.wav", audiogen.noise(0.3))
     clips = data.ClipSet("t", tuple(data.Clip(clip, (f"c{i}",)) for i in range(8)))
-    loader, order = data.pair_loader(_Pids(clips, tmp_path / "pids"), workers=2)
+    loader, order = batches.pair_loader(_Pids(clips, tmp_path / "pids"), workers=2)
     for epoch in range(3):
-        order.set(data.epoch_batches(8, epoch, seed=0, batch=2), epoch)
+        order.set(batches.epoch_batches(8, epoch, seed=0, batch=2), epoch)
         assert sum(len(b["tokens"]) for b in loader) == 8
     by_epoch: dict[str, set[str]] = {}
     for line in (tmp_path / "pids").read_text().splitlines():
@@ -535,8 +539,8 @@ def test_the_default_loader_starts_without_a_warning(tmp_path: Path) -> None:
     """PyTorch warns when a loader has more workers than cores; the default never does (issue 21)."""
     clip = audiogen.write_audio(tmp_path / "a.wav", audiogen.noise(0.3))
     clips = data.ClipSet("t", tuple(data.Clip(clip, (f"c{i}",)) for i in range(4)))
-    loader, order = data.pair_loader(data.PairDataset(clips, crop_seconds=0.1, seed=0), TrainConfig().workers)
-    order.set(data.epoch_batches(4, 0, seed=0, batch=2), 0)
+    loader, order = batches.pair_loader(batches.PairDataset(clips, crop_seconds=0.1, seed=0), TrainConfig().workers)
+    order.set(batches.epoch_batches(4, 0, seed=0, batch=2), 0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the DataLoader's "suggested max number of worker" warning fails the test
         assert sum(len(b["tokens"]) for b in loader) == 4

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import torch
 
 from audiofind.audio import decode
 from audiofind.bench.reference import ReferenceAudio, reference_audio, reference_encode_text
+from audiofind.bench.targets import Figure
 from audiofind.device import describe_cpu, resolve_device
 from audiofind.errors import UsageError
 from audiofind.model import weights
@@ -41,17 +42,6 @@ SAMPLE_CAPTIONS = [
 
 FULL_SIZE = AudioCLIPConfig()  # the published model's sizes
 Loaded = Encoder | ClapEncoder  # what load_encoder gives: either family's encoder (dataclasses both)
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One measured figure: what (label), how much (value, in unit), and the reference's in the same run."""
-
-    key: str
-    label: str
-    value: float
-    unit: str  # "s", "x real time", "%", "bytes", "clips/s", "rel"
-    reference: float | None = None  # the reference AudioCLIP's figure, measured beside ours
 
 
 def machine(device: torch.device) -> dict:

@@ -1,7 +1,18 @@
-"""The speed goals `bench speed` marks its figures against: the goals of issues 10 and 13 (and those after), per
+"""The figures `bench speed` measures, and the goals it marks them against: the goals of issues 10 and 13 (and those after), per
 device and CPU, each a bound on a figure or on its ratio to the reference measured in the same run."""
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure: what (label), how much (value, in unit), and the reference's in the same run."""
+
+    key: str
+    label: str
+    value: float
+    unit: str  # "s", "x real time", "%", "bytes", "clips/s", "rel"
+    reference: float | None = None  # the reference AudioCLIP's figure, measured beside ours
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,5 @@
 """`audiofind bench`: every measurement in one place: retrieval quality (clotho, captions), speed, near copies."""
 
-import contextlib
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -14,6 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from audiofind.bench.parts import PARTS
 from audiofind.bench.targets import targets
 from audiofind.cli.common import DeviceOpt, JsonOpt, WeightsOpt, app, console, err_console, json_text, sub_app
 
@@ -223,21 +222,6 @@ def near_cmd(
 
 # ---------------------------------------------------------------- bench speed
 
-PARTS = (
-    "model",
-    "families",
-    "indexing",
-    "reindex",
-    "query",
-    "names",
-    "cold",
-    "serve",
-    "training",
-    "duplicates",
-    "ray",
-    "postgres",
-)
-
 
 def _fmt(value: float, unit: str) -> str:
     if unit == "s":
@@ -291,136 +275,15 @@ def speed(
 ) -> None:
     """Measure encoding (beside the reference AudioCLIP, and both model families side by side), indexing,
     re-indexing, search latency and training here."""
-    import contextlib
-
+    from audiofind.bench import parts as speed_parts
     from audiofind.bench import speed as bench
-    from audiofind.device import BF16_EXTENSIONS, PRECISIONS, check_precision, describe_cpu, resolve_device
-    from audiofind.errors import UsageError, WeightsError
-    from audiofind.model.weights import resolve
+    from audiofind.device import resolve_device
 
-    parts = set(
-        only
-        or (["ray"] if ray else [p for p in PARTS if p not in ("ray", "postgres")] + (["postgres"] if postgres else []))
-    )
-    if "ray" in parts and not ray:
-        raise UsageError("The ray part needs --ray ADDRESS (local: a cluster started on this machine).")
-    if parts - set(PARTS):
-        raise UsageError(f"Unknown part(s) {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}.")
     dev = resolve_device(device)
-    cpu_bf16 = dev.type == "cpu" and bool(set(describe_cpu()[1]) & set(BF16_EXTENSIONS))
-    precisions = tuple(precision or (PRECISIONS if dev.type == "cuda" else ("fp32", "bf16") if cpu_bf16 else ("fp32",)))
-    for p in precisions:
-        check_precision(p, dev)
-    family = "audioclip"
-    if parts & {"model", "indexing", "query", "serve"} and not synthetic:
-        with contextlib.suppress(WeightsError):  # each part that needs the model says so in its own words
-            family = resolve(weights).family
-    if family == "clap":  # bf16 is AudioCLIP's (the ResNeXt autocast); CLAP runs in fp32 or tf32
-        precisions = tuple(p for p in precisions if p != "bf16") or ("fp32",)
+    plan = speed_parts.plan(only, ray, postgres, precision, dev, weights, synthetic)
     machine = bench.machine(dev)
     say = (lambda msg: None) if json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
-    figures: list[bench.Figure] = []
-    if "model" in parts and family == "clap":
-        say("model: skipped; it times AudioCLIP beside its reference (the families part times both models)…")
-    elif "model" in parts:
-        say("model: encode audio and text, beside the reference…")
-        also = precisions[1:] if dev.type == "cpu" else ()  # CUDA's precisions show in the indexing figures
-        figures += bench.model_speed(weights, str(dev), synthetic, precisions[0], also=also)
-    if "families" in parts:
-        from audiofind.bench import families
-
-        say("families: one 10 s window through each family's audio tower (random full-size weights)…")
-        for key, value in families.window_speed(str(dev)).items():
-            figures.append(bench.Figure(key, families.LABELS[key], value, "s"))
-    encoder = (
-        bench.bench_encoder(weights, str(dev), synthetic, precisions[0])
-        if parts & {"indexing", "query", "serve"}
-        else None
-    )
-    if "indexing" in parts and encoder is not None:  # (it is: loaded above for indexing)
-        say("indexing: decode-only, model-only, end to end…")
-        figures += bench.indexing_figures(encoder, precisions)
-    if "reindex" in parts:
-        say("re-index of 10,000 unchanged files…")
-        figures.append(bench.Figure("reindex_10k_s", "re-index 10,000 unchanged files", bench.reindex_speed(), "s"))
-    if "query" in parts and encoder is not None:  # (it is: loaded above for query)
-        say("warm query latency at 10k and 100k segments…")
-        for key, value in bench.query_speed(encoder).items():
-            size = key.split("_")[1]
-            figures.append(
-                bench.Figure(key, f"warm query at {size} segments (text encode + search + grouping)", value, "s")
-            )
-    if "names" in parts:
-        from audiofind.bench.names import names_speed
-
-        say("names: what hybrid adds to a query at 100k files, a names-only query, filling the full-text index…")
-        labels = {"hybrid_adds_100k_s": "hybrid adds to a query, 100k files (names ranked and fused)",
-                  "text_query_100k_s": "names-only query (--mode text), 100k files",
-                  "fts_fill_100k_s": "fill the names index of an existing 100k-file index"}  # fmt: skip
-        for key, value in names_speed().items():
-            figures.append(bench.Figure(key, labels.get(key, key), value, "s"))
-    if "cold" in parts:
-        from audiofind.bench import coldstart
-
-        say("cold search: a fresh process per query on a 100k-segment index, beside `import torch`…")
-        figures.append(
-            bench.Figure(
-                "cold_search_100k_s", "cold search, 100k segments (a new process)", coldstart.cold_search_bench(), "s"
-            )
-        )
-        figures.append(
-            bench.Figure(
-                "cold_search_clap_100k_s",
-                "cold search of a CLAP index, 100k segments (a new process)",
-                coldstart.cold_search_bench(family="clap"),
-                "s",
-            )
-        )
-        figures.append(
-            bench.Figure(
-                "import_torch_s", "python -c 'import torch' (for comparison)", coldstart.import_torch_seconds(), "s"
-            )
-        )
-    if "serve" in parts:
-        from audiofind.bench.serve import serve_speed
-
-        say("serve: warm search, a page of 50 results, first byte of a transcoded file…")
-        labels = {"serve_search_100k_s": "serve: warm search at 100k segments", "serve_page_50_s": "serve: page of 50 with cached peaks",
-                  "serve_first_byte_transcoded_s": "serve: first byte, transcoded", "serve_first_byte_seek_s": "serve: first byte after a seek"}  # fmt: skip
-        for key, value in serve_speed(
-            encoder or bench.bench_encoder(weights, str(dev), synthetic, precisions[0])
-        ).items():
-            figures.append(bench.Figure(key, labels.get(key, key), value, "s"))
-    if "duplicates" in parts:
-        from audiofind.bench import prints
-
-        say("duplicates: grouping 100,000 synthetic fingerprints…")
-        found = prints.grouping_speed(100_000)
-        figures.append(
-            bench.Figure("group_100k_prints_s", "group 100k fingerprints (duplicates)", found["seconds"], "s")
-        )
-        share = found["found"] / max(found["planted"], 1)
-        figures.append(bench.Figure("group_100k_copies_found", "planted copies found among them", share, "%"))
-    if "ray" in parts and ray:
-        from audiofind.bench.cluster import ray_figures
-
-        say(f"ray: one library indexed here and on the Ray cluster at {ray}…")
-        figures += ray_figures(weights, ray, device, precisions[0], synthetic, say=say)
-    if "postgres" in parts and (postgres or only):
-        figures += _postgres_figures(postgres, say)
-    if "training" in parts:
-        say("training throughput…")
-        train = bench.training_speed(str(dev))
-        figures.append(
-            bench.Figure(
-                "train_clips_per_s", "fine-tuning, batch 6 of 20 s crops", train["train_clips_per_s"], "clips/s"
-            )
-        )
-        figures.append(
-            bench.Figure(
-                "train_peak_memory_bytes", "fine-tuning peak memory", train["train_peak_memory_bytes"], "bytes"
-            )
-        )
+    figures = speed_parts.measure(plan, weights, dev, device, synthetic, ray, postgres, say)
 
     goals = targets(str(dev), machine["extensions"])
     rows = []
@@ -446,28 +309,3 @@ def speed(
         mark = "" if met is None else "[green]met[/]" if met else "[red]✗ missed[/]"
         table.add_row(f.label, _fmt(f.value, f.unit), ref, ratio, goal.text if goal else "", mark)
     console.print(table)
-
-
-def _postgres_figures(url: str | None, say: Callable[[str], None]) -> list:
-    """The PostgreSQL backend beside SQLite (bench.postgres), on url or on a server started here for it."""
-    from audiofind.bench import postgres as pg
-    from audiofind.bench import speed as bench
-    from audiofind.store.postgres.server import scratch_server
-
-    labels = {"load_segments_per_s": ("bulk insert (binary COPY)", "segments/s"), "query_ms": ("warm query", "s"),
-              "query_p90_ms": ("warm query, 90th percentile", "s"), "recall_at_10": ("recall@10 against exact", "%"),
-              "optimize_s": ("build the HNSW index", "s")}  # fmt: skip
-    with contextlib.ExitStack() as stack, bench.scratch_dir() as tmp:
-        target = url or stack.enter_context(scratch_server())
-        say("postgres: 100k and 1M synthetic segments, SQLite at 100k beside it, two writers…")
-        found = pg.postgres_speed(target, sqlite=str(Path(tmp) / "beside.db"), progress=say)
-    figures = []
-    for key, value in found.items():
-        sized = re.fullmatch(r"(pg|sqlite)_(.+)_(\d+k)", key)
-        backend, name, size = sized.groups() if sized else (key.split("_", 1) + [""])
-        where = "PostgreSQL" if backend == "pg" else "SQLite"
-        label, unit = labels.get(name, (name.replace("_", " "), "segments/s" if name.endswith("per_s") else "s"))
-        if name.endswith("_ms"):  # the figures table counts seconds
-            value, key = value / 1000, f"{backend}_{name.removesuffix('_ms')}_{size}_s"
-        figures.append(bench.Figure(key, f"{where}: {label}" + (f", {size}" if size else ""), value, unit))
-    return figures

@@ -28,23 +28,24 @@ from audiofind.store import FileEntry
 ASSETS = Path(__file__).parent / "assets"
 
 
+def threaded(handler: Callable[[Request], Response]) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint running handler in the thread pool (the store and the model block), with library errors as JSON."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await run_in_threadpool(handler, request)
+        except UsageError as e:
+            return _error(400, str(e))
+        except AudiofindError as e:
+            return _error(500, str(e))
+
+    return endpoint
+
+
 def create_app(
     library: Library, token: str, host: str = "127.0.0.1", port: int = 8765, peaks_dir: Path | None = None
 ) -> Starlette:
     """The application serving library to requests for host:port that carry token (peaks cached in peaks_dir)."""
-
-    def sync(handler: Callable[[Request], Response]) -> Callable[[Request], Awaitable[Response]]:
-        """An endpoint running handler in the thread pool, with library errors as JSON."""
-
-        async def endpoint(request: Request) -> Response:
-            try:
-                return await run_in_threadpool(handler, request)
-            except UsageError as e:
-                return _error(400, str(e))
-            except AudiofindError as e:
-                return _error(500, str(e))
-
-        return endpoint
 
     def search(request: Request) -> Response:
         p = params.parse(request.query_params.getlist)
@@ -114,13 +115,13 @@ def create_app(
         )
 
     routes = [
-        Route("/", sync(home)),
-        Route("/api/search", sync(search)),
-        Route("/api/like", sync(like)),
-        Route("/api/audio/{id:int}", sync(audio)),
-        Route("/api/region/{id:int}", sync(region_of)),
-        Route("/api/peaks/{id:int}", sync(peaks_of)),
-        Route("/api/status", sync(status)),
+        Route("/", threaded(home)),
+        Route("/api/search", threaded(search)),
+        Route("/api/like", threaded(like)),
+        Route("/api/audio/{id:int}", threaded(audio)),
+        Route("/api/region/{id:int}", threaded(region_of)),
+        Route("/api/peaks/{id:int}", threaded(peaks_of)),
+        Route("/api/status", threaded(status)),
         Route("/favicon.ico", favicon),
         Mount("/static", StaticFiles(directory=ASSETS)),
     ]

@@ -24,7 +24,7 @@ from audiofind.model.clap.config import CLAPConfig
 from audiofind.model.clap.encoder import ClapEncoder, share_towers
 from audiofind.model.clap.model import CLAP, from_state_dict
 from audiofind.model.clap.query import encode_texts
-from audiofind.train import data
+from audiofind.train import batches, data
 from audiofind.train.config import TrainConfig
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -80,9 +80,9 @@ class ClapCollate:
         return {"audio": audio, "tokens": tokens, "unreadable": [u for _, _, bad in items for u in bad]}
 
 
-def pairs(clips: data.ClipSet, seed: int, tokenizer: Path, cfg: CLAPConfig) -> tuple[data.PairDataset, ClapCollate]:
+def pairs(clips: data.ClipSet, seed: int, tokenizer: Path, cfg: CLAPConfig) -> tuple[batches.PairDataset, ClapCollate]:
     """CLAP's training pairs (random 10 s windows at 48 kHz) and how a batch of them is stacked."""
-    dataset = data.PairDataset(clips, frontend.WINDOW_SECONDS, seed, frontend.SAMPLE_RATE, window_crop)
+    dataset = batches.PairDataset(clips, frontend.WINDOW_SECONDS, seed, frontend.SAMPLE_RATE, window_crop)
     return dataset, ClapCollate(tokenizer, cfg.text.context_length)
 
 

@@ -1,5 +1,5 @@
 """Fine-tuning AudioCLIP or CLAP on captioned audio, nanoGPT style: config, setup, data, model, optimizer, loop,
-teardown. The model's family decides its forward, its crops and its tokenizer (CLAP's: train/clap.py).
+teardown (the run as it goes: train/run.py). The model's family decides its forward, its crops and its tokenizer (CLAP's: train/clap.py).
 
 It runs alone on the CPU or one GPU, or under `torchrun --nproc_per_node=N -m audiofind finetune ...` with the same
 code: the environment decides. Only rank 0 logs, reports progress and writes files. A run's folder (runfolder.py)
@@ -9,9 +9,8 @@ holds the checkpoint (resumed exactly with --resume), the snapshots of the best 
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,82 +26,23 @@ from audiofind.model.clap.config import CLAPConfig
 from audiofind.model.clap.model import CLAP
 from audiofind.model.config import AudioCLIPConfig
 from audiofind.model.load import from_state_dict
-from audiofind.train import clap, data, runfolder
-from audiofind.train.config import TrainConfig, check_config, config_dict, resumed_config
+from audiofind.train import batches, clap, data, runfolder
+from audiofind.train.config import TrainConfig, check_config, resumed_config
 from audiofind.train.loss import PairForward
-from audiofind.train.step import amp_context, apply_gradients, float32_matmuls, prepare_for_training, step_loss
-from audiofind.train.validation import score_validation
+from audiofind.train.run import (
+    Run,
+    RunState,
+    TrainResult,
+    checkpoint,
+    end_epoch,
+    record,
+    teardown,
+    train_step,
+    validation_scores,
+)
+from audiofind.train.step import amp_context, float32_matmuls, prepare_for_training
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a run did: how far it got, its validation scores, what it skipped, and the model it trained."""
-
-    name: str
-    path: Path | None  # the registered model file; None if the run stopped early, or on ranks other than 0
-    out: Path
-    finished: bool
-    step: int
-    total_steps: int
-    history: list[dict]  # per epoch: epoch, step, train_loss, R1, R5, R10, mAP10, ...
-    best_epochs: list[int]
-    final: dict | None  # validation metrics of the averaged model
-    problems: tuple[str, ...]  # data rows and files skipped when reading the sources
-    unreadable: tuple[str, ...]  # files that failed to decode during training (replaced by the next clip)
-    model: AudioCLIP | CLAP = field(repr=False)
-    baseline: dict | None = None  # validation metrics of the starting weights, before any step
-    thin: tuple[str, ...] = ()  # library files left out because their names and tags say too little
-    notes: tuple[str, ...] = ()  # what of the recipe does not apply to this model (CLAP: the fbsp regulariser)
-
-
-@dataclass
-class RunState:
-    """Where a run is: what a checkpoint keeps besides the weights, the optimizer and the random generators."""
-
-    step: int = 0
-    history: list[dict] = field(default_factory=list)  # one record per finished epoch
-    epoch_loss: list = field(default_factory=lambda: [0.0, 0])  # the epoch's summed step losses, and its steps
-    unreadable: set[str] = field(default_factory=set)
-    baseline: dict | None = None
-
-
-@dataclass(frozen=True)
-class Run:
-    """What stays fixed while a run trains: its recipe, its place among the ranks, its data, model and optimizer."""
-
-    cfg: TrainConfig
-    rank: int
-    world: int
-    device: torch.device
-    amp: AbstractContextManager
-    out: Path
-    train_set: data.ClipSet
-    val_set: data.ClipSet
-    steps_per_epoch: int
-    model_cfg: AudioCLIPConfig | CLAPConfig
-    base: dict  # name and sha256 of the starting weights, and a CLAP model's tokenizer folder
-    model: AudioCLIP | CLAP  # the unwrapped model: what is saved
-    step_model: torch.nn.Module  # what steps: PairForward, under DDP on several ranks
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    on_metrics: Callable[[dict], None] | None
-
-    @property
-    def tokenizer(self) -> Path | None:
-        """A CLAP model's tokenizer folder (its starting model's), None for AudioCLIP."""
-        return Path(self.base["tokenizer"]) if self.base.get("tokenizer") else None
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0, the only process that logs and writes files."""
-        return self.rank == 0
-
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps of the whole run."""
-        return self.cfg.epochs * self.steps_per_epoch
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -163,7 +103,7 @@ def _finetune(
     train_set, val_set = data.load_sources(
         cfg.clotho, cfg.audiocaps, cfg.captions, cfg.val_fraction, cfg.seed, cfg.library, cfg.db
     )
-    steps_per_epoch = len(data.epoch_batches(len(train_set), 0, cfg.seed, cfg.batch, rank, world)) // cfg.accum
+    steps_per_epoch = len(batches.epoch_batches(len(train_set), 0, cfg.seed, cfg.batch, rank, world)) // cfg.accum
     if steps_per_epoch == 0:
         raise DatasetError(
             f"{len(train_set)} training clips do not fill one step of {cfg.batch} x {cfg.accum} pairs; "
@@ -223,56 +163,21 @@ def _finetune(
 
     # ---- the starting weights scored on the validation set, so the run can say what fine-tuning changed
     if not ckpt:
-        state.baseline = _validation_scores(run, rank, world)
-        _record(run, {"kind": "baseline", "step": 0, **state.baseline})
+        state.baseline = validation_scores(run, rank, world)
+        record(run, {"kind": "baseline", "step": 0, **state.baseline})
 
     # ---- the loop
-    last = time.perf_counter()
-    loader, order = data.pair_loader(dataset, cfg.workers, pin=device.type == "cuda", collate_fn=collate_fn)
-    while state.step < run.total_steps and (cfg.max_steps is None or state.step < cfg.max_steps):
-        epoch, first = divmod(state.step, steps_per_epoch)
-        batches = data.epoch_batches(len(train_set), epoch, cfg.seed, cfg.batch, rank, world)
-        order.set(batches[first * cfg.accum : steps_per_epoch * cfg.accum], epoch)
-        micro = iter(loader)
-        for _ in range(first, steps_per_epoch):
-            lr = lr_at(state.step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = _train_step(run, state, micro)
-            state.step += 1
-            state.epoch_loss = [state.epoch_loss[0] + loss, state.epoch_loss[1] + 1]
-            now = time.perf_counter()
-            _record(
-                run,
-                {
-                    "kind": "step",
-                    "step": state.step,
-                    "epoch": epoch + 1,
-                    "loss": loss,
-                    "lr": lr,
-                    "clips_per_s": cfg.batch * cfg.accum / max(now - last, 1e-9),
-                },
-            )
-            last = now
-            if progress:
-                progress(state.step, run.total_steps)
-            if state.step % steps_per_epoch == 0:  # the epoch's end: score, checkpoint, keep the best snapshots
-                _end_epoch(run, state, epoch + 1)
-                last = time.perf_counter()
-            elif state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
-                _checkpoint(run, state)
-            if state.step == cfg.max_steps:
-                break
+    _loop(run, state, dataset, collate_fn, progress)
 
     # ---- teardown: rank 0 averages the best epochs, scores the average and registers it
-    return replace(_teardown(run, state), notes=tuple(notes))
+    return replace(teardown(run, state), notes=tuple(notes))
 
 
-def _pairs(run: Run) -> tuple[data.PairDataset, Callable[[list], dict]]:
+def _pairs(run: Run) -> tuple[batches.PairDataset, Callable[[list], dict]]:
     """The training pairs and how a batch of them is stacked, as the model's family takes them."""
     if isinstance(run.model, CLAP) and run.tokenizer is not None:
         return clap.pairs(run.train_set, run.cfg.seed, run.tokenizer, run.model.cfg)
-    return data.PairDataset(run.train_set, run.cfg.crop_seconds, run.cfg.seed), data.collate
+    return batches.PairDataset(run.train_set, run.cfg.crop_seconds, run.cfg.seed), batches.collate
 
 
 def _check_new_run(out: Path, name: str) -> None:
@@ -346,147 +251,48 @@ def _resumed_state(
     return state
 
 
-def _train_step(run: Run, state: RunState, micro: Iterator[dict]) -> float:
-    """One optimizer step over cfg.accum micro-batches; returns its loss."""
-    cfg, loss_sum = run.cfg, 0.0
-    for k in range(cfg.accum):
-        batch = next(micro)
-        for reason in set(batch["unreadable"]) - state.unreadable:
-            log.warning("unreadable, replaced by the next clip: %s", reason)
-        state.unreadable.update(batch["unreadable"])
-        if isinstance(run.step_model, DDP):  # sync gradients on the last micro-step only
-            run.step_model.require_backward_grad_sync = k == cfg.accum - 1
-        audio = batch["audio"].to(run.device, non_blocking=True)
-        loss = step_loss(run.step_model, audio, batch["tokens"].to(run.device, non_blocking=True), cfg, run.amp)
-        run.scaler.scale(loss / cfg.accum).backward()
-        loss_sum += loss.item() / cfg.accum
-    apply_gradients(run.model, run.optimizer, run.scaler, cfg.grad_clip)
-    return loss_sum
-
-
-def _end_epoch(run: Run, state: RunState, epoch: int) -> None:
-    """Score the epoch, then save: the checkpoint first, since the snapshot and the log line can be made from it."""
-    scores = _validation_scores(run, run.rank, run.world)
-    state.history.append(
-        {"epoch": epoch, "step": state.step, "train_loss": state.epoch_loss[0] / state.epoch_loss[1], **scores}
-    )
-    state.epoch_loss = [0.0, 0]
-    _checkpoint(run, state)
-    if run.is_main:
-        keep = runfolder.best_epochs(state.history, run.cfg.average_top)
-        if epoch in keep:
-            runfolder.save_snapshot(run.out, epoch, run.model.state_dict())
-        runfolder.prune_snapshots(run.out, keep)
-    _record(run, {"kind": "epoch", **state.history[-1]})
-
-
-def _checkpoint(run: Run, state: RunState) -> None:
-    """Everything an exact resume needs; gathering the random states is a collective, so every rank calls this."""
-    rng = _rng_states(run.device, run.world)
-    if run.is_main:
-        runfolder.save_checkpoint(
-            run.out,
-            {
-                "model": run.model.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
-                "scaler": run.scaler.state_dict(),
-                "step": state.step,
-                "history": state.history,
-                "epoch_loss": state.epoch_loss,
-                "unreadable": sorted(state.unreadable),
-                "rng": rng,
-                "train_config": config_dict(run.cfg),
-                "model_config": run.model_cfg.to_dict(),
-                "base": run.base,
-                "baseline": state.baseline,
-            },
-        )
-
-
-def _rng_states(device: torch.device, world: int) -> list[dict]:
-    """Every rank's CPU and CUDA generator states, in rank order."""
-    mine = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    if world == 1:
-        return [mine]
-    states: list = [None] * world
-    dist.all_gather_object(states, mine)
-    return states
-
-
-def _validation_scores(run: Run, rank: int, world: int) -> dict:
-    """The model's validation metrics, without the list of clips that could not be decoded."""
-    cfg = run.cfg
-    scores = score_validation(
-        run.model, run.val_set, run.device, run.amp, cfg.workers, cfg.val_seconds, rank, world, run.tokenizer
-    )
-    return {k: v for k, v in scores.items() if k != "unreadable"}
-
-
-def _record(run: Run, entry: dict) -> None:
-    """Append one record to the metrics log and hand it to on_metrics (rank 0 only)."""
-    if run.is_main:
-        runfolder.append_record(run.out, entry)
-        if run.on_metrics:
-            run.on_metrics(entry)
-
-
-def _teardown(run: Run, state: RunState) -> TrainResult:
-    """The result; on rank 0 of a finished run also the average of the best epochs, registered with its card."""
-    finished = state.step >= run.total_steps
-    if run.world > 1:
-        for buffer in run.model.buffers():  # every rank ends with rank 0's BatchNorm statistics, the ones saved
-            dist.broadcast(buffer, 0)
-        dist.barrier()
-    result = TrainResult(
-        run.cfg.name,
-        None,
-        run.out,
-        finished,
-        state.step,
-        run.total_steps,
-        state.history,
-        runfolder.best_epochs(state.history, run.cfg.average_top),
-        None,
-        run.train_set.problems + run.val_set.problems,
-        tuple(sorted(state.unreadable)),
-        run.model,
-        state.baseline,
-        run.train_set.thin,
-    )
-    if not (finished and run.is_main):
-        return result
-    run.model.load_state_dict(runfolder.average_snapshots(run.out, result.best_epochs))
-    final = _validation_scores(run, 0, 1)
-    card = _card(run, result, final)
-    model_state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
-    path = weights.save_model(model_state, run.cfg.name, run.model_cfg.to_dict(), card, run.tokenizer)
-    runfolder.write_card(run.out, card)
-    _record(run, {"kind": "final", "step": state.step, "epochs": result.best_epochs, **final})
-    return replace(result, path=path, final=final)
-
-
-def _card(run: Run, result: TrainResult, final: dict) -> dict:
-    """The model card: the base weights, the recipe, the data and the validation scores before and after."""
-    train_set, val_set = run.train_set, run.val_set
-    return {
-        "description": f"{'CLAP' if run.tokenizer else 'AudioCLIP'} fine-tuned on {train_set.name} from {run.base['name']}.",
-        "base": run.base,
-        "recipe": config_dict(run.cfg),
-        "model_config": run.model_cfg.to_dict(),
-        "data": {
-            "train": train_set.name,
-            "train_clips": len(train_set),
-            "left_out_thin_names": len(train_set.thin),
-            "validation": val_set.name,
-            "validation_clips": len(val_set),
-            "skipped_rows": len(result.problems),
-            "unreadable_files": len(result.unreadable),
-        },
-        "validation": {
-            "averaged_epochs": result.best_epochs,
-            "before": result.baseline,
-            "final": final,
-            "history": result.history,
-        },
-        "not_applied": clap.notes(run.cfg) if run.tokenizer else [],
-    }
+def _loop(
+    run: Run,
+    state: RunState,
+    dataset: batches.PairDataset,
+    collate_fn: Callable[[list], dict],
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Train from state.step to the run's end (or --max-steps): steps, records, epoch ends and checkpoints."""
+    cfg, steps_per_epoch = run.cfg, run.steps_per_epoch
+    last = time.perf_counter()
+    loader, order = batches.pair_loader(dataset, cfg.workers, pin=run.device.type == "cuda", collate_fn=collate_fn)
+    while state.step < run.total_steps and (cfg.max_steps is None or state.step < cfg.max_steps):
+        epoch, first = divmod(state.step, steps_per_epoch)
+        mine = batches.epoch_batches(len(run.train_set), epoch, cfg.seed, cfg.batch, run.rank, run.world)
+        order.set(mine[first * cfg.accum : steps_per_epoch * cfg.accum], epoch)
+        micro = iter(loader)
+        for _ in range(first, steps_per_epoch):
+            lr = lr_at(state.step, cfg)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            loss = train_step(run, state, micro)
+            state.step += 1
+            state.epoch_loss = [state.epoch_loss[0] + loss, state.epoch_loss[1] + 1]
+            now = time.perf_counter()
+            record(
+                run,
+                {
+                    "kind": "step",
+                    "step": state.step,
+                    "epoch": epoch + 1,
+                    "loss": loss,
+                    "lr": lr,
+                    "clips_per_s": cfg.batch * cfg.accum / max(now - last, 1e-9),
+                },
+            )
+            last = now
+            if progress:
+                progress(state.step, run.total_steps)
+            if state.step % steps_per_epoch == 0:  # the epoch's end: score, checkpoint, keep the best snapshots
+                end_epoch(run, state, epoch + 1)
+                last = time.perf_counter()
+            elif state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
+                checkpoint(run, state)
+            if state.step == cfg.max_steps:
+                break

@@ -14,7 +14,7 @@ from audiofind.model.audioclip import AudioCLIP
 from audiofind.model.clap.model import CLAP
 from audiofind.model.embedder import Embedder
 from audiofind.model.encoder import from_model
-from audiofind.train import data
+from audiofind.train import batches, data
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def score_validation(
     failed: dict[int, str] = {}
     with amp or nullcontext():
         pending: list[tuple[int, np.ndarray]] = []
-        for j, x in data.file_loader([clips.clips[i].path for i in mine], max_seconds, workers, enc.sample_rate):
+        for j, x in batches.file_loader([clips.clips[i].path for i in mine], max_seconds, workers, enc.sample_rate):
             if isinstance(x, str):
                 failed[mine[j]] = x
             else:
