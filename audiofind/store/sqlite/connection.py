@@ -14,6 +14,7 @@ import sqlite_vec
 from audiofind.errors import AudiofindError, IndexBusy, IndexNotFound, StorageError
 from audiofind.store.records import ModelBinding, norm_path
 from audiofind.store.sqlite import filters, fulltext, meta
+from audiofind.store.sqlite.typed import scalar
 
 BUSY_TIMEOUT_MS = 5_000
 MMAP_BYTES = 1 << 32 if sys.maxsize > 1 << 32 else 0  # address space only; pages load on demand
@@ -133,7 +134,7 @@ def empty_log(conn: apsw.Connection, path: Path, staged: Path) -> None:
     """Checkpoint the index's write-ahead log until it is empty, so a rebuilt file can be renamed over it (else the
     log's pages would apply to the new file); StorageError if readers keep it busy past SWAP_WAIT."""
     deadline = time.monotonic() + SWAP_WAIT
-    while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+    while scalar(conn, "PRAGMA wal_checkpoint(TRUNCATE)"):
         if time.monotonic() > deadline:
             raise StorageError(
                 f"Readers keep {path} busy, so the rebuilt index could not replace it; it is ready at {staged}: run "

@@ -10,6 +10,7 @@ import logging
 import apsw
 
 from audiofind.store.headers import read
+from audiofind.store.sqlite.typed import fetch
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,11 @@ def fill(conn: apsw.Connection) -> int:
     )
     done: set[str] = set()
     tried = 0
-    for hash, path, size, mtime_ns in conn.execute(sql).fetchall():
+    for hash, path, size, mtime_ns in fetch(conn, sql):
         if hash in done:
             continue
         tried += 1
-        info = read(str(path), int(size), int(mtime_ns))  # columns of known types
+        info = read(path, size, mtime_ns)
         if info is not None:
             update = "UPDATE audio SET container = ?, codec = ?, bits = ? WHERE hash = ?"
             conn.execute(update, (info.container, info.codec, info.bits, hash))

@@ -17,6 +17,7 @@ import numpy as np
 from audiofind.store import vectors as vec
 from audiofind.store.records import AudioRow, FileRow, Hit, ModelBinding, folder_prefix, norm_path
 from audiofind.store.sqlite import meta
+from audiofind.store.sqlite.typed import fetch, scalar
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def upsert(conn: apsw.Connection, row: FileRow) -> None:
 def remove(conn: apsw.Connection, paths: list[str]) -> int:
     """Delete the files at paths and collect their contents; how many were stored."""
     sql = "DELETE FROM files WHERE path IN (SELECT value FROM json_each(?)) RETURNING hash"
-    found = conn.execute(sql, (json.dumps(paths),)).fetchall()
+    found = fetch(conn, sql, (json.dumps(paths),))
     collect(conn, {h for (h,) in found if h})
     return len(found)
 
@@ -173,7 +174,7 @@ def fetch_vectors(conn: apsw.Connection, ids: list[int] | np.ndarray, dim: int) 
 
 def segment_vectors(conn: apsw.Connection, hash: str, dim: int) -> tuple[list[tuple[float, float]], np.ndarray]:
     """The segments (start, end) of one content and their unit vectors (N, D), in time order."""
-    found = conn.execute('SELECT id, start, "end" FROM segments WHERE hash = ? ORDER BY start, id', (hash,)).fetchall()
+    found = fetch(conn, 'SELECT id, start, "end" FROM segments WHERE hash = ? ORDER BY start, id', (hash,))
     _, v = fetch_vectors(conn, [i for i, _, _ in found], dim)  # in the order asked: written together
     return [(start, end) for _, start, end in found], v
 
@@ -182,7 +183,7 @@ def freeze_centre(conn: apsw.Connection, dim: int) -> bool:
     """Once the index is big enough, fix the centre of the binary codes and code every segment; True if it did."""
     if "centre" in meta.read(conn):
         return False
-    if conn.execute("SELECT count(*) FROM segments").fetchone()[0] < CENTRE_AFTER:
+    if scalar(conn, "SELECT count(*) FROM segments") < CENTRE_AFTER:
         return False
     ids = [i for (i,) in conn.execute("SELECT id FROM segments ORDER BY id")]
     found, v = fetch_vectors(conn, ids, dim)
@@ -196,7 +197,7 @@ def freeze_centre(conn: apsw.Connection, dim: int) -> bool:
 
 def counts(conn: apsw.Connection) -> dict:
     """What `status` counts of the files and contents stored, with the failures and warnings by path."""
-    one = lambda sql: conn.execute(sql).fetchone()[0]
+    one = lambda sql: scalar(conn, sql)
     listed = lambda status: list(conn.execute(f"SELECT path, error FROM files WHERE {status} ORDER BY path"))
     return {
         "files": one("SELECT count(*) FROM files"),

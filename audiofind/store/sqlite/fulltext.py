@@ -15,6 +15,7 @@ import apsw
 from audiofind.audio.names import words
 from audiofind.store.records import Hit, NameQuery, norm_path
 from audiofind.store.sqlite.files import HIT_COLUMNS, hit
+from audiofind.store.sqlite.typed import fetch, scalar
 from audiofind.store.words import COLUMNS, TOKENIZER, file_words
 
 TABLE = "file_words"
@@ -36,7 +37,8 @@ END;
 
 def register(conn: apsw.Connection) -> None:
     """Make `file_words(path, root, tags, part)` callable from this connection's SQL (its triggers need it)."""
-    conn.create_scalar_function("file_words", file_words, 4, deterministic=True)
+    # apsw types every scalar function as variadic; SQLite calls this one with exactly four arguments
+    conn.create_scalar_function("file_words", file_words, 4, deterministic=True)  # type: ignore[arg-type]
 
 
 def create(conn: apsw.Connection) -> None:
@@ -79,7 +81,7 @@ def ranked(conn: apsw.Connection, q: NameQuery, limit: int, cond: str = "", para
         f"SELECT {HIT_COLUMNS}, m.score FROM ({pick}) m JOIN files f ON f.id = m.id "
         f"JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok'{cond} ORDER BY m.score, m.id LIMIT ?"
     )
-    found = conn.execute(sql, [expr, *(params or []), int(limit)]).fetchall()
+    found = fetch(conn, sql, [expr, *(params or []), int(limit)])
     roots: dict[str, bool] = {}
     return [hit(row[:-1], -float(row[-1]), None, None, roots) for row in found]
 
@@ -102,4 +104,4 @@ def refill(conn: apsw.Connection) -> int:
     for suffix in ("insert", "update", "delete"):
         conn.execute(f"DROP TRIGGER IF EXISTS {TABLE}_{suffix}")
     create(conn)
-    return conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+    return int(scalar(conn, f"SELECT count(*) FROM {TABLE}"))

@@ -16,6 +16,7 @@ from audiofind.store import vectors as vec
 from audiofind.store.records import Filters, Hit, ModelBinding
 from audiofind.store.sqlite import files, meta
 from audiofind.store.sqlite.filters import conditions, ids_json
+from audiofind.store.sqlite.typed import fetch
 
 EXACT_MAX = 2048  # up to this many segments (after filters) every one is scored exactly
 CANDIDATES = 1000  # segments re-scored exactly per query vector, at least
@@ -94,7 +95,7 @@ def codes(conn: apsw.Connection, path: str) -> vec.Codes | None:
             found = vec.Codes.from_bytes(saved[1])
         else:
             sql = f"SELECT id, hash, code FROM segments WHERE code IS NOT NULL AND {_DONE} ORDER BY id"
-            found = vec.Codes.from_rows(np.frombuffer(centre, np.float32), conn.execute(sql).fetchall())
+            found = vec.Codes.from_rows(np.frombuffer(centre, np.float32), fetch(conn, sql))
     _SHARED[path] = (key, found)
     return found
 

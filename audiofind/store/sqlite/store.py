@@ -36,6 +36,7 @@ from audiofind.store.records import (
 from audiofind.store.sqlite import dump, files, fulltext, meta, migrations, search
 from audiofind.store.sqlite.connection import connect, empty_log, remove_files, staging_path, storage_error, writer_lock
 from audiofind.store.sqlite.filters import conditions, json_list
+from audiofind.store.sqlite.typed import fetch, scalar
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class SqliteStore:
         """How many leading windows of an unfinished content are already committed (0 if none)."""
         if not files.is_partial(self.conn, hash):
             return 0
-        return self.conn.execute("SELECT count(*) FROM segments WHERE hash = ?", (hash,)).fetchone()[0]
+        return int(scalar(self.conn, "SELECT count(*) FROM segments WHERE hash = ?", (hash,)))
 
     def partial_duration(self, hash: str) -> float:
         """Seconds covered by the committed windows of an unfinished content."""
@@ -251,7 +252,7 @@ class SqliteStore:
 
     def drop_partials(self, keep: Iterable[str] = (), paths: Iterable[str] | None = None) -> int:
         """Forget unfinished contents (all, or those begun for these paths) except the hashes in keep."""
-        found = self.conn.execute("SELECT hash, path FROM partial").fetchall()
+        found = fetch(self.conn, "SELECT hash, path FROM partial")
         wanted = None if paths is None else {norm_path(p) for p in paths}
         kept = set(keep)
         drop = [h for h, p in found if h not in kept and (wanted is None or p in wanted)]
@@ -363,7 +364,7 @@ class SqliteStore:
 
     def stats(self) -> Stats:
         """Counts, sizes and failures for `audiofind status`."""
-        one = lambda sql: self.conn.execute(sql).fetchone()[0]
+        one = lambda sql: scalar(self.conn, sql)
         size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
         times = (one("SELECT max(indexed_at) FROM files"), one("SELECT max(last_indexed_at) FROM roots"))
         last = [t for t in times if t is not None]
