@@ -17,6 +17,7 @@ import audiogen
 import numpy as np
 import pytest
 from indexkit import check_consistent, counting, snapshot
+from librarykit import make_library
 from modelkit import register_tiny
 from typer.testing import CliRunner
 
@@ -25,7 +26,6 @@ from audiofind.library import cluster as cluster_module
 from audiofind.library.cluster import ClusterError, connect
 from audiofind.library.sync import load_checked, prepare, sync
 from audiofind.store.sqlite.store import SqliteStore
-from test_index import make_library
 
 ROOT = Path(__file__).parent.parent
 runner = CliRunner()

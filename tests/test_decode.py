@@ -208,14 +208,14 @@ def test_a_crop_is_decoded_only_up_to_its_end(tmp_path: Path, monkeypatch: pytes
     short = ag.write_audio(tmp_path / "short.flac", ag.sine(440, 0.5))
     whole = load_audio(path)
     decoded: list[int] = []
-    plain = decode._decode
+    plain = decode.decoded_pieces
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         for x in plain(*args, **kwargs):
             decoded.append(len(x))
             yield x
 
-    monkeypatch.setattr(decode, "_decode", counting)
+    monkeypatch.setattr(decode, "decoded_pieces", counting)
     n = 5 * SAMPLE_RATE
     for seed in range(6):
         decoded.clear()

@@ -698,7 +698,7 @@ def test_symlink_loops_are_walked_once_in_bounded_memory(tmp_path: Path, audiofi
 
 
 def test_json_lines_keep_non_ascii_paths_and_carry_counts() -> None:
-    from audiofind.cli.watch import _json_line
+    from audiofind.cli.watch import json_line
 
-    line = _json_line(Event("kept", "/sons/forêt", reason="2 of 3 are gone", count=2))
+    line = json_line(Event("kept", "/sons/forêt", reason="2 of 3 are gone", count=2))
     assert "forêt" in line and json.loads(line)["count"] == 2 and json.loads(line)["reason"] == "2 of 3 are gone"

@@ -209,7 +209,7 @@ class _NonFinite(Exception):
     """A decoded frame holds NaN or infinite samples (float WAV, AIFF-C or CAF can store them)."""
 
 
-def _decode(path: Path, max_samples: int | None = None, rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+def decoded_pieces(path: Path, max_samples: int | None = None, rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """Mono float32 int16-range pieces of any length at `rate`; checks the whole file once it ends."""
     path = Path(path)
     with _open(path) as (container, stream):
@@ -285,7 +285,7 @@ def stream_audio(path: Path, chunk_seconds: float = CHUNK_SECONDS, rate: int = S
     n = _n_samples(chunk_seconds, "chunk", rate)
     pieces: list[np.ndarray] = []
     held = 0
-    for x in _decode(path, rate=rate):
+    for x in decoded_pieces(path, rate=rate):
         pieces.append(x)
         held += len(x)
         if held >= n:
@@ -300,7 +300,7 @@ def stream_audio(path: Path, chunk_seconds: float = CHUNK_SECONDS, rate: int = S
 def load_audio(path: Path, max_seconds: float | None = None, rate: int = SAMPLE_RATE) -> np.ndarray:
     """The whole file (or its first max_seconds) as one (N,) float32 int16-range mono array at `rate`."""
     limit = None if max_seconds is None else _n_samples(max_seconds, "duration limit", rate)
-    pieces = list(_decode(path, max_samples=limit, rate=rate))
+    pieces = list(decoded_pieces(path, max_samples=limit, rate=rate))
     return np.concatenate(pieces)[:limit]
 
 
@@ -312,7 +312,7 @@ def load_crop(path: Path, n: int, rng: np.random.Generator, rate: int = SAMPLE_R
         return pad_or_crop(load_audio(path, rate=rate), n, rng)
     start = int(rng.integers(0, total - n + 1))
     kept, seen = [], 0
-    for x in _decode(path, max_samples=start + n, rate=rate):
+    for x in decoded_pieces(path, max_samples=start + n, rate=rate):
         if seen + len(x) > start:
             kept.append(x[max(0, start - seen) :])
         seen += len(x)

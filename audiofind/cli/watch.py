@@ -44,7 +44,7 @@ def _as_json(e: "Event") -> dict:
     return out
 
 
-def _json_line(e: "Event") -> str:
+def json_line(e: "Event") -> str:
     """The --json line: UTF-8 as every command prints JSON, not ASCII escapes."""
     return json_text(_as_json(e))
 
@@ -93,7 +93,7 @@ def watch_cmd(
 
     def on_event(e: Event) -> None:
         if json_out:
-            typer.echo(_json_line(e))
+            typer.echo(json_line(e))
         else:
             console.print(_as_text(e), highlight=False, soft_wrap=True)  # one line, however long the path
 
