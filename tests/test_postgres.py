@@ -331,7 +331,8 @@ def test_machines_share_a_named_root_wherever_they_mount_it(pg_url: str, tmp_pat
         assert ix.stats().files == 2 and ix.get_file(b / "doors" / "slam.wav") is not None
     monkeypatch.setenv("AUDIOFIND_HOST", "laptop")  # only reads: maps the name in its own data folder
     out = json.loads(cli("roots", "--db", pg_url, "--json"))
-    assert out == [{"name": "sfx", "path": None, "mounted": False, "files": 2, "last_indexed": out[0]["last_indexed"]}]
+    assert out == [{"name": "sfx", "path": None, "mounted": False, "state": "not mounted", "files": 2,
+                    "last_indexed": out[0]["last_indexed"]}]  # fmt: skip
     assert "not mounted here" in cli("roots", "--db", pg_url)
     cli("roots", "map", "sfx", tmp_path / "laptop-sfx")
     with open_store(pg_url) as ix:
