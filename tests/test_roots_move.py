@@ -133,3 +133,15 @@ def test_only_a_folder_holding_most_of_a_missing_roots_sounds_is_a_move(tmp_path
     make_library(other, {k: v * 1.5 for k, v in SOUNDS.items()})
     report = as_json("index", other, "-w", "tiny", "--db", db)
     assert (report["relocated"], report["embedded"]) == ([], len(SOUNDS))
+
+
+def test_a_root_indexed_before_is_not_new_whatever_ext_asks(tmp_path: Path) -> None:
+    register_tiny()
+    old, new, db = tmp_path / "old", tmp_path / "new", tmp_path / "index.db"
+    make_library(old, {"Doors/one.flac": 300, "two.flac": 500})
+    make_library(new, {"kept.wav": 100})
+    invoke("index", old, new, "-w", "tiny", "--db", db)
+    shutil.copytree(old, new, dirs_exist_ok=True)  # the old library merged into a root indexed before
+    shutil.rmtree(old)
+    report = as_json("index", new, "--ext", "flac", "-w", "tiny", "--db", db)  # known under new: no .flac yet
+    assert (report["relocated"], report["reused"], report["embedded"]) == ([], 2, 0)

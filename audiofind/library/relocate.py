@@ -71,6 +71,8 @@ def find(index: Store, fresh: list[Path], on_disk: list[Work]) -> list[Relocatio
     stored = {r.path: [f for f in index.files_under([r.path]) if f.status == "ok" and f.hash] for r in missing}
     found = []
     for root in fresh:
+        if index.files_under([root]):  # it holds files of other extensions than this run's --ext: not new
+            continue
         here = {os.path.relpath(w.path, root): w for w in on_disk if w.root == str(root)}
         best: Relocation | None = None
         for old, rows in stored.items():
