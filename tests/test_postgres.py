@@ -331,7 +331,8 @@ def test_machines_share_a_named_root_wherever_they_mount_it(pg_url: str, tmp_pat
         assert ix.stats().files == 2 and ix.get_file(b / "doors" / "slam.wav") is not None
     monkeypatch.setenv("AUDIOFIND_HOST", "laptop")  # only reads: maps the name in its own data folder
     out = json.loads(cli("roots", "--db", pg_url, "--json"))
-    assert out == [{"name": "sfx", "path": None, "mounted": False, "files": 2, "last_indexed": out[0]["last_indexed"]}]
+    assert out == [{"name": "sfx", "path": None, "mounted": False, "state": "not mounted", "files": 2,
+                    "last_indexed": out[0]["last_indexed"]}]  # fmt: skip
     assert "not mounted here" in cli("roots", "--db", pg_url)
     cli("roots", "map", "sfx", tmp_path / "laptop-sfx")
     with open_store(pg_url) as ix:
@@ -342,6 +343,40 @@ def test_machines_share_a_named_root_wherever_they_mount_it(pg_url: str, tmp_pat
     cli("roots", "unmap", "sfx")
     with open_store(pg_url) as ix:
         assert ix.roots()[0].path == "sfx:"
+
+
+def test_a_moved_root_keeps_its_name_and_only_this_machine_remaps_it(pg_url: str, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    a, moved, b = tmp_path / "studio-a" / "sfx", tmp_path / "studio-a" / "new-mount", tmp_path / "studio-b" / "sfx"
+    for folder in (moved, b):
+        folder.mkdir(parents=True)
+    monkeypatch.setenv("AUDIOFIND_HOST", "studio-a")
+    with open_store(pg_url, create=True) as ix:
+        ix.bind_model(BINDING)
+        ix.mount_root(a, "sfx")
+        ix.add_file(FileRow(str(a / "doors" / "creak.wav"), str(a), 1, 1, "h"), AudioRow("h", 1.0, 44100, 1),
+                    [(0.0, 1.0)], np.ones((1, 16)))  # fmt: skip
+    monkeypatch.setenv("AUDIOFIND_HOST", "studio-b")
+    with open_store(pg_url, create=True) as ix:
+        ix.mount_root(b, "sfx")
+    monkeypatch.setenv("AUDIOFIND_HOST", "studio-a")
+    with open_store(pg_url, create=True) as ix:
+        assert [(r.name, r.available) for r in ix.roots()] == [("sfx", False)]  # a was never made: missing
+        before = snapshot(ix)
+        assert ix.move_root(a, moved) == 1
+        assert [(r.name, r.path, r.files, r.available) for r in ix.roots()] == [("sfx", str(moved), 1, True)]
+        assert [h.path for h in ix.search(np.ones(16), 5)] == [str(moved / "doors" / "creak.wav")]
+        # Stored below the root by name: no file row changed, only where this machine finds them.
+        assert list(snapshot(ix)["files"].values()) == list(before["files"].values())
+    monkeypatch.setenv("AUDIOFIND_HOST", "studio-b")  # the other machine's mount is its own
+    with open_store(pg_url) as ix:
+        assert [h.path for h in ix.search(np.ones(16), 5)] == [str(b / "doors" / "creak.wav")]
+    monkeypatch.setenv("AUDIOFIND_HOST", "laptop")  # a machine that maps the root in roots.json
+    cli("roots", "map", "sfx", tmp_path / "laptop" / "sfx")
+    (tmp_path / "laptop" / "elsewhere").mkdir(parents=True)
+    with open_store(pg_url, create=True) as ix:
+        ix.move_root(tmp_path / "laptop" / "sfx", tmp_path / "laptop" / "elsewhere")
+    with open_store(pg_url) as ix:  # the mapping follows, or it would still win over the mounts table
+        assert [r.path for r in ix.roots()] == [str(tmp_path / "laptop" / "elsewhere")]
 
 
 # The command line against a server: index, search, status, db copy.

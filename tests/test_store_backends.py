@@ -500,8 +500,9 @@ def test_stats(index: Store, tmp_path: Path) -> None:
     assert s.model == BINDING and s.schema_version >= 5 and not s.quantised
     assert s.path == index.location and s.size_bytes > 0
     assert s.last_update == pytest.approx(time.time(), abs=60)
-    assert set(s.as_dict()) == {"path", "size_bytes", "schema_version", "model", "sha256", "precision", "roots", "files", "ok",
-                                "failed", "segments", "audio_hours", "last_update", "failures", "warnings"}  # fmt: skip
+    assert set(s.as_dict()) == {"path", "size_bytes", "schema_version", "model", "sha256", "precision", "roots",
+                                "root_state", "files", "ok", "failed", "segments", "audio_hours", "last_update",
+                                "failures", "warnings"}  # fmt: skip
 
 
 def test_roots_are_named_counted_and_mounted_here(index: Store, tmp_path: Path) -> None:
@@ -532,6 +533,94 @@ def test_roots_are_named_counted_and_mounted_here(index: Store, tmp_path: Path) 
     index.remove_files([tmp_path / "a" / "x.wav"])
     index.forget_root(tmp_path / "a")
     assert [r.path for r in index.roots()] == [str(tmp_path / "b")]
+
+
+def test_a_moved_root_keeps_its_files_vectors_ids_and_names(index: Store, tmp_path: Path) -> None:
+    old, new, other = tmp_path / "Old Library", tmp_path / "Moved Library", tmp_path / "shelf" / "other"
+    for folder in (old, new, other):
+        folder.mkdir(parents=True)
+    for root in (old, other):
+        index.mount_root(root)
+    v = np.random.default_rng(1).normal(size=(2, D))
+    add(index, old / "Doors" / "Wood_Creak.wav", "h1", v, root=old)
+    add(index, old / "Doors" / "Creak copy.wav", "h1", root=old)
+    index.record_failure(old / "bad.wav", old, 1, 1, "broken")
+    long_audio = AudioRow("h3", 60.0, 44100, 2)
+    index.add_segments("h3", str(old / "long.wav"), long_audio, [(0.0, 5.0)], np.ones((1, D)))  # unfinished
+    add(index, other / "kick.wav", "h2", np.ones((1, D)), root=other)
+    for root in (old, other):
+        index.touch_root(root)
+    before = snapshot(index)
+    ids = index.file_ids([str(old / "Doors" / "Wood_Creak.wav"), str(old / "bad.wav")])
+    indexed_at = index.get_file(old / "Doors" / "Wood_Creak.wav").indexed_at
+    refused = {
+        tmp_path / "nowhere": (new, "not an indexed folder"),
+        old: (old, "already where the index has it"),
+        other: (old / "Doors", "inside the indexed folder"),
+    }
+    for source, (target, why) in refused.items():
+        with pytest.raises(UsageError, match=why):
+            index.move_root(source, target)
+    cases = ((other / "sub", "inside the indexed folder"), (tmp_path / "shelf", "holds the indexed folder"),
+             (tmp_path, "overlap"), (old / "Doors", "overlap"))  # fmt: skip
+    for target, why in cases:
+        with pytest.raises(UsageError, match=why):
+            index.move_root(old, target)
+    assert snapshot(index) == before  # refused: nothing changed
+
+    assert index.move_root(old, new) == 3
+    assert [(r.path, r.files, r.available) for r in index.roots()] == [(str(new), 3, True), (str(other), 1, True)]
+    assert index.files_under([old]) == [] and index.get_file(old / "bad.wav") is None
+    moved = index.get_file(new / "Doors" / "Wood_Creak.wav")
+    assert moved is not None and (moved.hash, moved.root, moved.indexed_at) == ("h1", str(new), indexed_at)
+    assert index.get_file(new / "bad.wav").status == "failed"
+    assert list(index.file_ids([str(new / "Doors" / "Wood_Creak.wav"), str(new / "bad.wav")]).values()) == [
+        (ids[str(old / "Doors" / "Wood_Creak.wav")][0], str(new)),
+        (ids[str(old / "bad.wav")][0], str(new)),
+    ]  # the same rows: ids and history kept
+    after = snapshot(index)
+    assert after["contents"] == before["contents"] and counts(index) == (4, 3, 4)  # nothing embedded or dropped
+    assert index.search(v[:1], 3)[0].path in {
+        str(new / "Doors" / "Wood_Creak.wav"),
+        str(new / "Doors" / "Creak copy.wav"),
+    }
+    named = index.search_names(NameQuery(words=["creak"]), 5)
+    assert sorted(h.path for h in named) == [
+        str(new / "Doors" / "Creak copy.wav"),
+        str(new / "Doors" / "Wood_Creak.wav"),
+    ]
+    holds = index.names_holding(["doors", "library"], [str(new / "Doors" / "Wood_Creak.wav")])
+    assert holds == {str(new / "Doors" / "Wood_Creak.wav"): ["doors"]}  # folder words are those below the root
+    assert index.drop_partials(paths=[new / "long.wav"]) == 1  # the unfinished recording moved too
+    check_consistent(index)
+    with pytest.raises(UsageError, match="not an indexed folder"):
+        index.move_root(old, tmp_path / "again")  # it is not there any more
+
+
+def test_a_root_cannot_move_onto_indexed_files(index: Store, tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    add(index, old / "a.wav", "h1", np.ones((1, D)), root=old)
+    add(index, new / "b.wav", "h2", np.ones((1, D)), root=new)  # stored, though new was never touched as a root
+    index.touch_root(old)
+    before = snapshot(index)
+    with pytest.raises(UsageError, match="already holds indexed files|inside the indexed folder"):
+        index.move_root(old, new)
+    assert snapshot(index) == before
+
+
+def test_roots_say_whether_they_are_there_now(index: Store, tmp_path: Path) -> None:
+    here, gone = tmp_path / "here", tmp_path / "gone"
+    for root in (here, gone):
+        root.mkdir()
+        index.mount_root(root)
+        add(index, root / "a.wav", f"h-{root.name}", np.ones((1, D)), root=root)
+        index.touch_root(root)
+    gone.rmdir()  # unplugged
+    assert [(r.path, r.available, r.state) for r in index.roots()] == [
+        (str(gone), False, "missing"),
+        (str(here), True, "available"),
+    ]
+    assert index.stats().as_dict()["root_state"] == {str(gone): "missing", str(here): "available"}
 
 
 def test_claims_let_one_writer_embed_a_content(index: Store) -> None:

@@ -29,6 +29,7 @@ from audiofind.errors import UsageError
 
 if TYPE_CHECKING:
     from audiofind.library.cluster import Cluster
+    from audiofind.library.report import Report
 
 ExtOpt = Annotated[
     list[str] | None,
@@ -158,7 +159,7 @@ def index_cmd(
                     err_console.print(
                         f"[yellow]warning[/] {escape(e.path)}: {escape(e.reason)}", highlight=False, soft_wrap=True
                     )
-                elif e.event in ("failed", "unavailable", "kept", "changing"):
+                elif e.event in ("failed", "unavailable", "kept", "changing", "relocated"):
                     style = "yellow" if e.event == "failed" else "cyan"
                     err_console.print(
                         f"[{style}]{e.event}[/] {escape(e.path)}: {escape(e.reason or '')}",
@@ -241,7 +242,14 @@ def index_cmd(
         failed_before = index.stats().failed - report.failed
     if json_out:
         typer.echo(json_text(report.as_dict()))
-        return
+    else:
+        print_summary(report, failed_before)
+    if report.relocated:  # a folder asked for was left alone (a moved root): the user has a command to run
+        raise typer.Exit(1)
+
+
+def print_summary(report: "Report", failed_before: int) -> None:
+    """The one line `index` ends with."""
     earlier = f" ({failed_before} failed earlier: see audiofind status)" if failed_before > 0 else ""
     kept = f", {report.kept} kept" if report.kept else ""
     console.print(
@@ -274,7 +282,7 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
             if data["model"]
             else "none yet",
         ),
-        ("folders", "\n".join(data["roots"]) or "-"),
+        ("folders", "\n".join(f"{path} ({state})" for path, state in data["root_state"].items()) or "-"),
         ("files", f"{data['files']} ({data['ok']} indexed, {data['failed']} failed)"),
         ("segments", str(data["segments"])),
         ("audio", duration(s.audio_seconds)),

@@ -106,6 +106,8 @@ def search(
             h = f.hit
             span = f"{_time(h.start)}–{_time(h.end)}" if h.end - h.start < h.duration - 1e-6 else ""
             link = f"[link=file://{escape(h.path)}]{escape(h.path)}[/link]"
+            if not h.available:  # its folder is not there now (an unplugged drive): found, not playable
+                link = f"[dim]{escape(h.path)}[/] [yellow]offline[/]"
             tags_text = ", ".join(f"{k}={v}" for k, v in shown_tags(h.tags or {}).items())
             table.add_row(
                 str(rank), f"{h.score:.3f}", link, span, _time(h.duration), facts(h), f.why.text(), escape(tags_text)

@@ -2,7 +2,8 @@
 
 `index` and `watch` both call `sync`; nothing else writes files into the index. A missing drive is never a
 deletion: a root that is missing, empty or unreadable keeps its files, and so does a root that would lose more than
-a quarter of them in one run, until `prune` says the files really are gone.
+a quarter of them in one run, until `prune` says the files really are gone. A new root that holds a missing root's
+files is that root moved (`relocate`): it is left for `roots move`, not indexed a second time.
 """
 
 import logging
@@ -17,6 +18,7 @@ import numpy as np
 from audiofind.audio import decode
 from audiofind.audio.formats import AUDIO_EXTS, extension
 from audiofind.errors import DeviceError, UsageError, WeightsError
+from audiofind.library import relocate
 from audiofind.library.claims import add_copy, embed, fail
 from audiofind.library.decoding import Work
 from audiofind.library.pipeline import Remote, reason_of
@@ -176,6 +178,14 @@ def _survey(
             raise UsageError(f"{root} is not a folder." if not root.is_dir() else f"Cannot read the folder {root}.")
     entries = [*walk(live, exts, seen_walk), *walk_only(partial, roots, exts, seen_walk)]
     on_disk = {str(path): Work(str(path), str(root), st.st_size, st.st_mtime_ns) for root, path, st in entries}
+    # A new root holding a missing root's files is that root moved: indexing it would list every sound twice, so it
+    # is left alone, with a line naming `audiofind roots move`.
+    fresh = [r for r in live if r in full and not any(_under(p, r) for p in known)]
+    for moved in relocate.find(index, fresh, list(on_disk.values())) if fresh else []:
+        report.relocated.append(moved.as_dict())
+        emit(Event("relocated", moved.new, source=moved.old, reason=moved.hint, count=moved.files))
+        full, live = [r for r in full if str(r) != moved.new], [r for r in live if str(r) != moved.new]
+        on_disk = {p: w for p, w in on_disk.items() if w.root != moved.new}
     report.seen = len(on_disk)
     protected: list[Path] = []  # folders whose indexed files stay whatever the walk saw
     for root in full:

@@ -232,8 +232,17 @@ class Store(Protocol):
         """Stop listing root as an indexed folder (its files are removed separately)."""
         ...
 
+    def move_root(self, old: Path | str, new: Path | str) -> int:
+        """Say that the root folder old is now at new on this machine (renamed, moved, mounted elsewhere): every file
+        stored under it is found there, with its vectors, id and history; nothing is embedded. How many files it holds.
+        UsageError, with nothing changed, if old is not a root of this machine or new is old, lies inside or around
+        it or another root, or already holds indexed files. The disk is not looked at (library.relocate does that).
+        """
+        ...
+
     def roots(self) -> list[RootRow]:
-        """The indexed folders, by path, each with its name, whether this machine mounts it and its file count."""
+        """The indexed folders, by path, each with its name, whether this machine mounts it, its file count and
+        whether it is there now (available)."""
         ...
 
     def stats(self) -> Stats:

@@ -88,6 +88,12 @@ class RootRow:
     name: str = ""  # the name every machine knows it by ("" before it has one: the path)
     local: bool = True  # mounted on this machine
     files: int = 0  # stored files under it, ok or failed
+    available: bool = True  # there now: mounted here and a folder (False for an unplugged drive), as last listed
+
+    @property
+    def state(self) -> str:
+        """How `status` and `roots` show it: available, missing (mounted here but not there now) or not mounted."""
+        return "available" if self.available else "missing" if self.local else "not mounted"
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,7 @@ class Stats:
             "sha256": self.model.sha256 if self.model else None,
             "precision": self.model.precision if self.model else None,
             "roots": [r.path for r in self.roots],
+            "root_state": {r.path: r.state for r in self.roots},
             "files": self.files,
             "ok": self.ok,
             "failed": self.failed,

@@ -6,6 +6,8 @@ file is stored below it, '/'-separated. Each machine maps names to its own mount
 when it indexes, then the data folder's `roots.json` (`audiofind roots map NAME PATH`, for a machine that only
 reads), which wins. A root that is not mounted here shows as `NAME:` and its files as `NAME:relative/path`.
 Roots never nest: a folder inside a root belongs to it, and a new root around others takes their files in.
+A root that moved on this machine (`roots move`: a renamed folder, a share mounted elsewhere) keeps its name, known
+to every machine, and its files; only this machine's mount of it changes.
 """
 
 import os
@@ -16,8 +18,8 @@ from pathlib import PurePath
 from audiofind.errors import UsageError
 from audiofind.store import rootmap
 from audiofind.store.postgres.connection import Db, key
-from audiofind.store.records import norm_path
-from audiofind.store.scope import within
+from audiofind.store.records import RootRow, norm_path
+from audiofind.store.scope import check_move, not_a_root, within
 
 
 def host() -> str:
@@ -176,6 +178,48 @@ class Places:
                 )
                 self.db.execute(sql, (root_id, prefix, inner.id))
             self.db.execute("DELETE FROM roots WHERE id = %s", (inner.id,))
+
+    def move(self, old: str, new: str) -> Root:
+        """Re-point this machine's mount of the root at old to new (both as stored), inside the caller's transaction;
+        the root. Files are stored below their root, so no file row changes, and other machines keep their mounts."""
+        self.db.execute("SELECT pg_advisory_xact_lock(%s)", (key("roots", self.db.schema),))
+        self.reload()
+        here = next((r for r in self.local() if r.mount == old), None)
+        if here is None:
+            raise not_a_root(old)
+        check_move(old, new, [r.mount for r in self.local() if r.mount is not None and r.id != here.id])
+        sql = (
+            "INSERT INTO mounts (root_id, host, path) VALUES (%s, %s, %s) "
+            "ON CONFLICT (root_id, host) DO UPDATE SET path = excluded.path"
+        )
+        self.db.execute(sql, (here.id, self.host, new))
+        return here
+
+    def forget(self, folder: str) -> None:
+        """Stop mapping folder on this machine, inside the caller's transaction; its root goes once no file and no
+        other machine uses it."""
+        here = next((r for r in self.local() if r.mount == folder), None)
+        if here is None:
+            return
+        self.db.execute("DELETE FROM mounts WHERE root_id = %s AND host = %s", (here.id, self.host))
+        self.db.execute(
+            "DELETE FROM roots r WHERE r.id = %s AND NOT EXISTS (SELECT 1 FROM files WHERE root_id = r.id) "
+            "AND NOT EXISTS (SELECT 1 FROM partial WHERE root_id = r.id) "
+            "AND NOT EXISTS (SELECT 1 FROM mounts WHERE root_id = r.id)",
+            (here.id,),
+        )
+
+    def rows(self) -> list[RootRow]:
+        """Every root as the protocol lists it (by path), with its file count and whether it is there now."""
+        counts: dict[int, int] = dict(
+            self.db.execute("SELECT root_id, count(*) FROM files GROUP BY root_id").fetchall()
+        )
+        found = [
+            RootRow(r.label, r.last_indexed_at, r.name, r.mount is not None, counts.get(r.id, 0),
+                    r.mount is not None and os.path.isdir(r.mount))
+            for r in self.by_id.values()
+        ]  # fmt: skip
+        return sorted(found, key=lambda r: r.path)
 
     def ensure(self, folder: str) -> Root:
         """The root holding folder here, mounting folder under its default name if no root holds it yet."""

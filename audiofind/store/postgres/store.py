@@ -18,6 +18,7 @@ import numpy as np
 from psycopg.types.json import Jsonb
 
 from audiofind.errors import IndexBusy, IndexNotFound, ModelMismatch, StorageError
+from audiofind.store import rootmap
 from audiofind.store.postgres import dump, files, fulltext, migrations, rows, search
 from audiofind.store.postgres.connection import SCHEMA, STAGING, Db, connect, key
 from audiofind.store.postgres.filters import conditions
@@ -337,30 +338,26 @@ class PostgresStore:
 
     def forget_root(self, root: Path | str) -> None:
         """Stop mapping root on this machine; the root goes once no file and no other machine uses it."""
-        here = next((r for r in self.places.local() if r.mount == norm_path(root)), None)
-        if here is None:
-            return
         with self.transaction():
-            self.db.execute("DELETE FROM mounts WHERE root_id = %s AND host = %s", (here.id, self.places.host))
-            self.db.execute(
-                "DELETE FROM roots r WHERE r.id = %s AND NOT EXISTS (SELECT 1 FROM files WHERE root_id = r.id) "
-                "AND NOT EXISTS (SELECT 1 FROM partial WHERE root_id = r.id) "
-                "AND NOT EXISTS (SELECT 1 FROM mounts WHERE root_id = r.id)",
-                (here.id,),
-            )
+            self.places.forget(norm_path(root))
         self.places.reload()
 
-    def roots(self) -> list[RootRow]:
-        """Every root, by path: its path here (or `NAME:`), name, whether mounted here, and its file count."""
+    def move_root(self, old: Path | str, new: Path | str) -> int:
+        """Re-point this machine's mount of the root at old to new (see roots.Places.move); its name, its files and
+        other machines' mounts stay. A mapping made with `roots map` follows. How many files it holds."""
+        with self.transaction():
+            root = self.places.move(norm_path(old), norm_path(new))
+            n = self.db.value("SELECT count(*) FROM files WHERE root_id = %s", (root.id,))
+        if root.name in rootmap.read():  # it wins over the mounts table: it must say the same
+            rootmap.write(root.name, norm_path(new))
         self.places.reload()
-        counts: dict[int, int] = dict(
-            self.db.execute("SELECT root_id, count(*) FROM files GROUP BY root_id").fetchall()
-        )
-        found = [
-            RootRow(r.label, r.last_indexed_at, r.name, r.mount is not None, counts.get(r.id, 0))
-            for r in self.places.by_id.values()
-        ]
-        return sorted(found, key=lambda r: r.path)
+        log.info("moved the root %s from %s to %s (%d files)", root.name, old, new, n)
+        return int(n)
+
+    def roots(self) -> list[RootRow]:
+        """Every root, by path: its path here (or `NAME:`), name, whether mounted here, file count and state."""
+        self.places.reload()
+        return self.places.rows()
 
     def stats(self) -> Stats:
         """Counts, sizes and failures for `audiofind status`."""

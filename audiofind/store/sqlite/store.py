@@ -33,7 +33,7 @@ from audiofind.store.records import (
     Stats,
     norm_path,
 )  # fmt: skip
-from audiofind.store.sqlite import dump, files, fulltext, meta, migrations, search
+from audiofind.store.sqlite import dump, files, fulltext, meta, migrations, roots, search
 from audiofind.store.sqlite.connection import connect, empty_log, remove_files, staging_path, storage_error, writer_lock
 from audiofind.store.sqlite.filters import conditions, json_list
 from audiofind.store.sqlite.typed import fetch, scalar
@@ -346,21 +346,23 @@ class SqliteStore:
     def touch_root(self, root: Path | str) -> None:
         """Record that root has just been indexed."""
         with self.transaction():
-            self.conn.execute(
-                "INSERT INTO roots (path, last_indexed_at) VALUES (?, ?) "
-                "ON CONFLICT(path) DO UPDATE SET last_indexed_at = excluded.last_indexed_at",
-                (norm_path(root), time.time()),
-            )
+            roots.touch(self.conn, norm_path(root))
 
     def forget_root(self, root: Path | str) -> None:
         """Stop listing root as an indexed folder (its files are removed separately)."""
         with self.transaction():
-            self.conn.execute("DELETE FROM roots WHERE path = ?", (norm_path(root),))
+            roots.forget(self.conn, norm_path(root))
+
+    def move_root(self, old: Path | str, new: Path | str) -> int:
+        """Re-point the root old, and every file stored under it, to new, in one transaction (see roots.move)."""
+        with self.transaction():
+            n = roots.move(self.conn, norm_path(old), norm_path(new))
+        log.info("moved the root %s to %s (%d files)", old, new, n)
+        return n
 
     def roots(self) -> list[RootRow]:
-        """The indexed folders, by path: each named by its path, mounted here, with its file count."""
-        sql = "SELECT path, last_indexed_at, (SELECT count(*) FROM files f WHERE f.root = r.path) FROM roots r ORDER BY path"
-        return [RootRow(path, at, path, True, n) for path, at, n in self.conn.execute(sql)]
+        """The indexed folders, by path: each named by its path, mounted here, with its file count and state."""
+        return roots.listed(self.conn)
 
     def stats(self) -> Stats:
         """Counts, sizes and failures for `audiofind status`."""
