@@ -109,6 +109,8 @@ NAME_QUERIES = [
     NameQuery(words=["rain", "roof", "water"], excluded=["creek"]), NameQuery(words=["björk", "cafe"]),
     NameQuery(words=["doors", "doorwood"]), NameQuery(words=["ambience"]), NameQuery(words=["take", "2"]),
     NameQuery(words=["copy"]), NameQuery(words=["slow", "slow"]), NameQuery(phrases=["gate slam"], excluded=["metal"]),
+    # words of the files' formats (pcm_s24le in a .wav), beside their names
+    NameQuery(words=["pcm", "door"]), NameQuery(words=["door", "creak"], excluded=["pcm"]), NameQuery(phrases=["wav pcm"]),
 ]  # fmt: skip
 
 

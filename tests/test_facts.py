@@ -16,7 +16,7 @@ from audiofind.audio import decode
 from audiofind.cli import app
 from audiofind.search.query import parse
 from audiofind.store import AudioRow, FileRow, Filters, ModelBinding, open_store
-from audiofind.store.sqlite import migrations
+from audiofind.store.sqlite import fulltext, migrations
 from audiofind.store.sqlite.store import SqliteStore
 
 runner = CliRunner()
@@ -92,11 +92,14 @@ def test_an_older_index_gets_its_facts_from_the_headers_alone(tmp_path: Path, mo
         for h in cli("search", "x", "-k", 10, "--mode", "audio", "-w", "tiny", "--json", "--db", db)
     }
     assert fresh["hi.wav"] == ["wav", "pcm_s24le", 96000, 24, 2] and fresh["kick.mp3"] == ["mp3", "mp3", 44100, None, 1]
-    # As an index made before m009: no fact columns, the migration not recorded.
+    # As an index made before m009 (and so before m011): no fact columns, names triggers that do not read them, and
+    # neither migration recorded.
     conn = apsw.Connection(str(db))
+    for suffix in fulltext.TRIGGERS:
+        conn.execute(f"DROP TRIGGER file_words_{suffix}")
     for column in ("container", "codec", "bits"):
         conn.execute(f"ALTER TABLE audio DROP COLUMN {column}")
-    conn.execute(f"DELETE FROM {migrations.TABLE} WHERE name = 'm009_audio_facts'")
+    conn.execute(f"DELETE FROM {migrations.TABLE} WHERE name IN ('m009_audio_facts', 'm011_format_words')")
     segments = conn.execute("SELECT count(*) FROM segments").fetchone()[0]
     conn.close()
     (lib / "gone.flac").unlink()
@@ -110,6 +113,7 @@ def test_an_older_index_gets_its_facts_from_the_headers_alone(tmp_path: Path, mo
         mp.setattr(decode, "probe", lambda path, count=True: probed.append(count) or real_probe(path, count))
         with open_store(db) as ix:
             assert ix.stats().segments == segments and "m009_audio_facts" in migrations.applied(ix.conn)  # type: ignore[attr-defined]
+            assert "m011_format_words" in migrations.applied(ix.conn)  # type: ignore[attr-defined]
     assert probed and not any(probed)  # never counting packets either
     now = {
         Path(h["path"]).name: [h[k] for k in KEYS]
@@ -118,3 +122,6 @@ def test_an_older_index_gets_its_facts_from_the_headers_alone(tmp_path: Path, mo
     assert now["hi.wav"] == fresh["hi.wav"] and now["kick.mp3"] == fresh["kick.mp3"]
     assert now["a first.wav"] == now["z copy.wav"] == ["wav", "pcm_s16le", 44100, 16, 1]  # read from the copy
     assert now["gone.flac"] == now["changed.flac"] == [None, None, 44100, None, 1]  # rate and channels were always kept
+    # The names index took the formats the headers gave (m011): pcm for the WAVs whose facts were read, none for the rest.
+    pcm = cli("search", "pcm", "--mode", "text", "--json", "--db", db)
+    assert {Path(h["path"]).name for h in pcm} == {"hi.wav", "a first.wav", "z copy.wav"}

@@ -201,6 +201,20 @@ def test_an_extension_is_a_word_of_its_file(tmp_path: Path, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "audio", "text"])
+def test_the_format_is_a_word_of_its_file(tmp_path: Path, mode: str) -> None:
+    register_tiny()
+    root = tmp_path / "lib"
+    root.mkdir()
+    for name in ("kick_soft.aif", "kick_hard.opus", "kick_deep.wav", "kick_long.m4a"):
+        audiogen.write_audio(root / name, audiogen.sine(60, 0.5))
+    run("index", root, "-w", "tiny")
+    named = lambda query, mode: {Path(r["path"]).name for r in found(root, query, "--mode", mode)}
+    assert named("aiff", "text") == {"kick_soft.aif"}  # the container, whatever the extension says
+    assert named("ogg", "text") == {"kick_hard.opus"} and named("aac", "text") == {"kick_long.m4a"}
+    assert named("kick -pcm", mode) == {"kick_hard.opus", "kick_long.m4a"}  # the codec's family: PCM left out
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "audio", "text"])
 def test_minus_word_leaves_files_out_in_every_mode(library: Path, mode: str) -> None:
     kept = names(library, "door -creak", "--mode", mode)
     assert not any("creak" in n.lower() for n in kept), kept

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from audiofind.cli import app
 from audiofind.errors import IndexNotFound, SchemaMismatch, StorageError
-from audiofind.store import AudioRow, ConnectionLost, FileRow, open_store
+from audiofind.store import AudioRow, ConnectionLost, FileRow, NameQuery, open_store
 from audiofind.store.location import redact
 from audiofind.store.postgres import migrations
 from audiofind.store.postgres.connection import connect
@@ -423,8 +423,10 @@ def test_db_copy_sqlite_to_postgres_keeps_everything(pg_url: str, tmp_path: Path
         workload(ix, tmp_path / "lib")
         before = snapshot(ix)
         hits = ix.search(np.ones(16), 20, exact=True)
+        formats = ix.search_names(NameQuery(words=["flac", "mp3"]), 20)  # words of the files' formats
     cli("db", "copy", src, pg_url)
     with open_store(pg_url) as ix:
+        assert ix.search_names(NameQuery(words=["flac", "mp3"]), 20) == formats and formats
         after = snapshot(ix)
         assert after["contents"] == before["contents"] and after["centre"] == before["centre"]
         assert {p: f[2:] for p, f in after["files"].items()} == {p: f[2:] for p, f in before["files"].items()}
@@ -434,14 +436,13 @@ def test_db_copy_sqlite_to_postgres_keeps_everything(pg_url: str, tmp_path: Path
     assert "both the source and the destination" in one_line_error("db", "copy", pg_url, pg_url, "--replace")
 
 
-def test_an_older_index_gets_extension_words_and_header_facts_for_the_files_this_machine_sees(
+def test_an_older_index_gets_extension_and_format_words_and_header_facts_for_the_files_this_machine_sees(
     pg_url: str, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     import audiogen as ag
     from modelkit import register_tiny
 
     from audiofind.audio import decode
-    from audiofind.store import NameQuery
 
     register_tiny()
     here, there = tmp_path / "here", tmp_path / "there"
@@ -461,7 +462,8 @@ def test_an_older_index_gets_extension_words_and_header_facts_for_the_files_this
     db.execute("ALTER TABLE audio DROP COLUMN container, DROP COLUMN codec, DROP COLUMN bits")
     db.execute("DROP TABLE fingerprints")
     db.execute(
-        "DELETE FROM _audiofind_migrations WHERE name IN ('m006_extension_words', 'm007_audio_facts', 'm008_fingerprints')"
+        "DELETE FROM _audiofind_migrations WHERE name IN ('m006_extension_words', 'm007_audio_facts', 'm008_fingerprints', "
+        "'m009_format_words')"
     )
     db.close()
     os.utime(here / "changed.flac", ns=(1, 1))  # not the file that was indexed any more
@@ -487,4 +489,6 @@ def test_an_older_index_gets_extension_words_and_header_facts_for_the_files_this
             assert [Path(h.path).name for h in ix.search_names(NameQuery(words=["mp3"]), 10)] == ["kick.mp3"]
             found = ix.search_names(NameQuery(words=["kick", "hi"], excluded=["mp3"]), 10)
             assert [Path(h.path).name for h in found] == ["hi.wav"]
+            # the formats the headers gave are words (m009): pcm for the WAV read here
+            assert [Path(h.path).name for h in ix.search_names(NameQuery(words=["pcm"]), 10)] == ["hi.wav"]
             assert ix.fingerprints(h.hash for h in hits.values()) == {}

@@ -40,6 +40,18 @@ def test_bf16_is_refused_on_a_cpu_without_it_in_one_line(monkeypatch: pytest.Mon
     ]
 
 
+def test_the_help_and_the_readme_say_where_each_precision_runs() -> None:
+    from audiofind.cli.common import PrecisionOpt
+
+    said = " ".join(PrecisionOpt.__metadata__[0].help.split())  # what --precision's help prints, unwrapped
+    assert (
+        "tf32 on CUDA" in said
+        and f"bf16 (the ResNeXt in bfloat16) on CUDA or on a CPU with {' or '.join(device.BF16_EXTENSIONS)}" in said
+    )
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert "refused off CUDA" not in readme and "taken on a CPU with AVX-512-BF16 or AMX" in readme
+
+
 @pytest.fixture(scope="module")
 def full_size():  # type: ignore[no-untyped-def]
     cfg = AudioCLIPConfig()

@@ -431,6 +431,29 @@ def test_the_mode_selector_searches_by_names_alone(browser_page, library: Librar
 
 
 @needs_chromium
+def test_each_row_says_why_it_is_there(browser_page) -> None:  # type: ignore[no-untyped-def]
+    server, open_page = browser_page
+    page = open_page(q=QUERY)
+    page.wait_for_selector("tr.hit")
+    found = page.evaluate(  # what the API says of the same search
+        "q => fetch('/api/search?q=' + encodeURIComponent(q), {headers: {Authorization: 'Bearer ' + document.body.dataset.token}}).then(r => r.json())",
+        QUERY,
+    )  # fmt: skip
+    ranks = {h["path"]: h["why"]["audio_rank"] for h in found}
+    shown = {}
+    for i in range(page.locator("tr.hit").count()):
+        row = page.locator("tr.hit").nth(i)
+        cell = row.locator("td.why")
+        box = cell.bounding_box()
+        assert cell.is_visible() and box and box["x"] + box["width"] <= 1180  # on screen beside the score
+        shown[row.get_attribute("data-path")] = (cell.inner_text(), cell.get_attribute("title"))
+    rain = next(p for p in shown if p.endswith("rain on a tin roof.flac"))  # named with every word of the query
+    text, title = shown.pop(rain)
+    assert text == f"named · sound #{ranks[rain]}" and title.startswith("Its name, folders or tags hold every word (")
+    assert all(text == f"sound #{ranks[path]}" and "by sound (cosine" in title for path, (text, title) in shown.items())
+
+
+@needs_chromium
 def test_the_page_fits_800_px_with_a_visible_segment_and_no_401(browser_page, library: Library) -> None:  # type: ignore[no-untyped-def]
     server, open_page = browser_page
     page = open_page(800, 600, q=QUERY)
@@ -441,6 +464,9 @@ def test_the_page_fits_800_px_with_a_visible_segment_and_no_401(browser_page, li
         for part in ("button.play", "a.like", "button.copy", "a.download", ".grip", "canvas"):
             box = page.locator("tr.hit").nth(row).locator(part).bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= 800, (row, part)
+        # no room for the why column: the score's tooltip says it instead
+        assert not page.locator("tr.hit").nth(row).locator("td.why").is_visible()
+        assert "by sound" in page.locator("tr.hit").nth(row).locator("td.score").get_attribute("title")
     # the matching segment is highlighted across the waveform's whole height, at least 6 px wide, and so is a region
     # of a few pixels (as a 10 s match in a 15-minute recording would be)
     width = page.locator("tr.hit").nth(0).locator("canvas").bounding_box()["width"]

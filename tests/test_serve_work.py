@@ -149,6 +149,33 @@ def test_the_page_shows_the_facts_as_sortable_columns_and_selects_the_mode(serve
     assert 'data-rate="44100"' in rows["tone.wav"] and "/api/region/" in rows["long.flac"]
 
 
+@pytest.mark.parametrize("mode", ["hybrid", "audio", "text"])
+def test_each_row_says_why_it_is_there_as_the_terminal_does(served: Served, mode: str) -> None:
+    from audiofind.search import Why
+
+    query = {"q": "a tone", "k": 50, "mode": mode}
+    rows = rows_of(served.client.get("/", params=query).text)
+    api = {Path(h["path"]).name: h["why"] for h in served.client.get("/api/search", params=query).json()}
+    assert set(rows) == set(api) and rows
+    cell = lambda name: (
+        (m := re.search(r'<td class="why" title="([^"]*)">(.*?)</td>', rows[name]))[1],
+        re.sub(r"<[^>]+>", "", m[2]),  # the text a browser shows
+    )
+    score_title = lambda name: re.search(r'<td class="num score" title="([^"]*)">', rows[name])[1]
+    for name, why in api.items():
+        title, shown = cell(name)
+        assert shown == Why(**why).text() and title == score_title(name), (name, shown)  # the CLI table's why
+        if why["audio_rank"]:
+            assert f"sound #{why['audio_rank']}" in shown and f"by sound (cosine {why['audio_score']:.3f})" in title
+        else:
+            assert mode == "text" and "by sound" not in title
+    tone_title, tone = cell("tone.wav")  # the one named with every content word ("a" is a stop word)
+    assert tone.startswith("named") and "every word (" in tone_title and "tone" in tone_title
+    assert mode == "text" or tone == f"named · sound #{api['tone.wav']['audio_rank']}"
+    if mode != "text":
+        assert cell("noise.mp3")[1] == f"sound #{api['noise.mp3']['audio_rank']}"  # the sound alone found it
+
+
 def test_copies_fold_into_one_row_listing_their_formats(served: Served) -> None:
     shutil.copy2(served.files["long.flac"], served.root / "tones" / "long copy.flac")
     served.reindex()

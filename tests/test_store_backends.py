@@ -483,6 +483,32 @@ def test_names_follow_moves_changes_failures_and_reindex(index: Store, tmp_path:
     ]
 
 
+def test_a_files_format_is_among_its_words(index: Store, tmp_path: Path) -> None:
+    one = np.ones((1, D))
+    lib = tmp_path / "lib"
+    text = lambda *w, excluded=(): {Path(h.path).name for h in index.search_names(NameQuery(list(w), excluded=list(excluded)), 20)}  # fmt: skip
+    index.add_file(FileRow(str(lib / "a.aif"), str(lib), 1, 1, "a"), AudioRow("a", 1.0, 44100, 2, "aiff", "pcm_s16be", 16),
+                   [(0.0, 1.0)], one)  # fmt: skip
+    index.add_file(FileRow(str(lib / "Copies/a.aiff"), str(lib), 1, 1, "a"))  # a copy: its content's format
+    index.add_file(FileRow(str(lib / "b.opus"), str(lib), 1, 1, "b"), AudioRow("b", 1.0, 48000, 1, "ogg", "opus"),
+                   [(0.0, 1.0)], one)  # fmt: skip
+    # a long recording: its format arrives with the last chunk, before the file points at it
+    index.add_segments("c", str(lib / "c.m4a"), AudioRow("c", 5.0, 44100, 1), [(0.0, 5.0)], one)
+    index.add_file(FileRow(str(lib / "c.m4a"), str(lib), 1, 1, "c"), AudioRow("c", 9.0, 44100, 1, "m4a", "alac", 16),
+                   [(4.0, 9.0)], one)  # fmt: skip
+    index.add_file(FileRow(str(lib / "d.wav"), str(lib), 1, 1, "d"), AudioRow("d", 1.0, 44100, 1), [(0.0, 1.0)], one)
+    assert text("aiff") == {"a.aif", "a.aiff"} and text("aif") == {"a.aif"}  # the container, and the extension
+    assert text("pcm") == {"a.aif", "a.aiff"} and text("alac") == {"c.m4a"} and text("opus", "ogg") == {"b.opus"}
+    assert text("wav") == {"d.wav"}  # no facts recorded: its extension alone
+    assert text("16", "s16be") == set()  # the codec's family only: a take numbered 16 is not every 16-bit file
+    assert text("a", "b", "c", "d", excluded=["pcm"]) == {"b.opus", "c.m4a", "d.wav"}
+    index.move_file(lib / "b.opus", lib / "Moved/e.opus", lib, 1, 1)
+    assert text("ogg") == {"e.opus"}
+    assert index.reindex_names() == 5 and text("pcm") == {"a.aif", "a.aiff"} and text("ogg") == {"e.opus"}
+    held = index.names_holding(["aiff", "pcm", "ogg"], [str(lib / "a.aif"), str(lib / "Moved/e.opus")])
+    assert held == {str(lib / "a.aif"): ["aiff", "pcm"], str(lib / "Moved/e.opus"): ["ogg"]}
+
+
 # Roots, status, claims.
 
 
@@ -677,5 +703,7 @@ def test_dump_and_load_copy_an_index_bit_for_bit(store: Store, tmp_path: Path, m
         after = snapshot(copy)
         check_consistent(copy)
         assert copy.search(np.ones(16), 20, exact=True) == store.search(np.ones(16), 20, exact=True)
+        formats = NameQuery(words=["flac", "mp3"])  # words of the files' formats (their names say .wav)
+        assert copy.search_names(formats, 20) == store.search_names(formats, 20) != []
     assert after["contents"] == before["contents"] and after["centre"] == before["centre"] is not None
     assert {p: f[2:] for p, f in after["files"].items()} == {p: f[2:] for p, f in before["files"].items()}

@@ -205,8 +205,8 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         metavar="P",
-        help="fp32; on CUDA also tf32, or bf16 (the ResNeXt in bfloat16). "
-        "Default fp32; an existing index keeps the one it was built in.",
+        help="fp32 (exact); tf32 on CUDA; bf16 (the ResNeXt in bfloat16) on CUDA or on a CPU with AVX-512-BF16 "
+        "or AMX. Default fp32; an existing index keeps the one it was built in.",
     ),
 ]
 

@@ -17,6 +17,7 @@ from starlette.datastructures import QueryParams
 from audiofind.audio import region
 from audiofind.audio.tags import shown_tags
 from audiofind.errors import AudiofindError
+from audiofind.search import Why
 from audiofind.serve import files, params
 from audiofind.serve.library import Library, Result
 from audiofind.store import Hit
@@ -46,6 +47,7 @@ COLUMNS = (
     ("format", "fmt", None, "Format (the container)"), ("rate", "rate", "rate", "Sample rate"),
     ("bits", "bits", None, "Bit depth (– for lossy formats)"), ("ch", "ch", None, "Channels"),
     ("num duration", "length", "duration", "Duration"), ("num score", "score", "score", "Score"),
+    ("why", "why", None, "Why it is here: named (every word of the query), the words its names hold, its place by sound"),
     ("tags", "tags", None, ""), ("actions", "", None, ""),
 )  # fmt: skip
 
@@ -154,6 +156,7 @@ def _row(rank: int, r: Result, copies: list[Result], token: str, keep: list[tupl
     offline = "" if h.available else " offline"
     why = "" if h.available else ' title="Its folder is not reachable now (an unplugged drive?): it cannot be played."'
     named = f"Download {region.default_name(h.path, h.start, h.end)}"
+    reason = explain(r.why) if r.why else ""
     return (
         f'<tr class="hit{offline}" draggable="{"true" if h.available else "false"}" {attrs}{why}>'
         f'<td class="rank"><span class="grip" title="Drag the selected region into your DAW or a folder">⠿</span>{rank}</td>'
@@ -167,13 +170,41 @@ def _row(rank: int, r: Result, copies: list[Result], token: str, keep: list[tupl
         f'<td class="num bits">{_bits(h)}</td>'
         f'<td class="num ch">{h.channels if h.channels else "?"}</td>'
         f'<td class="num duration">{_clock(h.duration)}</td>'
-        f'<td class="num score">{h.score:.3f}</td>'
+        f'<td class="num score" title="{escape(reason, quote=True)}">{h.score:.3f}</td>'
+        f'<td class="why" title="{escape(reason, quote=True)}">{_why(r.why)}</td>'
         f'<td class="tags" title="{escape(tags, quote=True)}">{escape(tags)}</td>'
         f'<td class="actions"><a class="like" href="{escape(like, quote=True)}" title="More like this (Enter)">similar</a> '
         f'<button type="button" class="copy" title="Copy the path">copy</button> '
         f'<a class="download" href="{escape(download, quote=True)}" title="{escape(named, quote=True)}" download>⤓ wav</a></td>'
         "</tr>"
     )
+
+
+def _why(why: Why | None) -> str:
+    """The terminal table's why (`named · sound #3`), each part kept whole when the cell wraps."""
+    parts = why.text().split(" · ") if why else []
+    return " · ".join(f"<span>{escape(p)}</span>" for p in parts if p)
+
+
+def explain(why: Why) -> str:
+    """Why, in a sentence for the row's tooltip: what its names hold and its places in the two rankings."""
+    parts = []
+    if why.terms:
+        held = ", ".join(why.terms)
+        names = "its name, folders or tags hold"
+        parts.append(f"{names} every word ({held})" if why.all_terms else f"{names} {held}")
+    if why.audio_rank:
+        cosine = f" (cosine {why.audio_score:.3f})" if why.audio_score is not None else ""
+        parts.append(f"{_ordinal(why.audio_rank)} by sound{cosine}")
+    if why.text_rank:
+        parts.append(f"{_ordinal(why.text_rank)} by name")
+    said = "; ".join(parts)
+    return f"{said[:1].upper()}{said[1:]}." if said else ""
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _copies(copies: list[Result]) -> str:

@@ -28,9 +28,11 @@ TOKENIZER = ("porter", ["unicode61", "remove_diacritics", "2"])  # what FTS5 is 
 K1, B = 1.2, 0.75  # FTS5's bm25() constants
 
 
-def file_words(path: str, root: str, tags: str | dict | None, part: int) -> str:
-    """One column of a file's words: 0 its folders below root (top down), 1 its name, 2 its text tags (a dict or
-    its JSON)."""
+def file_words(
+    path: str, root: str, tags: str | dict | None, part: int, container: str | None = None, codec: str | None = None
+) -> str:
+    """One column of a file's words: 0 its folders below root (top down), 1 its name, its extension and its format
+    (container, codec: the content's facts, None where unknown), 2 its text tags (a dict or its JSON)."""
     try:
         parts = PurePath(path).relative_to(root).parts or (PurePath(path).name,)  # () when root is the file
     except ValueError:
@@ -38,7 +40,8 @@ def file_words(path: str, root: str, tags: str | dict | None, part: int) -> str:
     if part == 0:
         texts = list(parts[:-1])
     elif part == 1:
-        texts = [parts[-1], extension(parts[-1])]  # the extension is a word too: -mp3 leaves MP3s out
+        # The extension and the format are words too: -mp3 leaves MP3s out, aiff finds an .aif, opus an .ogg.
+        texts = [parts[-1], *format_names(extension(parts[-1]), container, codec)]
     else:
         if isinstance(tags, str | None):
             try:
@@ -50,6 +53,17 @@ def file_words(path: str, root: str, tags: str | dict | None, part: int) -> str:
             value = tags.get(key) if isinstance(tags, dict) else None
             texts += [value] if isinstance(value, str) else [str(v) for v in value or []]
     return " ".join(w for text in texts for w in words(text))
+
+
+def format_names(ext: str, container: str | None, codec: str | None) -> list[str]:
+    """A file's extension, then what its format is called where that says more: the container (`aiff` for an
+    .aif) and the codec's family (`pcm` for pcm_s24le, `opus`, `aac`), each name once."""
+    family = codec.split("_", 1)[0] if codec else None  # pcm_s16le, pcm_f32le -> pcm; adpcm_ima_wav -> adpcm
+    names: list[str] = []
+    for name in (ext, container, family):
+        if name and name not in names:
+            names.append(name)
+    return names
 
 
 @lru_cache(maxsize=1)

@@ -148,6 +148,8 @@ def _load_files(db: Db, places: Places, placed: list[PlacedFile]) -> None:
     """Files through one binary COPY into a scratch table (tsvector has no binary form to send), then one INSERT."""
     ids: dict[str, int] = {}
     places.reload()
+    sql = "SELECT hash, container, codec FROM audio WHERE hash = ANY(%s)"  # loaded before the files that use them
+    formats = {h: (c, k) for h, c, k in db.execute(sql, (list({f.row.hash for f in placed if f.row.hash}),))}
     todo = []
     for f in placed:
         name, mount = _named(f.root, places.host, None)
@@ -157,7 +159,8 @@ def _load_files(db: Db, places: Places, placed: list[PlacedFile]) -> None:
             )
         r = f.row
         label = mount or next((x.label for x in places.by_id.values() if x.name == name), f"{name}:")
-        words, n, terms = fulltext.columns(f.relpath, label, r.tags) if r.status == "ok" else (None, 0, None)
+        fmt = formats.get(r.hash or "", (None, None))
+        words, n, terms = fulltext.columns(f.relpath, label, r.tags, *fmt) if r.status == "ok" else (None, 0, None)
         todo.append((f.id, ids[name], f.relpath, r.size, r.mtime_ns, r.hash, r.status, r.error, Jsonb(r.tags),
                      Jsonb(rows.fold_tags(r.tags)), r.indexed_at or 0.0, words, n, terms))  # fmt: skip
     db.execute("CREATE TEMP TABLE IF NOT EXISTS files_in (LIKE files) ON COMMIT DROP")

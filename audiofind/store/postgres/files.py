@@ -133,15 +133,16 @@ def move(db: Db, places: Places, old: Path | str, new: Path | str, root: Path | 
     at = places.locate(str(old))
     r, rel = place(places, new, root)
     found = db.one(
-        "SELECT id, status, tags FROM files WHERE root_id = %s AND relpath = %s FOR UPDATE",
+        "SELECT f.id, f.status, f.tags, a.container, a.codec FROM files f LEFT JOIN audio a ON a.hash = f.hash "
+        "WHERE f.root_id = %s AND f.relpath = %s FOR UPDATE OF f",
         (at[0].id, at[1]) if at else (0, ""),
     )
     if found is None:
         raise ValueError(f"{norm_path(old)} is not in the index.")
     if at is not None and (at[0].id, at[1]) != (r.id, rel):
         rows.remove(db, [(r.id, rel)])
-    id, status, tags = found
-    words, n, terms = fulltext.columns(rel, r.label, tags) if status == "ok" else (None, 0, None)
+    id, status, tags, container, codec = found
+    words, n, terms = fulltext.columns(rel, r.label, tags, container, codec) if status == "ok" else (None, 0, None)
     db.execute(
         "UPDATE files SET root_id = %s, relpath = %s, size = %s, mtime_ns = %s, indexed_at = %s, words = %s, "
         "n_words = %s, terms = %s::tsvector WHERE id = %s",

@@ -21,10 +21,13 @@ def _quote(lexeme: str) -> str:
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def columns(relpath: str, root: str, tags: dict) -> tuple[list[str], int, str]:
-    """A file's names-index data: the stems of its columns (space-joined), how many, and their tsvector."""
+def columns(
+    relpath: str, root: str, tags: dict, container: str | None = None, codec: str | None = None
+) -> tuple[list[str], int, str]:
+    """A file's names-index data: the stems of its columns (space-joined), how many, and their tsvector; container
+    and codec are its content's (its format is among its words)."""
     path, base = (f"/{relpath}", "/") if relpath else (root, root)  # '' when the root is the file itself
-    cols = [stems(file_words(path, base, tags, part)) for part in range(3)]
+    cols = [stems(file_words(path, base, tags, part, container, codec)) for part in range(3)]
     positions: dict[str, list[int]] = {}
     at = 0
     for col in cols:
@@ -109,12 +112,23 @@ def holding(db: Db, places: Places, terms: list[str], paths: list[str]) -> dict[
     return found
 
 
+def has_facts(db: Db) -> bool:
+    """Whether this index records each content's container and codec yet (migration m007)."""
+    sql = (
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = 'audio' "
+        "AND column_name = 'codec')"
+    )
+    return bool(db.value(sql, (db.schema,)))
+
+
 def refill(db: Db, places: Places) -> int:
-    """Compute every ok file's names-index data again from its path and tags; how many files it holds."""
-    rows = db.execute("SELECT id, root_id, relpath, tags FROM files WHERE status = 'ok'").fetchall()
+    """Compute every ok file's names-index data again from its path, tags and format (where the index records
+    formats: m006 runs before m007 adds them); how many files it holds."""
+    fmt = "a.container, a.codec" if has_facts(db) else "NULL, NULL"
+    sql = f"SELECT f.id, f.root_id, f.relpath, f.tags, {fmt} FROM files f JOIN audio a ON a.hash = f.hash WHERE f.status = 'ok'"
     values = []
-    for id, root_id, rel, tags in rows:
-        words, n, terms = columns(rel, places.root(root_id).label, tags)
+    for id, root_id, rel, tags, container, codec in db.execute(sql).fetchall():
+        words, n, terms = columns(rel, places.root(root_id).label, tags, container, codec)
         values.append((words, n, terms, id))
     db.executemany("UPDATE files SET words = %s, n_words = %s, terms = %s::tsvector WHERE id = %s", values)
     return len(values)

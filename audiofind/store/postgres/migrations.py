@@ -138,6 +138,13 @@ def m008_fingerprints(db: Db) -> None:
     db.execute("CREATE TABLE fingerprints (hash text PRIMARY KEY REFERENCES audio(hash), print bytea NOT NULL)")
 
 
+@migration
+def m009_format_words(db: Db) -> None:
+    """Names index again, now that a file's format (container, codec family) is among its words (`aiff` finds an
+    .aif): from the facts m007 read, nothing decoded."""
+    fulltext.refill(db, Places(db))
+
+
 def names() -> list[str]:
     """Every migration this code knows, in order."""
     return [m.__name__ for m in MIGRATIONS]

@@ -203,7 +203,9 @@ def copy_segments(
 def upsert(db: Db, root: Root, relpath: str, row: FileRow) -> None:
     """Insert or replace the file at (root, relpath); a content no file references any more is collected."""
     ok = row.status == "ok"
-    words, n_words, terms = fulltext.columns(relpath, root.label, row.tags) if ok else (None, 0, None)
+    # The content's row is stored before any file points at it: its format is known here.
+    fmt = db.one("SELECT container, codec FROM audio WHERE hash = %s", (row.hash,)) if ok else None
+    words, n_words, terms = fulltext.columns(relpath, root.label, row.tags, *(fmt or ())) if ok else (None, 0, None)
     # Read (and lock) the row it replaces first: a CTE could not lock a row its own upsert changes.
     old = db.value("SELECT hash FROM files WHERE root_id = %s AND relpath = %s FOR UPDATE", (root.id, relpath))
     db.execute(

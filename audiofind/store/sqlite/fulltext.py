@@ -1,11 +1,13 @@
 """The full-text index of names and tags: SQLite FTS5 over each file's folders, name and describing tags.
 
 Each ok file has one row in `file_words` (rowid = files.id) holding " ".join(names.words(...)) of its folders
-below its root (top down), its name and its text tags, one column each. SQL triggers on `files` keep it in step,
-calling the SQL function `file_words(path, root, tags, part)` that `connection.connect` registers on every
-connection, so every write path (index, watch, moves, copies, changes, deletions, --rebuild) updates it with no
-bookkeeping in Python. FTS5's porter tokenizer stems English at both ends (`creaks` finds `creak`); BM25 ranks.
-`store.words` holds the words of each column (shared with the PostgreSQL backend).
+below its root (top down), its name with its extension and format, and its text tags, one column each. SQL triggers
+on `files` keep it in step, calling the SQL function `file_words(path, root, tags, part[, container, codec])` that
+`connection.connect` registers on every connection, so every write path (index, watch, moves, copies, changes,
+deletions, --rebuild) updates it with no bookkeeping in Python. The format comes from the content's row in `audio`,
+which every write path stores before a file points at it. FTS5's porter tokenizer stems English at both ends
+(`creaks` finds `creak`); BM25 ranks. `store.words` holds the words of each column (shared with the PostgreSQL
+backend).
 """
 
 import json
@@ -19,15 +21,29 @@ from audiofind.store.sqlite.typed import fetch, scalar
 from audiofind.store.words import COLUMNS, TOKENIZER, file_words
 
 TABLE = "file_words"
-_VALUES = ", ".join(f"file_words(new.path, new.root, new.tags, {i})" for i in range(len(COLUMNS)))
-SCHEMA = f"""
-CREATE VIRTUAL TABLE {TABLE} USING fts5({", ".join(COLUMNS)}, tokenize='{TOKENIZER[0]} {" ".join(TOKENIZER[1])}');
+TRIGGERS = ("insert", "update", "delete")
+
+
+def _values(row: str, facts: bool) -> str:
+    """The SQL of the three columns of row (`new` in a trigger, `f` in a query); the name's with its content's
+    format when the index records formats (migration m009 added them: m007 and m008 run before)."""
+    fmt = f", (SELECT container FROM audio WHERE hash = {row}.hash), (SELECT codec FROM audio WHERE hash = {row}.hash)"
+    return ", ".join(
+        f"file_words({row}.path, {row}.root, {row}.tags, {i}{fmt if facts and i == 1 else ''})"
+        for i in range(len(COLUMNS))
+    )
+
+
+def _schema(facts: bool) -> str:
+    values, cols = _values("new", facts), ", ".join(COLUMNS)
+    return f"""
+CREATE VIRTUAL TABLE {TABLE} USING fts5({cols}, tokenize='{TOKENIZER[0]} {" ".join(TOKENIZER[1])}');
 CREATE TRIGGER {TABLE}_insert AFTER INSERT ON files WHEN new.status = 'ok' BEGIN
-    INSERT INTO {TABLE} (rowid, {", ".join(COLUMNS)}) VALUES (new.id, {_VALUES});
+    INSERT INTO {TABLE} (rowid, {cols}) VALUES (new.id, {values});
 END;
 CREATE TRIGGER {TABLE}_update AFTER UPDATE ON files BEGIN
     DELETE FROM {TABLE} WHERE rowid = old.id;
-    INSERT INTO {TABLE} (rowid, {", ".join(COLUMNS)}) SELECT new.id, {_VALUES} WHERE new.status = 'ok';
+    INSERT INTO {TABLE} (rowid, {cols}) SELECT new.id, {values} WHERE new.status = 'ok';
 END;
 CREATE TRIGGER {TABLE}_delete AFTER DELETE ON files BEGIN
     DELETE FROM {TABLE} WHERE rowid = old.id;
@@ -36,17 +52,25 @@ END;
 
 
 def register(conn: apsw.Connection) -> None:
-    """Make `file_words(path, root, tags, part)` callable from this connection's SQL (its triggers need it)."""
-    # apsw types every scalar function as variadic; SQLite calls this one with exactly four arguments
-    conn.create_scalar_function("file_words", file_words, 4, deterministic=True)  # type: ignore[arg-type]
+    """Make `file_words(path, root, tags, part[, container, codec])` callable from this connection's SQL (its
+    triggers need it; those made before formats were words call it with four arguments)."""
+    for n in (4, 6):
+        # apsw types every scalar function as variadic; SQLite calls this one with exactly n arguments
+        conn.create_scalar_function("file_words", file_words, n, deterministic=True)  # type: ignore[arg-type]
+
+
+def has_facts(conn: apsw.Connection) -> bool:
+    """Whether this index records each content's container and codec yet (migration m009)."""
+    return any(column == "codec" for _, column, *_ in conn.execute("PRAGMA table_info(audio)"))
 
 
 def create(conn: apsw.Connection) -> None:
     """Create the table and its triggers and fill it from the files already stored (no audio is read)."""
-    conn.execute(SCHEMA)
-    values = ", ".join(f"file_words(path, root, tags, {i})" for i in range(len(COLUMNS)))
+    facts = has_facts(conn)
+    conn.execute(_schema(facts))
     conn.execute(
-        f"INSERT INTO {TABLE} (rowid, {', '.join(COLUMNS)}) SELECT id, {values} FROM files WHERE status = 'ok'"
+        f"INSERT INTO {TABLE} (rowid, {', '.join(COLUMNS)}) SELECT f.id, {_values('f', facts)} FROM files f "
+        "WHERE f.status = 'ok'"
     )
 
 
@@ -101,7 +125,7 @@ def holding(conn: apsw.Connection, terms: list[str], paths: list[str]) -> dict[s
 def refill(conn: apsw.Connection) -> int:
     """Drop the names index and its triggers and make them again from the stored files; how many rows it holds."""
     conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-    for suffix in ("insert", "update", "delete"):
+    for suffix in TRIGGERS:
         conn.execute(f"DROP TRIGGER IF EXISTS {TABLE}_{suffix}")
     create(conn)
     return int(scalar(conn, f"SELECT count(*) FROM {TABLE}"))

@@ -168,6 +168,13 @@ def m010_fingerprints(conn: apsw.Connection) -> None:
     conn.execute("CREATE TABLE fingerprints (hash TEXT PRIMARY KEY REFERENCES audio(hash), print BLOB NOT NULL)")
 
 
+@migration
+def m011_format_words(conn: apsw.Connection) -> None:
+    """Names index again, now that a file's format (container, codec family) is among its words (`aiff` finds an
+    .aif): from the facts m009 read, nothing decoded."""
+    fulltext.refill(conn)
+
+
 def names() -> list[str]:
     """Every migration this code knows, in order."""
     return [m.__name__ for m in MIGRATIONS]
