@@ -161,11 +161,12 @@ def test_postgres_part_starts_its_own_server_and_reports_both_backends(monkeypat
     from audiofind.bench import postgres as pg
 
     real = pg.postgres_speed
-    small = lambda url, sqlite, progress: real(url, sizes=(3000,), dim=32, sqlite=sqlite, sqlite_size=3000,
+    small = lambda url, sqlite, progress: real(url, sizes=(3000,), dim=32, sqlite=sqlite,
                                                queries_n=5, progress=progress)  # fmt: skip
     monkeypatch.setattr(pg, "postgres_speed", small)  # 1M segments is not a test
     result = runner.invoke(app, ["bench", "speed", "--only", "postgres", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["pg_query_3k_s"] > 0 and data["sqlite_query_3k_s"] > 0 and data["pg_load_segments_per_s_3k"] > 0
+    assert data["sqlite_load_segments_per_s_3k"] > 0  # side by side: SQLite at every size PostgreSQL runs
     assert 0 < data["pg_recall_at_10_3k"] <= 1 and data["pg_two_writers_segments_per_s"] > 0

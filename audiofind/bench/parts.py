@@ -196,7 +196,7 @@ def postgres_figures(url: str | None, say: Say) -> list["Figure"]:
               "optimize_s": ("build the HNSW index", "s")}  # fmt: skip
     with contextlib.ExitStack() as stack, bench.scratch_dir() as tmp:
         target = url or stack.enter_context(scratch_server())
-        say("postgres: 100k and 1M synthetic segments, SQLite at 100k beside it, two writers…")
+        say("postgres: 100k and 1M synthetic segments, SQLite beside it at each, two writers…")
         found = pg.postgres_speed(target, sqlite=str(Path(tmp) / "beside.db"), progress=say)
     figures = []
     for key, value in found.items():

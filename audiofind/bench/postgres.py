@@ -109,10 +109,11 @@ def writers(db: str, dim: int = 1024, files: int = 400, per_file: int = 10) -> d
 
 
 def postgres_speed(url: str, sizes: tuple[int, ...] = (100_000, 1_000_000), dim: int = 1024, sqlite: str | None = None,
-                   sqlite_size: int = 100_000, queries_n: int = 50,
+                   sqlite_sizes: tuple[int, ...] | None = None, queries_n: int = 50,
                    progress: Callable[[str], None] | None = None) -> dict[str, float]:  # fmt: skip
     """Every figure: for each size, PostgreSQL's load rate, optimize (HNSW build) time, warm query and recall;
-    SQLite's warm query and recall at sqlite_size (in the file sqlite, if given); the writers' rates."""
+    SQLite's load rate, warm query and recall beside it at each of sqlite_sizes (all sizes unless given; in the file
+    sqlite, if given); the writers' rates."""
     say = progress or (lambda text: None)
     out: dict[str, float] = {}
     for size in sizes:
@@ -125,7 +126,7 @@ def postgres_speed(url: str, sizes: tuple[int, ...] = (100_000, 1_000_000), dim:
             say(f"postgres {tag}: querying")
             out |= {f"pg_{k}_{tag}": v for k, v in queries(ix, data).items()}
             ix.reset()
-        if sqlite is not None and size == sqlite_size:
+        if sqlite is not None and size in (sizes if sqlite_sizes is None else sqlite_sizes):
             say(f"sqlite {tag}")
             with open_store(sqlite, create=True) as ix:
                 ix.reset()
