@@ -13,14 +13,16 @@ from pathlib import Path
 import audiogen as ag
 import psycopg
 import pytest
+from click.testing import Result
 from modelkit import register_tiny
-from storekit import snapshot
+from storekit import check_consistent, snapshot
 from typer.testing import CliRunner
 
 from audiofind.cli import app
-from audiofind.errors import UnsupportedServer
-from audiofind.store import open_store
-from audiofind.store.postgres import connection
+from audiofind.errors import IndexNotFound, UnsupportedServer
+from audiofind.store import ConnectionLost, open_store
+from audiofind.store.postgres import connection, migrations
+from audiofind.store.postgres import store as pg_store
 
 pytestmark = pytest.mark.postgres
 runner = CliRunner()
@@ -106,3 +108,96 @@ def test_an_older_server_or_pgvector_is_one_line_and_nothing_is_written(
         assert "postgres:***@" in line, line  # the URL as every message shows it
     monkeypatch.undo()
     assert state(pg_url) == before  # neither the extension, nor a schema, nor a row
+
+
+# The server goes away in the middle of `index`.
+
+ROW_WRITES = {"INSERT", "UPDATE", "DELETE", "COPY"}
+
+
+class Killer:
+    """Counts the row writes of every session the run opens; at the at-th, the server ends that session (as a
+    restart ends them all) before the statement reaches it, so that statement is the one in flight when it dies."""
+
+    def __init__(self, admin_url: str, at: int | None = None) -> None:
+        self.admin_url, self.at, self.writes = admin_url, at, 0
+
+    def seen(self, conn: psycopg.Connection, statement: object) -> None:
+        words = str(statement).split(None, 1)
+        if words and words[0].upper() in ROW_WRITES:
+            self.writes += 1
+            if self.writes == self.at:
+                with psycopg.connect(self.admin_url, autocommit=True) as admin:
+                    # With a timeout the call waits until the backend has gone: no race with what follows.
+                    gone = admin.execute("SELECT pg_terminate_backend(%s, 10000)", (conn.info.backend_pid,))
+                    assert gone.fetchone() == (True,)
+
+    def cursor(self) -> type[psycopg.Cursor]:
+        killer = self
+
+        class KillingCursor(psycopg.Cursor):
+            def execute(self, query, params=None, **kw):  # type: ignore[no-untyped-def,override]
+                killer.seen(self.connection, query)
+                return super().execute(query, params, **kw)
+
+            def executemany(self, query, params_seq, **kw):  # type: ignore[no-untyped-def,override]
+                killer.seen(self.connection, query)
+                return super().executemany(query, params_seq, **kw)
+
+            def copy(self, statement, params=None, **kw):  # type: ignore[no-untyped-def,override]
+                killer.seen(self.connection, statement)
+                return super().copy(statement, params, **kw)
+
+        return KillingCursor
+
+
+def index_with(killer: Killer, library: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> Result:
+    """`audiofind index LIBRARY --db URL` with every server session it opens watched by killer."""
+
+    def watched(*args, **kwargs):  # type: ignore[no-untyped-def]
+        db = connection.connect(*args, **kwargs)
+        db.conn.cursor_factory = killer.cursor()
+        return db
+
+    with monkeypatch.context() as m:
+        m.setattr(pg_store, "connect", watched)  # the store's one way to a server session
+        return runner.invoke(app, ["index", str(library), "--db", url, "-w", "tiny"])
+
+
+def test_a_server_stopped_mid_index_is_one_line_and_the_next_run_ends_as_an_uninterrupted_one(
+    pg_server, pg_url: str, library: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from audiofind.library import pipeline
+
+    monkeypatch.setattr(pipeline, "CHUNK_SECONDS", 10.0)  # the long file commits 2 windows at a time
+    admin_url = pg_server.get_uri()
+    counter = Killer(admin_url)
+    assert index_with(counter, library, pg_url, monkeypatch).exit_code == 0
+    with open_store(pg_url) as ix:
+        expected = snapshot(ix)
+        assert len(expected["files"]) == 5 and expected["partial"] == []
+    assert counter.writes > 30, counter.writes
+    # Every third row write and the last (about 14 of 38): the first migrations, the model's binding, the root, the
+    # statements of a file's one transaction, a long file's first and later chunks, its completion, the root's
+    # timestamp. Every write is a fault point of test_postgres_faults; here each costs two runs of the command.
+    points = [*range(1, counter.writes + 1, 3), counter.writes]
+    unfinished = 0
+    for at in points:
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute("DROP SCHEMA audiofind CASCADE")  # back to a database with nothing indexed
+        result = index_with(Killer(admin_url, at), library, pg_url, monkeypatch)
+        assert result.exit_code == ConnectionLost.exit_code == 1, (at, result.output)
+        assert "Traceback" not in result.output, (at, result.output)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+        assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], (at, result.stderr)
+        assert "was lost" in errors[0] and "run the same command again to continue" in errors[0], errors[0]
+        try:
+            with open_store(pg_url) as ix:
+                check_consistent(ix)
+                unfinished += bool(snapshot(ix)["partial"])
+        except IndexNotFound:
+            assert at <= len(migrations.names()), at  # killed while the first migrations were being recorded
+        cli("index", library, "--db", pg_url, "-w", "tiny")
+        with open_store(pg_url) as ix:
+            assert snapshot(ix) == expected, f"killed at row write {at} of {counter.writes}"
+    assert unfinished, "no kill left a long file half committed: the resume inside one went untested"
