@@ -113,6 +113,10 @@ class StorageError(AudiofindError):
     """The index file cannot be read or written as asked: disk full, read-only, damaged or unreachable."""
 
 
+class UnsupportedServer(StorageError):
+    """The PostgreSQL server, or its pgvector, is older than audiofind needs, or has no pgvector to use."""
+
+
 class DatasetError(AudiofindError):
     """A dataset folder or CSV is missing pieces or has malformed rows."""
 

@@ -1,11 +1,16 @@
 """The same library in SQLite and in PostgreSQL answers every search the same: the same files in the same order,
-scores within 1e-6 (sound) and equal (names, BM25 as FTS5 computes it), with and without filters."""
+scores within 1e-6 (sound) and equal (names, BM25 as FTS5 computes it), with and without filters: through the store
+on a synthetic library, and through `audiofind index` and `search --json` (--like, hybrid and sound, filtered)."""
 
+import json
 from pathlib import Path
 
+import audiogen as ag
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from audiofind.cli import app
 from audiofind.store import AudioRow, FileRow, Filters, ModelBinding, NameQuery, Store, open_store
 from audiofind.store import vectors as vec
 
@@ -132,3 +137,100 @@ def test_name_searches_agree(pair, filters, monkeypatch) -> None:  # type: ignor
         paths = [h.path for h in found]
         assert lite.names_holding(q.terms, paths) == pg.names_holding(q.terms, paths)
     assert matched > 20  # the queries find things: agreement on empty lists proves little
+
+
+# The same through the command line: a folder indexed by `audiofind index` into each backend, then `search --json`
+# with --like and with filters, hybrid and sound alone.
+
+SOUNDS = {  # path under the library -> (signal, tags for a FLAC)
+    "Doors/Door_Creak_Slow.flac": (lambda: ag.chirp(200, 900, 3.0), {"genre": "Foley", "artist": "Björk"}),
+    "Doors/Door_Creak_Fast.wav": (lambda: ag.chirp(300, 1200, 1.2), None),
+    "Doors/Old_Barn_Door.flac": (lambda: ag.square(110, 2.4), {"genre": "Foley"}),
+    "Doors/Gate_Slam_Metal.wav": (lambda: ag.noise(0.8, seed=4), None),
+    "Rain/Rain_On_Roof.flac": (lambda: ag.noise(4.0, seed=1, amp=0.3), {"genre": "Ambience"}),
+    "Rain/Rain_Door_Window.wav": (lambda: ag.noise(2.0, seed=2, amp=0.4), None),
+    "Rain/Creek_Water.flac": (lambda: ag.noise(1.6, seed=3, amp=0.2), {"genre": "Ambience", "artist": "Dog"}),
+    # Three 10 s windows, noise then a low tone: each of its windows is the nearest to some files (--like with several)
+    "Rain/Storm_Long.wav": (lambda: np.concatenate([ag.noise(8.0, seed=11, amp=0.3), ag.sine(90, 9.0)], axis=1), None),
+    "Drums/Kick808_Door.wav": (lambda: ag.sine(60, 1.0), None),
+    "Drums/Snare_Crack.flac": (lambda: ag.square(180, 0.6), {"genre": "Drums"}),  # written at 48 kHz
+    "Drums/Tom_Low.wav": (lambda: ag.sine(90, 2.2, channels=2), None),
+}
+
+
+@pytest.fixture
+def indexed(pg_url: str, tmp_path: Path) -> tuple[Path, list[str]]:
+    """The library, indexed by `audiofind index` into an SQLite file and into PostgreSQL: (library, both --db)."""
+    import mutagen.flac
+    from modelkit import register_tiny
+
+    lib = tmp_path / "Library"
+    for name, (signal, tags) in SOUNDS.items():
+        path = lib / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ag.write_audio(path, signal(), sr=48000 if "Snare" in name else ag.SAMPLE_RATE)
+        if tags:
+            flac = mutagen.flac.FLAC(path)
+            flac.update(tags)
+            flac.save()
+    (lib / "Copies").mkdir()
+    for name in ("Doors/Door_Creak_Fast.wav", "Rain/Creek_Water.flac"):  # copies: the same vectors, other names
+        (lib / "Copies" / Path(name).name.replace("_", "_Copy_", 1)).write_bytes((lib / name).read_bytes())
+    register_tiny()
+    dbs = [str(tmp_path / "index.db"), pg_url]
+    for db in dbs:
+        cli("index", lib, "--db", db, "-w", "tiny")
+    return lib, dbs
+
+
+def cli(*args: object) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    return result.stdout
+
+
+K = 10  # hits asked for: more than any filter below leaves, so a file let through wrongly shows (13 files in all)
+
+
+def agree(dbs: list[str], *args: object) -> list[dict]:
+    """`search ARGS --json` on each backend: the same hits in the same order, fields equal, scores within 1e-6."""
+    lite, pg = (json.loads(cli("search", *args, "--json", "-w", "tiny", "-k", str(K), "--db", db)) for db in dbs)
+    assert [h["path"] for h in lite] == [h["path"] for h in pg], args
+    without_score = lambda hits: [{k: v for k, v in h.items() if k != "score"} for h in hits]
+    assert without_score(lite) == without_score(pg), args
+    assert np.allclose([h["score"] for h in lite], [h["score"] for h in pg], atol=1e-6, rtol=0), args
+    return lite
+
+
+def test_like_searches_agree_through_the_command_line(indexed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lib, dbs = indexed
+    outside = ag.write_audio(tmp_path / "outside.wav", ag.chirp(2500, 150, 12.0))  # not indexed: embedded to search
+    for like in (
+        lib / "Doors/Door_Creak_Slow.flac",
+        lib / "Rain/Creek_Water.flac",
+        lib / "Rain/Storm_Long.wav",
+        outside,
+    ):
+        everything = agree(dbs, "--like", like)
+        assert len(everything) == K, like
+        for filters in (["--ext", "flac"], ["--min-duration", "1.5"], ["--under", lib / "Rain"],
+                        ["--tag", "genre=ambience"], ["--under", lib / "Doors", "--ext", "wav", "--max-duration", "2"],
+                        ["--channels", "2"], ["--channels", "1", "--under", lib / "Drums"]):  # fmt: skip
+            found = agree(dbs, "--like", like, *filters)
+            assert 0 < len(found) < K, (like, filters)  # agreement on all the filter left, and not on nothing
+
+
+QUERIES = ["door creak", "rain -roof", '"door creak" slow', "kick"]  # words, an excluded word, a phrase
+
+
+def test_filtered_hybrid_searches_agree_through_the_command_line(indexed) -> None:  # type: ignore[no-untyped-def]
+    lib, dbs = indexed
+    filters = [["--ext", "flac"], ["--ext", "wav", "--ext", "flac", "--min-duration", "1.5"], ["--under", lib / "Doors"],
+               ["--tag", "genre=foley"], ["--tag", "artist=björk", "--ext", "flac"], ["--under", lib / "Rain", "--max-duration", "3"],
+               ["--min-rate", "48000"], ["--channels", "1", "--under", lib / "Drums"]]  # fmt: skip
+    search = lambda *f: [agree(dbs, q, "--mode", mode, *f) for q in QUERIES for mode in ("hybrid", "audio")]
+    unfiltered = search()
+    for f in filters:
+        found = search(*f)
+        assert any(found) and found != unfiltered, f  # agreement on what the filter left, and it left less
+        assert all(len(hits) < K for hits in found[1::2]), f  # sound alone ranks all the filter left (or a phrase's)

@@ -8,8 +8,10 @@ PGPASSWORD, ~/.pgpass and the other PG* variables itself; nothing here gets in i
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from psycopg import sql as pgsql
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 
-from audiofind.errors import AudiofindError, IndexBusy, IndexNotFound, StorageError
+from audiofind.errors import AudiofindError, IndexBusy, IndexNotFound, StorageError, UnsupportedServer
 from audiofind.store.location import redact, scrub
 from audiofind.store.protocol import ConnectionLost
 
@@ -31,6 +33,8 @@ STAGING = "audiofind_rebuild"  # where `index --rebuild` builds its replacement
 CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 LOCK_TIMEOUT = "30s"  # how long a schema swap waits for readers of the old tables
 KEPT = "everything committed so far is kept"
+NEEDS_POSTGRES = 16  # the oldest major version audiofind is tested on
+NEEDS_PGVECTOR = (0, 8)  # iterative index scans (hnsw.iterative_scan): a filtered search keeps its k results
 _LOST = {"57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004"}  # shutdown, crash, connection
 
 
@@ -175,26 +179,77 @@ def connect(url: str, schema: str = SCHEMA) -> Db:
     return db
 
 
+@dataclass(frozen=True)
+class Versions:
+    """What a server runs: PostgreSQL, and pgvector as this database has it (None: not created in it)."""
+
+    postgres: str  # server_version: "17.2 (Debian 17.2-1.pgdg130+1)"
+    postgres_num: int  # server_version_num: 170002
+    vector: str | None  # pgvector's extversion in this database
+    vector_schema: str | None  # the schema it was created in
+
+
+def read_versions(db: Db) -> Versions:
+    """The server's PostgreSQL version and the pgvector this database has (reads only)."""
+    row = db.conn.execute(
+        "SELECT current_setting('server_version'), current_setting('server_version_num')::int, e.extversion, "
+        "n.nspname FROM (SELECT 1) one LEFT JOIN pg_extension e ON e.extname = 'vector' "
+        "LEFT JOIN pg_namespace n ON n.oid = e.extnamespace"
+    ).fetchone()
+    assert row is not None, "a SELECT without WHERE has its row"
+    return Versions(*row)
+
+
+def offered_vector(db: Db) -> str | None:
+    """The pgvector version the server's package would create (None: the package is not installed there)."""
+    row = db.conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+    return None if row is None else row[0]
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(0, 8) for "0.8.5" or "0.8.0-dev": what NEEDS_PGVECTOR is compared with."""
+    return tuple(int(n) for n in re.findall(r"\d+", version)[: len(NEEDS_PGVECTOR)])
+
+
 def vector_schema(db: Db) -> str:
-    """The schema pgvector lives in, creating the extension if this role may; one clear line if it cannot."""
-    sql = (
-        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
-    )
-    row = db.conn.execute(sql).fetchone()
-    if row is None:
-        try:
-            db.conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        except pg.UniqueViolation:
-            pass  # another session created it at the same moment
-        except (pg.InsufficientPrivilege, pg.FeatureNotSupported, pg.UndefinedFile, pg.ReadOnlySqlTransaction) as e:
-            name = db.conn.info.dbname
-            raise StorageError(
-                f"pgvector is not installed in the database {name} at {db.location}: a superuser or the database "
-                f"owner must run CREATE EXTENSION vector in it (the server needs the pgvector package) ({_reason(db.url, e)})."
-            ) from None
-        row = db.conn.execute(sql).fetchone()
-    assert row is not None, "CREATE EXTENSION succeeded"
-    return pgsql.Identifier(row[0]).as_string(db.conn)
+    """The schema pgvector lives in, creating the extension if this role may; UnsupportedServer, in one line, where
+    PostgreSQL or pgvector is older than NEEDS_POSTGRES and NEEDS_PGVECTOR, or pgvector is missing."""
+    # Everything is checked before anything is created: a server we cannot use is left as it was found.
+    found = read_versions(db)
+    where, name, needs = db.location, db.conn.info.dbname, f"pgvector {'.'.join(map(str, NEEDS_PGVECTOR))} or later"
+    if found.postgres_num < NEEDS_POSTGRES * 10000:
+        raise UnsupportedServer(
+            f"The server at {where} runs PostgreSQL {found.postgres.split()[0]}; audiofind needs PostgreSQL "
+            f"{NEEDS_POSTGRES} or later with {needs}."
+        )
+    if found.vector is not None and _release(found.vector) >= NEEDS_PGVECTOR:
+        assert found.vector_schema is not None, "an extension lives in a schema"
+        return pgsql.Identifier(found.vector_schema).as_string(db.conn)
+    offered = offered_vector(db)
+    package = f"the server's pgvector package (Debian: postgresql-{found.postgres_num // 10000}-pgvector)"
+    if found.vector is not None:
+        upgrade = "" if offered and _release(offered) >= NEEDS_PGVECTOR else f"upgrade {package}, then "
+        raise UnsupportedServer(
+            f"The database {name} at {where} has pgvector {found.vector}; audiofind needs {needs} (its iterative "
+            f"index scans): {upgrade}a superuser or the extension's owner must run ALTER EXTENSION vector UPDATE in it."
+        )
+    if offered is None or _release(offered) < NEEDS_PGVECTOR:
+        has, fix = ("has no pgvector", "install") if offered is None else (f"offers pgvector {offered}", "upgrade")
+        raise UnsupportedServer(
+            f"The server at {where} {has}; audiofind needs {needs}: {fix} {package}, then a superuser must run "
+            f"CREATE EXTENSION vector in the database {name}."
+        )
+    try:
+        db.conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except pg.UniqueViolation:
+        pass  # another session created it at the same moment
+    except (pg.InsufficientPrivilege, pg.FeatureNotSupported, pg.UndefinedFile, pg.ReadOnlySqlTransaction) as e:
+        raise UnsupportedServer(
+            f"pgvector is not installed in the database {name} at {where} (the server offers pgvector {offered}), and "
+            f"the role {db.conn.info.user} may not create it: a superuser or the database owner must run CREATE "
+            f"EXTENSION vector in it ({_reason(db.url, e)})."
+        ) from None
+    return vector_schema(db)  # checked again as created: the server's package may differ from what it listed
 
 
 def _reason(url: str, e: BaseException) -> str:
