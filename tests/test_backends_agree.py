@@ -34,7 +34,7 @@ def build(ix: Store, root: Path, seed: int = 0) -> list[np.ndarray]:
     for f in range(n_files):
         words = rng.choice(VOCAB, size=rng.integers(1, 5))
         folder = rng.choice(["Foley/Doors", "Foley/UCS", "Drums", "Ambience", "Ambience/Rain"])
-        name = "_".join(words) + f"_{f:03d}." + rng.choice(["wav", "flac", "WAV"])
+        name = "_".join(words) + f"_{f:03d}." + rng.choice(["wav", "flac", "WAV", "m4a"])
         tags: dict = {}
         if f % 3 == 0:
             tags["title"] = " ".join(rng.choice(VOCAB, size=3))
@@ -47,7 +47,7 @@ def build(ix: Store, root: Path, seed: int = 0) -> list[np.ndarray]:
         h = f"{f:064x}"
         row = FileRow(str(root / folder / name), str(root), 100 + f, f, h, tags=tags)
         ext = name.rsplit(".", 1)[1].lower()
-        facts = ("wav", "pcm_s24le", 24) if ext == "wav" else ("flac", "flac", 16)
+        facts = {"wav": ("wav", "pcm_s24le", 24), "flac": ("flac", "flac", 16), "m4a": ("m4a", "aac", None)}[ext]
         ix.add_file(row, AudioRow(h, 2.5 * len(v) + 2.5, RATES[f % 3], 1 + f % 2, *facts), spans, v)
         if f % 7 == 0:  # a copy elsewhere: the same vectors, its own name
             ix.add_file(FileRow(str(root / "Copies" / f"copy_{name}"), str(root), 1, 1, h))
@@ -116,6 +116,8 @@ NAME_QUERIES = [
     NameQuery(words=["copy"]), NameQuery(words=["slow", "slow"]), NameQuery(phrases=["gate slam"], excluded=["metal"]),
     # words of the files' formats (pcm_s24le in a .wav), beside their names
     NameQuery(words=["pcm", "door"]), NameQuery(words=["door", "creak"], excluded=["pcm"]), NameQuery(phrases=["wav pcm"]),
+    # a format's name is one word (m4a, not m 4 a)
+    NameQuery(words=["m4a", "door"]), NameQuery(words=["a", "4"]), NameQuery(phrases=["m4a aac"], excluded=["kick"]),
 ]  # fmt: skip
 
 
@@ -137,6 +139,14 @@ def test_name_searches_agree(pair, filters, monkeypatch) -> None:  # type: ignor
         paths = [h.path for h in found]
         assert lite.names_holding(q.terms, paths) == pg.names_holding(q.terms, paths)
     assert matched > 20  # the queries find things: agreement on empty lists proves little
+
+
+def test_a_format_name_is_one_word_on_both_backends(pair) -> None:  # type: ignore[no-untyped-def]
+    lite, pg, _, root = pair
+    m4a = {r.path for r in lite.files_under([root]) if r.path.endswith(".m4a")}
+    for ix in (lite, pg):
+        assert {h.path for h in ix.search_names(NameQuery(words=["m4a"]), 1000)} == m4a and m4a
+        assert not any(h.path.endswith(".m4a") for h in ix.search_names(NameQuery(words=["a", "4", "m"]), 1000))
 
 
 # The same through the command line: a folder indexed by `audiofind index` into each backend, then `search --json`

@@ -366,3 +366,32 @@ def test_names_follow_watch(tmp_path: Path) -> None:
     with SqliteStore.open(db) as index:
         top = lambda q: [Path(f.hit.path).name for f in search(index, q, mode="text")]
         assert in_step(index) and top("door") == top("gate") == [] and top("kick 808") == ["Kick808.wav"]
+
+
+def test_a_format_name_is_one_word_and_an_older_index_gets_it_without_decoding(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from audiofind.audio import decode, formats
+    from audiofind.store.sqlite import fulltext
+
+    register_tiny()
+    root = tmp_path / "lib"
+    root.mkdir()
+    for name in ("door knock metal.m4a", "kick_deep.mp3", "Rain_Tin_Roof.wav"):
+        audiogen.write_audio(root / name, audiogen.sine(60, 0.5))
+    run("index", root, "-w", "tiny")
+    named = lambda query: {Path(r["path"]).name for r in found(root, query, "--mode", "text")}
+    assert named("m4a") == {"door knock metal.m4a"} and named("MP3") == {"kick_deep.mp3"}
+    assert named("a") == named("4") == named("mp") == set()  # the letters and digits of m4a and mp3 are no words
+    with open_store(None) as index:
+        db = index.path
+    with monkeypatch.context() as mp, SqliteStore.open(db) as index:  # as an index made before m012: m 4 a, mp 3
+        mp.setattr(formats, "FORMAT_WORDS", frozenset())
+        fulltext.refill(index.conn)
+        index.conn.execute(f"DELETE FROM {migrations.TABLE} WHERE name = 'm012_whole_format_words'")
+        assert index.conn.execute("SELECT count(*) FROM file_words WHERE file_words MATCH 'a'").fetchone()[0] == 1
+    with monkeypatch.context() as mp:  # the upgrade reads nothing from the files
+        for name in ("stream_audio", "load_audio", "iter_windows", "probe"):
+            mp.setattr(decode, name, lambda *a, **k: pytest.fail("the migration read audio"))
+        with SqliteStore.open(db) as index:
+            assert "m012_whole_format_words" in migrations.applied(index.conn) and in_step(index)
+    assert named("a") == named("4") == set() and named("m4a") == {"door knock metal.m4a"}
+

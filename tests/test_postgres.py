@@ -492,3 +492,34 @@ def test_an_older_index_gets_extension_and_format_words_and_header_facts_for_the
             # the formats the headers gave are words (m009): pcm for the WAV read here
             assert [Path(h.path).name for h in ix.search_names(NameQuery(words=["pcm"]), 10)] == ["hi.wav"]
             assert ix.fingerprints(h.hash for h in hits.values()) == {}
+
+
+def test_an_older_index_gets_format_names_as_whole_words_without_reading_audio(
+    pg_url: str, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import audiogen as ag
+    from modelkit import register_tiny
+
+    from audiofind.audio import decode, formats
+    from audiofind.store.postgres import fulltext
+    from audiofind.store.postgres.roots import Places
+
+    register_tiny()
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("door knock metal.m4a", "kick_deep.mp3", "rain_roof.wav"):
+        ag.write_audio(lib / name, ag.sine(60, 0.5))
+    cli("index", lib, "-w", "tiny", "--db", pg_url)
+    named = lambda ix, word: {Path(h.path).name for h in ix.search_names(NameQuery(words=[word]), 10)}
+    with monkeypatch.context() as mp, open_store(pg_url) as ix:  # as an index made before m010: m 4 a, mp 3
+        mp.setattr(formats, "FORMAT_WORDS", frozenset())
+        fulltext.refill(ix.db, Places(ix.db))  # type: ignore[attr-defined]
+        ix.db.execute("DELETE FROM _audiofind_migrations WHERE name = 'm010_whole_format_words'")  # type: ignore[attr-defined]
+        assert named(ix, "a") == {"door knock metal.m4a"} and named(ix, "mp") == {"kick_deep.mp3"}
+    with monkeypatch.context() as mp:  # the upgrade reads nothing from the files
+        for name in ("stream_audio", "load_audio", "iter_windows", "probe"):
+            mp.setattr(decode, name, lambda *a, **k: pytest.fail("the migration read audio"))
+        with open_store(pg_url) as ix:
+            assert migrations.pending(ix.db) == []  # type: ignore[attr-defined]
+            assert named(ix, "a") == named(ix, "4") == named(ix, "mp") == set()
+            assert named(ix, "m4a") == {"door knock metal.m4a"} and named(ix, "mp3") == {"kick_deep.mp3"}

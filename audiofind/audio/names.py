@@ -3,7 +3,9 @@
 `DOORWood_Creak Slow Old Barn_JD_01.wav` is the words door wood creak slow old barn jd 01: CamelCase and the
 upper-case category ids of the Universal Category System (UCS) are split where the case changes, letters from
 digits (`Kick808` is kick 808), and at every other character that is neither (underscores, hyphens, dots,
-spaces). Case and accents are folded, so `Café` and `CAFE` are one word. A full-text index stores " ".join(words).
+spaces). A format's name that mixes letters and digits stays one word (`Kick_MP3` is kick mp3, `.m4a` is m4a),
+so the letter of `m4a` is never the word "a". Case and accents are folded, so `Café` and `CAFE` are one word. A
+full-text index stores " ".join(words).
 """
 
 import unicodedata
@@ -19,6 +21,7 @@ _WORD = regex.compile(
     r"[\p{Lu}\p{Lt}]+(?=[\p{Lu}\p{Lt}][\p{Ll}\p{Lm}\p{Lo}])|[\p{Lu}\p{Lt}]?[\p{Ll}\p{Lm}\p{Lo}]+"
     r"|[\p{Lu}\p{Lt}]+|\p{Nd}+"
 )
+_RUN = regex.compile(r"[\p{L}\p{Nd}]+")  # letters and digits between separators: _WORD never spans two
 # Words of a name that say which recording, not what it sounds like (take 3, tk2, v2 -> v 2, final, alt).
 TAKE_MARKERS = frozenset({"take", "tk", "ver", "version", "final", "alt", "copy"})
 MIN_WORDS = 2  # a caption with fewer real words says too little to learn from or to score
@@ -35,7 +38,11 @@ def words(name: str) -> list[str]:
     stem, dot, ext = name.rpartition(".")
     if dot and ext.lower() in formats.AUDIO_EXTS:
         name = stem
-    return [w.casefold() for w in _WORD.findall(fold(name))]
+    found = []
+    for run in _RUN.findall(fold(name)):
+        whole = run.casefold()
+        found += [whole] if whole in formats.FORMAT_WORDS else [w.casefold() for w in _WORD.findall(run)]
+    return found
 
 
 def real_words(found: list[str]) -> list[str]:

@@ -40,8 +40,10 @@ def file_words(
     if part == 0:
         texts = list(parts[:-1])
     elif part == 1:
-        # The extension and the format are words too: -mp3 leaves MP3s out, aiff finds an .aif, opus an .ogg.
-        texts = [parts[-1], *format_names(extension(parts[-1]), container, codec)]
+        # The extension and the format are words too: -mp3 leaves MP3s out, aiff finds an .aif, opus an .ogg. The
+        # name goes without its extension, so one outside the default list (--ext tta) is not a word twice.
+        ext = extension(parts[-1])
+        texts = [parts[-1][: -len(ext) - 1] if ext else parts[-1], *format_names(ext, container, codec)]
     else:
         if isinstance(tags, str | None):
             try:

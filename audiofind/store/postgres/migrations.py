@@ -145,6 +145,14 @@ def m009_format_words(db: Db) -> None:
     fulltext.refill(db, Places(db))
 
 
+@migration
+def m010_whole_format_words(db: Db) -> None:
+    """Names index again, now that a format name mixing letters and digits is one word (`m4a`, not m 4 a, whose
+    "a" matched a query's stop word) and a name's extension a word once: from the stored paths, tags and facts,
+    nothing decoded."""
+    fulltext.refill(db, Places(db))
+
+
 def names() -> list[str]:
     """Every migration this code knows, in order."""
     return [m.__name__ for m in MIGRATIONS]

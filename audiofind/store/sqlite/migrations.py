@@ -175,6 +175,14 @@ def m011_format_words(conn: apsw.Connection) -> None:
     fulltext.refill(conn)
 
 
+@migration
+def m012_whole_format_words(conn: apsw.Connection) -> None:
+    """Names index again, now that a format name mixing letters and digits is one word (`m4a`, not m 4 a, whose
+    "a" matched a query's stop word) and a name's extension a word once: from the stored paths, tags and facts,
+    nothing decoded."""
+    fulltext.refill(conn)
+
+
 def names() -> list[str]:
     """Every migration this code knows, in order."""
     return [m.__name__ for m in MIGRATIONS]
