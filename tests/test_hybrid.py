@@ -395,3 +395,22 @@ def test_a_format_name_is_one_word_and_an_older_index_gets_it_without_decoding(t
             assert "m012_whole_format_words" in migrations.applied(index.conn) and in_step(index)
     assert named("a") == named("4") == set() and named("m4a") == {"door knock metal.m4a"}
 
+
+def test_stop_words_alone_make_no_names_match(tmp_path: Path) -> None:
+    register_tiny()
+    root = tmp_path / "lib"
+    root.mkdir()
+    for name in ("Rain_On_Tin_Roof.wav", "Knock_On_Wood.wav", "Switch_On_Off.wav", "The_Wind.wav", "Gate.wav"):
+        audiogen.write_audio(root / name, audiogen.sine(60, 0.5))
+    run("index", root, "-w", "tiny")
+    by_name = lambda query, mode: {Path(r["path"]).name: r["why"] for r in found(root, query, "--mode", mode)}
+    assert set(by_name("rain on a tin roof", "text")) == {"Rain_On_Tin_Roof.wav"}  # "on" alone finds nothing
+    hybrid = by_name("rain on a tin roof", "hybrid")
+    assert next(iter(hybrid)) == "Rain_On_Tin_Roof.wav" and hybrid["Rain_On_Tin_Roof.wav"]["all_terms"]
+    assert hybrid["Rain_On_Tin_Roof.wav"]["terms"] == ["rain", "tin", "roof"]  # the content words it holds
+    for other in ("Knock_On_Wood.wav", "Switch_On_Off.wav", "The_Wind.wav"):  # found by sound alone
+        assert hybrid[other]["text_rank"] is None and hybrid[other]["terms"] == [], other
+    # A query of stop words alone still searches the names with them: they are all it says.
+    assert list(by_name("on off", "text"))[0] == "Switch_On_Off.wav"
+    assert set(by_name("on off", "text")) == {"Rain_On_Tin_Roof.wav", "Knock_On_Wood.wav", "Switch_On_Off.wav"}
+    assert [n for n, why in by_name("on off", "hybrid").items() if why["all_terms"]] == ["Switch_On_Off.wav"]

@@ -8,6 +8,9 @@ last word: files whose folders, name or tags hold every content word of the quer
 found, as people who name their libraries expect (BaseHead and Soundminer rank by names alone, CLAP tools by sound
 alone). The score shown is the fused one scaled so that first place in both rankings is 1.0.
 
+Stop words ("a", "on", "the") are the sound side's alone when a query has other words: the names side never ranks a
+file, nor calls it named, for holding them.
+
 The syntax means the same in every mode: a "quoted phrase" must appear in a file's names or tags, a -word must not.
 """
 
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from audiofind.errors import UsageError
 from audiofind.search.embedding import QueryModel, search_like, search_text
-from audiofind.search.query import content_terms, parse, sound_text
+from audiofind.search.query import content_terms, names_query, parse, sound_text
 from audiofind.store import Filters, Hit, NameQuery, Store
 
 MODES = ("hybrid", "audio", "text")
@@ -83,7 +86,7 @@ def rank_query(
     if mode != "text":
         audio = _audio_without(index, _resolve(encoder), sound_text(query, q), not_, depth if mode == "hybrid" else k,
                                filters, q.excluded)  # fmt: skip
-    names = index.search_names(q, depth, filters)
+    names = index.search_names(names_query(q), depth, filters)  # stop words aside, unless they are all it has
     a_rank = {h.path: (i, h) for i, h in enumerate(audio, 1)}
     t_rank = {h.path: (i, h) for i, h in enumerate(names, 1)}
     if mode == "audio":
@@ -92,8 +95,8 @@ def rank_query(
         ranked = names
     else:
         ranked = fuse(audio, names)
-    held = index.names_holding(q.terms, [h.path for h in ranked])
     content = content_terms(q)
+    held = index.names_holding(content, [h.path for h in ranked])
     complete = {path for path, terms in held.items() if content and set(content) <= set(terms)}
     if mode == "hybrid":  # names first: every content word held beats any sound-only match; stable within each
         ranked = sorted(ranked, key=lambda h: h.path not in complete)

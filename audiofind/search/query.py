@@ -73,5 +73,13 @@ def sound_text(query: str, q: NameQuery) -> str:
 
 def content_terms(q: NameQuery) -> list[str]:
     """The terms that must all be in a file's names for it to rank as named: the words that are not stop words
-    (as typed: the names index stems them), and every phrase."""
-    return [w for w in q.words if words(w) and not set(words(w)) <= STOP_WORDS] + q.phrases
+    (as typed: the names index stems them), and every phrase; a query of stop words alone has only those."""
+    content = [w for w in q.words if words(w) and not set(words(w)) <= STOP_WORDS] + q.phrases
+    return content or q.terms
+
+
+def names_query(q: NameQuery) -> NameQuery:
+    """What the names side searches: q without its stop words, so a file whose names hold only "a" or "on" is no
+    match (a query of stop words alone keeps them: they are all it says)."""
+    content = content_terms(q)
+    return NameQuery([w for w in q.words if w in content], q.phrases, q.excluded)
