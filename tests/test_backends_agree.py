@@ -159,7 +159,7 @@ SOUNDS = {  # path under the library -> (signal, tags for a FLAC)
     "Doors/Gate_Slam_Metal.wav": (lambda: ag.noise(0.8, seed=4), None),
     "Rain/Rain_On_Roof.flac": (lambda: ag.noise(4.0, seed=1, amp=0.3), {"genre": "Ambience"}),
     "Rain/Rain_Door_Window.wav": (lambda: ag.noise(2.0, seed=2, amp=0.4), None),
-    "Rain/Creek_Water.flac": (lambda: ag.noise(1.6, seed=3, amp=0.2), {"genre": "Ambience", "artist": "Dog"}),
+    "Rain/Creek_Water.flac": (lambda: ag.noise(1.6, seed=3, amp=0.2), {"genre": "Ambience; Nature", "artist": "Dog"}),
     # Three 10 s windows, noise then a low tone: each of its windows is the nearest to some files (--like with several)
     "Rain/Storm_Long.wav": (lambda: np.concatenate([ag.noise(8.0, seed=11, amp=0.3), ag.sine(90, 9.0)], axis=1), None),
     "Drums/Kick808_Door.wav": (lambda: ag.sine(60, 1.0), None),
@@ -238,6 +238,10 @@ def test_filtered_hybrid_searches_agree_through_the_command_line(indexed) -> Non
     filters = [["--ext", "flac"], ["--ext", "wav", "--ext", "flac", "--min-duration", "1.5"], ["--under", lib / "Doors"],
                ["--tag", "genre=foley"], ["--tag", "artist=björk", "--ext", "flac"], ["--under", lib / "Rain", "--max-duration", "3"],
                ["--min-rate", "48000"], ["--channels", "1", "--under", lib / "Drums"]]  # fmt: skip
+    # a tag of several values written as one string (`Ambience; Nature`) matches each of them
+    for value in ("nature", "AMBIENCE"):
+        found = {Path(h["path"]).name for h in agree(dbs, "water", "--mode", "hybrid", "--tag", f"genre={value}")}
+        assert "Creek_Water.flac" in found and "Door_Creak_Slow.flac" not in found, value
     search = lambda *f: [agree(dbs, q, "--mode", mode, *f) for q in QUERIES for mode in ("hybrid", "audio")]
     unfiltered = search()
     for f in filters:

@@ -523,3 +523,22 @@ def test_an_older_index_gets_format_names_as_whole_words_without_reading_audio(
             assert migrations.pending(ix.db) == []  # type: ignore[attr-defined]
             assert named(ix, "a") == named(ix, "4") == named(ix, "mp") == set()
             assert named(ix, "m4a") == {"door knock metal.m4a"} and named(ix, "mp3") == {"kick_deep.mp3"}
+
+
+def test_an_older_index_matches_each_value_of_a_tag_written_as_one_string(pg_url: str, tmp_path: Path) -> None:
+    from audiofind.store import Filters
+
+    with open_store(pg_url, create=True) as ix:
+        ix.bind_model(BINDING)
+        ix.add_file(FileRow(str(tmp_path / "rain.wav"), str(tmp_path), 1, 1, "h", tags={"genre": "Ambience; Nature"}),
+                    AudioRow("h", 1.0, 44100, 1), [(0.0, 1.0)], np.ones((1, BINDING.dim), np.float32))  # fmt: skip
+    db = connect(pg_url)  # as an index made before m011: each tag folded whole
+    db.execute("""UPDATE files SET folded = '{"genre": ["ambience; nature"]}'""")
+    db.execute("DELETE FROM _audiofind_migrations WHERE name = 'm011_tag_parts'")
+    db.close()
+    with open_store(pg_url) as ix:
+        assert migrations.pending(ix.db) == []  # type: ignore[attr-defined]
+        for value in ("ambience", "Nature", "ambience; nature"):
+            assert [Path(h.path).name for h in ix.search(np.ones(BINDING.dim), 5, Filters(tags={"genre": value}))] == [
+                "rain.wav"
+            ]

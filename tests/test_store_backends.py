@@ -282,6 +282,21 @@ def test_search_filters(index: Store, tmp_path: Path, monkeypatch: pytest.Monkey
     assert sorted(Path(h.path).name for h in names) == sorted(expected)
 
 
+def test_a_tag_of_several_values_written_as_one_string_matches_each_of_them(index: Store, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    add(index, lib / "rain.wav", "h1", np.eye(D)[[0]], tags={"genre": "Ambience; Nature"})  # as many taggers write it
+    add(index, lib / "door.wav", "h2", np.eye(D)[[1]], tags={"Genre": ["Foley", " Door ;Wood;"]})
+    add(index, lib / "wind.wav", "h3", np.eye(D)[[2]], tags={"genre": "Ambiences", "comment": "ambience"})
+    cases = {"ambience": ["rain.wav"], "NATURE": ["rain.wav"], "ambience; nature": ["rain.wav"], "wood": ["door.wav"],
+             "door": ["door.wav"], "foley": ["door.wav"], "amb": [], "ambience;nature": [], "": []}  # fmt: skip
+    for value, expected in cases.items():
+        filters = Filters(tags={"genre": value})
+        for exact in (None, True):
+            assert sorted(Path(h.path).name for h in index.search(np.ones(D), 10, filters, exact=exact)) == expected
+        found = index.search_names(NameQuery(words=["rain", "door", "wind"]), 10, filters)
+        assert sorted(Path(h.path).name for h in found) == expected, value
+
+
 def test_hits_carry_their_facts_and_filter_on_them(index: Store, tmp_path: Path) -> None:
     one = np.ones((1, D))
     lib, gone = tmp_path / "lib", tmp_path / "unplugged"  # gone: a root that is not there now

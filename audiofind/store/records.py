@@ -160,6 +160,14 @@ class Hit:
     available: bool = True  # whether the file's root folder is there now (an unplugged drive's is not)
 
 
+def tag_forms(value: str) -> list[str]:
+    """What a tag filter's value may equal in one stored tag value, case-folded: the whole value, then each part of
+    a multi-value tag written as one string (`Ambience; Nature`, as many taggers write one), each once."""
+    whole = value.casefold()
+    parts = (p.strip() for p in whole.split(";")) if ";" in whole else ()
+    return list(dict.fromkeys([whole, *(p for p in parts if p)]))
+
+
 @dataclass(frozen=True)
 class Filters:
     """Restrictions on which files a search may return; None means no restriction (search.filters reads them from
@@ -169,7 +177,7 @@ class Filters:
     exts: frozenset[str] | None = None  # lower-case, without the dot
     min_duration: float | None = None
     max_duration: float | None = None
-    tags: dict[str, str] | None = None  # lower-case key -> value; every one must match, ignoring case
+    tags: dict[str, str] | None = None  # lower-case key -> value; every one must match one of tag_forms, ignoring case
     paths: frozenset[str] | None = None  # only these files (a query's "phrase" holders, say)
     min_rate: int | None = None  # sample rate, Hz
     channels: int | None = None  # exactly this many

@@ -61,7 +61,8 @@ def conditions(filters: Filters | None, places: Places) -> tuple[str, list]:
         conds.append("a.channels = %s")
         params.append(int(filters.channels))
     for key, value in (filters.tags or {}).items():
-        # folded holds every tag as a list of case-folded strings: containment is "any element matches".
+        # folded holds every tag as a list of case-folded strings, each value whole and each of its ;-separated
+        # parts (rows.fold_tags): containment is "any element matches".
         conds.append("f.folded @> %s")
         params.append(Jsonb({key.casefold(): [str(value).casefold()]}))
     return "".join(f" AND {c}" for c in conds), params

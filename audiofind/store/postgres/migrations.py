@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from audiofind.errors import SchemaMismatch
-from audiofind.store.postgres import facts, fulltext
+from audiofind.store.postgres import facts, fulltext, rows
 from audiofind.store.postgres.connection import Db, key
 from audiofind.store.postgres.roots import Places
 
@@ -151,6 +151,13 @@ def m010_whole_format_words(db: Db) -> None:
     "a" matched a query's stop word) and a name's extension a word once: from the stored paths, tags and facts,
     nothing decoded."""
     fulltext.refill(db, Places(db))
+
+
+@migration
+def m011_tag_parts(db: Db) -> None:
+    """Folded tags again, now that each part of a multi-value tag written as one string (`Ambience; Nature`) is
+    matched too (`--tag genre=ambience`): from the stored tags, nothing read from disk."""
+    rows.refold(db)
 
 
 def names() -> list[str]:

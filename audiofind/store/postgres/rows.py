@@ -19,7 +19,7 @@ from audiofind.store import vectors as vec
 from audiofind.store.postgres import fulltext
 from audiofind.store.postgres.connection import Db, key
 from audiofind.store.postgres.roots import Places, Root
-from audiofind.store.records import BINDING_KEYS, AudioRow, FileRow, ModelBinding
+from audiofind.store.records import BINDING_KEYS, AudioRow, FileRow, ModelBinding, tag_forms
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +223,20 @@ def upsert(db: Db, root: Root, relpath: str, row: FileRow) -> None:
 
 
 def fold_tags(tags: dict) -> dict[str, list[str]]:
-    """Tags with keys and string values case-folded in Python, each value a list: what the filters match."""
+    """Tags with keys case-folded in Python, each value the list of its string values' tag_forms (the value
+    case-folded, then its ;-separated parts): what the filters match."""
     out: dict[str, list[str]] = {}
     for name, value in tags.items():
         values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-        out.setdefault(str(name).casefold(), []).extend(v.casefold() for v in values if isinstance(v, str))
+        out.setdefault(str(name).casefold(), []).extend(f for v in values if isinstance(v, str) for f in tag_forms(v))
     return out
+
+
+def refold(db: Db) -> int:
+    """Compute every file's folded tags again from its stored tags (nothing read from disk); how many files."""
+    found = db.execute("SELECT id, tags FROM files").fetchall()
+    db.executemany("UPDATE files SET folded = %s WHERE id = %s", [(Jsonb(fold_tags(tags)), id) for id, tags in found])
+    return len(found)
 
 
 def remove(db: Db, places: list[tuple[int, str]]) -> int:

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 
 import apsw
 
-from audiofind.store.records import Filters, folder_prefix
+from audiofind.store.records import Filters, folder_prefix, tag_forms
 from audiofind.store.scope import under_folders
 
 
@@ -14,10 +14,17 @@ def casefold(value: object) -> object:
     return value.casefold() if isinstance(value, str) else value
 
 
+def tag_holds(value: object, wanted: str) -> bool:
+    """The SQL function tag_holds(value, wanted): whether a stored tag value (text) holds wanted, a case-folded
+    filter value, whole or as one of its ;-separated parts (records.tag_forms)."""
+    return isinstance(value, str) and wanted in tag_forms(value)
+
+
 def register(conn: apsw.Connection) -> None:
-    """Make casefold(x) callable from this connection's SQL."""
-    # apsw types every scalar function as variadic; SQLite calls this one with exactly one argument
+    """Make casefold(x) and tag_holds(value, wanted) callable from this connection's SQL."""
+    # apsw types every scalar function as variadic; SQLite calls these with exactly this many arguments
     conn.create_scalar_function("casefold", casefold, 1, deterministic=True)  # type: ignore[arg-type]
+    conn.create_scalar_function("tag_holds", tag_holds, 2, deterministic=True)  # type: ignore[arg-type]
 
 
 def ids_json(ids: Iterable[int]) -> str:
@@ -63,10 +70,11 @@ def conditions(filters: Filters | None, roots: list[str]) -> tuple[str, list]:
         conds.append("a.channels = ?")
         params.append(int(filters.channels))
     for key, value in (filters.tags or {}).items():
-        # A tag value is a string or, as mutagen often gives, a list of strings: any element may match.
+        # A tag value is a string or, as mutagen often gives, a list of strings: any element may match, whole or
+        # by one of its ;-separated parts.
         conds.append(
-            "EXISTS (SELECT 1 FROM json_each(f.tags) t WHERE casefold(t.key) = ? AND (casefold(t.value) = ? OR "
-            "(t.type = 'array' AND EXISTS (SELECT 1 FROM json_each(t.value) e WHERE casefold(e.value) = ?))))"
+            "EXISTS (SELECT 1 FROM json_each(f.tags) t WHERE casefold(t.key) = ? AND (tag_holds(t.value, ?) OR "
+            "(t.type = 'array' AND EXISTS (SELECT 1 FROM json_each(t.value) e WHERE tag_holds(e.value, ?)))))"
         )
         params += [key.casefold(), str(value).casefold(), str(value).casefold()]
     return "".join(f" AND {c}" for c in conds), params
