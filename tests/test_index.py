@@ -277,6 +277,23 @@ def test_ext_narrows_a_run_and_never_removes_other_files(tiny: str, library: tup
     assert status["files"] == first["embedded"] + first["failed"]
 
 
+def test_ext_picks_the_extensions_and_index_counts_the_audio_files_it_left_out(tiny: str, tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    root.mkdir()
+    for i, name in enumerate(("door.wav", "kick.flac", "rain.au", "wind.au", "gong.tta")):
+        audiogen.write_audio(root / name, audiogen.sine(220 + 110 * i, 0.5))
+    (root / "notes.txt").write_text("not audio")
+    first = index_json(root, "-w", tiny)
+    assert first["embedded"] == 2 and first["left_out"] == {"au": 2, "tta": 1}  # outside the default list
+    line = run("index", root, "-w", tiny).strip().splitlines()[-1]
+    assert "3 audio file(s) not indexed for their extension (.au .tta: --ext picks them)" in line
+    picked = index_json(root, "-w", tiny, "--ext", "au", "--ext", "tta")  # not a narrowing: these, beside the rest
+    assert (picked["embedded"], picked["failed"], picked["left_out"]) == (3, 0, {})
+    assert "not indexed" not in run("index", root, "-w", tiny, "--ext", "wav")  # left out now, but indexed earlier
+    audiogen.write_audio(root / "snare.mp3", audiogen.sine(990, 0.5))
+    assert index_json(root, "-w", tiny, "--ext", "wav")["left_out"] == {"mp3": 1}  # a default format, in no index
+
+
 def test_reindex_uses_the_model_that_built_the_index(tiny: str, library: tuple[Path, dict], tmp_path: Path) -> None:
     root, _ = library
     index_json(root, "-w", tiny)

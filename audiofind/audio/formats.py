@@ -25,6 +25,12 @@ AUDIO_EXTS = frozenset(
         "wma",
     ]
 )
+# Audio formats FFmpeg decodes that the default list leaves out (rare, or mostly inside video): `index --ext` takes
+# them, and without it `index` says how many of them it passed over.
+OTHER_AUDIO_EXTS = frozenset(
+    ["au", "snd", "tta", "ape", "mpc", "tak", "shn", "mp1", "mp2", "m4b", "ac3", "eac3", "dts", "amr", "spx", "voc",
+     "ra", "dsf", "dff"]
+)  # fmt: skip
 # Names of audio formats (extensions, containers, codecs) that mix letters and digits: each stays one word of a name
 # (audio.names.words), so `mp3` is not `mp 3` and a query's stop word "a" never finds an .m4a.
 FORMAT_WORDS = frozenset(e for e in AUDIO_EXTS if not e.isalpha()) | frozenset(

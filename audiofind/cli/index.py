@@ -35,7 +35,7 @@ ExtOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--ext",
-        help="Only these extensions (repeatable, e.g. --ext wav --ext flac); default: every common audio format.",
+        help="These extensions instead of the default list (repeatable, e.g. --ext wav --ext flac, or --ext tta for one it leaves out).",
     ),
 ]
 # index and watch take these two (watch for its syncs): decoding and embedding on a Ray cluster, decisions and commits here.
@@ -252,10 +252,13 @@ def print_summary(report: "Report", failed_before: int) -> None:
     """The one line `index` ends with."""
     earlier = f" ({failed_before} failed earlier: see audiofind status)" if failed_before > 0 else ""
     kept = f", {report.kept} kept" if report.kept else ""
+    n = sum(report.left_out.values())
+    exts = " ".join(f".{e}" for e in report.left_out)
+    left_out = f"; {n} audio file(s) not indexed for their extension ({exts}: --ext picks them)" if n else ""
     console.print(
         f"{report.embedded} embedded, {report.reused} reused, {report.skipped} skipped, {report.moved} moved, "
         f"{report.removed} removed{kept}, {report.failed} failed{earlier}; {duration(report.audio_seconds)} of audio in "
-        f"{report.seconds:.1f} s on {report.device} ({report.model})",
+        f"{report.seconds:.1f} s on {report.device} ({report.model}){left_out}",
         highlight=False,
         soft_wrap=True,
     )

@@ -22,6 +22,8 @@ class Report:
     unavailable: list[str] = field(default_factory=list)  # roots missing, empty or unreadable: their files kept
     # New folders holding a missing root's files (it moved?): {"old", "new", "files"}; nothing indexed under new
     relocated: list[dict] = field(default_factory=list)
+    # Audio files under the roots, in no index, that the run's extensions left out: extension -> count
+    left_out: dict[str, int] = field(default_factory=dict)
     segments: int = 0
     audio_seconds: float = 0.0  # of the files this run embedded (copies too), summed as `status` sums it
     truncated: int = 0  # of those, files that hold less audio than their header declares (indexed with a warning)

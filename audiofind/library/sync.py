@@ -9,6 +9,7 @@ files is that root moved (`relocate`): it is left for `roots move`, not indexed 
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,8 +168,8 @@ def _survey(
     files under them) are set aside with their files: a drive, not a deletion."""
     full = roots if only_paths is None else [r for r in roots if r in only_paths]
     partial = [] if only_paths is None else [p for p in only_paths if p not in roots and root_of(p, roots)]
-    known_in = lambda rows: {r.path: r for r in rows if extension(r.path) in exts}  # --ext narrows
-    known = known_in(index.files_under(full)) | known_in(index.files_under(partial))
+    held = [*index.files_under(full), *index.files_under(partial)]
+    known = {r.path: r for r in held if extension(r.path) in exts}  # --ext narrows
     seen_walk = Walk()
     live = []
     for root in full:
@@ -187,6 +188,8 @@ def _survey(
         full, live = [r for r in full if str(r) != moved.new], [r for r in live if str(r) != moved.new]
         on_disk = {p: w for p, w in on_disk.items() if w.root != moved.new}
     report.seen = len(on_disk)
+    in_index = {r.path for r in held}  # audio files --ext left out that an earlier run indexed are not news
+    report.left_out = dict(sorted(Counter(extension(p) for p in seen_walk.left_out if p not in in_index).items()))
     protected: list[Path] = []  # folders whose indexed files stay whatever the walk saw
     for root in full:
         if root in live and any(w.root == str(root) for w in on_disk.values()):

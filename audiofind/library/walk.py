@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from audiofind.audio.formats import AUDIO_EXTS, extension
+from audiofind.audio.formats import AUDIO_EXTS, OTHER_AUDIO_EXTS, extension
 from audiofind.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,18 @@ def walk_folders(
 
 @dataclass
 class Walk:
-    """One walk's findings besides the files: folders that could not be listed (their files are kept)."""
+    """One walk's findings besides the files: folders that could not be listed (their files are kept), and the
+    audio files the extensions asked for left out."""
 
     unreadable: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # paths of audio files not walked for their extension
+
+    def note_left_out(self, folder: str, names: list[str], exts: frozenset[str]) -> None:
+        """Note the files among a folder's names of audio formats (default or other) that exts leaves out."""
+        for name in names:
+            ext = extension(name)
+            if ext not in exts and (ext in AUDIO_EXTS or ext in OTHER_AUDIO_EXTS):
+                self.left_out.append(os.path.join(folder, name))
 
     def covers(self, path: str) -> bool:
         """Whether path lies in a folder this walk could not see into."""
@@ -108,6 +117,7 @@ def walk(
 
     for root in roots:
         for dirpath, _, names in walk_folders(root, seen, onerror=unreadable):
+            found.note_left_out(dirpath, names, exts)
             for path, fst in audio_files(dirpath, names, exts):
                 yield root, Path(path), fst
 
