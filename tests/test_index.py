@@ -403,3 +403,18 @@ def test_ctrl_c_stops_between_windows_and_says_what_it_kept(
     assert again["embedded"] == 1 and again["stopped"] is False and calls == windows - report["windows_kept"]
     with SqliteStore.open(audiofind_home / "index.db") as index:
         assert index.get_file(long) is not None
+
+
+def test_a_database_url_of_another_scheme_is_refused_not_made_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lib").mkdir()
+    for args, env in (
+        (["index", "lib", "--db", "mysql://foo/bar"], {}),
+        (["search", "rain"], {"AUDIOFIND_DB": "sqlite://x.db"}),
+    ):
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 2 and "is not supported" in result.stderr, result.output
+        assert len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib"]  # no file named mysql: or sqlite: made here
