@@ -33,7 +33,7 @@ def resolve(db: Path | str | None) -> Path | str:
         raise UsageError(f"The index is an SQLite file or a postgresql:// URL; {scheme}:// is not supported.")
     if db:
         return db.strip() if isinstance(db, str) and is_url(db) else db
-    return value.strip() if is_url(value) else default_db()
+    return value.strip() if isinstance(value, str) and is_url(value) else default_db()
 
 
 def redact(url: str) -> str:
