@@ -398,6 +398,8 @@ def test_ctrl_c_stops_between_windows_and_says_what_it_kept(
     said = " ".join(result.stderr.split())
     assert f"interrupted: the 1 file(s) finished in this run are kept, with {report['windows_kept']} window(s)" in said
     assert "Traceback" not in result.output
+    listed = json.loads(run("roots", "--json"))  # the folder is known from its first file, finished or not
+    assert [(r["path"], r["last_indexed"]) for r in listed] == [(str(root), None)]
     calls = 0
     again = index_json(root, "-w", tiny)
     assert again["embedded"] == 1 and again["stopped"] is False and calls == windows - report["windows_kept"]

@@ -126,6 +126,9 @@ def sync(
 
     # 1. What is on disk now, and what the index knows under the same roots.
     survey = _survey(index, roots, only_paths, exts, retry_failed, prune, report, emit)
+    for root in survey.live:  # listed before its first file, so a run stopped half way still knows its folders
+        if root in survey.full:
+            index.mount_root(root)
     # 2. Hash what is new or changed: moves and copies need no model.
     works = _sort_out(index, survey, report, emit, stop)
     # 3. Embed: short files first, so one long recording never holds up the rest of a library.
