@@ -420,3 +420,13 @@ def test_a_database_url_of_another_scheme_is_refused_not_made_a_file(
         assert result.exit_code == 2 and "is not supported" in result.stderr, result.output
         assert len(result.stderr.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lib"]  # no file named mysql: or sqlite: made here
+
+
+def test_a_file_is_not_a_folder_to_index_even_when_it_is_indexed(tiny: str, tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    tone = put(audiogen.write_audio, root / "tone.wav", audiogen.sine(440, 1.0))
+    index_json(root, "-w", tiny)
+    copy = put(audiogen.write_audio, tmp_path / "elsewhere.wav", audiogen.sine(220, 1.0))
+    for path in (tone, copy):  # indexed or not, a file is refused the same way
+        result = runner.invoke(app, ["index", str(path), "-w", tiny])
+        assert result.exit_code == 2 and result.stderr.strip() == f"error: {path} is not a folder.", result.output

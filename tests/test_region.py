@@ -280,8 +280,9 @@ def test_export_errors_are_one_line(tmp_path: Path, args: list[str], code: int, 
     assert missing.exit_code == 1 and "file not found" in missing.stderr
 
 
-def test_search_export_writes_each_matching_segment(tmp_path: Path) -> None:
+def test_search_export_writes_each_matching_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     register_tiny()
+    monkeypatch.chdir(tmp_path)  # --export given relative, as people type it; "export" comes back absolute
     lib = tmp_path / "Sounds"
     lib.mkdir()
     ag.write_audio(lib / "long rain.flac", ag.noise(24.0, channels=2, seed=3), sample_fmt="s32")
@@ -289,7 +290,7 @@ def test_search_export_writes_each_matching_segment(tmp_path: Path) -> None:
     db = tmp_path / "index.db"
     assert runner.invoke(app, ["index", str(lib), "--db", str(db), "-w", "tiny"]).exit_code == 0
     out = tmp_path / "regions"
-    result = runner.invoke(app, ["search", "rain", "--db", str(db), "-w", "tiny", "--export", str(out), "--json"])
+    result = runner.invoke(app, ["search", "rain", "--db", str(db), "-w", "tiny", "--export", "regions", "--json"])
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)
     assert len(found) == 2 and "Wrote 2 of 2 segments" in result.stderr

@@ -1,5 +1,6 @@
 """`audiofind search`: find sounds by description or by example."""
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -140,7 +141,7 @@ def _export(hits: "list[Hit]", folder: Path) -> dict[str, str | None]:
             cut = region.plan(Path(h.path), h.start, h.end)
             out = region.unused(folder.expanduser() / region.default_name(h.path, cut.start, cut.end))
             done = region.write(cut, out)
-            written[h.path] = str(done.path)
+            written[h.path] = os.path.abspath(done.path)  # as "path" is: absolute
             if done.silent_seconds > 0:
                 err_console.print(
                     f"[yellow]warning:[/] {escape(h.path)} ends early (truncated): the last "

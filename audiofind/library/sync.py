@@ -177,7 +177,7 @@ def _survey(
     for root in full:
         if root.is_dir() and readable(root):
             live.append(root)
-        elif not any(_under(p, root) for p in known):
+        elif root.exists() and not root.is_dir() or not any(_under(p, root) for p in known):  # a file is no root
             raise UsageError(f"{root} is not a folder." if not root.is_dir() else f"Cannot read the folder {root}.")
     entries = [*walk(live, exts, seen_walk), *walk_only(partial, roots, exts, seen_walk)]
     on_disk = {str(path): Work(str(path), str(root), st.st_size, st.st_mtime_ns) for root, path, st in entries}
