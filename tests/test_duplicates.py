@@ -74,10 +74,14 @@ def test_copies_group_by_fingerprint_whatever_the_model(library: tuple[Path, lis
     register_tiny("tiny")
     run("index", root, "-w", "tiny")
     groups = json.loads(run("duplicates", "--json"))
-    exact = [g for g in groups if g["kind"] == "exact"]
     size = (root / "burst.wav").stat().st_size
-    assert exact == [{"kind": "exact", "paths": sorted([str(root / "burst copy.wav"), str(root / "burst.wav")]),
-                      "bytes": 2 * size, "wasted": size}]  # fmt: skip
+    pair = sorted([str(root / "burst copy.wav"), str(root / "burst.wav")])
+    # One group per file: the byte-for-byte pair sits in its recording's near group, said to be identical there.
+    every = [p for g in groups for p in g["paths"]]
+    assert len(every) == len(set(every)) == 16
+    assert [g["kind"] for g in groups] == ["near"] * 3
+    burst = next(g for g in groups if pair[0] in g["paths"])
+    assert burst["identical"] == [pair] and all(g["identical"] == [] for g in groups if g is not burst)
     # Every copy kind with its source; the two tones a semitone apart in no group.
     assert near_groups() == sorted(expected, key=sorted)
     near = next(g for g in groups if g["kind"] == "near" and str(root / "sweep.wav") in g["paths"])
@@ -90,8 +94,16 @@ def test_copies_group_by_fingerprint_whatever_the_model(library: tuple[Path, lis
     assert near_groups(tmp_path / "b.db") == near_groups()
     # Under a folder only; and with --near 0 only exact copies remain.
     assert json.loads(run("duplicates", root / "nowhere", "--json")) == []
-    assert [g["kind"] for g in json.loads(run("duplicates", root, "--json", "--near", 0))] == ["exact"]
-    assert "burst copy.wav" in run("duplicates")
+    assert json.loads(run("duplicates", root, "--json", "--near", 0)) == [
+        {"kind": "exact", "paths": pair, "bytes": 2 * size, "wasted": size, "identical": [pair]}
+    ]
+    # The table: the copy named as such, and a total that counts each file once (what can really be freed).
+    table = run("duplicates")
+    assert "burst.wav (same bytes as burst copy.wav)" in table
+    freed = sum(g["wasted"] for g in groups)
+    sizes = [[Path(p).stat().st_size for p in g["paths"]] for g in groups]
+    assert freed == sum(sum(s) - max(s) for s in sizes)
+    assert f"3 group(s) of 16 files; keeping the largest file of each would free {freed / 2**20:.2f} MiB." in table
     result = runner.invoke(app, ["duplicates", "--near", "2"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
 
