@@ -92,8 +92,7 @@ def test_copies_group_by_fingerprint_whatever_the_model(library: tuple[Path, lis
     register_other("tiny-b")
     run("index", root, "-w", "tiny-b", "--db", tmp_path / "b.db")
     assert near_groups(tmp_path / "b.db") == near_groups()
-    # Under a folder only; and with --near 0 only exact copies remain.
-    assert json.loads(run("duplicates", root / "nowhere", "--json")) == []
+    # With --near 0 only exact copies remain.
     assert json.loads(run("duplicates", root, "--json", "--near", 0)) == [
         {"kind": "exact", "paths": pair, "bytes": 2 * size, "wasted": size, "identical": [pair]}
     ]
@@ -163,3 +162,38 @@ def test_bench_near_measures_copies_against_different_sounds(tmp_path: Path, mon
     assert result.exit_code == 2 and "fewer than two readable audio files" in result.stderr
     result = runner.invoke(app, ["bench", "near", str(tmp_path / "nope"), "-w", "tiny"])  # -w: accepted, unused
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope'} is not a folder."
+
+
+def sounds(root: Path) -> dict[str, Path]:
+    """Rain in weather/ with an exact copy in foley/ and a FLAC of it in weather/; wind with its FLAC in weather/; steps
+    alone in foley/."""
+    for folder in ("weather", "foley"):
+        (root / folder).mkdir(parents=True)
+    rain, wind = audiogen.noise(1.5, seed=7, amp=0.4)[0], audiogen.chirp(200, 2000, 1.5, amp=0.4)[0]
+    files = {
+        "rain": prints.write(root / "weather" / "rain.wav", rain),
+        "rain flac": prints.write(root / "weather" / "rain.flac", rain),
+        "wind": prints.write(root / "weather" / "wind.wav", wind),
+        "wind flac": prints.write(root / "weather" / "wind.flac", wind),
+        "steps": prints.write(root / "foley" / "steps.wav", prints.knocks(np.array([0.2, 0.7]), 1.2, 500.0, seed=1)),
+    }
+    files["rain copy"] = Path(shutil.copy(files["rain"], root / "foley" / "rain copy.wav"))
+    return files
+
+
+def test_a_path_lists_the_groups_it_has_a_file_in_with_all_their_files(tmp_path: Path) -> None:
+    files = sounds(tmp_path / "sounds")
+    register_tiny()
+    run("index", tmp_path / "sounds", "-w", "tiny")
+    rain = sorted(str(files[k]) for k in ("rain", "rain flac", "rain copy"))
+    wind = sorted(str(files[k]) for k in ("wind", "wind flac"))
+    # foley holds a copy of a weather file: the group is listed whole, so the other copy shows where it is
+    assert [g["paths"] for g in json.loads(run("duplicates", tmp_path / "sounds" / "foley", "--json"))] == [rain]
+    weather = json.loads(run("duplicates", tmp_path / "sounds" / "weather", "--json"))
+    assert sorted(g["paths"] for g in weather) == [rain, wind]
+    assert json.loads(run("duplicates", files["steps"], "--json")) == []  # a file alone: no group
+    assert [g["paths"] for g in json.loads(run("duplicates", files["rain copy"], "--json"))] == [rain]
+    # a PATH that is not there (and holds nothing indexed) is a typo, as search's --under says
+    result = runner.invoke(app, ["duplicates", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and result.stderr == f"error: {tmp_path / 'nope'}: no such folder.\n"
+    assert result.stdout == ""

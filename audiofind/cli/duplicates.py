@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 def duplicates(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Only files under these folders (default: the whole index).", show_default=False),
+        typer.Argument(
+            help="Only groups with a file under these folders, listed with all their files (default: the whole index).",
+            show_default=False,
+        ),
     ] = None,
     near: Annotated[
         float,

@@ -48,15 +48,21 @@ def find(
     near: float | None = NEAR,
     progress: Progress | None = None,
 ) -> list[Group]:
-    """Groups of copies among the ok files under paths (the whole index when none), largest waste first.
+    """Groups of copies among the ok files of the whole index, largest waste first; with paths, only the groups
+    holding a file under one of them (with all their files, wherever the others are).
 
     near is the fingerprint similarity (0 to 1) at or above which two contents count as one recording; 0 or None
     lists exact copies only. progress gets the fingerprints made for contents that had none, then comparisons.
+    UsageError for a path that neither exists nor holds indexed files (an unplugged drive's folders still do).
     """
     if near is not None and not 0 <= near <= 1:
         raise UsageError(f"--near is a fingerprint similarity from 0 to 1, got {near:g}.")
+    for path in paths or []:
+        if not Path(path).exists() and not index.files_under([path]):
+            raise UsageError(f"{path}: no such folder.")
+    roots = index.roots()
     by_hash: dict[str, list[FileRow]] = {}
-    for r in index.files_under(paths or [r.path for r in index.roots()]):
+    for r in index.files_under([r.path for r in roots]):
         if r.status == "ok" and r.hash:
             by_hash.setdefault(r.hash, []).append(r)
     sets = [[h] for h, files in by_hash.items() if len(files) > 1]
@@ -67,6 +73,9 @@ def find(
         absorbed = {h for hashes in linked for h in hashes}  # a content near another is listed with it, not alone
         sets = [s for s in sets if s[0] not in absorbed] + linked
     groups = [_group(hashes, by_hash) for hashes in sets]
+    if paths:
+        wanted = {r.path for r in index.files_under(paths)}
+        groups = [g for g in groups if not wanted.isdisjoint(g.paths)]
     return sorted(groups, key=lambda g: (-g.wasted, g.kind, g.paths))
 
 
