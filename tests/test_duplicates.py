@@ -82,6 +82,7 @@ def test_copies_group_by_fingerprint_whatever_the_model(library: tuple[Path, lis
     assert [g["kind"] for g in groups] == ["near"] * 3
     burst = next(g for g in groups if pair[0] in g["paths"])
     assert burst["identical"] == [pair] and all(g["identical"] == [] for g in groups if g is not burst)
+    assert [f["path"] for f in burst["files"]] == burst["paths"] and all(f["available"] for f in burst["files"])
     # Every copy kind with its source; the two tones a semitone apart in no group.
     assert near_groups() == sorted(expected, key=sorted)
     near = next(g for g in groups if g["kind"] == "near" and str(root / "sweep.wav") in g["paths"])
@@ -93,15 +94,15 @@ def test_copies_group_by_fingerprint_whatever_the_model(library: tuple[Path, lis
     run("index", root, "-w", "tiny-b", "--db", tmp_path / "b.db")
     assert near_groups(tmp_path / "b.db") == near_groups()
     # With --near 0 only exact copies remain.
+    files = [{"path": p, "bytes": size, "available": True} for p in pair]
     assert json.loads(run("duplicates", root, "--json", "--near", 0)) == [
-        {"kind": "exact", "paths": pair, "bytes": 2 * size, "wasted": size, "identical": [pair]}
+        {"kind": "exact", "paths": pair, "bytes": 2 * size, "wasted": size, "files": files, "identical": [pair]}
     ]
     # The table: the copy named as such, and a total that counts each file once (what can really be freed).
     table = run("duplicates")
     assert "burst.wav (same bytes as burst copy.wav)" in table
     freed = sum(g["wasted"] for g in groups)
-    sizes = [[Path(p).stat().st_size for p in g["paths"]] for g in groups]
-    assert freed == sum(sum(s) - max(s) for s in sizes)
+    assert freed == sum(sum(f["bytes"] for f in g["files"]) - max(f["bytes"] for f in g["files"]) for g in groups)
     assert f"3 group(s) of 16 files; keeping the largest file of each would free {freed / 2**20:.2f} MiB." in table
     result = runner.invoke(app, ["duplicates", "--near", "2"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
@@ -197,3 +198,19 @@ def test_a_path_lists_the_groups_it_has_a_file_in_with_all_their_files(tmp_path:
     result = runner.invoke(app, ["duplicates", str(tmp_path / "nope")])
     assert result.exit_code == 2 and result.stderr == f"error: {tmp_path / 'nope'}: no such folder.\n"
     assert result.stdout == ""
+
+
+def test_files_of_an_unplugged_root_are_grouped_and_marked_offline(tmp_path: Path) -> None:
+    files = sounds(tmp_path / "sounds")
+    register_tiny()
+    run("index", tmp_path / "sounds" / "weather", tmp_path / "sounds" / "foley", "-w", "tiny")  # two roots
+    # foley is unplugged: its files are still grouped (and its folder still names them), marked as search marks them
+    (tmp_path / "sounds" / "foley").rename(tmp_path / "unplugged")
+    for args in ([], [tmp_path / "sounds" / "foley"]):
+        groups = json.loads(run("duplicates", *args, "--json"))
+        rain = next(g for g in groups if str(files["rain"]) in g["paths"])
+        assert {f["path"]: f["available"] for f in rain["files"]} == {
+            str(files["rain"]): True, str(files["rain flac"]): True, str(files["rain copy"]): False
+        }  # fmt: skip
+    table = run("duplicates")
+    assert table.count(".wav offline") == 1 and f"{files['rain copy']} offline" in table

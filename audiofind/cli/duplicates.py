@@ -71,12 +71,13 @@ def duplicates(
 
 
 def _files(g: "Group") -> str:
-    """A group's files, one a line: a near group's byte-for-byte copies named after the first of their set."""
+    """A group's files, one a line: an offline one marked as search marks it, a near group's byte-for-byte copies
+    named after the first of their set."""
     first = {p: s[0] for s in g.identical for p in s[1:]} if g.kind == "near" else {}
     lines = []
-    for path in g.paths:
-        line = escape(path)
-        if path in first:
-            line += f" [dim](same bytes as {escape(Path(first[path]).name)})[/]"
+    for f in g.files:
+        line = f"[dim]{escape(f.path)}[/] [yellow]offline[/]" if not f.available else escape(f.path)
+        if f.path in first:
+            line += f" [dim](same bytes as {escape(Path(first[f.path]).name)})[/]"
         lines.append(line)
     return "\n".join(lines)

@@ -28,6 +28,15 @@ Progress = Callable[[str, int, int], None]  # (what: "fingerprints" | "compariso
 
 
 @dataclass(frozen=True)
+class Member:
+    """One file of a group, as indexed."""
+
+    path: str
+    bytes: int
+    available: bool  # its root folder is there now (False: an unplugged drive), as search's hits say
+
+
+@dataclass(frozen=True)
 class Group:
     """Files holding the same recording: exactly (one content) or nearly (several contents, fingerprints alike)."""
 
@@ -35,6 +44,7 @@ class Group:
     paths: list[str]
     bytes: int  # all of them together
     wasted: int  # freed by keeping only the largest
+    files: list[Member]  # the paths' files, in the same order
     identical: list[list[str]]  # paths sharing one content (byte-for-byte copies), each list of two or more
 
     def as_dict(self) -> dict:
@@ -72,7 +82,8 @@ def find(
         linked = group(prints, near, step)
         absorbed = {h for hashes in linked for h in hashes}  # a content near another is listed with it, not alone
         sets = [s for s in sets if s[0] not in absorbed] + linked
-    groups = [_group(hashes, by_hash) for hashes in sets]
+    online = {r.path: r.available for r in roots}
+    groups = [_group(hashes, by_hash, online) for hashes in sets]
     if paths:
         wanted = {r.path for r in index.files_under(paths)}
         groups = [g for g in groups if not wanted.isdisjoint(g.paths)]
@@ -111,9 +122,10 @@ def _keep(index: Store, made: dict[str, bytes]) -> None:
         log.info("fingerprints not stored: %s", e)
 
 
-def _group(hashes: list[str], by_hash: dict[str, list[FileRow]]) -> Group:
+def _group(hashes: list[str], by_hash: dict[str, list[FileRow]], online: dict[str, bool]) -> Group:
     files = sorted((r for h in hashes for r in by_hash[h]), key=lambda r: r.path)
     total = sum(r.size for r in files)
+    members = [Member(r.path, r.size, online.get(r.root, True)) for r in files]
     identical = sorted(sorted(r.path for r in by_hash[h]) for h in hashes if len(by_hash[h]) > 1)
     kind = "exact" if len(hashes) == 1 else "near"
-    return Group(kind, [r.path for r in files], total, total - max(r.size for r in files), identical)
+    return Group(kind, [m.path for m in members], total, total - max(r.size for r in files), members, identical)
