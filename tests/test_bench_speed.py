@@ -35,6 +35,7 @@ def test_indexing_reindex_and_query_measurements() -> None:
 def test_names_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
     from audiofind.bench import names as namespeed
     from audiofind.store.sqlite import fulltext as text
+    from audiofind.store.words import COLUMNS
 
     figures = namespeed.names_speed(files=1200, dim=32, repeat=1)
     assert list(figures) == ["hybrid_adds_1k_s", "text_query_1k_s", "fts_fill_1k_s"] and all(
@@ -42,7 +43,8 @@ def test_names_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert figures["fts_fill_1k_s"] > 0 and figures["text_query_1k_s"] > 0
     with pytest.raises(RuntimeError, match="indexed 0 of 1200 files"):  # a fill that fills nothing is not timed
-        monkeypatch.setattr(text, "create", lambda conn: conn.execute(text.SCHEMA))
+        empty = f"CREATE VIRTUAL TABLE {text.TABLE} USING fts5({', '.join(COLUMNS)})"  # made, never filled
+        monkeypatch.setattr(text, "create", lambda conn: conn.execute(empty))
         namespeed.names_speed(files=1200, dim=32, repeat=1)
     monkeypatch.setattr(namespeed, "names_speed", lambda: {"hybrid_adds_100k_s": 0.004, "fts_fill_100k_s": 12.0})
     result = runner.invoke(app, ["bench", "speed", "--only", "names", "--device", "cpu"], env={"COLUMNS": "200"})

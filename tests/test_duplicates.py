@@ -74,10 +74,15 @@ def test_copies_group_by_fingerprint_whatever_the_model(library: tuple[Path, lis
     register_tiny("tiny")
     run("index", root, "-w", "tiny")
     groups = json.loads(run("duplicates", "--json"))
-    exact = [g for g in groups if g["kind"] == "exact"]
     size = (root / "burst.wav").stat().st_size
-    assert exact == [{"kind": "exact", "paths": sorted([str(root / "burst copy.wav"), str(root / "burst.wav")]),
-                      "bytes": 2 * size, "wasted": size}]  # fmt: skip
+    pair = sorted([str(root / "burst copy.wav"), str(root / "burst.wav")])
+    # One group per file: the byte-for-byte pair sits in its recording's near group, said to be identical there.
+    every = [p for g in groups for p in g["paths"]]
+    assert len(every) == len(set(every)) == 16
+    assert [g["kind"] for g in groups] == ["near"] * 3
+    burst = next(g for g in groups if pair[0] in g["paths"])
+    assert burst["identical"] == [pair] and all(g["identical"] == [] for g in groups if g is not burst)
+    assert [f["path"] for f in burst["files"]] == burst["paths"] and all(f["available"] for f in burst["files"])
     # Every copy kind with its source; the two tones a semitone apart in no group.
     assert near_groups() == sorted(expected, key=sorted)
     near = next(g for g in groups if g["kind"] == "near" and str(root / "sweep.wav") in g["paths"])
@@ -88,10 +93,17 @@ def test_copies_group_by_fingerprint_whatever_the_model(library: tuple[Path, lis
     register_other("tiny-b")
     run("index", root, "-w", "tiny-b", "--db", tmp_path / "b.db")
     assert near_groups(tmp_path / "b.db") == near_groups()
-    # Under a folder only; and with --near 0 only exact copies remain.
-    assert json.loads(run("duplicates", root / "nowhere", "--json")) == []
-    assert [g["kind"] for g in json.loads(run("duplicates", root, "--json", "--near", 0))] == ["exact"]
-    assert "burst copy.wav" in run("duplicates")
+    # With --near 0 only exact copies remain.
+    files = [{"path": p, "bytes": size, "available": True} for p in pair]
+    assert json.loads(run("duplicates", root, "--json", "--near", 0)) == [
+        {"kind": "exact", "paths": pair, "bytes": 2 * size, "wasted": size, "files": files, "identical": [pair]}
+    ]
+    # The table: the copy named as such, and a total that counts each file once (what can really be freed).
+    table = run("duplicates")
+    assert "burst.wav (same bytes as burst copy.wav)" in table
+    freed = sum(g["wasted"] for g in groups)
+    assert freed == sum(sum(f["bytes"] for f in g["files"]) - max(f["bytes"] for f in g["files"]) for g in groups)
+    assert f"3 group(s) of 16 files; keeping the largest file of each would free {freed / 2**20:.2f} MiB." in table
     result = runner.invoke(app, ["duplicates", "--near", "2"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
 
@@ -151,3 +163,54 @@ def test_bench_near_measures_copies_against_different_sounds(tmp_path: Path, mon
     assert result.exit_code == 2 and "fewer than two readable audio files" in result.stderr
     result = runner.invoke(app, ["bench", "near", str(tmp_path / "nope"), "-w", "tiny"])  # -w: accepted, unused
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope'} is not a folder."
+
+
+def sounds(root: Path) -> dict[str, Path]:
+    """Rain in weather/ with an exact copy in foley/ and a FLAC of it in weather/; wind with its FLAC in weather/; steps
+    alone in foley/."""
+    for folder in ("weather", "foley"):
+        (root / folder).mkdir(parents=True)
+    rain, wind = audiogen.noise(1.5, seed=7, amp=0.4)[0], audiogen.chirp(200, 2000, 1.5, amp=0.4)[0]
+    files = {
+        "rain": prints.write(root / "weather" / "rain.wav", rain),
+        "rain flac": prints.write(root / "weather" / "rain.flac", rain),
+        "wind": prints.write(root / "weather" / "wind.wav", wind),
+        "wind flac": prints.write(root / "weather" / "wind.flac", wind),
+        "steps": prints.write(root / "foley" / "steps.wav", prints.knocks(np.array([0.2, 0.7]), 1.2, 500.0, seed=1)),
+    }
+    files["rain copy"] = Path(shutil.copy(files["rain"], root / "foley" / "rain copy.wav"))
+    return files
+
+
+def test_a_path_lists_the_groups_it_has_a_file_in_with_all_their_files(tmp_path: Path) -> None:
+    files = sounds(tmp_path / "sounds")
+    register_tiny()
+    run("index", tmp_path / "sounds", "-w", "tiny")
+    rain = sorted(str(files[k]) for k in ("rain", "rain flac", "rain copy"))
+    wind = sorted(str(files[k]) for k in ("wind", "wind flac"))
+    # foley holds a copy of a weather file: the group is listed whole, so the other copy shows where it is
+    assert [g["paths"] for g in json.loads(run("duplicates", tmp_path / "sounds" / "foley", "--json"))] == [rain]
+    weather = json.loads(run("duplicates", tmp_path / "sounds" / "weather", "--json"))
+    assert sorted(g["paths"] for g in weather) == [rain, wind]
+    assert json.loads(run("duplicates", files["steps"], "--json")) == []  # a file alone: no group
+    assert [g["paths"] for g in json.loads(run("duplicates", files["rain copy"], "--json"))] == [rain]
+    # a PATH that is not there (and holds nothing indexed) is a typo, as search's --under says
+    result = runner.invoke(app, ["duplicates", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and result.stderr == f"error: {tmp_path / 'nope'}: no such folder.\n"
+    assert result.stdout == ""
+
+
+def test_files_of_an_unplugged_root_are_grouped_and_marked_offline(tmp_path: Path) -> None:
+    files = sounds(tmp_path / "sounds")
+    register_tiny()
+    run("index", tmp_path / "sounds" / "weather", tmp_path / "sounds" / "foley", "-w", "tiny")  # two roots
+    # foley is unplugged: its files are still grouped (and its folder still names them), marked as search marks them
+    (tmp_path / "sounds" / "foley").rename(tmp_path / "unplugged")
+    for args in ([], [tmp_path / "sounds" / "foley"]):
+        groups = json.loads(run("duplicates", *args, "--json"))
+        rain = next(g for g in groups if str(files["rain"]) in g["paths"])
+        assert {f["path"]: f["available"] for f in rain["files"]} == {
+            str(files["rain"]): True, str(files["rain flac"]): True, str(files["rain copy"]): False
+        }  # fmt: skip
+    table = run("duplicates")
+    assert table.count(".wav offline") == 1 and f"{files['rain copy']} offline" in table

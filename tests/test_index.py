@@ -415,8 +415,35 @@ def test_ctrl_c_stops_between_windows_and_says_what_it_kept(
     said = " ".join(result.stderr.split())
     assert f"interrupted: the 1 file(s) finished in this run are kept, with {report['windows_kept']} window(s)" in said
     assert "Traceback" not in result.output
+    listed = json.loads(run("roots", "--json"))  # the folder is known from its first file, finished or not
+    assert [(r["path"], r["last_indexed"]) for r in listed] == [(str(root), None)]
     calls = 0
     again = index_json(root, "-w", tiny)
     assert again["embedded"] == 1 and again["stopped"] is False and calls == windows - report["windows_kept"]
     with SqliteStore.open(audiofind_home / "index.db") as index:
         assert index.get_file(long) is not None
+
+
+def test_a_database_url_of_another_scheme_is_refused_not_made_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lib").mkdir()
+    for args, env in (
+        (["index", "lib", "--db", "mysql://foo/bar"], {}),
+        (["search", "rain"], {"AUDIOFIND_DB": "sqlite://x.db"}),
+    ):
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 2 and "is not supported" in result.stderr, result.output
+        assert len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib"]  # no file named mysql: or sqlite: made here
+
+
+def test_a_file_is_not_a_folder_to_index_even_when_it_is_indexed(tiny: str, tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    tone = put(audiogen.write_audio, root / "tone.wav", audiogen.sine(440, 1.0))
+    index_json(root, "-w", tiny)
+    copy = put(audiogen.write_audio, tmp_path / "elsewhere.wav", audiogen.sine(220, 1.0))
+    for path in (tone, copy):  # indexed or not, a file is refused the same way
+        result = runner.invoke(app, ["index", str(path), "-w", tiny])
+        assert result.exit_code == 2 and result.stderr.strip() == f"error: {path} is not a folder.", result.output

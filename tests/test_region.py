@@ -80,7 +80,7 @@ def test_no_fade_where_the_region_meets_the_files_own_start_or_end(tmp_path: Pat
 def test_the_bext_chunk_says_where_it_came_from(tmp_path: Path) -> None:
     source = ag.write_audio(tmp_path / "rain on a tin roof.wav", SIGNAL, codec="pcm_s24le")
     cut = region.plan(source, 1.25, 2.5)
-    out = region.write(cut, tmp_path / "out" / region.default_name(source, cut.start, cut.end))
+    out = region.write(cut, tmp_path / "out" / region.default_name(source, cut.start, cut.end)).path
     assert out.name == "rain on a tin roof 1.250s-2.500s.wav"
     bext = chunks(out.read_bytes())[b"bext"]
     description = bext[:256].rstrip(b"\0").decode()
@@ -143,7 +143,7 @@ def test_an_odd_number_of_sample_bytes_is_padded(tmp_path: Path) -> None:
 
 def test_int_wavs_open_in_the_standard_library(tmp_path: Path) -> None:
     source = ag.write_audio(tmp_path / "a.flac", SIGNAL, sample_fmt="s32")
-    out = region.write(region.plan(source, 1, 1.5), tmp_path / "a.wav")
+    out = region.write(region.plan(source, 1, 1.5), tmp_path / "a.wav").path
     with wave.open(str(out)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()) == (44100, 2, 3, 22050)
 
@@ -205,13 +205,52 @@ def test_export_writes_the_region(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout)
     assert facts == {"path": str(out), "source": str(source), "start": 1.5, "end": 2.5, "frames": 48000,
-                     "sample_rate": 48000, "bits": 24, "channels": 2, "float": False}  # fmt: skip
+                     "sample_rate": 48000, "bits": 24, "channels": 2, "float": False, "silent_seconds": 0.0}  # fmt: skip
     with wave.open(str(out)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()) == (48000, 2, 3, 48000)
     monkeypatch.chdir(tmp_path)  # without -o: a name that says source and time, here, never overwriting
     for expected in ("take 1.500s-2.500s.wav", "take 1.500s-2.500s (2).wav"):
         result = runner.invoke(app, ["export", str(source), "--start", "1.5", "--end", "2.5"])
         assert result.exit_code == 0 and result.stdout.strip() == str(tmp_path / expected)
+
+
+def test_export_never_replaces_what_is_not_a_file_and_says_why_it_cannot_write(tmp_path: Path) -> None:
+    source = ag.write_audio(tmp_path / "take.wav", SIGNAL)
+    export = lambda out: runner.invoke(app, ["export", str(source), "--start", "1", "--end", "2", "-o", str(out)])
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # as /dev/null would be: not a regular file, so never renamed over
+    result = export(fifo)
+    assert result.exit_code == 2 and "is not a regular file" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert fifo.is_fifo()
+    (tmp_path / "a file").write_text("")
+    result = export(tmp_path / "a file" / "x.wav")  # a folder that cannot be made: one line, no traceback
+    assert (
+        result.exit_code == 1 and result.stderr.startswith("error: Cannot write") and "Traceback" not in result.output
+    )
+    assert len(result.stderr.splitlines()) == 1
+    folder = tmp_path / "regions"
+    folder.mkdir()
+    result = export(folder)  # a folder: the region's own name inside it
+    assert result.exit_code == 0 and result.stdout.strip() == str(folder / "take 1.000s-2.000s.wav")
+    mask = os.umask(0o022)
+    try:
+        export(tmp_path / "shared.wav")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "shared.wav").stat().st_mode & 0o777 == 0o644  # readable by the team, as the umask says
+
+
+def test_a_region_past_a_truncated_files_audio_is_refused_or_said(tmp_path: Path) -> None:
+    whole = ag.write_int16_wav(tmp_path / "whole.wav", (ag.sine(440, 5.0)[0] * 20000).astype(np.int16))
+    cut_short = ag.write_truncated(tmp_path / "cut short.wav", whole, fraction=0.3)  # 1.5 s; the header says 5 s
+    export = lambda a, b: runner.invoke(app, ["export", str(cut_short), "--start", a, "--end", b, "-o",
+                                              str(tmp_path / f"{a}-{b}.wav"), "--json"])  # fmt: skip
+    result = export("2", "5")  # nothing of it is there
+    assert result.exit_code == 2 and "holds no audio from 2 s on" in result.stderr
+    assert not (tmp_path / "2-5.wav").exists() and not list(tmp_path.glob(".region-*"))
+    result = export("1", "2")  # half of it is there: written, the silence said
+    assert result.exit_code == 0 and "the last 0.50 s of the region are silence" in " ".join(result.stderr.split())
+    assert json.loads(result.stdout)["silent_seconds"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_times_are_seconds_or_minutes_and_seconds() -> None:
@@ -241,8 +280,9 @@ def test_export_errors_are_one_line(tmp_path: Path, args: list[str], code: int, 
     assert missing.exit_code == 1 and "file not found" in missing.stderr
 
 
-def test_search_export_writes_each_matching_segment(tmp_path: Path) -> None:
+def test_search_export_writes_each_matching_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     register_tiny()
+    monkeypatch.chdir(tmp_path)  # --export given relative, as people type it; "export" comes back absolute
     lib = tmp_path / "Sounds"
     lib.mkdir()
     ag.write_audio(lib / "long rain.flac", ag.noise(24.0, channels=2, seed=3), sample_fmt="s32")
@@ -250,7 +290,7 @@ def test_search_export_writes_each_matching_segment(tmp_path: Path) -> None:
     db = tmp_path / "index.db"
     assert runner.invoke(app, ["index", str(lib), "--db", str(db), "-w", "tiny"]).exit_code == 0
     out = tmp_path / "regions"
-    result = runner.invoke(app, ["search", "rain", "--db", str(db), "-w", "tiny", "--export", str(out), "--json"])
+    result = runner.invoke(app, ["search", "rain", "--db", str(db), "-w", "tiny", "--export", "regions", "--json"])
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)
     assert len(found) == 2 and "Wrote 2 of 2 segments" in result.stderr

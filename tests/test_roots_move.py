@@ -109,6 +109,7 @@ def test_roots_move_refuses_bad_input_in_one_line_changing_nothing(tmp_path: Pat
     (other / "inside").mkdir()
     assert "inside the indexed folder" in one_line_error("roots", "move", old, other / "inside", "--db", db)
     assert "inside the indexed folder" in one_line_error("roots", "move", old, other, "--db", db)
+    assert "holds none of the files indexed under" in one_line_error("roots", "move", old, tmp_path / "new", "--db", db)
     after = as_json("status", "--db", db)
     assert after["root_state"] == {str(old): "missing", str(other): "available"}
     unchanged = lambda status: {k: v for k, v in status.items() if k != "root_state"}

@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from audiofind.audio import decode
-from audiofind.errors import DecodeError, UsageError
+from audiofind.errors import AudiofindError, DecodeError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -170,31 +170,64 @@ def _source(path: Path, info: decode.AudioInfo) -> tuple[str, int]:
     return kind, int(reference) if str(reference).isdigit() else 0
 
 
-def wav_bytes(region: Region) -> Iterator[bytes]:
-    """The WAV, header first, then blocks of samples: exactly region.size bytes (silence where the file ends early)."""
+@dataclass(frozen=True)
+class Written:
+    """A region written to a file: where, and how much of its end is silence because the file's audio stops early
+    (a truncated file whose header promises more)."""
+
+    path: Path
+    silent_seconds: float = 0.0
+
+
+def wav_bytes(region: Region, decoded: list[int] | None = None) -> Iterator[bytes]:
+    """The WAV, header first, then blocks of samples: exactly region.size bytes (silence where the file ends early);
+    decoded[0], if given, counts the frames that came from the file."""
     yield region.header()
-    for block in _blocks(region):
+    for block in _blocks(region, decoded if decoded is not None else [0]):
         yield _encode(block, region.kind)
     if region.data_bytes % 2:
         yield b"\0"  # RIFF chunks are padded to an even length
 
 
-def write(region: Region, out: Path | str) -> Path:
-    """Write the region's WAV to out, whole or not at all (through a temporary file beside it); out, as a Path."""
+def write(region: Region, out: Path | str) -> Written:
+    """Write the region's WAV to the file out, whole or not at all (through a temporary file beside it, readable as
+    the umask allows). UsageError if out is the source, or not a regular file (a folder, a device: never replaced),
+    or if the file holds no audio in the region; AudiofindError if out cannot be written."""
     out = Path(out)
     if out.exists() and os.path.samefile(out, region.path):
         raise UsageError(f"{out} is the source file itself; a region never replaces its source.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".region-", suffix=".wav")
+    if out.exists() and not out.is_file():
+        raise UsageError(f"{out} is not a regular file; give the name of the WAV file to write.")
+    decoded = [0]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".region-", suffix=".wav")
+    except OSError as e:
+        raise AudiofindError(f"Cannot write {out}: {e.strerror or e}.") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            for piece in wav_bytes(region):
+            for piece in wav_bytes(region, decoded):
                 f.write(piece)
+        if decoded[0] == 0:
+            raise UsageError(
+                f"{region.path} holds no audio from {region.start:g} s on (its header promises more than is there: "
+                "a truncated file); choose a region before its audio ends."
+            )
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would keep the region from the rest of the team
         os.replace(tmp, out)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise AudiofindError(f"Cannot write {out}: {e.strerror or e}.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return out
+    return Written(out, (region.frames - decoded[0]) / region.rate)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def default_name(path: Path | str, start: float, end: float) -> str:
@@ -207,13 +240,15 @@ def _clock(seconds: float) -> str:
     return f"{int(m)}m{s:06.3f}s" if m else f"{s:.3f}s"
 
 
-def _blocks(region: Region) -> Iterator[np.ndarray]:
-    """(n, channels) blocks of the region's samples as integers or floats of its kind, faded, padded with silence."""
+def _blocks(region: Region, decoded: list[int]) -> Iterator[np.ndarray]:
+    """(n, channels) blocks of the region's samples as integers or floats of its kind, faded, padded with silence;
+    decoded[0] counts the frames taken from the file."""
     done = 0
     pending: list[np.ndarray] = []
     held = 0
     for x in _decoded(region):
         x = x[: region.frames - done - held]
+        decoded[0] += len(x)
         pending.append(x)
         held += len(x)
         if held >= BLOCK_FRAMES or done + held >= region.frames:

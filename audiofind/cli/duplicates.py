@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -12,12 +12,18 @@ from rich.table import Table
 from audiofind.audio.printmatch import NEAR
 from audiofind.cli.common import DbOpt, JsonOpt, app, console, err_console
 
+if TYPE_CHECKING:
+    from audiofind.search.duplicates import Group
+
 
 @app.command()
 def duplicates(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Only files under these folders (default: the whole index).", show_default=False),
+        typer.Argument(
+            help="Only groups with a file under these folders, listed with all their files (default: the whole index).",
+            show_default=False,
+        ),
     ] = None,
     near: Annotated[
         float,
@@ -55,7 +61,23 @@ def duplicates(
         return
     table = Table("kind", "files", "size", "wasted")
     for g in groups:
-        table.add_row(g.kind, escape("\n".join(g.paths)), f"{g.bytes / 2**20:.2f} MiB", f"{g.wasted / 2**20:.2f} MiB")
+        table.add_row(g.kind, _files(g), f"{g.bytes / 2**20:.2f} MiB", f"{g.wasted / 2**20:.2f} MiB")
     console.print(table)
-    wasted = sum(g.wasted for g in groups)
-    console.print(f"{len(groups)} group(s); keeping the largest file of each would free {wasted / 2**20:.2f} MiB.")
+    wasted = sum(g.wasted for g in groups)  # each file is in one group: the sum is what can be freed
+    files = sum(len(g.paths) for g in groups)
+    console.print(
+        f"{len(groups)} group(s) of {files} files; keeping the largest file of each would free {wasted / 2**20:.2f} MiB."
+    )
+
+
+def _files(g: "Group") -> str:
+    """A group's files, one a line: an offline one marked as search marks it, a near group's byte-for-byte copies
+    named after the first of their set."""
+    first = {p: s[0] for s in g.identical for p in s[1:]} if g.kind == "near" else {}
+    lines = []
+    for f in g.files:
+        line = f"[dim]{escape(f.path)}[/] [yellow]offline[/]" if not f.available else escape(f.path)
+        if f.path in first:
+            line += f" [dim](same bytes as {escape(Path(first[f.path]).name)})[/]"
+        lines.append(line)
+    return "\n".join(lines)

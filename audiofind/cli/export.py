@@ -5,8 +5,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
-from audiofind.cli.common import JsonOpt, app, json_text
+from audiofind.cli.common import JsonOpt, app, err_console, json_text
 from audiofind.errors import UsageError
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ def export(
     output: Annotated[
         Path | None,
         typer.Option(
-            "-o", "--output", help="The WAV to write (default: 'NAME START-END.wav' here, numbered if taken)."
+            "-o",
+            "--output",
+            help="The WAV to write, or a folder for it (default: 'NAME START-END.wav' here, numbered if taken).",
         ),
     ] = None,
     json_out: JsonOpt = False,
@@ -48,10 +51,22 @@ def export(
     from audiofind.audio import region
 
     cut = region.plan(path.expanduser(), seconds(start, "--start"), seconds(end, "--end"))
-    out = output.expanduser() if output else region.unused(Path(region.default_name(path, cut.start, cut.end)))
-    written = Path(os.path.abspath(region.write(cut, out)))
+    name = Path(region.default_name(path, cut.start, cut.end))
+    out = output.expanduser() if output is not None else name
+    if out.is_dir():  # -o FOLDER: the region's own name in that folder
+        out = region.unused(out / name)
+    elif output is None:
+        out = region.unused(out)
+    done = region.write(cut, out)
+    written = Path(os.path.abspath(done.path))
+    if done.silent_seconds > 0:
+        err_console.print(
+            f"[yellow]warning:[/] {escape(str(cut.path))} ends early (truncated): the last "
+            f"{done.silent_seconds:.2f} s of the region are silence.",
+            highlight=False,
+        )
     if json_out:
-        typer.echo(json_text(describe(cut, written)))
+        typer.echo(json_text({**describe(cut, written), "silent_seconds": round(done.silent_seconds, 6)}))
     else:
         typer.echo(str(written))
 

@@ -1,5 +1,6 @@
 """`audiofind search`: find sounds by description or by example."""
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -139,7 +140,14 @@ def _export(hits: "list[Hit]", folder: Path) -> dict[str, str | None]:
         try:
             cut = region.plan(Path(h.path), h.start, h.end)
             out = region.unused(folder.expanduser() / region.default_name(h.path, cut.start, cut.end))
-            written[h.path] = str(region.write(cut, out))
+            done = region.write(cut, out)
+            written[h.path] = os.path.abspath(done.path)  # as "path" is: absolute
+            if done.silent_seconds > 0:
+                err_console.print(
+                    f"[yellow]warning:[/] {escape(h.path)} ends early (truncated): the last "
+                    f"{done.silent_seconds:.2f} s of its exported region are silence.",
+                    highlight=False,
+                )
         except (AudiofindError, OSError) as e:
             err_console.print(f"[yellow]warning:[/] not exported: {escape(str(e))}", highlight=False)
             written[h.path] = None

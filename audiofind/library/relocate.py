@@ -16,11 +16,12 @@ from audiofind.errors import UsageError
 from audiofind.library.decoding import Work
 from audiofind.paths import hash_file
 from audiofind.store import FileRow, Store, norm_path
-from audiofind.store.scope import within
+from audiofind.store.scope import check_move, within
 
 log = logging.getLogger(__name__)
 
 SAMPLE = 5  # matching files hashed to confirm a relocation: enough to tell a copy of the names from the sounds
+SAMPLE_FILES = 200  # indexed files looked for at the new place before a move is believed
 
 
 def move_root(index: Store, old: Path | str, new: Path | str) -> int:
@@ -30,11 +31,20 @@ def move_root(index: Store, old: Path | str, new: Path | str) -> int:
     if not os.path.isdir(new_s):
         why = "does not exist" if not os.path.lexists(new_s) else "is not a folder"
         raise UsageError(f"{new_s} {why}: move the library there first, then run this again; nothing was moved.")
-    still = next((r.path for r in index.files_under([old_s]) if os.path.exists(r.path)), None)
+    rows = index.files_under([old_s])
+    still = next((r.path for r in rows if os.path.exists(r.path)), None)
     if still is not None:
         raise UsageError(
             f"{old_s} still holds its indexed files ({still}), so {new_s} is a copy, not a move: index it as a "
             "folder of its own (copies reuse their vectors, nothing is embedded again); nothing was moved."
+        )
+    others = [r.path for r in index.roots() if r.local and r.path != old_s and not within(r.path, old_s)]
+    check_move(old_s, new_s, others)  # the store checks again as it moves; here, so its reasons come first
+    sample = rows[:: max(1, len(rows) // SAMPLE_FILES)]  # spread over the library, a few stats on a slow share
+    if sample and not any(os.path.exists(os.path.join(new_s, os.path.relpath(r.path, old_s))) for r in sample):
+        raise UsageError(
+            f"{new_s} holds none of the files indexed under {old_s} (looked for {len(sample):,} of them, such as "
+            f"{os.path.relpath(sample[0].path, old_s)}): is it the folder the library moved to? Nothing was moved."
         )
     return index.move_root(old_s, new_s)
 

@@ -127,6 +127,9 @@ def sync(
 
     # 1. What is on disk now, and what the index knows under the same roots.
     survey = _survey(index, roots, only_paths, exts, retry_failed, prune, report, emit)
+    for root in survey.live:  # listed before its first file, so a run stopped half way still knows its folders
+        if root in survey.full:
+            index.mount_root(root)
     # 2. Hash what is new or changed: moves and copies need no model.
     works = _sort_out(index, survey, report, emit, stop)
     # 3. Embed: short files first, so one long recording never holds up the rest of a library.
@@ -175,7 +178,7 @@ def _survey(
     for root in full:
         if root.is_dir() and readable(root):
             live.append(root)
-        elif not any(_under(p, root) for p in known):
+        elif root.exists() and not root.is_dir() or not any(_under(p, root) for p in known):  # a file is no root
             raise UsageError(f"{root} is not a folder." if not root.is_dir() else f"Cannot read the folder {root}.")
     entries = [*walk(live, exts, seen_walk), *walk_only(partial, roots, exts, seen_walk)]
     on_disk = {str(path): Work(str(path), str(root), st.st_size, st.st_mtime_ns) for root, path, st in entries}

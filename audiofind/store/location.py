@@ -9,12 +9,14 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from audiofind.errors import UsageError
 from audiofind.paths import default_db
 
 SCHEMES = ("postgresql://", "postgres://")
 HIDDEN = "***"
 # A password given as a query parameter (?password=...) or in a key=value string (password=...).
 _PASSWORD_PARAM = re.compile(r"(?i)(\bpassword=)([^&\s]*)")
+_ANY_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
 
 def is_url(db: Path | str | None) -> bool:
@@ -23,11 +25,15 @@ def is_url(db: Path | str | None) -> bool:
 
 
 def resolve(db: Path | str | None) -> Path | str:
-    """The index db names: itself, else AUDIOFIND_DB (a URL kept as text), else the default file."""
+    """The index db names: itself, else AUDIOFIND_DB (a URL kept as text), else the default file; UsageError for a
+    URL of another scheme (mysql://...), which would otherwise become a file of that odd name."""
+    value = db or os.environ.get("AUDIOFIND_DB", "")
+    if isinstance(value, str) and _ANY_URL.match(value.strip()) and not is_url(value):
+        scheme = value.strip().split("://", 1)[0]
+        raise UsageError(f"The index is an SQLite file or a postgresql:// URL; {scheme}:// is not supported.")
     if db:
         return db.strip() if isinstance(db, str) and is_url(db) else db
-    value = os.environ.get("AUDIOFIND_DB", "")
-    return value.strip() if is_url(value) else default_db()
+    return value.strip() if isinstance(value, str) and is_url(value) else default_db()
 
 
 def redact(url: str) -> str:

@@ -246,8 +246,8 @@ def vector_schema(db: Db) -> str:
     except (pg.InsufficientPrivilege, pg.FeatureNotSupported, pg.UndefinedFile, pg.ReadOnlySqlTransaction) as e:
         raise UnsupportedServer(
             f"pgvector is not installed in the database {name} at {where} (the server offers pgvector {offered}), and "
-            f"the role {db.conn.info.user} may not create it: a superuser or the database owner must run CREATE "
-            f"EXTENSION vector in it ({_reason(db.url, e)})."
+            f"the role {db.conn.info.user} may not create it: a superuser must run CREATE EXTENSION vector in it "
+            f"({_reason(db.url, e)})."
         ) from None
     return vector_schema(db)  # checked again as created: the server's package may differ from what it listed
 
@@ -287,10 +287,16 @@ def storage_error(db: Db, e: psycopg.Error) -> AudiofindError:
             f"The connection to the PostgreSQL server at {where} was lost ({reason}); {KEPT}: run the same command "
             "again to continue."
         )
-    if isinstance(e, pg.InsufficientPrivilege | pg.ReadOnlySqlTransaction):
+    if isinstance(e, pg.ReadOnlySqlTransaction):
         return StorageError(
             f"The role {db.conn.info.user} cannot write to the index at {where} ({reason}); `audiofind index` needs a "
             "role with INSERT, UPDATE and DELETE on it (search and status work as they are)."
+        )
+    if isinstance(e, pg.InsufficientPrivilege):  # a read refused as much as a write: say what each command needs
+        return StorageError(
+            f"The role {db.conn.info.user} lacks a privilege on the index at {where} ({reason}): `search` and "
+            "`status` need USAGE on the schema audiofind and SELECT on its tables, `index` INSERT, UPDATE and DELETE "
+            "as well (the README's team section has the GRANTs)."
         )
     if isinstance(e, pg.DeadlockDetected | pg.SerializationFailure | pg.LockNotAvailable):
         return IndexBusy(f"Another writer holds what this write needs at {where} ({reason}); run it again: {KEPT}.")

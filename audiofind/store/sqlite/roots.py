@@ -23,6 +23,11 @@ def listed(conn: apsw.Connection) -> list[RootRow]:
     return [RootRow(path, at, path, True, n, os.path.isdir(path)) for path, at, n in conn.execute(sql)]
 
 
+def add(conn: apsw.Connection, path: str) -> None:
+    """List the root at path, not yet indexed, if it is not listed already."""
+    conn.execute("INSERT INTO roots (path) VALUES (?) ON CONFLICT(path) DO NOTHING", (path,))
+
+
 def touch(conn: apsw.Connection, path: str) -> None:
     """Record that the root at path has just been indexed (listing it if it was not)."""
     sql = (

@@ -341,6 +341,8 @@ class SqliteStore:
                 f"An SQLite index names its folders by their path, so {path} cannot be called {name!r}; "
                 "--root-name needs a shared index (--db postgresql://...)."
             )
+        with self.transaction():  # listed from its first file on: an interrupted first run still knows its folder
+            roots.add(self.conn, path)
         return path
 
     def touch_root(self, root: Path | str) -> None:
