@@ -172,3 +172,19 @@ def test_postgres_part_starts_its_own_server_and_reports_both_backends(monkeypat
     assert data["pg_query_3k_s"] > 0 and data["sqlite_query_3k_s"] > 0 and data["pg_load_segments_per_s_3k"] > 0
     assert data["sqlite_load_segments_per_s_3k"] > 0  # side by side: SQLite at every size PostgreSQL runs
     assert 0 < data["pg_recall_at_10_3k"] <= 1 and data["pg_two_writers_segments_per_s"] > 0
+
+
+@pytest.mark.postgres
+def test_the_postgres_part_never_resets_a_real_index(pg_url: str, tmp_path: Path) -> None:
+    import numpy as np
+
+    from audiofind.store import AudioRow, FileRow, ModelBinding, open_store
+
+    with open_store(pg_url, create=True) as ix:
+        ix.bind_model(ModelBinding("tiny", "a" * 64, 8, 10.0, 5.0))
+        ix.add_file(FileRow(str(tmp_path / "a.wav"), str(tmp_path), 1, 1, "h"), AudioRow("h", 1.0, 44100, 1),
+                    [(0.0, 1.0)], np.ones((1, 8)))  # fmt: skip
+    result = runner.invoke(app, ["bench", "speed", "--only", "postgres", "--postgres", pg_url])
+    assert result.exit_code == 2 and "holds an index (1 files)" in result.stderr, result.output
+    with open_store(pg_url) as ix:
+        assert ix.stats().files == 1

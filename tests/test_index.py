@@ -447,3 +447,13 @@ def test_a_file_is_not_a_folder_to_index_even_when_it_is_indexed(tiny: str, tmp_
     for path in (tone, copy):  # indexed or not, a file is refused the same way
         result = runner.invoke(app, ["index", str(path), "-w", tiny])
         assert result.exit_code == 2 and result.stderr.strip() == f"error: {path} is not a folder.", result.output
+
+
+def test_query_text_shown_in_the_table_is_not_markup(tiny: str, tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    put(audiogen.write_audio, root / "foo rain.wav", audiogen.noise(1.0, seed=2))
+    index_json(root, "-w", tiny)
+    # not every word is in a name, so the table's why lists the words that are, [/foo] among them
+    result = runner.invoke(app, ["search", "rain [/foo] zebra", "-w", tiny], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "foo rain.wav" in result.stdout and "[/foo]" in result.stdout

@@ -546,3 +546,25 @@ def test_an_older_index_matches_each_value_of_a_tag_written_as_one_string(pg_url
             assert [Path(h.path).name for h in ix.search(np.ones(BINDING.dim), 5, Filters(tags={"genre": value}))] == [
                 "rain.wav"
             ]
+
+
+def test_a_pending_upgrade_is_one_line_for_a_role_that_may_not_make_it(pg_server, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with open_store(pg_url, create=True) as ix:
+        ix.bind_model(BINDING)
+    with admin(pg_server) as a:
+        a.execute("CREATE ROLE late_reader LOGIN")
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("GRANT USAGE ON SCHEMA audiofind TO late_reader")
+        c.execute("GRANT SELECT ON ALL TABLES IN SCHEMA audiofind TO late_reader")
+        c.execute("DELETE FROM audiofind._audiofind_migrations WHERE name = 'm011_tag_parts'")  # as if released since
+    url = as_role(pg_url, "late_reader")
+    try:
+        line = one_line_error("status", "--db", url)
+        assert "needs 1 upgrade step(s)" in line and "run `audiofind status` once with the role that owns" in line
+        assert json.loads(cli("status", "--db", pg_url, "--json"))["files"] == 0  # the owner upgrades it...
+        assert json.loads(cli("status", "--db", url, "--json"))["files"] == 0  # ...and the reader reads again
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute("DROP OWNED BY late_reader")
+        with admin(pg_server) as a:
+            a.execute("DROP ROLE late_reader")

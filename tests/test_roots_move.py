@@ -146,3 +146,17 @@ def test_a_root_indexed_before_is_not_new_whatever_ext_asks(tmp_path: Path) -> N
     shutil.rmtree(old)
     report = as_json("index", new, "--ext", "flac", "-w", "tiny", "--db", db)  # known under new: no .flac yet
     assert (report["relocated"], report["reused"], report["embedded"]) == ([], 2, 0)
+
+
+@pytest.mark.postgres
+def test_a_moved_root_indexed_under_a_new_name_can_still_be_re_pointed(pg_url: str, tmp_path: Path) -> None:
+    register_tiny()
+    old, new = tmp_path / "sfx", tmp_path / "sfx2"
+    make_library(old)
+    invoke("index", old, "-w", "tiny", "--db", pg_url, "--root-name", "sfx")
+    old.rename(new)
+    # --root-name mounts the folder before the walk; a folder found to be a moved root must not stay one
+    report = as_json("index", new, "-w", "tiny", "--db", pg_url, "--root-name", "sfx2", code=1)
+    assert [r["new"] for r in report["relocated"]] == [str(new)]
+    assert [r["name"] for r in as_json("roots", "--db", pg_url)] == ["sfx"]
+    assert as_json("roots", "move", old, new, "--db", pg_url)["files"] == len(SOUNDS)

@@ -108,6 +108,17 @@ def writers(db: str, dim: int = 1024, files: int = 400, per_file: int = 10) -> d
     }
 
 
+def check_scratch(ix: Store) -> None:
+    """UsageError unless ix is empty or holds only what a benchmark left (its synthetic model): the benchmark resets
+    the database it is given, and must never be given a real index."""
+    binding, files = ix.model(), ix.stats().files
+    if files and (binding is None or binding.name != "synthetic"):
+        raise UsageError(
+            f"{ix.location} holds an index ({files:,} files); the benchmark resets the database it measures in: give "
+            "it a scratch database, or leave --postgres out to let it start a server of its own."
+        )
+
+
 def postgres_speed(url: str, sizes: tuple[int, ...] = (100_000, 1_000_000), dim: int = 1024, sqlite: str | None = None,
                    sqlite_sizes: tuple[int, ...] | None = None, queries_n: int = 50,
                    progress: Callable[[str], None] | None = None) -> dict[str, float]:  # fmt: skip
@@ -116,6 +127,8 @@ def postgres_speed(url: str, sizes: tuple[int, ...] = (100_000, 1_000_000), dim:
     sqlite, if given); the writers' rates."""
     say = progress or (lambda text: None)
     out: dict[str, float] = {}
+    with open_store(url, create=True) as ix:
+        check_scratch(ix)
     for size in sizes:
         data = vec.synthetic(size, dim, queries_n, seed=0)
         tag = f"{size // 1000}k"

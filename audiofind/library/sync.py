@@ -190,6 +190,8 @@ def _survey(
         emit(Event("relocated", moved.new, source=moved.old, reason=moved.hint, count=moved.files))
         full, live = [r for r in full if str(r) != moved.new], [r for r in live if str(r) != moved.new]
         on_disk = {p: w for p, w in on_disk.items() if w.root != moved.new}
+        seen_walk.left_out = [p for p in seen_walk.left_out if not _under(p, Path(moved.new))]
+        index.forget_root(moved.new)  # mounted early (index --root-name) it would stand in the way of `roots move`
     report.seen = len(on_disk)
     in_index = {r.path for r in held}  # audio files --ext left out that an earlier run indexed are not news
     report.left_out = dict(sorted(Counter(extension(p) for p in seen_walk.left_out if p not in in_index).items()))

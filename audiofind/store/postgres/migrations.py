@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from audiofind.errors import SchemaMismatch
+from audiofind.errors import SchemaMismatch, StorageError
 from audiofind.store.postgres import facts, fulltext, rows
 from audiofind.store.postgres.connection import Db, key
 from audiofind.store.postgres.roots import Places
@@ -194,11 +194,27 @@ def check(db: Db) -> None:
         )
 
 
+def may_migrate(db: Db) -> bool:
+    """Whether this role may apply migrations: it owns the schema (a member of its owner's role), or, before the
+    schema exists, may create schemas in the database."""
+    owner = db.value("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", (db.schema,))
+    if owner is None:
+        return bool(db.value("SELECT has_database_privilege(current_database(), 'CREATE')"))
+    return bool(db.value("SELECT pg_has_role(current_user, %s::regrole, 'MEMBER')", (owner,)))
+
+
 def migrate(db: Db) -> list[str]:
     """Apply the pending migrations, each with its record in one transaction, all under the lock; their names."""
     check(db)
-    if not pending(db):
+    todo = pending(db)
+    if not todo:
         return []
+    if not may_migrate(db):
+        raise StorageError(
+            f"The index at {db.location} needs {len(todo)} upgrade step(s) for this release of audiofind, which the "
+            f"role {db.conn.info.user} may not make (they change its tables): run `audiofind status` once with the "
+            "role that owns the index (the writer), then this works as before."
+        )
     # A session lock taken before the transactions: each then starts after the last holder committed, and sees
     # its tables (a lock taken inside a transaction would leave it reading the catalog as it was before).
     lock = key("migrate", db.schema)
