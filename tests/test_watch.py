@@ -174,6 +174,24 @@ def test_vanished_root_is_reported_and_the_others_still_watched(tmp_path: Path, 
         w.wait("embedded", a / "later.wav")
 
 
+def test_a_moved_root_is_reported_and_not_watched(tmp_path: Path, encoder: Encoder) -> None:
+    old, new, other = tmp_path / "old", tmp_path / "new", tmp_path / "other"
+    for i, freq in enumerate((300, 500, 700)):
+        tone(old / f"{i}.wav", freq)
+    other.mkdir()
+    with Watching(tmp_path / "i.db", encoder, [old]) as w:
+        pass
+    old.rename(new)
+    with Watching(tmp_path / "i.db", encoder, [new, other]) as w:
+        assert [e.source for e in w.of("relocated", new)] == [str(old)]
+        tone(new / "late.wav", 900)  # arriving one by one, as a copy to a new drive does: never a second library
+        tone(other / "y.wav", 400)
+        w.wait("embedded", other / "y.wav")
+        time.sleep(3 * SETTLE)
+        assert not [e for e in w.events if e.path.startswith(str(new) + os.sep)]
+    assert not [p for p in files(tmp_path / "i.db") if p.startswith(str(new))]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify reports queue overflows; others do not")
 def test_queue_overflow_rescans_the_root(tmp_path: Path, encoder: Encoder) -> None:
     root, outside = tmp_path / "lib", tmp_path / "elsewhere"

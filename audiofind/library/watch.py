@@ -220,6 +220,15 @@ class Watcher:
         self.watches[root] = self.observer.schedule(str(root))
         self.identity[root] = (st.st_dev, st.st_ino)
 
+    def _unwatch(self, root: Path) -> None:
+        """Stop watching root, forgetting what was pending under it."""
+        self.observer.unschedule(self.watches.pop(root))
+        del self.identity[root]
+        self.folders.drop(str(root))
+        self._follow_links()
+        for p in [p for p in self.settler.pending if self._root_of(p) == root]:
+            self.settler.forget(p)
+
     def _check_roots(self) -> None:
         """Report roots that vanished (or were replaced) and stop watching them; watch again those that are back."""
         for root in list(self.watches):
@@ -230,13 +239,8 @@ class Watcher:
                 same = False
             if same:
                 continue
-            self.observer.unschedule(self.watches.pop(root))
-            del self.identity[root]
+            self._unwatch(root)
             self.lost.add(root)
-            self.folders.drop(str(root))
-            self._follow_links()
-            for p in [p for p in self.settler.pending if self._root_of(p) == root]:
-                self.settler.forget(p)
             log.info("%s disappeared; no longer watching it", root)
             self.emit(Event("lost", str(root), reason="The folder disappeared; its sounds stay in the index."))
         for root in sorted(self.lost):
@@ -325,6 +329,13 @@ class Watcher:
             self.unsettled.add(e.path)
         elif e.event == "failed":
             self.settler.hold(e, self.clock())
+        elif e.event == "relocated":  # a moved root: its files arriving one by one must not be indexed as copies
+            root = Path(e.path)
+            if root in self.watches:
+                self._unwatch(root)
+            self.roots = [r for r in self.roots if r != root]
+            log.info("%s holds a moved root; no longer watching it (audiofind roots move re-points it)", root)
+            self.emit(e)
         else:
             self.settler.release(e.path)
             self.emit(e)
