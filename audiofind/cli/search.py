@@ -111,7 +111,14 @@ def search(
                 link = f"[dim]{escape(h.path)}[/] [yellow]offline[/]"
             tags_text = ", ".join(f"{k}={v}" for k, v in shown_tags(h.tags or {}).items())
             table.add_row(
-                str(rank), f"{h.score:.3f}", link, span, _time(h.duration), facts(h), escape(f.why.text()), escape(tags_text)
+                str(rank),
+                f"{h.score:.3f}",
+                link,
+                span,
+                _time(h.duration),
+                facts(h),
+                escape(f.why.text()),
+                escape(tags_text),
             )
         console.print(table if hits else "No matching sounds.")
     if export_to is not None:

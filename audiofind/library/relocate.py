@@ -40,7 +40,9 @@ def move_root(index: Store, old: Path | str, new: Path | str) -> int:
         )
     others = [r.path for r in index.roots() if r.local and r.path != old_s and not within(r.path, old_s)]
     check_move(old_s, new_s, others)  # the store checks again as it moves; here, so its reasons come first
-    sample = rows[:: max(1, len(rows) // SAMPLE_FILES)][:SAMPLE_FILES]  # spread over the library, a few stats on a slow share
+    sample = rows[:: max(1, len(rows) // SAMPLE_FILES)][
+        :SAMPLE_FILES
+    ]  # spread over the library, a few stats on a slow share
     if sample and not any(os.path.exists(os.path.join(new_s, os.path.relpath(r.path, old_s))) for r in sample):
         raise UsageError(
             f"{new_s} holds none of the files indexed under {old_s} (looked for {len(sample):,} of them, such as "
