@@ -2,7 +2,7 @@
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
@@ -180,33 +180,11 @@ def index_cmd(
                 index.mount_root(roots[0], root_name)  # before any file under it is written
             with stop_on_ctrl_c() as stop:  # the run stops between windows and says what it kept
                 try:
-                    if rebuild:
-                        report = rebuild_index(
-                            index,
-                            encoder,
-                            roots,
-                            exts=exts,
-                            retry_failed=retry_failed,
-                            on_event=on_event,
-                            progress=progress,
-                            prune=prune,
-                            cluster=cluster,
-                            stop=stop,
-                        )
-                    else:
+                    if not rebuild:
                         prepare(index, encoder)
-                        report = sync(
-                            index,
-                            encoder,
-                            roots,
-                            exts=exts,
-                            retry_failed=retry_failed,
-                            on_event=on_event,
-                            progress=progress,
-                            prune=prune,
-                            cluster=cluster,
-                            stop=stop,
-                        )
+                    run: Callable[..., Report] = rebuild_index if rebuild else sync  # one call, either way
+                    report = run(index, encoder, roots, exts=exts, retry_failed=retry_failed, on_event=on_event,
+                                 progress=progress, prune=prune, cluster=cluster, stop=stop)  # fmt: skip
                 except KeyboardInterrupt:  # a second Ctrl-C: stop now; every commit is whole
                     kept = (
                         "the current index is unchanged and the rebuild continues"
